@@ -1,0 +1,36 @@
+# smsgw: the two commands a newcomer runs are `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint typecheck pytest bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/smsgw run --config conf/demo.toml
+
+lint: $(STAMP)
+	$(BIN)/ruff check gateway routing smpp rules tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest -q
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_codec.py
+	$(BIN)/python bench/bench_e2e.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache var
