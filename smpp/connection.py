@@ -1,0 +1,239 @@
+"""Thin trio adapter that runs a sans-I/O Session over a byte stream.
+
+It owns the socket: a reader task feeding the session, a writer that coalesces queued PDUs
+into few send_all calls, a window of outstanding requests, a cancel scope per response timeout,
+periodic enquire_link and an inactivity timeout. Requests from the peer go to a handler.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+import trio
+
+from smpp.constants import CommandId
+from smpp.pdu import EnquireLink, Pdu, Unbind
+from smpp.session import (
+    BindState,
+    ProtocolViolation,
+    RequestReceived,
+    ResponseReceived,
+    Session,
+    SessionError,
+    Side,
+    UnexpectedResponse,
+)
+
+log = structlog.get_logger("smpp.connection")
+
+RequestHandler = Callable[["Connection", Pdu], Awaitable[None]]
+
+
+class ConnectionClosed(Exception):
+    """The connection is gone; outstanding and new requests fail with this."""
+
+
+class ResponseTimeout(Exception):
+    """The peer did not answer a request in time."""
+
+
+class _Waiter:
+    __slots__ = ("event", "response")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.response: Pdu | None = None
+
+
+class Connection:
+    """An SMPP connection over a trio stream. Call `run(handler)` in a nursery task."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        side: Side,
+        *,
+        window: int = 10,
+        response_timeout: float = 10.0,
+        enquire_link_interval: float = 30.0,
+        inactivity_timeout: float = math.inf,
+        max_pdu_size: int = 65536,
+        name: str = "",
+    ) -> None:
+        self.stream = stream
+        self.session = Session(side, max_pdu_size=max_pdu_size)
+        self.window = trio.Semaphore(max(1, window))
+        self.response_timeout = response_timeout
+        self.enquire_link_interval = enquire_link_interval
+        self.inactivity_timeout = inactivity_timeout
+        self.name = name
+        self.closed = False
+        self.last_received = trio.current_time()
+        self._waiters: dict[int, _Waiter] = {}
+        self._wake_writer = trio.Event()
+        self._flushed = trio.Event()
+        self._cancel: trio.CancelScope | None = None
+        self.extra: dict[str, Any] = {}  # owner's per-connection data (account, bind kind...)
+
+    # -- public API -------------------------------------------------------------------------
+    @property
+    def state(self) -> BindState:
+        return self.session.state
+
+    async def request(self, pdu: Pdu, timeout: float | None = None) -> Pdu:
+        """Send a request, wait for its response (which may carry an error status).
+
+        Waits for a window slot first. Raises ResponseTimeout or ConnectionClosed.
+        """
+        async with self.window:
+            if self.closed:
+                raise ConnectionClosed(self.name)
+            waiter = _Waiter()
+            seq = self.session.send(pdu)
+            self._waiters[seq] = waiter
+            self._kick()
+            with trio.move_on_after(self.response_timeout if timeout is None else timeout):
+                await waiter.event.wait()
+            self._waiters.pop(seq, None)
+            if waiter.response is None:
+                self.session.abandon(seq)
+                if self.closed:
+                    raise ConnectionClosed(self.name)
+                raise ResponseTimeout(f"{pdu.command_id.name} seq {seq}")
+            return waiter.response
+
+    def respond(self, pdu: Pdu) -> None:
+        """Queue a response (sequence already set from the request)."""
+        if self.closed:
+            return
+        self.session.send(pdu)
+        self._kick()
+
+    async def unbind(self, timeout: float = 5.0) -> None:
+        """Graceful close: unbind, wait for unbind_resp (bounded), close."""
+        if not self.closed and self.session.bound:
+            with trio.move_on_after(timeout):
+                try:
+                    await self.request(Unbind(), timeout=timeout)
+                except (ConnectionClosed, ResponseTimeout, SessionError):
+                    pass
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.session.close()
+        for waiter in self._waiters.values():
+            waiter.event.set()
+        if self._cancel is not None:
+            self._cancel.cancel()
+        with trio.CancelScope(shield=True), trio.move_on_after(1):
+            await self.stream.aclose()
+
+    # -- the loops ---------------------------------------------------------------------------
+    async def run(self, handler: RequestHandler) -> None:
+        """Serve the connection until it closes. Requests are handled concurrently."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._cancel = nursery.cancel_scope
+                nursery.start_soon(self._writer)
+                if self.enquire_link_interval < math.inf:
+                    nursery.start_soon(self._keepalive)
+                await self._reader(nursery, handler)
+                nursery.cancel_scope.cancel()
+        finally:
+            await self.aclose()
+
+    def _kick(self) -> None:
+        self._wake_writer.set()
+
+    async def _writer(self) -> None:
+        while True:
+            await self._wake_writer.wait()
+            self._wake_writer = trio.Event()
+            data = self.session.data_to_send()
+            if data:
+                try:
+                    await self.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self.aclose()
+                    return
+            self._flushed.set()
+            self._flushed = trio.Event()
+
+    async def flush(self) -> None:
+        """Wait until what is queued now has been written."""
+        if self.closed:
+            return
+        flushed = self._flushed
+        self._kick()
+        with trio.move_on_after(5):
+            await flushed.wait()
+
+    async def _reader(self, nursery: trio.Nursery, handler: RequestHandler) -> None:
+        while not self.closed:
+            try:
+                with trio.fail_after(self.inactivity_timeout):
+                    data = await self.stream.receive_some(65536)
+            except trio.TooSlowError:
+                log.info("smpp.inactivity_timeout", conn=self.name)
+                if self.session.bound:
+                    self.session.send(Unbind())  # no wait: this task would read the answer
+                    await self.flush()
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if not data:
+                return
+            self.last_received = trio.current_time()
+            for event in self.session.receive_data(data):
+                if isinstance(event, RequestReceived):
+                    pdu = event.pdu
+                    if pdu.command_id == CommandId.ENQUIRE_LINK:
+                        self.session.send(pdu.response())
+                    elif pdu.command_id == CommandId.UNBIND:
+                        self.session.send(pdu.response())
+                        await self.flush()
+                        await self.aclose()
+                        return
+                    else:
+                        nursery.start_soon(handler, self, pdu)
+                elif isinstance(event, ResponseReceived):
+                    waiter = self._waiters.get(event.response.sequence)
+                    if waiter is not None:
+                        waiter.response = event.response
+                        waiter.event.set()
+                elif isinstance(event, ProtocolViolation):
+                    log.warning("smpp.protocol_violation", conn=self.name,
+                                status=event.status, detail=event.detail, fatal=event.fatal)
+                    if event.fatal:
+                        await self.flush()
+                        await self.aclose()
+                        return
+                elif isinstance(event, UnexpectedResponse):
+                    log.info("smpp.unexpected_response", conn=self.name,
+                             command=event.pdu.command_id.name, seq=event.pdu.sequence)
+            self._kick()
+
+    async def _keepalive(self) -> None:
+        """Probe the peer with enquire_link when the link has been quiet for an interval."""
+        while not self.closed:
+            quiet_for = trio.current_time() - self.last_received
+            if quiet_for < self.enquire_link_interval:
+                await trio.sleep(self.enquire_link_interval - quiet_for)
+                continue
+            if self.session.state is BindState.UNBINDING:
+                return
+            try:
+                await self.request(EnquireLink())
+            except ResponseTimeout:
+                log.warning("smpp.enquire_link_timeout", conn=self.name)
+                await self.aclose()
+                return
+            except (ConnectionClosed, SessionError):
+                return
+            self.last_received = trio.current_time()

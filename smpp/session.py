@@ -1,0 +1,247 @@
+"""SMPP session state machine, sans-I/O: bytes in -> events out, PDUs in -> bytes out.
+
+Everything that decides whether a PDU is legal, and what state a session moves to, lives in
+the tables at the top of this file. The tables do not know which side they play: the
+gateway's ESME-facing server and its operator-facing client obey the same rules.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from smpp.constants import CommandId, Status
+from smpp.pdu import (
+    FrameReader,
+    FramingError,
+    GenericNack,
+    Pdu,
+    PduError,
+    decode,
+    encode,
+    is_response,
+)
+
+
+class BindState(enum.Enum):
+    OPEN = "OPEN"  # connected, not bound
+    BOUND_TX = "BOUND_TX"
+    BOUND_RX = "BOUND_RX"
+    BOUND_TRX = "BOUND_TRX"
+    UNBINDING = "UNBINDING"  # unbind sent or received, unbind_resp pending
+    CLOSED = "CLOSED"
+
+
+class Side(enum.Enum):
+    """Who sends a PDU: the ESME (client) or the SMSC (server)."""
+
+    ESME = "ESME"
+    SMSC = "SMSC"
+
+
+C = CommandId
+S = BindState
+_BOUND = frozenset({S.BOUND_TX, S.BOUND_RX, S.BOUND_TRX})
+_CAN_TX = frozenset({S.BOUND_TX, S.BOUND_TRX})
+_CAN_RX = frozenset({S.BOUND_RX, S.BOUND_TRX})
+_ANY = frozenset(BindState) - {S.CLOSED}
+
+# (sender, request command) -> bind states in which that request is legal.
+# A request received in any other state is answered with ESME_RINVBNDSTS (ESME_RALYBND for a
+# second bind); a request we would send in any other state is a programming error.
+LEGAL_REQUESTS: dict[tuple[Side, CommandId], frozenset[BindState]] = {
+    (Side.ESME, C.BIND_TRANSMITTER): frozenset({S.OPEN}),
+    (Side.ESME, C.BIND_RECEIVER): frozenset({S.OPEN}),
+    (Side.ESME, C.BIND_TRANSCEIVER): frozenset({S.OPEN}),
+    (Side.SMSC, C.OUTBIND): frozenset({S.OPEN}),
+    (Side.ESME, C.SUBMIT_SM): _CAN_TX,
+    (Side.ESME, C.SUBMIT_MULTI): _CAN_TX,
+    (Side.ESME, C.QUERY_SM): _CAN_TX,
+    (Side.ESME, C.CANCEL_SM): _CAN_TX,
+    (Side.ESME, C.REPLACE_SM): _CAN_TX,
+    (Side.ESME, C.DATA_SM): _CAN_TX,
+    (Side.SMSC, C.DATA_SM): _CAN_RX,
+    (Side.SMSC, C.DELIVER_SM): _CAN_RX,
+    (Side.SMSC, C.ALERT_NOTIFICATION): _CAN_RX,
+    # enquire_link is accepted before bind too: many peers probe an open connection.
+    (Side.ESME, C.ENQUIRE_LINK): _ANY - {S.UNBINDING},
+    (Side.SMSC, C.ENQUIRE_LINK): _ANY - {S.UNBINDING},
+    (Side.ESME, C.UNBIND): _BOUND,
+    (Side.SMSC, C.UNBIND): _BOUND,
+}
+
+# (bind state, command, ok) -> next state. Applies whichever side sends the PDU; "ok" is
+# command_status == 0 for responses and always True for requests. Misses leave state as is.
+TRANSITIONS: dict[tuple[BindState, CommandId, bool], BindState] = {
+    (S.OPEN, C.BIND_TRANSMITTER_RESP, True): S.BOUND_TX,
+    (S.OPEN, C.BIND_RECEIVER_RESP, True): S.BOUND_RX,
+    (S.OPEN, C.BIND_TRANSCEIVER_RESP, True): S.BOUND_TRX,
+    **{(st, C.UNBIND, True): S.UNBINDING for st in _BOUND},
+    **{(st, C.UNBIND_RESP, ok): S.CLOSED for st in _ANY for ok in (True, False)},
+}
+
+_BIND_REQUESTS = frozenset({C.BIND_TRANSMITTER, C.BIND_RECEIVER, C.BIND_TRANSCEIVER})
+MAX_SEQUENCE = 0x7FFFFFFF
+
+
+class SessionError(Exception):
+    """We tried to send something the protocol forbids in the current state."""
+
+
+# --- events handed to the I/O layer -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived:
+    """A legal request from the peer; the application must answer it."""
+
+    pdu: Pdu
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseReceived:
+    """A response matching one of our outstanding requests."""
+
+    request: Pdu
+    response: Pdu
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolViolation:
+    """The peer sent something we answered on our own (error status or generic_nack).
+
+    fatal: the byte stream cannot be trusted any more; the connection must be closed once the
+    queued answer is flushed.
+    """
+
+    status: int
+    detail: str
+    fatal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UnexpectedResponse:
+    """A response with no outstanding request (late, after we timed it out, or bogus)."""
+
+    pdu: Pdu
+
+
+Event = RequestReceived | ResponseReceived | ProtocolViolation | UnexpectedResponse
+
+
+class Session:
+    """One SMPP connection's protocol state, for either side.
+
+    `receive_data(bytes)` returns events and may queue automatic answers;
+    `send(pdu)` validates, numbers requests and queues their bytes; `data_to_send()` drains
+    the queued bytes for the socket.
+    """
+
+    def __init__(self, side: Side, *, max_pdu_size: int = 65536) -> None:
+        self.side = side
+        self.peer = Side.SMSC if side is Side.ESME else Side.ESME
+        self.state = BindState.OPEN
+        self.outstanding: dict[int, Pdu] = {}
+        self._reader = FrameReader(max_length=max_pdu_size)
+        self._out: list[bytes] = []
+        self._next_seq = 1
+
+    # -- sending --------------------------------------------------------------------------
+    def next_sequence(self) -> int:
+        seq = self._next_seq
+        self._next_seq = 1 if seq >= MAX_SEQUENCE else seq + 1
+        return seq
+
+    def send(self, pdu: Pdu) -> int:
+        """Queue a PDU. Requests get a fresh sequence number (returned) and are tracked."""
+        cid = pdu.command_id
+        if is_response(cid):
+            self._transition(cid, pdu.status == 0)
+        else:
+            allowed = LEGAL_REQUESTS.get((self.side, cid))
+            if allowed is None or self.state not in allowed:
+                raise SessionError(f"{cid.name} may not be sent by {self.side.value} "
+                                   f"in state {self.state.value}")
+            pdu.sequence = self.next_sequence()
+            self.outstanding[pdu.sequence] = pdu
+            self._transition(cid, True)
+        self._out.append(encode(pdu))
+        return pdu.sequence
+
+    def data_to_send(self) -> bytes:
+        if not self._out:
+            return b""
+        data = b"".join(self._out)
+        self._out.clear()
+        return data
+
+    def abandon(self, sequence: int) -> Pdu | None:
+        """Forget an outstanding request (its response timed out)."""
+        return self.outstanding.pop(sequence, None)
+
+    @property
+    def bound(self) -> bool:
+        return self.state in _BOUND
+
+    def close(self) -> None:
+        self.state = BindState.CLOSED
+
+    # -- receiving ------------------------------------------------------------------------
+    def receive_data(self, data: bytes) -> list[Event]:
+        events: list[Event] = []
+        self._reader.feed(data)
+        while True:
+            try:
+                frame = self._reader.next_frame()
+            except FramingError as exc:
+                self._queue_nack(exc.status, exc.sequence)
+                events.append(ProtocolViolation(exc.status, exc.detail, fatal=True))
+                self.state = BindState.CLOSED
+                return events
+            if frame is None:
+                return events
+            events.append(self._receive_frame(frame))
+
+    def _receive_frame(self, frame: bytes) -> Event:
+        try:
+            pdu = decode(frame)
+        except PduError as exc:
+            self._queue_nack(exc.status, exc.sequence)
+            return ProtocolViolation(exc.status, exc.detail)
+        cid = pdu.command_id
+        if is_response(cid):
+            request = self.outstanding.pop(pdu.sequence, None)
+            if request is None or not _answers(request, pdu):
+                if request is not None:  # wrong kind of answer: keep waiting for the real one
+                    self.outstanding[pdu.sequence] = request
+                return UnexpectedResponse(pdu)
+            self._transition(cid, pdu.status == 0)
+            return ResponseReceived(request, pdu)
+        allowed = LEGAL_REQUESTS.get((self.peer, cid))
+        if allowed is None or self.state not in allowed:
+            status = (Status.ESME_RALYBND if cid in _BIND_REQUESTS and self.bound
+                      else Status.ESME_RINVBNDSTS)
+            self._reject(pdu, status)
+            return ProtocolViolation(
+                status, f"{cid.name} from {self.peer.value} not allowed in {self.state.value}")
+        self._transition(cid, True)
+        return RequestReceived(pdu)
+
+    def _reject(self, pdu: Pdu, status: int) -> None:
+        try:
+            resp = pdu.response(status=status)
+        except (TypeError, ValueError):
+            resp = GenericNack(sequence=pdu.sequence, status=status)
+        self._out.append(encode(resp))
+
+    def _queue_nack(self, status: int, sequence: int) -> None:
+        self._out.append(encode(GenericNack(sequence=sequence, status=status)))
+
+    def _transition(self, cid: CommandId, ok: bool) -> None:
+        self.state = TRANSITIONS.get((self.state, cid, ok), self.state)
+
+
+def _answers(request: Pdu, response: Pdu) -> bool:
+    if response.command_id == CommandId.GENERIC_NACK:
+        return True
+    return response.command_id == (request.command_id | 0x80000000)
