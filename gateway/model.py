@@ -1,0 +1,120 @@
+"""The gateway's message model: the records that flow from intake to store to dispatch.
+
+Plain data only (no I/O): a Message as accepted from upstream, its Parts as submitted to an
+operator, and the Reports (receipts and MO) owed to an upstream account.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass, field
+
+
+class State(enum.StrEnum):
+    """Message states; see DESIGN.md. The last four are final."""
+
+    ACCEPTED = "ACCEPTED"
+    SCHEDULED = "SCHEDULED"
+    QUEUED = "QUEUED"
+    IN_FLIGHT = "IN_FLIGHT"
+    DELIVERED = "DELIVERED"
+    UNDELIVERABLE = "UNDELIVERABLE"
+    EXPIRED = "EXPIRED"
+    REJECTED = "REJECTED"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset({State.DELIVERED, State.UNDELIVERABLE, State.EXPIRED, State.REJECTED})
+
+
+class PartState(enum.StrEnum):
+    """Outcome of one operator-side segment of a message."""
+
+    PENDING = "PENDING"  # not yet acknowledged by the operator (or to be resent)
+    SUBMITTED = "SUBMITTED"  # submit_sm_resp OK, operator id known, receipt awaited
+    DELIVERED = "DELIVERED"
+    UNDELIVERABLE = "UNDELIVERABLE"
+    EXPIRED = "EXPIRED"
+    REJECTED = "REJECTED"
+
+
+class ReportKind(enum.StrEnum):
+    RECEIPT = "RECEIPT"
+    MO = "MO"
+
+
+def new_message_id() -> str:
+    """A gateway message id: 32 lowercase hex digits (fits SMPP's 65-octet message_id)."""
+    return uuid.uuid4().hex
+
+
+@dataclass(slots=True)
+class Message:
+    """One upstream submission, as stored. Times are UNIX seconds (float, UTC)."""
+
+    id: str
+    account: str
+    source_addr: str
+    source_ton: int
+    source_npi: int
+    dest_addr: str
+    dest_ton: int
+    dest_npi: int
+    data_coding: int
+    esm_class: int
+    protocol_id: int
+    priority: int
+    registered_delivery: int
+    body: bytes  # short_message or message_payload octets as submitted (UDH included if UDHI)
+    created_at: float
+    expires_at: float
+    not_before: float  # schedule_delivery_time, or created_at
+    state: State = State.QUEUED
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+    error: int = 0  # last operator error / command_status, 0 if none
+    done_at: float | None = None
+    parts_total: int = 0  # set when first dispatched
+    channel: str = "sms"
+    connector: str | None = None  # connector name of the current/last attempt
+    tlvs: bytes = b""  # upstream TLVs passed through to the operator (encoded, in order)
+
+
+@dataclass(slots=True)
+class Part:
+    """One segment of a message as submitted to an operator."""
+
+    message_id: str
+    part_no: int  # 1-based
+    connector: str
+    smsc_id: str | None = None
+    state: PartState = PartState.PENDING
+    error: int = 0
+    submitted_at: float | None = None
+    done_at: float | None = None
+
+
+@dataclass(slots=True)
+class Report:
+    """Something owed to an upstream account: a delivery receipt or an MO message."""
+
+    account: str
+    kind: ReportKind
+    message_id: str  # receipts: the gateway message id; MO: a fresh id
+    source_addr: str
+    source_ton: int
+    source_npi: int
+    dest_addr: str
+    dest_ton: int
+    dest_npi: int
+    data_coding: int
+    body: bytes  # receipt text, or the MO's short_message
+    created_at: float
+    state: State | None = None  # receipts: the final message state
+    error: int = 0
+    id: int | None = None  # row id, assigned by the store
+    extra: dict[str, str] = field(default_factory=dict)
