@@ -1,0 +1,944 @@
+"""Configuration: read the TOML file (stdlib tomllib) and validate it into frozen typed objects.
+
+Every error is a ConfigError naming the file, the key (groups named by their name, e.g.
+``smsc "opA".window``), what was expected and what was found. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast, get_args
+
+from gateway.passwords import SMPP_PASSWORD_MAX, is_password_hash
+
+__all__ = [
+    "AccountConfig",
+    "ConfigError",
+    "GatewayConfig",
+    "ListenerConfig",
+    "MetricsConfig",
+    "RetryConfig",
+    "RouteConfig",
+    "SimulatorConfig",
+    "SmscConfig",
+    "StoreConfig",
+    "check",
+    "load_config",
+    "load_simulator_config",
+    "parse_duration",
+]
+
+BindMode = Literal["transceiver", "transmitter+receiver"]
+Segmentation = Literal["udh", "sar", "payload"]
+ReceiptIdFormat = Literal["auto", "as-is", "hex", "decimal"]
+MessageIdFormat = Literal["hex", "decimal"]
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+DAY = 86400.0
+
+
+class ConfigError(Exception):
+    """A configuration problem. ``str()`` is the full message, one problem per line, each like
+    ``conf/x.toml: smsc "opA".window: expected a positive integer, got "ten"``."""
+
+    def __init__(self, message: str, *, file: str | None = None, key: str | None = None) -> None:
+        super().__init__(message)
+        self.file = file
+        self.key = key
+
+
+# --------------------------------------------------------------------------------------------
+# The typed configuration
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    """One SMPP listener for upstream ESMEs (``[[listener]]``)."""
+
+    host: str = "127.0.0.1"
+    port: int = 2775
+    bind_timeout: float = 30.0  # close the connection if no bind arrives within this
+    inactivity_timeout: float = 120.0  # close if nothing received for this long
+    enquire_link_interval: float = 30.0  # we probe idle upstream binds this often
+    response_timeout: float = 30.0  # how long we wait for a deliver_sm_resp
+    window: int = 64  # outstanding deliver_sm per bind
+    auth_failure_delay: float = 1.0  # delay before answering a failed bind
+    max_pdu_size: int = 65536  # larger command_length closes the connection
+
+
+@dataclass(frozen=True, slots=True)
+class AccountConfig:
+    """One upstream account (``[[account]]``), identified by its SMPP system_id."""
+
+    system_id: str
+    password_hash: str
+    max_binds: int = 8
+    throughput: float = 0.0  # submits/s over all binds of the account; 0 = unlimited
+    mo_addresses: tuple[str, ...] = ()  # numbers whose MO replies belong to this account
+    validity: float | None = None  # cap on message validity for this account; None = default
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SmscConfig:
+    """One operator SMSC connection (``[[smsc]]``)."""
+
+    name: str
+    host: str
+    port: int
+    system_id: str
+    password: str
+    system_type: str = ""
+    bind_mode: BindMode = "transceiver"
+    binds: int = 1  # transceiver: N trx binds; transmitter+receiver: N tx and N rx
+    window: int = 10  # outstanding submit_sm per bind
+    throughput: float = 0.0  # submit_sm/s over the whole connection; 0 = unlimited
+    response_timeout: float = 10.0
+    enquire_link_interval: float = 30.0
+    reconnect_delay: float = 1.0
+    reconnect_delay_max: float = 60.0
+    interface_version: int = 0x34
+    address_range: str = ""
+    source_ton: int | None = None  # None = keep the upstream's
+    source_npi: int | None = None
+    dest_ton: int | None = None
+    dest_npi: int | None = None
+    segmentation: Segmentation = "udh"
+    udh_ref16: bool = False
+    receipt_hold: float = 10.0  # seconds an unmatched receipt is held and matched again
+    receipt_id_format: ReceiptIdFormat = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    """A route (``[[route]]``): destination prefixes -> ordered SMSCs (primary, then failover).
+
+    ``prefixes`` are E.164 digits without '+'; empty means the default route. ``smscs`` has a
+    default only so the field order can match the config file; the loader requires it.
+    """
+
+    name: str
+    prefixes: tuple[str, ...] = ()
+    smscs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    """Backoff between delivery attempts of one message (``[retry]``)."""
+
+    initial_delay: float = 5.0
+    max_delay: float = 300.0
+    multiplier: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """The durable message store (``[store]``)."""
+
+    path: Path
+    batch_max: int = 512  # rows per group commit at most
+    retention: float = 180 * DAY  # finished messages older than this are purged
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """The HTTP endpoint serving Prometheus metrics (``[metrics]``)."""
+
+    host: str = "127.0.0.1"
+    port: int = 9775
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatorConfig:
+    """The built-in SMSC simulator (``[simulator]``).
+
+    Receipt outcome shares (delivered, undeliverable, expired, no_receipt) sum to 1; when
+    ``delivered`` is not given in the file it is what the other three leave. Submit outcome
+    shares (throttle, error, slow, disconnect) sum to at most 1; the rest is answered normally.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 2776
+    system_id: str = "sim"
+    password: str = "simpass"
+    control_host: str = "127.0.0.1"
+    control_port: int = 2777  # HTTP control interface: MO injection, stats
+    receipt_delay: float = 1.0
+    delivered: float = 1.0
+    undeliverable: float = 0.0
+    expired: float = 0.0
+    no_receipt: float = 0.0
+    throttle: float = 0.0  # share of submit_sm answered ESME_RTHROTTLED
+    error: float = 0.0  # share of submit_sm answered ESME_RSYSERR
+    slow: float = 0.0  # share of submit_sm answered after slow_delay
+    slow_delay: float = 5.0
+    disconnect: float = 0.0  # share of submit_sm that drops the connection instead
+    message_id_format: MessageIdFormat = "hex"
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayConfig:
+    """The whole daemon configuration, as loaded from ``source``."""
+
+    source: Path
+    node: str = "smsgw"
+    validity: float = DAY  # default message validity
+    log_level: str = "info"
+    listeners: tuple[ListenerConfig, ...] = (ListenerConfig(),)
+    accounts: dict[str, AccountConfig] = field(default_factory=dict)  # by system_id
+    smscs: dict[str, SmscConfig] = field(default_factory=dict)  # by name
+    routes: tuple[RouteConfig, ...] = ()
+    store: StoreConfig
+    retry: RetryConfig = RetryConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    simulator: SimulatorConfig | None = None  # present: run the simulator in-process
+
+
+# --------------------------------------------------------------------------------------------
+# Durations
+# --------------------------------------------------------------------------------------------
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": DAY}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?\s*(?:ms|s|m|h|d)\s*)+")
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number of seconds or a string like "500ms", "30s", "5m", "24h", "2d"
+    (parts may be combined: "1h30m"). Raises ValueError on anything else or a negative value."""
+    if isinstance(value, bool):
+        raise ValueError("not a duration")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and _DURATION.fullmatch(value.strip()):
+        seconds = sum(float(n) * _UNITS[u] for n, u in _DURATION_PART.findall(value))
+    else:
+        raise ValueError("not a duration")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("not a duration")
+    return seconds
+
+
+# --------------------------------------------------------------------------------------------
+# Reading one table
+# --------------------------------------------------------------------------------------------
+
+_MISSING: Any = object()
+_T = TypeVar("_T")
+
+DURATION_HINT = 'a duration (seconds, or a string like "500ms", "30s", "5m", "24h", "2d")'
+_HOST_RE = re.compile(r"[A-Za-z0-9_.:%\-\[\]]+")
+_DIGITS_RE = re.compile(r"[0-9]+")
+_NAME_RE = re.compile(r"[A-Za-z0-9_.\-]+")
+_TONS = frozenset(range(7))
+_NPIS = frozenset({0, 1, 3, 4, 6, 8, 9, 10, 14, 18})
+
+
+def _show(value: object) -> str:
+    """A found value, written the TOML way, short."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+    elif isinstance(value, dict):
+        return "a table"
+    elif isinstance(value, list):
+        if value and all(isinstance(v, dict) for v in value):
+            return "an array of tables"
+        text = "[" + ", ".join(_show(v) for v in value) + "]"
+    elif hasattr(value, "isoformat"):
+        text = str(value.isoformat())
+    else:
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _Table:
+    """Typed access to one TOML table; remembers which keys were read so the rest are unknown."""
+
+    def __init__(self, file: str, where: str, data: Mapping[str, Any]) -> None:
+        self.file = file
+        self.where = where
+        self.data = data
+        self.seen: set[str] = set()
+
+    def key(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def fail(self, key: str, expected: str, value: object = _MISSING) -> ConfigError:
+        path = self.key(key)
+        if value is _MISSING:
+            msg = f"{self.file}: {path}: {expected}"
+        else:
+            msg = f"{self.file}: {path}: expected {expected}, got {_show(value)}"
+        return ConfigError(msg, file=self.file, key=path)
+
+    def get(
+        self,
+        key: str,
+        default: Any,
+        expected: str,
+        convert: Callable[[Any], _T | None],
+    ) -> _T:
+        """``convert`` returns the typed value, or None when the raw value does not fit."""
+        self.seen.add(key)
+        if key not in self.data:
+            if default is _MISSING:
+                raise self.fail(key, f"required key missing (expected {expected})")
+            return cast(_T, default)
+        raw = self.data[key]
+        try:
+            value = convert(raw)
+        except (ValueError, TypeError):
+            value = None
+        if value is None:
+            raise self.fail(key, expected, raw)
+        return value
+
+    def string(
+        self,
+        key: str,
+        default: Any = _MISSING,
+        *,
+        max_len: int | None = None,
+        empty: bool = True,
+        pattern: re.Pattern[str] | None = None,
+        expected: str | None = None,
+    ) -> str:
+        if expected is None:
+            expected = "a non-empty string" if not empty else "a string"
+            if max_len is not None:
+                expected += f" of at most {max_len} characters"
+
+        def conv(v: Any) -> str | None:
+            if not isinstance(v, str):
+                return None
+            if (not empty and not v) or (max_len is not None and len(v) > max_len):
+                return None
+            if pattern is not None and v and not pattern.fullmatch(v):
+                return None
+            return v
+
+        return self.get(key, default, expected, conv)
+
+    def host(self, key: str, default: Any = _MISSING) -> str:
+        return self.string(
+            key, default, empty=False, pattern=_HOST_RE, expected="a host name or IP address"
+        )
+
+    def port(self, key: str, default: Any = _MISSING, *, zero: bool = True) -> int:
+        low = 0 if zero else 1
+        hint = " (0 = any free port)" if zero else ""
+        return self.integer(key, default, low=low, high=65535, expected=f"a port {low}-65535{hint}")
+
+    def integer(
+        self,
+        key: str,
+        default: Any = _MISSING,
+        *,
+        low: int | None = None,
+        high: int | None = None,
+        allowed: frozenset[int] | None = None,
+        expected: str | None = None,
+    ) -> int:
+        if expected is None:
+            if allowed is not None:
+                expected = "one of " + ", ".join(str(a) for a in sorted(allowed))
+            elif low == 1 and high is None:
+                expected = "a positive integer"
+            elif low == 0 and high is None:
+                expected = "an integer >= 0"
+            elif low is not None and high is not None:
+                expected = f"an integer from {low} to {high}"
+            else:
+                expected = "an integer"
+
+        def conv(v: Any) -> int | None:
+            if not isinstance(v, int) or isinstance(v, bool):
+                return None
+            if (low is not None and v < low) or (high is not None and v > high):
+                return None
+            if allowed is not None and v not in allowed:
+                return None
+            return v
+
+        return self.get(key, default, expected, conv)
+
+    def number(
+        self,
+        key: str,
+        default: Any = _MISSING,
+        *,
+        low: float = 0.0,
+        high: float | None = None,
+        positive: bool = False,
+        expected: str | None = None,
+    ) -> float:
+        if expected is None:
+            if high is not None:
+                expected = f"a number from {low:g} to {high:g}"
+            elif positive:
+                expected = "a positive number"
+            else:
+                expected = f"a number >= {low:g}"
+
+        def conv(v: Any) -> float | None:
+            if not isinstance(v, int | float) or isinstance(v, bool):
+                return None
+            f = float(v)
+            if not math.isfinite(f) or f < low or (positive and f <= 0):
+                return None
+            if high is not None and f > high:
+                return None
+            return f
+
+        return self.get(key, default, expected, conv)
+
+    def duration(self, key: str, default: Any = _MISSING, *, positive: bool = True) -> float:
+        expected = ("a positive " if positive else "a ") + DURATION_HINT.removeprefix("a ")
+
+        def conv(v: Any) -> float | None:
+            seconds = parse_duration(v)
+            if positive and seconds <= 0:
+                return None
+            return seconds
+
+        return self.get(key, default, expected, conv)
+
+    def boolean(self, key: str, default: Any = _MISSING) -> bool:
+        return self.get(key, default, "true or false", lambda v: v if isinstance(v, bool) else None)
+
+    def choice(self, key: str, default: Any, choices: Iterable[str]) -> Any:
+        options = tuple(choices)
+        expected = "one of " + ", ".join(json.dumps(c) for c in options)
+        return self.get(key, default, expected, lambda v: v if v in options else None)
+
+    def strings(
+        self,
+        key: str,
+        default: Any = _MISSING,
+        *,
+        pattern: re.Pattern[str] | None = None,
+        expected: str = "an array of strings",
+        nonempty: bool = False,
+    ) -> tuple[str, ...]:
+        def conv(v: Any) -> tuple[str, ...] | None:
+            if not isinstance(v, list) or (nonempty and not v):
+                return None
+            if not all(isinstance(s, str) for s in v):
+                return None
+            if pattern is not None and not all(pattern.fullmatch(s) for s in v):
+                return None
+            return tuple(v)
+
+        return self.get(key, default, expected, conv)
+
+    def done(self) -> None:
+        """Raise on the first key that was never read: an unknown key, most likely a typo."""
+        for key in self.data:
+            if key not in self.seen:
+                known = sorted(self.seen)
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f'did you mean "{close[0]}"?' if close else "known keys: " + ", ".join(known)
+                raise self.fail(key, f"unknown key ({hint})")
+
+
+# --------------------------------------------------------------------------------------------
+# Groups
+# --------------------------------------------------------------------------------------------
+
+_TOP_TABLES = ("gateway", "store", "retry", "metrics", "simulator")
+_TOP_ARRAYS = ("listener", "account", "smsc", "route")
+
+
+def _group_where(kind: str, index: int, data: Mapping[str, Any], name_key: str) -> str:
+    """``smsc "opA"`` when the group has a usable name, else ``smsc[2]``."""
+    name = data.get(name_key)
+    if isinstance(name, str) and name and _NAME_RE.fullmatch(name):
+        return f'{kind} "{name}"'
+    return f"{kind}[{index}]"
+
+
+def _gateway(t: _Table) -> tuple[str, float, str]:
+    node = t.string(
+        "node",
+        "smsgw",
+        pattern=_NAME_RE,
+        empty=False,
+        expected="a name (letters, digits, '_', '.', '-')",
+    )
+    validity = t.duration("validity", DAY)
+    log_level = t.choice("log_level", "info", get_args(LogLevel))
+    t.done()
+    return node, validity, str(log_level)
+
+
+def _listener(t: _Table) -> ListenerConfig:
+    d = ListenerConfig()
+    cfg = ListenerConfig(
+        host=t.host("host", d.host),
+        port=t.port("port", d.port),
+        bind_timeout=t.duration("bind_timeout", d.bind_timeout),
+        inactivity_timeout=t.duration("inactivity_timeout", d.inactivity_timeout),
+        enquire_link_interval=t.duration("enquire_link_interval", d.enquire_link_interval),
+        response_timeout=t.duration("response_timeout", d.response_timeout),
+        window=t.integer("window", d.window, low=1),
+        auth_failure_delay=t.duration("auth_failure_delay", d.auth_failure_delay, positive=False),
+        max_pdu_size=t.integer("max_pdu_size", d.max_pdu_size, low=1024, high=16 * 1024 * 1024),
+    )
+    t.done()
+    return cfg
+
+
+def _account(t: _Table) -> AccountConfig:
+    system_id = t.string("system_id", max_len=15, empty=False)
+    password_hash = t.get(
+        "password_hash",
+        _MISSING,
+        'a scrypt hash "scrypt$n$r$p$salt$hash" (make one with `smsgw hash-password`)',
+        lambda v: v if isinstance(v, str) and is_password_hash(v) else None,
+    )
+    cfg = AccountConfig(
+        system_id=system_id,
+        password_hash=password_hash,
+        max_binds=t.integer("max_binds", 8, low=1),
+        throughput=t.number("throughput", 0.0),
+        mo_addresses=t.strings(
+            "mo_addresses",
+            (),
+            pattern=_DIGITS_RE,
+            expected="an array of numbers written as strings of digits, without '+'",
+        ),
+        validity=t.duration("validity", None),
+        description=t.string("description", ""),
+    )
+    t.done()
+    return cfg
+
+
+def _smsc(t: _Table) -> SmscConfig:
+    d_name = t.string(
+        "name", pattern=_NAME_RE, empty=False, expected="a name (letters, digits, '_', '.', '-')"
+    )
+    cfg = SmscConfig(
+        name=d_name,
+        host=t.host("host"),
+        port=t.port("port", zero=False),
+        system_id=t.string("system_id", max_len=15, empty=False),
+        password=t.string("password", max_len=SMPP_PASSWORD_MAX),
+        system_type=t.string("system_type", "", max_len=12),
+        bind_mode=t.choice("bind_mode", "transceiver", get_args(BindMode)),
+        binds=t.integer("binds", 1, low=1),
+        window=t.integer("window", 10, low=1),
+        throughput=t.number("throughput", 0.0),
+        response_timeout=t.duration("response_timeout", 10.0),
+        enquire_link_interval=t.duration("enquire_link_interval", 30.0),
+        reconnect_delay=t.duration("reconnect_delay", 1.0),
+        reconnect_delay_max=t.duration("reconnect_delay_max", 60.0),
+        interface_version=t.integer(
+            "interface_version", 0x34, low=0, high=0x34, expected="an integer from 0x00 to 0x34"
+        ),
+        address_range=t.string("address_range", "", max_len=40),
+        source_ton=t.integer("source_ton", None, allowed=_TONS),
+        source_npi=t.integer("source_npi", None, allowed=_NPIS),
+        dest_ton=t.integer("dest_ton", None, allowed=_TONS),
+        dest_npi=t.integer("dest_npi", None, allowed=_NPIS),
+        segmentation=t.choice("segmentation", "udh", get_args(Segmentation)),
+        udh_ref16=t.boolean("udh_ref16", False),
+        receipt_hold=t.duration("receipt_hold", 10.0, positive=False),
+        receipt_id_format=t.choice("receipt_id_format", "auto", get_args(ReceiptIdFormat)),
+    )
+    t.done()
+    if cfg.reconnect_delay_max < cfg.reconnect_delay:
+        raise t.fail(
+            "reconnect_delay_max",
+            f"a duration >= reconnect_delay ({cfg.reconnect_delay:g}s)",
+            t.data["reconnect_delay_max"],
+        )
+    return cfg
+
+
+def _route(t: _Table) -> RouteConfig:
+    cfg = RouteConfig(
+        name=t.string(
+            "name",
+            pattern=_NAME_RE,
+            empty=False,
+            expected="a name (letters, digits, '_', '.', '-')",
+        ),
+        prefixes=t.strings(
+            "prefixes",
+            (),
+            pattern=_DIGITS_RE,
+            expected="an array of E.164 prefixes written as strings of digits, without '+'",
+        ),
+        smscs=t.strings("smscs", expected="a non-empty array of smsc names", nonempty=True),
+    )
+    t.done()
+    return cfg
+
+
+def _retry(t: _Table) -> RetryConfig:
+    d = RetryConfig()
+    initial = t.duration("initial_delay", d.initial_delay)
+    max_delay = t.duration("max_delay", d.max_delay)
+    multiplier = t.number("multiplier", d.multiplier, low=1.0)
+    t.done()
+    if max_delay < initial:
+        raise t.fail(
+            "max_delay", f"a duration >= initial_delay ({initial:g}s)", t.data["max_delay"]
+        )
+    return RetryConfig(initial_delay=initial, max_delay=max_delay, multiplier=multiplier)
+
+
+def _store(t: _Table) -> StoreConfig:
+    raw = t.string("path", empty=False, expected="a file path")
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        path = Path.cwd() / path  # relative paths: against the daemon's working directory
+    cfg = StoreConfig(
+        path=path,
+        batch_max=t.integer("batch_max", 512, low=1),
+        retention=t.duration("retention", 180 * DAY),
+    )
+    t.done()
+    return cfg
+
+
+def _metrics(t: _Table) -> MetricsConfig:
+    d = MetricsConfig()
+    cfg = MetricsConfig(
+        host=t.host("host", d.host),
+        port=t.port("port", d.port),
+        enabled=t.boolean("enabled", d.enabled),
+    )
+    t.done()
+    return cfg
+
+
+_RECEIPT_SHARES = ("delivered", "undeliverable", "expired", "no_receipt")
+_SUBMIT_SHARES = ("throttle", "error", "slow", "disconnect")
+
+
+def _simulator(t: _Table) -> SimulatorConfig:
+    d = SimulatorConfig()
+
+    def share(key: str, default: float) -> float:
+        return t.number(key, default, low=0.0, high=1.0)
+
+    host = t.host("host", d.host)
+    port = t.port("port", d.port)
+    system_id = t.string("system_id", d.system_id, max_len=15, empty=False)
+    password = t.string("password", d.password, max_len=SMPP_PASSWORD_MAX)
+    control_host = t.host("control_host", d.control_host)
+    control_port = t.port("control_port", d.control_port)
+    receipt_delay = t.duration("receipt_delay", d.receipt_delay, positive=False)
+    undeliverable = share("undeliverable", 0.0)
+    expired = share("expired", 0.0)
+    no_receipt = share("no_receipt", 0.0)
+    others = undeliverable + expired + no_receipt
+    if "delivered" in t.data:
+        delivered = share("delivered", _MISSING)
+        total = delivered + others
+        if abs(total - 1.0) > 1e-6:
+            raise t.fail(
+                "delivered",
+                "receipt outcome shares summing to 1: delivered + undeliverable + expired + "
+                f"no_receipt = {total:g} (leave delivered out to make it the rest)",
+            )
+    else:
+        if others > 1.0 + 1e-6:
+            raise t.fail(
+                "undeliverable",
+                "receipt outcome shares summing to at most 1: undeliverable + expired + "
+                f"no_receipt = {others:g}",
+            )
+        delivered = max(0.0, 1.0 - others)
+    throttle = share("throttle", 0.0)
+    error = share("error", 0.0)
+    slow = share("slow", 0.0)
+    disconnect = share("disconnect", 0.0)
+    if throttle + error + slow + disconnect > 1.0 + 1e-6:
+        raise t.fail(
+            "throttle",
+            "submit outcome shares summing to at most 1 (throttle + error + slow + disconnect"
+            f" = {throttle + error + slow + disconnect:g})",
+        )
+    cfg = SimulatorConfig(
+        host=host,
+        port=port,
+        system_id=system_id,
+        password=password,
+        control_host=control_host,
+        control_port=control_port,
+        receipt_delay=receipt_delay,
+        delivered=delivered,
+        undeliverable=undeliverable,
+        expired=expired,
+        no_receipt=no_receipt,
+        throttle=throttle,
+        error=error,
+        slow=slow,
+        slow_delay=t.duration("slow_delay", d.slow_delay, positive=False),
+        disconnect=disconnect,
+        message_id_format=t.choice("message_id_format", "hex", get_args(MessageIdFormat)),
+        seed=t.integer("seed", None),
+    )
+    t.done()
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+
+_TOML_POS = re.compile(r"^(.*) \(at (line \d+, column \d+|end of document)\)$")
+
+
+def _read(path: str | Path) -> tuple[str, dict[str, Any]]:
+    """(file name as given, parsed document); I/O and TOML syntax errors become ConfigError."""
+    file = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read: {exc.strerror or exc}", file=file) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{file}: line {line}: not valid UTF-8", file=file) from None
+    try:
+        return file, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        msg = str(exc)
+        m = _TOML_POS.match(msg)
+        msg = f"{m.group(2)}: TOML syntax error: {m.group(1)}" if m else f"TOML error: {msg}"
+        raise ConfigError(f"{file}: {msg}", file=file) from None
+
+
+def _table(file: str, doc: Mapping[str, Any], name: str) -> _Table:
+    data = doc.get(name, {})
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{file}: {name}: expected a table ([{name}]), got {_show(data)}", file=file, key=name
+        )
+    return _Table(file, name, data)
+
+
+def _array(file: str, doc: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
+    data = doc.get(name, [])
+    if isinstance(data, dict):
+        raise ConfigError(
+            f"{file}: {name}: expected an array of tables ([[{name}]], one per {name}), "
+            f"got a table ([{name}])",
+            file=file,
+            key=name,
+        )
+    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+        raise ConfigError(
+            f"{file}: {name}: expected an array of tables ([[{name}]]), got {_show(data)}",
+            file=file,
+            key=name,
+        )
+    if not data:
+        raise ConfigError(
+            f"{file}: {name}: at least one [[{name}]] is required", file=file, key=name
+        )
+    return data
+
+
+def _top_keys(file: str, doc: Mapping[str, Any], allowed: Iterable[str]) -> None:
+    known = list(allowed)
+    for key in doc:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f'did you mean "{close[0]}"?' if close else "known: " + ", ".join(known)
+            raise ConfigError(f"{file}: {key}: unknown table or key ({hint})", file=file, key=key)
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Load and validate the gateway configuration at ``path``; raise ConfigError if invalid.
+
+    Beyond each key's own type and range, the references between groups are checked too
+    (routes name existing smscs, names unique, ...), so a loaded config is usable as is.
+    Relative paths in the file (``store.path``) are resolved against the current working
+    directory, not the config file's directory.
+    """
+    file, doc = _read(path)
+    _top_keys(file, doc, _TOP_TABLES + _TOP_ARRAYS)
+    node, validity, log_level = _gateway(_table(file, doc, "gateway"))
+    if "store" not in doc:
+        raise ConfigError(
+            f"{file}: store: required table missing ([store] with path = ...)",
+            file=file,
+            key="store",
+        )
+
+    def groups(kind: str, name_key: str | None, parse: Callable[[_Table], _T]) -> list[_T]:
+        out = []
+        for i, data in enumerate(_array(file, doc, kind)):
+            where = _group_where(kind, i, data, name_key) if name_key else f"{kind}[{i}]"
+            out.append(parse(_Table(file, where, data)))
+        return out
+
+    listeners = groups("listener", None, _listener)
+    accounts = groups("account", "system_id", _account)
+    smscs = groups("smsc", "name", _smsc)
+    routes = groups("route", "name", _route)
+    simulator = _simulator(_table(file, doc, "simulator")) if "simulator" in doc else None
+
+    config = GatewayConfig(
+        source=Path(os.path.abspath(path)),
+        node=node,
+        validity=validity,
+        log_level=log_level,
+        listeners=tuple(listeners),
+        accounts={a.system_id: a for a in accounts},
+        smscs={s.name: s for s in smscs},
+        routes=tuple(routes),
+        store=_store(_table(file, doc, "store")),
+        retry=_retry(_table(file, doc, "retry")),
+        metrics=_metrics(_table(file, doc, "metrics")),
+        simulator=simulator,
+    )
+    problems = _cross_check(file, config, accounts, smscs, routes)
+    if problems:
+        raise ConfigError("\n".join(problems), file=file)
+    return config
+
+
+def _cross_check(
+    file: str,
+    config: GatewayConfig,
+    accounts: list[AccountConfig],
+    smscs: list[SmscConfig],
+    routes: list[RouteConfig],
+) -> list[str]:
+    """Every problem between groups, one line each (all of them, not just the first)."""
+    problems: list[str] = []
+
+    def dup(kind: str, key: str, names: list[str]) -> None:
+        seen: set[str] = set()
+        for name in names:
+            if name in seen:
+                problems.append(
+                    f'{file}: {kind} "{name}".{key}: expected a unique {key}, got "{name}" twice'
+                )
+            seen.add(name)
+
+    dup("account", "system_id", [a.system_id for a in accounts])
+    dup("smsc", "name", [s.name for s in smscs])
+    dup("route", "name", [r.name for r in routes])
+
+    owner: dict[str, str] = {}
+    for a in accounts:
+        for addr in a.mo_addresses:
+            if addr in owner and owner[addr] != a.system_id:
+                problems.append(
+                    f'{file}: account "{a.system_id}".mo_addresses: "{addr}" already belongs '
+                    f'to account "{owner[addr]}" (an MO address has one owner)'
+                )
+            owner.setdefault(addr, a.system_id)
+
+    prefix_owner: dict[str, str] = {}
+    defaults: list[str] = []
+    for r in routes:
+        for s in r.smscs:
+            if s not in config.smscs:
+                known = ", ".join(f'"{n}"' for n in config.smscs)
+                problems.append(
+                    f'{file}: route "{r.name}".smscs: expected names of [[smsc]] groups '
+                    f'({known}), got unknown smsc "{s}"'
+                )
+        if len(set(r.smscs)) != len(r.smscs):
+            problems.append(f'{file}: route "{r.name}".smscs: an smsc is listed twice')
+        if not r.prefixes:
+            defaults.append(r.name)
+        for p in r.prefixes:
+            if p in prefix_owner:
+                problems.append(
+                    f'{file}: route "{r.name}".prefixes: prefix "{p}" is already routed by '
+                    f'route "{prefix_owner[p]}"'
+                )
+            prefix_owner.setdefault(p, r.name)
+    if len(defaults) > 1:
+        names = ", ".join(f'"{n}"' for n in defaults)
+        problems.append(
+            f"{file}: route: expected at most one default route (no prefixes), got {names}"
+        )
+
+    problems += _port_clashes(file, config)
+    return problems
+
+
+_WILDCARD = frozenset({"0.0.0.0", "::", "*", ""})
+
+
+def _port_clashes(file: str, config: GatewayConfig) -> list[str]:
+    """Two sockets of this config listening on one port (same host, or either a wildcard)."""
+    sockets: list[tuple[str, str, int]] = [
+        (f"listener[{i}].port", lst.host, lst.port) for i, lst in enumerate(config.listeners)
+    ]
+    if config.metrics.enabled:
+        sockets.append(("metrics.port", config.metrics.host, config.metrics.port))
+    sim = config.simulator
+    if sim is not None:
+        sockets.append(("simulator.port", sim.host, sim.port))
+        sockets.append(("simulator.control_port", sim.control_host, sim.control_port))
+    problems = []
+    for i, (key, host, port) in enumerate(sockets):
+        for other, ohost, oport in sockets[:i]:
+            same_host = host == ohost or host in _WILDCARD or ohost in _WILDCARD
+            if port and port == oport and same_host:
+                problems.append(
+                    f"{file}: {key}: expected a port not used elsewhere, got {port}, "
+                    f"already used by {other}"
+                )
+    return problems
+
+
+def load_simulator_config(path: str | Path) -> SimulatorConfig:
+    """Load the ``[simulator]`` table of ``path`` (for ``smsgw simulate-smsc --config``).
+
+    The file may be a gateway config too: its other groups are allowed and ignored here.
+    """
+    file, doc = _read(path)
+    _top_keys(file, doc, _TOP_TABLES + _TOP_ARRAYS)
+    if "simulator" not in doc:
+        raise ConfigError(
+            f"{file}: simulator: required table missing ([simulator])",
+            file=file,
+            key="simulator",
+        )
+    return _simulator(_table(file, doc, "simulator"))
+
+
+def check(path: str | Path) -> GatewayConfig:
+    """Everything ``smsgw check-config`` verifies: load_config (types, ranges, references
+    between groups) plus the environment: the store's directory exists or can be created."""
+    config = load_config(path)
+    file = str(path)
+    directory = config.store.path.parent
+    probe = directory
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        verb = "write in" if probe == directory else "create"
+        raise ConfigError(
+            f"{file}: store.path: expected a file in a writable directory, cannot {verb} "
+            f"{directory}",
+            file=file,
+            key="store.path",
+        )
+    return config
