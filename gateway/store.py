@@ -1,0 +1,711 @@
+"""The durable store: every Message, Part, Report and orphan receipt, in SQLite (WAL).
+
+The only module that touches the database (through aiosqlite, hosted in trio by trio-asyncio).
+One writer task group-commits all queued writes; a write call returns after its COMMIT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import operator
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from urllib.parse import quote
+
+import aiosqlite
+import trio
+import trio_asyncio
+
+from gateway.model import FINAL_STATES, Message, Part, PartState, Report, ReportKind, State
+
+__all__ = ["ConstraintError", "SchemaError", "Store", "StoreError"]
+
+T = TypeVar("T")
+Row = tuple[Any, ...]
+
+
+class StoreError(Exception):
+    """A write or read the store could not carry out; the message says why."""
+
+
+class ConstraintError(StoreError):
+    """A write broke a constraint (e.g. a message id that already exists). Nothing of it was
+    written."""
+
+
+class SchemaError(StoreError):
+    """The database file has a schema this version does not know (newer, or foreign)."""
+
+
+# --------------------------------------------------------------------------- schema
+
+MESSAGE_COLUMNS = (
+    "id", "account", "source_addr", "source_ton", "source_npi", "dest_addr", "dest_ton",
+    "dest_npi", "data_coding", "esm_class", "protocol_id", "priority", "registered_delivery",
+    "body", "created_at", "expires_at", "not_before", "state", "attempts", "next_attempt_at",
+    "error", "done_at", "parts_total", "channel", "connector", "tlvs",
+)  # fmt: skip
+# What save_message may change on an existing row; everything else is fixed at intake.
+MESSAGE_MUTABLE = (
+    "state", "attempts", "next_attempt_at", "error", "done_at", "parts_total", "connector",
+    "channel",
+)  # fmt: skip
+PART_COLUMNS = (
+    "message_id", "part_no", "connector", "smsc_id", "state", "error", "submitted_at", "done_at",
+)  # fmt: skip
+REPORT_COLUMNS = (
+    "account", "kind", "message_id", "source_addr", "source_ton", "source_npi", "dest_addr",
+    "dest_ton", "dest_npi", "data_coding", "body", "created_at", "state", "error", "id", "extra",
+)  # fmt: skip
+
+_FINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(FINAL_STATES)) + ")"
+# Written identically in the partial indexes and in the queries, so SQLite uses the indexes.
+_OPEN = f"state NOT IN {_FINAL_SQL}"
+_DONE = f"state IN {_FINAL_SQL}"
+
+SCHEMA_VERSION = 1
+# MIGRATIONS[v] takes a database at user_version v to v + 1.
+MIGRATIONS: tuple[str, ...] = (
+    f"""
+    CREATE TABLE messages (
+        id TEXT PRIMARY KEY NOT NULL,
+        account TEXT NOT NULL,
+        source_addr TEXT NOT NULL,
+        source_ton INTEGER NOT NULL,
+        source_npi INTEGER NOT NULL,
+        dest_addr TEXT NOT NULL,
+        dest_ton INTEGER NOT NULL,
+        dest_npi INTEGER NOT NULL,
+        data_coding INTEGER NOT NULL,
+        esm_class INTEGER NOT NULL,
+        protocol_id INTEGER NOT NULL,
+        priority INTEGER NOT NULL,
+        registered_delivery INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        not_before REAL NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        next_attempt_at REAL NOT NULL,
+        error INTEGER NOT NULL,
+        done_at REAL,
+        parts_total INTEGER NOT NULL,
+        channel TEXT NOT NULL,
+        connector TEXT,
+        tlvs BLOB NOT NULL
+    );
+    CREATE INDEX messages_open ON messages (expires_at) WHERE {_OPEN};
+    CREATE INDEX messages_done ON messages (done_at) WHERE {_DONE};
+
+    CREATE TABLE parts (
+        message_id TEXT NOT NULL,
+        part_no INTEGER NOT NULL,
+        connector TEXT NOT NULL,
+        smsc_id TEXT,
+        state TEXT NOT NULL,
+        error INTEGER NOT NULL,
+        submitted_at REAL,
+        done_at REAL,
+        PRIMARY KEY (message_id, part_no)
+    ) WITHOUT ROWID;
+    CREATE INDEX parts_smsc_id ON parts (connector, smsc_id) WHERE smsc_id IS NOT NULL;
+
+    CREATE TABLE reports (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        account TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        source_addr TEXT NOT NULL,
+        source_ton INTEGER NOT NULL,
+        source_npi INTEGER NOT NULL,
+        dest_addr TEXT NOT NULL,
+        dest_ton INTEGER NOT NULL,
+        dest_npi INTEGER NOT NULL,
+        data_coding INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        state TEXT,
+        error INTEGER NOT NULL,
+        extra TEXT
+    );
+    CREATE INDEX reports_account ON reports (account, id);
+
+    CREATE TABLE orphan_receipts (
+        id INTEGER PRIMARY KEY,
+        connector TEXT NOT NULL,
+        smsc_id TEXT NOT NULL,
+        body BLOB NOT NULL,
+        received_at REAL NOT NULL
+    );
+    CREATE INDEX orphan_receipts_received_at ON orphan_receipts (received_at);
+
+    -- Messages per state, kept by triggers so stats() need not scan months of messages.
+    CREATE TABLE state_counts (state TEXT PRIMARY KEY NOT NULL, n INTEGER NOT NULL)
+        WITHOUT ROWID;
+    INSERT INTO state_counts (state, n) VALUES {", ".join(f"('{s.value}', 0)" for s in State)};
+    CREATE TRIGGER messages_count_insert AFTER INSERT ON messages BEGIN
+        UPDATE state_counts SET n = n + 1 WHERE state = NEW.state;
+    END;
+    CREATE TRIGGER messages_count_update AFTER UPDATE OF state ON messages
+        WHEN NEW.state IS NOT OLD.state BEGIN
+        UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
+        UPDATE state_counts SET n = n + 1 WHERE state = NEW.state;
+    END;
+    CREATE TRIGGER messages_count_delete AFTER DELETE ON messages BEGIN
+        UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
+    END;
+    """,
+)
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+def _placeholders(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+# Write statements. A batch runs them in this order (each as one executemany), which is also
+# the order within every call, so grouping concurrent calls never reorders one call's writes.
+_INSERT_MESSAGE = 0
+_UPSERT_MESSAGE = 1
+_UPSERT_PART = 2
+_INSERT_REPORT = 3
+_DELETE_REPORT = 4
+_INSERT_ORPHAN = 5
+_PURGE_PARTS = 6
+_PURGE_MESSAGES = 7
+_PURGE_ORPHANS = 8
+_WRITE_SQL: tuple[str, ...] = (
+    f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)})"
+    f" VALUES ({_placeholders(len(MESSAGE_COLUMNS))})",
+    f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)})"
+    f" VALUES ({_placeholders(len(MESSAGE_COLUMNS))})"
+    f" ON CONFLICT (id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in MESSAGE_MUTABLE)}",
+    f"INSERT INTO parts ({', '.join(PART_COLUMNS)}) VALUES ({_placeholders(len(PART_COLUMNS))})"
+    " ON CONFLICT (message_id, part_no) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in PART_COLUMNS[2:]),
+    f"INSERT INTO reports ({', '.join(REPORT_COLUMNS)})"
+    f" VALUES ({_placeholders(len(REPORT_COLUMNS))})",
+    "DELETE FROM reports WHERE id = ?",
+    "INSERT INTO orphan_receipts (connector, smsc_id, body, received_at) VALUES (?, ?, ?, ?)",
+    "DELETE FROM parts WHERE message_id = ?",
+    f"DELETE FROM messages WHERE id = ? AND {_DONE}",
+    "DELETE FROM orphan_receipts WHERE id IN"
+    " (SELECT id FROM orphan_receipts WHERE received_at < ? LIMIT ?)",
+)
+
+_MESSAGE_SELECT = f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages"
+_PART_SELECT = f"SELECT {', '.join(PART_COLUMNS)} FROM parts"
+_REPORT_SELECT = f"SELECT {', '.join(REPORT_COLUMNS)} FROM reports"
+
+_message_row: Callable[[Message], Row] = operator.attrgetter(*MESSAGE_COLUMNS)
+_part_row: Callable[[Part], Row] = operator.attrgetter(*PART_COLUMNS)
+_report_fields: Callable[[Report], Row] = operator.attrgetter(*REPORT_COLUMNS[:-2])
+
+_PURGE_CHUNK = 2000
+
+
+def _to_message(row: Row) -> Message:
+    m = Message(*row)
+    m.state = State(m.state)
+    return m
+
+
+def _to_part(row: Row) -> Part:
+    p = Part(*row)
+    p.state = PartState(p.state)
+    return p
+
+
+def _to_report(row: Row) -> Report:
+    r = Report(*row[:-1])
+    r.kind = ReportKind(r.kind)
+    if r.state is not None:
+        r.state = State(r.state)
+    extra = row[-1]
+    if extra:
+        r.extra = json.loads(extra)
+    return r
+
+
+# --------------------------------------------------------------------------- write queue
+
+
+class _Call:
+    """One write call: its rows grouped by statement, and how the writer answers it."""
+
+    __slots__ = ("done", "error", "exclusive", "groups", "rowcount", "size")
+
+    def __init__(self, groups: list[tuple[int, list[Row]]], exclusive: bool = False) -> None:
+        self.groups = groups
+        self.size = sum(len(rows) for _, rows in groups)
+        self.exclusive = exclusive  # run alone in its own transaction (rowcount is its own)
+        self.done = trio.Event()
+        self.error: BaseException | None = None
+        self.rowcount = 0
+
+
+def _wrap_error(exc: BaseException) -> BaseException:
+    if isinstance(exc, StoreError):
+        return exc
+    if isinstance(exc, sqlite3.IntegrityError):
+        err: StoreError = ConstraintError(str(exc))
+    else:
+        err = StoreError(f"{type(exc).__name__}: {exc}")
+    err.__cause__ = exc
+    return err
+
+
+async def _aio_connect(uri: str) -> aiosqlite.Connection:
+    return await aiosqlite.connect(uri, uri=True, isolation_level=None)
+
+
+async def _aio_transaction(conn: aiosqlite.Connection, groups: list[tuple[str, list[Row]]]) -> int:
+    """asyncio side: run the groups in one transaction; the rowcount of the last group."""
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        rowcount = 0
+        for sql, rows in groups:
+            cur = await conn.executemany(sql, rows)
+            rowcount = cur.rowcount
+        await conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await conn.execute("ROLLBACK")
+        raise
+    return int(rowcount)
+
+
+async def _aio_script(conn: aiosqlite.Connection, script: str) -> None:
+    await conn.executescript(script)
+
+
+async def _aio_fetchall(conn: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> list[Row]:
+    rows: Iterable[Any] = await conn.execute_fetchall(sql, params)  # tuples: no row_factory
+    return list(rows)
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class Store:
+    """The gateway's durable state. Open with ``async with Store.open(path) as store:``.
+
+    Writes return only after the COMMIT that holds them, and a write is atomic. If a caller is
+    cancelled after its write was queued, the write still happens (it is in the queue); the
+    caller just does not learn of the commit. Reads go through a second, read-only connection
+    and see every write whose call has returned.
+    """
+
+    def __init__(
+        self,
+        loop: Any,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        next_report_id: int,
+        batch_max: int,
+        batch_linger: float,
+    ) -> None:
+        self._loop = loop
+        self._writer_conn = writer
+        self._reader = reader
+        self._next_report_id = next_report_id
+        self._batch_max = batch_max
+        self._batch_linger = batch_linger
+        self._send, self._recv = trio.open_memory_channel[_Call](math.inf)
+        self.commits = 0  # transactions committed
+        self.committed_ops = 0  # rows written by those transactions
+        self.failed_batches = 0  # group transactions that failed and were retried call by call
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        batch_max: int = 512,
+        batch_linger: float = 0.0,
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+    ) -> AsyncIterator[Store]:
+        """Open (creating if needed) the database at ``path`` and run its writer task.
+
+        Creates the parent directories and the schema (versioned by PRAGMA user_version), and
+        takes an exclusive lock file (``path + ".lock"``) so two daemons never share one file.
+
+        Durability: WAL with ``synchronous=NORMAL`` (the default). A COMMIT is in the WAL
+        file (the OS page cache) before the call returns, so a crash of the *process* (even
+        SIGKILL) loses nothing that was acknowledged. A *power loss or kernel crash* may roll
+        back the last transactions committed since the last WAL sync (checkpoint); the
+        database stays consistent. ``synchronous="FULL"`` fsyncs every commit and closes that
+        window, at a cost in throughput (fewer commits/s; group commit amortises it).
+
+        ``batch_max`` bounds the rows written per transaction (one call is never split);
+        ``batch_linger`` (seconds) lets the writer wait that long for more calls before
+        committing a batch that is not full. On exit, queued writes are committed, then the
+        connections are closed.
+        """
+        if batch_max < 1:
+            raise ValueError("batch_max must be >= 1")
+        db = Path(path)
+        if str(path) == ":memory:" or not db.name:
+            raise ValueError(f"the store needs a file path, not {str(path)!r}")
+        db = db.absolute()
+        db.parent.mkdir(parents=True, exist_ok=True)
+        lock_fd = os.open(f"{db}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StoreError(f"{db}: in use by another process (lock {db}.lock)") from None
+            async with trio_asyncio.open_loop() as loop:
+                uri = "file:" + quote(str(db))
+                writer = await loop.run_aio_coroutine(_aio_connect(uri))
+                reader: aiosqlite.Connection | None = None
+                try:
+                    next_id = await _prepare(loop, writer, synchronous)
+                    reader = await loop.run_aio_coroutine(_aio_connect(uri + "?mode=ro"))
+                    await loop.run_aio_coroutine(
+                        _aio_fetchall(reader, "PRAGMA busy_timeout = 5000", ())
+                    )
+                    store = cls(loop, writer, reader, next_id, batch_max, batch_linger)
+                    async with trio.open_nursery() as nursery:
+                        await nursery.start(store._write_loop)
+                        try:
+                            yield store
+                        finally:
+                            store._send.close()  # the writer drains the queue, then returns
+                finally:
+                    with trio.CancelScope(shield=True):
+                        if reader is not None:
+                            await loop.run_aio_coroutine(reader.close())
+                        await loop.run_aio_coroutine(writer.close())
+        finally:
+            os.close(lock_fd)
+
+    # ----------------------------------------------------------------- the writer
+
+    async def _write_loop(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Take queued calls, up to batch_max rows, commit them together, answer each caller.
+
+        Shielded: once the store is open, queued writes are always carried out and answered;
+        the loop ends when the queue is closed (store exit) and empty.
+        """
+        recv = self._recv
+        batch_max = self._batch_max
+        linger = self._batch_linger
+        held: _Call | None = None  # a call that did not fit in the previous batch
+        task_status.started()
+        with trio.CancelScope(shield=True):
+            try:
+                while True:
+                    if held is not None:
+                        first, held = held, None
+                    else:
+                        try:
+                            first = await recv.receive()
+                        except trio.EndOfChannel:
+                            return
+                    batch = [first]
+                    if not first.exclusive:
+                        held = await self._gather(batch, first.size, batch_max, linger)
+                    await self._run_batch(batch)
+            finally:
+                # Only reached on a bug: answer whatever is still queued so no caller hangs.
+                self._recv.close()
+                for call in ([held] if held else []) + _drain(recv):
+                    call.error = StoreError("the store's writer stopped")
+                    call.done.set()
+
+    async def _gather(
+        self, batch: list[_Call], size: int, batch_max: int, linger: float
+    ) -> _Call | None:
+        """Add queued calls to batch up to batch_max rows; return a call that did not fit."""
+        recv = self._recv
+        while size < batch_max:
+            try:
+                call = recv.receive_nowait()
+            except trio.WouldBlock:
+                if linger <= 0:
+                    return None
+                with trio.move_on_after(linger):
+                    while size < batch_max:
+                        try:
+                            call = await recv.receive()
+                        except trio.EndOfChannel:
+                            return None
+                        if call.exclusive or size + call.size > batch_max:
+                            return call
+                        batch.append(call)
+                        size += call.size
+                return None
+            except trio.EndOfChannel:
+                return None
+            if call.exclusive or size + call.size > batch_max:
+                return call
+            batch.append(call)
+            size += call.size
+        return None
+
+    async def _run_batch(self, batch: list[_Call]) -> None:
+        if len(batch) == 1:
+            await self._run_alone(batch[0])
+            return
+        buckets: list[list[Row]] = [[] for _ in _WRITE_SQL]
+        for call in batch:
+            for stmt, rows in call.groups:
+                buckets[stmt].extend(rows)
+        groups = [(_WRITE_SQL[i], rows) for i, rows in enumerate(buckets) if rows]
+        try:
+            await self._loop.run_aio_coroutine(_aio_transaction(self._writer_conn, groups))
+        except Exception:
+            # Some call broke the transaction: retry each alone, so only that one fails.
+            self.failed_batches += 1
+            for call in batch:
+                await self._run_alone(call)
+            return
+        self.commits += 1
+        self.committed_ops += sum(len(rows) for _, rows in groups)
+        for call in batch:
+            call.done.set()
+
+    async def _run_alone(self, call: _Call) -> None:
+        groups = [(_WRITE_SQL[stmt], rows) for stmt, rows in call.groups if rows]
+        try:
+            call.rowcount = await self._loop.run_aio_coroutine(
+                _aio_transaction(self._writer_conn, groups)
+            )
+        except Exception as exc:
+            call.error = _wrap_error(exc)
+        else:
+            self.commits += 1
+            self.committed_ops += call.size
+        call.done.set()
+
+    async def _write(self, call: _Call) -> int:
+        """Queue a call and wait for its commit; the rowcount of its last statement."""
+        if not call.size:
+            return 0
+        try:
+            self._send.send_nowait(call)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise StoreError("the store is closed") from None
+        # If we are cancelled here, the write still happens: it is queued.
+        await call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return call.rowcount
+
+    # ----------------------------------------------------------------- writes
+
+    async def add_messages(self, msgs: Sequence[Message]) -> None:
+        """Insert new messages, all or none. An id that exists already fails the whole call
+        with ConstraintError."""
+        await self._write(_Call([(_INSERT_MESSAGE, [_message_row(m) for m in msgs])]))
+
+    async def save_message(
+        self, msg: Message, parts: Sequence[Part] = (), reports: Sequence[Report] = ()
+    ) -> None:
+        """Atomically: upsert the message (an existing row gets only its mutable fields:
+        state, attempts, next_attempt_at, error, done_at, parts_total, connector, channel),
+        upsert the parts by (message_id, part_no), insert the reports and set their ids."""
+        groups: list[tuple[int, list[Row]]] = [(_UPSERT_MESSAGE, [_message_row(msg)])]
+        if parts:
+            groups.append((_UPSERT_PART, [_part_row(p) for p in parts]))
+        if reports:
+            ids, rows = self._report_rows(reports)
+            groups.append((_INSERT_REPORT, rows))
+        await self._write(_Call(groups))
+        if reports:
+            for r, rid in zip(reports, ids, strict=True):
+                r.id = rid
+
+    async def save_parts(self, parts: Sequence[Part]) -> None:
+        """Upsert parts by (message_id, part_no)."""
+        await self._write(_Call([(_UPSERT_PART, [_part_row(p) for p in parts])]))
+
+    async def add_reports(self, reports: Sequence[Report]) -> None:
+        """Insert reports owed to upstream accounts; sets each Report's id after the commit."""
+        if not reports:
+            return
+        ids, rows = self._report_rows(reports)
+        await self._write(_Call([(_INSERT_REPORT, rows)]))
+        for r, rid in zip(reports, ids, strict=True):
+            r.id = rid
+
+    def _report_rows(self, reports: Sequence[Report]) -> tuple[list[int], list[Row]]:
+        # Ids are allocated here (one writer per file, see the lock), so a batch can insert
+        # with executemany and still tell every caller its ids. A failed call leaves a gap.
+        ids: list[int] = []
+        rows: list[Row] = []
+        for r in reports:
+            if r.id is None:
+                rid = self._next_report_id
+                self._next_report_id += 1
+            else:
+                rid = r.id
+                self._next_report_id = max(self._next_report_id, rid + 1)
+            ids.append(rid)
+            rows.append(
+                (
+                    *_report_fields(r),
+                    rid,
+                    json.dumps(r.extra, separators=(",", ":")) if r.extra else None,
+                )
+            )
+        return ids, rows
+
+    async def ack_reports(self, report_ids: Sequence[int]) -> None:
+        """Forget reports delivered upstream (deleted). Unknown ids are ignored."""
+        await self._write(_Call([(_DELETE_REPORT, [(i,) for i in report_ids])]))
+
+    async def record_orphan_receipt(
+        self, connector: str, smsc_id: str, body: bytes, received_at: float
+    ) -> None:
+        """Keep a receipt no part matched, for inspection (purged with the messages)."""
+        await self._write(_Call([(_INSERT_ORPHAN, [(connector, smsc_id, body, received_at)])]))
+
+    async def purge(self, finished_before: float) -> int:
+        """Retention: delete final messages done before that time, their parts, and orphan
+        receipts received before it. Returns the number of messages deleted. Works in
+        chunks of a few thousand rows so other writers wait at most one chunk."""
+        deleted = 0
+        while True:
+            rows = await self._read(
+                f"SELECT id FROM messages WHERE {_DONE} AND done_at < ? LIMIT ?",
+                (finished_before, _PURGE_CHUNK),
+            )
+            if not rows:
+                break
+            ids: list[Row] = [(r[0],) for r in rows]
+            deleted += await self._write(
+                _Call([(_PURGE_PARTS, ids), (_PURGE_MESSAGES, ids)], exclusive=True)
+            )
+            if len(rows) < _PURGE_CHUNK:
+                break
+        while (
+            await self._write(
+                _Call([(_PURGE_ORPHANS, [(finished_before, _PURGE_CHUNK)])], exclusive=True)
+            )
+            >= _PURGE_CHUNK
+        ):
+            pass
+        return deleted
+
+    # ----------------------------------------------------------------- reads
+
+    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        try:
+            return await self._call_aio(_aio_fetchall(self._reader, sql, params))
+        except sqlite3.Error as exc:
+            raise _wrap_error(exc) from exc
+
+    async def _call_aio(self, coro: Awaitable[T]) -> T:
+        result: T = await self._loop.run_aio_coroutine(coro)
+        return result
+
+    async def get_message(self, message_id: str) -> Message | None:
+        rows = await self._read(f"{_MESSAGE_SELECT} WHERE id = ?", (message_id,))
+        return _to_message(rows[0]) if rows else None
+
+    async def get_message_for_account(self, account: str, message_id: str) -> Message | None:
+        """The message if it exists and belongs to that account; None otherwise."""
+        rows = await self._read(
+            f"{_MESSAGE_SELECT} WHERE id = ? AND account = ?", (message_id, account)
+        )
+        return _to_message(rows[0]) if rows else None
+
+    async def get_parts(self, message_id: str) -> list[Part]:
+        rows = await self._read(
+            f"{_PART_SELECT} WHERE message_id = ? ORDER BY part_no", (message_id,)
+        )
+        return [_to_part(r) for r in rows]
+
+    async def find_part(self, connector: str, smsc_ids: Sequence[str]) -> Part | None:
+        """The Part of that connector whose smsc_id is any of smsc_ids (variants of one id)."""
+        variants = list(dict.fromkeys(smsc_ids))
+        if not variants:
+            return None
+        rows = await self._read(
+            f"{_PART_SELECT} WHERE connector = ? AND smsc_id IN ({_placeholders(len(variants))})"
+            " LIMIT 1",
+            (connector, *variants),
+        )
+        return _to_part(rows[0]) if rows else None
+
+    async def unfinished_messages(self) -> list[Message]:
+        """Every message not in a final state (the dispatcher's work at startup)."""
+        rows = await self._read(f"{_MESSAGE_SELECT} WHERE {_OPEN}")
+        return [_to_message(r) for r in rows]
+
+    async def pending_reports(self, account: str, limit: int = 1000) -> list[Report]:
+        """Reports of that account not yet acked, oldest (first stored) first."""
+        rows = await self._read(
+            f"{_REPORT_SELECT} WHERE account = ? ORDER BY id LIMIT ?", (account, limit)
+        )
+        return [_to_report(r) for r in rows]
+
+    async def accounts_with_pending_reports(self) -> list[str]:
+        rows = await self._read("SELECT DISTINCT account FROM reports ORDER BY account")
+        return [r[0] for r in rows]
+
+    async def expired_candidates(self, now: float, limit: int = 1000) -> list[Message]:
+        """Non-final messages whose expires_at <= now, earliest expiry first."""
+        rows = await self._read(
+            f"{_MESSAGE_SELECT} WHERE {_OPEN} AND expires_at <= ? ORDER BY expires_at LIMIT ?",
+            (now, limit),
+        )
+        return [_to_message(r) for r in rows]
+
+    async def stats(self) -> dict[str, int]:
+        """Messages per state (every State value is a key) and "pending_reports"."""
+        rows = await self._read("SELECT state, n FROM state_counts")
+        out = {s.value: 0 for s in State}
+        out.update((state, n) for state, n in rows)
+        pending = await self._read("SELECT count(*) FROM reports")
+        out["pending_reports"] = pending[0][0]
+        return out
+
+
+def _drain(recv: trio.MemoryReceiveChannel[_Call]) -> list[_Call]:
+    out: list[_Call] = []
+    while True:
+        try:
+            out.append(recv.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            return out
+
+
+async def _prepare(loop: Any, conn: aiosqlite.Connection, synchronous: str) -> int:
+    """Set the pragmas, create or migrate the schema; return the next free report id."""
+
+    async def q(sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        rows: list[Row] = await loop.run_aio_coroutine(_aio_fetchall(conn, sql, params))
+        return rows
+
+    await q("PRAGMA busy_timeout = 5000")
+    mode = await q("PRAGMA journal_mode = WAL")
+    if mode[0][0].lower() != "wal":
+        raise StoreError(f"could not switch the database to WAL (journal_mode={mode[0][0]})")
+    await q(f"PRAGMA synchronous = {synchronous}")
+    version = (await q("PRAGMA user_version"))[0][0]
+    if version > SCHEMA_VERSION:
+        raise SchemaError(
+            f"database schema version {version} is newer than this gateway's ({SCHEMA_VERSION})"
+        )
+    if version == 0 and (await q("SELECT count(*) FROM sqlite_master"))[0][0]:
+        raise SchemaError("the file holds an SQLite database that is not a gateway store")
+    for v in range(version, SCHEMA_VERSION):
+        script = f"BEGIN IMMEDIATE; {MIGRATIONS[v]}; PRAGMA user_version = {v + 1}; COMMIT;"
+        await loop.run_aio_coroutine(_aio_script(conn, script))
+    seq = await q("SELECT seq FROM sqlite_sequence WHERE name = 'reports'")
+    return int(seq[0][0]) + 1 if seq else 1

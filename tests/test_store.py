@@ -1,0 +1,336 @@
+"""Rules the durable store (gateway.store) must keep: durability, group commit, atomicity,
+isolation of a bad write, the queries the dispatcher relies on, survival of a SIGKILL."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import trio
+
+from gateway.model import (
+    Message,
+    Part,
+    PartState,
+    Report,
+    ReportKind,
+    State,
+    new_message_id,
+)
+from gateway.store import MESSAGE_COLUMNS, PART_COLUMNS, REPORT_COLUMNS, ConstraintError, Store
+
+REPO = Path(__file__).resolve().parent.parent
+T0 = 1_700_000_000.0
+
+
+def make_message(account: str = "acme", **changes: object) -> Message:
+    m = Message(
+        id=new_message_id(), account=account, source_addr="ACME", source_ton=5, source_npi=0,
+        dest_addr="33612345678", dest_ton=1, dest_npi=1, data_coding=8, esm_class=0x40,
+        protocol_id=0, priority=1, registered_delivery=1, body=b"\x05\x00\x03\x01\x02\x01hi",
+        created_at=T0, expires_at=T0 + 86400, not_before=T0, tlvs=b"\x14\x24\x00\x01x",
+    )  # fmt: skip
+    return dataclasses.replace(m, **changes)  # type: ignore[arg-type]
+
+
+def make_report(message_id: str, account: str = "acme", **changes: object) -> Report:
+    r = Report(
+        account=account, kind=ReportKind.RECEIPT, message_id=message_id, source_addr="33612345678",
+        source_ton=1, source_npi=1, dest_addr="ACME", dest_ton=5, dest_npi=0, data_coding=0,
+        body=b"id:1 sub:001 dlvrd:001 stat:DELIVRD", created_at=T0 + 5, state=State.DELIVERED,
+        extra={"operator": "20801"},
+    )  # fmt: skip
+    return dataclasses.replace(r, **changes)  # type: ignore[arg-type]
+
+
+def test_columns_follow_the_model_fields() -> None:
+    assert tuple(f.name for f in dataclasses.fields(Message)) == MESSAGE_COLUMNS
+    assert tuple(f.name for f in dataclasses.fields(Part)) == PART_COLUMNS
+    assert tuple(f.name for f in dataclasses.fields(Report)) == REPORT_COLUMNS
+
+
+async def test_added_message_is_readable_at_once_and_after_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "dir" / "gw.sqlite"  # parent dirs are created
+    m = make_message(state=State.SCHEDULED, done_at=None, connector=None)
+    async with Store.open(path) as store:
+        await store.add_messages([m])
+        got = await store.get_message(m.id)
+        assert got == m
+        assert got is not None and type(got.state) is State
+    async with Store.open(path) as store:
+        assert await store.get_message(m.id) == m
+        assert await store.get_message("nope") is None
+
+
+async def test_concurrent_adds_share_transactions_and_all_are_stored(tmp_path: Path) -> None:
+    msgs = [make_message() for _ in range(200)]
+    async with Store.open(tmp_path / "gw.sqlite") as store:
+        async with trio.open_nursery() as nursery:
+            for m in msgs:
+                nursery.start_soon(store.add_messages, [m])
+        assert store.commits < len(msgs) // 2
+        for m in msgs:
+            assert await store.get_message(m.id) == m
+        assert (await store.stats())["QUEUED"] == 200
+
+
+async def test_batch_max_bounds_a_transaction_but_never_splits_a_call(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "gw.sqlite", batch_max=10) as store:
+        big = [make_message() for _ in range(25)]
+        small = [[make_message()] for _ in range(30)]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.add_messages, big)
+            for one in small:
+                nursery.start_soon(store.add_messages, one)
+        assert store.commits >= 4  # 25 alone, then 30 singles in batches of <= 10
+        assert len(await store.unfinished_messages()) == 55
+
+
+async def test_save_message_is_atomic_and_sets_report_ids(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "gw.sqlite") as store:
+        m = make_message()
+        await store.add_messages([m])
+        m.state = State.DELIVERED
+        m.attempts = 2
+        m.done_at = T0 + 10
+        m.parts_total = 2
+        m.connector = "orange"
+        m.channel = "rcs"
+        m.error = 0x45
+        parts = [
+            Part(m.id, 1, "orange", smsc_id="abc1", state=PartState.DELIVERED,
+                 submitted_at=T0 + 1, done_at=T0 + 9),
+            Part(m.id, 2, "orange", smsc_id="abc2", state=PartState.DELIVERED,
+                 submitted_at=T0 + 1, done_at=T0 + 10),
+        ]  # fmt: skip
+        reports = [make_report(m.id), make_report(m.id, extra={})]
+        await store.save_message(m, parts, reports)
+        assert all(r.id is not None for r in reports)
+        assert reports[0].id != reports[1].id
+        assert await store.get_message(m.id) == m
+        assert await store.get_parts(m.id) == parts
+        assert await store.pending_reports("acme") == reports
+        assert await store.accounts_with_pending_reports() == ["acme"]
+
+        # A save that breaks a constraint writes none of its parts or reports.
+        bad = make_report(m.id, id=reports[0].id)  # that id is taken
+        m.state = State.UNDELIVERABLE
+        with pytest.raises(ConstraintError):
+            await store.save_message(m, [dataclasses.replace(parts[0], error=9)], [bad])
+        got = await store.get_message(m.id)
+        assert got is not None and got.state == State.DELIVERED
+        assert (await store.get_parts(m.id))[0].error == 0
+        assert len(await store.pending_reports("acme")) == 2
+
+
+async def test_save_message_only_changes_mutable_fields(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "gw.sqlite") as store:
+        m = make_message()
+        await store.add_messages([m])
+        changed = dataclasses.replace(m, body=b"other", dest_addr="1", state=State.IN_FLIGHT)
+        await store.save_message(changed)
+        got = await store.get_message(m.id)
+        assert got == dataclasses.replace(m, state=State.IN_FLIGHT)
+
+
+async def test_acked_reports_leave_pending_reports(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "gw.sqlite") as store:
+        mo = make_report(new_message_id(), kind=ReportKind.MO, state=None, account="beta")
+        receipts = [make_report(new_message_id()) for _ in range(3)]
+        await store.add_reports(receipts)
+        await store.add_reports([mo])
+        assert await store.pending_reports("beta") == [mo]
+        assert await store.pending_reports("acme", limit=2) == receipts[:2]
+        assert await store.accounts_with_pending_reports() == ["acme", "beta"]
+        assert (await store.stats())["pending_reports"] == 4
+        await store.ack_reports([r.id for r in receipts[:2] if r.id is not None])
+        assert await store.pending_reports("acme") == receipts[2:]
+        await store.ack_reports([receipts[2].id or 0, mo.id or 0])
+        assert await store.accounts_with_pending_reports() == []
+    # Ids are never reused, even after the newest report was acked and the file reopened.
+    async with Store.open(tmp_path / "gw.sqlite") as store:
+        again = make_report(new_message_id())
+        await store.add_reports([again])
+        assert again.id is not None and mo.id is not None and again.id > mo.id
+
+
+async def test_one_bad_call_fails_alone_and_the_others_commit(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "gw.sqlite", batch_linger=0.05) as store:
+        existing = make_message()
+        await store.add_messages([existing])
+        good = [make_message() for _ in range(50)]
+        fresh_in_bad_call = make_message()
+        failures: list[BaseException] = []
+
+        async def bad() -> None:
+            try:
+                await store.add_messages([fresh_in_bad_call, dataclasses.replace(existing)])
+            except ConstraintError as exc:
+                failures.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for i, m in enumerate(good):
+                nursery.start_soon(store.add_messages, [m])
+                if i == 25:
+                    nursery.start_soon(bad)
+        assert store.failed_batches == 1  # they did share one transaction
+        assert len(failures) == 1
+        for m in good:
+            assert await store.get_message(m.id) == m
+        assert await store.get_message(fresh_in_bad_call.id) is None  # no half-written call
+        assert await store.get_message(existing.id) == existing
+
+
+async def test_find_part_matches_any_variant_of_the_smsc_id(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "gw.sqlite") as store:
+        m = make_message()
+        p = Part(m.id, 1, "sfr", smsc_id="0A1B", state=PartState.SUBMITTED, submitted_at=T0)
+        other = Part(new_message_id(), 1, "orange", smsc_id="0A1B")
+        await store.save_message(m, [p])
+        await store.save_parts([other, Part(new_message_id(), 1, "sfr")])
+        assert await store.find_part("sfr", ["0a1b", "2587", "0A1B"]) == p
+        assert await store.find_part("orange", ["0A1B"]) == other
+        assert await store.find_part("sfr", ["0a1b"]) is None
+        assert await store.find_part("bouygues", ["0A1B"]) is None
+        assert await store.find_part("sfr", []) is None
+
+
+async def test_unfinished_and_expired_exclude_final_states(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "gw.sqlite") as store:
+        by_state = {s: make_message(state=s, expires_at=T0 + 100) for s in State}
+        late = make_message(expires_at=T0 + 500)
+        await store.add_messages([*by_state.values(), late])
+        unfinished = {m.id for m in await store.unfinished_messages()}
+        assert unfinished == {m.id for s, m in by_state.items() if not s.final} | {late.id}
+        expired = await store.expired_candidates(T0 + 100)
+        assert {m.id for m in expired} == {m.id for s, m in by_state.items() if not s.final}
+        assert len(await store.expired_candidates(T0 + 1000, limit=2)) == 2
+        assert (await store.expired_candidates(T0 + 1000))[-1] == late
+        assert await store.expired_candidates(T0 + 99) == []
+
+
+async def test_purge_deletes_only_final_messages_done_before_the_cutoff(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "gw.sqlite") as store:
+        old = make_message(state=State.DELIVERED, done_at=T0 + 10)
+        recent = make_message(state=State.EXPIRED, done_at=T0 + 1000)
+        open_ = make_message(state=State.IN_FLIGHT)
+        await store.add_messages([old, recent, open_])
+        for m in (old, recent, open_):
+            await store.save_parts([Part(m.id, 1, "sfr", smsc_id=m.id)])
+        await store.record_orphan_receipt("sfr", "ZZ", b"id:ZZ stat:DELIVRD", T0)
+        assert await store.purge(T0 + 500) == 1
+        assert await store.get_message(old.id) is None
+        assert await store.get_parts(old.id) == []
+        assert await store.get_message(recent.id) == recent
+        assert await store.get_message(open_.id) == open_
+        assert len(await store.get_parts(open_.id)) == 1
+        assert await store.purge(T0 + 500) == 0
+        stats = await store.stats()
+        assert stats["DELIVERED"] == 0 and stats["EXPIRED"] == 1 and stats["IN_FLIGHT"] == 1
+
+
+async def test_account_cannot_read_another_accounts_message(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "gw.sqlite") as store:
+        m = make_message(account="acme")
+        await store.add_messages([m])
+        assert await store.get_message_for_account("acme", m.id) == m
+        assert await store.get_message_for_account("evil", m.id) is None
+
+
+async def test_stats_count_messages_per_state_through_transitions(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "gw.sqlite") as store:
+        m = make_message(state=State.ACCEPTED)
+        await store.add_messages([m, make_message()])
+        m.state = State.DELIVERED
+        await store.save_message(m)
+        await store.save_message(m)  # no transition: counted once
+        stats = await store.stats()
+        assert stats["ACCEPTED"] == 0 and stats["DELIVERED"] == 1 and stats["QUEUED"] == 1
+        assert set(stats) == {s.value for s in State} | {"pending_reports"}
+
+
+async def test_cancelled_writer_caller_still_gets_its_write_committed(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "gw.sqlite", batch_linger=0.05) as store:
+        m = make_message()
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await store.add_messages([m])  # queued, then cancelled while waiting
+        assert scope.cancelled_caught
+    async with Store.open(tmp_path / "gw.sqlite") as store:
+        assert await store.get_message(m.id) == m
+
+
+async def test_a_second_process_cannot_open_the_same_file(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "gw.sqlite"):
+        proc = await trio.run_process(
+            [sys.executable, "-c", textwrap.dedent(f"""
+                import trio
+                from gateway.store import Store, StoreError
+                async def main():
+                    try:
+                        async with Store.open({str(tmp_path / "gw.sqlite")!r}):
+                            pass
+                    except StoreError:
+                        raise SystemExit(3)
+                trio.run(main)
+            """)],
+            cwd=REPO, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 3
+
+
+_KILLED_CHILD = """
+import os, signal, sys, trio
+sys.path.insert(0, sys.argv[2])
+from tests.test_store import make_message
+from gateway.store import Store
+
+async def main() -> None:
+    acked = 0
+    async with Store.open(sys.argv[1]) as store:
+        async def adder() -> None:
+            nonlocal acked
+            while True:
+                m = make_message()
+                await store.add_messages([m])
+                os.write(1, (m.id + "\\n").encode())
+                acked += 1
+                if acked == 300:
+                    os.kill(os.getpid(), signal.SIGKILL)  # others are still in flight
+        async with trio.open_nursery() as nursery:
+            for _ in range(20):
+                nursery.start_soon(adder)
+
+trio.run(main)
+"""
+
+
+async def test_sigkill_loses_no_acknowledged_message(tmp_path: Path) -> None:
+    path = tmp_path / "gw.sqlite"
+    proc = await trio.run_process(
+        [sys.executable, "-c", _KILLED_CHILD, str(path), str(REPO)],
+        capture_stdout=True, check=False, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL
+    acked = proc.stdout.decode().split()
+    assert len(acked) >= 300
+    assert Path(f"{path}-wal").exists()  # killed: no clean checkpoint on close
+    async with Store.open(path) as store:
+        for message_id in acked:
+            assert await store.get_message(message_id) is not None, message_id
+
+
+def test_module_is_the_only_sqlite_user() -> None:
+    """DESIGN.md: one module owns the store; nothing else imports aiosqlite or sqlite3."""
+    out = subprocess.run(
+        ["grep", "-rlE", r"^\s*(import|from)\s+(aiosqlite|sqlite3)\b", "gateway", "routing",
+         "smpp", "rules"],
+        cwd=REPO, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.stdout.split() == [os.path.join("gateway", "store.py")]
