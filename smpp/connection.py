@@ -7,6 +7,7 @@ periodic enquire_link and an inactivity timeout. Requests from the peer go to a 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -116,10 +117,8 @@ class Connection:
         """Graceful close: unbind, wait for unbind_resp (bounded), close."""
         if not self.closed and self.session.bound:
             with trio.move_on_after(timeout):
-                try:
+                with contextlib.suppress(ConnectionClosed, ResponseTimeout, SessionError):
                     await self.request(Unbind(), timeout=timeout)
-                except (ConnectionClosed, ResponseTimeout, SessionError):
-                    pass
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -190,7 +189,7 @@ class Connection:
             if not data:
                 return
             self.last_received = trio.current_time()
-            for event in self.session.receive_data(data):
+            for event in self.session.receive_data(bytes(data)):
                 if isinstance(event, RequestReceived):
                     pdu = event.pdu
                     if pdu.command_id == CommandId.ENQUIRE_LINK:

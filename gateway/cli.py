@@ -1,0 +1,116 @@
+"""The `smsgw` command line: run the daemon, run the SMSC simulator, check a config.
+
+Subcommands: run, simulate-smsc (and simulate-smsc-mo to inject a phone's reply),
+check-config, hash-password. Exit status 2 for configuration errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from gateway import logs
+from gateway.config import ConfigError, SimulatorConfig, check, load_simulator_config
+from gateway.passwords import hash_password
+
+DEFAULT_CONFIG = "conf/demo.toml"
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from gateway import daemon
+
+    config = check(args.config)
+    logs.configure(config.log_level)
+    trio.run(daemon.run, config)
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from gateway.simulator import main_simulate
+
+    config = load_simulator_config(args.config) if args.config else SimulatorConfig()
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port),
+                                   ("control_port", args.control_port)) if v is not None}
+    config = replace(config, **overrides)
+    logs.configure("info")
+    trio.run(main_simulate, config)
+    return 0
+
+
+def _cmd_mo(args: argparse.Namespace) -> int:
+    from gateway.simulator import post_mo
+
+    post_mo(args.control, args.source, args.dest, args.text)
+    print(f"MO from {args.source} to {args.dest} injected")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    config = check(args.config)
+    print(f"{config.source}: OK ({len(config.accounts)} accounts, {len(config.smscs)} smscs, "
+          f"{len(config.routes)} routes, {len(config.listeners)} listeners)")
+    return 0
+
+
+def _cmd_hash(args: argparse.Namespace) -> int:
+    password = args.password
+    if password is None:
+        password = getpass.getpass("SMPP password (at most 8 characters): ")
+    if len(password) > 8:
+        print("warning: SMPP 3.4 passwords are at most 8 characters", file=sys.stderr)
+    print(hash_password(password))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smsgw", description="SMPP gateway daemon")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the gateway daemon in the foreground")
+    run.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="TOML configuration file")
+    run.set_defaults(func=_cmd_run)
+
+    sim = sub.add_parser("simulate-smsc", help="run the built-in SMSC simulator")
+    sim.add_argument("--config", "-c", help="TOML file with a [simulator] table")
+    sim.add_argument("--host")
+    sim.add_argument("--port", type=int)
+    sim.add_argument("--control-port", type=int)
+    sim.set_defaults(func=_cmd_simulate)
+
+    mo = sub.add_parser("simulate-smsc-mo", help="make the simulator deliver an MO (a reply)")
+    mo.add_argument("--control", default="http://127.0.0.1:2777",
+                    help="the simulator's control URL")
+    mo.add_argument("--from", dest="source", required=True, help="the phone number replying")
+    mo.add_argument("--to", dest="dest", required=True, help="the short code or number")
+    mo.add_argument("--text", required=True)
+    mo.set_defaults(func=_cmd_mo)
+
+    chk = sub.add_parser("check-config", help="validate a configuration file and exit")
+    chk.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    chk.set_defaults(func=_cmd_check)
+
+    hp = sub.add_parser("hash-password", help="print the password_hash for an account")
+    hp.add_argument("password", nargs="?", help="prompted for when omitted")
+    hp.set_defaults(func=_cmd_hash)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"configuration error:\n{exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""The daemon: wires config into services and runs them under one root nursery.
+
+`run(config, shutdown_trigger)` mirrors hypercorn's serve(): every service is started with
+nursery.start() and is ready when it returns; once all are, systemd is told READY=1. When the
+trigger fires, upstream and operator binds are unbound and the services are cancelled.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.trio import serve
+from prometheus_client import make_asgi_app
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+from gateway import metrics, sdnotify
+from gateway.clock import WallClock
+from gateway.config import GatewayConfig
+from gateway.dispatcher import Dispatcher
+from gateway.inbound import Inbound
+from gateway.reporter import Reporter
+from gateway.server import SmppServer
+from gateway.store import Store
+from routing.core import PrefixRoute, PrefixRouter
+from routing.smsc import SmscConnector
+
+log = structlog.get_logger("gateway.daemon")
+
+HOUSEKEEPING_INTERVAL = 3600.0
+
+
+@dataclass
+class Running:
+    """What a started daemon exposes (to tests, and to the benchmark)."""
+
+    config: GatewayConfig
+    store: Store
+    dispatcher: Dispatcher
+    reporter: Reporter
+    servers: list[SmppServer] = field(default_factory=list)
+    connectors: dict[str, SmscConnector] = field(default_factory=dict)
+    simulator: object | None = None
+    metrics_port: int | None = None
+
+    @property
+    def smpp_port(self) -> int:
+        port = self.servers[0].port
+        assert port is not None
+        return port
+
+
+async def wait_for_signal() -> None:
+    """Default shutdown trigger: SIGTERM or SIGINT. SIGHUP is logged (reload: not yet)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                log.warning("daemon.reload_unsupported",
+                            detail="SIGHUP ignored: configuration reload is not implemented yet")
+                continue
+            log.info("daemon.signal", signal=signal.Signals(signum).name)
+            return
+
+
+async def _serve_metrics(host: str, port: int, *,
+                         task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+                         ) -> None:
+    """Prometheus' ASGI app at /metrics, served by hypercorn (trio worker)."""
+    app = Starlette(routes=[Mount("/metrics", app=make_asgi_app())])
+    hconf = HyperConfig()
+    hconf.bind = [f"{host}:{port}"]
+    hconf.accesslog = None
+    hconf.errorlog = None
+    await serve(app, hconf, task_status=task_status)  # type: ignore[arg-type]
+
+
+async def _housekeeping(running: Running, clock: WallClock) -> None:
+    retention = running.config.store.retention
+    while True:
+        purged = await running.store.purge(clock.now() - retention)
+        if purged:
+            log.info("store.purged", messages=purged)
+        metrics.LIVE.set(len(running.dispatcher.live))
+        await trio.sleep(HOUSEKEEPING_INTERVAL)
+
+
+async def _watchdog(interval: float) -> None:
+    while True:
+        sdnotify.notify("WATCHDOG=1")
+        await trio.sleep(interval)
+
+
+async def run(
+    config: GatewayConfig,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    *,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    trigger = shutdown_trigger or wait_for_signal
+    async with Store.open(config.store.path, batch_max=config.store.batch_max) as store:
+        clock = WallClock()
+        reporter = Reporter(store)
+        connectors: dict[str, SmscConnector] = {}
+        router = PrefixRouter([PrefixRoute(r.name, r.prefixes, r.smscs) for r in config.routes])
+        dispatcher = Dispatcher(store, router, connectors, config.retry, clock, reporter.add)
+        mo_owners = {addr: acc.system_id for acc in config.accounts.values()
+                     for addr in acc.mo_addresses}
+        inbound = Inbound(dispatcher, store, clock, mo_owners, reporter.add)
+        for smsc in config.smscs.values():
+            connectors[smsc.name] = SmscConnector(smsc, inbound.on_deliver)
+        running = Running(config, store, dispatcher, reporter, connectors=connectors)
+        async with trio.open_nursery() as nursery:
+            if config.simulator is not None:
+                from gateway.simulator import SmscSimulator
+
+                sim = SmscSimulator(config.simulator)
+                await nursery.start(sim.serve)
+                running.simulator = sim
+            await nursery.start(reporter.run)
+            await nursery.start(dispatcher.run)
+            for connector in connectors.values():
+                await nursery.start(connector.run)
+            for listener in config.listeners:
+                server = SmppServer(listener, config.accounts, store, dispatcher, reporter, clock,
+                                    validity=config.validity, node=config.node)
+                await nursery.start(server.serve)
+                running.servers.append(server)
+            if config.metrics.enabled:
+                await nursery.start(_serve_metrics, config.metrics.host, config.metrics.port)
+                running.metrics_port = config.metrics.port
+            nursery.start_soon(_housekeeping, running, clock)
+            interval = sdnotify.watchdog_interval()
+            if interval is not None and interval < math.inf:
+                nursery.start_soon(_watchdog, interval)
+            sdnotify.notify("READY=1")
+            log.info("daemon.ready", node=config.node,
+                     smpp_ports=[s.port for s in running.servers],
+                     unfinished=len(dispatcher.live))
+            task_status.started(running)
+            await trigger()
+            sdnotify.notify("STOPPING=1")
+            log.info("daemon.stopping")
+            with trio.move_on_after(10) as scope:
+                scope.shield = True
+                for server in running.servers:
+                    await server.close_all()
+                for connector in connectors.values():
+                    await connector.close()
+            nursery.cancel_scope.cancel()
+    log.info("daemon.stopped")

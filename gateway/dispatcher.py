@@ -1,0 +1,450 @@
+"""Dispatcher: owns every unfinished message from commit to final state.
+
+It schedules attempts (deferred, retried with backoff, failed over to the next connector of the
+route plan), segments and submits to operators, applies the operators' receipts, expires
+messages at the end of their validity, and writes each final state with its upstream report.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import heapq
+import itertools
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+import trio
+
+from gateway import metrics
+from gateway.clock import WallClock
+from gateway.config import RetryConfig
+from gateway.model import Message, Part, PartState, Report, ReportKind, State
+from gateway.store import Store
+from routing.core import Router, RoutingContext
+from routing.smsc import SmscConnector
+from smpp.constants import MessageState, Tag
+from smpp.pdu import SubmitSm, set_tlv_int
+from smpp.receipt import Receipt, format_receipt, id_variants
+from smpp.smpptime import format_relative
+from smpp.text import Segment, decode_text, split
+
+log = structlog.get_logger("gateway.dispatcher")
+
+ESM_UDHI = 0x40
+ESM_MODE_MASK = 0x03  # messaging mode bits kept from the upstream's esm_class
+
+STATE_TO_STAT = {
+    State.DELIVERED: "DELIVRD",
+    State.UNDELIVERABLE: "UNDELIV",
+    State.EXPIRED: "EXPIRED",
+    State.REJECTED: "REJECTD",
+}
+STATE_TO_SMPP = {
+    State.DELIVERED: MessageState.DELIVERED,
+    State.UNDELIVERABLE: MessageState.UNDELIVERABLE,
+    State.EXPIRED: MessageState.EXPIRED,
+    State.REJECTED: MessageState.REJECTED,
+    State.QUEUED: MessageState.ENROUTE,
+    State.SCHEDULED: MessageState.ENROUTE,
+    State.IN_FLIGHT: MessageState.ENROUTE,
+    State.ACCEPTED: MessageState.ACCEPTED,
+}
+# Operator receipt stat words -> the part's outcome; None: intermediate, no change.
+STAT_TO_PART: dict[str, PartState | None] = {
+    "DELIVRD": PartState.DELIVERED,
+    "UNDELIV": PartState.UNDELIVERABLE,
+    "EXPIRED": PartState.EXPIRED,
+    "DELETED": PartState.UNDELIVERABLE,
+    "REJECTD": PartState.REJECTED,
+    "UNKNOWN": PartState.UNDELIVERABLE,
+    "ACCEPTD": None,
+    "ENROUTE": None,
+}
+_FINAL_PARTS = frozenset({PartState.DELIVERED, PartState.UNDELIVERABLE, PartState.EXPIRED,
+                          PartState.REJECTED})
+NO_ROUTE_ERROR = 0x0B  # reported as err:011 (ESME_RINVDSTADR's code) when no route matches
+
+
+@dataclass(eq=False, slots=True)
+class Live:
+    """An unfinished message in memory: the store row's mirror plus dispatch bookkeeping."""
+
+    msg: Message
+    parts: list[Part] = field(default_factory=list)
+    segments: list[Segment] | None = None
+    failover: int = 0  # index into the route plan's attempts
+    busy: bool = False  # an attempt is running
+
+
+def final_state_of(parts: Sequence[Part]) -> State | None:
+    """A message's outcome once every part has one (delivered only if all parts were)."""
+    if not parts or any(p.state not in _FINAL_PARTS for p in parts):
+        return None
+    states = {p.state for p in parts}
+    if states == {PartState.DELIVERED}:
+        return State.DELIVERED
+    if PartState.REJECTED in states:
+        return State.REJECTED
+    if PartState.UNDELIVERABLE in states:
+        return State.UNDELIVERABLE
+    return State.EXPIRED
+
+
+def wants_report(registered_delivery: int, state: State) -> bool:
+    request = registered_delivery & 0x03
+    return request == 1 or (request == 2 and state is not State.DELIVERED)
+
+
+def receipt_report(msg: Message, state: State, now: float) -> Report:
+    """The delivery receipt owed upstream for a message that reached a final state."""
+    text = decode_text(msg.body, msg.data_coding)[:20] if not msg.esm_class & ESM_UDHI else ""
+    receipt = Receipt(
+        id=msg.id, sub=1, dlvrd=1 if state is State.DELIVERED else 0,
+        submit_date=_utc(msg.created_at), done_date=_utc(msg.done_at or now),
+        stat=STATE_TO_STAT[state], err=f"{msg.error % 1000:03d}", text=text,
+    )
+    return Report(
+        account=msg.account, kind=ReportKind.RECEIPT, message_id=msg.id,
+        source_addr=msg.dest_addr, source_ton=msg.dest_ton, source_npi=msg.dest_npi,
+        dest_addr=msg.source_addr, dest_ton=msg.source_ton, dest_npi=msg.source_npi,
+        data_coding=0, body=format_receipt(receipt), created_at=now, state=state,
+        error=msg.error,
+    )
+
+
+def _utc(ts: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ts, tz=dt.UTC)
+
+
+class NoRoute(Exception):
+    """No route matches the message's destination."""
+
+
+class Dispatcher:
+    """Schedules and drives every unfinished message; see the module docstring."""
+
+    def __init__(
+        self,
+        store: Store,
+        router: Router,
+        connectors: Mapping[str, SmscConnector],
+        retry: RetryConfig,
+        clock: WallClock,
+        on_report: Callable[[Report], None],
+        *,
+        max_in_flight: int | None = None,
+    ) -> None:
+        self.store = store
+        self.router = router
+        self.connectors = connectors
+        self.retry = retry
+        self.clock = clock
+        self.on_report = on_report
+        self.live: dict[str, Live] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._counter = itertools.count()
+        self._wake = trio.Event()
+        self._by_smsc: dict[tuple[str, str], tuple[Live, Part]] = {}
+        self._held: list[tuple[str, list[str], trio.Event]] = []
+        total = sum(c.capacity for c in connectors.values())
+        self._limiter = trio.CapacityLimiter(max_in_flight or max(64, 2 * total))
+        self._rng = random.Random()
+
+    # -- intake side ------------------------------------------------------------------------
+    def enqueue(self, msg: Message) -> None:
+        """Take ownership of a committed message."""
+        live = Live(msg)
+        self.live[msg.id] = live
+        self._schedule(live, msg.next_attempt_at or msg.created_at)
+
+    def _schedule(self, live: Live, due: float) -> None:
+        msg = live.msg
+        msg.next_attempt_at = due
+        when = min(due, msg.expires_at)
+        heapq.heappush(self._heap, (when, next(self._counter), msg.id))
+        if self._heap[0][2] == msg.id:
+            self._wake.set()
+
+    async def load(self) -> int:
+        """Resume every unfinished message from the store (at start-up)."""
+        messages = await self.store.unfinished_messages()
+        for msg in messages:
+            live = Live(msg)
+            live.parts = await self.store.get_parts(msg.id)
+            for part in live.parts:
+                if part.state is PartState.SUBMITTED and part.smsc_id:
+                    self._register(live, part)
+            self.live[msg.id] = live
+            if msg.state is State.IN_FLIGHT and live.parts and all(
+                    p.state is not PartState.PENDING for p in live.parts):
+                self._schedule(live, msg.expires_at)  # only its expiry is left to watch
+            else:
+                if msg.state is State.IN_FLIGHT:
+                    msg.state = State.QUEUED  # interrupted attempt: its pending parts go again
+                self._schedule(live, max(msg.next_attempt_at, msg.not_before))
+        return len(messages)
+
+    # -- the scheduling loop ----------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        count = await self.load()
+        log.info("dispatcher.loaded", unfinished=count)
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                await self._wait_due()
+                now = self.clock.now()
+                while self._heap and self._heap[0][0] <= now:
+                    _, _, msg_id = heapq.heappop(self._heap)
+                    live = self.live.get(msg_id)
+                    if live is None or live.busy:
+                        continue
+                    await self._limiter.acquire_on_behalf_of(live)
+                    live.busy = True
+                    nursery.start_soon(self._step, live)
+
+    async def _wait_due(self) -> None:
+        self._wake = trio.Event()
+        if not self._heap:
+            await self._wake.wait()
+            return
+        with trio.move_on_at(self.clock.to_trio(self._heap[0][0])):
+            await self._wake.wait()
+
+    async def _step(self, live: Live) -> None:
+        try:
+            msg = live.msg
+            now = self.clock.now()
+            if msg.state.final:
+                return
+            if now >= msg.expires_at:
+                await self._finish(live, State.EXPIRED, now)
+            elif msg.state in (State.QUEUED, State.SCHEDULED, State.ACCEPTED) and \
+                    now >= msg.next_attempt_at:
+                await self._attempt(live, now)
+            elif msg.state is State.IN_FLIGHT:
+                self._schedule(live, msg.expires_at)
+            else:
+                self._schedule(live, msg.next_attempt_at)
+        except Exception:
+            log.exception("dispatcher.step_failed", message_id=live.msg.id)
+            if not live.msg.state.final:
+                self._schedule(live, self.clock.now() + self.retry.initial_delay)
+        finally:
+            live.busy = False
+            self._limiter.release_on_behalf_of(live)
+
+    # -- one attempt --------------------------------------------------------------------------
+    def _pick(self, live: Live, now: float) -> SmscConnector | None:
+        """The connector for this attempt, None if all are down; raises NoRoute."""
+        msg = live.msg
+        if any(p.state is not PartState.PENDING for p in live.parts) and msg.connector:
+            conn = self.connectors.get(msg.connector)  # parts must stay on one operator
+            return conn if conn is not None and conn.is_up() else None
+        plan = self.router.plan(msg, RoutingContext(now, self._is_up))
+        if plan is None or not plan.attempts:
+            raise NoRoute(msg.dest_addr)
+        attempts = plan.attempts
+        for i in range(len(attempts)):
+            attempt = attempts[(live.failover + i) % len(attempts)]
+            conn = self.connectors.get(attempt.connector)
+            if conn is not None and conn.is_up():
+                return conn
+        return None
+
+    def _is_up(self, name: str) -> bool:
+        conn = self.connectors.get(name)
+        return conn is not None and conn.is_up()
+
+    def _backoff(self, attempts: int) -> float:
+        r = self.retry
+        return float(min(r.max_delay, r.initial_delay * r.multiplier ** max(0, attempts - 1)))
+
+    async def _attempt(self, live: Live, now: float) -> None:
+        msg = live.msg
+        try:
+            conn = self._pick(live, now)
+        except NoRoute:
+            msg.error = NO_ROUTE_ERROR
+            log.warning("message.no_route", message_id=msg.id)
+            await self._finish(live, State.REJECTED, now)
+            return
+        if conn is None:
+            self._schedule(live, now + min(self.retry.initial_delay, 1.0))
+            return
+        if live.segments is None:
+            live.segments = self._segments(msg, conn)
+        if not live.parts:
+            live.parts = [Part(msg.id, n, conn.name) for n in range(1, len(live.segments) + 1)]
+        msg.parts_total = len(live.parts)
+        msg.state = State.IN_FLIGHT
+        msg.attempts += 1
+        msg.connector = conn.name
+        metrics.ATTEMPTS.labels(conn.name).inc()
+        for part, segment in zip(live.parts, live.segments, strict=True):
+            if part.state is not PartState.PENDING:
+                continue
+            part.connector = conn.name
+            remaining = msg.expires_at - self.clock.now()
+            if remaining <= 0:
+                await self._finish(live, State.EXPIRED, self.clock.now())
+                return
+            result = await conn.submit(self._submit_pdu(msg, segment, conn, remaining))
+            if msg.state.final:  # finished meanwhile (expired, or every receipt in)
+                return
+            if result.ok:
+                part.smsc_id = result.smsc_id
+                part.state = PartState.SUBMITTED
+                part.submitted_at = self.clock.now()
+                if result.smsc_id:
+                    self._register(live, part)
+                continue
+            msg.error = result.status
+            metrics.SUBMIT_ERRORS.labels(conn.name, f"0x{result.status:08X}").inc()
+            if result.temporary:
+                if not any(p.state is not PartState.PENDING for p in live.parts):
+                    live.failover += 1  # nothing sent yet: the next attempt may fail over
+                msg.state = State.QUEUED
+                delay = self._backoff(msg.attempts)
+                log.info("message.retry", message_id=msg.id, smsc=conn.name,
+                         status=f"0x{result.status:08X}", detail=result.detail, delay=delay)
+                self._schedule(live, self.clock.now() + delay)
+                await self.store.save_message(msg, live.parts)
+                return
+            part.state = PartState.REJECTED if result.rejected else PartState.UNDELIVERABLE
+            part.done_at = self.clock.now()
+            final = State.REJECTED if result.rejected else State.UNDELIVERABLE
+            await self._finish(live, final, self.clock.now())
+            return
+        log.info("message.submitted", message_id=msg.id, smsc=conn.name, parts=len(live.parts),
+                 attempt=msg.attempts)
+        metrics.transition(State.IN_FLIGHT)
+        self._schedule(live, msg.expires_at)
+        outcome = final_state_of(live.parts)  # every receipt may be in already
+        if outcome is not None:
+            await self._finish(live, outcome, self.clock.now())
+        else:
+            await self.store.save_message(msg, live.parts)
+
+    def _segments(self, msg: Message, conn: SmscConnector) -> list[Segment]:
+        if msg.esm_class & ESM_UDHI:  # already segmented upstream: one part, as submitted
+            return [Segment(msg.body, True, None, len(msg.body) > 254)]
+        cfg = conn.config
+        ref = self._rng.randrange(1, 0xFFFF if cfg.udh_ref16 else 0xFF)
+        return split(msg.body, msg.data_coding, method=cfg.segmentation, ref=ref,
+                     ref16=cfg.udh_ref16)
+
+    def _submit_pdu(self, msg: Message, segment: Segment, conn: SmscConnector,
+                    remaining: float) -> SubmitSm:
+        cfg = conn.config
+        pdu = SubmitSm(
+            source_addr_ton=msg.source_ton if cfg.source_ton is None else cfg.source_ton,
+            source_addr_npi=msg.source_npi if cfg.source_npi is None else cfg.source_npi,
+            source_addr=msg.source_addr,
+            dest_addr_ton=msg.dest_ton if cfg.dest_ton is None else cfg.dest_ton,
+            dest_addr_npi=msg.dest_npi if cfg.dest_npi is None else cfg.dest_npi,
+            destination_addr=msg.dest_addr.lstrip("+"),
+            esm_class=(msg.esm_class & ESM_MODE_MASK) | (ESM_UDHI if segment.udhi else 0),
+            protocol_id=msg.protocol_id, priority_flag=msg.priority,
+            validity_period=format_relative(max(1.0, remaining)),
+            registered_delivery=1,  # always: receipts drive the message's final state
+            data_coding=msg.data_coding,
+        )
+        if segment.payload:
+            pdu.tlvs[Tag.MESSAGE_PAYLOAD] = segment.short_message
+        else:
+            pdu.short_message = segment.short_message
+        if segment.sar is not None:
+            ref, total, seq = segment.sar
+            set_tlv_int(pdu, Tag.SAR_MSG_REF_NUM, ref, 2)
+            set_tlv_int(pdu, Tag.SAR_TOTAL_SEGMENTS, total, 1)
+            set_tlv_int(pdu, Tag.SAR_SEGMENT_SEQNUM, seq, 1)
+        return pdu
+
+    # -- receipts -------------------------------------------------------------------------------
+    def _register(self, live: Live, part: Part) -> None:
+        assert part.smsc_id is not None
+        key = (part.connector, part.smsc_id.lower())
+        self._by_smsc[key] = (live, part)
+        if self._held:
+            for connector, variants, event in self._held:
+                if connector == part.connector and key[1] in variants:
+                    event.set()
+
+    def _lookup(self, connector: str, variants: Sequence[str]) -> tuple[Live, Part] | None:
+        for variant in variants:
+            hit = self._by_smsc.get((connector, variant))
+            if hit is not None:
+                return hit
+        return None
+
+    async def on_receipt(self, connector: str, smsc_id: str, stat: str, error: int,
+                         hold: float, raw: bytes = b"") -> None:
+        """Apply an operator receipt. Returns once its effect is committed.
+
+        A receipt for an id we do not know yet is held up to `hold` seconds: its
+        submit_sm_resp may still be on its way (a receipt can overtake it on another bind).
+        """
+        variants = [v.lower() for v in id_variants(smsc_id)]
+        hit = self._lookup(connector, variants)
+        if hit is None:
+            if await self.store.find_part(connector, variants) is not None:
+                log.info("receipt.late", smsc=connector, smsc_id=smsc_id, stat=stat)
+                return  # its message is already final (a duplicate or a late receipt)
+            event = trio.Event()
+            entry = (connector, variants, event)
+            self._held.append(entry)
+            metrics.RECEIPTS_HELD.inc()
+            try:
+                with trio.move_on_after(hold):
+                    await event.wait()
+            finally:
+                self._held.remove(entry)
+            hit = self._lookup(connector, variants)
+            if hit is None:
+                log.warning("receipt.orphan", smsc=connector, smsc_id=smsc_id, stat=stat)
+                metrics.RECEIPTS.labels(connector, "orphan").inc()
+                await self.store.record_orphan_receipt(connector, smsc_id, raw, self.clock.now())
+                return
+        live, part = hit
+        outcome = STAT_TO_PART.get(stat.upper(), PartState.UNDELIVERABLE)
+        metrics.RECEIPTS.labels(connector, stat.upper()).inc()
+        if outcome is None or live.msg.state.final:
+            return
+        part.state = outcome
+        part.error = error
+        part.done_at = self.clock.now()
+        self._by_smsc.pop((part.connector, (part.smsc_id or "").lower()), None)
+        final = final_state_of(live.parts)
+        if final is None:
+            await self.store.save_parts([part])
+            return
+        if error:
+            live.msg.error = error
+        await self._finish(live, final, self.clock.now())
+
+    # -- final states ---------------------------------------------------------------------------
+    async def _finish(self, live: Live, state: State, now: float) -> None:
+        msg = live.msg
+        if msg.state.final:
+            return
+        msg.state = state
+        msg.done_at = now
+        part_state = {State.EXPIRED: PartState.EXPIRED, State.REJECTED: PartState.REJECTED}.get(
+            state, PartState.UNDELIVERABLE)
+        for part in live.parts:
+            if part.state in (PartState.PENDING, PartState.SUBMITTED):
+                part.state = part_state
+                part.done_at = now
+            if part.smsc_id:
+                self._by_smsc.pop((part.connector, part.smsc_id.lower()), None)
+        reports = [receipt_report(msg, state, now)] if wants_report(
+            msg.registered_delivery, state) else []
+        await self.store.save_message(msg, live.parts, reports)
+        self.live.pop(msg.id, None)
+        log.info("message.final", message_id=msg.id, state=state.value, error=msg.error,
+                 attempts=msg.attempts, smsc=msg.connector)
+        metrics.transition(state)
+        for report in reports:
+            self.on_report(report)

@@ -1,0 +1,119 @@
+"""Inbound: what operators send us (deliver_sm / data_sm), sorted into receipts and MO.
+
+Receipts are read from their TLVs (receipted_message_id, message_state) or, failing those,
+from the receipt text, and handed to the dispatcher. MO messages go to the account that owns
+the number or short code they were sent to. The answer to the operator waits for the commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import structlog
+
+from gateway import metrics
+from gateway.clock import WallClock
+from gateway.dispatcher import Dispatcher
+from gateway.model import Report, ReportKind, new_message_id
+from gateway.store import Store
+from routing.core import normalise_digits
+from routing.smsc import SmscConnector
+from smpp.constants import MessageState, Status, Tag
+from smpp.pdu import DataSm, DeliverSm, Pdu, tlv_int, tlv_str
+from smpp.receipt import STATE_TO_STAT, parse_receipt
+
+log = structlog.get_logger("gateway.inbound")
+
+ESM_TYPE_MASK = 0x3C
+ESM_RECEIPT = 0x04
+ESM_INTERMEDIATE = 0x20
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorReceipt:
+    smsc_id: str
+    stat: str
+    error: int
+
+
+def _error_code(text_err: str | None, pdu: Pdu) -> int:
+    network = pdu.tlvs.get(Tag.NETWORK_ERROR_CODE)
+    if network is not None and len(network) == 3:
+        return int.from_bytes(network[1:], "big")
+    if text_err and text_err.isdigit():
+        return int(text_err)
+    if text_err:
+        try:
+            return int(text_err, 16)
+        except ValueError:
+            return 0
+    return 0
+
+
+def read_receipt(pdu: DeliverSm | DataSm) -> OperatorReceipt | None:
+    """The receipt a deliver_sm/data_sm carries, or None if it is not one (an MO)."""
+    tlv_id = tlv_str(pdu, Tag.RECEIPTED_MESSAGE_ID)
+    is_receipt = bool(pdu.esm_class & ESM_TYPE_MASK in (ESM_RECEIPT, ESM_INTERMEDIATE)) or (
+        tlv_id is not None)
+    if not is_receipt:
+        return None
+    text = pdu.short_message if isinstance(pdu, DeliverSm) else b""
+    text = text or pdu.tlvs.get(Tag.MESSAGE_PAYLOAD, b"")
+    parsed = parse_receipt(text) if text else None
+    smsc_id = tlv_id or (parsed.id if parsed else None)
+    state = tlv_int(pdu, Tag.MESSAGE_STATE)
+    if state is not None and state in STATE_TO_STAT:
+        stat = STATE_TO_STAT[state]
+    elif parsed is not None:
+        stat = parsed.stat
+    else:
+        stat = STATE_TO_STAT[MessageState.UNKNOWN]
+    if not smsc_id:
+        return OperatorReceipt("", stat, 0)
+    return OperatorReceipt(smsc_id, stat, _error_code(parsed.err if parsed else None, pdu))
+
+
+class Inbound:
+    def __init__(self, dispatcher: Dispatcher, store: Store, clock: WallClock,
+                 mo_owners: Mapping[str, str], on_report: Callable[[Report], None]) -> None:
+        self.dispatcher = dispatcher
+        self.store = store
+        self.clock = clock
+        self.mo_owners = {normalise_digits(k): v for k, v in mo_owners.items()}
+        self.on_report = on_report
+
+    async def on_deliver(self, connector: SmscConnector, pdu: Pdu) -> int:
+        """Handle one deliver_sm/data_sm from an operator; return the command_status to send."""
+        assert isinstance(pdu, DeliverSm | DataSm)
+        receipt = read_receipt(pdu)
+        if receipt is not None:
+            raw = pdu.short_message if isinstance(pdu, DeliverSm) else b""
+            if not receipt.smsc_id:
+                log.warning("receipt.unreadable", smsc=connector.name, text=raw[:80].hex())
+                await self.store.record_orphan_receipt(connector.name, "", raw, self.clock.now())
+                return Status.ESME_ROK
+            await self.dispatcher.on_receipt(connector.name, receipt.smsc_id, receipt.stat,
+                                             receipt.error, connector.config.receipt_hold, raw)
+            return Status.ESME_ROK
+        return await self._mo(connector, pdu)
+
+    async def _mo(self, connector: SmscConnector, pdu: DeliverSm | DataSm) -> int:
+        account = self.mo_owners.get(normalise_digits(pdu.destination_addr))
+        if account is None:
+            log.warning("mo.unowned", smsc=connector.name, to=pdu.destination_addr)
+            return Status.ESME_ROK  # nobody to tell; refusing would make the SMSC retry forever
+        body = pdu.short_message if isinstance(pdu, DeliverSm) else b""
+        body = body or pdu.tlvs.get(Tag.MESSAGE_PAYLOAD, b"")
+        report = Report(
+            account=account, kind=ReportKind.MO, message_id=new_message_id(),
+            source_addr=pdu.source_addr, source_ton=pdu.source_addr_ton,
+            source_npi=pdu.source_addr_npi, dest_addr=pdu.destination_addr,
+            dest_ton=pdu.dest_addr_ton, dest_npi=pdu.dest_addr_npi,
+            data_coding=pdu.data_coding, body=body, created_at=self.clock.now(),
+        )
+        await self.store.add_reports([report])
+        metrics.MO.labels(account).inc()
+        log.info("mo.received", account=account, smsc=connector.name, report_id=report.id)
+        self.on_report(report)
+        return Status.ESME_ROK

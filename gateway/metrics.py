@@ -1,0 +1,33 @@
+"""Prometheus metrics of the gateway: one place defines every series the daemon exports.
+
+Counters are labelled by the things operators page on: connector, status, state, account.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+from gateway.model import State
+
+ACCEPTED = Counter("smsgw_messages_accepted_total", "Messages accepted from upstream",
+                   ["account", "interface"])
+REFUSED = Counter("smsgw_submits_refused_total", "Upstream submits refused",
+                  ["account", "status"])
+STATES = Counter("smsgw_message_transitions_total", "Message state transitions", ["state"])
+ATTEMPTS = Counter("smsgw_submit_attempts_total", "Submit attempts to operators", ["smsc"])
+SUBMIT_ERRORS = Counter("smsgw_submit_errors_total", "Operator submit_sm_resp errors",
+                        ["smsc", "status"])
+RECEIPTS = Counter("smsgw_operator_receipts_total", "Receipts received from operators",
+                   ["smsc", "stat"])
+RECEIPTS_HELD = Counter("smsgw_receipts_held_total",
+                        "Receipts that arrived before their submit_sm_resp was processed")
+MO = Counter("smsgw_mo_total", "MO messages received from operators", ["account"])
+REPORTS_SENT = Counter("smsgw_reports_delivered_total", "Receipts/MO delivered upstream",
+                       ["account", "kind"])
+UPSTREAM_BINDS = Gauge("smsgw_upstream_binds", "Bound upstream sessions", ["account", "mode"])
+SMSC_BINDS = Gauge("smsgw_smsc_binds", "Bound operator sessions", ["smsc"])
+LIVE = Gauge("smsgw_unfinished_messages", "Messages not yet in a final state")
+
+
+def transition(state: State) -> None:
+    STATES.labels(state.value).inc()

@@ -1,0 +1,149 @@
+"""Reporter: delivers what the gateway owes upstream accounts (receipts and MO) as deliver_sm.
+
+Reports are committed before they get here. Each is sent over one of the account's bound
+receiver/transceiver sessions and deleted from the store only after a deliver_sm_resp OK;
+anything unanswered is sent again later, after a reconnect, or after a restart.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Iterable
+
+import structlog
+import trio
+
+from gateway import metrics
+from gateway.model import Report, ReportKind
+from gateway.store import Store
+from smpp.connection import Connection, ConnectionClosed, ResponseTimeout
+from smpp.constants import Tag
+from smpp.pdu import DeliverSm, set_tlv_int, set_tlv_str
+from smpp.session import SessionError
+
+log = structlog.get_logger("gateway.reporter")
+
+ESM_RECEIPT = 0x04
+RETRY_DELAY = 5.0  # seconds before a report refused or unanswered upstream is offered again
+MAX_IN_FLIGHT = 512  # per account; each bind's window limits further
+_SMPP_STATE = {"DELIVERED": 2, "EXPIRED": 3, "UNDELIVERABLE": 5, "REJECTED": 8}
+
+
+def deliver_pdu(report: Report) -> DeliverSm:
+    """The deliver_sm carrying a report: receipt text + TLVs, or the MO as received."""
+    pdu = DeliverSm(
+        source_addr_ton=report.source_ton, source_addr_npi=report.source_npi,
+        source_addr=report.source_addr, dest_addr_ton=report.dest_ton,
+        dest_addr_npi=report.dest_npi, destination_addr=report.dest_addr,
+        data_coding=report.data_coding, short_message=report.body,
+    )
+    if report.kind is ReportKind.RECEIPT:
+        pdu.esm_class = ESM_RECEIPT
+        set_tlv_str(pdu, Tag.RECEIPTED_MESSAGE_ID, report.message_id)
+        if report.state is not None:
+            set_tlv_int(pdu, Tag.MESSAGE_STATE, _SMPP_STATE.get(report.state.value, 7), 1)
+    return pdu
+
+
+class _Account:
+    def __init__(self) -> None:
+        self.binds: list[Connection] = []
+        self.pending: dict[int, Report] = {}
+        self.ready: deque[int] = deque()  # pending ids waiting to be sent, oldest first
+        self.in_flight = 0
+        self.wake = trio.Event()
+        self.rr = itertools.count()
+
+
+class Reporter:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._accounts: dict[str, _Account] = {}
+        self._nursery: trio.Nursery | None = None
+
+    def _account(self, name: str) -> _Account:
+        acc = self._accounts.get(name)
+        if acc is None:
+            acc = self._accounts[name] = _Account()
+            if self._nursery is not None:
+                self._nursery.start_soon(self._serve_account, name, acc)
+        return acc
+
+    # -- inputs -------------------------------------------------------------------------------
+    def add(self, report: Report) -> None:
+        """Take a committed report (it has its store id)."""
+        assert report.id is not None
+        acc = self._account(report.account)
+        if report.id not in acc.pending:
+            acc.pending[report.id] = report
+            acc.ready.append(report.id)
+            acc.wake.set()
+
+    def add_many(self, reports: Iterable[Report]) -> None:
+        for report in reports:
+            self.add(report)
+
+    def bind_added(self, account: str, conn: Connection) -> None:
+        acc = self._account(account)
+        acc.binds.append(conn)
+        acc.wake.set()
+
+    def bind_removed(self, account: str, conn: Connection) -> None:
+        acc = self._account(account)
+        if conn in acc.binds:
+            acc.binds.remove(conn)
+
+    def pending_count(self, account: str) -> int:
+        acc = self._accounts.get(account)
+        return len(acc.pending) if acc else 0
+
+    # -- delivery -------------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for name in await self.store.accounts_with_pending_reports():
+                self.add_many(await self.store.pending_reports(name, limit=1_000_000))
+            for name, acc in self._accounts.items():
+                nursery.start_soon(self._serve_account, name, acc)
+            task_status.started()
+
+    async def _serve_account(self, name: str, acc: _Account) -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                acc.wake = trio.Event()
+                binds = [b for b in acc.binds if not b.closed]
+                while binds and acc.ready and acc.in_flight < MAX_IN_FLIGHT:
+                    report = acc.pending.get(acc.ready.popleft())
+                    if report is None:
+                        continue
+                    acc.in_flight += 1
+                    conn = binds[next(acc.rr) % len(binds)]
+                    nursery.start_soon(self._send, name, acc, report, conn)
+                await acc.wake.wait()
+
+    async def _send(self, name: str, acc: _Account, report: Report, conn: Connection) -> None:
+        assert report.id is not None
+        ok = False
+        try:
+            resp = await conn.request(deliver_pdu(report))
+            ok = resp.status == 0
+            if not ok:
+                log.info("report.refused", account=name, message_id=report.message_id,
+                         status=f"0x{resp.status:08X}")
+        except (ResponseTimeout, ConnectionClosed, SessionError) as exc:
+            log.info("report.unanswered", account=name, message_id=report.message_id,
+                     error=repr(exc))
+        try:
+            if ok:
+                await self.store.ack_reports([report.id])
+                acc.pending.pop(report.id, None)
+                metrics.REPORTS_SENT.labels(name, report.kind.value).inc()
+                log.info("report.delivered", account=name, message_id=report.message_id,
+                         kind=report.kind.value)
+            else:
+                await trio.sleep(RETRY_DELAY)
+                acc.ready.append(report.id)
+        finally:
+            acc.in_flight -= 1
+            acc.wake.set()

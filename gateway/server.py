@@ -1,0 +1,295 @@
+"""ESME-facing SMPP server: upstream systems bind here and submit messages.
+
+Authenticates binds against the configured accounts (hashed passwords, a delay on failure,
+max binds per account), enforces each account's submit rate, turns submits into stored
+messages (answered only after the commit that holds them), answers query_sm from the store,
+and registers receiver/transceiver binds with the reporter for receipts and MO.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import structlog
+import trio
+
+from gateway import metrics
+from gateway.clock import WallClock
+from gateway.config import AccountConfig, ListenerConfig
+from gateway.dispatcher import STATE_TO_SMPP, Dispatcher
+from gateway.intake import IntakeError, IntakePolicy, accept_multi, accept_submit
+from gateway.model import Message
+from gateway.passwords import verify_password
+from gateway.reporter import Reporter
+from gateway.store import Store
+from smpp.connection import Connection
+from smpp.constants import CommandId, Status, Tag
+from smpp.pdu import (
+    Bind,
+    BindReceiver,
+    BindTransceiver,
+    CancelSm,
+    DataSm,
+    Pdu,
+    QuerySm,
+    ReplaceSm,
+    SubmitMulti,
+    SubmitSm,
+    UnsuccessSme,
+    set_tlv_int,
+)
+from smpp.session import Side
+from smpp.smpptime import format_absolute
+
+log = structlog.get_logger("gateway.server")
+
+
+class TokenBucket:
+    """Admission at `rate` per second with bursts of up to one second's worth."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, rate)
+        self.tokens = self.capacity
+        self.stamp = trio.current_time()
+
+    def take(self) -> bool:
+        if self.rate <= 0:
+            return True
+        now = trio.current_time()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+@dataclass(eq=False)
+class _AccountState:
+    config: AccountConfig
+    bucket: TokenBucket
+    binds: set[Connection] = field(default_factory=set)
+    verified: set[bytes] = field(default_factory=set)  # digests of passwords already checked
+
+
+class SmppServer:
+    """One SMPP listener. `serve()` runs until cancelled."""
+
+    def __init__(
+        self,
+        listener: ListenerConfig,
+        accounts: Mapping[str, AccountConfig],
+        store: Store,
+        dispatcher: Dispatcher,
+        reporter: Reporter,
+        clock: WallClock,
+        *,
+        validity: float,
+        node: str = "smsgw",
+    ) -> None:
+        self.listener = listener
+        self.store = store
+        self.dispatcher = dispatcher
+        self.reporter = reporter
+        self.clock = clock
+        self.validity = validity
+        self.node = node
+        self.accounts = {
+            name: _AccountState(cfg, TokenBucket(cfg.throughput)) for name, cfg in accounts.items()
+        }
+        self.port: int | None = None
+        self.connections: set[Connection] = set()
+
+    def policy(self, account: AccountConfig) -> IntakePolicy:
+        return IntakePolicy(self.validity, account.validity)
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.listener
+        listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
+        sock = listeners[0].socket
+        self.port = int(sock.getsockname()[1])
+        log.info("listener.ready", host=cfg.host, port=self.port)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, self._handle_stream, listeners)
+            task_status.started(self.port)
+
+    async def close_all(self) -> None:
+        """Unbind every upstream session (graceful shutdown)."""
+        async with trio.open_nursery() as nursery:
+            for conn in list(self.connections):
+                nursery.start_soon(conn.unbind, 2.0)
+
+    async def _handle_stream(self, stream: trio.SocketStream) -> None:
+        cfg = self.listener
+        try:
+            peer = stream.socket.getpeername()
+        except OSError:
+            peer = ("?", 0)
+        conn = Connection(stream, Side.SMSC, window=cfg.window,
+                          response_timeout=cfg.response_timeout,
+                          enquire_link_interval=cfg.enquire_link_interval,
+                          inactivity_timeout=cfg.inactivity_timeout,
+                          max_pdu_size=cfg.max_pdu_size, name=f"{peer[0]}:{peer[1]}")
+        self.connections.add(conn)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._bind_deadline, conn)
+                await conn.run(self._handle)
+                nursery.cancel_scope.cancel()
+        finally:
+            self.connections.discard(conn)
+            self._unregister(conn)
+
+    async def _bind_deadline(self, conn: Connection) -> None:
+        await trio.sleep(self.listener.bind_timeout)
+        if not conn.session.bound and not conn.closed:
+            log.info("upstream.bind_timeout", conn=conn.name)
+            await conn.aclose()
+
+    def _unregister(self, conn: Connection) -> None:
+        account = conn.extra.get("account")
+        if account is None:
+            return
+        state = self.accounts[account]
+        state.binds.discard(conn)
+        self.reporter.bind_removed(account, conn)
+        metrics.UPSTREAM_BINDS.labels(account, conn.extra["mode"]).dec()
+        log.info("upstream.unbound", account=account, conn=conn.name)
+
+    # -- requests -----------------------------------------------------------------------------
+    async def _handle(self, conn: Connection, pdu: Pdu) -> None:
+        try:
+            if isinstance(pdu, Bind):
+                await self._bind(conn, pdu)
+            elif isinstance(pdu, SubmitSm | DataSm):
+                await self._submit(conn, pdu)
+            elif isinstance(pdu, SubmitMulti):
+                await self._submit_multi(conn, pdu)
+            elif isinstance(pdu, QuerySm):
+                await self._query(conn, pdu)
+            elif isinstance(pdu, CancelSm):
+                conn.respond(pdu.response(status=Status.ESME_RCANCELFAIL))
+            elif isinstance(pdu, ReplaceSm):
+                conn.respond(pdu.response(status=Status.ESME_RREPLACEFAIL))
+            else:
+                conn.respond(pdu.response(status=Status.ESME_RINVCMDID))
+        except Exception:
+            log.exception("upstream.handler_failed", conn=conn.name,
+                          command=pdu.command_id.name)
+            conn.respond(pdu.response(status=Status.ESME_RSYSERR))
+
+    async def _bind(self, conn: Connection, pdu: Bind) -> None:
+        if conn.extra.get("binding"):
+            conn.respond(pdu.response(status=Status.ESME_RALYBND))
+            return
+        conn.extra["binding"] = True
+        state = self.accounts.get(pdu.system_id)
+        status: int = Status.ESME_ROK
+        if state is None:
+            status = Status.ESME_RINVSYSID
+        elif not await self._password_ok(state, pdu.password):
+            status = Status.ESME_RINVPASWD
+        elif len(state.binds) >= state.config.max_binds:
+            status = Status.ESME_RBINDFAIL
+        if status != Status.ESME_ROK or state is None:
+            log.warning("upstream.bind_refused", system_id=pdu.system_id, conn=conn.name,
+                        status=f"0x{status:08X}")
+            if status != Status.ESME_RBINDFAIL:
+                await trio.sleep(self.listener.auth_failure_delay)
+            conn.respond(pdu.response(status=status))
+            await conn.flush()
+            await conn.aclose()
+            return
+        resp = pdu.response(system_id=self.node)
+        set_tlv_int(resp, Tag.SC_INTERFACE_VERSION, 0x34, 1)
+        conn.respond(resp)
+        mode = {CommandId.BIND_TRANSMITTER: "tx", CommandId.BIND_RECEIVER: "rx",
+                CommandId.BIND_TRANSCEIVER: "trx"}[pdu.command_id]
+        conn.extra.update(account=pdu.system_id, mode=mode)
+        state.binds.add(conn)
+        metrics.UPSTREAM_BINDS.labels(pdu.system_id, mode).inc()
+        if isinstance(pdu, BindReceiver | BindTransceiver):
+            self.reporter.bind_added(pdu.system_id, conn)
+        log.info("upstream.bound", account=pdu.system_id, mode=mode, conn=conn.name)
+
+    async def _password_ok(self, state: _AccountState, password: str) -> bool:
+        digest = hashlib.sha256(password.encode("latin-1", "replace")).digest()
+        if digest in state.verified:
+            return True
+        ok = await trio.to_thread.run_sync(verify_password, password, state.config.password_hash)
+        if ok:
+            state.verified.add(digest)
+        return ok
+
+    def _admit(self, conn: Connection, pdu: Pdu) -> _AccountState | None:
+        account = conn.extra.get("account")
+        state = self.accounts.get(account) if account else None
+        if state is None:
+            conn.respond(pdu.response(status=Status.ESME_RINVBNDSTS))
+            return None
+        if not state.bucket.take():
+            metrics.REFUSED.labels(account, "throttled").inc()
+            conn.respond(pdu.response(status=Status.ESME_RTHROTTLED))
+            return None
+        return state
+
+    def _refuse(self, conn: Connection, pdu: Pdu, account: str, exc: IntakeError) -> None:
+        log.info("upstream.submit_refused", account=account, status=f"0x{exc.status:08X}",
+                 detail=exc.detail)
+        metrics.REFUSED.labels(account, f"0x{exc.status:08X}").inc()
+        conn.respond(pdu.response(status=exc.status))
+
+    async def _store(self, messages: list[Message], interface: str) -> None:
+        await self.store.add_messages(messages)
+        for msg in messages:
+            log.info("message.accepted", message_id=msg.id, account=msg.account,
+                     state=msg.state.value, interface=interface)
+            metrics.ACCEPTED.labels(msg.account, interface).inc()
+
+    async def _submit(self, conn: Connection, pdu: SubmitSm | DataSm) -> None:
+        state = self._admit(conn, pdu)
+        if state is None:
+            return
+        account = state.config.system_id
+        try:
+            msg = accept_submit(account, pdu, self.clock.now(), self.policy(state.config))
+        except IntakeError as exc:
+            self._refuse(conn, pdu, account, exc)
+            return
+        await self._store([msg], "smpp")
+        conn.respond(pdu.response(message_id=msg.id))
+        self.dispatcher.enqueue(msg)
+
+    async def _submit_multi(self, conn: Connection, pdu: SubmitMulti) -> None:
+        state = self._admit(conn, pdu)
+        if state is None:
+            return
+        account = state.config.system_id
+        try:
+            result = accept_multi(account, pdu, self.clock.now(), self.policy(state.config))
+        except IntakeError as exc:
+            self._refuse(conn, pdu, account, exc)
+            return
+        await self._store(result.messages, "smpp")
+        unsuccess = [UnsuccessSme(ton, npi, addr, status)
+                     for ton, npi, addr, status in result.unsuccess]
+        conn.respond(pdu.response(message_id=result.messages[0].id, unsuccess=unsuccess))
+        for msg in result.messages:
+            self.dispatcher.enqueue(msg)
+
+    async def _query(self, conn: Connection, pdu: QuerySm) -> None:
+        account = conn.extra.get("account", "")
+        live = self.dispatcher.live.get(pdu.message_id)
+        msg = live.msg if live is not None and live.msg.account == account else None
+        if msg is None:
+            msg = await self.store.get_message_for_account(account, pdu.message_id)
+        if msg is None:
+            conn.respond(pdu.response(status=Status.ESME_RQUERYFAIL))
+            return
+        final_date = format_absolute(msg.done_at) if msg.state.final and msg.done_at else ""
+        conn.respond(pdu.response(message_id=msg.id, final_date=final_date,
+                                  message_state=int(STATE_TO_SMPP[msg.state]),
+                                  error_code=msg.error & 0xFF))

@@ -1,0 +1,237 @@
+"""SMS channel: one operator (SMSC) connection group, i.e. N SMPP client binds.
+
+Keeps its binds up (reconnect with exponential backoff), limits submits per second, spreads
+submits over the bound transmitters, classifies submit_sm_resp statuses (temporary: retry
+later; permanent: final), and hands every deliver_sm / data_sm it receives to a callback.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+import trio
+
+from gateway.config import SmscConfig
+from smpp.connection import Connection, ConnectionClosed, ResponseTimeout
+from smpp.constants import CommandId, Status
+from smpp.pdu import (
+    BindReceiver,
+    BindTransceiver,
+    BindTransmitter,
+    Pdu,
+    SubmitSm,
+)
+from smpp.session import BindState, SessionError, Side
+
+log = structlog.get_logger("routing.smsc")
+
+# Statuses after which the same message may succeed later (or elsewhere).
+TEMPORARY_STATUSES = frozenset({
+    Status.ESME_RTHROTTLED, Status.ESME_RMSGQFUL, Status.ESME_RSYSERR, Status.ESME_RX_T_APPN,
+    Status.ESME_RINVBNDSTS,  # the bind went away under us
+})
+# Permanent statuses that mean "this message is malformed" (REJECTED) rather than
+# "this message cannot be delivered" (UNDELIVERABLE).
+REJECTING_STATUSES = frozenset({
+    Status.ESME_RINVMSGLEN, Status.ESME_RINVSRCADR, Status.ESME_RINVDSTADR,
+    Status.ESME_RINVSRCTON, Status.ESME_RINVSRCNPI, Status.ESME_RINVDSTTON,
+    Status.ESME_RINVDSTNPI, Status.ESME_RINVESMCLASS, Status.ESME_RINVPRTFLG,
+    Status.ESME_RINVREGDLVFLG, Status.ESME_RINVEXPIRY, Status.ESME_RINVSCHED,
+    Status.ESME_RINVSERTYP, Status.ESME_RINVOPTPARSTREAM, Status.ESME_ROPTPARNOTALLWD,
+    Status.ESME_RINVPARLEN, Status.ESME_RMISSINGOPTPARAM, Status.ESME_RINVOPTPARAMVAL,
+})
+THROTTLE_PAUSE = 1.0  # seconds a connector holds back after ESME_RTHROTTLED
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    """What became of one submit_sm: accepted (smsc_id), or refused (temporary or not)."""
+
+    smsc_id: str | None
+    status: int
+    temporary: bool = False
+    rejected: bool = False  # permanent and caused by the message itself
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.smsc_id is not None
+
+
+def classify(status: int, smsc_id: str | None) -> SubmitResult:
+    if status == Status.ESME_ROK:
+        return SubmitResult(smsc_id or "", status)
+    return SubmitResult(None, status, temporary=status in TEMPORARY_STATUSES,
+                        rejected=status in REJECTING_STATUSES)
+
+
+BindKind = type[BindTransceiver] | type[BindTransmitter] | type[BindReceiver]
+DeliverHandler = Callable[["SmscConnector", Pdu], Awaitable[int]]
+
+
+class RateLimiter:
+    """Evenly spaced slots at `rate` per second (0 or less: unlimited)."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.next_slot = -math.inf
+        self.paused_until = -math.inf
+
+    async def acquire(self) -> None:
+        now = trio.current_time()
+        slot = max(now, self.next_slot, self.paused_until)
+        self.next_slot = slot + self.interval
+        if slot > now:
+            await trio.sleep_until(slot)
+
+    def pause(self, seconds: float) -> None:
+        self.paused_until = max(self.paused_until, trio.current_time() + seconds)
+
+
+class SmscConnector:
+    """All binds to one operator. `run()` keeps them up; `submit()` sends one submit_sm."""
+
+    channel = "sms"
+
+    def __init__(self, config: SmscConfig, on_deliver: DeliverHandler) -> None:
+        self.config = config
+        self.name = config.name
+        self.on_deliver = on_deliver
+        self.limiter = RateLimiter(config.throughput)
+        self._transmitters: list[Connection] = []
+        self._receivers: list[Connection] = []
+        self._rr = itertools.count()
+        self._up_changed = trio.Event()
+
+    # -- state --------------------------------------------------------------------------
+    def is_up(self) -> bool:
+        return bool(self._transmitters)
+
+    @property
+    def capacity(self) -> int:
+        """How many submits may be outstanding at once over the configured binds."""
+        return max(1, self.config.window * self.config.binds)
+
+    async def wait_up(self) -> None:
+        while not self.is_up():
+            await self._up_changed.wait()
+
+    def _changed(self) -> None:
+        self._up_changed.set()
+        self._up_changed = trio.Event()
+
+    # -- binds ----------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.config
+        kinds: list[BindKind]
+        if cfg.bind_mode == "transceiver":
+            kinds = [BindTransceiver] * cfg.binds
+        else:
+            kinds = [*([BindTransmitter] * cfg.binds), *([BindReceiver] * cfg.binds)]
+        async with trio.open_nursery() as nursery:
+            for index, kind in enumerate(kinds):
+                nursery.start_soon(self._bind_loop, kind, index)
+            task_status.started()
+
+    async def _bind_loop(self, kind: BindKind, index: int) -> None:
+        cfg = self.config
+        delay = cfg.reconnect_delay
+        name = f"{cfg.name}#{index}"
+        while True:
+            bound = await self._one_session(kind, name)
+            if bound:
+                delay = cfg.reconnect_delay
+            log.info("smsc.reconnect_wait", smsc=cfg.name, bind=name, delay=delay)
+            await trio.sleep(delay)
+            delay = min(delay * 2, cfg.reconnect_delay_max)
+
+    async def _one_session(self, kind: BindKind, name: str) -> bool:
+        cfg = self.config
+        try:
+            stream: trio.abc.Stream = await trio.open_tcp_stream(cfg.host, cfg.port)
+        except OSError as exc:
+            log.warning("smsc.connect_failed", smsc=cfg.name, bind=name, error=str(exc))
+            return False
+        conn = Connection(stream, Side.ESME, window=cfg.window,
+                          response_timeout=cfg.response_timeout,
+                          enquire_link_interval=cfg.enquire_link_interval, name=name)
+        bound = False
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(conn.run, self._handle_request)
+                bind = kind(system_id=cfg.system_id, password=cfg.password,
+                            system_type=cfg.system_type, interface_version=cfg.interface_version,
+                            address_range=cfg.address_range)
+                try:
+                    resp = await conn.request(bind)
+                except (ResponseTimeout, ConnectionClosed) as exc:
+                    log.warning("smsc.bind_failed", smsc=cfg.name, bind=name, error=repr(exc))
+                    await conn.aclose()
+                    return False
+                if resp.status != Status.ESME_ROK:
+                    log.warning("smsc.bind_refused", smsc=cfg.name, bind=name,
+                                status=f"0x{resp.status:08X}")
+                    await conn.aclose()
+                    return False
+                bound = True
+                log.info("smsc.bound", smsc=cfg.name, bind=name, mode=kind.__name__)
+                if conn.state in (BindState.BOUND_TX, BindState.BOUND_TRX):
+                    self._transmitters.append(conn)
+                if conn.state in (BindState.BOUND_RX, BindState.BOUND_TRX):
+                    self._receivers.append(conn)
+                self._changed()
+        finally:
+            for pool in (self._transmitters, self._receivers):
+                if conn in pool:
+                    pool.remove(conn)
+            self._changed()
+            if not conn.closed:
+                with trio.CancelScope(shield=True):
+                    await conn.unbind(timeout=2)
+            if bound:
+                log.info("smsc.unbound", smsc=cfg.name, bind=name)
+        return bound
+
+    async def _handle_request(self, conn: Connection, pdu: Pdu) -> None:
+        if pdu.command_id in (CommandId.DELIVER_SM, CommandId.DATA_SM):
+            try:
+                status = await self.on_deliver(self, pdu)
+            except Exception:
+                log.exception("smsc.deliver_handler_failed", smsc=self.name)
+                status = Status.ESME_RX_T_APPN
+            conn.respond(pdu.response(status=status))
+        elif pdu.command_id == CommandId.ALERT_NOTIFICATION:
+            log.info("smsc.alert_notification", smsc=self.name)
+        else:
+            conn.respond(pdu.response(status=Status.ESME_RINVCMDID))
+
+    # -- submitting -----------------------------------------------------------------------
+    async def submit(self, pdu: SubmitSm) -> SubmitResult:
+        """Send one submit_sm over a bound transmitter and classify the answer."""
+        await self.limiter.acquire()
+        if not self._transmitters:
+            return SubmitResult(None, Status.ESME_RINVBNDSTS, temporary=True, detail="not bound")
+        conn = self._transmitters[next(self._rr) % len(self._transmitters)]
+        try:
+            resp = await conn.request(pdu)
+        except ResponseTimeout:
+            return SubmitResult(None, Status.ESME_RSYSERR, temporary=True, detail="timeout")
+        except (ConnectionClosed, SessionError) as exc:
+            return SubmitResult(None, Status.ESME_RINVBNDSTS, temporary=True, detail=repr(exc))
+        if resp.status == Status.ESME_RTHROTTLED:
+            self.limiter.pause(THROTTLE_PAUSE)
+        message_id = getattr(resp, "message_id", None)
+        result = classify(resp.status, message_id if isinstance(message_id, str) else None)
+        if result.ok and not result.smsc_id:
+            # Accepted all the same: resending would duplicate. No receipt can be matched.
+            log.warning("smsc.empty_message_id", smsc=self.name)
+        return result
+
+    async def close(self) -> None:
+        """Unbind every session (graceful shutdown)."""
+        for conn in list(self._transmitters) + list(self._receivers):
+            await conn.unbind(timeout=2)
