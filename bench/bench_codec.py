@@ -1,7 +1,7 @@
 """Benchmark: PDU encode/decode rates of smpp.pdu next to smpplib's codec on this machine.
 
 Run `python bench/bench_codec.py`; each figure is the best of a few ~0.4 s bounded loops on
-one core. Target (docs/DESIGN): >= 150,000 submit_sm decodes/s and encodes/s.
+one core. Target (DESIGN.md): >= 150,000 submit_sm decodes/s and encodes/s.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from smpp.constants import RESPONSE_BIT, CommandId, Status, Tag, status_name
 
 __all__ = [
+    "HEADER_LENGTH",
     "PDU_CLASSES",
     "TLV_SIZES",
     "AlertNotification",
