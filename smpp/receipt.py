@@ -203,7 +203,7 @@ def id_variants(smsc_id: str) -> list[str]:
     given = smsc_id.strip("\x00 \t\r\n")
     if not given:
         return []
-    out: list[str] = [smsc_id, given, given.lower(), given.upper()]
+    out: list[str] = [given, given.lower(), given.upper()]
     # Keep the original width only when the id was zero-padded to begin with.
     width = len(given) if given.startswith("0") else 0
     if len(given) <= _MAX_ID_FOR_CONVERSION and _HEX.fullmatch(given):

@@ -39,6 +39,9 @@ DC_LATIN1: Final = 3  # ISO-8859-1
 DC_BINARY_ALT: Final = 4  # octet unspecified (8-bit binary), the other code point
 DC_UCS2: Final = 8  # UCS-2 (UTF-16 big-endian; we let surrogate pairs through)
 
+# SMPP 3.4 single-byte character sets beyond latin-1 (decode only; they split like binary)
+_SMPP_8BIT_CHARSETS: Final[dict[int, str]] = {6: "iso8859_5", 7: "iso8859_8"}
+
 _ESC: Final = 0x1B
 _MAX_PARTS: Final = 255
 _MAX_PAYLOAD: Final = 0xFFFF  # message_payload TLV length is 16 bits
@@ -85,6 +88,7 @@ _GSM_ENCODE, _GSM_BASE, _GSM_EXT = _build_gsm_tables()
 _GSM_CHARS: Final = frozenset(chr(c) for c in _GSM_ENCODE)
 _GSM_EXT_CHARS: Final = frozenset(_GSM_EXT.values())
 _ESC_SPLIT: Final = re.compile("\x1b([\\s\\S]?)")
+_HIGH_SURROGATE: Final = re.compile(b"[\xd8-\xdb]")
 
 
 def is_gsm7(text: str) -> bool:
@@ -197,8 +201,12 @@ def _ucs2_encode(text: str) -> bytes:
 def decode_text(data: bytes, data_coding: int) -> str:
     """Decode message octets to text; never raises (bad input becomes U+FFFD).
 
-    Binary codings decode as latin-1 so that every octet maps to one character and back.
+    Binary codings decode as latin-1 so that every octet maps to one character and back;
+    SMPP's Cyrillic (6) and Latin/Hebrew (7) use ISO-8859-5/-8. The multi-byte Asian codings
+    (5, 10, 13, 14) are not interpreted: they come out like binary.
     """
+    if data_coding in _SMPP_8BIT_CHARSETS:
+        return data.decode(_SMPP_8BIT_CHARSETS[data_coding], "replace")
     kind = alphabet(data_coding)
     if kind == "gsm7":
         return _gsm_decode(data)
@@ -341,13 +349,15 @@ def split(
         raise TextEncodingError(f"concatenation reference {ref} out of range 0..{ref_limit}")
     wide = ref16 or ref > 0xFF
     cap = min(limits[2] if wide else limits[1], single)
+    if kind == "ucs2":
+        cap -= cap % 2  # whole code units only
     if cap < 4:  # room for at least one escape pair / surrogate pair
         raise TextEncodingError(f"max_single={max_single} leaves no room for a part")
-    if kind == "gsm7":
+    if kind == "gsm7" and _ESC in body:
         cuts = _boundaries_gsm(body, cap)
-    elif kind == "ucs2":
+    elif kind == "ucs2" and _HIGH_SURROGATE.search(body[0::2]):
         cuts = _boundaries_ucs2(body, cap)
-    else:
+    else:  # every octet (GSM without escapes) or code unit (UCS-2 in the BMP) may be cut
         cuts = list(range(cap, len(body), cap))
     edges = [0, *cuts, len(body)]
     total = len(edges) - 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -405,3 +407,59 @@ def test_gsm_parts_each_decode_to_a_slice_of_the_text(text: str) -> None:
 def test_decode_never_raises(data: bytes) -> None:
     for dc in (0, 1, 2, 3, 4, 8, 0x18, 0xF0, 0xF4):
         assert isinstance(decode_text(data, dc), str)
+
+
+# --------------------------------------------------------------------------- hardening
+def test_sar_reference_above_255_uses_the_16bit_capacity() -> None:
+    parts = split(b"a" * 400, DC_DEFAULT, method="sar", ref=300)
+    assert [len(p.short_message) for p in parts] == [152, 152, 96]
+    assert parts[0].sar == (300, 3, 1)
+
+
+def test_ucs2_parts_stay_even_with_an_odd_max_single() -> None:
+    body = encode_text("ç" * 40)[1]
+    parts = split(body, DC_UCS2, max_single=41, method="sar")
+    assert all(len(p.short_message) % 2 == 0 for p in parts)
+    assert b"".join(p.short_message for p in parts) == body
+
+
+def test_cyrillic_and_hebrew_codings_decode() -> None:
+    assert decode_text("Привет".encode("iso8859_5"), 6) == "Привет"
+    assert decode_text("שלום".encode("iso8859_8"), 7) == "שלום"
+    assert decode_text(b"\xff", 7) == "\ufffd"
+
+
+septets = st.lists(st.sampled_from([0x1B, 0x1B, 0x41, 0x65, 0x0A, 0x00, 0x7F]), max_size=800)
+
+
+@settings(max_examples=200, deadline=None)
+@given(septets, st.booleans())
+def test_raw_septets_with_escape_runs_split_on_pair_boundaries(raw: list[int], ref16: bool) -> None:
+    body = bytes(raw)
+    parts = split(body, DC_DEFAULT, ref16=ref16)
+    assert join_parts(parts) == body
+    if len(parts) > 1:
+        for part in parts[:-1]:
+            chunk = body_of(part)
+            assert len(chunk) <= capacity(DC_DEFAULT, ref16)
+            run = len(chunk) - len(chunk.rstrip(b"\x1b"))
+            assert run % 2 == 0
+
+
+code_units = st.lists(
+    st.sampled_from([0x0041, 0xD83D, 0xDE00, 0xDBFF, 0xDC00, 0x4E2D]), max_size=400
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(code_units)
+def test_raw_ucs2_never_separates_a_surrogate_pair(raw: list[int]) -> None:
+    body = b"".join(u.to_bytes(2, "big") for u in raw)
+    parts = split(body, DC_UCS2)
+    assert join_parts(parts) == body
+    chunks = [body_of(p) for p in parts]
+    for left, right in itertools.pairwise(chunks):
+        assert len(left) % 2 == 0 and len(left) <= 134
+        ends_high = 0xD8 <= left[-2] <= 0xDB
+        starts_low = 0xDC <= right[0] <= 0xDF
+        assert not (ends_high and starts_low)
