@@ -13,7 +13,7 @@ import math
 import operator
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
@@ -178,8 +178,8 @@ _UPSERT_PART = 2
 _INSERT_REPORT = 3
 _DELETE_REPORT = 4
 _INSERT_ORPHAN = 5
-_PURGE_PARTS = 6
-_PURGE_MESSAGES = 7
+_PURGE_MESSAGES = 6
+_PURGE_PARTS = 7
 _PURGE_ORPHANS = 8
 _WRITE_SQL: tuple[str, ...] = (
     f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)})"
@@ -194,8 +194,8 @@ _WRITE_SQL: tuple[str, ...] = (
     f" VALUES ({_placeholders(len(REPORT_COLUMNS))})",
     "DELETE FROM reports WHERE id = ?",
     "INSERT INTO orphan_receipts (connector, smsc_id, body, received_at) VALUES (?, ?, ?, ?)",
-    "DELETE FROM parts WHERE message_id = ?",
     f"DELETE FROM messages WHERE id = ? AND {_DONE}",
+    "DELETE FROM parts WHERE message_id = ?1 AND NOT EXISTS (SELECT 1 FROM messages WHERE id = ?1)",
     "DELETE FROM orphan_receipts WHERE id IN"
     " (SELECT id FROM orphan_receipts WHERE received_at < ? LIMIT ?)",
 )
@@ -240,15 +240,15 @@ def _to_report(row: Row) -> Report:
 class _Call:
     """One write call: its rows grouped by statement, and how the writer answers it."""
 
-    __slots__ = ("done", "error", "exclusive", "groups", "rowcount", "size")
+    __slots__ = ("done", "error", "exclusive", "groups", "rowcounts", "size")
 
     def __init__(self, groups: list[tuple[int, list[Row]]], exclusive: bool = False) -> None:
         self.groups = groups
         self.size = sum(len(rows) for _, rows in groups)
-        self.exclusive = exclusive  # run alone in its own transaction (rowcount is its own)
+        self.exclusive = exclusive  # run alone in its own transaction (rowcounts are its own)
         self.done = trio.Event()
         self.error: BaseException | None = None
-        self.rowcount = 0
+        self.rowcounts: list[int] = []
 
 
 def _wrap_error(exc: BaseException) -> BaseException:
@@ -266,20 +266,24 @@ async def _aio_connect(uri: str) -> aiosqlite.Connection:
     return await aiosqlite.connect(uri, uri=True, isolation_level=None)
 
 
-async def _aio_transaction(conn: aiosqlite.Connection, groups: list[tuple[str, list[Row]]]) -> int:
-    """asyncio side: run the groups in one transaction; the rowcount of the last group."""
+async def _aio_transaction(
+    conn: aiosqlite.Connection, groups: list[tuple[str, list[Row]]]
+) -> list[int]:
+    """asyncio side: run each group (one executemany) in one transaction; their rowcounts."""
+    if conn.in_transaction:  # left open by a failed ROLLBACK: never build on it
+        await conn.execute("ROLLBACK")
     await conn.execute("BEGIN IMMEDIATE")
     try:
-        rowcount = 0
+        rowcounts = []
         for sql, rows in groups:
             cur = await conn.executemany(sql, rows)
-            rowcount = cur.rowcount
+            rowcounts.append(cur.rowcount)
         await conn.execute("COMMIT")
     except BaseException:
         with contextlib.suppress(Exception):
             await conn.execute("ROLLBACK")
         raise
-    return int(rowcount)
+    return rowcounts
 
 
 async def _aio_script(conn: aiosqlite.Connection, script: str) -> None:
@@ -319,6 +323,7 @@ class Store:
         self._batch_max = batch_max
         self._batch_linger = batch_linger
         self._send, self._recv = trio.open_memory_channel[_Call](math.inf)
+        self._closed = False
         self.commits = 0  # transactions committed
         self.committed_ops = 0  # rows written by those transactions
         self.failed_batches = 0  # group transactions that failed and were retried call by call
@@ -352,30 +357,20 @@ class Store:
         committing a batch that is not full. On exit, queued writes are committed, then the
         connections are closed.
         """
-        if batch_max < 1:
-            raise ValueError("batch_max must be >= 1")
+        if batch_max < 1 or not batch_linger >= 0:
+            raise ValueError("batch_max must be >= 1 and batch_linger >= 0")
         db = Path(path)
         if str(path) == ":memory:" or not db.name:
             raise ValueError(f"the store needs a file path, not {str(path)!r}")
         db = db.absolute()
         db.parent.mkdir(parents=True, exist_ok=True)
-        lock_fd = os.open(f"{db}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise StoreError(f"{db}: in use by another process (lock {db}.lock)") from None
-            async with trio_asyncio.open_loop() as loop:
-                uri = "file:" + quote(str(db))
-                writer = await loop.run_aio_coroutine(_aio_connect(uri))
-                reader: aiosqlite.Connection | None = None
+        with _file_lock(db), _sole_exception():
+            async with (
+                trio_asyncio.open_loop() as loop,
+                _connections(loop, db, synchronous) as (writer, reader, next_id),
+            ):
+                store = cls(loop, writer, reader, next_id, batch_max, batch_linger)
                 try:
-                    next_id = await _prepare(loop, writer, synchronous)
-                    reader = await loop.run_aio_coroutine(_aio_connect(uri + "?mode=ro"))
-                    await loop.run_aio_coroutine(
-                        _aio_fetchall(reader, "PRAGMA busy_timeout = 5000", ())
-                    )
-                    store = cls(loop, writer, reader, next_id, batch_max, batch_linger)
                     async with trio.open_nursery() as nursery:
                         await nursery.start(store._write_loop)
                         try:
@@ -383,12 +378,7 @@ class Store:
                         finally:
                             store._send.close()  # the writer drains the queue, then returns
                 finally:
-                    with trio.CancelScope(shield=True):
-                        if reader is not None:
-                            await loop.run_aio_coroutine(reader.close())
-                        await loop.run_aio_coroutine(writer.close())
-        finally:
-            os.close(lock_fd)
+                    store._closed = True
 
     # ----------------------------------------------------------------- the writer
 
@@ -420,7 +410,8 @@ class Store:
                         held = await self._gather(batch, first.size, batch_max, linger)
                     await self._run_batch(batch)
             finally:
-                # Only reached on a bug: answer whatever is still queued so no caller hangs.
+                # Normally the queue is closed and empty here. If the loop died of a bug,
+                # answer whatever is still queued so that no caller waits forever.
                 self._recv.close()
                 for call in ([held] if held else []) + _drain(recv):
                     call.error = StoreError("the store's writer stopped")
@@ -481,7 +472,7 @@ class Store:
     async def _run_alone(self, call: _Call) -> None:
         groups = [(_WRITE_SQL[stmt], rows) for stmt, rows in call.groups if rows]
         try:
-            call.rowcount = await self._loop.run_aio_coroutine(
+            call.rowcounts = await self._loop.run_aio_coroutine(
                 _aio_transaction(self._writer_conn, groups)
             )
         except Exception as exc:
@@ -491,10 +482,10 @@ class Store:
             self.committed_ops += call.size
         call.done.set()
 
-    async def _write(self, call: _Call) -> int:
-        """Queue a call and wait for its commit; the rowcount of its last statement."""
+    async def _write(self, call: _Call) -> list[int]:
+        """Queue a call and wait for its commit; the rowcount of each of its statements."""
         if not call.size:
-            return 0
+            return [0] * len(call.groups)
         try:
             self._send.send_nowait(call)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -503,7 +494,7 @@ class Store:
         await call.done.wait()
         if call.error is not None:
             raise call.error
-        return call.rowcount
+        return call.rowcounts
 
     # ----------------------------------------------------------------- writes
 
@@ -587,23 +578,22 @@ class Store:
             if not rows:
                 break
             ids: list[Row] = [(r[0],) for r in rows]
-            deleted += await self._write(
-                _Call([(_PURGE_PARTS, ids), (_PURGE_MESSAGES, ids)], exclusive=True)
+            counts = await self._write(
+                _Call([(_PURGE_MESSAGES, ids), (_PURGE_PARTS, ids)], exclusive=True)
             )
+            deleted += counts[0]
             if len(rows) < _PURGE_CHUNK:
                 break
-        while (
-            await self._write(
-                _Call([(_PURGE_ORPHANS, [(finished_before, _PURGE_CHUNK)])], exclusive=True)
-            )
-            >= _PURGE_CHUNK
-        ):
-            pass
+        orphans = _Call([(_PURGE_ORPHANS, [(finished_before, _PURGE_CHUNK)])], exclusive=True)
+        while (await self._write(orphans))[0] >= _PURGE_CHUNK:
+            orphans = _Call(orphans.groups, exclusive=True)
         return deleted
 
     # ----------------------------------------------------------------- reads
 
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        if self._closed:
+            raise StoreError("the store is closed")
         try:
             return await self._call_aio(_aio_fetchall(self._reader, sql, params))
         except sqlite3.Error as exc:
@@ -674,6 +664,65 @@ class Store:
         pending = await self._read("SELECT count(*) FROM reports")
         out["pending_reports"] = pending[0][0]
         return out
+
+
+@contextlib.contextmanager
+def _file_lock(db: Path) -> Iterator[None]:
+    """Hold an exclusive lock on db + ".lock": one process (one writer) per database."""
+    fd = os.open(f"{db}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(f"{db}: in use by another process (lock {db}.lock)") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextlib.asynccontextmanager
+async def _connections(
+    loop: Any, db: Path, synchronous: str
+) -> AsyncIterator[tuple[aiosqlite.Connection, aiosqlite.Connection, int]]:
+    """The writer connection (schema ready) and a read-only one; the next free report id."""
+    uri = "file:" + quote(str(db))
+    writer: aiosqlite.Connection | None = None
+    reader: aiosqlite.Connection | None = None
+    try:
+        try:
+            writer = await loop.run_aio_coroutine(_aio_connect(uri))
+            next_id = await _prepare(loop, writer, synchronous)
+            reader = await loop.run_aio_coroutine(_aio_connect(uri + "?mode=ro"))
+            await loop.run_aio_coroutine(_aio_fetchall(reader, "PRAGMA busy_timeout = 5000", ()))
+        except sqlite3.Error as exc:
+            raise StoreError(f"{db}: {exc}") from exc
+        yield writer, reader, next_id
+    finally:
+        with trio.CancelScope(shield=True):
+            if reader is not None:
+                await loop.run_aio_coroutine(reader.close())
+            if writer is not None:  # the last connection out checkpoints the WAL
+                await loop.run_aio_coroutine(writer.close())
+
+
+@contextlib.contextmanager
+def _sole_exception() -> Iterator[None]:
+    """Let one exception out of the store's internal nurseries as itself, not wrapped in
+    nested ExceptionGroups: callers can `except SchemaError` (or their own error)."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaf: BaseException = group
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]
+        if isinstance(leaf, BaseExceptionGroup):
+            raise
+        context = leaf.__context__
+        try:
+            raise leaf
+        finally:
+            leaf.__context__ = context
+            del leaf, context, group
 
 
 def _drain(recv: trio.MemoryReceiveChannel[_Call]) -> list[_Call]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from gateway import store as store_module
 from gateway.model import (
     Message,
     Part,
@@ -23,7 +24,15 @@ from gateway.model import (
     State,
     new_message_id,
 )
-from gateway.store import MESSAGE_COLUMNS, PART_COLUMNS, REPORT_COLUMNS, ConstraintError, Store
+from gateway.store import (
+    MESSAGE_COLUMNS,
+    PART_COLUMNS,
+    REPORT_COLUMNS,
+    ConstraintError,
+    SchemaError,
+    Store,
+    StoreError,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = 1_700_000_000.0
@@ -235,6 +244,22 @@ async def test_purge_deletes_only_final_messages_done_before_the_cutoff(tmp_path
         assert stats["DELIVERED"] == 0 and stats["EXPIRED"] == 1 and stats["IN_FLIGHT"] == 1
 
 
+async def test_purge_works_through_many_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "_PURGE_CHUNK", 3)
+    async with Store.open(tmp_path / "gw.sqlite") as store:
+        done = [make_message(state=State.REJECTED, done_at=T0) for _ in range(10)]
+        await store.add_messages(done)
+        await store.save_parts([Part(m.id, 1, "sfr") for m in done])
+        for i in range(7):
+            await store.record_orphan_receipt("sfr", str(i), b"", T0)
+        assert await store.purge(T0 + 1) == 10
+        assert (await store.stats())["REJECTED"] == 0
+        for m in done:
+            assert await store.get_parts(m.id) == []
+
+
 async def test_account_cannot_read_another_accounts_message(tmp_path: Path) -> None:
     async with Store.open(tmp_path / "gw.sqlite") as store:
         m = make_message(account="acme")
@@ -264,6 +289,47 @@ async def test_cancelled_writer_caller_still_gets_its_write_committed(tmp_path: 
         assert scope.cancelled_caught
     async with Store.open(tmp_path / "gw.sqlite") as store:
         assert await store.get_message(m.id) == m
+
+
+async def test_a_file_that_is_not_a_store_is_refused(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"not a database, just some bytes" * 100)
+    with pytest.raises(StoreError):
+        async with Store.open(junk):
+            pass
+    path = tmp_path / "gw.sqlite"
+    async with Store.open(path):
+        pass
+    with path.open("r+b") as f:  # a newer gateway's schema: user_version in the file header
+        f.seek(60)
+        f.write((99).to_bytes(4, "big"))
+    with pytest.raises(SchemaError, match="99"):
+        async with Store.open(path):
+            pass
+
+
+async def test_errors_inside_the_store_block_come_out_unwrapped(tmp_path: Path) -> None:
+    with pytest.raises(KeyError):
+        async with Store.open(tmp_path / "gw.sqlite"):
+            raise KeyError("x")
+
+
+async def test_a_closed_store_refuses_reads_and_writes(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "gw.sqlite") as store:
+        pass
+    with pytest.raises(StoreError):
+        await store.add_messages([make_message()])
+    with pytest.raises(StoreError):
+        await store.get_message("x")
+
+
+async def test_two_stores_can_be_open_at_once(tmp_path: Path) -> None:
+    m1, m2 = make_message(), make_message()
+    async with Store.open(tmp_path / "a.sqlite") as a, Store.open(tmp_path / "b.sqlite") as b:
+        await a.add_messages([m1])
+        await b.add_messages([m2])
+        assert await a.get_message(m2.id) is None
+        assert await b.get_message(m2.id) == m2
 
 
 async def test_a_second_process_cannot_open_the_same_file(tmp_path: Path) -> None:
@@ -329,8 +395,8 @@ async def test_sigkill_loses_no_acknowledged_message(tmp_path: Path) -> None:
 def test_module_is_the_only_sqlite_user() -> None:
     """DESIGN.md: one module owns the store; nothing else imports aiosqlite or sqlite3."""
     out = subprocess.run(
-        ["grep", "-rlE", r"^\s*(import|from)\s+(aiosqlite|sqlite3)\b", "gateway", "routing",
-         "smpp", "rules"],
+        ["grep", "-rlE", "--include=*.py", r"^\s*(import|from)\s+(aiosqlite|sqlite3)\b",
+         "gateway", "routing", "smpp", "rules"],
         cwd=REPO, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert out.stdout.split() == [os.path.join("gateway", "store.py")]
