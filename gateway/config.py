@@ -6,6 +6,7 @@ Every error is a ConfigError naming the file, the key (groups named by their nam
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import math
@@ -51,8 +52,9 @@ class ConfigError(Exception):
 
     def __init__(self, message: str, *, file: str | None = None, key: str | None = None) -> None:
         super().__init__(message)
-        self.file = file
-        self.key = key
+        self.file = file  # the file as named by the caller
+        self.key = key  # dotted key path of the problem; None when there are several
+        self.problems = tuple(message.splitlines())
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,15 +236,22 @@ def parse_duration(value: object) -> float:
 # Reading one table
 # --------------------------------------------------------------------------------------------
 
-_MISSING: Any = object()
+_MISSING: Any = object()  # no default: the key is required
+_DEFAULT: Any = object()  # take the default of the dataclass field
 _T = TypeVar("_T")
 
 DURATION_HINT = 'a duration (seconds, or a string like "500ms", "30s", "5m", "24h", "2d")'
+NAME_HINT = "a name (letters, digits, '_', '.', '-')"
 _HOST_RE = re.compile(r"[A-Za-z0-9_.:%\-\[\]]+")
 _DIGITS_RE = re.compile(r"[0-9]+")
 _NAME_RE = re.compile(r"[A-Za-z0-9_.\-]+")
+_ID_RE = re.compile(r"[\x21-\x7e]+")  # SMPP ids: printable ASCII, no space
+_TEXT_RE = re.compile(r"[\x20-\x7e]*")  # SMPP C-octet strings: printable ASCII
 _TONS = frozenset(range(7))
 _NPIS = frozenset({0, 1, 3, 4, 6, 8, 9, 10, 14, 18})
+
+_GATEWAY_KEYS = ("node", "validity", "log_level")  # the keys of [gateway]
+_TOP_ARRAYS = ("listener", "account", "smsc", "route")  # [[...]] groups; the rest are [tables]
 
 
 def _show(value: object) -> str:
@@ -264,24 +273,61 @@ def _show(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-class _Table:
-    """Typed access to one TOML table; remembers which keys were read so the rest are unknown."""
+def _unknown_hint(key: str, known: Iterable[str]) -> str:
+    """Why ``key`` is unknown: a close spelling, the table it belongs to, or the known keys."""
+    known = sorted(known)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.7)
+    if close:
+        return f'did you mean "{close[0]}"?'
+    homes = [header for header, keys in _GROUPS.values() if key in keys]
+    if homes:
+        return (
+            f"{key} is a key of {' or '.join(homes)}; in TOML a key belongs to the table "
+            "header above it"
+        )
+    return "known keys: " + ", ".join(known)
 
-    def __init__(self, file: str, where: str, data: Mapping[str, Any]) -> None:
+
+class _Table:
+    """Typed access to one TOML table whose keys are the fields of a config dataclass.
+
+    Unknown keys are refused when the table is opened; a key left out takes the field's default.
+    """
+
+    def __init__(
+        self,
+        file: str,
+        where: str,
+        data: Mapping[str, Any],
+        cls: type,
+        keys: Iterable[str] | None = None,
+    ) -> None:
         self.file = file
         self.where = where
         self.data = data
-        self.seen: set[str] = set()
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        self.known = tuple(keys) if keys is not None else tuple(fields)
+        self.defaults = {
+            name: f.default for name, f in fields.items() if f.default is not dataclasses.MISSING
+        }
+        for key in data:
+            if key not in self.known:
+                raise self.fail(key, f"unknown key ({_unknown_hint(key, self.known)})")
 
     def key(self, key: str) -> str:
         return f"{self.where}.{key}" if self.where else key
 
-    def fail(self, key: str, expected: str, value: object = _MISSING) -> ConfigError:
+    def fail(
+        self, key: str, expected: str, value: object = _MISSING, got: str | None = None
+    ) -> ConfigError:
+        """The error for ``key``: 'expected ..., got ...' when a value or ``got`` is given."""
         path = self.key(key)
-        if value is _MISSING:
+        if got is None and value is not _MISSING:
+            got = _show(value)
+        if got is None:
             msg = f"{self.file}: {path}: {expected}"
         else:
-            msg = f"{self.file}: {path}: expected {expected}, got {_show(value)}"
+            msg = f"{self.file}: {path}: expected {expected}, got {got}"
         return ConfigError(msg, file=self.file, key=path)
 
     def get(
@@ -291,8 +337,10 @@ class _Table:
         expected: str,
         convert: Callable[[Any], _T | None],
     ) -> _T:
-        """``convert`` returns the typed value, or None when the raw value does not fit."""
-        self.seen.add(key)
+        """The value of ``key`` through ``convert``, which returns None when it does not fit."""
+        assert key in self.known, key
+        if default is _DEFAULT:
+            default = self.defaults.get(key, _MISSING)
         if key not in self.data:
             if default is _MISSING:
                 raise self.fail(key, f"required key missing (expected {expected})")
@@ -309,7 +357,7 @@ class _Table:
     def string(
         self,
         key: str,
-        default: Any = _MISSING,
+        default: Any = _DEFAULT,
         *,
         max_len: int | None = None,
         empty: bool = True,
@@ -317,9 +365,13 @@ class _Table:
         expected: str | None = None,
     ) -> str:
         if expected is None:
-            expected = "a non-empty string" if not empty else "a string"
+            expected = "a string" if empty else "a non-empty string"
             if max_len is not None:
                 expected += f" of at most {max_len} characters"
+            if pattern is _ID_RE:
+                expected += " (printable ASCII, no spaces)"
+            elif pattern is _TEXT_RE:
+                expected += " (printable ASCII)"
 
         def conv(v: Any) -> str | None:
             if not isinstance(v, str):
@@ -332,12 +384,15 @@ class _Table:
 
         return self.get(key, default, expected, conv)
 
-    def host(self, key: str, default: Any = _MISSING) -> str:
+    def name(self, key: str) -> str:
+        return self.string(key, empty=False, pattern=_NAME_RE, expected=NAME_HINT)
+
+    def host(self, key: str, default: Any = _DEFAULT) -> str:
         return self.string(
             key, default, empty=False, pattern=_HOST_RE, expected="a host name or IP address"
         )
 
-    def port(self, key: str, default: Any = _MISSING, *, zero: bool = True) -> int:
+    def port(self, key: str, default: Any = _DEFAULT, *, zero: bool = True) -> int:
         low = 0 if zero else 1
         hint = " (0 = any free port)" if zero else ""
         return self.integer(key, default, low=low, high=65535, expected=f"a port {low}-65535{hint}")
@@ -345,7 +400,7 @@ class _Table:
     def integer(
         self,
         key: str,
-        default: Any = _MISSING,
+        default: Any = _DEFAULT,
         *,
         low: int | None = None,
         high: int | None = None,
@@ -357,8 +412,8 @@ class _Table:
                 expected = "one of " + ", ".join(str(a) for a in sorted(allowed))
             elif low == 1 and high is None:
                 expected = "a positive integer"
-            elif low == 0 and high is None:
-                expected = "an integer >= 0"
+            elif low is not None and high is None:
+                expected = f"an integer >= {low}"
             elif low is not None and high is not None:
                 expected = f"an integer from {low} to {high}"
             else:
@@ -378,18 +433,15 @@ class _Table:
     def number(
         self,
         key: str,
-        default: Any = _MISSING,
+        default: Any = _DEFAULT,
         *,
         low: float = 0.0,
         high: float | None = None,
-        positive: bool = False,
         expected: str | None = None,
     ) -> float:
         if expected is None:
             if high is not None:
                 expected = f"a number from {low:g} to {high:g}"
-            elif positive:
-                expected = "a positive number"
             else:
                 expected = f"a number >= {low:g}"
 
@@ -397,29 +449,25 @@ class _Table:
             if not isinstance(v, int | float) or isinstance(v, bool):
                 return None
             f = float(v)
-            if not math.isfinite(f) or f < low or (positive and f <= 0):
-                return None
-            if high is not None and f > high:
+            if not math.isfinite(f) or f < low or (high is not None and f > high):
                 return None
             return f
 
         return self.get(key, default, expected, conv)
 
-    def duration(self, key: str, default: Any = _MISSING, *, positive: bool = True) -> float:
-        expected = ("a positive " if positive else "a ") + DURATION_HINT.removeprefix("a ")
+    def duration(self, key: str, default: Any = _DEFAULT, *, positive: bool = True) -> float:
+        expected = "a positive " + DURATION_HINT[2:] if positive else DURATION_HINT
 
         def conv(v: Any) -> float | None:
             seconds = parse_duration(v)
-            if positive and seconds <= 0:
-                return None
-            return seconds
+            return None if positive and seconds <= 0 else seconds
 
         return self.get(key, default, expected, conv)
 
-    def boolean(self, key: str, default: Any = _MISSING) -> bool:
+    def boolean(self, key: str, default: Any = _DEFAULT) -> bool:
         return self.get(key, default, "true or false", lambda v: v if isinstance(v, bool) else None)
 
-    def choice(self, key: str, default: Any, choices: Iterable[str]) -> Any:
+    def choice(self, key: str, choices: Iterable[str], default: Any = _DEFAULT) -> Any:
         options = tuple(choices)
         expected = "one of " + ", ".join(json.dumps(c) for c in options)
         return self.get(key, default, expected, lambda v: v if v in options else None)
@@ -427,262 +475,211 @@ class _Table:
     def strings(
         self,
         key: str,
-        default: Any = _MISSING,
+        default: Any = _DEFAULT,
         *,
+        items: str,
+        item: str,
         pattern: re.Pattern[str] | None = None,
-        expected: str = "an array of strings",
         nonempty: bool = False,
     ) -> tuple[str, ...]:
-        def conv(v: Any) -> tuple[str, ...] | None:
-            if not isinstance(v, list) or (nonempty and not v):
-                return None
-            if not all(isinstance(s, str) for s in v):
-                return None
-            if pattern is not None and not all(pattern.fullmatch(s) for s in v):
-                return None
-            return tuple(v)
-
-        return self.get(key, default, expected, conv)
-
-    def done(self) -> None:
-        """Raise on the first key that was never read: an unknown key, most likely a typo."""
-        for key in self.data:
-            if key not in self.seen:
-                known = sorted(self.seen)
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f'did you mean "{close[0]}"?' if close else "known keys: " + ", ".join(known)
-                raise self.fail(key, f"unknown key ({hint})")
+        """An array of strings (``items``, plural); a bad element (``item``, with its article)
+        is reported with its index: ``route "fr".prefixes[1]``."""
+        expected = f"a non-empty array of {items}" if nonempty else f"an array of {items}"
+        value: tuple[str, ...] = self.get(
+            key,
+            default,
+            expected,
+            lambda v: tuple(v) if isinstance(v, list) and (v or not nonempty) else None,
+        )
+        for i, s in enumerate(value):
+            if not isinstance(s, str) or (pattern is not None and not pattern.fullmatch(s)):
+                raise self.fail(f"{key}[{i}]", item, s)
+        return value
 
 
 # --------------------------------------------------------------------------------------------
 # Groups
 # --------------------------------------------------------------------------------------------
 
-_TOP_TABLES = ("gateway", "store", "retry", "metrics", "simulator")
-_TOP_ARRAYS = ("listener", "account", "smsc", "route")
 
-
-def _group_where(kind: str, index: int, data: Mapping[str, Any], name_key: str) -> str:
-    """``smsc "opA"`` when the group has a usable name, else ``smsc[2]``."""
-    name = data.get(name_key)
+def _group_where(kind: str, index: int, data: Mapping[str, Any], name_key: str | None) -> str:
+    """``smsc "opA"`` when the group has a usable name, else ``smsc[2]`` (0-based)."""
+    name = data.get(name_key) if name_key else None
     if isinstance(name, str) and name and _NAME_RE.fullmatch(name):
         return f'{kind} "{name}"'
     return f"{kind}[{index}]"
 
 
 def _gateway(t: _Table) -> tuple[str, float, str]:
-    node = t.string(
-        "node",
-        "smsgw",
-        pattern=_NAME_RE,
-        empty=False,
-        expected="a name (letters, digits, '_', '.', '-')",
-    )
-    validity = t.duration("validity", DAY)
-    log_level = t.choice("log_level", "info", get_args(LogLevel))
-    t.done()
+    node = t.string("node", empty=False, pattern=_NAME_RE, expected=NAME_HINT)
+    validity = t.duration("validity")
+    log_level = t.choice("log_level", get_args(LogLevel))
     return node, validity, str(log_level)
 
 
 def _listener(t: _Table) -> ListenerConfig:
-    d = ListenerConfig()
-    cfg = ListenerConfig(
-        host=t.host("host", d.host),
-        port=t.port("port", d.port),
-        bind_timeout=t.duration("bind_timeout", d.bind_timeout),
-        inactivity_timeout=t.duration("inactivity_timeout", d.inactivity_timeout),
-        enquire_link_interval=t.duration("enquire_link_interval", d.enquire_link_interval),
-        response_timeout=t.duration("response_timeout", d.response_timeout),
-        window=t.integer("window", d.window, low=1),
-        auth_failure_delay=t.duration("auth_failure_delay", d.auth_failure_delay, positive=False),
-        max_pdu_size=t.integer("max_pdu_size", d.max_pdu_size, low=1024, high=16 * 1024 * 1024),
+    return ListenerConfig(
+        host=t.host("host"),
+        port=t.port("port"),
+        bind_timeout=t.duration("bind_timeout"),
+        inactivity_timeout=t.duration("inactivity_timeout"),
+        enquire_link_interval=t.duration("enquire_link_interval"),
+        response_timeout=t.duration("response_timeout"),
+        window=t.integer("window", low=1),
+        auth_failure_delay=t.duration("auth_failure_delay", positive=False),
+        max_pdu_size=t.integer("max_pdu_size", low=1024, high=16 * 1024 * 1024),
     )
-    t.done()
-    return cfg
 
 
 def _account(t: _Table) -> AccountConfig:
-    system_id = t.string("system_id", max_len=15, empty=False)
-    password_hash = t.get(
-        "password_hash",
-        _MISSING,
-        'a scrypt hash "scrypt$n$r$p$salt$hash" (make one with `smsgw hash-password`)',
-        lambda v: v if isinstance(v, str) and is_password_hash(v) else None,
-    )
-    cfg = AccountConfig(
-        system_id=system_id,
-        password_hash=password_hash,
-        max_binds=t.integer("max_binds", 8, low=1),
-        throughput=t.number("throughput", 0.0),
+    return AccountConfig(
+        system_id=t.string("system_id", max_len=15, empty=False, pattern=_ID_RE),
+        password_hash=t.get(
+            "password_hash",
+            _MISSING,
+            'a scrypt hash "scrypt$n$r$p$salt$hash" (make one with `smsgw hash-password`)',
+            lambda v: v if isinstance(v, str) and is_password_hash(v) else None,
+        ),
+        max_binds=t.integer("max_binds", low=1),
+        throughput=t.number("throughput"),
         mo_addresses=t.strings(
             "mo_addresses",
-            (),
+            items="numbers",
+            item="a number written as a string of digits, without '+'",
             pattern=_DIGITS_RE,
-            expected="an array of numbers written as strings of digits, without '+'",
         ),
-        validity=t.duration("validity", None),
-        description=t.string("description", ""),
+        validity=t.duration("validity"),
+        description=t.string("description"),
     )
-    t.done()
-    return cfg
 
 
 def _smsc(t: _Table) -> SmscConfig:
-    d_name = t.string(
-        "name", pattern=_NAME_RE, empty=False, expected="a name (letters, digits, '_', '.', '-')"
-    )
     cfg = SmscConfig(
-        name=d_name,
+        name=t.name("name"),
         host=t.host("host"),
         port=t.port("port", zero=False),
-        system_id=t.string("system_id", max_len=15, empty=False),
-        password=t.string("password", max_len=SMPP_PASSWORD_MAX),
-        system_type=t.string("system_type", "", max_len=12),
-        bind_mode=t.choice("bind_mode", "transceiver", get_args(BindMode)),
-        binds=t.integer("binds", 1, low=1),
-        window=t.integer("window", 10, low=1),
-        throughput=t.number("throughput", 0.0),
-        response_timeout=t.duration("response_timeout", 10.0),
-        enquire_link_interval=t.duration("enquire_link_interval", 30.0),
-        reconnect_delay=t.duration("reconnect_delay", 1.0),
-        reconnect_delay_max=t.duration("reconnect_delay_max", 60.0),
+        system_id=t.string("system_id", max_len=15, empty=False, pattern=_ID_RE),
+        password=t.string("password", max_len=SMPP_PASSWORD_MAX, pattern=_TEXT_RE),
+        system_type=t.string("system_type", max_len=12, pattern=_TEXT_RE),
+        bind_mode=t.choice("bind_mode", get_args(BindMode)),
+        binds=t.integer("binds", low=1),
+        window=t.integer("window", low=1),
+        throughput=t.number("throughput"),
+        response_timeout=t.duration("response_timeout"),
+        enquire_link_interval=t.duration("enquire_link_interval"),
+        reconnect_delay=t.duration("reconnect_delay"),
+        reconnect_delay_max=t.duration("reconnect_delay_max"),
         interface_version=t.integer(
-            "interface_version", 0x34, low=0, high=0x34, expected="an integer from 0x00 to 0x34"
+            "interface_version", low=0, high=0x34, expected="an integer from 0x00 to 0x34"
         ),
-        address_range=t.string("address_range", "", max_len=40),
-        source_ton=t.integer("source_ton", None, allowed=_TONS),
-        source_npi=t.integer("source_npi", None, allowed=_NPIS),
-        dest_ton=t.integer("dest_ton", None, allowed=_TONS),
-        dest_npi=t.integer("dest_npi", None, allowed=_NPIS),
-        segmentation=t.choice("segmentation", "udh", get_args(Segmentation)),
-        udh_ref16=t.boolean("udh_ref16", False),
-        receipt_hold=t.duration("receipt_hold", 10.0, positive=False),
-        receipt_id_format=t.choice("receipt_id_format", "auto", get_args(ReceiptIdFormat)),
+        address_range=t.string("address_range", max_len=40, pattern=_TEXT_RE),
+        source_ton=t.integer("source_ton", allowed=_TONS),
+        source_npi=t.integer("source_npi", allowed=_NPIS),
+        dest_ton=t.integer("dest_ton", allowed=_TONS),
+        dest_npi=t.integer("dest_npi", allowed=_NPIS),
+        segmentation=t.choice("segmentation", get_args(Segmentation)),
+        udh_ref16=t.boolean("udh_ref16"),
+        receipt_hold=t.duration("receipt_hold", positive=False),
+        receipt_id_format=t.choice("receipt_id_format", get_args(ReceiptIdFormat)),
     )
-    t.done()
     if cfg.reconnect_delay_max < cfg.reconnect_delay:
         raise t.fail(
             "reconnect_delay_max",
             f"a duration >= reconnect_delay ({cfg.reconnect_delay:g}s)",
-            t.data["reconnect_delay_max"],
+            t.data.get("reconnect_delay_max", cfg.reconnect_delay_max),
         )
     return cfg
 
 
 def _route(t: _Table) -> RouteConfig:
-    cfg = RouteConfig(
-        name=t.string(
-            "name",
-            pattern=_NAME_RE,
-            empty=False,
-            expected="a name (letters, digits, '_', '.', '-')",
-        ),
+    return RouteConfig(
+        name=t.name("name"),
         prefixes=t.strings(
             "prefixes",
-            (),
+            items="prefixes",
+            item="a prefix written as a string of E.164 digits, without '+'",
             pattern=_DIGITS_RE,
-            expected="an array of E.164 prefixes written as strings of digits, without '+'",
         ),
-        smscs=t.strings("smscs", expected="a non-empty array of smsc names", nonempty=True),
+        smscs=t.strings("smscs", _MISSING, items="smsc names", item="an smsc name", nonempty=True),
     )
-    t.done()
-    return cfg
 
 
 def _retry(t: _Table) -> RetryConfig:
-    d = RetryConfig()
-    initial = t.duration("initial_delay", d.initial_delay)
-    max_delay = t.duration("max_delay", d.max_delay)
-    multiplier = t.number("multiplier", d.multiplier, low=1.0)
-    t.done()
-    if max_delay < initial:
+    cfg = RetryConfig(
+        initial_delay=t.duration("initial_delay"),
+        max_delay=t.duration("max_delay"),
+        multiplier=t.number("multiplier", low=1.0),
+    )
+    if cfg.max_delay < cfg.initial_delay:
         raise t.fail(
-            "max_delay", f"a duration >= initial_delay ({initial:g}s)", t.data["max_delay"]
+            "max_delay",
+            f"a duration >= initial_delay ({cfg.initial_delay:g}s)",
+            t.data.get("max_delay", cfg.max_delay),
         )
-    return RetryConfig(initial_delay=initial, max_delay=max_delay, multiplier=multiplier)
+    return cfg
 
 
 def _store(t: _Table) -> StoreConfig:
-    raw = t.string("path", empty=False, expected="a file path")
-    path = Path(raw).expanduser()
+    path = Path(t.string("path", empty=False, expected="a file path")).expanduser()
     if not path.is_absolute():
         path = Path.cwd() / path  # relative paths: against the daemon's working directory
-    cfg = StoreConfig(
+    return StoreConfig(
         path=path,
-        batch_max=t.integer("batch_max", 512, low=1),
-        retention=t.duration("retention", 180 * DAY),
+        batch_max=t.integer("batch_max", low=1),
+        retention=t.duration("retention"),
     )
-    t.done()
-    return cfg
 
 
 def _metrics(t: _Table) -> MetricsConfig:
-    d = MetricsConfig()
-    cfg = MetricsConfig(
-        host=t.host("host", d.host),
-        port=t.port("port", d.port),
-        enabled=t.boolean("enabled", d.enabled),
-    )
-    t.done()
-    return cfg
-
-
-_RECEIPT_SHARES = ("delivered", "undeliverable", "expired", "no_receipt")
-_SUBMIT_SHARES = ("throttle", "error", "slow", "disconnect")
+    return MetricsConfig(host=t.host("host"), port=t.port("port"), enabled=t.boolean("enabled"))
 
 
 def _simulator(t: _Table) -> SimulatorConfig:
-    d = SimulatorConfig()
+    def share(key: str) -> float:
+        return t.number(key, low=0.0, high=1.0)
 
-    def share(key: str, default: float) -> float:
-        return t.number(key, default, low=0.0, high=1.0)
-
-    host = t.host("host", d.host)
-    port = t.port("port", d.port)
-    system_id = t.string("system_id", d.system_id, max_len=15, empty=False)
-    password = t.string("password", d.password, max_len=SMPP_PASSWORD_MAX)
-    control_host = t.host("control_host", d.control_host)
-    control_port = t.port("control_port", d.control_port)
-    receipt_delay = t.duration("receipt_delay", d.receipt_delay, positive=False)
-    undeliverable = share("undeliverable", 0.0)
-    expired = share("expired", 0.0)
-    no_receipt = share("no_receipt", 0.0)
+    undeliverable, expired, no_receipt = (
+        share("undeliverable"),
+        share("expired"),
+        share("no_receipt"),
+    )
     others = undeliverable + expired + no_receipt
     if "delivered" in t.data:
-        delivered = share("delivered", _MISSING)
-        total = delivered + others
-        if abs(total - 1.0) > 1e-6:
+        delivered = share("delivered")
+        if abs(delivered + others - 1.0) > 1e-6:
             raise t.fail(
                 "delivered",
-                "receipt outcome shares summing to 1: delivered + undeliverable + expired + "
-                f"no_receipt = {total:g} (leave delivered out to make it the rest)",
+                "receipt outcome shares summing to 1 (leave delivered out to make it the rest)",
+                got=f"delivered + undeliverable + expired + no_receipt = {delivered + others:g}",
             )
+    elif others > 1.0 + 1e-6:
+        raise t.fail(
+            "undeliverable",
+            "receipt outcome shares summing to at most 1",
+            got=f"undeliverable + expired + no_receipt = {others:g}",
+        )
     else:
-        if others > 1.0 + 1e-6:
-            raise t.fail(
-                "undeliverable",
-                "receipt outcome shares summing to at most 1: undeliverable + expired + "
-                f"no_receipt = {others:g}",
-            )
         delivered = max(0.0, 1.0 - others)
-    throttle = share("throttle", 0.0)
-    error = share("error", 0.0)
-    slow = share("slow", 0.0)
-    disconnect = share("disconnect", 0.0)
+    throttle, error, slow, disconnect = (
+        share("throttle"),
+        share("error"),
+        share("slow"),
+        share("disconnect"),
+    )
     if throttle + error + slow + disconnect > 1.0 + 1e-6:
         raise t.fail(
             "throttle",
-            "submit outcome shares summing to at most 1 (throttle + error + slow + disconnect"
-            f" = {throttle + error + slow + disconnect:g})",
+            "submit outcome shares summing to at most 1",
+            got=f"throttle + error + slow + disconnect = {throttle + error + slow + disconnect:g}",
         )
-    cfg = SimulatorConfig(
-        host=host,
-        port=port,
-        system_id=system_id,
-        password=password,
-        control_host=control_host,
-        control_port=control_port,
-        receipt_delay=receipt_delay,
+    return SimulatorConfig(
+        host=t.host("host"),
+        port=t.port("port"),
+        system_id=t.string("system_id", max_len=15, empty=False, pattern=_ID_RE),
+        password=t.string("password", max_len=SMPP_PASSWORD_MAX, pattern=_TEXT_RE),
+        control_host=t.host("control_host"),
+        control_port=t.port("control_port"),
+        receipt_delay=t.duration("receipt_delay", positive=False),
         delivered=delivered,
         undeliverable=undeliverable,
         expired=expired,
@@ -690,13 +687,35 @@ def _simulator(t: _Table) -> SimulatorConfig:
         throttle=throttle,
         error=error,
         slow=slow,
-        slow_delay=t.duration("slow_delay", d.slow_delay, positive=False),
+        slow_delay=t.duration("slow_delay", positive=False),
         disconnect=disconnect,
-        message_id_format=t.choice("message_id_format", "hex", get_args(MessageIdFormat)),
-        seed=t.integer("seed", None),
+        message_id_format=t.choice("message_id_format", get_args(MessageIdFormat)),
+        seed=t.integer("seed"),
     )
-    t.done()
-    return cfg
+
+
+# table or array name -> its dataclass
+_CLASSES: dict[str, type] = {
+    "store": StoreConfig,
+    "retry": RetryConfig,
+    "metrics": MetricsConfig,
+    "simulator": SimulatorConfig,
+    "listener": ListenerConfig,
+    "account": AccountConfig,
+    "smsc": SmscConfig,
+    "route": RouteConfig,
+}
+# table or array name -> (its header as written in the file, its keys)
+_GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "gateway": ("[gateway]", _GATEWAY_KEYS),
+    **{
+        name: (
+            f"[[{name}]]" if name in _TOP_ARRAYS else f"[{name}]",
+            tuple(f.name for f in dataclasses.fields(cls)),
+        )
+        for name, cls in _CLASSES.items()
+    },
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -728,15 +747,19 @@ def _read(path: str | Path) -> tuple[str, dict[str, Any]]:
 
 
 def _table(file: str, doc: Mapping[str, Any], name: str) -> _Table:
+    """The single table ``[name]`` (empty when absent: every key takes its default)."""
     data = doc.get(name, {})
     if not isinstance(data, dict):
         raise ConfigError(
             f"{file}: {name}: expected a table ([{name}]), got {_show(data)}", file=file, key=name
         )
-    return _Table(file, name, data)
+    if name == "gateway":
+        return _Table(file, name, data, GatewayConfig, _GATEWAY_KEYS)
+    return _Table(file, name, data, _CLASSES[name])
 
 
 def _array(file: str, doc: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
+    """The groups ``[[name]]``; at least one is required."""
     data = doc.get(name, [])
     if isinstance(data, dict):
         raise ConfigError(
@@ -758,12 +781,10 @@ def _array(file: str, doc: Mapping[str, Any], name: str) -> list[dict[str, Any]]
     return data
 
 
-def _top_keys(file: str, doc: Mapping[str, Any], allowed: Iterable[str]) -> None:
-    known = list(allowed)
+def _top_keys(file: str, doc: Mapping[str, Any]) -> None:
     for key in doc:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f'did you mean "{close[0]}"?' if close else "known: " + ", ".join(known)
+        if key not in _GROUPS:
+            hint = _unknown_hint(key, _GROUPS)
             raise ConfigError(f"{file}: {key}: unknown table or key ({hint})", file=file, key=key)
 
 
@@ -776,7 +797,7 @@ def load_config(path: str | Path) -> GatewayConfig:
     directory, not the config file's directory.
     """
     file, doc = _read(path)
-    _top_keys(file, doc, _TOP_TABLES + _TOP_ARRAYS)
+    _top_keys(file, doc)
     node, validity, log_level = _gateway(_table(file, doc, "gateway"))
     if "store" not in doc:
         raise ConfigError(
@@ -786,11 +807,10 @@ def load_config(path: str | Path) -> GatewayConfig:
         )
 
     def groups(kind: str, name_key: str | None, parse: Callable[[_Table], _T]) -> list[_T]:
-        out = []
-        for i, data in enumerate(_array(file, doc, kind)):
-            where = _group_where(kind, i, data, name_key) if name_key else f"{kind}[{i}]"
-            out.append(parse(_Table(file, where, data)))
-        return out
+        return [
+            parse(_Table(file, _group_where(kind, i, data, name_key), data, _CLASSES[kind]))
+            for i, data in enumerate(_array(file, doc, kind))
+        ]
 
     listeners = groups("listener", None, _listener)
     accounts = groups("account", "system_id", _account)
@@ -814,7 +834,8 @@ def load_config(path: str | Path) -> GatewayConfig:
     )
     problems = _cross_check(file, config, accounts, smscs, routes)
     if problems:
-        raise ConfigError("\n".join(problems), file=file)
+        key = problems[0].removeprefix(f"{file}: ").split(": ")[0] if len(problems) == 1 else None
+        raise ConfigError("\n".join(problems), file=file, key=key)
     return config
 
 
@@ -865,11 +886,13 @@ def _cross_check(
             problems.append(f'{file}: route "{r.name}".smscs: an smsc is listed twice')
         if not r.prefixes:
             defaults.append(r.name)
-        for p in r.prefixes:
-            if p in prefix_owner:
+        for i, p in enumerate(r.prefixes):
+            if p in r.prefixes[:i]:
+                problems.append(f'{file}: route "{r.name}".prefixes: prefix "{p}" listed twice')
+            elif p in prefix_owner:
                 problems.append(
                     f'{file}: route "{r.name}".prefixes: prefix "{p}" is already routed by '
-                    f'route "{prefix_owner[p]}"'
+                    f'route "{prefix_owner[p]}" (a prefix belongs to one route)'
                 )
             prefix_owner.setdefault(p, r.name)
     if len(defaults) > 1:
@@ -914,7 +937,7 @@ def load_simulator_config(path: str | Path) -> SimulatorConfig:
     The file may be a gateway config too: its other groups are allowed and ignored here.
     """
     file, doc = _read(path)
-    _top_keys(file, doc, _TOP_TABLES + _TOP_ARRAYS)
+    _top_keys(file, doc)
     if "simulator" not in doc:
         raise ConfigError(
             f"{file}: simulator: required table missing ([simulator])",

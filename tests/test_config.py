@@ -223,3 +223,256 @@ def test_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
 def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"nope\.toml: cannot read"):
         load_config(tmp_path / "nope.toml")
+
+
+def smsc_with(extra: str) -> str:
+    """MINIMAL with ``extra`` lines added to the [[smsc]] "opA" group."""
+    return MINIMAL.replace('password = "secret"\n', f'password = "secret"\n{extra}\n')
+
+
+def test_misspelt_required_key_is_reported_as_unknown_not_missing(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, MINIMAL.replace('host = "smsc.example.net"', 'hots = "x"'))
+    assert msg.endswith('smsc "opA".hots: unknown key (did you mean "host"?)')
+
+
+def test_key_under_the_wrong_table_says_where_it_belongs(tmp_path: Path) -> None:
+    # a key written after [[route]] belongs to that route in TOML, not to [gateway]
+    msg = error_of(tmp_path, MINIMAL + 'log_level = "debug"\n')
+    assert 'route "default".log_level: unknown key' in msg
+    assert "[gateway]" in msg
+
+
+def test_missing_required_key_names_it_and_its_type(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, MINIMAL.replace('host = "smsc.example.net"\n', ""))
+    assert msg.endswith(
+        'smsc "opA".host: required key missing (expected a host name or IP address)'
+    )
+
+
+def test_group_without_usable_name_is_named_by_index(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, MINIMAL.replace('name = "opA"', "name = 7"))
+    assert "smsc[0].name: expected a name" in msg and "got 7" in msg
+
+
+def test_bad_array_element_is_named_by_index(tmp_path: Path) -> None:
+    text = MINIMAL.replace('name = "default"', 'name = "default"\nprefixes = ["33", "+34"]')
+    msg = error_of(tmp_path, text)
+    assert 'route "default".prefixes[1]: expected a prefix' in msg and 'got "+34"' in msg
+
+
+def test_integer_key_refuses_a_float(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, smsc_with("binds = 2.5"))
+    assert msg.endswith('smsc "opA".binds: expected a positive integer, got 2.5')
+
+
+def test_number_keys_accept_integers(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, smsc_with("throughput = 100\ninterface_version = 0x33")))
+    assert config.smscs["opA"].throughput == 100.0
+    assert config.smscs["opA"].interface_version == 0x33
+
+
+def test_single_table_where_an_array_of_tables_is_expected(tmp_path: Path) -> None:
+    text = MINIMAL.replace("[[listener]]", "[listener]")
+    msg = error_of(tmp_path, text)
+    assert "listener: expected an array of tables ([[listener]]" in msg
+
+
+def test_unknown_top_level_key_says_where_it_belongs(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, 'validity = "24h"\n' + MINIMAL)
+    assert "validity: unknown table or key" in msg and "[gateway]" in msg
+
+
+def test_each_group_kind_is_required(tmp_path: Path) -> None:
+    for kind, block in [("listener", LISTENER), ("account", ACCOUNT), ("smsc", SMSC)]:
+        text = MINIMAL.replace(block, "")
+        if kind == "smsc":
+            text = text.replace('smscs = ["opA"]', 'smscs = ["x"]')
+        assert error_of(tmp_path, text).endswith(f"{kind}: at least one [[{kind}]] is required")
+    msg = error_of(tmp_path, MINIMAL.replace(ROUTE, ""))
+    assert msg.endswith("route: at least one [[route]] is required")
+    assert "store: required table missing" in error_of(tmp_path, MINIMAL.replace(STORE, ""))
+
+
+def test_account_password_hash_must_be_a_scrypt_string(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, MINIMAL.replace(HASH, "demopass"))
+    assert 'account "acme".password_hash: expected a scrypt hash' in msg
+    assert "smsgw hash-password" in msg and 'got "demopass"' in msg
+
+
+def test_smsc_password_longer_than_smpp_allows_is_refused(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, MINIMAL.replace('password = "secret"', 'password = "123456789"'))
+    assert 'smsc "opA".password: expected a string of at most 8 characters' in msg
+
+
+def test_reconnect_delay_max_below_reconnect_delay_is_refused(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, smsc_with('reconnect_delay = "10s"\nreconnect_delay_max = 5'))
+    assert 'smsc "opA".reconnect_delay_max: expected a duration >= reconnect_delay' in msg
+
+
+def test_ton_npi_are_checked_and_left_out_means_keep_upstream(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, smsc_with("dest_ton = 1\ndest_npi = 1")))
+    smsc = config.smscs["opA"]
+    assert (smsc.dest_ton, smsc.dest_npi, smsc.source_ton, smsc.source_npi) == (1, 1, None, None)
+    msg = error_of(tmp_path, smsc_with("source_ton = 9"))
+    assert 'smsc "opA".source_ton: expected one of 0, 1, 2, 3, 4, 5, 6, got 9' in msg
+
+
+def test_duplicate_smsc_and_route_names_are_refused(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, MINIMAL + SMSC + ROUTE.replace('"default"', '"other"'))
+    assert 'smsc "opA".name: expected a unique name, got "opA" twice' in msg
+
+
+def test_mo_address_belongs_to_one_account(tmp_path: Path) -> None:
+    other = ACCOUNT.replace('"acme"', '"beta"')
+    text = MINIMAL.replace(ACCOUNT, ACCOUNT + 'mo_addresses = ["36111"]\n')
+    msg = error_of(tmp_path, text + other + 'mo_addresses = ["36111"]\n')
+    assert 'account "beta".mo_addresses: "36111" already belongs to account "acme"' in msg
+
+
+def test_prefix_belongs_to_one_route(tmp_path: Path) -> None:
+    text = MINIMAL + '[[route]]\nname = "fr"\nprefixes = ["33"]\nsmscs = ["opA"]\n'
+    text += '[[route]]\nname = "fr2"\nprefixes = ["33"]\nsmscs = ["opA"]\n'
+    msg = error_of(tmp_path, text)
+    assert 'route "fr2".prefixes: prefix "33" is already routed by route "fr"' in msg
+
+
+def test_at_most_one_default_route(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, MINIMAL + ROUTE.replace('"default"', '"fallback"'))
+    assert 'expected at most one default route (no prefixes), got "default", "fallback"' in msg
+
+
+def test_no_default_route_is_allowed(tmp_path: Path) -> None:
+    text = MINIMAL.replace('name = "default"', 'name = "fr"\nprefixes = ["33"]')
+    config = check(write(tmp_path, text))
+    assert config.routes[0].prefixes == ("33",)
+
+
+def test_two_listeners_on_one_port_are_refused(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, MINIMAL + '[[listener]]\nhost = "0.0.0.0"\nport = 2775\n')
+    assert "listener[1].port: expected a port not used elsewhere, got 2775" in msg
+    # different addresses on the same port are fine
+    ok = MINIMAL.replace("port = 2775\n", 'host = "10.0.0.1"\nport = 2775\n', 1)
+    load_config(write(tmp_path, ok + '[[listener]]\nhost = "10.0.0.2"\nport = 2775\n'))
+
+
+def test_listener_port_clashing_with_metrics_is_refused(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, MINIMAL + "[metrics]\nport = 2775\n")
+    assert "metrics.port: expected a port not used elsewhere" in msg
+    load_config(write(tmp_path, MINIMAL + "[metrics]\nport = 2775\nenabled = false\n"))
+
+
+def test_cross_check_reports_every_problem_at_once(tmp_path: Path) -> None:
+    text = MINIMAL.replace('smscs = ["opA"]', 'smscs = ["x", "y"]') + ACCOUNT
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert len(info.value.problems) == 3
+    assert all(p.startswith(f"{path}: ") for p in info.value.problems)
+    assert info.value.key is None
+
+
+def test_error_carries_file_and_key(tmp_path: Path) -> None:
+    path = write(tmp_path, smsc_with("window = 0"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert (info.value.file, info.value.key) == (str(path), 'smsc "opA".window')
+
+
+def test_toml_error_at_end_of_document_is_reported(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, MINIMAL + "x = [1,\n")
+    assert "end of document: TOML syntax error" in msg
+
+
+def test_non_utf8_file_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "x.toml"
+    path.write_bytes(MINIMAL.encode() + b"# caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"x\.toml: line 17: not valid UTF-8"):
+        load_config(path)
+
+
+# --- simulator -------------------------------------------------------------------------------
+
+
+def test_simulator_delivered_left_out_is_the_rest(tmp_path: Path) -> None:
+    text = "[simulator]\nundeliverable = 0.1\nexpired = 0.05\n"
+    sim = load_simulator_config(write(tmp_path, text))
+    assert sim.delivered == pytest.approx(0.85)
+    assert sim.no_receipt == 0.0
+
+
+def test_simulator_defaults(tmp_path: Path) -> None:
+    assert load_simulator_config(write(tmp_path, "[simulator]\n")) == SimulatorConfig()
+
+
+def test_simulator_receipt_shares_must_sum_to_one(tmp_path: Path) -> None:
+    path = write(tmp_path, "[simulator]\ndelivered = 0.9\nundeliverable = 0.2\n")
+    with pytest.raises(ConfigError, match=r"simulator\.delivered: expected receipt outcome"):
+        load_simulator_config(path)
+    path = write(tmp_path, "[simulator]\nundeliverable = 0.7\nexpired = 0.7\n")
+    with pytest.raises(ConfigError, match=r"simulator\.undeliverable: expected .* at most 1"):
+        load_simulator_config(path)
+
+
+def test_simulator_submit_shares_must_not_exceed_one(tmp_path: Path) -> None:
+    path = write(tmp_path, "[simulator]\nthrottle = 0.6\ndisconnect = 0.6\n")
+    with pytest.raises(ConfigError, match=r"simulator\.throttle: expected submit outcome"):
+        load_simulator_config(path)
+
+
+def test_simulator_share_out_of_range_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "[simulator]\nerror = 1.5\n")
+    with pytest.raises(ConfigError, match=r"simulator\.error: expected a number from 0 to 1"):
+        load_simulator_config(path)
+
+
+def test_simulator_file_without_simulator_table_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"simulator: required table missing"):
+        load_simulator_config(write(tmp_path, MINIMAL))
+
+
+def test_simulator_config_can_be_read_from_the_demo_gateway_config() -> None:
+    sim = load_simulator_config(CONF / "demo.toml")
+    assert (sim.delivered, sim.undeliverable, sim.expired, sim.no_receipt) == (
+        0.9,
+        0.05,
+        0.03,
+        0.02,
+    )
+
+
+def test_simulator_port_clashing_with_a_listener_is_refused(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, MINIMAL + "[simulator]\nport = 2775\n")
+    assert "simulator.port: expected a port not used elsewhere, got 2775" in msg
+
+
+# --- check() ---------------------------------------------------------------------------------
+
+
+def test_check_refuses_a_store_directory_that_cannot_be_created(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    path = write(tmp_path, MINIMAL.replace("var/test.sqlite3", str(tmp_path / "afile/db.sqlite3")))
+    load_config(path)  # the loader does not look at the file system
+    with pytest.raises(ConfigError, match=r"store\.path: expected a file in a writable directory"):
+        check(path)
+
+
+# --- the examples document every key ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("example", "classes"),
+    [
+        (
+            "gateway.example.toml",
+            [ListenerConfig, AccountConfig, SmscConfig, RetryConfig, MetricsConfig],
+        ),
+        ("simulator.example.toml", [SimulatorConfig]),
+    ],
+)
+def test_examples_document_every_key(example: str, classes: list[type]) -> None:
+    text = (CONF / example).read_text(encoding="utf-8")
+    keys = {f.name for cls in classes for f in dataclasses.fields(cls)}
+    if example.startswith("gateway"):
+        keys |= {"node", "validity", "log_level", "path", "batch_max", "retention", "prefixes"}
+    missing = [k for k in sorted(keys) if f"\n{k} =" not in text and f"\n# {k} =" not in text]
+    assert not missing, f"{example} does not show: {missing}"
