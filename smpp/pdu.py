@@ -621,12 +621,12 @@ def _make_sm_decoder(cls: type[ShortMessagePdu]) -> Callable[[bytes, int, int], 
         if end < 0:
             raise _missing_nul("validity_period")
         validity = frame[pos:end].decode("latin-1")
-        pos = end + 6
-        if pos > len(frame):
+        pos = end + 6  # registered_delivery .. sm_default_msg_id, sm_length at pos - 1
+        size = len(frame)
+        if pos > size:
             raise PduError(Status.ESME_RINVCMDLEN, "body ends before sm_length")
         sm_length = frame[pos - 1]
         stop = pos + sm_length
-        size = len(frame)
         if stop > size:
             raise _sm_length_overrun(sm_length)
         return cls(
