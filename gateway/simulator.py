@@ -1,0 +1,832 @@
+"""The built-in SMSC simulator: the operator the demo and the tests talk to.
+
+It accepts SMPP binds, answers submit_sm/data_sm/submit_multi (with injectable failures), sends
+delivery receipts and MO messages as deliver_sm, and serves a small HTTP control interface.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import json
+import math
+import random
+import signal
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, Literal
+
+import httpx
+import hypercorn.trio
+import structlog
+import trio
+from hypercorn.config import Config as HypercornConfig
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.config import SimulatorConfig
+from smpp.connection import Connection, ConnectionClosed, ResponseTimeout
+from smpp.constants import (
+    ESM_DELIVERY_RECEIPT,
+    ESM_UDHI,
+    REG_RECEIPT_FAILURE,
+    REG_RECEIPT_MASK,
+    REG_RECEIPT_NONE,
+    MessageState,
+    Status,
+    Tag,
+    status_name,
+)
+from smpp.pdu import (
+    Bind,
+    CancelSm,
+    DataSm,
+    DeliverSm,
+    Pdu,
+    QuerySm,
+    ReplaceSm,
+    SmeDest,
+    SubmitMulti,
+    SubmitMultiResp,
+    SubmitSm,
+    set_tlv_int,
+    set_tlv_str,
+    tlv_int,
+)
+from smpp.receipt import Receipt, format_receipt
+from smpp.session import BindState, SessionError, Side
+from smpp.text import TextEncodingError, alphabet, decode_text, encode_text, parse_udh
+
+__all__ = [
+    "ControlError",
+    "SimulatorStats",
+    "SmscSimulator",
+    "SubmitRecord",
+    "main_simulate",
+    "post_mo",
+]
+
+log = structlog.get_logger("gateway.simulator")
+
+Stat = Literal["DELIVRD", "UNDELIV", "EXPIRED"]
+Outcome = Literal["DELIVRD", "UNDELIV", "EXPIRED", "NONE"]
+
+# Receipt details per outcome: (message_state TLV, err field of the receipt text).
+_OUTCOME_DETAILS: dict[str, tuple[int, str]] = {
+    "DELIVRD": (MessageState.DELIVERED, "000"),
+    "UNDELIV": (MessageState.UNDELIVERABLE, "001"),
+    "EXPIRED": (MessageState.EXPIRED, "000"),
+}
+_RECEIPT_SHARES = ("delivered", "undeliverable", "expired", "no_receipt")
+_SUBMIT_SHARES = ("throttle", "error", "slow", "disconnect")
+_DELAYS = ("receipt_delay", "slow_delay")
+_SHARE_EPSILON = 1e-6
+_MAX_SMPP_ADDR = 20  # source_addr / destination_addr: C-octet string of at most 21 octets
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitRecord:
+    """One accepted submission, as the simulator saw it (tests and the control API read it).
+
+    ``short_message`` holds the octets as received (UDH included), or the message_payload TLV
+    when short_message was empty. ``concat`` comes from the UDH, ``sar`` from the SAR TLVs:
+    both are (reference, total, sequence). ``outcome`` is the receipt outcome drawn for it.
+    """
+
+    message_id: str
+    command: str
+    system_id: str
+    source_addr: str
+    destination_addr: str
+    data_coding: int
+    esm_class: int
+    registered_delivery: int
+    short_message: bytes
+    concat: tuple[int, int, int] | None
+    sar: tuple[int, int, int] | None
+    validity_period: str
+    schedule_delivery_time: str
+    received_at: float  # wall clock, seconds since the epoch
+    outcome: Outcome
+    destinations: tuple[str, ...] = ()  # submit_multi: every SME destination
+
+    @property
+    def body(self) -> bytes:
+        """The message octets without the User Data Header."""
+        if self.esm_class & ESM_UDHI:
+            try:
+                return parse_udh(self.short_message)[1]
+            except TextEncodingError:
+                return self.short_message
+        return self.short_message
+
+    @property
+    def text(self) -> str | None:
+        """The message as text, or None for binary data codings."""
+        if alphabet(self.data_coding) == "binary":
+            return None
+        return decode_text(self.body, self.data_coding)
+
+    def to_json(self) -> dict[str, Any]:
+        def triple(value: tuple[int, int, int] | None) -> dict[str, int] | None:
+            if value is None:
+                return None
+            return {"ref": value[0], "total": value[1], "seq": value[2]}
+
+        return {
+            "message_id": self.message_id,
+            "command": self.command,
+            "system_id": self.system_id,
+            "source_addr": self.source_addr,
+            "destination_addr": self.destination_addr,
+            "destinations": list(self.destinations),
+            "data_coding": self.data_coding,
+            "esm_class": self.esm_class,
+            "registered_delivery": self.registered_delivery,
+            "text": self.text,
+            "short_message_hex": self.short_message.hex(),
+            "concat": triple(self.concat),
+            "sar": triple(self.sar),
+            "validity_period": self.validity_period,
+            "schedule_delivery_time": self.schedule_delivery_time,
+            "received_at": datetime.fromtimestamp(self.received_at, UTC).isoformat(),
+            "outcome": self.outcome,
+        }
+
+
+@dataclass(slots=True)
+class SimulatorStats:
+    """Running totals since the simulator started."""
+
+    binds: int = 0
+    bind_failures: int = 0
+    submits: int = 0  # submit_sm / data_sm / submit_multi received while bound
+    accepted: int = 0
+    throttled: int = 0
+    errors: int = 0
+    disconnects: int = 0
+    slow: int = 0
+    receipts_scheduled: int = 0
+    receipts_sent: int = 0  # acknowledged with deliver_sm_resp status 0
+    deliver_retried: int = 0  # deliver_sm (receipt or MO) nacked or timed out, sent again
+    deliver_abandoned: int = 0  # given up after max_attempts
+    mo_injected: int = 0
+    mo_sent: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)  # drawn for accepted messages
+    receipts_by_state: Counter[str] = field(default_factory=Counter)  # acknowledged ones
+
+
+@dataclass(slots=True)
+class _Outbound:
+    """A deliver_sm waiting to reach a bound receiver: a receipt or an MO message."""
+
+    pdu: DeliverSm
+    kind: Literal["receipt", "mo"]
+    stat: str = ""
+    attempts: int = 0
+
+
+class ControlError(Exception):
+    """The simulator's control interface refused a request (or could not be reached)."""
+
+
+class _BadRequest(Exception):
+    """A control request with bad JSON or bad fields; becomes a 400 problem+json."""
+
+
+# --------------------------------------------------------------------------- simulator
+
+
+class SmscSimulator:
+    """An SMSC that listens for SMPP binds and serves an HTTP control interface.
+
+    Run ``serve()`` in a nursery (``await nursery.start(sim.serve)``); ``port`` and
+    ``control_port`` are the bound ports once it has started.
+    """
+
+    def __init__(
+        self,
+        config: SimulatorConfig,
+        *,
+        max_records: int = 100_000,
+        window: int = 10,
+        delivery_timeout: float = 10.0,
+        retry_delay: float = 2.0,
+        max_attempts: int = 10,
+        enquire_link_interval: float = 30.0,
+    ) -> None:
+        self.config = config
+        self.port = config.port
+        self.control_port = config.control_port
+        self.max_records = max_records
+        self.window = window
+        self.delivery_timeout = delivery_timeout
+        self.retry_delay = retry_delay
+        self.max_attempts = max_attempts
+        self.enquire_link_interval = enquire_link_interval
+        self.submitted: list[SubmitRecord] = []
+        self.stats = SimulatorStats()
+        self._by_id: dict[str, SubmitRecord] = {}
+        self._rng = random.Random(config.seed)
+        self._next_number = self._rng.randrange(0x10000000, 0x80000000)
+        self._outbox_send, self._outbox_recv = trio.open_memory_channel[_Outbound](math.inf)
+        self._timers: list[tuple[float, int, _Outbound]] = []
+        self._timer_seq = 0
+        self._timer_wake = trio.Event()
+        self._connections: set[Connection] = set()
+        self._conn_seq = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen for SMPP and control HTTP; ``started()`` once both are listening."""
+        cfg = self.config
+        async with trio.open_nursery() as nursery:
+            listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
+            if cfg.port == 0:  # a name with several addresses got one port each: keep one
+                for extra in listeners[1:]:
+                    await extra.aclose()
+                listeners = listeners[:1]
+            self.port = listeners[0].socket.getsockname()[1]
+            nursery.start_soon(trio.serve_listeners, self._serve_stream, listeners)
+            app: Any = self.control_app()  # hypercorn's ASGI type is narrower than Starlette's
+            binds: list[str] = await nursery.start(
+                partial(hypercorn.trio.serve, app, self._hypercorn_config())
+            )
+            self.control_port = int(binds[0].rsplit(":", 1)[1])
+            nursery.start_soon(self._timer_loop)
+            log.info("simulator.listening", host=cfg.host, port=self.port,
+                     control_host=cfg.control_host, control_port=self.control_port)
+            task_status.started()
+
+    def _hypercorn_config(self) -> HypercornConfig:
+        hc = HypercornConfig()
+        host = self.config.control_host
+        hc.bind = [f"[{host}]:{self.config.control_port}" if ":" in host
+                   else f"{host}:{self.config.control_port}"]
+        hc.accesslog = None
+        hc.loglevel = "WARNING"
+        hc.graceful_timeout = 1.0
+        return hc
+
+    @property
+    def queued(self) -> int:
+        """deliver_sm waiting for a receiver (due now) or for their delay (later)."""
+        return self._outbox_send.statistics().current_buffer_used + len(self._timers)
+
+    def bound_sessions(self) -> list[Connection]:
+        return [c for c in self._connections if c.session.bound and not c.closed]
+
+    # -- SMPP side ---------------------------------------------------------------------------
+    async def _serve_stream(self, stream: trio.SocketStream) -> None:
+        self._conn_seq += 1
+        conn = Connection(
+            stream,
+            Side.SMSC,
+            window=self.window,
+            response_timeout=self.delivery_timeout,
+            enquire_link_interval=self.enquire_link_interval,
+            name=f"sim-{self._conn_seq}",
+        )
+        self._connections.add(conn)
+        try:
+            async with trio.open_nursery() as nursery:
+                conn.extra["nursery"] = nursery
+                await conn.run(self._on_request)
+                nursery.cancel_scope.cancel()
+        except Exception:
+            log.exception("simulator.connection_failed", conn=conn.name)
+        finally:
+            self._connections.discard(conn)
+            log.debug("simulator.disconnected", conn=conn.name)
+
+    async def _on_request(self, conn: Connection, pdu: Pdu) -> None:
+        try:
+            if isinstance(pdu, Bind):
+                await self._on_bind(conn, pdu)
+            elif isinstance(pdu, SubmitSm | DataSm | SubmitMulti):
+                await self._on_submit(conn, pdu)
+            elif isinstance(pdu, QuerySm):
+                conn.respond(pdu.response(status=Status.ESME_RQUERYFAIL))
+            elif isinstance(pdu, CancelSm):
+                conn.respond(pdu.response(status=Status.ESME_RCANCELFAIL))
+            elif isinstance(pdu, ReplaceSm):
+                conn.respond(pdu.response(status=Status.ESME_RREPLACEFAIL))
+            else:
+                conn.respond(pdu.response(status=Status.ESME_RINVCMDID))
+        except Exception:
+            log.exception("simulator.request_failed", conn=conn.name,
+                          command=pdu.command_id.name)
+
+    async def _on_bind(self, conn: Connection, pdu: Bind) -> None:
+        cfg = self.config
+        if pdu.system_id != cfg.system_id:
+            status = Status.ESME_RINVSYSID
+        elif pdu.password != cfg.password:
+            status = Status.ESME_RINVPASWD
+        else:
+            status = Status.ESME_ROK
+        resp = pdu.response(status=status, system_id=cfg.system_id)
+        if pdu.interface_version >= 0x34:
+            set_tlv_int(resp, Tag.SC_INTERFACE_VERSION, 0x34)
+        conn.respond(resp)
+        if status != Status.ESME_ROK:
+            self.stats.bind_failures += 1
+            log.info("simulator.bind_refused", conn=conn.name, system_id=pdu.system_id,
+                     status=status.name)
+            await conn.flush()
+            await conn.aclose()
+            return
+        self.stats.binds += 1
+        conn.extra["system_id"] = pdu.system_id
+        log.info("simulator.bound", conn=conn.name, command=pdu.command_id.name,
+                 state=conn.state.value)
+        if conn.state in (BindState.BOUND_RX, BindState.BOUND_TRX):
+            nursery: trio.Nursery = conn.extra["nursery"]
+            nursery.start_soon(self._pump, conn, nursery)
+
+    async def _on_submit(self, conn: Connection, pdu: SubmitSm | DataSm | SubmitMulti) -> None:
+        cfg = self.config
+        self.stats.submits += 1
+        received_at = time.time()
+        draw = self._rng.random()
+        outcome = self._draw_outcome()
+        if draw < cfg.throttle:
+            self.stats.throttled += 1
+            conn.respond(pdu.response(status=Status.ESME_RTHROTTLED))
+            return
+        draw -= cfg.throttle
+        if draw < cfg.error:
+            self.stats.errors += 1
+            conn.respond(pdu.response(status=Status.ESME_RSYSERR))
+            return
+        draw -= cfg.error
+        if draw < cfg.disconnect:
+            self.stats.disconnects += 1
+            log.info("simulator.disconnect_injected", conn=conn.name)
+            await conn.aclose()
+            return
+        draw -= cfg.disconnect
+        if draw < cfg.slow:
+            self.stats.slow += 1
+            await trio.sleep(cfg.slow_delay)
+            if conn.closed:
+                return
+        record = self._record(conn, pdu, outcome, received_at)
+        if isinstance(pdu, SubmitMulti):
+            conn.respond(SubmitMultiResp(pdu.sequence, 0, message_id=record.message_id))
+        else:
+            conn.respond(pdu.response(message_id=record.message_id))
+        self.stats.accepted += 1
+        self.stats.outcomes[outcome] += 1
+        self._schedule_receipts(record, pdu)
+
+    def _draw_outcome(self) -> Outcome:
+        """Receipt outcome: each failure takes its share, DELIVRD is what they leave."""
+        cfg = self.config
+        draw = self._rng.random()
+        failures: tuple[tuple[float, Outcome], ...] = (
+            (cfg.undeliverable, "UNDELIV"), (cfg.expired, "EXPIRED"), (cfg.no_receipt, "NONE"))
+        for share, outcome in failures:
+            if draw < share:
+                return outcome
+            draw -= share
+        return "DELIVRD"
+
+    def _new_message_id(self) -> str:
+        number = self._next_number
+        self._next_number += 1
+        if self.config.message_id_format == "decimal":
+            return str(number)
+        return f"{number:08x}"
+
+    def _record(self, conn: Connection, pdu: SubmitSm | DataSm | SubmitMulti,
+                outcome: Outcome, received_at: float) -> SubmitRecord:
+        message = getattr(pdu, "short_message", b"") or pdu.tlvs.get(Tag.MESSAGE_PAYLOAD, b"")
+        concat: tuple[int, int, int] | None = None
+        if pdu.esm_class & ESM_UDHI:
+            try:
+                concat = parse_udh(message)[0]
+            except TextEncodingError:
+                concat = None
+        sar: tuple[int, int, int] | None = None
+        ref = tlv_int(pdu, Tag.SAR_MSG_REF_NUM)
+        total = tlv_int(pdu, Tag.SAR_TOTAL_SEGMENTS)
+        seq = tlv_int(pdu, Tag.SAR_SEGMENT_SEQNUM)
+        if ref is not None and total is not None and seq is not None:
+            sar = (ref, total, seq)
+        if isinstance(pdu, SubmitMulti):
+            destinations = tuple(d.addr for d in pdu.dests if hasattr(d, "addr"))
+            destination = destinations[0] if destinations else ""
+        else:
+            destinations = ()
+            destination = pdu.destination_addr
+        record = SubmitRecord(
+            message_id=self._new_message_id(),
+            command=pdu.command_id.name.lower(),
+            system_id=str(conn.extra.get("system_id", "")),
+            source_addr=pdu.source_addr,
+            destination_addr=destination,
+            data_coding=pdu.data_coding,
+            esm_class=pdu.esm_class,
+            registered_delivery=pdu.registered_delivery,
+            short_message=bytes(message),
+            concat=concat,
+            sar=sar,
+            validity_period=getattr(pdu, "validity_period", ""),
+            schedule_delivery_time=getattr(pdu, "schedule_delivery_time", ""),
+            received_at=received_at,
+            outcome=outcome,
+            destinations=destinations,
+        )
+        self.submitted.append(record)
+        self._by_id[record.message_id] = record
+        slack = max(1, self.max_records // 10)
+        if len(self.submitted) > self.max_records + slack:
+            excess = len(self.submitted) - self.max_records
+            for old in self.submitted[:excess]:
+                if self._by_id.get(old.message_id) is old:
+                    del self._by_id[old.message_id]
+            del self.submitted[:excess]
+        return record
+
+    # -- receipts and MO ---------------------------------------------------------------------
+    def _schedule_receipts(
+        self, record: SubmitRecord, pdu: SubmitSm | DataSm | SubmitMulti
+    ) -> None:
+        asked = pdu.registered_delivery & REG_RECEIPT_MASK
+        if asked == REG_RECEIPT_NONE or record.outcome == "NONE":
+            return
+        if asked == REG_RECEIPT_FAILURE and record.outcome == "DELIVRD":
+            return
+        if isinstance(pdu, SubmitMulti):
+            targets = [(d.ton, d.npi, d.addr) for d in pdu.dests if isinstance(d, SmeDest)]
+        else:
+            targets = [(pdu.dest_addr_ton, pdu.dest_addr_npi, pdu.destination_addr)]
+        delay = self.config.receipt_delay
+        done = datetime.fromtimestamp(record.received_at + delay, UTC)
+        state, err = _OUTCOME_DETAILS[record.outcome]
+        text = format_receipt(Receipt(
+            id=record.message_id,
+            sub=1,
+            dlvrd=1 if record.outcome == "DELIVRD" else 0,
+            submit_date=datetime.fromtimestamp(record.received_at, UTC),
+            done_date=done,
+            stat=record.outcome,
+            err=err,
+            text=record.text or "",
+        ))
+        for ton, npi, addr in targets:
+            receipt = DeliverSm(
+                source_addr_ton=ton,
+                source_addr_npi=npi,
+                source_addr=addr,
+                dest_addr_ton=pdu.source_addr_ton,
+                dest_addr_npi=pdu.source_addr_npi,
+                destination_addr=pdu.source_addr,
+                esm_class=ESM_DELIVERY_RECEIPT,
+                data_coding=0,
+                short_message=text,
+            )
+            set_tlv_str(receipt, Tag.RECEIPTED_MESSAGE_ID, record.message_id)
+            set_tlv_int(receipt, Tag.MESSAGE_STATE, state)
+            self.stats.receipts_scheduled += 1
+            self._schedule(_Outbound(receipt, "receipt", stat=record.outcome), delay)
+
+    async def inject_mo(self, source_addr: str, destination_addr: str, text: str) -> None:
+        """Queue a mobile-originated message (deliver_sm, esm_class 0) for a bound receiver.
+
+        GSM 7-bit (data_coding 0) when the text allows it, else UCS-2 (8); a body longer than
+        254 octets travels in message_payload. ValueError for an address SMPP cannot carry.
+        """
+        src_ton, src_npi, source = _address(source_addr, "from")
+        dst_ton, dst_npi, dest = _address(destination_addr, "to")
+        data_coding, body = encode_text(text)
+        if len(body) > _MAX_PAYLOAD:
+            raise ValueError(f"text: {len(body)} octets encoded, at most {_MAX_PAYLOAD}")
+        pdu = DeliverSm(
+            source_addr_ton=src_ton,
+            source_addr_npi=src_npi,
+            source_addr=source,
+            dest_addr_ton=dst_ton,
+            dest_addr_npi=dst_npi,
+            destination_addr=dest,
+            esm_class=0,
+            data_coding=data_coding,
+        )
+        if len(body) <= 254:
+            pdu.short_message = body
+        else:
+            pdu.tlvs[Tag.MESSAGE_PAYLOAD] = body
+        self.stats.mo_injected += 1
+        log.info("simulator.mo_queued", data_coding=data_coding, octets=len(body))
+        self._outbox_send.send_nowait(_Outbound(pdu, "mo"))
+        await trio.lowlevel.checkpoint()
+
+    def _schedule(self, item: _Outbound, delay: float) -> None:
+        if delay <= 0:
+            self._outbox_send.send_nowait(item)
+            return
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (trio.current_time() + delay, self._timer_seq, item))
+        self._timer_wake.set()
+
+    async def _timer_loop(self) -> None:
+        """Move delayed deliver_sm (receipts after receipt_delay, retries) to the outbox."""
+        while True:
+            now = trio.current_time()
+            while self._timers and self._timers[0][0] <= now:
+                _, _, item = heapq.heappop(self._timers)
+                self._outbox_send.send_nowait(item)
+            self._timer_wake = trio.Event()
+            deadline = self._timers[0][0] if self._timers else math.inf
+            with trio.move_on_at(deadline):
+                await self._timer_wake.wait()
+
+    async def _pump(self, conn: Connection, nursery: trio.Nursery) -> None:
+        """Feed one bound receiver from the shared outbox, up to `window` deliver_sm at once.
+
+        Each receiver waits for the outbox with a single task, so the outbox serves the bound
+        sessions in turn (round-robin), whichever session submitted the message.
+        """
+        slots = trio.Semaphore(self.window)
+        while not conn.closed and conn.session.bound:
+            await slots.acquire()
+            item = await self._outbox_recv.receive()
+            if conn.closed or not conn.session.bound:  # went away while we waited
+                self._outbox_send.send_nowait(item)
+                slots.release()
+                return
+            nursery.start_soon(self._deliver, conn, item, slots)
+
+    async def _deliver(self, conn: Connection, item: _Outbound, slots: trio.Semaphore) -> None:
+        try:
+            try:
+                resp = await conn.request(dataclasses.replace(item.pdu),
+                                          timeout=self.delivery_timeout)
+            except (ConnectionClosed, SessionError):
+                self._outbox_send.send_nowait(item)  # not the receiver's fault: next session
+                return
+            except ResponseTimeout:
+                self._retry(item, "timeout")
+                return
+            except BaseException:  # cancelled with the connection: keep the message
+                self._outbox_send.send_nowait(item)
+                raise
+            if resp.status != Status.ESME_ROK:
+                self._retry(item, status_name(resp.status))
+                return
+            if item.kind == "receipt":
+                self.stats.receipts_sent += 1
+                self.stats.receipts_by_state[item.stat] += 1
+            else:
+                self.stats.mo_sent += 1
+            log.debug("simulator.delivered", conn=conn.name, kind=item.kind, stat=item.stat)
+        finally:
+            slots.release()
+
+    def _retry(self, item: _Outbound, reason: str) -> None:
+        item.attempts += 1
+        if item.attempts >= self.max_attempts:
+            self.stats.deliver_abandoned += 1
+            log.warning("simulator.deliver_abandoned", kind=item.kind, reason=reason,
+                        attempts=item.attempts)
+            return
+        self.stats.deliver_retried += 1
+        log.info("simulator.deliver_retry", kind=item.kind, reason=reason,
+                 attempts=item.attempts)
+        self._schedule(item, self.retry_delay * item.attempts)
+
+    # -- run-time configuration --------------------------------------------------------------
+    def apply_config(self, changes: Mapping[str, Any]) -> SimulatorConfig:
+        """Change shares, delays, id format or seed at run time; ValueError when invalid.
+
+        Same rules as the config file: shares in 0..1; receipt outcome shares sum to 1, with
+        ``delivered`` taking what the others leave when it is not given; submit failure shares
+        sum to at most 1. Nothing changes unless everything is valid.
+        """
+        if not isinstance(changes, Mapping) or not changes:
+            raise ValueError("expected a JSON object with the settings to change")
+        unknown = sorted(set(changes) - set(_CHANGEABLE))
+        if unknown:
+            raise ValueError(f"cannot change {', '.join(map(str, unknown))}; "
+                             f"changeable: {', '.join(_CHANGEABLE)}")
+        values: dict[str, Any] = {}
+        for key in _RECEIPT_SHARES + _SUBMIT_SHARES:
+            if key in changes:
+                values[key] = _number(key, changes[key], high=1.0)
+        for key in _DELAYS:
+            if key in changes:
+                values[key] = _number(key, changes[key], high=math.inf)
+        if "message_id_format" in changes:
+            if changes["message_id_format"] not in ("hex", "decimal"):
+                raise ValueError('message_id_format: expected "hex" or "decimal", '
+                                 f"got {changes['message_id_format']!r}")
+            values["message_id_format"] = changes["message_id_format"]
+        if "seed" in changes:
+            seed = changes["seed"]
+            if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+                raise ValueError(f"seed: expected an integer or null, got {seed!r}")
+            values["seed"] = seed
+        new = dataclasses.replace(self.config, **values)
+        others = new.undeliverable + new.expired + new.no_receipt
+        if "delivered" in changes:
+            if abs(new.delivered + others - 1.0) > _SHARE_EPSILON:
+                raise ValueError(
+                    "delivered: receipt outcome shares must sum to 1: delivered + undeliverable"
+                    f" + expired + no_receipt = {new.delivered + others:g} (leave delivered out"
+                    " to make it the rest)")
+        else:
+            if others > 1.0 + _SHARE_EPSILON:
+                raise ValueError("undeliverable + expired + no_receipt must be at most 1, got "
+                                 f"{others:g}")
+            new = dataclasses.replace(new, delivered=max(0.0, 1.0 - others))
+        failures = new.throttle + new.error + new.slow + new.disconnect
+        if failures > 1.0 + _SHARE_EPSILON:
+            raise ValueError("throttle + error + slow + disconnect must be at most 1, got "
+                             f"{failures:g}")
+        self.config = new
+        if "seed" in values:
+            self._rng.seed(values["seed"])
+        log.info("simulator.config_changed", **values)
+        return new
+
+    def config_json(self) -> dict[str, Any]:
+        cfg = self.config
+        out: dict[str, Any] = {key: getattr(cfg, key) for key in _CHANGEABLE}
+        out.update(host=cfg.host, port=self.port, system_id=cfg.system_id,
+                   control_host=cfg.control_host, control_port=self.control_port)
+        return out
+
+    def stats_json(self) -> dict[str, Any]:
+        s = self.stats
+        out: dict[str, Any] = {
+            f.name: getattr(s, f.name) for f in dataclasses.fields(s)
+            if f.name not in ("outcomes", "receipts_by_state")
+        }
+        out["outcomes"] = {k: s.outcomes.get(k, 0) for k in ("DELIVRD", "UNDELIV", "EXPIRED",
+                                                              "NONE")}
+        out["receipts_by_state"] = {k: s.receipts_by_state.get(k, 0)
+                                    for k in ("DELIVRD", "UNDELIV", "EXPIRED")}
+        out["queued"] = self.queued
+        out["bound_sessions"] = len(self.bound_sessions())
+        out["records"] = len(self.submitted)
+        return out
+
+    # -- control HTTP interface --------------------------------------------------------------
+    def control_app(self) -> Starlette:
+        """The Starlette app of the control interface (served by serve())."""
+        return Starlette(routes=[
+            Route("/stats", self._http_stats, methods=["GET"]),
+            Route("/messages", self._http_messages, methods=["GET"]),
+            Route("/messages/{message_id}", self._http_message, methods=["GET"]),
+            Route("/mo", self._http_mo, methods=["POST"]),
+            Route("/config", self._http_get_config, methods=["GET"]),
+            Route("/config", self._http_post_config, methods=["POST"]),
+        ])
+
+    async def _http_stats(self, request: Request) -> Response:
+        return JSONResponse(self.stats_json())
+
+    async def _http_messages(self, request: Request) -> Response:
+        raw = request.query_params.get("limit", "100")
+        try:
+            limit = int(raw)
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= self.max_records:
+            return _problem(400, f"limit: expected an integer from 1 to {self.max_records}, "
+                                 f"got {raw!r}")
+        records = self.submitted[-limit:]
+        return JSONResponse({"count": len(records), "messages": [r.to_json() for r in records]})
+
+    async def _http_message(self, request: Request) -> Response:
+        message_id = request.path_params["message_id"]
+        record = self._by_id.get(message_id)
+        if record is None:
+            return _problem(404, f"no submitted message with id {message_id!r}")
+        return JSONResponse(record.to_json())
+
+    async def _http_mo(self, request: Request) -> Response:
+        try:
+            data = await _json_object(request)
+            fields = {}
+            for key in ("from", "to", "text"):
+                value = data.get(key)
+                if not isinstance(value, str):
+                    raise ValueError(f"{key}: expected a string, got {value!r}")
+                fields[key] = value
+            extra = sorted(set(data) - {"from", "to", "text"})
+            if extra:
+                raise ValueError(f"unknown fields: {', '.join(extra)}")
+            await self.inject_mo(fields["from"], fields["to"], fields["text"])
+        except (ValueError, TextEncodingError) as exc:
+            return _problem(400, str(exc))
+        return JSONResponse({"status": "queued"}, status_code=202)
+
+    async def _http_get_config(self, request: Request) -> Response:
+        return JSONResponse(self.config_json())
+
+    async def _http_post_config(self, request: Request) -> Response:
+        try:
+            self.apply_config(await _json_object(request))
+        except ValueError as exc:
+            return _problem(400, str(exc))
+        return JSONResponse(self.config_json())
+
+
+# --------------------------------------------------------------------------- helpers
+
+_CHANGEABLE = (*_RECEIPT_SHARES, *_SUBMIT_SHARES, *_DELAYS, "message_id_format", "seed")
+_MAX_PAYLOAD = 64_000
+
+
+def _number(key: str, value: object, *, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{key}: expected a number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or not 0.0 <= number <= high:
+        bounds = "from 0 to 1" if high == 1.0 else "of at least 0"
+        raise ValueError(f"{key}: expected a finite number {bounds}, got {value!r}")
+    return number
+
+
+def _address(addr: str, name: str) -> tuple[int, int, str]:
+    """(ton, npi, address) for an MO address: international number, short code or alphanumeric."""
+    value = addr.strip()
+    digits = value[1:] if value.startswith("+") else value
+    if not value or len(digits) > _MAX_SMPP_ADDR:
+        raise ValueError(f"{name}: expected an address of 1 to {_MAX_SMPP_ADDR} characters, "
+                         f"got {addr!r}")
+    if digits.isascii() and digits.isdigit():
+        if value.startswith("+") or len(digits) > 8:
+            return 1, 1, digits  # international, E.164
+        return 0, 1, digits  # short code / national: unknown TON, ISDN plan
+    if not value.isascii() or not value.isprintable():
+        raise ValueError(f"{name}: expected printable ASCII, got {addr!r}")
+    return 5, 0, value  # alphanumeric
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    body = await request.body()
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"request body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError("request body must be a JSON object")
+    return data
+
+
+def _problem(status: int, detail: str) -> Response:
+    titles = {400: "Bad Request", 404: "Not Found"}
+    return JSONResponse(
+        {"type": "about:blank", "title": titles.get(status, "Error"), "status": status,
+         "detail": detail},
+        status_code=status,
+        media_type="application/problem+json",
+    )
+
+
+# --------------------------------------------------------------------------- CLI helpers
+
+
+async def main_simulate(config: SimulatorConfig) -> None:
+    """Run the simulator until SIGINT or SIGTERM (``smsgw simulate-smsc``)."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            sim = SmscSimulator(config)
+            await nursery.start(sim.serve)
+            log.info("simulator.ready", host=config.host, port=sim.port,
+                     control_host=config.control_host, control_port=sim.control_port,
+                     system_id=config.system_id)
+            async for signum in signals:
+                log.info("simulator.stopping", signal=signal.Signals(signum).name)
+                break
+            nursery.cancel_scope.cancel()
+
+
+def post_mo(control_url: str, source: str, dest: str, text: str) -> None:
+    """Ask a running simulator to inject an MO message (``smsgw simulate-smsc mo``).
+
+    Raises ControlError with the simulator's explanation when it refuses or is unreachable.
+    """
+    url = control_url.rstrip("/") + "/mo"
+    try:
+        response = httpx.post(url, json={"from": source, "to": dest, "text": text}, timeout=10.0)
+    except httpx.HTTPError as exc:
+        raise ControlError(f"{url}: {exc}") from exc
+    if response.status_code != 202:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise ControlError(f"{url}: HTTP {response.status_code}: {detail}")
