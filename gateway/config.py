@@ -834,9 +834,14 @@ def load_config(path: str | Path) -> GatewayConfig:
     )
     problems = _cross_check(file, config, accounts, smscs, routes)
     if problems:
-        key = problems[0].removeprefix(f"{file}: ").split(": ")[0] if len(problems) == 1 else None
-        raise ConfigError("\n".join(problems), file=file, key=key)
+        raise _problems_error(file, problems)
     return config
+
+
+def _problems_error(file: str, problems: list[str]) -> ConfigError:
+    """One error listing every problem; its key is the problem's key when there is one."""
+    key = problems[0].removeprefix(f"{file}: ").split(": ")[0] if len(problems) == 1 else None
+    return ConfigError("\n".join(problems), file=file, key=key)
 
 
 def _cross_check(
@@ -906,6 +911,7 @@ def _cross_check(
 
 
 _WILDCARD = frozenset({"0.0.0.0", "::", "*", ""})
+_LOCAL = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def _port_clashes(file: str, config: GatewayConfig) -> list[str]:
@@ -949,19 +955,36 @@ def load_simulator_config(path: str | Path) -> SimulatorConfig:
 
 def check(path: str | Path) -> GatewayConfig:
     """Everything ``smsgw check-config`` verifies: load_config (types, ranges, references
-    between groups) plus the environment: the store's directory exists or can be created."""
+    between groups) plus what depends on the machine or is a likely mistake rather than a
+    contradiction: the store's directory is writable or can be created; an [[smsc]] pointing
+    at the in-process [simulator] uses the simulator's credentials."""
     config = load_config(path)
     file = str(path)
+    problems: list[str] = []
     directory = config.store.path.parent
     probe = directory
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         verb = "write in" if probe == directory else "create"
-        raise ConfigError(
+        problems.append(
             f"{file}: store.path: expected a file in a writable directory, cannot {verb} "
-            f"{directory}",
-            file=file,
-            key="store.path",
+            f"{directory}"
         )
+    sim = config.simulator
+    if sim is not None:
+        for smsc in config.smscs.values():
+            if smsc.port != sim.port or not (
+                smsc.host == sim.host or {smsc.host, sim.host} <= _LOCAL | _WILDCARD
+            ):
+                continue
+            for field_name in ("system_id", "password"):
+                value = getattr(smsc, field_name)
+                if value != getattr(sim, field_name):
+                    problems.append(
+                        f'{file}: smsc "{smsc.name}".{field_name}: expected the {field_name} of '
+                        f"[simulator] (this smsc points at it), got {_show(value)}"
+                    )
+    if problems:
+        raise _problems_error(file, problems)
     return config

@@ -75,7 +75,8 @@ class Live:
     parts: list[Part] = field(default_factory=list)
     segments: list[Segment] | None = None
     failover: int = 0  # index into the route plan's attempts
-    busy: bool = False  # an attempt is running
+    busy: bool = False  # a step is running
+    recheck: bool = False  # a heap entry fell due while busy: step again when done
 
 
 def final_state_of(parts: Sequence[Part]) -> State | None:
@@ -148,6 +149,7 @@ class Dispatcher:
         self._wake = trio.Event()
         self._by_smsc: dict[tuple[str, str], tuple[Live, Part]] = {}
         self._held: list[tuple[str, list[str], trio.Event]] = []
+        self._parked: dict[str, Live] = {}  # waiting for a connector of their route to come up
         total = sum(c.capacity for c in connectors.values())
         self._limiter = trio.CapacityLimiter(max_in_flight or max(64, 2 * total))
         self._rng = random.Random()
@@ -160,10 +162,14 @@ class Dispatcher:
         self._schedule(live, msg.next_attempt_at or msg.created_at)
 
     def _schedule(self, live: Live, due: float) -> None:
+        """Set the next attempt's time (and wake up for it, or for the expiry if earlier)."""
+        live.msg.next_attempt_at = due
+        self._watch(live, due)
+
+    def _watch(self, live: Live, when: float) -> None:
+        """Look at the message again at `when` (never later than its expiry)."""
         msg = live.msg
-        msg.next_attempt_at = due
-        when = min(due, msg.expires_at)
-        heapq.heappush(self._heap, (when, next(self._counter), msg.id))
+        heapq.heappush(self._heap, (min(when, msg.expires_at), next(self._counter), msg.id))
         if self._heap[0][2] == msg.id:
             self._wake.set()
 
@@ -179,7 +185,7 @@ class Dispatcher:
             self.live[msg.id] = live
             if msg.state is State.IN_FLIGHT and live.parts and all(
                     p.state is not PartState.PENDING for p in live.parts):
-                self._schedule(live, msg.expires_at)  # only its expiry is left to watch
+                self._watch(live, msg.expires_at)  # only its expiry is left to watch
             else:
                 if msg.state is State.IN_FLIGHT:
                     msg.state = State.QUEUED  # interrupted attempt: its pending parts go again
@@ -191,6 +197,8 @@ class Dispatcher:
         count = await self.load()
         log.info("dispatcher.loaded", unfinished=count)
         async with trio.open_nursery() as nursery:
+            for connector in self.connectors.values():
+                nursery.start_soon(self._follow, connector)
             task_status.started()
             while True:
                 await self._wait_due()
@@ -198,11 +206,24 @@ class Dispatcher:
                 while self._heap and self._heap[0][0] <= now:
                     _, _, msg_id = heapq.heappop(self._heap)
                     live = self.live.get(msg_id)
-                    if live is None or live.busy:
+                    if live is None:
+                        continue
+                    if live.busy:
+                        live.recheck = True
                         continue
                     await self._limiter.acquire_on_behalf_of(live)
                     live.busy = True
                     nursery.start_soon(self._step, live)
+
+    async def _follow(self, connector: SmscConnector) -> None:
+        """Wake the parked messages whenever a connector comes up."""
+        while True:
+            await connector.wait_changed()
+            if connector.is_up() and self._parked:
+                parked, self._parked = self._parked, {}
+                now = self.clock.now()
+                for live in parked.values():
+                    self._watch(live, now)
 
     async def _wait_due(self) -> None:
         self._wake = trio.Event()
@@ -224,9 +245,9 @@ class Dispatcher:
                     now >= msg.next_attempt_at:
                 await self._attempt(live, now)
             elif msg.state is State.IN_FLIGHT:
-                self._schedule(live, msg.expires_at)
+                self._watch(live, msg.expires_at)
             else:
-                self._schedule(live, msg.next_attempt_at)
+                self._watch(live, msg.next_attempt_at)
         except Exception:
             log.exception("dispatcher.step_failed", message_id=live.msg.id)
             if not live.msg.state.final:
@@ -234,6 +255,9 @@ class Dispatcher:
         finally:
             live.busy = False
             self._limiter.release_on_behalf_of(live)
+            if live.recheck:
+                live.recheck = False
+                self._watch(live, self.clock.now())
 
     # -- one attempt --------------------------------------------------------------------------
     def _pick(self, live: Live, now: float) -> SmscConnector | None:
@@ -270,8 +294,9 @@ class Dispatcher:
             log.warning("message.no_route", message_id=msg.id)
             await self._finish(live, State.REJECTED, now)
             return
-        if conn is None:
-            self._schedule(live, now + min(self.retry.initial_delay, 1.0))
+        if conn is None:  # every connector of the route is down: wait for one (or the expiry)
+            self._parked[msg.id] = live
+            self._watch(live, msg.expires_at)
             return
         if live.segments is None:
             live.segments = self._segments(msg, conn)
@@ -320,7 +345,7 @@ class Dispatcher:
         log.info("message.submitted", message_id=msg.id, smsc=conn.name, parts=len(live.parts),
                  attempt=msg.attempts)
         metrics.transition(State.IN_FLIGHT)
-        self._schedule(live, msg.expires_at)
+        self._watch(live, msg.expires_at)
         outcome = final_state_of(live.parts)  # every receipt may be in already
         if outcome is not None:
             await self._finish(live, outcome, self.clock.now())
@@ -443,6 +468,7 @@ class Dispatcher:
             msg.registered_delivery, state) else []
         await self.store.save_message(msg, live.parts, reports)
         self.live.pop(msg.id, None)
+        self._parked.pop(msg.id, None)
         log.info("message.final", message_id=msg.id, state=state.value, error=msg.error,
                  attempts=msg.attempts, smsc=msg.connector)
         metrics.transition(state)

@@ -29,21 +29,16 @@ _MAXMEM = 64 * 1024 * 1024
 def hash_password(password: str) -> str:
     """Hash ``password`` with scrypt and a fresh random salt; returns the encoded string.
 
-    Raises ValueError if the password could never be sent in an SMPP bind: it must be 1 to 8
-    printable ASCII characters.
+    Raises ValueError for an empty password or one containing NUL. A password longer than
+    SMPP_PASSWORD_MAX is hashed, but an SMPP bind can't carry it: callers should warn.
     """
     if not password:
         raise ValueError("password must not be empty")
-    if len(password) > SMPP_PASSWORD_MAX:
-        raise ValueError(
-            f"password is {len(password)} characters; SMPP passwords are at most "
-            f"{SMPP_PASSWORD_MAX}"
-        )
-    if not all(" " <= ch <= "~" for ch in password):
-        raise ValueError("password must be printable ASCII characters only")
+    if "\x00" in password:
+        raise ValueError("password must not contain NUL")
     salt = os.urandom(SALT_BYTES)
     digest = hashlib.scrypt(
-        password.encode("ascii"), salt=salt, n=N, r=R, p=P, maxmem=_MAXMEM, dklen=HASH_BYTES
+        password.encode("utf-8"), salt=salt, n=N, r=R, p=P, maxmem=_MAXMEM, dklen=HASH_BYTES
     )
     return "$".join((SCHEME, str(N), str(R), str(P), _b64(salt), _b64(digest)))
 

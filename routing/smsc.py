@@ -116,9 +116,9 @@ class SmscConnector:
         """How many submits may be outstanding at once over the configured binds."""
         return max(1, self.config.window * self.config.binds)
 
-    async def wait_up(self) -> None:
-        while not self.is_up():
-            await self._up_changed.wait()
+    async def wait_changed(self) -> None:
+        """Return at the next bind or unbind of this connection group."""
+        await self._up_changed.wait()
 
     def _changed(self) -> None:
         self._up_changed.set()

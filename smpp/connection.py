@@ -75,7 +75,9 @@ class Connection:
         self.last_received = trio.current_time()
         self._waiters: dict[int, _Waiter] = {}
         self._wake_writer = trio.Event()
-        self._flushed = trio.Event()
+        self._queued = 0  # generation of the latest queued bytes
+        self._written = 0  # generation the writer has sent up to
+        self._progress = trio.Event()
         self._cancel: trio.CancelScope | None = None
         self.extra: dict[str, Any] = {}  # owner's per-connection data (account, bind kind...)
 
@@ -126,6 +128,7 @@ class Connection:
             return
         self.closed = True
         self.session.close()
+        self._progress.set()
         for waiter in self._waiters.values():
             waiter.event.set()
         if self._cancel is not None:
@@ -148,12 +151,14 @@ class Connection:
             await self.aclose()
 
     def _kick(self) -> None:
+        self._queued += 1
         self._wake_writer.set()
 
     async def _writer(self) -> None:
         while True:
             await self._wake_writer.wait()
             self._wake_writer = trio.Event()
+            generation = self._queued
             data = self.session.data_to_send()
             if data:
                 try:
@@ -161,17 +166,17 @@ class Connection:
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     await self.aclose()
                     return
-            self._flushed.set()
-            self._flushed = trio.Event()
+            self._written = generation
+            self._progress.set()
+            self._progress = trio.Event()
 
-    async def flush(self) -> None:
-        """Wait until what is queued now has been written."""
-        if self.closed:
-            return
-        flushed = self._flushed
+    async def flush(self, timeout: float = 5.0) -> None:
+        """Wait (bounded) until everything queued so far has been handed to the socket."""
         self._kick()
-        with trio.move_on_after(5):
-            await flushed.wait()
+        target = self._queued
+        with trio.move_on_after(timeout):
+            while not self.closed and self._written < target:
+                await self._progress.wait()
 
     async def _reader(self, nursery: trio.Nursery, handler: RequestHandler) -> None:
         while not self.closed:

@@ -153,19 +153,26 @@ class Session:
         return seq
 
     def send(self, pdu: Pdu) -> int:
-        """Queue a PDU. Requests get a fresh sequence number (returned) and are tracked."""
+        """Queue a PDU. Requests get a fresh sequence number (returned) and are tracked.
+
+        Nothing changes if the PDU cannot be encoded (PduError) or is illegal (SessionError).
+        """
         cid = pdu.command_id
         if is_response(cid):
+            data = encode(pdu)
             self._transition(cid, pdu.status == 0)
         else:
             allowed = LEGAL_REQUESTS.get((self.side, cid))
             if allowed is None or self.state not in allowed:
                 raise SessionError(f"{cid.name} may not be sent by {self.side.value} "
                                    f"in state {self.state.value}")
-            pdu.sequence = self.next_sequence()
-            self.outstanding[pdu.sequence] = pdu
+            seq = self._next_seq
+            pdu.sequence = seq
+            data = encode(pdu)
+            self.next_sequence()
+            self.outstanding[seq] = pdu
             self._transition(cid, True)
-        self._out.append(encode(pdu))
+        self._out.append(data)
         return pdu.sequence
 
     def data_to_send(self) -> bytes:

@@ -476,3 +476,19 @@ def test_examples_document_every_key(example: str, classes: list[type]) -> None:
         keys |= {"node", "validity", "log_level", "path", "batch_max", "retention", "prefixes"}
     missing = [k for k in sorted(keys) if f"\n{k} =" not in text and f"\n# {k} =" not in text]
     assert not missing, f"{example} does not show: {missing}"
+
+
+def test_check_refuses_an_smsc_with_other_credentials_than_the_simulator(tmp_path: Path) -> None:
+    text = MINIMAL.replace(
+        'host = "smsc.example.net"\nport = 2775', 'host = "localhost"\nport = 2776'
+    )
+    path = write(tmp_path, text + '[simulator]\nsystem_id = "sim"\npassword = "simpass"\n')
+    load_config(path)
+    with pytest.raises(ConfigError) as info:
+        check(path)
+    assert info.value.problems == (
+        f'{path}: smsc "opA".system_id: expected the system_id of [simulator] (this smsc points '
+        'at it), got "gw"',
+        f'{path}: smsc "opA".password: expected the password of [simulator] (this smsc points '
+        'at it), got "secret"',
+    )
