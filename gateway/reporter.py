@@ -107,6 +107,7 @@ class Reporter:
             for name, acc in self._accounts.items():
                 nursery.start_soon(self._serve_account, name, acc)
             task_status.started()
+            await trio.sleep_forever()  # keeps the nursery open for accounts seen later
 
     async def _serve_account(self, name: str, acc: _Account) -> None:
         async with trio.open_nursery() as nursery:

@@ -101,7 +101,8 @@ async def _harness(tmp_path: Path, connectors: dict[str, SmscConnector],
         nursery.cancel_scope.cancel()
 
 
-async def test_message_with_no_operator_up_expires_after_24h_and_is_never_sent(tmp_path: Path, clock: trio.testing.MockClock) -> None:
+async def test_message_with_no_operator_up_expires_after_24h_and_is_never_sent(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
     smsc = ScriptedSmsc("opA", up=False)
     async with trio.open_nursery() as nursery:
         async for h in _harness(tmp_path, {"opA": smsc}, nursery):
@@ -118,7 +119,8 @@ async def test_message_with_no_operator_up_expires_after_24h_and_is_never_sent(t
             assert receipt is not None and receipt.stat == "EXPIRED" and receipt.id == msg.id
 
 
-async def test_submitted_message_without_receipt_expires_at_its_deadline(tmp_path: Path, clock: trio.testing.MockClock) -> None:
+async def test_submitted_message_without_receipt_expires_at_its_deadline(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
     smsc = ScriptedSmsc("opA")
     async with trio.open_nursery() as nursery:
         async for h in _harness(tmp_path, {"opA": smsc}, nursery):
@@ -131,7 +133,8 @@ async def test_submitted_message_without_receipt_expires_at_its_deadline(tmp_pat
             assert [p.state for p in parts] == [PartState.EXPIRED]
 
 
-async def test_operator_submit_carries_the_remaining_validity(tmp_path: Path, clock: trio.testing.MockClock) -> None:
+async def test_operator_submit_carries_the_remaining_validity(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
     smsc = ScriptedSmsc("opA")
     async with trio.open_nursery() as nursery:
         async for h in _harness(tmp_path, {"opA": smsc}, nursery):
@@ -146,7 +149,8 @@ async def test_operator_submit_carries_the_remaining_validity(tmp_path: Path, cl
             assert abs(validity - msg.expires_at) <= 2
 
 
-async def test_throttled_submit_is_retried_with_backoff_until_accepted(tmp_path: Path, clock: trio.testing.MockClock) -> None:
+async def test_throttled_submit_is_retried_with_backoff_until_accepted(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
     answers = iter([Status.ESME_RTHROTTLED, Status.ESME_RMSGQFUL, 0])
 
     def answer(_pdu: SubmitSm) -> SubmitResult:
@@ -169,7 +173,8 @@ async def test_throttled_submit_is_retried_with_backoff_until_accepted(tmp_path:
             assert [p.smsc_id for p in live.parts] == ["id-1"]
 
 
-async def test_permanent_error_is_final_and_reported_without_retry(tmp_path: Path, clock: trio.testing.MockClock) -> None:
+async def test_permanent_error_is_final_and_reported_without_retry(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
     smsc = ScriptedSmsc("opA", lambda _p: SubmitResult(None, Status.ESME_RINVDSTADR,
                                                         rejected=True))
     async with trio.open_nursery() as nursery:
@@ -183,7 +188,8 @@ async def test_permanent_error_is_final_and_reported_without_retry(tmp_path: Pat
             assert receipt is not None and receipt.stat == "REJECTD"
 
 
-async def test_operator_down_fails_over_to_the_next_connector_of_the_route(tmp_path: Path, clock: trio.testing.MockClock) -> None:
+async def test_operator_down_fails_over_to_the_next_connector_of_the_route(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
     down = ScriptedSmsc("opA", up=False)
     backup = ScriptedSmsc("opB")
     async with trio.open_nursery() as nursery:
@@ -197,7 +203,8 @@ async def test_operator_down_fails_over_to_the_next_connector_of_the_route(tmp_p
             assert h.dispatcher.live[msg.id].msg.connector == "opB"
 
 
-async def test_failure_only_receipt_request_gets_no_report_for_delivery(tmp_path: Path, clock: trio.testing.MockClock) -> None:
+async def test_failure_only_receipt_request_gets_no_report_for_delivery(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
     smsc = ScriptedSmsc("opA")
     async with trio.open_nursery() as nursery:
         async for h in _harness(tmp_path, {"opA": smsc}, nursery):
@@ -212,7 +219,8 @@ async def test_failure_only_receipt_request_gets_no_report_for_delivery(tmp_path
             assert h.reports == []
 
 
-async def test_long_message_is_delivered_only_when_every_part_is(tmp_path: Path, clock: trio.testing.MockClock) -> None:
+async def test_long_message_is_delivered_only_when_every_part_is(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
     smsc = ScriptedSmsc("opA")
     async with trio.open_nursery() as nursery:
         async for h in _harness(tmp_path, {"opA": smsc}, nursery):
@@ -233,7 +241,8 @@ async def test_long_message_is_delivered_only_when_every_part_is(tmp_path: Path,
             assert receipt is not None and receipt.stat == "UNDELIV"
 
 
-async def test_receipt_arriving_before_its_submit_resp_is_held_and_matched(tmp_path: Path, clock: trio.testing.MockClock) -> None:
+async def test_receipt_arriving_before_its_submit_resp_is_held_and_matched(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
     gate = trio.Event()
 
     class SlowResp(ScriptedSmsc):

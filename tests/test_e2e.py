@@ -1,0 +1,251 @@
+"""End to end: smpplib's Client (upstream ESME) -> gateway -> built-in simulator -> receipts back.
+
+Real sockets on 127.0.0.1, real store on disk, real clock with short delays; every wait is
+bounded by a deadline.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import smpplib.exceptions
+import trio
+
+from gateway.config import SimulatorConfig
+from gateway.model import State
+from smpp.connection import Connection
+from smpp.constants import Status
+from smpp.pdu import BindTransmitter, QuerySm, SubmitSm
+from smpp.receipt import parse_receipt
+from smpp.session import Side
+from tests.stack import SmpplibEsme, running_stack, wait_for
+
+
+def _receipt_ids(esme: SmpplibEsme) -> list[str]:
+    return [p.receipted_message_id.rstrip(b"\0").decode() for p in esme.delivered
+            if p.esm_class & 0x04]
+
+
+async def test_submit_is_acked_with_an_id_then_a_delivrd_receipt_comes_back(
+        tmp_path: Path) -> None:
+    async with running_stack(tmp_path) as (gw, sim):
+        esme = SmpplibEsme(gw.smpp_port)
+
+        def session() -> None:
+            esme.bind()
+            esme.submit("33612345678", b"Your code is 123456")
+            esme.read_until(lambda: bool(esme.resps) and bool(esme.delivered))
+            esme.close()
+
+        with trio.fail_after(20):
+            await trio.to_thread.run_sync(session)
+        message_id = esme.resps[0].message_id.decode()
+        assert re.fullmatch(r"[0-9a-f]{32}", message_id)
+        stored = await gw.store.get_message(message_id)
+        assert stored is not None and stored.state is State.DELIVERED
+        [record] = sim.submitted
+        assert record.destination_addr == "33612345678" and record.short_message.endswith(b"123456")
+        [receipt] = esme.delivered
+        assert receipt.receipted_message_id.rstrip(b"\0").decode() == message_id
+        parsed = parse_receipt(receipt.short_message)
+        assert parsed is not None and parsed.id == message_id and parsed.stat == "DELIVRD"
+        assert receipt.source_addr == b"33612345678" and receipt.destination_addr == b"ACME"
+
+
+async def test_wrong_password_is_refused_with_rinvpaswd(tmp_path: Path) -> None:
+    async with running_stack(tmp_path) as (gw, _sim):
+        esme = SmpplibEsme(gw.smpp_port, password="nope")
+        with pytest.raises(smpplib.exceptions.PDUError) as err:
+            await trio.to_thread.run_sync(esme.bind)
+        assert err.value.args[1] == Status.ESME_RINVPASWD
+        esme.client.disconnect()
+        unknown = SmpplibEsme(gw.smpp_port, system_id="ghost")
+        with pytest.raises(smpplib.exceptions.PDUError) as err:
+            await trio.to_thread.run_sync(unknown.bind)
+        assert err.value.args[1] == Status.ESME_RINVSYSID
+        unknown.client.disconnect()
+
+
+async def test_undeliverable_operator_outcome_reaches_upstream_as_undeliv(tmp_path: Path) -> None:
+    sim_cfg = SimulatorConfig(port=0, control_port=0, receipt_delay=0.05, delivered=0.0,
+                              undeliverable=1.0, seed=1)
+    async with running_stack(tmp_path, sim_cfg) as (gw, _sim):
+        esme = SmpplibEsme(gw.smpp_port)
+
+        def session() -> None:
+            esme.bind()
+            esme.submit("33612345678", b"hello")
+            esme.read_until(lambda: bool(esme.delivered))
+            esme.close()
+
+        with trio.fail_after(20):
+            await trio.to_thread.run_sync(session)
+        parsed = parse_receipt(esme.delivered[0].short_message)
+        assert parsed is not None and parsed.stat == "UNDELIV"
+
+
+async def test_receipt_waits_for_a_receiver_bind_and_is_delivered_after_reconnect(
+        tmp_path: Path) -> None:
+    async with running_stack(tmp_path) as (gw, _sim):
+        tx = SmpplibEsme(gw.smpp_port)
+
+        def submit_only() -> None:
+            tx.bind("transmitter")
+            tx.submit("33612345678", b"hello")
+            tx.read_until(lambda: bool(tx.resps))
+            tx.close()
+
+        await trio.to_thread.run_sync(submit_only)
+        message_id = tx.resps[0].message_id.decode()
+        await wait_for(lambda: gw.reporter.pending_count("demo") == 1)
+        rx = SmpplibEsme(gw.smpp_port)
+
+        def receive() -> None:
+            rx.bind("receiver")
+            rx.read_until(lambda: bool(rx.delivered))
+            rx.close()
+
+        with trio.fail_after(20):
+            await trio.to_thread.run_sync(receive)
+        assert _receipt_ids(rx) == [message_id]
+        await wait_for(lambda: gw.reporter.pending_count("demo") == 0)
+        assert await gw.store.pending_reports("demo") == []
+
+
+async def test_mo_to_the_accounts_short_code_reaches_its_receiver(tmp_path: Path) -> None:
+    async with running_stack(tmp_path) as (gw, sim):
+        rx = SmpplibEsme(gw.smpp_port)
+        await trio.to_thread.run_sync(rx.bind, "receiver")
+        await sim.inject_mo("33612345678", "36111", "STOP")
+
+        with trio.fail_after(20):
+            await trio.to_thread.run_sync(rx.read_until, lambda: bool(rx.delivered))
+        rx.close()
+        [mo] = rx.delivered
+        assert mo.esm_class & 0x3C == 0
+        assert mo.short_message == b"STOP"
+        assert mo.source_addr == b"33612345678" and mo.destination_addr == b"36111"
+
+
+async def test_long_message_goes_out_in_parts_and_gives_one_receipt(tmp_path: Path) -> None:
+    async with running_stack(tmp_path) as (gw, sim):
+        esme = SmpplibEsme(gw.smpp_port)
+        text = ("0123456789" * 30).encode()  # 300 GSM characters: 2 parts
+
+        def session() -> None:
+            esme.bind()
+            esme.submit("33612345678", b"", message_payload=text)
+            esme.read_until(lambda: bool(esme.delivered))
+            esme.close()
+
+        with trio.fail_after(20):
+            await trio.to_thread.run_sync(session)
+        assert len(sim.submitted) == 2
+        assert all(r.esm_class & 0x40 for r in sim.submitted)
+        assert b"".join(r.short_message[6:] for r in sim.submitted) == text
+        assert len(esme.delivered) == 1
+        message_id = esme.resps[0].message_id.decode()
+        parts = await gw.store.get_parts(message_id)
+        assert len(parts) == 2 and all(p.smsc_id for p in parts)
+
+
+async def test_query_sm_answers_the_stored_state(tmp_path: Path) -> None:
+    async with running_stack(tmp_path) as (gw, _sim), trio.open_nursery() as nursery:
+        stream = await trio.open_tcp_stream("127.0.0.1", gw.smpp_port)
+        conn = Connection(stream, Side.ESME)
+        nursery.start_soon(conn.run, _ignore)
+        assert (await conn.request(BindTransmitter(system_id="demo", password="demopass"))
+                ).status == 0
+        resp = await conn.request(SubmitSm(source_addr="ACME", source_addr_ton=5,
+                                           destination_addr="33612345678", dest_addr_ton=1,
+                                           dest_addr_npi=1, short_message=b"hi",
+                                           registered_delivery=1))
+        message_id = resp.message_id  # type: ignore[attr-defined]
+        stored = None
+        with trio.fail_after(10):
+            while stored is None or stored.state is not State.DELIVERED:
+                await trio.sleep(0.02)
+                stored = await gw.store.get_message(message_id)
+        answer = await conn.request(QuerySm(message_id=message_id, source_addr="ACME"))
+        assert answer.status == 0
+        assert answer.message_state == 2  # type: ignore[attr-defined]
+        assert answer.final_date  # type: ignore[attr-defined]
+        missing = await conn.request(QuerySm(message_id="0" * 32))
+        assert missing.status == Status.ESME_RQUERYFAIL
+        await conn.unbind()
+        nursery.cancel_scope.cancel()
+
+
+async def _ignore(conn: Connection, pdu: object) -> None:
+    return None
+
+
+async def test_invalid_destination_is_refused_and_nothing_is_stored(tmp_path: Path) -> None:
+    async with running_stack(tmp_path) as (gw, sim):
+        esme = SmpplibEsme(gw.smpp_port)
+
+        def session() -> None:
+            esme.bind()
+            esme.submit("not-a-number", b"hello")
+            esme.read_until(lambda: bool(esme.errors))
+            esme.close()
+
+        with trio.fail_after(20):
+            await trio.to_thread.run_sync(session)
+        assert esme.errors[0].status == Status.ESME_RINVDSTADR
+        assert (await gw.store.stats())["QUEUED"] == 0
+        assert sim.submitted == []
+
+
+async def test_account_over_its_rate_gets_throttled(tmp_path: Path) -> None:
+    async with running_stack(tmp_path) as (gw, _sim):
+        esme = SmpplibEsme(gw.smpp_port, system_id="other", password="otherpw")
+
+        def burst() -> None:
+            esme.bind("transmitter")
+            for _ in range(20):
+                esme.submit("33612345678", b"x", registered_delivery=0)
+            esme.read_until(lambda: len(esme.resps) + len(esme.errors) >= 20)
+            esme.close()
+
+        with trio.fail_after(20):
+            await trio.to_thread.run_sync(burst)
+        throttled = [e for e in esme.errors if e.status == Status.ESME_RTHROTTLED]
+        assert 10 <= len(throttled) <= 15  # 5/s with a burst of 5
+        assert len(esme.resps) == 20 - len(throttled)
+
+
+async def test_binds_beyond_the_account_maximum_are_refused(tmp_path: Path) -> None:
+    async with running_stack(tmp_path) as (gw, _sim):
+        first = SmpplibEsme(gw.smpp_port, system_id="other", password="otherpw")
+        await trio.to_thread.run_sync(first.bind)
+        second = SmpplibEsme(gw.smpp_port, system_id="other", password="otherpw")
+        with pytest.raises(smpplib.exceptions.PDUError) as err:
+            await trio.to_thread.run_sync(second.bind)
+        assert err.value.args[1] == Status.ESME_RBINDFAIL
+        second.client.disconnect()
+        await trio.to_thread.run_sync(first.close)
+
+
+async def test_operator_throttling_and_errors_are_retried_until_every_receipt_is_in(
+        tmp_path: Path) -> None:
+    sim_cfg = SimulatorConfig(port=0, control_port=0, receipt_delay=0.05, throttle=0.3,
+                              error=0.2, seed=3)
+    async with running_stack(tmp_path, sim_cfg) as (gw, sim):
+        esme = SmpplibEsme(gw.smpp_port)
+        count = 30
+
+        def session() -> None:
+            esme.bind()
+            for i in range(count):
+                esme.submit(f"336123456{i:02d}", b"hello")
+            esme.read_until(lambda: len(esme.delivered) >= count, timeout=30)
+            esme.close()
+
+        with trio.fail_after(40):
+            await trio.to_thread.run_sync(session)
+        assert sorted(_receipt_ids(esme)) == sorted(r.message_id.decode() for r in esme.resps)
+        assert sim.stats.throttled > 0
+        assert len({r.destination_addr for r in sim.submitted}) == count
