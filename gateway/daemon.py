@@ -16,9 +16,11 @@ import structlog
 import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve
-from prometheus_client import make_asgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
-from starlette.routing import Mount
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from gateway import metrics, sdnotify
 from gateway.clock import WallClock
@@ -72,7 +74,10 @@ async def _serve_metrics(host: str, port: int, *,
                          task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
                          ) -> None:
     """Prometheus' ASGI app at /metrics, served by hypercorn (trio worker)."""
-    app = Starlette(routes=[Mount("/metrics", app=make_asgi_app())])
+    async def scrape(_request: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    app = Starlette(routes=[Route("/metrics", scrape)])
     hconf = HyperConfig()
     hconf.bind = [f"{host}:{port}"]
     hconf.accesslog = None

@@ -115,6 +115,31 @@ def receipt_report(msg: Message, state: State, now: float) -> Report:
     )
 
 
+def _norm(smsc_id: str) -> str:
+    return smsc_id.strip("\x00 \t\r\n").lower().lstrip("0") or "0"
+
+
+def receipt_keys(smsc_id: str, id_format: str = "auto") -> list[str]:
+    """The normalised ids under which a receipt's id may match a submit_sm_resp's id.
+
+    id_format (per SMSC): "as-is" exact; "hex": the receipt shows in hex the decimal id the
+    submit_sm_resp gave; "decimal": the receipt shows in decimal a hex id; "auto": any of these.
+    """
+    given = smsc_id.strip("\x00 \t\r\n")
+    try:
+        if id_format == "as-is":
+            keys = [given]
+        elif id_format == "hex":
+            keys = [given, str(int(given, 16))]
+        elif id_format == "decimal":
+            keys = [given, format(int(given, 10), "x")]
+        else:
+            keys = id_variants(given)
+    except ValueError:
+        keys = [given]
+    return list(dict.fromkeys(_norm(k) for k in keys))
+
+
 def _utc(ts: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(ts, tz=dt.UTC)
 
@@ -390,7 +415,7 @@ class Dispatcher:
     # -- receipts -------------------------------------------------------------------------------
     def _register(self, live: Live, part: Part) -> None:
         assert part.smsc_id is not None
-        key = (part.connector, part.smsc_id.lower())
+        key = (part.connector, _norm(part.smsc_id))
         self._by_smsc[key] = (live, part)
         if self._held:
             for connector, variants, event in self._held:
@@ -405,16 +430,17 @@ class Dispatcher:
         return None
 
     async def on_receipt(self, connector: str, smsc_id: str, stat: str, error: int,
-                         hold: float, raw: bytes = b"") -> None:
+                         hold: float, raw: bytes = b"", id_format: str = "auto") -> None:
         """Apply an operator receipt. Returns once its effect is committed.
 
         A receipt for an id we do not know yet is held up to `hold` seconds: its
         submit_sm_resp may still be on its way (a receipt can overtake it on another bind).
         """
-        variants = [v.lower() for v in id_variants(smsc_id)]
+        variants = receipt_keys(smsc_id, id_format)
         hit = self._lookup(connector, variants)
         if hit is None:
-            if await self.store.find_part(connector, variants) is not None:
+            spellings = list(dict.fromkeys([*id_variants(smsc_id), *variants]))
+            if await self.store.find_part(connector, spellings) is not None:
                 log.info("receipt.late", smsc=connector, smsc_id=smsc_id, stat=stat)
                 return  # its message is already final (a duplicate or a late receipt)
             event = trio.Event()
@@ -440,7 +466,7 @@ class Dispatcher:
         part.state = outcome
         part.error = error
         part.done_at = self.clock.now()
-        self._by_smsc.pop((part.connector, (part.smsc_id or "").lower()), None)
+        self._by_smsc.pop((part.connector, _norm(part.smsc_id or "")), None)
         final = final_state_of(live.parts)
         if final is None:
             await self.store.save_parts([part])
@@ -463,7 +489,7 @@ class Dispatcher:
                 part.state = part_state
                 part.done_at = now
             if part.smsc_id:
-                self._by_smsc.pop((part.connector, part.smsc_id.lower()), None)
+                self._by_smsc.pop((part.connector, _norm(part.smsc_id)), None)
         reports = [receipt_report(msg, state, now)] if wants_report(
             msg.registered_delivery, state) else []
         await self.store.save_message(msg, live.parts, reports)

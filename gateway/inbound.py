@@ -93,8 +93,10 @@ class Inbound:
                 log.warning("receipt.unreadable", smsc=connector.name, text=raw[:80].hex())
                 await self.store.record_orphan_receipt(connector.name, "", raw, self.clock.now())
                 return Status.ESME_ROK
+            cfg = connector.config
             await self.dispatcher.on_receipt(connector.name, receipt.smsc_id, receipt.stat,
-                                             receipt.error, connector.config.receipt_hold, raw)
+                                             receipt.error, cfg.receipt_hold, raw,
+                                             cfg.receipt_id_format)
             return Status.ESME_ROK
         return await self._mo(connector, pdu)
 

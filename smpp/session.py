@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from smpp.constants import CommandId, Status
 from smpp.pdu import (
+    PDU_CLASSES,
     FrameReader,
     FramingError,
     GenericNack,
@@ -213,7 +214,14 @@ class Session:
         try:
             pdu = decode(frame)
         except PduError as exc:
-            self._queue_nack(exc.status, exc.sequence)
+            # A request we can identify gets its own response with the error status
+            # (e.g. submit_sm_resp ESME_RINVOPTPARSTREAM); anything else a generic_nack.
+            cls = PDU_CLASSES.get(exc.command_id)
+            resp_cls = cls.response_class if cls is not None else None
+            if resp_cls is not None and not is_response(exc.command_id):
+                self._out.append(encode(resp_cls(sequence=exc.sequence, status=exc.status)))
+            else:
+                self._queue_nack(exc.status, exc.sequence)
             return ProtocolViolation(exc.status, exc.detail)
         cid = pdu.command_id
         if is_response(cid):

@@ -155,7 +155,7 @@ def test_unknown_command_id_gets_generic_nack_and_session_survives() -> None:
     assert smsc.bound
 
 
-def test_truncated_body_gets_an_error_and_the_next_pdu_still_parses() -> None:
+def test_truncated_submit_gets_submit_sm_resp_error_and_the_next_pdu_still_parses() -> None:
     _, smsc = _bound_pair(BindTransceiver)
     good = encode(SubmitSm(sequence=5, destination_addr="33600000000", short_message=b"hi"))
     body = good[16:]
@@ -163,6 +163,21 @@ def test_truncated_body_gets_an_error_and_the_next_pdu_still_parses() -> None:
     events = smsc.receive_data(broken + good)
     assert isinstance(events[0], ProtocolViolation) and not events[0].fatal
     assert isinstance(events[1], RequestReceived)
+    answer = decode(smsc.data_to_send())
+    assert answer.command_id == CommandId.SUBMIT_SM_RESP
+    assert answer.sequence == 4 and answer.status == Status.ESME_RINVCMDLEN
+
+
+def test_malformed_tlv_stream_is_answered_with_the_tlv_error_status() -> None:
+    _, smsc = _bound_pair(BindTransceiver)
+    good = encode(SubmitSm(sequence=6, destination_addr="33600000000", short_message=b"hi"))
+    broken = good + b"\x04\x24\x00"  # a TLV header cut short
+    broken = struct.pack(">I", len(broken)) + broken[4:]
+    [event] = smsc.receive_data(broken)
+    assert isinstance(event, ProtocolViolation)
+    answer = decode(smsc.data_to_send())
+    assert answer.command_id == CommandId.SUBMIT_SM_RESP
+    assert answer.status == Status.ESME_RINVOPTPARSTREAM
 
 
 @pytest.mark.parametrize("length", [0, 8, 15, 10_000_000])
