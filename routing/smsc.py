@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import structlog
 import trio
 
+from gateway import metrics
 from gateway.config import SmscConfig
 from smpp.connection import Connection, ConnectionClosed, ResponseTimeout
 from smpp.constants import CommandId, Status
@@ -178,6 +179,7 @@ class SmscConnector:
                     await conn.aclose()
                     return False
                 bound = True
+                metrics.SMSC_BINDS.labels(cfg.name).inc()
                 log.info("smsc.bound", smsc=cfg.name, bind=name, mode=kind.__name__)
                 if conn.state in (BindState.BOUND_TX, BindState.BOUND_TRX):
                     self._transmitters.append(conn)
@@ -193,6 +195,7 @@ class SmscConnector:
                 with trio.CancelScope(shield=True):
                     await conn.unbind(timeout=2)
             if bound:
+                metrics.SMSC_BINDS.labels(cfg.name).dec()
                 log.info("smsc.unbound", smsc=cfg.name, bind=name)
         return bound
 
