@@ -1,0 +1,110 @@
+"""Test helpers: run `smsgw` subcommands as real OS processes and watch their JSON-line logs.
+
+A `Proc` writes its stdout and stderr to a file; readiness is a log event looked for with a
+deadline (never a fixed sleep); stop() is SIGTERM, then SIGKILL if the deadline passes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+POLL = 0.02  # seconds between two looks at a condition
+
+
+def smsgw_command() -> str:
+    """The `smsgw` console script of the running interpreter's environment."""
+    beside = Path(sys.executable).parent / "smsgw"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("smsgw")
+    if found is None:
+        raise RuntimeError("the smsgw console script is not installed")
+    return found
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 free right now (the caller must cope with losing a race)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ProcessExited(RuntimeError):
+    """The process ended while a condition was being waited for."""
+
+    def __init__(self, proc: Proc) -> None:
+        super().__init__(f"{proc.name} exited with {proc.popen.returncode} before it was ready; "
+                         f"its output ends with:\n{proc.tail()}")
+        self.proc = proc
+
+
+class Proc:
+    """One `smsgw ...` process whose output goes to ``<directory>/<name>.out``."""
+
+    def __init__(self, name: str, args: list[str], directory: Path) -> None:
+        self.name = name
+        self.log_path = directory / f"{name}.out"
+        self._log: IO[bytes] = self.log_path.open("wb")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.popen = subprocess.Popen([smsgw_command(), *args], stdout=self._log,
+                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON log lines written so far (other lines, e.g. tracebacks, are skipped)."""
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    out.append(json.loads(line))
+        return out
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def wait_event(self, event: str, timeout: float = 15.0) -> dict[str, Any]:
+        """The first log line whose "event" is ``event``, waiting for it up to ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for entry in self.events():
+                if entry.get("event") == event:
+                    return entry
+            if self.popen.poll() is not None:
+                raise ProcessExited(self)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: no {event!r} within {timeout}s; output ends "
+                                   f"with:\n{self.tail()}")
+            time.sleep(POLL)
+
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to clean anything up."""
+        if self.popen.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+        self.popen.wait(timeout=10)
+
+    def stop(self, timeout: float = 15.0) -> tuple[int, bool]:
+        """SIGTERM, then SIGKILL after ``timeout``. (exit code, whether SIGTERM sufficed)."""
+        clean = True
+        if self.popen.poll() is None:
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                clean = False
+                self.kill()
+        self._log.close()
+        return self.popen.returncode, clean
