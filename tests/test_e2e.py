@@ -249,3 +249,27 @@ async def test_operator_throttling_and_errors_are_retried_until_every_receipt_is
         assert sorted(_receipt_ids(esme)) == sorted(r.message_id.decode() for r in esme.resps)
         assert sim.stats.throttled > 0
         assert len({r.destination_addr for r in sim.submitted}) == count
+
+
+async def test_operator_dropping_connections_is_survived_by_reconnecting_and_retrying(
+        tmp_path: Path) -> None:
+    sim_cfg = SimulatorConfig(port=0, control_port=0, receipt_delay=0.05, disconnect=0.15,
+                              seed=5)
+    async with running_stack(tmp_path, sim_cfg) as (gw, sim):
+        esme = SmpplibEsme(gw.smpp_port)
+        count = 20
+
+        def session() -> None:
+            esme.bind()
+            for i in range(count):
+                esme.submit(f"336987654{i:02d}", b"hello")
+            esme.read_until(lambda: len(esme.delivered) >= count, timeout=40)
+            esme.close()
+
+        with trio.fail_after(50):
+            await trio.to_thread.run_sync(session)
+        assert sim.stats.disconnects > 0
+        assert sorted(_receipt_ids(esme)) == sorted(r.message_id.decode() for r in esme.resps)
+        for message_id in _receipt_ids(esme):
+            stored = await gw.store.get_message(message_id)
+            assert stored is not None and stored.state is State.DELIVERED

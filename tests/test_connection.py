@@ -1,0 +1,145 @@
+"""The trio connection adapter's timers and window, over in-memory streams in virtual time."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from routing.smsc import RateLimiter
+from smpp.connection import Connection, ConnectionClosed, ResponseTimeout
+from smpp.pdu import BindTransceiver, Pdu, SubmitSm
+from smpp.session import BindState, Side
+
+
+@pytest.fixture
+def clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+async def _bind_ok(conn: Connection, pdu: Pdu) -> None:
+    if isinstance(pdu, BindTransceiver):
+        conn.respond(pdu.response(system_id="smsc"))
+
+
+async def _pair(nursery: trio.Nursery, *, smsc_handler=_bind_ok,  # type: ignore[no-untyped-def]
+                **esme_kwargs: object) -> tuple[Connection, Connection]:
+    a, b = trio.testing.memory_stream_pair()
+    esme = Connection(a, Side.ESME, **esme_kwargs)  # type: ignore[arg-type]
+    smsc = Connection(b, Side.SMSC, enquire_link_interval=1e9)
+    nursery.start_soon(smsc.run, smsc_handler)
+
+    async def esme_handler(_c: Connection, _p: Pdu) -> None:
+        return None
+
+    nursery.start_soon(esme.run, esme_handler)
+    resp = await esme.request(BindTransceiver(system_id="a", password="b"))
+    assert resp.status == 0 and esme.state is BindState.BOUND_TRX
+    return esme, smsc
+
+
+async def test_request_without_answer_times_out_after_response_timeout(
+        clock: trio.testing.MockClock) -> None:
+    async def silent(conn: Connection, pdu: Pdu) -> None:
+        await _bind_ok(conn, pdu)  # answers binds, never submits
+
+    async with trio.open_nursery() as nursery:
+        esme, _ = await _pair(nursery, smsc_handler=silent, response_timeout=7.0)
+        start = trio.current_time()
+        with pytest.raises(ResponseTimeout):
+            await esme.request(SubmitSm(destination_addr="1"))
+        assert trio.current_time() - start == pytest.approx(7.0)
+        assert not esme.session.outstanding
+        nursery.cancel_scope.cancel()
+
+
+async def test_window_caps_outstanding_requests(clock: trio.testing.MockClock) -> None:
+    release = trio.Event()
+    peak = 0
+
+    async def slow(conn: Connection, pdu: Pdu) -> None:
+        nonlocal peak
+        if isinstance(pdu, SubmitSm):
+            peak = max(peak, len(conn.session.outstanding) + 1)
+            await release.wait()
+            conn.respond(pdu.response(message_id="x"))
+        else:
+            await _bind_ok(conn, pdu)
+
+    async with trio.open_nursery() as nursery:
+        esme, _ = await _pair(nursery, smsc_handler=slow, window=3, response_timeout=100)
+        done = 0
+
+        async def one() -> None:
+            nonlocal done
+            await esme.request(SubmitSm(destination_addr="1"))
+            done += 1
+
+        for _ in range(10):
+            nursery.start_soon(one)
+        await trio.sleep(1)
+        assert len(esme.session.outstanding) == 3
+        release.set()
+        with trio.fail_after(10):
+            while done < 10:
+                await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
+
+
+async def test_idle_link_is_probed_and_a_dead_peer_closes_the_connection(
+        clock: trio.testing.MockClock) -> None:
+    a, b = trio.testing.memory_stream_pair()
+    esme = Connection(a, Side.ESME, enquire_link_interval=30, response_timeout=10)
+
+    async def nothing(_c: Connection, _p: Pdu) -> None:
+        return None
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(esme.run, nothing)
+        # the peer reads what we send but never answers
+        seen = b""
+        with trio.fail_after(100):
+            while b"\x00\x00\x00\x15" not in seen:  # enquire_link's command id
+                seen += await b.receive_some(100)
+        probe_at = trio.current_time()
+        assert probe_at == pytest.approx(30)
+        with trio.fail_after(100):
+            while not esme.closed:
+                await trio.sleep(1)
+        assert trio.current_time() - probe_at <= 11
+        nursery.cancel_scope.cancel()
+
+
+async def test_peer_silent_beyond_inactivity_timeout_is_disconnected(
+        clock: trio.testing.MockClock) -> None:
+    a, _b = trio.testing.memory_stream_pair()
+    smsc = Connection(a, Side.SMSC, inactivity_timeout=120, enquire_link_interval=1e9)
+
+    async def nothing(_c: Connection, _p: Pdu) -> None:
+        return None
+
+    with trio.fail_after(1000):
+        await smsc.run(nothing)
+    assert smsc.closed
+    assert trio.current_time() == pytest.approx(120)
+
+
+async def test_requests_on_a_closed_connection_fail_fast(clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        esme, smsc = await _pair(nursery)
+        await smsc.aclose()
+        with trio.fail_after(5), pytest.raises((ConnectionClosed, ResponseTimeout)):
+            await esme.request(SubmitSm(destination_addr="1"))
+        nursery.cancel_scope.cancel()
+
+
+async def test_rate_limiter_spaces_submits_evenly(clock: trio.testing.MockClock) -> None:
+    limiter = RateLimiter(50)
+    start = trio.current_time()
+    for _ in range(101):
+        await limiter.acquire()
+    assert trio.current_time() - start == pytest.approx(2.0)
+    limiter.pause(1.0)
+    before = trio.current_time()
+    await limiter.acquire()
+    assert trio.current_time() - before == pytest.approx(1.0)
