@@ -1,0 +1,457 @@
+"""End-to-end benchmark: upstream SMPP sessions -> gateway -> SMSC simulator -> receipts back.
+
+Starts `smsgw simulate-smsc` and `smsgw run` as separate processes on free 127.0.0.1 ports
+(temporary configs and store), drives K transceiver sessions each keeping W submit_sm
+outstanding with our own trio Connection, and prints throughput and latency figures.
+A script, not a test: exits 1 if an accepted message got no receipt, 2 if setup failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import httpx
+import trio
+
+from gateway.passwords import hash_password
+from smpp.connection import Connection, ConnectionClosed, ResponseTimeout
+from smpp.constants import Status, Tag
+from smpp.pdu import BindTransceiver, DeliverSm, Pdu, SubmitSm, tlv_str
+from smpp.session import SessionError, Side
+
+ACCOUNT = "bench"
+PASSWORD = "benchpw"
+
+
+class SetupError(Exception):
+    """The simulator or the gateway did not come up."""
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def smsgw_command() -> list[str]:
+    script = Path(sys.executable).parent / "smsgw"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("smsgw")
+    return [found] if found else [sys.executable, "-m", "gateway.cli"]
+
+
+def q(value: str) -> str:
+    """A TOML basic string (JSON escaping is a subset TOML accepts)."""
+    return json.dumps(value)
+
+
+@dataclass
+class Ports:
+    gateway: int = field(default_factory=free_port)
+    sim: int = field(default_factory=free_port)
+    sim_control: int = field(default_factory=free_port)
+
+
+def write_configs(tmp: Path, ports: Ports, args: argparse.Namespace) -> tuple[Path, Path]:
+    sim = tmp / "simulator.toml"
+    sim.write_text(f"""\
+[simulator]
+host = "127.0.0.1"
+port = {ports.sim}
+system_id = "sim"
+password = "simpass"
+control_host = "127.0.0.1"
+control_port = {ports.sim_control}
+receipt_delay = {args.receipt_delay}
+delivered = 1.0
+seed = 1
+""")
+    gw = tmp / "gateway.toml"
+    gw.write_text(f"""\
+[gateway]
+node = "bench"
+log_level = "warning"
+
+[store]
+path = {q(str(tmp / "store" / "smsgw.sqlite3"))}
+
+[metrics]
+enabled = false
+
+[[listener]]
+host = "127.0.0.1"
+port = {ports.gateway}
+window = {args.deliver_window}
+
+[[account]]
+system_id = {q(ACCOUNT)}
+password_hash = {q(hash_password(PASSWORD))}
+max_binds = {max(args.sessions, 1)}
+throughput = 0
+
+[[smsc]]
+name = "sim"
+host = "127.0.0.1"
+port = {ports.sim}
+system_id = "sim"
+password = "simpass"
+bind_mode = "transceiver"
+binds = {args.smsc_binds}
+window = {args.smsc_window}
+
+[[route]]
+name = "default"
+smscs = ["sim"]
+""")
+    return gw, sim
+
+
+def start(cmd: list[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def stop(proc: subprocess.Popen[bytes] | None, deadline: float = 15.0) -> None:
+    """SIGTERM by PID, then SIGKILL if it has not exited by the deadline."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=deadline)
+    except subprocess.TimeoutExpired:
+        print(f"warning: pid {proc.pid} ignored SIGTERM for {deadline:.0f} s: SIGKILL",
+              file=sys.stderr)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def sim_stats(port: int) -> dict[str, object]:
+    response = httpx.get(f"http://127.0.0.1:{port}/stats", timeout=5.0)
+    response.raise_for_status()
+    stats: dict[str, object] = response.json()
+    return stats
+
+
+def wait_ready(name: str, proc: subprocess.Popen[bytes], log: Path,
+               ready: Callable[[], object], deadline: float) -> None:
+    """Poll `ready()` until true; fail if the process exits or the deadline passes."""
+    end = time.monotonic() + deadline
+    while True:
+        if proc.poll() is not None:
+            raise SetupError(f"{name} exited with {proc.returncode}:\n{tail(log)}")
+        with contextlib.suppress(OSError, httpx.HTTPError, ValueError):
+            if ready():
+                return
+        if time.monotonic() > end:
+            raise SetupError(f"{name} not ready after {deadline:.0f} s:\n{tail(log)}")
+        time.sleep(0.05)
+
+
+def tcp_open(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+
+
+def proc_status(pid: int, key: str) -> str:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return line.split(":", 1)[1].strip()
+    return "?"
+
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process so far (NaN if unreadable)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --------------------------------------------------------------------------- load generator
+
+
+@dataclass
+class Results:
+    total: int
+    sent_at: dict[str, float] = field(default_factory=dict)  # message id -> submit sent
+    receipt_at: dict[str, float] = field(default_factory=dict)  # message id -> receipt in
+    submit_latency: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0
+    receipts_unknown: int = 0
+    matched: int = 0  # accepted messages whose receipt has arrived
+    submitted: int = 0  # submit_sm answered (any status)
+    t_start: float = 0.0
+    t_submit_done: float = 0.0
+    t_receipts_done: float = 0.0
+    timed_out: bool = False
+    all_in: trio.Event = field(default_factory=trio.Event)
+    submit_done: bool = False
+
+    def check_done(self) -> None:
+        if self.submit_done and self.matched == len(self.sent_at) and not self.all_in.is_set():
+            self.t_receipts_done = time.perf_counter()
+            self.all_in.set()
+
+
+def make_submit(n: int) -> SubmitSm:
+    return SubmitSm(
+        source_addr_ton=5, source_addr_npi=0, source_addr="BENCH",
+        dest_addr_ton=1, dest_addr_npi=1, destination_addr=f"3361{n % 10_000_000:07d}",
+        registered_delivery=1, short_message=b"Bench message %08d" % n,
+    )  # fmt: skip
+
+
+async def run_session(port: int, window: int, counter: itertools.count[int], res: Results,
+                      bound: trio.Event, go: trio.Event) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    conn = Connection(stream, Side.ESME, window=window + 1, response_timeout=30.0,
+                      enquire_link_interval=math.inf)
+
+    async def on_request(conn: Connection, pdu: Pdu) -> None:
+        if not isinstance(pdu, DeliverSm):
+            conn.respond(pdu.response(status=Status.ESME_RINVCMDID))
+            return
+        now = time.perf_counter()
+        conn.respond(pdu.response())
+        msg_id = tlv_str(pdu, Tag.RECEIPTED_MESSAGE_ID)
+        if msg_id is None:
+            res.receipts_unknown += 1
+            return
+        if msg_id in res.receipt_at:
+            res.duplicates += 1
+            return
+        res.receipt_at[msg_id] = now
+        if msg_id in res.sent_at:
+            res.matched += 1
+            res.check_done()
+
+    async def worker() -> None:
+        while (n := next(counter)) < res.total:
+            pdu = make_submit(n)
+            t0 = time.perf_counter()
+            try:
+                resp = await conn.request(pdu)
+            except (ResponseTimeout, ConnectionClosed, SessionError) as exc:
+                res.errors[type(exc).__name__] += 1
+                res.submitted += 1
+                if isinstance(exc, ConnectionClosed | SessionError):
+                    return
+                continue
+            res.submitted += 1
+            if resp.status != Status.ESME_ROK:
+                try:
+                    res.errors[Status(resp.status).name] += 1
+                except ValueError:
+                    res.errors[f"0x{resp.status:08X}"] += 1
+                continue
+            res.submit_latency.append(time.perf_counter() - t0)
+            msg_id: str = getattr(resp, "message_id", "")
+            res.sent_at[msg_id] = t0
+            if msg_id in res.receipt_at:
+                res.matched += 1
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(conn.run, on_request)
+        bind = await conn.request(BindTransceiver(system_id=ACCOUNT, password=PASSWORD,
+                                                  interface_version=0x34))
+        if bind.status != Status.ESME_ROK:
+            raise SetupError(f"bind refused: 0x{bind.status:08X}")
+        bound.set()
+        await go.wait()
+        async with trio.open_nursery() as workers:
+            for _ in range(window):
+                workers.start_soon(worker)
+        await res.all_in.wait()  # keep answering deliver_sm until every receipt is in
+        await conn.unbind()
+
+
+async def load(port: int, args: argparse.Namespace, res: Results) -> None:
+    counter = itertools.count()
+    binds = [trio.Event() for _ in range(args.sessions)]
+    go = trio.Event()
+
+    async def watch_submissions() -> None:
+        while res.submitted < res.total:
+            await trio.sleep(0.002)
+        res.t_submit_done = time.perf_counter()
+        res.submit_done = True
+        res.check_done()
+
+    async def progress() -> None:
+        """Once a second: where the messages are (upstream, simulator, receipts back)."""
+        while True:
+            await trio.sleep(1.0)
+            try:
+                st = await trio.to_thread.run_sync(sim_stats, args.control_port)
+            except (OSError, httpx.HTTPError):
+                st = {}
+            print(f"  t={time.perf_counter() - res.t_start:5.1f}s accepted {len(res.sent_at):,} "
+                  f"sim submits {st.get('submits')} receipts sent {st.get('receipts_sent')} "
+                  f"queued {st.get('queued')}; receipts back {len(res.receipt_at):,}",
+                  flush=True)
+
+    with trio.move_on_after(args.duration_cap) as cap:
+        async with trio.open_nursery() as outer:
+            async with trio.open_nursery() as nursery:
+                for i in range(args.sessions):
+                    nursery.start_soon(run_session, port, args.window, counter, res, binds[i],
+                                       go)
+                for ev in binds:
+                    await ev.wait()
+                res.t_start = time.perf_counter()
+                go.set()
+                nursery.start_soon(watch_submissions)
+                if args.progress:
+                    outer.start_soon(progress)
+            outer.cancel_scope.cancel()  # the sessions are done: stop the progress task
+    res.timed_out = cap.cancelled_caught
+    if not res.t_submit_done:
+        res.t_submit_done = time.perf_counter()
+
+
+# --------------------------------------------------------------------------- report
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def report(res: Results, args: argparse.Namespace, gw_pid: int, sim_pid: int,
+           stats: dict[str, object], cpu: dict[str, float]) -> int:
+    accepted = len(res.sent_at)
+    submit_wall = max(res.t_submit_done - res.t_start, 1e-9)
+    end = res.t_receipts_done or time.perf_counter()
+    e2e_wall = max(end - res.t_start, 1e-9)
+    receipt_lat = [res.receipt_at[m] - t for m, t in res.sent_at.items() if m in res.receipt_at]
+    missing = accepted - len(receipt_lat)
+    ms = 1000.0
+    print(f"setup: {args.messages:,} messages, {args.sessions} sessions x window {args.window}; "
+          f"smsc binds {args.smsc_binds} window {args.smsc_window}; receipt_delay "
+          f"{args.receipt_delay} s; store on disk (WAL)")
+    print(f"accepted: {accepted / submit_wall:,.0f} msg/s ({accepted:,} submit_sm_resp OK in "
+          f"{submit_wall:.2f} s)")
+    e2e_rate = (accepted - missing) / e2e_wall
+    print(f"e2e: {e2e_rate:,.0f} msg/s with receipts ({accepted - missing:,} receipts in "
+          f"{e2e_wall:.2f} s); submit p50 {pct(res.submit_latency, 50) * ms:.1f} ms "
+          f"p99 {pct(res.submit_latency, 99) * ms:.1f} ms; receipt p50 "
+          f"{pct(receipt_lat, 50) * ms:.1f} ms p99 {pct(receipt_lat, 99) * ms:.1f} ms")
+    errors = ", ".join(f"{k} {v:,}" for k, v in res.errors.most_common()) or "none"
+    print(f"errors: {errors}; duplicate receipts {res.duplicates}; receipts for unknown ids "
+          f"{res.receipts_unknown}; missing receipts {missing:,}"
+          + ("; HIT DURATION CAP" if res.timed_out else ""))
+    print(f"gateway: peak RSS {proc_status(gw_pid, 'VmHWM')}, CPU {cpu['gateway']:.1f} s; "
+          f"simulator: peak RSS {proc_status(sim_pid, 'VmHWM')}, CPU {cpu['simulator']:.1f} s; "
+          f"load generator CPU {cpu['loadgen']:.1f} s (2 cores shared; wall {e2e_wall:.1f} s)")
+    keys = ("submits", "accepted", "throttled", "errors", "receipts_scheduled", "receipts_sent",
+            "deliver_retried", "deliver_abandoned", "queued", "bound_sessions")
+    print("simulator /stats: " + ", ".join(f"{k} {stats.get(k)}" for k in keys if k in stats))
+    target_ok = e2e_rate >= 3000 and pct(res.submit_latency, 99) < 0.050
+    print(f"target (>= 3,000 msg/s e2e, submit p99 < 50 ms): {'MET' if target_ok else 'NOT met'}")
+    if missing or res.timed_out:
+        print(f"FAIL: {missing:,} of {accepted:,} accepted messages got no receipt",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--messages", "-n", type=int, default=20_000)
+    p.add_argument("--sessions", "-k", type=int, default=4)
+    p.add_argument("--window", "-w", type=int, default=50, help="submit_sm outstanding/session")
+    p.add_argument("--duration-cap", type=float, default=120.0, help="hard cap, seconds")
+    p.add_argument("--smsc-binds", type=int, default=2)
+    p.add_argument("--smsc-window", type=int, default=100)
+    p.add_argument("--receipt-delay", type=float, default=0.05, help="simulator, 0-0.1 s")
+    p.add_argument("--deliver-window", type=int, default=64, help="gateway listener window")
+    p.add_argument("--progress", action="store_true", help="print progress once a second")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="smsgw-bench-"))
+    ports = Ports()
+    args.control_port = ports.sim_control
+    gw_conf, sim_conf = write_configs(tmp, ports, args)
+    sim_log, gw_log = tmp / "simulator.log", tmp / "gateway.log"
+    sim = gw = None
+    try:
+        with sim_log.open("wb") as slog, gw_log.open("wb") as glog:
+            sim = start([*smsgw_command(), "simulate-smsc", "--config", str(sim_conf)], slog)
+            wait_ready("simulator", sim, sim_log, lambda: sim_stats(ports.sim_control), 20)
+            gw = start([*smsgw_command(), "run", "--config", str(gw_conf)], glog)
+
+            def gateway_ready() -> bool:
+                binds = sim_stats(ports.sim_control).get("bound_sessions", 0)
+                return tcp_open(ports.gateway) and isinstance(binds, int) \
+                    and binds >= args.smsc_binds
+
+            wait_ready("gateway", gw, gw_log, gateway_ready, 30)
+            cpu0 = {"gateway": proc_cpu(gw.pid), "simulator": proc_cpu(sim.pid),
+                    "loadgen": time.process_time()}
+            res = Results(total=args.messages)
+            trio.run(load, ports.gateway, args, res)
+            cpu = {"gateway": proc_cpu(gw.pid) - cpu0["gateway"],
+                   "simulator": proc_cpu(sim.pid) - cpu0["simulator"],
+                   "loadgen": time.process_time() - cpu0["loadgen"]}
+            stats = sim_stats(ports.sim_control)
+            status = report(res, args, gw.pid, sim.pid, stats, cpu)
+            if gw.poll() is not None:
+                print(f"gateway exited early ({gw.returncode}):\n{tail(gw_log)}", file=sys.stderr)
+                status = status or 1
+            return status
+    except SetupError as exc:
+        print(f"setup failed: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        stop(gw)
+        stop(sim)
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
