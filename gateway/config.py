@@ -86,7 +86,7 @@ class AccountConfig:
     max_binds: int = 8
     throughput: float = 0.0  # submits/s over all binds of the account; 0 = unlimited
     mo_addresses: tuple[str, ...] = ()  # numbers whose MO replies belong to this account
-    validity: float | None = None  # cap on message validity for this account; None = default
+    validity: float | None = None  # caps the default validity for this account; None = no cap
     description: str = ""
 
 
