@@ -193,6 +193,10 @@ class Dispatcher:
 
     def _watch(self, live: Live, when: float) -> None:
         """Look at the message again at `when` (never later than its expiry)."""
+        if len(self._heap) > 2 * len(self.live) + 4096:
+            # Finished messages leave their expiry entries behind: drop them now and then.
+            self._heap = [entry for entry in self._heap if entry[2] in self.live]
+            heapq.heapify(self._heap)
         msg = live.msg
         heapq.heappush(self._heap, (min(when, msg.expires_at), next(self._counter), msg.id))
         if self._heap[0][2] == msg.id:

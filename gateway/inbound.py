@@ -52,25 +52,25 @@ def _error_code(text_err: str | None, pdu: Pdu) -> int:
 
 
 def read_receipt(pdu: DeliverSm | DataSm) -> OperatorReceipt | None:
-    """The receipt a deliver_sm/data_sm carries, or None if it is not one (an MO)."""
+    """The receipt a deliver_sm/data_sm carries, or None if it is not one (an MO).
+
+    The TLVs (receipted_message_id, message_state, network_error_code) are preferred; the
+    receipt text is parsed only for what they leave unknown.
+    """
     tlv_id = tlv_str(pdu, Tag.RECEIPTED_MESSAGE_ID)
-    is_receipt = bool(pdu.esm_class & ESM_TYPE_MASK in (ESM_RECEIPT, ESM_INTERMEDIATE)) or (
-        tlv_id is not None)
-    if not is_receipt:
+    if (pdu.esm_class & ESM_TYPE_MASK) not in (ESM_RECEIPT, ESM_INTERMEDIATE) and tlv_id is None:
         return None
-    text = pdu.short_message if isinstance(pdu, DeliverSm) else b""
-    text = text or pdu.tlvs.get(Tag.MESSAGE_PAYLOAD, b"")
-    parsed = parse_receipt(text) if text else None
-    smsc_id = tlv_id or (parsed.id if parsed else None)
     state = tlv_int(pdu, Tag.MESSAGE_STATE)
-    if state is not None and state in STATE_TO_STAT:
-        stat = STATE_TO_STAT[state]
-    elif parsed is not None:
-        stat = parsed.stat
-    else:
-        stat = STATE_TO_STAT[MessageState.UNKNOWN]
-    if not smsc_id:
-        return OperatorReceipt("", stat, 0)
+    stat = STATE_TO_STAT.get(state) if state is not None else None
+    needs_error = stat != "DELIVRD" and Tag.NETWORK_ERROR_CODE not in pdu.tlvs
+    parsed = None
+    if not tlv_id or stat is None or needs_error:
+        text = pdu.short_message if isinstance(pdu, DeliverSm) else b""
+        text = text or pdu.tlvs.get(Tag.MESSAGE_PAYLOAD, b"")
+        parsed = parse_receipt(text) if text else None
+    smsc_id = tlv_id or (parsed.id if parsed else "")
+    if stat is None:
+        stat = parsed.stat if parsed is not None else STATE_TO_STAT[MessageState.UNKNOWN]
     return OperatorReceipt(smsc_id, stat, _error_code(parsed.err if parsed else None, pdu))
 
 

@@ -7,7 +7,7 @@ operator, and the Reports (receipts and MO) owed to an upstream account.
 from __future__ import annotations
 
 import enum
-import uuid
+import os
 from dataclasses import dataclass, field
 
 
@@ -49,7 +49,7 @@ class ReportKind(enum.StrEnum):
 
 def new_message_id() -> str:
     """A gateway message id: 32 lowercase hex digits (fits SMPP's 65-octet message_id)."""
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 @dataclass(slots=True)

@@ -61,6 +61,8 @@ class Reporter:
         self.store = store
         self._accounts: dict[str, _Account] = {}
         self._nursery: trio.Nursery | None = None
+        self._to_ack: list[int] = []  # delivered upstream, deletion not yet committed
+        self._ack_wake = trio.Event()
 
     def _account(self, name: str) -> _Account:
         acc = self._accounts.get(name)
@@ -106,6 +108,7 @@ class Reporter:
                 self.add_many(await self.store.pending_reports(name, limit=1_000_000))
             for name, acc in self._accounts.items():
                 nursery.start_soon(self._serve_account, name, acc)
+            nursery.start_soon(self._ack_loop)
             task_status.started()
             await trio.sleep_forever()  # keeps the nursery open for accounts seen later
 
@@ -123,6 +126,15 @@ class Reporter:
                     nursery.start_soon(self._send, name, acc, report, conn)
                 await acc.wake.wait()
 
+    async def _ack_loop(self) -> None:
+        """Delete delivered reports from the store, many per commit."""
+        while True:
+            await self._ack_wake.wait()
+            self._ack_wake = trio.Event()
+            ids, self._to_ack = self._to_ack, []
+            if ids:
+                await self.store.ack_reports(ids)
+
     async def _send(self, name: str, acc: _Account, report: Report, conn: Connection) -> None:
         assert report.id is not None
         ok = False
@@ -137,8 +149,11 @@ class Reporter:
                      error=repr(exc))
         try:
             if ok:
-                await self.store.ack_reports([report.id])
+                # Forgotten here at once; deleted from the store by the next ack batch. A crash
+                # before that commit sends it again after the restart (at least once).
                 acc.pending.pop(report.id, None)
+                self._to_ack.append(report.id)
+                self._ack_wake.set()
                 metrics.REPORTS_SENT.labels(name, report.kind.value).inc()
                 log.info("report.delivered", account=name, message_id=report.message_id,
                          kind=report.kind.value)

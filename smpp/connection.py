@@ -42,9 +42,10 @@ class ResponseTimeout(Exception):
 
 
 class _Waiter:
-    __slots__ = ("event", "response")
+    __slots__ = ("deadline", "event", "response")
 
-    def __init__(self) -> None:
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
         self.event = trio.Event()
         self.response: Pdu | None = None
 
@@ -94,15 +95,18 @@ class Connection:
         async with self.window:
             if self.closed:
                 raise ConnectionClosed(self.name)
-            waiter = _Waiter()
+            limit = self.response_timeout if timeout is None else timeout
+            waiter = _Waiter(trio.current_time() + limit)
             seq = self.session.send(pdu)
             self._waiters[seq] = waiter
             self._kick()
-            with trio.move_on_after(self.response_timeout if timeout is None else timeout):
-                await waiter.event.wait()
-            self._waiters.pop(seq, None)
+            try:
+                await waiter.event.wait()  # set by the reader, the sweeper or aclose()
+            finally:
+                self._waiters.pop(seq, None)
+                if waiter.response is None:  # timed out, closed, or we were cancelled
+                    self.session.abandon(seq)
             if waiter.response is None:
-                self.session.abandon(seq)
                 if self.closed:
                     raise ConnectionClosed(self.name)
                 raise ResponseTimeout(f"{pdu.command_id.name} seq {seq}")
@@ -143,6 +147,7 @@ class Connection:
             async with trio.open_nursery() as nursery:
                 self._cancel = nursery.cancel_scope
                 nursery.start_soon(self._writer)
+                nursery.start_soon(self._sweeper)
                 if self.enquire_link_interval < math.inf:
                     nursery.start_soon(self._keepalive)
                 await self._reader(nursery, handler)
@@ -154,9 +159,21 @@ class Connection:
         self._queued += 1
         self._wake_writer.set()
 
+    async def _sweeper(self) -> None:
+        """Fail the requests whose response is overdue (one timer per connection, not per
+        request: a cancel scope per PDU costs more than the rest of the request)."""
+        interval = min(1.0, self.response_timeout / 4)
+        while True:
+            await trio.sleep(interval)
+            now = trio.current_time()
+            for waiter in self._waiters.values():
+                if waiter.deadline <= now:
+                    waiter.event.set()
+
     async def _writer(self) -> None:
         while True:
             await self._wake_writer.wait()
+            await trio.lowlevel.checkpoint()  # let other ready tasks queue PDUs: fewer syscalls
             self._wake_writer = trio.Event()
             generation = self._queued
             data = self.session.data_to_send()

@@ -48,7 +48,7 @@ async def test_request_without_answer_times_out_after_response_timeout(
         start = trio.current_time()
         with pytest.raises(ResponseTimeout):
             await esme.request(SubmitSm(destination_addr="1"))
-        assert trio.current_time() - start == pytest.approx(7.0)
+        assert 7.0 <= trio.current_time() - start <= 8.0
         assert not esme.session.outstanding
         nursery.cancel_scope.cancel()
 
@@ -106,7 +106,7 @@ async def test_idle_link_is_probed_and_a_dead_peer_closes_the_connection(
         with trio.fail_after(100):
             while not esme.closed:
                 await trio.sleep(1)
-        assert trio.current_time() - probe_at <= 11
+        assert trio.current_time() - probe_at <= 12
         nursery.cancel_scope.cancel()
 
 

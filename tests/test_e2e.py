@@ -111,7 +111,9 @@ async def test_receipt_waits_for_a_receiver_bind_and_is_delivered_after_reconnec
             await trio.to_thread.run_sync(receive)
         assert _receipt_ids(rx) == [message_id]
         await wait_for(lambda: gw.reporter.pending_count("demo") == 0)
-        assert await gw.store.pending_reports("demo") == []
+        with trio.fail_after(5):  # deleted from the store by the next ack batch
+            while await gw.store.pending_reports("demo"):
+                await trio.sleep(0.01)
 
 
 async def test_mo_to_the_accounts_short_code_reaches_its_receiver(tmp_path: Path) -> None:
