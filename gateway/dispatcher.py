@@ -24,11 +24,11 @@ from gateway.model import Message, Part, PartState, Report, ReportKind, State
 from gateway.store import Store
 from routing.core import Router, RoutingContext
 from routing.smsc import SmscConnector
-from smpp.constants import MessageState, Tag
+from smpp.constants import MessageState, Status, Tag
 from smpp.pdu import SubmitSm, set_tlv_int
 from smpp.receipt import Receipt, format_receipt, id_variants
 from smpp.smpptime import format_relative
-from smpp.text import Segment, decode_text, split
+from smpp.text import Segment, TextEncodingError, decode_text, split
 
 log = structlog.get_logger("gateway.dispatcher")
 
@@ -328,7 +328,13 @@ class Dispatcher:
             self._watch(live, msg.expires_at)
             return
         if live.segments is None:
-            live.segments = self._segments(msg, conn)
+            try:
+                live.segments = self._segments(msg, conn)
+            except TextEncodingError as exc:  # e.g. more than 255 parts for this SMSC
+                log.warning("message.unsplittable", message_id=msg.id, detail=str(exc))
+                msg.error = Status.ESME_RINVMSGLEN
+                await self._finish(live, State.REJECTED, now)
+                return
         if not live.parts:
             live.parts = [Part(msg.id, n, conn.name) for n in range(1, len(live.segments) + 1)]
         msg.parts_total = len(live.parts)

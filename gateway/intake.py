@@ -19,6 +19,7 @@ _VALID_NPI = frozenset({0, 1, 3, 4, 6, 8, 9, 10, 14, 18})
 _ALPHANUMERIC_TON = 5
 _MESSAGE_TYPE_MASK = 0x3C  # esm_class bits 2-5: receipts and acknowledgements, SMSC -> ESME only
 _ESM_UDHI = 0x40
+_DC_UCS2 = 0x08
 
 
 class IntakeError(Exception):
@@ -102,6 +103,12 @@ def _body(short_message: bytes, tlvs: dict[int, bytes]) -> bytes:
     return body
 
 
+def _check_ucs2(body: bytes, data_coding: int, esm_class: int) -> None:
+    if data_coding == _DC_UCS2 and not esm_class & _ESM_UDHI and len(body) % 2:
+        raise IntakeError(Status.ESME_RINVMSGLEN,
+                          f"UCS-2 message of {len(body)} octets: must be an even number")
+
+
 def _message(
     account: str, pdu: SubmitSm | DataSm | SubmitMulti, dest_ton: int, dest_npi: int,
     dest_addr: str, body: bytes, now: float, expires_at: float, not_before: float,
@@ -138,6 +145,7 @@ def accept_submit(account: str, pdu: SubmitSm | DataSm, now: float,
         body = _body(b"", pdu.tlvs)
     if pdu.esm_class & _ESM_UDHI and (not body or body[0] + 1 > len(body)):
         raise IntakeError(Status.ESME_RINVESMCLASS, "UDHI set but no valid user data header")
+    _check_ucs2(body, pdu.data_coding, pdu.esm_class)
     return _message(account, pdu, pdu.dest_addr_ton, pdu.dest_addr_npi, pdu.destination_addr,
                     body, now, expires_at, not_before)
 
@@ -159,6 +167,7 @@ def accept_multi(account: str, pdu: SubmitMulti, now: float, policy: IntakePolic
     expires_at, not_before = _resolve_times(
         pdu.validity_period, pdu.schedule_delivery_time, now, policy)
     body = _body(pdu.short_message, pdu.tlvs)
+    _check_ucs2(body, pdu.data_coding, pdu.esm_class)
     messages: list[Message] = []
     unsuccess: list[tuple[int, int, str, int]] = []
     seen: set[str] = set()

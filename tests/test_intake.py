@@ -68,6 +68,7 @@ def test_schedule_delivery_time_defers_the_message() -> None:
     ({"schedule_delivery_time": "garbage"}, Status.ESME_RINVSCHED),
     ({"schedule_delivery_time": "000002000000000R"}, Status.ESME_RINVSCHED),  # after validity
     ({"esm_class": 0x40, "short_message": b"\x05\x00"}, Status.ESME_RINVESMCLASS),
+    ({"data_coding": 8, "short_message": b"\x00A\x00"}, Status.ESME_RINVMSGLEN),
 ])
 def test_invalid_submit_is_refused_with_the_matching_status(fields: dict[str, object],
                                                              status: int) -> None:

@@ -265,3 +265,17 @@ async def test_receipt_arriving_before_its_submit_resp_is_held_and_matched(
                 gate.set()
             final = await h.wait_final(msg.id, timeout=60)
             assert final.state is State.DELIVERED
+
+
+async def test_message_that_cannot_be_split_is_rejected_not_retried_forever(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    smsc = ScriptedSmsc("opA")
+    async with trio.open_nursery() as nursery:
+        async for h in _harness(tmp_path, {"opA": smsc}, nursery):
+            msg = h.message()
+            msg.data_coding, msg.body = 8, b"\x00A" * 200 + b"\x00"  # odd-length UCS-2
+            await h.submit(msg)
+            final = await h.wait_final(msg.id, timeout=HOUR)
+            assert final.state is State.REJECTED
+            assert final.error == Status.ESME_RINVMSGLEN
+            assert smsc.sent == []
