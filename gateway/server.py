@@ -46,6 +46,9 @@ from smpp.smpptime import format_absolute
 log = structlog.get_logger("gateway.server")
 
 
+_BATCHED = frozenset({CommandId.SUBMIT_SM, CommandId.DATA_SM})
+
+
 class TokenBucket:
     """Admission at `rate` per second with bursts of up to one second's worth."""
 
@@ -137,7 +140,8 @@ class SmppServer:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._bind_deadline, conn)
-                await conn.run(self._handle)
+                await conn.run(self._handle, batch_handler=self._submit_batch,
+                               batch_commands=_BATCHED)
                 nursery.cancel_scope.cancel()
         finally:
             self.connections.discard(conn)
@@ -165,7 +169,7 @@ class SmppServer:
             if isinstance(pdu, Bind):
                 await self._bind(conn, pdu)
             elif isinstance(pdu, SubmitSm | DataSm):
-                await self._submit(conn, pdu)
+                await self._submit_batch(conn, [pdu])
             elif isinstance(pdu, SubmitMulti):
                 await self._submit_multi(conn, pdu)
             elif isinstance(pdu, QuerySm):
@@ -249,19 +253,34 @@ class SmppServer:
                      state=msg.state.value, interface=interface)
             metrics.ACCEPTED.labels(msg.account, interface).inc()
 
-    async def _submit(self, conn: Connection, pdu: SubmitSm | DataSm) -> None:
-        state = self._admit(conn, pdu)
-        if state is None:
+    async def _submit_batch(self, conn: Connection, pdus: list[Pdu]) -> None:
+        """submit_sm / data_sm read together: validated one by one, stored in one commit,
+        each answered with its id once that commit is done."""
+        accepted: list[tuple[Pdu, Message]] = []
+        now = self.clock.now()
+        for pdu in pdus:
+            assert isinstance(pdu, SubmitSm | DataSm)
+            state = self._admit(conn, pdu)
+            if state is None:
+                continue
+            account = state.config.system_id
+            try:
+                accepted.append((pdu, accept_submit(account, pdu, now,
+                                                    self.policy(state.config))))
+            except IntakeError as exc:
+                self._refuse(conn, pdu, account, exc)
+        if not accepted:
             return
-        account = state.config.system_id
         try:
-            msg = accept_submit(account, pdu, self.clock.now(), self.policy(state.config))
-        except IntakeError as exc:
-            self._refuse(conn, pdu, account, exc)
+            await self._store([msg for _, msg in accepted], "smpp")
+        except Exception:
+            log.exception("upstream.store_failed", conn=conn.name, messages=len(accepted))
+            for pdu, _ in accepted:
+                conn.respond(pdu.response(status=Status.ESME_RSYSERR))
             return
-        await self._store([msg], "smpp")
-        conn.respond(pdu.response(message_id=msg.id))
-        self.dispatcher.enqueue(msg)
+        for pdu, msg in accepted:
+            conn.respond(pdu.response(message_id=msg.id))
+            self.dispatcher.enqueue(msg)
 
     async def _submit_multi(self, conn: Connection, pdu: SubmitMulti) -> None:
         state = self._admit(conn, pdu)

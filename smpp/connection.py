@@ -31,6 +31,7 @@ from smpp.session import (
 log = structlog.get_logger("smpp.connection")
 
 RequestHandler = Callable[["Connection", Pdu], Awaitable[None]]
+BatchHandler = Callable[["Connection", list[Pdu]], Awaitable[None]]
 
 
 class ConnectionClosed(Exception):
@@ -141,8 +142,14 @@ class Connection:
             await self.stream.aclose()
 
     # -- the loops ---------------------------------------------------------------------------
-    async def run(self, handler: RequestHandler) -> None:
-        """Serve the connection until it closes. Requests are handled concurrently."""
+    async def run(self, handler: RequestHandler, *, batch_handler: BatchHandler | None = None,
+                  batch_commands: frozenset[CommandId] = frozenset()) -> None:
+        """Serve the connection until it closes. Requests are handled concurrently.
+
+        Requests whose command is in batch_commands and that arrive in one read are handed
+        together, in order, to one batch_handler call (one task and e.g. one store commit for
+        a whole window of submits, instead of one per PDU).
+        """
         try:
             async with trio.open_nursery() as nursery:
                 self._cancel = nursery.cancel_scope
@@ -150,7 +157,7 @@ class Connection:
                 nursery.start_soon(self._sweeper)
                 if self.enquire_link_interval < math.inf:
                     nursery.start_soon(self._keepalive)
-                await self._reader(nursery, handler)
+                await self._reader(nursery, handler, batch_handler, batch_commands)
                 nursery.cancel_scope.cancel()
         finally:
             await self.aclose()
@@ -195,7 +202,9 @@ class Connection:
             while not self.closed and self._written < target:
                 await self._progress.wait()
 
-    async def _reader(self, nursery: trio.Nursery, handler: RequestHandler) -> None:
+    async def _reader(self, nursery: trio.Nursery, handler: RequestHandler,
+                      batch_handler: BatchHandler | None,
+                      batch_commands: frozenset[CommandId]) -> None:
         while not self.closed:
             try:
                 with trio.fail_after(self.inactivity_timeout):
@@ -211,16 +220,21 @@ class Connection:
             if not data:
                 return
             self.last_received = trio.current_time()
+            batch: list[Pdu] = []
             for event in self.session.receive_data(bytes(data)):
                 if isinstance(event, RequestReceived):
                     pdu = event.pdu
                     if pdu.command_id == CommandId.ENQUIRE_LINK:
                         self.session.send(pdu.response())
                     elif pdu.command_id == CommandId.UNBIND:
+                        if batch and batch_handler is not None:  # what came before still counts
+                            nursery.start_soon(batch_handler, self, batch)
                         self.session.send(pdu.response())
                         await self.flush()
                         await self.aclose()
                         return
+                    elif batch_handler is not None and pdu.command_id in batch_commands:
+                        batch.append(pdu)
                     else:
                         nursery.start_soon(handler, self, pdu)
                 elif isinstance(event, ResponseReceived):
@@ -238,6 +252,8 @@ class Connection:
                 elif isinstance(event, UnexpectedResponse):
                     log.info("smpp.unexpected_response", conn=self.name,
                              command=event.pdu.command_id.name, seq=event.pdu.sequence)
+            if batch and batch_handler is not None:
+                nursery.start_soon(batch_handler, self, batch)
             self._kick()
 
     async def _keepalive(self) -> None:
