@@ -439,16 +439,44 @@ class Dispatcher:
                 return hit
         return None
 
+    def _match(self, connector: str, smsc_id: str, id_format: str) -> tuple[Live, Part] | None:
+        hit = self._by_smsc.get((connector, _norm(smsc_id)))  # the common case: same spelling
+        return hit if hit is not None else self._lookup(connector,
+                                                        receipt_keys(smsc_id, id_format))
+
+    async def on_receipts(self, connector: str, receipts: Sequence[tuple[str, str, int, bytes]],
+                          hold: float, id_format: str = "auto") -> None:
+        """Apply operator receipts (smsc_id, stat, error, raw text) read together.
+
+        Returns once all their effects are committed, in one store write for those whose
+        message we know; the others take the slow path of on_receipt, concurrently.
+        """
+        matched: list[tuple[Live, Part, str, int]] = []
+        misses: list[tuple[str, str, int, bytes]] = []
+        for receipt in receipts:
+            hit = self._match(connector, receipt[0], id_format)
+            if hit is None:
+                misses.append(receipt)
+            else:
+                matched.append((*hit, receipt[1], receipt[2]))
+        if matched:
+            await self._apply_receipts(connector, matched)
+        if misses:
+            async with trio.open_nursery() as nursery:
+                for smsc_id, stat, error, raw in misses:
+                    nursery.start_soon(self.on_receipt, connector, smsc_id, stat, error, hold,
+                                       raw, id_format)
+
     async def on_receipt(self, connector: str, smsc_id: str, stat: str, error: int,
                          hold: float, raw: bytes = b"", id_format: str = "auto") -> None:
-        """Apply an operator receipt. Returns once its effect is committed.
+        """Apply one operator receipt. Returns once its effect is committed.
 
         A receipt for an id we do not know yet is held up to `hold` seconds: its
         submit_sm_resp may still be on its way (a receipt can overtake it on another bind).
         """
-        variants = receipt_keys(smsc_id, id_format)
-        hit = self._lookup(connector, variants)
+        hit = self._match(connector, smsc_id, id_format)
         if hit is None:
+            variants = receipt_keys(smsc_id, id_format)
             spellings = list(dict.fromkeys([*id_variants(smsc_id), *variants]))
             if await self.store.find_part(connector, spellings) is not None:
                 log.info("receipt.late", smsc=connector, smsc_id=smsc_id, stat=stat)
@@ -468,28 +496,51 @@ class Dispatcher:
                 metrics.RECEIPTS.labels(connector, "orphan").inc()
                 await self.store.record_orphan_receipt(connector, smsc_id, raw, self.clock.now())
                 return
-        live, part = hit
-        outcome = STAT_TO_PART.get(stat.upper(), PartState.UNDELIVERABLE)
-        metrics.RECEIPTS.labels(connector, stat.upper()).inc()
-        if outcome is None or live.msg.state.final:
+        await self._apply_receipts(connector, [(*hit, stat, error)])
+
+    async def _apply_receipts(self, connector: str,
+                              matched: Sequence[tuple[Live, Part, str, int]]) -> None:
+        """Record receipts' outcomes on their parts; finish the messages that are complete;
+        commit it all in one write."""
+        now = self.clock.now()
+        touched: dict[str, tuple[Live, list[Part]]] = {}
+        finished: list[tuple[Live, list[Report]]] = []
+        for live, part, stat, error in matched:
+            outcome = STAT_TO_PART.get(stat.upper(), PartState.UNDELIVERABLE)
+            metrics.RECEIPTS.labels(connector, stat.upper()).inc()
+            if outcome is None or live.msg.state.final:
+                continue  # intermediate receipt, or its message is already final
+            part.state = outcome
+            part.error = error
+            part.done_at = now
+            self._by_smsc.pop((part.connector, _norm(part.smsc_id or "")), None)
+            final = final_state_of(live.parts)
+            if final is None:
+                touched.setdefault(live.msg.id, (live, []))[1].append(part)
+                continue
+            if error:
+                live.msg.error = error
+            touched.pop(live.msg.id, None)
+            finished.append((live, self._finalize(live, final, now)))
+        if not touched and not finished:
             return
-        part.state = outcome
-        part.error = error
-        part.done_at = self.clock.now()
-        self._by_smsc.pop((part.connector, _norm(part.smsc_id or "")), None)
-        final = final_state_of(live.parts)
-        if final is None:
-            await self.store.save_parts([part])
-            return
-        if error:
-            live.msg.error = error
-        await self._finish(live, final, self.clock.now())
+        await self.store.save_messages(
+            [(live.msg, parts, ()) for live, parts in touched.values()]
+            + [(live.msg, live.parts, reports) for live, reports in finished])
+        for live, reports in finished:
+            self._finalized(live, reports)
 
     # -- final states ---------------------------------------------------------------------------
     async def _finish(self, live: Live, state: State, now: float) -> None:
-        msg = live.msg
-        if msg.state.final:
+        if live.msg.state.final:
             return
+        reports = self._finalize(live, state, now)
+        await self.store.save_message(live.msg, live.parts, reports)
+        self._finalized(live, reports)
+
+    def _finalize(self, live: Live, state: State, now: float) -> list[Report]:
+        """Move a message and its open parts to a final state; the report owed upstream."""
+        msg = live.msg
         msg.state = state
         msg.done_at = now
         part_state = {State.EXPIRED: PartState.EXPIRED, State.REJECTED: PartState.REJECTED}.get(
@@ -500,13 +551,16 @@ class Dispatcher:
                 part.done_at = now
             if part.smsc_id:
                 self._by_smsc.pop((part.connector, _norm(part.smsc_id)), None)
-        reports = [receipt_report(msg, state, now)] if wants_report(
+        return [receipt_report(msg, state, now)] if wants_report(
             msg.registered_delivery, state) else []
-        await self.store.save_message(msg, live.parts, reports)
+
+    def _finalized(self, live: Live, reports: list[Report]) -> None:
+        """After the commit of a final state: forget the message, hand its report on."""
+        msg = live.msg
         self.live.pop(msg.id, None)
         self._parked.pop(msg.id, None)
-        log.info("message.final", message_id=msg.id, state=state.value, error=msg.error,
+        log.info("message.final", message_id=msg.id, state=msg.state.value, error=msg.error,
                  attempts=msg.attempts, smsc=msg.connector)
-        metrics.transition(state)
+        metrics.transition(msg.state)
         for report in reports:
             self.on_report(report)

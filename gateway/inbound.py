@@ -83,39 +83,50 @@ class Inbound:
         self.mo_owners = {normalise_digits(k): v for k, v in mo_owners.items()}
         self.on_report = on_report
 
-    async def on_deliver(self, connector: SmscConnector, pdu: Pdu) -> int:
-        """Handle one deliver_sm/data_sm from an operator; return the command_status to send."""
-        assert isinstance(pdu, DeliverSm | DataSm)
-        receipt = read_receipt(pdu)
-        if receipt is not None:
+    async def on_deliver(self, connector: SmscConnector, pdus: list[Pdu]) -> list[int]:
+        """Handle deliver_sm/data_sm read together from an operator; return the status to
+        answer each with, once what they carry is committed."""
+        receipts: list[tuple[str, str, int, bytes]] = []
+        mos: list[Report] = []
+        for pdu in pdus:
+            assert isinstance(pdu, DeliverSm | DataSm)
             raw = pdu.short_message if isinstance(pdu, DeliverSm) else b""
-            if not receipt.smsc_id:
+            receipt = read_receipt(pdu)
+            if receipt is None:
+                mo = self._mo(connector, pdu)
+                if mo is not None:
+                    mos.append(mo)
+            elif not receipt.smsc_id:
                 log.warning("receipt.unreadable", smsc=connector.name, text=raw[:80].hex())
                 await self.store.record_orphan_receipt(connector.name, "", raw, self.clock.now())
-                return Status.ESME_ROK
+            else:
+                receipts.append((receipt.smsc_id, receipt.stat, receipt.error, raw))
+        if receipts:
             cfg = connector.config
-            await self.dispatcher.on_receipt(connector.name, receipt.smsc_id, receipt.stat,
-                                             receipt.error, cfg.receipt_hold, raw,
-                                             cfg.receipt_id_format)
-            return Status.ESME_ROK
-        return await self._mo(connector, pdu)
+            await self.dispatcher.on_receipts(connector.name, receipts, cfg.receipt_hold,
+                                              cfg.receipt_id_format)
+        if mos:
+            await self.store.add_reports(mos)
+            for report in mos:
+                metrics.MO.labels(report.account).inc()
+                log.info("mo.received", account=report.account, smsc=connector.name,
+                         report_id=report.id)
+                self.on_report(report)
+        return [Status.ESME_ROK] * len(pdus)
 
-    async def _mo(self, connector: SmscConnector, pdu: DeliverSm | DataSm) -> int:
+    def _mo(self, connector: SmscConnector, pdu: DeliverSm | DataSm) -> Report | None:
+        """The report carrying an MO to the account owning its destination, if any."""
         account = self.mo_owners.get(normalise_digits(pdu.destination_addr))
         if account is None:
+            # Nobody to tell; refusing would make the SMSC retry it forever.
             log.warning("mo.unowned", smsc=connector.name, to=pdu.destination_addr)
-            return Status.ESME_ROK  # nobody to tell; refusing would make the SMSC retry forever
+            return None
         body = pdu.short_message if isinstance(pdu, DeliverSm) else b""
         body = body or pdu.tlvs.get(Tag.MESSAGE_PAYLOAD, b"")
-        report = Report(
+        return Report(
             account=account, kind=ReportKind.MO, message_id=new_message_id(),
             source_addr=pdu.source_addr, source_ton=pdu.source_addr_ton,
             source_npi=pdu.source_addr_npi, dest_addr=pdu.destination_addr,
             dest_ton=pdu.dest_addr_ton, dest_npi=pdu.dest_addr_npi,
             data_coding=pdu.data_coding, body=body, created_at=self.clock.now(),
         )
-        await self.store.add_reports([report])
-        metrics.MO.labels(account).inc()
-        log.info("mo.received", account=account, smsc=connector.name, report_id=report.id)
-        self.on_report(report)
-        return Status.ESME_ROK

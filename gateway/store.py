@@ -517,9 +517,18 @@ class Store:
         """Atomically: upsert the message (an existing row gets only its mutable fields:
         state, attempts, next_attempt_at, error, done_at, parts_total, connector, channel),
         upsert the parts by (message_id, part_no), insert the reports and set their ids."""
-        groups: list[tuple[int, list[Row]]] = [(_UPSERT_MESSAGE, [_message_row(msg)])]
-        if parts:
-            groups.append((_UPSERT_PART, [_part_row(p) for p in parts]))
+        await self.save_messages([(msg, parts, reports)])
+
+    async def save_messages(
+        self, items: Sequence[tuple[Message, Sequence[Part], Sequence[Report]]]
+    ) -> None:
+        """save_message for several messages, all in one atomic call."""
+        msgs = [_message_row(msg) for msg, _, _ in items]
+        part_rows = [_part_row(p) for _, parts, _ in items for p in parts]
+        reports = [r for _, _, reps in items for r in reps]
+        groups: list[tuple[int, list[Row]]] = [(_UPSERT_MESSAGE, msgs)]
+        if part_rows:
+            groups.append((_UPSERT_PART, part_rows))
         if reports:
             ids, rows = self._report_rows(reports)
             groups.append((_INSERT_REPORT, rows))

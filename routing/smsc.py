@@ -7,6 +7,7 @@ later; permanent: final), and hands every deliver_sm / data_sm it receives to a 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Awaitable, Callable
@@ -71,7 +72,9 @@ def classify(status: int, smsc_id: str | None) -> SubmitResult:
 
 
 BindKind = type[BindTransceiver] | type[BindTransmitter] | type[BindReceiver]
-DeliverHandler = Callable[["SmscConnector", Pdu], Awaitable[int]]
+# Takes the deliver_sm/data_sm read together; returns their command_status, in order.
+DeliverHandler = Callable[["SmscConnector", list[Pdu]], Awaitable[list[int]]]
+_DELIVERIES = frozenset({CommandId.DELIVER_SM, CommandId.DATA_SM})
 
 
 class RateLimiter:
@@ -163,7 +166,9 @@ class SmscConnector:
         bound = False
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(conn.run, self._handle_request)
+                nursery.start_soon(functools.partial(
+                    conn.run, self._handle_request, batch_handler=self._handle_deliveries,
+                    batch_commands=_DELIVERIES))
                 bind = kind(system_id=cfg.system_id, password=cfg.password,
                             system_type=cfg.system_type, interface_version=cfg.interface_version,
                             address_range=cfg.address_range)
@@ -199,15 +204,18 @@ class SmscConnector:
                 log.info("smsc.unbound", smsc=cfg.name, bind=name)
         return bound
 
-    async def _handle_request(self, conn: Connection, pdu: Pdu) -> None:
-        if pdu.command_id in (CommandId.DELIVER_SM, CommandId.DATA_SM):
-            try:
-                status = await self.on_deliver(self, pdu)
-            except Exception:
-                log.exception("smsc.deliver_handler_failed", smsc=self.name)
-                status = Status.ESME_RX_T_APPN
+    async def _handle_deliveries(self, conn: Connection, pdus: list[Pdu]) -> None:
+        """Receipts and MO: answered only once the handler has committed their effect."""
+        try:
+            statuses = await self.on_deliver(self, pdus)
+        except Exception:
+            log.exception("smsc.deliver_handler_failed", smsc=self.name)
+            statuses = [Status.ESME_RX_T_APPN] * len(pdus)
+        for pdu, status in zip(pdus, statuses, strict=True):
             conn.respond(pdu.response(status=status))
-        elif pdu.command_id == CommandId.ALERT_NOTIFICATION:
+
+    async def _handle_request(self, conn: Connection, pdu: Pdu) -> None:
+        if pdu.command_id == CommandId.ALERT_NOTIFICATION:
             log.info("smsc.alert_notification", smsc=self.name)
         else:
             conn.respond(pdu.response(status=Status.ESME_RINVCMDID))

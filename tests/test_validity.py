@@ -40,8 +40,8 @@ class ScriptedSmsc(SmscConnector):
 
     def __init__(self, name: str, answer: Callable[[SubmitSm], SubmitResult] | None = None,
                  up: bool = True) -> None:
-        async def no_deliver(_c: SmscConnector, _p: Pdu) -> int:
-            return 0
+        async def no_deliver(_c: SmscConnector, pdus: list[Pdu]) -> list[int]:
+            return [0] * len(pdus)
 
         super().__init__(SmscConfig(name=name, host="127.0.0.1", port=1, system_id="x",
                                     password="y"), no_deliver)
