@@ -279,3 +279,31 @@ async def test_message_that_cannot_be_split_is_rejected_not_retried_forever(
             assert final.state is State.REJECTED
             assert final.error == Status.ESME_RINVMSGLEN
             assert smsc.sent == []
+
+
+async def test_receipts_read_together_are_applied_in_one_commit(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    smsc = ScriptedSmsc("opA")
+    async with trio.open_nursery() as nursery:
+        async for h in _harness(tmp_path, {"opA": smsc}, nursery):
+            long, short = h.message("y" * 300), h.message("short")
+            await h.submit(long)
+            with trio.fail_after(60):
+                while len(smsc.sent) < 2:
+                    await trio.sleep(0.01)
+            await h.submit(short)
+            with trio.fail_after(60):
+                while len(smsc.sent) < 3 or h.dispatcher.live[short.id].msg.state \
+                        is not State.IN_FLIGHT:
+                    await trio.sleep(0.01)
+            await trio.sleep(1)  # let the "submitted" writes commit
+            commits = h.store.commits
+            await h.dispatcher.on_receipts("opA", [("opA-1", "DELIVRD", 0, b""),
+                                                   ("OPA-2", "DELIVRD", 0, b""),
+                                                   ("opA-3", "UNDELIV", 1, b"")], hold=1)
+            assert h.store.commits == commits + 1
+            stored_long, stored_short = (await h.store.get_message(long.id),
+                                         await h.store.get_message(short.id))
+            assert stored_long is not None and stored_long.state is State.DELIVERED
+            assert stored_short is not None and stored_short.state is State.UNDELIVERABLE
+            assert len(h.reports) == 2
