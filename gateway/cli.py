@@ -64,7 +64,11 @@ def _cmd_hash(args: argparse.Namespace) -> int:
         password = getpass.getpass("SMPP password (at most 8 characters): ")
     if len(password) > 8:
         print("warning: SMPP 3.4 passwords are at most 8 characters", file=sys.stderr)
-    print(hash_password(password))
+    try:
+        print(hash_password(password))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
