@@ -39,10 +39,12 @@ def password_hash(password: str) -> str:
     return hash_password(password)
 
 
-def gateway_config(state_dir: Path, sim_port: int, **changes: Any) -> GatewayConfig:
+def gateway_config(state_dir: Path, sim_port: int, smsc_changes: dict[str, Any] | None = None,
+                   **changes: Any) -> GatewayConfig:
     smsc = SmscConfig(name="sim", host="127.0.0.1", port=sim_port, system_id="sim",
                       password="simpass", binds=2, window=50, reconnect_delay=0.05,
                       reconnect_delay_max=0.5, response_timeout=5, receipt_hold=2)
+    smsc = dataclasses.replace(smsc, **(smsc_changes or {}))
     config = GatewayConfig(
         source=state_dir / "test.toml",
         listeners=(ListenerConfig(port=0, auth_failure_delay=0.01, bind_timeout=5),),
@@ -63,13 +65,14 @@ def gateway_config(state_dir: Path, sim_port: int, **changes: Any) -> GatewayCon
 
 @contextlib.asynccontextmanager
 async def running_stack(
-    state_dir: Path, sim: SimulatorConfig | None = None, **changes: Any
+    state_dir: Path, sim: SimulatorConfig | None = None,
+    smsc_changes: dict[str, Any] | None = None, **changes: Any
 ) -> AsyncIterator[tuple[daemon.Running, SmscSimulator]]:
     sim_config = sim or SimulatorConfig(port=0, control_port=0, receipt_delay=0.05, seed=7)
     async with trio.open_nursery() as nursery:
         simulator = SmscSimulator(sim_config)
         await nursery.start(simulator.serve)
-        config = gateway_config(state_dir, simulator.port, **changes)
+        config = gateway_config(state_dir, simulator.port, smsc_changes, **changes)
         stop = trio.Event()
         running: daemon.Running = await nursery.start(
             functools.partial(daemon.run, config, stop.wait))

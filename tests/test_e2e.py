@@ -285,3 +285,49 @@ async def test_operator_dropping_connections_is_survived_by_reconnecting_and_ret
         for message_id in _receipt_ids(esme):
             stored = await gw.store.get_message(message_id)
             assert stored is not None and stored.state is State.DELIVERED
+
+
+
+async def _roundtrip(esme: SmpplibEsme, count: int, text: bytes) -> None:
+    def session() -> None:
+        esme.bind()
+        for i in range(count):
+            esme.submit(f"336555000{i:02d}", b"", message_payload=text)
+        esme.read_until(lambda: len(esme.delivered) >= count, timeout=30)
+        esme.close()
+
+    with trio.fail_after(40):
+        await trio.to_thread.run_sync(session)
+
+
+async def test_receipts_on_the_receiver_bind_match_submits_made_on_the_transmitter(
+        tmp_path: Path) -> None:
+    smsc = {"bind_mode": "transmitter+receiver", "binds": 2}
+    async with running_stack(tmp_path, smsc_changes=smsc) as (gw, sim):
+        esme = SmpplibEsme(gw.smpp_port)
+        await _roundtrip(esme, 10, b"hello")
+        assert sorted(_receipt_ids(esme)) == sorted(r.message_id.decode() for r in esme.resps)
+        for message_id in _receipt_ids(esme):
+            stored = await gw.store.get_message(message_id)
+            assert stored is not None and stored.state is State.DELIVERED
+        assert len(sim.submitted) == 10
+
+
+@pytest.mark.parametrize("method", ["sar", "payload"])
+async def test_long_message_segmentation_per_smsc_setting(tmp_path: Path, method: str) -> None:
+    text = ("abcdefghij" * 25).encode()  # 250 GSM characters: 2 parts
+    async with running_stack(tmp_path, smsc_changes={"segmentation": method}) as (gw, sim):
+        esme = SmpplibEsme(gw.smpp_port)
+        await _roundtrip(esme, 1, text)
+        parsed = parse_receipt(esme.delivered[0].short_message)
+        assert parsed is not None and parsed.stat == "DELIVRD"
+        if method == "sar":
+            assert len(sim.submitted) == 2
+            assert [r.sar for r in sim.submitted] == [(r.sar[0], 2, n)  # type: ignore[index]
+                                                      for n, r in zip((1, 2), sim.submitted,
+                                                                      strict=True)]
+            assert not any(r.esm_class & 0x40 for r in sim.submitted)
+            assert b"".join(r.short_message for r in sim.submitted) == text
+        else:  # one submit_sm, the whole text in message_payload
+            [record] = sim.submitted
+            assert record.body == text
