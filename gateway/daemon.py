@@ -29,7 +29,7 @@ from gateway.dispatcher import Dispatcher
 from gateway.inbound import Inbound
 from gateway.reporter import Reporter
 from gateway.server import SmppServer
-from gateway.store import Store
+from gateway.store import Store, StoreError
 from routing.core import PrefixRoute, PrefixRouter
 from routing.smsc import SmscConnector
 
@@ -88,7 +88,11 @@ async def _serve_metrics(host: str, port: int, *,
 async def _housekeeping(running: Running, clock: WallClock) -> None:
     retention = running.config.store.retention
     while True:
-        purged = await running.store.purge(clock.now() - retention)
+        try:
+            purged = await running.store.purge(clock.now() - retention)
+        except StoreError:
+            log.exception("store.purge_failed")
+            purged = 0
         if purged:
             log.info("store.purged", messages=purged)
         metrics.LIVE.set(len(running.dispatcher.live))

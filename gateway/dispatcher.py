@@ -77,6 +77,7 @@ class Live:
     failover: int = 0  # index into the route plan's attempts
     busy: bool = False  # a step is running
     recheck: bool = False  # a heap entry fell due while busy: step again when done
+    due: float | None = None  # time of this message's one valid heap entry, if any
 
 
 def final_state_of(parts: Sequence[Part]) -> State | None:
@@ -192,15 +193,26 @@ class Dispatcher:
         self._watch(live, due)
 
     def _watch(self, live: Live, when: float) -> None:
-        """Look at the message again at `when` (never later than its expiry)."""
-        if len(self._heap) > 2 * len(self.live) + 4096:
-            # Finished messages leave their expiry entries behind: drop them now and then.
-            self._heap = [entry for entry in self._heap if entry[2] in self.live]
-            heapq.heapify(self._heap)
+        """Look at the message again at `when` (never later than its expiry).
+
+        A message has at most one valid heap entry (time in live.due); an earlier one
+        supersedes it, and superseded or finished messages' entries are skipped when popped.
+        """
         msg = live.msg
-        heapq.heappush(self._heap, (min(when, msg.expires_at), next(self._counter), msg.id))
+        when = min(when, msg.expires_at)
+        if live.due is not None and live.due <= when:
+            return  # it will be looked at by then anyway
+        if len(self._heap) > 2 * len(self.live) + 4096:
+            self._heap = [e for e in self._heap if self._valid(e)]
+            heapq.heapify(self._heap)
+        live.due = when
+        heapq.heappush(self._heap, (when, next(self._counter), msg.id))
         if self._heap[0][2] == msg.id:
             self._wake.set()
+
+    def _valid(self, entry: tuple[float, int, str]) -> bool:
+        live = self.live.get(entry[2])
+        return live is not None and live.due == entry[0]
 
     async def load(self) -> int:
         """Resume every unfinished message from the store (at start-up)."""
@@ -233,10 +245,11 @@ class Dispatcher:
                 await self._wait_due()
                 now = self.clock.now()
                 while self._heap and self._heap[0][0] <= now:
-                    _, _, msg_id = heapq.heappop(self._heap)
+                    when, _, msg_id = heapq.heappop(self._heap)
                     live = self.live.get(msg_id)
-                    if live is None:
-                        continue
+                    if live is None or live.due != when:
+                        continue  # finished, or superseded by an earlier entry
+                    live.due = None
                     if live.busy:
                         live.recheck = True
                         continue
@@ -245,10 +258,13 @@ class Dispatcher:
                     nursery.start_soon(self._step, live)
 
     async def _follow(self, connector: SmscConnector) -> None:
-        """Wake the parked messages whenever a connector comes up."""
+        """Wake the parked messages when a connector goes from down to up."""
+        was_up = connector.is_up()
         while True:
             await connector.wait_changed()
-            if connector.is_up() and self._parked:
+            up = connector.is_up()
+            came_up, was_up = up and not was_up, up
+            if came_up and self._parked:
                 parked, self._parked = self._parked, {}
                 now = self.clock.now()
                 for live in parked.values():
@@ -280,6 +296,8 @@ class Dispatcher:
         except Exception:
             log.exception("dispatcher.step_failed", message_id=live.msg.id)
             if not live.msg.state.final:
+                if any(p.state is PartState.PENDING for p in live.parts) or not live.parts:
+                    live.msg.state = State.QUEUED  # so that the pending parts are tried again
                 self._schedule(live, self.clock.now() + self.retry.initial_delay)
         finally:
             live.busy = False
@@ -524,19 +542,23 @@ class Dispatcher:
             finished.append((live, self._finalize(live, final, now)))
         if not touched and not finished:
             return
-        await self.store.save_messages(
-            [(live.msg, parts, ()) for live, parts in touched.values()]
-            + [(live.msg, live.parts, reports) for live, reports in finished])
-        for live, reports in finished:
-            self._finalized(live, reports)
+        # Shielded: a committed final state must reach _finalized (its report, forgetting the
+        # message) even if the operator connection that carried the receipts drops meanwhile.
+        with trio.CancelScope(shield=True):
+            await self.store.save_messages(
+                [(live.msg, parts, ()) for live, parts in touched.values()]
+                + [(live.msg, live.parts, reports) for live, reports in finished])
+            for live, reports in finished:
+                self._finalized(live, reports)
 
     # -- final states ---------------------------------------------------------------------------
     async def _finish(self, live: Live, state: State, now: float) -> None:
         if live.msg.state.final:
             return
         reports = self._finalize(live, state, now)
-        await self.store.save_message(live.msg, live.parts, reports)
-        self._finalized(live, reports)
+        with trio.CancelScope(shield=True):  # see _apply_receipts
+            await self.store.save_message(live.msg, live.parts, reports)
+            self._finalized(live, reports)
 
     def _finalize(self, live: Live, state: State, now: float) -> list[Report]:
         """Move a message and its open parts to a final state; the report owed upstream."""

@@ -7,10 +7,12 @@ the number or short code they were sent to. The answer to the operator waits for
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
+import trio
 
 from gateway import metrics
 from gateway.clock import WallClock
@@ -28,6 +30,8 @@ log = structlog.get_logger("gateway.inbound")
 ESM_TYPE_MASK = 0x3C
 ESM_RECEIPT = 0x04
 ESM_INTERMEDIATE = 0x20
+_DIGITS = re.compile(r"[0-9]{1,10}")
+_HEX = re.compile(r"[0-9A-Fa-f]{1,8}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,14 +45,13 @@ def _error_code(text_err: str | None, pdu: Pdu) -> int:
     network = pdu.tlvs.get(Tag.NETWORK_ERROR_CODE)
     if network is not None and len(network) == 3:
         return int.from_bytes(network[1:], "big")
-    if text_err and text_err.isdigit():
-        return int(text_err)
-    if text_err:
-        try:
-            return int(text_err, 16)
-        except ValueError:
-            return 0
-    return 0
+    if text_err and _DIGITS.fullmatch(text_err):
+        code = int(text_err)
+    elif text_err and _HEX.fullmatch(text_err):
+        code = int(text_err, 16)
+    else:
+        return 0
+    return code if code <= 0xFFFFFFFF else 0
 
 
 def read_receipt(pdu: DeliverSm | DataSm) -> OperatorReceipt | None:
@@ -71,6 +74,8 @@ def read_receipt(pdu: DeliverSm | DataSm) -> OperatorReceipt | None:
     smsc_id = tlv_id or (parsed.id if parsed else "")
     if stat is None:
         stat = parsed.stat if parsed is not None else STATE_TO_STAT[MessageState.UNKNOWN]
+    if (pdu.esm_class & ESM_TYPE_MASK) == ESM_INTERMEDIATE:
+        stat = STATE_TO_STAT[MessageState.ENROUTE]  # a progress notification, never final
     return OperatorReceipt(smsc_id, stat, _error_code(parsed.err if parsed else None, pdu))
 
 
@@ -106,12 +111,13 @@ class Inbound:
             await self.dispatcher.on_receipts(connector.name, receipts, cfg.receipt_hold,
                                               cfg.receipt_id_format)
         if mos:
-            await self.store.add_reports(mos)
-            for report in mos:
-                metrics.MO.labels(report.account).inc()
-                log.info("mo.received", account=report.account, smsc=connector.name,
-                         report_id=report.id)
-                self.on_report(report)
+            with trio.CancelScope(shield=True):  # committed MO must reach the reporter
+                await self.store.add_reports(mos)
+                for report in mos:
+                    metrics.MO.labels(report.account).inc()
+                    log.info("mo.received", account=report.account, smsc=connector.name,
+                             report_id=report.id)
+                    self.on_report(report)
         return [Status.ESME_ROK] * len(pdus)
 
     def _mo(self, connector: SmscConnector, pdu: DeliverSm | DataSm) -> Report | None:

@@ -16,7 +16,7 @@ import trio
 
 from gateway import metrics
 from gateway.model import Report, ReportKind
-from gateway.store import Store
+from gateway.store import Store, StoreError
 from smpp.connection import Connection, ConnectionClosed, ResponseTimeout
 from smpp.constants import Tag
 from smpp.pdu import DeliverSm, set_tlv_int, set_tlv_str
@@ -25,6 +25,7 @@ from smpp.session import SessionError
 log = structlog.get_logger("gateway.reporter")
 
 ESM_RECEIPT = 0x04
+MAX_SHORT_MESSAGE = 254
 RETRY_DELAY = 5.0  # seconds before a report refused or unanswered upstream is offered again
 MAX_IN_FLIGHT = 512  # per account; each bind's window limits further
 _SMPP_STATE = {"DELIVERED": 2, "EXPIRED": 3, "UNDELIVERABLE": 5, "REJECTED": 8}
@@ -36,8 +37,12 @@ def deliver_pdu(report: Report) -> DeliverSm:
         source_addr_ton=report.source_ton, source_addr_npi=report.source_npi,
         source_addr=report.source_addr, dest_addr_ton=report.dest_ton,
         dest_addr_npi=report.dest_npi, destination_addr=report.dest_addr,
-        data_coding=report.data_coding, short_message=report.body,
+        data_coding=report.data_coding,
     )
+    if len(report.body) > MAX_SHORT_MESSAGE:
+        pdu.tlvs[Tag.MESSAGE_PAYLOAD] = report.body  # a long MO
+    else:
+        pdu.short_message = report.body
     if report.kind is ReportKind.RECEIPT:
         pdu.esm_class = ESM_RECEIPT
         set_tlv_str(pdu, Tag.RECEIPTED_MESSAGE_ID, report.message_id)
@@ -106,8 +111,6 @@ class Reporter:
             self._nursery = nursery
             for name in await self.store.accounts_with_pending_reports():
                 self.add_many(await self.store.pending_reports(name, limit=1_000_000))
-            for name, acc in self._accounts.items():
-                nursery.start_soon(self._serve_account, name, acc)
             nursery.start_soon(self._ack_loop)
             task_status.started()
             await trio.sleep_forever()  # keeps the nursery open for accounts seen later
@@ -132,8 +135,15 @@ class Reporter:
             await self._ack_wake.wait()
             self._ack_wake = trio.Event()
             ids, self._to_ack = self._to_ack, []
-            if ids:
+            if not ids:
+                continue
+            try:
                 await self.store.ack_reports(ids)
+            except StoreError:
+                log.exception("report.ack_failed", reports=len(ids))
+                self._to_ack.extend(ids)  # try again; at worst they are re-sent after restart
+                await trio.sleep(RETRY_DELAY)
+                self._ack_wake.set()
 
     async def _send(self, name: str, acc: _Account, report: Report, conn: Connection) -> None:
         assert report.id is not None
@@ -147,6 +157,8 @@ class Reporter:
         except (ResponseTimeout, ConnectionClosed, SessionError) as exc:
             log.info("report.unanswered", account=name, message_id=report.message_id,
                      error=repr(exc))
+        except Exception:  # e.g. a report that cannot be encoded: never end the account loop
+            log.exception("report.send_failed", account=name, message_id=report.message_id)
         try:
             if ok:
                 # Forgotten here at once; deleted from the store by the next ack batch. A crash

@@ -271,16 +271,19 @@ class SmppServer:
                 self._refuse(conn, pdu, account, exc)
         if not accepted:
             return
-        try:
-            await self._store([msg for _, msg in accepted], "smpp")
-        except Exception:
-            log.exception("upstream.store_failed", conn=conn.name, messages=len(accepted))
-            for pdu, _ in accepted:
-                conn.respond(pdu.response(status=Status.ESME_RSYSERR))
-            return
-        for pdu, msg in accepted:
-            conn.respond(pdu.response(message_id=msg.id))
-            self.dispatcher.enqueue(msg)
+        # Shielded: once queued the insert is committed anyway, so the dispatcher must get
+        # the messages even if the upstream disconnects meanwhile (else they sit unsent).
+        with trio.CancelScope(shield=True):
+            try:
+                await self._store([msg for _, msg in accepted], "smpp")
+            except Exception:
+                log.exception("upstream.store_failed", conn=conn.name, messages=len(accepted))
+                for pdu, _ in accepted:
+                    conn.respond(pdu.response(status=Status.ESME_RSYSERR))
+                return
+            for pdu, msg in accepted:
+                conn.respond(pdu.response(message_id=msg.id))
+                self.dispatcher.enqueue(msg)
 
     async def _submit_multi(self, conn: Connection, pdu: SubmitMulti) -> None:
         state = self._admit(conn, pdu)
@@ -292,12 +295,13 @@ class SmppServer:
         except IntakeError as exc:
             self._refuse(conn, pdu, account, exc)
             return
-        await self._store(result.messages, "smpp")
-        unsuccess = [UnsuccessSme(ton, npi, addr, status)
-                     for ton, npi, addr, status in result.unsuccess]
-        conn.respond(pdu.response(message_id=result.messages[0].id, unsuccess=unsuccess))
-        for msg in result.messages:
-            self.dispatcher.enqueue(msg)
+        with trio.CancelScope(shield=True):  # see _submit_batch
+            await self._store(result.messages, "smpp")
+            unsuccess = [UnsuccessSme(ton, npi, addr, status)
+                         for ton, npi, addr, status in result.unsuccess]
+            conn.respond(pdu.response(message_id=result.messages[0].id, unsuccess=unsuccess))
+            for msg in result.messages:
+                self.dispatcher.enqueue(msg)
 
     async def _query(self, conn: Connection, pdu: QuerySm) -> None:
         account = conn.extra.get("account", "")

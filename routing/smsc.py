@@ -174,7 +174,7 @@ class SmscConnector:
                             address_range=cfg.address_range)
                 try:
                     resp = await conn.request(bind)
-                except (ResponseTimeout, ConnectionClosed) as exc:
+                except (ResponseTimeout, ConnectionClosed, SessionError) as exc:
                     log.warning("smsc.bind_failed", smsc=cfg.name, bind=name, error=repr(exc))
                     await conn.aclose()
                     return False
