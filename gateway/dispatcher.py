@@ -176,6 +176,7 @@ class Dispatcher:
         self._by_smsc: dict[tuple[str, str], tuple[Live, Part]] = {}
         self._held: list[tuple[str, list[str], trio.Event]] = []
         self._parked: dict[str, Live] = {}  # waiting for a connector of their route to come up
+        self._converting: set[str] = set()  # connectors seen writing receipt ids converted
         total = sum(c.capacity for c in connectors.values())
         self._limiter = trio.CapacityLimiter(max_in_flight or max(64, 2 * total))
         self._rng = random.Random()
@@ -458,9 +459,15 @@ class Dispatcher:
         return None
 
     def _match(self, connector: str, smsc_id: str, id_format: str) -> tuple[Live, Part] | None:
+        """The submitted part a receipt id names. In "auto" mode, converted (hex/decimal)
+        spellings are trusted only once this connector has shown that it converts ids:
+        before that, "4096" must not match a live id "1000" (its hex form)."""
         hit = self._by_smsc.get((connector, _norm(smsc_id)))  # the common case: same spelling
-        return hit if hit is not None else self._lookup(connector,
-                                                        receipt_keys(smsc_id, id_format))
+        if hit is not None or id_format == "as-is":
+            return hit
+        if id_format == "auto" and connector not in self._converting:
+            return None
+        return self._lookup(connector, receipt_keys(smsc_id, id_format))
 
     async def on_receipts(self, connector: str, receipts: Sequence[tuple[str, str, int, bytes]],
                           hold: float, id_format: str = "auto") -> None:
@@ -495,12 +502,14 @@ class Dispatcher:
         hit = self._match(connector, smsc_id, id_format)
         if hit is None:
             variants = receipt_keys(smsc_id, id_format)
-            spellings = list(dict.fromkeys([*id_variants(smsc_id), *variants]))
-            if await self.store.find_part(connector, spellings) is not None:
+            given = smsc_id.strip("\x00 \t\r\n")
+            exact = list(dict.fromkeys([given, given.lower(), given.upper()]))
+            if await self.store.find_part(connector, exact) is not None:
                 log.info("receipt.late", smsc=connector, smsc_id=smsc_id, stat=stat)
                 return  # its message is already final (a duplicate or a late receipt)
+            trusted = id_format != "auto" or connector in self._converting
             event = trio.Event()
-            entry = (connector, variants, event)
+            entry = (connector, variants if trusted else [_norm(smsc_id)], event)
             self._held.append(entry)
             metrics.RECEIPTS_HELD.inc()
             try:
@@ -508,8 +517,17 @@ class Dispatcher:
                     await event.wait()
             finally:
                 self._held.remove(entry)
-            hit = self._lookup(connector, variants)
+            hit = self._by_smsc.get((connector, _norm(smsc_id))) or self._lookup(connector,
+                                                                                 variants)
+            if hit is not None and _norm(hit[1].smsc_id or "") != _norm(smsc_id) \
+                    and id_format == "auto" and connector not in self._converting:
+                self._converting.add(connector)  # learnt: this SMSC converts its ids
+                log.info("receipt.id_conversion_learnt", smsc=connector)
             if hit is None:
+                spellings = list(dict.fromkeys([*id_variants(smsc_id), *variants]))
+                if await self.store.find_part(connector, spellings) is not None:
+                    log.info("receipt.late", smsc=connector, smsc_id=smsc_id, stat=stat)
+                    return
                 log.warning("receipt.orphan", smsc=connector, smsc_id=smsc_id, stat=stat)
                 metrics.RECEIPTS.labels(connector, "orphan").inc()
                 await self.store.record_orphan_receipt(connector, smsc_id, raw, self.clock.now())

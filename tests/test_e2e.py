@@ -331,3 +331,17 @@ async def test_long_message_segmentation_per_smsc_setting(tmp_path: Path, method
         else:  # one submit_sm, the whole text in message_payload
             [record] = sim.submitted
             assert record.body == text
+
+
+async def test_long_mo_reaches_the_account_in_message_payload(tmp_path: Path) -> None:
+    async with running_stack(tmp_path) as (gw, sim):
+        rx = SmpplibEsme(gw.smpp_port)
+        await trio.to_thread.run_sync(rx.bind, "receiver")
+        text = "x" * 300
+        await sim.inject_mo("33612345678", "36111", text)
+        with trio.fail_after(20):
+            await trio.to_thread.run_sync(rx.read_until, lambda: bool(rx.delivered))
+        rx.close()
+        [mo] = rx.delivered
+        assert mo.short_message in (b"", None)
+        assert mo.message_payload == text.encode()

@@ -139,3 +139,21 @@ async def test_systemd_is_told_ready_then_stopping(tmp_path: Path,
     messages.append(sock.recv(100))
     sock.close()
     assert messages == [b"READY=1", b"STOPPING=1"]
+
+
+async def test_messages_acknowledged_to_the_store_are_sent_even_if_the_upstream_drops(
+        tmp_path: Path) -> None:
+    from smpp.pdu import encode
+    async with running_stack(tmp_path) as (gw, sim):
+        stream = await trio.open_tcp_stream("127.0.0.1", gw.smpp_port)
+        await stream.send_all(encode(BindTransceiver(sequence=1, system_id="demo",
+                                                     password="demopass")))
+        [bind_resp] = await _read_pdus(stream, 1)
+        assert bind_resp.status == 0
+        submits = b"".join(encode(dataclasses.replace(_submit(f"3361234560{i}"), sequence=10 + i))
+                           for i in range(5))
+        await stream.send_all(submits)
+        await stream.aclose()  # gone before the answers
+        await wait_for(lambda: len(sim.submitted) == 5)
+        stats = await gw.store.stats()
+        assert stats["QUEUED"] == 0

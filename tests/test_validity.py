@@ -307,3 +307,43 @@ async def test_receipts_read_together_are_applied_in_one_commit(
             assert stored_long is not None and stored_long.state is State.DELIVERED
             assert stored_short is not None and stored_short.state is State.UNDELIVERABLE
             assert len(h.reports) == 2
+
+
+async def test_auto_id_format_does_not_cross_match_before_the_smsc_is_seen_converting(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    ids = iter(["1000", "4096"])
+    smsc = ScriptedSmsc("opA", lambda _p: SubmitResult(next(ids), 0))
+    async with trio.open_nursery() as nursery:
+        async for h in _harness(tmp_path, {"opA": smsc}, nursery):
+            a, b = h.message("a"), h.message("b")
+            await h.submit(a)
+            await h.submit(b)
+            with trio.fail_after(60):
+                while len(smsc.sent) < 2 or b.state is not State.IN_FLIGHT:
+                    await trio.sleep(0.01)
+            await h.dispatcher.on_receipt("opA", "4096", "DELIVRD", 0, hold=1)
+            final_b = await h.wait_final(b.id, timeout=60)
+            assert final_b.state is State.DELIVERED
+            # a duplicate of B's receipt must not finish A (whose id "1000" is 4096 in hex)
+            await h.dispatcher.on_receipt("opA", "4096", "UNDELIV", 1, hold=1)
+            assert a.id in h.dispatcher.live and not a.state.final
+
+
+async def test_auto_id_format_learns_an_smsc_that_writes_ids_in_decimal(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    ids = iter(["1f", "20"])
+    smsc = ScriptedSmsc("opA", lambda _p: SubmitResult(next(ids), 0))
+    async with trio.open_nursery() as nursery:
+        async for h in _harness(tmp_path, {"opA": smsc}, nursery):
+            a, b = h.message("a"), h.message("b")
+            await h.submit(a)
+            await h.submit(b)
+            with trio.fail_after(60):
+                while len(smsc.sent) < 2 or b.state is not State.IN_FLIGHT:
+                    await trio.sleep(0.01)
+            await h.dispatcher.on_receipt("opA", "31", "DELIVRD", 0, hold=2)  # held, then learnt
+            assert (await h.wait_final(a.id, timeout=60)).state is State.DELIVERED
+            start = trio.current_time()
+            await h.dispatcher.on_receipt("opA", "32", "DELIVRD", 0, hold=2)
+            assert trio.current_time() == start  # matched at once now
+            assert (await h.wait_final(b.id, timeout=60)).state is State.DELIVERED
