@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import heapq
 import itertools
-import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -179,7 +178,6 @@ class Dispatcher:
         self._converting: set[str] = set()  # connectors seen writing receipt ids converted
         total = sum(c.capacity for c in connectors.values())
         self._limiter = trio.CapacityLimiter(max_in_flight or max(64, 2 * total))
-        self._rng = random.Random()
 
     # -- intake side ------------------------------------------------------------------------
     def enqueue(self, msg: Message) -> None:
@@ -346,6 +344,9 @@ class Dispatcher:
             self._parked[msg.id] = live
             self._watch(live, msg.expires_at)
             return
+        if live.parts and all(p.state is PartState.PENDING for p in live.parts) \
+                and live.parts[0].connector != conn.name:
+            live.segments, live.parts = None, []  # failed over: split for the new SMSC
         if live.segments is None:
             try:
                 live.segments = self._segments(msg, conn)
@@ -410,7 +411,8 @@ class Dispatcher:
         if msg.esm_class & ESM_UDHI:  # already segmented upstream: one part, as submitted
             return [Segment(msg.body, True, None, len(msg.body) > 254)]
         cfg = conn.config
-        ref = self._rng.randrange(1, 0xFFFF if cfg.udh_ref16 else 0xFF)
+        # Derived from the id, so parts resent after a restart carry the same reference.
+        ref = int(msg.id[:8], 16) % (0xFFFE if cfg.udh_ref16 else 0xFE) + 1
         return split(msg.body, msg.data_coding, method=cfg.segmentation, ref=ref,
                      ref16=cfg.udh_ref16)
 
