@@ -29,6 +29,23 @@ def _receipt_ids(esme: SmpplibEsme) -> list[str]:
             if p.esm_class & 0x04]
 
 
+async def _roundtrip(esme: SmpplibEsme, count: int, text: bytes, prefix: str = "336555000",
+                     timeout: float = 30) -> None:
+    """Bind, submit `count` messages (long ones in message_payload), wait for every receipt."""
+    def session() -> None:
+        esme.bind()
+        for i in range(count):
+            if len(text) > 254:
+                esme.submit(f"{prefix}{i:02d}", b"", message_payload=text)
+            else:
+                esme.submit(f"{prefix}{i:02d}", text)
+        esme.read_until(lambda: len(esme.delivered) >= count, timeout=timeout)
+        esme.close()
+
+    with trio.fail_after(timeout + 10):
+        await trio.to_thread.run_sync(session)
+
+
 async def test_submit_is_acked_with_an_id_then_a_delivrd_receipt_comes_back(
         tmp_path: Path) -> None:
     async with running_stack(tmp_path) as (gw, sim):
@@ -248,16 +265,7 @@ async def test_operator_throttling_and_errors_are_retried_until_every_receipt_is
     async with running_stack(tmp_path, sim_cfg) as (gw, sim):
         esme = SmpplibEsme(gw.smpp_port)
         count = 30
-
-        def session() -> None:
-            esme.bind()
-            for i in range(count):
-                esme.submit(f"336123456{i:02d}", b"hello")
-            esme.read_until(lambda: len(esme.delivered) >= count, timeout=30)
-            esme.close()
-
-        with trio.fail_after(40):
-            await trio.to_thread.run_sync(session)
+        await _roundtrip(esme, count, b"hello", prefix="336123456")
         assert sorted(_receipt_ids(esme)) == sorted(r.message_id.decode() for r in esme.resps)
         assert sim.stats.throttled > 0
         assert len({r.destination_addr for r in sim.submitted}) == count
@@ -270,34 +278,13 @@ async def test_operator_dropping_connections_is_survived_by_reconnecting_and_ret
     async with running_stack(tmp_path, sim_cfg) as (gw, sim):
         esme = SmpplibEsme(gw.smpp_port)
         count = 20
-
-        def session() -> None:
-            esme.bind()
-            for i in range(count):
-                esme.submit(f"336987654{i:02d}", b"hello")
-            esme.read_until(lambda: len(esme.delivered) >= count, timeout=40)
-            esme.close()
-
-        with trio.fail_after(50):
-            await trio.to_thread.run_sync(session)
+        await _roundtrip(esme, count, b"hello", prefix="336987654", timeout=40)
         assert sim.stats.disconnects > 0
         assert sorted(_receipt_ids(esme)) == sorted(r.message_id.decode() for r in esme.resps)
         for message_id in _receipt_ids(esme):
             stored = await gw.store.get_message(message_id)
             assert stored is not None and stored.state is State.DELIVERED
 
-
-
-async def _roundtrip(esme: SmpplibEsme, count: int, text: bytes) -> None:
-    def session() -> None:
-        esme.bind()
-        for i in range(count):
-            esme.submit(f"336555000{i:02d}", b"", message_payload=text)
-        esme.read_until(lambda: len(esme.delivered) >= count, timeout=30)
-        esme.close()
-
-    with trio.fail_after(40):
-        await trio.to_thread.run_sync(session)
 
 
 async def test_receipts_on_the_receiver_bind_match_submits_made_on_the_transmitter(

@@ -309,18 +309,24 @@ async def test_receipts_read_together_are_applied_in_one_commit(
             assert len(h.reports) == 2
 
 
+async def _two_submitted(h: Harness, smsc: ScriptedSmsc) -> tuple[Message, Message]:
+    """Two messages accepted by the operator (its ids come from the test's iterator)."""
+    a, b = h.message("a"), h.message("b")
+    await h.submit(a)
+    await h.submit(b)
+    with trio.fail_after(60):
+        while len(smsc.sent) < 2 or b.state is not State.IN_FLIGHT:
+            await trio.sleep(0.01)
+    return a, b
+
+
 async def test_auto_id_format_does_not_cross_match_before_the_smsc_is_seen_converting(
         tmp_path: Path, clock: trio.testing.MockClock) -> None:
     ids = iter(["1000", "4096"])
     smsc = ScriptedSmsc("opA", lambda _p: SubmitResult(next(ids), 0))
     async with trio.open_nursery() as nursery:
         async for h in _harness(tmp_path, {"opA": smsc}, nursery):
-            a, b = h.message("a"), h.message("b")
-            await h.submit(a)
-            await h.submit(b)
-            with trio.fail_after(60):
-                while len(smsc.sent) < 2 or b.state is not State.IN_FLIGHT:
-                    await trio.sleep(0.01)
+            a, b = await _two_submitted(h, smsc)
             await h.dispatcher.on_receipt("opA", "4096", "DELIVRD", 0, hold=1)
             final_b = await h.wait_final(b.id, timeout=60)
             assert final_b.state is State.DELIVERED
@@ -335,12 +341,7 @@ async def test_auto_id_format_learns_an_smsc_that_writes_ids_in_decimal(
     smsc = ScriptedSmsc("opA", lambda _p: SubmitResult(next(ids), 0))
     async with trio.open_nursery() as nursery:
         async for h in _harness(tmp_path, {"opA": smsc}, nursery):
-            a, b = h.message("a"), h.message("b")
-            await h.submit(a)
-            await h.submit(b)
-            with trio.fail_after(60):
-                while len(smsc.sent) < 2 or b.state is not State.IN_FLIGHT:
-                    await trio.sleep(0.01)
+            a, b = await _two_submitted(h, smsc)
             await h.dispatcher.on_receipt("opA", "31", "DELIVRD", 0, hold=2)  # held, then learnt
             assert (await h.wait_final(a.id, timeout=60)).state is State.DELIVERED
             start = trio.current_time()
