@@ -1,8 +1,9 @@
 """Thin trio adapter that runs a sans-I/O Session over a byte stream.
 
 It owns the socket: a reader task feeding the session, a writer that coalesces queued PDUs
-into few send_all calls, a window of outstanding requests, a cancel scope per response timeout,
-periodic enquire_link and an inactivity timeout. Requests from the peer go to a handler.
+into few send_all calls, a window of outstanding requests, one sweeper for response timeouts,
+periodic enquire_link and an inactivity timeout. Requests from the peer go to a handler; our
+requests either await their response (`request`) or hand it to a callback (`send_request`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from smpp.session import (
 log = structlog.get_logger("smpp.connection")
 
 RequestHandler = Callable[["Connection", Pdu], Awaitable[None]]
+# Called exactly once per request sent with send_request: (response, None) or (None, error).
+ResponseCallback = Callable[[Pdu | None, Exception | None], None]
 BatchHandler = Callable[["Connection", list[Pdu]], Awaitable[None]]
 
 
@@ -42,13 +45,32 @@ class ResponseTimeout(Exception):
     """The peer did not answer a request in time."""
 
 
-class _Waiter:
-    __slots__ = ("deadline", "event", "response")
+class WindowFull(Exception):
+    """send_request was called with every window slot taken."""
 
-    def __init__(self, deadline: float) -> None:
+
+class _Waiter:
+    __slots__ = ("callback", "deadline", "name")
+
+    def __init__(self, deadline: float, callback: ResponseCallback, name: str) -> None:
         self.deadline = deadline
+        self.callback = callback
+        self.name = name
+
+
+class _Reply:
+    """What request() waits for."""
+
+    __slots__ = ("error", "event", "response")
+
+    def __init__(self) -> None:
         self.event = trio.Event()
         self.response: Pdu | None = None
+        self.error: Exception | None = None
+
+    def __call__(self, response: Pdu | None, error: Exception | None) -> None:
+        self.response, self.error = response, error
+        self.event.set()
 
 
 class Connection:
@@ -68,7 +90,7 @@ class Connection:
     ) -> None:
         self.stream = stream
         self.session = Session(side, max_pdu_size=max_pdu_size)
-        self.window = trio.Semaphore(max(1, window))
+        self.window = max(1, window)
         self.response_timeout = response_timeout
         self.enquire_link_interval = enquire_link_interval
         self.inactivity_timeout = inactivity_timeout
@@ -76,6 +98,8 @@ class Connection:
         self.closed = False
         self.last_received = trio.current_time()
         self._waiters: dict[int, _Waiter] = {}
+        self._slot_freed = trio.Event()
+        self.on_slot_freed: Callable[[], None] | None = None  # e.g. a connector's sender
         self._wake_writer = trio.Event()
         self._queued = 0  # generation of the latest queued bytes
         self._written = 0  # generation the writer has sent up to
@@ -88,30 +112,70 @@ class Connection:
     def state(self) -> BindState:
         return self.session.state
 
+    def free_slots(self) -> int:
+        """Requests that may be sent now without exceeding the window."""
+        return self.window - len(self._waiters)
+
+    def send_request(self, pdu: Pdu, callback: ResponseCallback,
+                     timeout: float | None = None) -> int:
+        """Send a request now; `callback` gets its response, or ResponseTimeout or
+        ConnectionClosed, exactly once, later (never from inside this call).
+
+        Raises (and sends nothing) if the connection is closed (ConnectionClosed), the window
+        is full (WindowFull), or the PDU cannot be sent in this state (SessionError, PduError).
+        The callback must not raise; it runs inside the connection's reader or timer.
+        """
+        if self.closed:
+            raise ConnectionClosed(self.name)
+        if len(self._waiters) >= self.window:
+            raise WindowFull(self.name)
+        limit = self.response_timeout if timeout is None else timeout
+        seq = self.session.send(pdu)
+        self._waiters[seq] = _Waiter(trio.current_time() + limit, callback, pdu.command_id.name)
+        self._kick()
+        return seq
+
+    async def wait_slot(self) -> None:
+        """Return once a window slot is free (or the connection is closed)."""
+        while not self.closed and len(self._waiters) >= self.window:
+            if self._slot_freed.is_set():
+                self._slot_freed = trio.Event()
+            await self._slot_freed.wait()
+
     async def request(self, pdu: Pdu, timeout: float | None = None) -> Pdu:
         """Send a request, wait for its response (which may carry an error status).
 
         Waits for a window slot first. Raises ResponseTimeout or ConnectionClosed.
         """
-        async with self.window:
-            if self.closed:
-                raise ConnectionClosed(self.name)
-            limit = self.response_timeout if timeout is None else timeout
-            waiter = _Waiter(trio.current_time() + limit)
-            seq = self.session.send(pdu)
-            self._waiters[seq] = waiter
-            self._kick()
-            try:
-                await waiter.event.wait()  # set by the reader, the sweeper or aclose()
-            finally:
-                self._waiters.pop(seq, None)
-                if waiter.response is None:  # timed out, closed, or we were cancelled
-                    self.session.abandon(seq)
-            if waiter.response is None:
-                if self.closed:
-                    raise ConnectionClosed(self.name)
-                raise ResponseTimeout(f"{pdu.command_id.name} seq {seq}")
-            return waiter.response
+        await self.wait_slot()
+        reply = _Reply()
+        seq = self.send_request(pdu, reply, timeout)
+        try:
+            await reply.event.wait()
+        finally:
+            if not reply.event.is_set():  # we were cancelled: forget the request
+                self._finish(seq, None, None)
+        if reply.error is not None:
+            raise reply.error
+        assert reply.response is not None
+        return reply.response
+
+    def _finish(self, seq: int, response: Pdu | None, error: Exception | None) -> None:
+        """Settle an outstanding request: free its slot, tell its callback (if any left)."""
+        waiter = self._waiters.pop(seq, None)
+        if waiter is None:
+            return
+        if response is None:
+            self.session.abandon(seq)  # a late response is then reported as unexpected
+        self._slot_freed.set()
+        if self.on_slot_freed is not None:
+            self.on_slot_freed()
+        if response is None and error is None:
+            return  # abandoned by a cancelled request(): nobody to tell
+        try:
+            waiter.callback(response, error)
+        except Exception:  # a buggy callback must not take the connection down
+            log.exception("smpp.response_callback_failed", conn=self.name, seq=seq)
 
     def respond(self, pdu: Pdu) -> None:
         """Queue a response (sequence already set from the request)."""
@@ -134,8 +198,8 @@ class Connection:
         self.closed = True
         self.session.close()
         self._progress.set()
-        for waiter in self._waiters.values():
-            waiter.event.set()
+        for seq in list(self._waiters):
+            self._finish(seq, None, ConnectionClosed(self.name))
         if self._cancel is not None:
             self._cancel.cancel()
         with trio.CancelScope(shield=True), trio.move_on_after(1):
@@ -173,9 +237,9 @@ class Connection:
         while True:
             await trio.sleep(interval)
             now = trio.current_time()
-            for waiter in self._waiters.values():
-                if waiter.deadline <= now:
-                    waiter.event.set()
+            overdue = [(seq, w) for seq, w in self._waiters.items() if w.deadline <= now]
+            for seq, waiter in overdue:
+                self._finish(seq, None, ResponseTimeout(f"{waiter.name} seq {seq}"))
 
     async def _writer(self) -> None:
         while True:
@@ -238,10 +302,7 @@ class Connection:
                     else:
                         nursery.start_soon(handler, self, pdu)
                 elif isinstance(event, ResponseReceived):
-                    waiter = self._waiters.get(event.response.sequence)
-                    if waiter is not None:
-                        waiter.response = event.response
-                        waiter.event.set()
+                    self._finish(event.response.sequence, event.response, None)
                 elif isinstance(event, ProtocolViolation):
                     log.warning("smpp.protocol_violation", conn=self.name,
                                 status=event.status, detail=event.detail, fatal=event.fatal)

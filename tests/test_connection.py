@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import trio
 import trio.testing
 
 from routing.smsc import RateLimiter
-from smpp.connection import Connection, ConnectionClosed, ResponseTimeout
+from smpp.connection import Connection, ConnectionClosed, ResponseTimeout, WindowFull
 from smpp.pdu import BindTransceiver, Pdu, SubmitSm
 from smpp.session import BindState, Side
 
@@ -83,6 +85,48 @@ async def test_window_caps_outstanding_requests(clock: trio.testing.MockClock) -
         with trio.fail_after(10):
             while done < 10:
                 await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
+
+
+async def test_send_request_reports_each_outcome_once_through_its_callback(
+        clock: trio.testing.MockClock) -> None:
+    answered: list[SubmitSm] = []
+
+    async def answer_some(conn: Connection, pdu: Pdu) -> None:
+        if isinstance(pdu, SubmitSm):
+            answered.append(pdu)
+            if pdu.destination_addr == "1":
+                conn.respond(pdu.response(message_id="m1"))
+        else:
+            await _bind_ok(conn, pdu)
+
+    outcomes: list[tuple[str, str | None, str | None]] = []
+
+    def record(tag: str) -> Callable[[Pdu | None, Exception | None], None]:
+        def done(resp: Pdu | None, exc: Exception | None) -> None:
+            outcomes.append((tag, getattr(resp, "message_id", None),
+                             type(exc).__name__ if exc else None))
+        return done
+
+    async with trio.open_nursery() as nursery:
+        esme, _ = await _pair(nursery, smsc_handler=answer_some, window=2, response_timeout=5)
+        esme.send_request(SubmitSm(destination_addr="1"), record("answered"))
+        esme.send_request(SubmitSm(destination_addr="2"), record("silent"))
+        assert outcomes == []  # never called from inside send_request
+        with pytest.raises(WindowFull):
+            esme.send_request(SubmitSm(destination_addr="3"), record("refused"))
+        await trio.sleep(1)
+        assert outcomes == [("answered", "m1", None)]
+        assert esme.free_slots() == 1
+        await trio.sleep(5)
+        assert outcomes[1] == ("silent", None, "ResponseTimeout")
+        assert esme.free_slots() == 2 and not esme.session.outstanding
+        esme.send_request(SubmitSm(destination_addr="4"), record("closed"))
+        await esme.aclose()
+        assert outcomes[2] == ("closed", None, "ConnectionClosed")
+        with pytest.raises(ConnectionClosed):
+            esme.send_request(SubmitSm(destination_addr="5"), record("late"))
+        assert len(outcomes) == 3 and len(answered) >= 2
         nursery.cancel_scope.cancel()
 
 
