@@ -13,7 +13,7 @@ import math
 import random
 import signal
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,13 +31,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.config import SimulatorConfig
-from smpp.connection import Connection, ConnectionClosed, ResponseTimeout
+from smpp.connection import Connection, ConnectionClosed, ResponseTimeout, WindowFull
 from smpp.constants import (
     ESM_DELIVERY_RECEIPT,
     ESM_UDHI,
     REG_RECEIPT_FAILURE,
     REG_RECEIPT_MASK,
     REG_RECEIPT_NONE,
+    CommandId,
     MessageState,
     Status,
     Tag,
@@ -88,6 +89,8 @@ _SUBMIT_SHARES = ("throttle", "error", "slow", "disconnect")
 _DELAYS = ("receipt_delay", "slow_delay")
 _SHARE_EPSILON = 1e-6
 _MAX_SMPP_ADDR = 20  # source_addr / destination_addr: C-octet string of at most 21 octets
+# Requests read together from one socket are answered in one pass (no task per PDU).
+_SUBMIT_COMMANDS = frozenset({CommandId.SUBMIT_SM, CommandId.DATA_SM, CommandId.SUBMIT_MULTI})
 
 
 # --------------------------------------------------------------------------- records
@@ -238,7 +241,9 @@ class SmscSimulator:
         self._by_id: dict[str, SubmitRecord] = {}
         self._rng = random.Random(config.seed)
         self._next_number = self._rng.randrange(0x10000000, 0x80000000)
-        self._outbox_send, self._outbox_recv = trio.open_memory_channel[_Outbound](math.inf)
+        self._outbox: deque[_Outbound] = deque()  # due now, waiting for a receiver's window
+        self._receivers: list[Connection] = []  # bound receivers (RX, TRX), in bind order
+        self._turn = 0  # the receiver whose turn it is (round-robin)
         self._timers: list[tuple[float, int, _Outbound]] = []
         self._timer_seq = 0
         self._timer_wake = trio.Event()
@@ -280,7 +285,7 @@ class SmscSimulator:
     @property
     def queued(self) -> int:
         """deliver_sm waiting for a receiver (due now) or for their delay (later)."""
-        return self._outbox_send.statistics().current_buffer_used + len(self._timers)
+        return len(self._outbox) + len(self._timers)
 
     def bound_sessions(self) -> list[Connection]:
         return [c for c in self._connections if c.session.bound and not c.closed]
@@ -299,13 +304,16 @@ class SmscSimulator:
         self._connections.add(conn)
         try:
             async with trio.open_nursery() as nursery:
-                conn.extra["nursery"] = nursery
-                await conn.run(self._on_request)
+                conn.extra["nursery"] = nursery  # slow answers outlive the read they came in
+                await conn.run(self._on_request, batch_handler=self._on_submits,
+                               batch_commands=_SUBMIT_COMMANDS)
                 nursery.cancel_scope.cancel()
         except Exception:
             log.exception("simulator.connection_failed", conn=conn.name)
         finally:
             self._connections.discard(conn)
+            if conn in self._receivers:
+                self._receivers.remove(conn)
             log.debug("simulator.disconnected", conn=conn.name)
 
     async def _on_request(self, conn: Connection, pdu: Pdu) -> None:
@@ -313,7 +321,7 @@ class SmscSimulator:
             if isinstance(pdu, Bind):
                 await self._on_bind(conn, pdu)
             elif isinstance(pdu, SubmitSm | DataSm | SubmitMulti):
-                await self._on_submit(conn, pdu)
+                await self._on_submits(conn, [pdu])
             elif isinstance(pdu, QuerySm):
                 conn.respond(pdu.response(status=Status.ESME_RQUERYFAIL))
             elif isinstance(pdu, CancelSm):
@@ -349,37 +357,66 @@ class SmscSimulator:
         conn.extra["system_id"] = pdu.system_id
         log.info("simulator.bound", conn=conn.name, command=pdu.command_id.name,
                  state=conn.state.value)
-        if conn.state in (BindState.BOUND_RX, BindState.BOUND_TRX):
-            nursery: trio.Nursery = conn.extra["nursery"]
-            nursery.start_soon(self._pump, conn, nursery)
+        if conn.state in (BindState.BOUND_RX, BindState.BOUND_TRX) and not conn.closed:
+            self._receivers.append(conn)
+            self._feed()
 
-    async def _on_submit(self, conn: Connection, pdu: SubmitSm | DataSm | SubmitMulti) -> None:
+    async def _on_submits(self, conn: Connection, pdus: list[Pdu]) -> None:
+        """Answer the submit_sm / data_sm / submit_multi of one socket read, in order.
+
+        Each gets its own failure and outcome draws. A slow one is answered by a task of its
+        own after slow_delay; a disconnect closes the connection and the rest of the read is
+        dropped unanswered, as if it had never arrived.
+        """
         cfg = self.config
-        self.stats.submits += 1
+        stats = self.stats
+        rng = self._rng
         received_at = time.time()
-        draw = self._rng.random()
-        outcome = self._draw_outcome()
-        if draw < cfg.throttle:
-            self.stats.throttled += 1
-            conn.respond(pdu.response(status=Status.ESME_RTHROTTLED))
+        for pdu in pdus:
+            try:
+                assert isinstance(pdu, SubmitSm | DataSm | SubmitMulti)
+                stats.submits += 1
+                draw = rng.random()
+                outcome = self._draw_outcome()
+                if draw < cfg.throttle:
+                    stats.throttled += 1
+                    conn.respond(pdu.response(status=Status.ESME_RTHROTTLED))
+                    continue
+                draw -= cfg.throttle
+                if draw < cfg.error:
+                    stats.errors += 1
+                    conn.respond(pdu.response(status=Status.ESME_RSYSERR))
+                    continue
+                draw -= cfg.error
+                if draw < cfg.disconnect:
+                    stats.disconnects += 1
+                    log.info("simulator.disconnect_injected", conn=conn.name)
+                    await conn.aclose()
+                    return
+                draw -= cfg.disconnect
+                if draw < cfg.slow:
+                    stats.slow += 1
+                    nursery: trio.Nursery = conn.extra["nursery"]
+                    nursery.start_soon(self._accept_slowly, conn, pdu, outcome, received_at)
+                    continue
+                self._accept(conn, pdu, outcome, received_at)
+            except Exception:
+                log.exception("simulator.request_failed", conn=conn.name,
+                              command=pdu.command_id.name)
+
+    async def _accept_slowly(self, conn: Connection, pdu: SubmitSm | DataSm | SubmitMulti,
+                             outcome: Outcome, received_at: float) -> None:
+        await trio.sleep(self.config.slow_delay)
+        if conn.closed:
             return
-        draw -= cfg.throttle
-        if draw < cfg.error:
-            self.stats.errors += 1
-            conn.respond(pdu.response(status=Status.ESME_RSYSERR))
-            return
-        draw -= cfg.error
-        if draw < cfg.disconnect:
-            self.stats.disconnects += 1
-            log.info("simulator.disconnect_injected", conn=conn.name)
-            await conn.aclose()
-            return
-        draw -= cfg.disconnect
-        if draw < cfg.slow:
-            self.stats.slow += 1
-            await trio.sleep(cfg.slow_delay)
-            if conn.closed:
-                return
+        try:
+            self._accept(conn, pdu, outcome, received_at)
+        except Exception:
+            log.exception("simulator.request_failed", conn=conn.name,
+                          command=pdu.command_id.name)
+
+    def _accept(self, conn: Connection, pdu: SubmitSm | DataSm | SubmitMulti,
+                outcome: Outcome, received_at: float) -> None:
         record = self._record(conn, pdu, outcome, received_at)
         if isinstance(pdu, SubmitMulti):
             conn.respond(SubmitMultiResp(pdu.sequence, 0, message_id=record.message_id))
@@ -528,70 +565,85 @@ class SmscSimulator:
             pdu.tlvs[Tag.MESSAGE_PAYLOAD] = body
         self.stats.mo_injected += 1
         log.info("simulator.mo_queued", data_coding=data_coding, octets=len(body))
-        self._outbox_send.send_nowait(_Outbound(pdu, "mo"))
+        self._outbox.append(_Outbound(pdu, "mo"))
+        self._feed()
         await trio.lowlevel.checkpoint()
 
     def _schedule(self, item: _Outbound, delay: float) -> None:
         if delay <= 0:
-            self._outbox_send.send_nowait(item)
+            self._outbox.append(item)
+            self._feed()
             return
         self._timer_seq += 1
-        heapq.heappush(self._timers, (trio.current_time() + delay, self._timer_seq, item))
-        self._timer_wake.set()
+        entry = (trio.current_time() + delay, self._timer_seq, item)
+        heapq.heappush(self._timers, entry)
+        if self._timers[0] is entry:  # the timer loop sleeps until the earliest one only
+            self._timer_wake.set()
 
     async def _timer_loop(self) -> None:
         """Move delayed deliver_sm (receipts after receipt_delay, retries) to the outbox."""
+        timers = self._timers
         while True:
             now = trio.current_time()
-            while self._timers and self._timers[0][0] <= now:
-                _, _, item = heapq.heappop(self._timers)
-                self._outbox_send.send_nowait(item)
+            if timers and timers[0][0] <= now:
+                while timers and timers[0][0] <= now:
+                    self._outbox.append(heapq.heappop(timers)[2])
+                self._feed()
             self._timer_wake = trio.Event()
-            deadline = self._timers[0][0] if self._timers else math.inf
+            deadline = timers[0][0] if timers else math.inf
             with trio.move_on_at(deadline):
                 await self._timer_wake.wait()
 
-    async def _pump(self, conn: Connection, nursery: trio.Nursery) -> None:
-        """Feed one bound receiver from the shared outbox, up to `window` deliver_sm at once.
+    def _feed(self) -> None:
+        """Send due deliver_sm to the bound receivers while one has a free window slot.
 
-        Each receiver waits for the outbox with a single task, so the outbox serves the bound
-        sessions in turn (round-robin), whichever session submitted the message.
+        The receivers take turns (round-robin), whichever session submitted the message. No
+        task per deliver_sm: each one's response (or timeout, or the connection closing) comes
+        back to _delivered, which feeds the freed slot again.
         """
-        slots = trio.Semaphore(self.window)
-        while not conn.closed and conn.session.bound:
-            await slots.acquire()
-            item = await self._outbox_recv.receive()
-            if conn.closed or not conn.session.bound:  # went away while we waited
-                self._outbox_send.send_nowait(item)
-                slots.release()
-                return
-            nursery.start_soon(self._deliver, conn, item, slots)
-
-    async def _deliver(self, conn: Connection, item: _Outbound, slots: trio.Semaphore) -> None:
-        try:
+        outbox = self._outbox
+        receivers = self._receivers
+        while outbox and receivers:
+            count = len(receivers)
+            for k in range(count):
+                conn = receivers[(self._turn + k) % count]
+                if conn.free_slots() > 0 and not conn.closed and conn.session.bound:
+                    self._turn = (self._turn + k + 1) % count
+                    break
+            else:
+                return  # every receiver's window is full: their responses feed us again
+            item = outbox.popleft()
             try:
-                resp = await conn.request(dataclasses.replace(item.pdu),
-                                          timeout=self.delivery_timeout)
-            except (ConnectionClosed, SessionError):
-                self._outbox_send.send_nowait(item)  # not the receiver's fault: next session
-                return
-            except ResponseTimeout:
+                conn.send_request(item.pdu, partial(self._delivered, conn, item),
+                                  self.delivery_timeout)
+            except (ConnectionClosed, SessionError, WindowFull) as exc:
+                outbox.appendleft(item)  # not sent: stays first in line, for another receiver
+                if isinstance(exc, WindowFull):
+                    return
+                receivers.remove(conn)
+            except Exception:  # e.g. a PDU that cannot be encoded: no receiver will take it
+                self.stats.deliver_abandoned += 1
+                log.exception("simulator.deliver_failed", conn=conn.name, kind=item.kind)
+
+    def _delivered(self, conn: Connection, item: _Outbound, resp: Pdu | None,
+                   error: Exception | None) -> None:
+        """A deliver_sm's fate: acknowledged, nacked or timed out (retried later), or its
+        connection went away (back to the outbox for the next receiver)."""
+        if resp is None:
+            if isinstance(error, ResponseTimeout):
                 self._retry(item, "timeout")
-                return
-            except BaseException:  # cancelled with the connection: keep the message
-                self._outbox_send.send_nowait(item)
-                raise
-            if resp.status != Status.ESME_ROK:
-                self._retry(item, status_name(resp.status))
-                return
+            else:  # ConnectionClosed: not the receiver's fault, the next session takes it
+                self._outbox.append(item)
+        elif resp.status != Status.ESME_ROK:
+            self._retry(item, status_name(resp.status))
+        else:
             if item.kind == "receipt":
                 self.stats.receipts_sent += 1
                 self.stats.receipts_by_state[item.stat] += 1
             else:
                 self.stats.mo_sent += 1
             log.debug("simulator.delivered", conn=conn.name, kind=item.kind, stat=item.stat)
-        finally:
-            slots.release()
+        self._feed()
 
     def _retry(self, item: _Outbound, reason: str) -> None:
         item.attempts += 1
