@@ -3,11 +3,14 @@
 It schedules attempts (deferred, retried with backoff, failed over to the next connector of the
 route plan), segments and submits to operators, applies the operators' receipts, expires
 messages at the end of their validity, and writes each final state with its upstream report.
+One task does it in rounds: the submit results and due messages of a round are handled
+together and their changes written in one store call (no task or store call per message).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import heapq
 import itertools
 from collections.abc import Callable, Mapping, Sequence
@@ -20,13 +23,12 @@ from gateway import metrics
 from gateway.clock import WallClock
 from gateway.config import RetryConfig
 from gateway.model import Message, Part, PartState, Report, ReportKind, State
-from gateway.store import Store
+from gateway.store import PendingWrite, Store, StoreError
 from routing.core import Router, RoutingContext
-from routing.smsc import SmscConnector
+from routing.smsc import SmscConnector, SubmitResult
 from smpp.constants import MessageState, Status, Tag
 from smpp.pdu import SubmitSm, set_tlv_int
 from smpp.receipt import Receipt, format_receipt, id_variants
-from smpp.smpptime import format_relative
 from smpp.text import Segment, TextEncodingError, decode_text, split
 
 log = structlog.get_logger("gateway.dispatcher")
@@ -64,6 +66,7 @@ STAT_TO_PART: dict[str, PartState | None] = {
 _FINAL_PARTS = frozenset({PartState.DELIVERED, PartState.UNDELIVERABLE, PartState.EXPIRED,
                           PartState.REJECTED})
 NO_ROUTE_ERROR = 0x0B  # reported as err:011 (ESME_RINVDSTADR's code) when no route matches
+SAVE_RETRY_MIN, SAVE_RETRY_MAX = 1.0, 30.0  # seconds between attempts at a failed store write
 
 
 @dataclass(eq=False, slots=True)
@@ -74,9 +77,30 @@ class Live:
     parts: list[Part] = field(default_factory=list)
     segments: list[Segment] | None = None
     failover: int = 0  # index into the route plan's attempts
-    busy: bool = False  # a step is running
-    recheck: bool = False  # a heap entry fell due while busy: step again when done
+    sending: int = 0  # submits of the current attempt not answered yet
+    refused: SubmitResult | None = None  # a temporary refusal seen in the current attempt
+    late: bool = False  # a part of the current attempt was not sent: validity over
     due: float | None = None  # time of this message's one valid heap entry, if any
+
+
+class _Round:
+    """What one round of the dispatcher changed: messages to save, messages finished."""
+
+    __slots__ = ("finished", "touched")
+
+    def __init__(self) -> None:
+        self.touched: dict[str, Live] = {}
+        self.finished: list[tuple[Live, list[Report]]] = []
+
+    def touch(self, live: Live) -> None:
+        self.touched[live.msg.id] = live
+
+    def finish(self, live: Live, reports: list[Report]) -> None:
+        self.touched.pop(live.msg.id, None)
+        self.finished.append((live, reports))
+
+    def __bool__(self) -> bool:
+        return bool(self.touched or self.finished)
 
 
 def final_state_of(parts: Sequence[Part]) -> State | None:
@@ -172,12 +196,15 @@ class Dispatcher:
         self._heap: list[tuple[float, int, str]] = []
         self._counter = itertools.count()
         self._wake = trio.Event()
+        self._results: list[tuple[Live, Part, SubmitResult]] = []
         self._by_smsc: dict[tuple[str, str], tuple[Live, Part]] = {}
         self._held: list[tuple[str, list[str], trio.Event]] = []
         self._parked: dict[str, Live] = {}  # waiting for a connector of their route to come up
         self._converting: set[str] = set()  # connectors seen writing receipt ids converted
         total = sum(c.capacity for c in connectors.values())
-        self._limiter = trio.CapacityLimiter(max_in_flight or max(64, 2 * total))
+        self.max_in_flight = max_in_flight or max(64, 2 * total)
+        self._in_flight = 0  # messages with submits not answered yet
+        self._nursery: trio.Nursery | None = None
 
     # -- intake side ------------------------------------------------------------------------
     def enqueue(self, msg: Message) -> None:
@@ -237,24 +264,58 @@ class Dispatcher:
         count = await self.load()
         log.info("dispatcher.loaded", unfinished=count)
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             for connector in self.connectors.values():
                 nursery.start_soon(self._follow, connector)
             task_status.started()
             while True:
-                await self._wait_due()
-                now = self.clock.now()
-                while self._heap and self._heap[0][0] <= now:
-                    when, _, msg_id = heapq.heappop(self._heap)
-                    live = self.live.get(msg_id)
-                    if live is None or live.due != when:
-                        continue  # finished, or superseded by an earlier entry
-                    live.due = None
-                    if live.busy:
-                        live.recheck = True
-                        continue
-                    await self._limiter.acquire_on_behalf_of(live)
-                    live.busy = True
-                    nursery.start_soon(self._step, live)
+                await self._wait_work()
+                self._round()
+
+    def _round(self) -> None:
+        """Handle the submit results in, then the messages due (as far as the in-flight
+        limit allows); queue the store write of everything that changed."""
+        work = _Round()
+        now = self.clock.now()
+        results, self._results = self._results, []
+        for live, part, result in results:
+            self._guarded(self._on_result, live, part, result, now, work)
+        while self._heap and self._heap[0][0] <= now and self._in_flight < self.max_in_flight:
+            when, _, msg_id = heapq.heappop(self._heap)
+            due = self.live.get(msg_id)
+            if due is None or due.due != when:
+                continue  # finished, or superseded by an earlier entry
+            due.due = None
+            self._guarded(self._step, due, now, work)
+        if work:
+            self._commit(work)
+
+    def _guarded(self, step: Callable[..., None], live: Live, *args: object) -> None:
+        """Run one message's step; a bug in it costs that message a retry, not the loop."""
+        try:
+            step(live, *args)
+        except Exception:
+            log.exception("dispatcher.step_failed", message_id=live.msg.id)
+            if not live.msg.state.final and live.sending == 0:
+                if any(p.state is PartState.PENDING for p in live.parts) or not live.parts:
+                    live.msg.state = State.QUEUED  # so that the pending parts are tried again
+                self._schedule(live, self.clock.now() + self.retry.initial_delay)
+
+    async def _wait_work(self) -> None:
+        """Return when there are submit results, or a message is due and may start."""
+        self._wake = trio.Event()
+        if self._results:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._heap and self._in_flight < self.max_in_flight:
+            at = self._heap[0][0]
+            if at <= self.clock.now():
+                await trio.lowlevel.checkpoint()
+                return
+            with trio.move_on_at(self.clock.to_trio(at)):
+                await self._wake.wait()
+        else:
+            await self._wake.wait()
 
     async def _follow(self, connector: SmscConnector) -> None:
         """Wake the parked messages when a connector goes from down to up."""
@@ -269,41 +330,19 @@ class Dispatcher:
                 for live in parked.values():
                     self._watch(live, now)
 
-    async def _wait_due(self) -> None:
-        self._wake = trio.Event()
-        if not self._heap:
-            await self._wake.wait()
+    def _step(self, live: Live, now: float, work: _Round) -> None:
+        msg = live.msg
+        if msg.state.final:
             return
-        with trio.move_on_at(self.clock.to_trio(self._heap[0][0])):
-            await self._wake.wait()
-
-    async def _step(self, live: Live) -> None:
-        try:
-            msg = live.msg
-            now = self.clock.now()
-            if msg.state.final:
-                return
-            if now >= msg.expires_at:
-                await self._finish(live, State.EXPIRED, now)
-            elif msg.state in (State.QUEUED, State.SCHEDULED, State.ACCEPTED) and \
-                    now >= msg.next_attempt_at:
-                await self._attempt(live, now)
-            elif msg.state is State.IN_FLIGHT:
-                self._watch(live, msg.expires_at)
-            else:
-                self._watch(live, msg.next_attempt_at)
-        except Exception:
-            log.exception("dispatcher.step_failed", message_id=live.msg.id)
-            if not live.msg.state.final:
-                if any(p.state is PartState.PENDING for p in live.parts) or not live.parts:
-                    live.msg.state = State.QUEUED  # so that the pending parts are tried again
-                self._schedule(live, self.clock.now() + self.retry.initial_delay)
-        finally:
-            live.busy = False
-            self._limiter.release_on_behalf_of(live)
-            if live.recheck:
-                live.recheck = False
-                self._watch(live, self.clock.now())
+        if now >= msg.expires_at:
+            self._finish(live, State.EXPIRED, now, work)
+        elif msg.state in (State.QUEUED, State.SCHEDULED, State.ACCEPTED) and \
+                now >= msg.next_attempt_at:
+            self._attempt(live, now, work)
+        elif msg.state is State.IN_FLIGHT:
+            self._watch(live, msg.expires_at)
+        else:
+            self._watch(live, msg.next_attempt_at)
 
     # -- one attempt --------------------------------------------------------------------------
     def _pick(self, live: Live, now: float) -> SmscConnector | None:
@@ -331,14 +370,15 @@ class Dispatcher:
         r = self.retry
         return float(min(r.max_delay, r.initial_delay * r.multiplier ** max(0, attempts - 1)))
 
-    async def _attempt(self, live: Live, now: float) -> None:
+    def _attempt(self, live: Live, now: float, work: _Round) -> None:
+        """Hand the message's pending parts to a connector; results come to _on_result."""
         msg = live.msg
         try:
             conn = self._pick(live, now)
         except NoRoute:
             msg.error = NO_ROUTE_ERROR
             log.warning("message.no_route", message_id=msg.id)
-            await self._finish(live, State.REJECTED, now)
+            self._finish(live, State.REJECTED, now, work)
             return
         if conn is None:  # every connector of the route is down: wait for one (or the expiry)
             self._parked[msg.id] = live
@@ -353,7 +393,7 @@ class Dispatcher:
             except TextEncodingError as exc:  # e.g. more than 255 parts for this SMSC
                 log.warning("message.unsplittable", message_id=msg.id, detail=str(exc))
                 msg.error = Status.ESME_RINVMSGLEN
-                await self._finish(live, State.REJECTED, now)
+                self._finish(live, State.REJECTED, now, work)
                 return
         if not live.parts:
             live.parts = [Part(msg.id, n, conn.name) for n in range(1, len(live.segments) + 1)]
@@ -361,51 +401,124 @@ class Dispatcher:
         msg.state = State.IN_FLIGHT
         msg.attempts += 1
         msg.connector = conn.name
+        live.refused, live.late = None, False
         metrics.ATTEMPTS.labels(conn.name).inc()
+        deadline = self.clock.to_trio(msg.expires_at)
         for part, segment in zip(live.parts, live.segments, strict=True):
             if part.state is not PartState.PENDING:
                 continue
             part.connector = conn.name
-            remaining = msg.expires_at - self.clock.now()
-            if remaining <= 0:
-                await self._finish(live, State.EXPIRED, self.clock.now())
-                return
-            result = await conn.submit(self._submit_pdu(msg, segment, conn, remaining))
-            if msg.state.final:  # finished meanwhile (expired, or every receipt in)
-                return
-            if result.ok:
-                part.smsc_id = result.smsc_id
-                part.state = PartState.SUBMITTED
-                part.submitted_at = self.clock.now()
-                if result.smsc_id:
-                    self._register(live, part)
-                continue
-            msg.error = result.status
-            metrics.SUBMIT_ERRORS.labels(conn.name, f"0x{result.status:08X}").inc()
-            if result.temporary:
-                if not any(p.state is not PartState.PENDING for p in live.parts):
-                    live.failover += 1  # nothing sent yet: the next attempt may fail over
-                msg.state = State.QUEUED
-                delay = self._backoff(msg.attempts)
-                log.info("message.retry", message_id=msg.id, smsc=conn.name,
-                         status=f"0x{result.status:08X}", detail=result.detail, delay=delay)
-                self._schedule(live, self.clock.now() + delay)
-                await self.store.save_message(msg, live.parts)
-                return
-            part.state = PartState.REJECTED if result.rejected else PartState.UNDELIVERABLE
-            part.done_at = self.clock.now()
-            final = State.REJECTED if result.rejected else State.UNDELIVERABLE
-            await self._finish(live, final, self.clock.now())
+            live.sending += 1
+            conn.submit_nowait(self._submit_pdu(msg, segment, conn), deadline,
+                               functools.partial(self._submitted, live, part))
+        if live.sending:
+            self._in_flight += 1
+        else:  # nothing was pending (cannot happen for a queued message, but never hang)
+            self._attempt_done(live, now, work)
+
+    def _submitted(self, live: Live, part: Part, result: SubmitResult) -> None:
+        """A connector's answer for one part: handled in the next round."""
+        self._results.append((live, part, result))
+        self._wake.set()
+
+    def _on_result(self, live: Live, part: Part, result: SubmitResult, now: float,
+                   work: _Round) -> None:
+        live.sending -= 1
+        if live.sending == 0:
+            self._in_flight -= 1
+        msg = live.msg
+        if msg.state.final:  # finished meanwhile (expired, or failed on another part)
             return
-        log.info("message.submitted", message_id=msg.id, smsc=conn.name, parts=len(live.parts),
-                 attempt=msg.attempts)
+        if result.ok:
+            part.smsc_id = result.smsc_id
+            part.state = PartState.SUBMITTED
+            part.submitted_at = now
+            if result.smsc_id:
+                self._register(live, part)
+        elif result.expired:
+            live.late = True
+        else:
+            msg.error = result.status
+            metrics.SUBMIT_ERRORS.labels(part.connector, f"0x{result.status:08X}").inc()
+            if result.temporary:
+                live.refused = result
+            else:
+                part.state = PartState.REJECTED if result.rejected else PartState.UNDELIVERABLE
+                part.done_at = now
+                self._finish(live, State.REJECTED if result.rejected else State.UNDELIVERABLE,
+                             now, work)
+                return
+        if live.sending:
+            work.touch(live)  # the operator ids known so far are kept
+        else:
+            self._attempt_done(live, now, work)
+
+    def _attempt_done(self, live: Live, now: float, work: _Round) -> None:
+        """Every submit of the attempt is answered: in flight, retry later, or final."""
+        msg = live.msg
+        if live.late:
+            self._finish(live, State.EXPIRED, now, work)
+            return
+        refused = live.refused
+        if refused is not None:
+            if not any(p.state is not PartState.PENDING for p in live.parts):
+                live.failover += 1  # nothing sent yet: the next attempt may fail over
+            msg.state = State.QUEUED
+            delay = self._backoff(msg.attempts)
+            log.info("message.retry", message_id=msg.id, smsc=msg.connector,
+                     status=f"0x{refused.status:08X}", detail=refused.detail, delay=delay)
+            self._schedule(live, now + delay)
+            work.touch(live)
+            return
+        log.info("message.submitted", message_id=msg.id, smsc=msg.connector,
+                 parts=len(live.parts), attempt=msg.attempts)
         metrics.transition(State.IN_FLIGHT)
         self._watch(live, msg.expires_at)
         outcome = final_state_of(live.parts)  # every receipt may be in already
         if outcome is not None:
-            await self._finish(live, outcome, self.clock.now())
+            self._finish(live, outcome, now, work)
         else:
-            await self.store.save_message(msg, live.parts)
+            work.touch(live)
+
+    # -- writing a round ----------------------------------------------------------------------
+    def _commit(self, work: _Round) -> None:
+        """Queue the round's store write now (rows as they are now); a task waits for the
+        commit, then hands on the finished messages' reports."""
+        items = self._items(work)
+        try:
+            pending = self.store.save_messages_nowait(items)
+        except StoreError:
+            log.exception("dispatcher.save_failed", messages=len(items))
+            pending = None
+        assert self._nursery is not None
+        self._nursery.start_soon(self._committed, work, pending)
+
+    @staticmethod
+    def _items(work: _Round) -> list[tuple[Message, list[Part], list[Report]]]:
+        return [(live.msg, live.parts, []) for live in work.touched.values()] + \
+            [(live.msg, live.parts, reports) for live, reports in work.finished]
+
+    async def _committed(self, work: _Round, pending: PendingWrite | None) -> None:
+        """Wait for a round's commit. If it failed (disk full...), write the same messages
+        again, as they are by then, until it succeeds: memory is not left ahead of the store
+        for good, and final states are handed on only once stored."""
+        delay = SAVE_RETRY_MIN
+        while True:
+            if pending is not None:
+                try:
+                    with trio.CancelScope(shield=True):
+                        await pending.wait()
+                    break
+                except StoreError:
+                    log.exception("dispatcher.save_failed", retry_in=delay)
+            await trio.sleep(delay)  # cancelled at shutdown: the store has the older state
+            delay = min(delay * 2, SAVE_RETRY_MAX)
+            try:
+                pending = self.store.save_messages_nowait(self._items(work))
+            except StoreError:
+                pending = None
+        for live, reports in work.finished:
+            self._finalized(live, reports)
 
     def _segments(self, msg: Message, conn: SmscConnector) -> list[Segment]:
         if msg.esm_class & ESM_UDHI:  # already segmented upstream: one part, as submitted
@@ -416,8 +529,8 @@ class Dispatcher:
         return split(msg.body, msg.data_coding, method=cfg.segmentation, ref=ref,
                      ref16=cfg.udh_ref16)
 
-    def _submit_pdu(self, msg: Message, segment: Segment, conn: SmscConnector,
-                    remaining: float) -> SubmitSm:
+    def _submit_pdu(self, msg: Message, segment: Segment, conn: SmscConnector) -> SubmitSm:
+        """The operator submit_sm for one segment (the connector sets its validity_period)."""
         cfg = conn.config
         pdu = SubmitSm(
             source_addr_ton=msg.source_ton if cfg.source_ton is None else cfg.source_ton,
@@ -428,7 +541,6 @@ class Dispatcher:
             destination_addr=msg.dest_addr.lstrip("+"),
             esm_class=(msg.esm_class & ESM_MODE_MASK) | (ESM_UDHI if segment.udhi else 0),
             protocol_id=msg.protocol_id, priority_flag=msg.priority,
-            validity_period=format_relative(max(1.0, remaining)),
             registered_delivery=1,  # always: receipts drive the message's final state
             data_coding=msg.data_coding,
         )
@@ -539,10 +651,11 @@ class Dispatcher:
     async def _apply_receipts(self, connector: str,
                               matched: Sequence[tuple[Live, Part, str, int]]) -> None:
         """Record receipts' outcomes on their parts; finish the messages that are complete;
-        commit it all in one write."""
+        commit it all in one write. Raises StoreError if that write failed: the receipts'
+        effects stay in memory and are written again until the store takes them, and the
+        operator, told of the failure, sends the receipts again (matched then as late)."""
         now = self.clock.now()
-        touched: dict[str, tuple[Live, list[Part]]] = {}
-        finished: list[tuple[Live, list[Report]]] = []
+        work = _Round()
         for live, part, stat, error in matched:
             outcome = STAT_TO_PART.get(stat.upper(), PartState.UNDELIVERABLE)
             metrics.RECEIPTS.labels(connector, stat.upper()).inc()
@@ -554,31 +667,30 @@ class Dispatcher:
             self._by_smsc.pop((part.connector, _norm(part.smsc_id or "")), None)
             final = final_state_of(live.parts)
             if final is None:
-                touched.setdefault(live.msg.id, (live, []))[1].append(part)
+                work.touch(live)
                 continue
             if error:
                 live.msg.error = error
-            touched.pop(live.msg.id, None)
-            finished.append((live, self._finalize(live, final, now)))
-        if not touched and not finished:
+            work.finish(live, self._finalize(live, final, now))
+        if not work:
             return
-        # Shielded: a committed final state must reach _finalized (its report, forgetting the
-        # message) even if the operator connection that carried the receipts drops meanwhile.
-        with trio.CancelScope(shield=True):
-            await self.store.save_messages(
-                [(live.msg, parts, ()) for live, parts in touched.values()]
-                + [(live.msg, live.parts, reports) for live, reports in finished])
-            for live, reports in finished:
-                self._finalized(live, reports)
+        assert self._nursery is not None
+        try:
+            pending = self.store.save_messages_nowait(self._items(work))
+            # Shielded: a committed final state must reach _finalized (its report,
+            # forgetting the message) even if the operator connection drops meanwhile.
+            with trio.CancelScope(shield=True):
+                await pending.wait()
+        except StoreError:
+            self._nursery.start_soon(self._committed, work, None)
+            raise
+        for live, reports in work.finished:
+            self._finalized(live, reports)
 
     # -- final states ---------------------------------------------------------------------------
-    async def _finish(self, live: Live, state: State, now: float) -> None:
-        if live.msg.state.final:
-            return
-        reports = self._finalize(live, state, now)
-        with trio.CancelScope(shield=True):  # see _apply_receipts
-            await self.store.save_message(live.msg, live.parts, reports)
-            self._finalized(live, reports)
+    def _finish(self, live: Live, state: State, now: float, work: _Round) -> None:
+        if not live.msg.state.final:
+            work.finish(live, self._finalize(live, state, now))
 
     def _finalize(self, live: Live, state: State, now: float) -> list[Report]:
         """Move a message and its open parts to a final state; the report owed upstream."""

@@ -298,6 +298,23 @@ async def _aio_fetchall(conn: aiosqlite.Connection, sql: str, params: Sequence[A
     return list(rows)
 
 
+class PendingWrite:
+    """A write already queued; `await wait()` returns after its commit or raises StoreError.
+    Cancelling the wait does not cancel the write."""
+
+    __slots__ = ("_call", "_ids", "_reports")
+
+    def __init__(self, call: _Call, reports: list[Report], ids: list[int]) -> None:
+        self._call, self._reports, self._ids = call, reports, ids
+
+    async def wait(self) -> None:
+        await self._call.done.wait()
+        if self._call.error is not None:
+            raise self._call.error
+        for r, rid in zip(self._reports, self._ids, strict=True):
+            r.id = rid
+
+
 # --------------------------------------------------------------------------- the store
 
 
@@ -490,14 +507,20 @@ class Store:
             self.committed_ops += call.size
         call.done.set()
 
-    async def _write(self, call: _Call) -> list[int]:
-        """Queue a call and wait for its commit; the rowcount of each of its statements."""
+    def _queue(self, call: _Call) -> None:
         if not call.size:
-            return [0] * len(call.groups)
+            call.done.set()
+            return
         try:
             self._send.send_nowait(call)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise StoreError("the store is closed") from None
+
+    async def _write(self, call: _Call) -> list[int]:
+        """Queue a call and wait for its commit; the rowcount of each of its statements."""
+        if not call.size:
+            return [0] * len(call.groups)
+        self._queue(call)
         # If we are cancelled here, the write still happens: it is queued.
         await call.done.wait()
         if call.error is not None:
@@ -523,19 +546,26 @@ class Store:
         self, items: Sequence[tuple[Message, Sequence[Part], Sequence[Report]]]
     ) -> None:
         """save_message for several messages, all in one atomic call."""
+        await self.save_messages_nowait(items).wait()
+
+    def save_messages_nowait(
+        self, items: Sequence[tuple[Message, Sequence[Part], Sequence[Report]]]
+    ) -> PendingWrite:
+        """save_messages, queued at once with the rows as they are now; await the result's
+        wait() for the commit. Writes queued earlier are committed first (or with it)."""
         msgs = [_message_row(msg) for msg, _, _ in items]
         part_rows = [_part_row(p) for _, parts, _ in items for p in parts]
         reports = [r for _, _, reps in items for r in reps]
         groups: list[tuple[int, list[Row]]] = [(_UPSERT_MESSAGE, msgs)]
         if part_rows:
             groups.append((_UPSERT_PART, part_rows))
+        ids: list[int] = []
         if reports:
             ids, rows = self._report_rows(reports)
             groups.append((_INSERT_REPORT, rows))
-        await self._write(_Call(groups))
-        if reports:
-            for r, rid in zip(reports, ids, strict=True):
-                r.id = rid
+        call = _Call(groups)
+        self._queue(call)
+        return PendingWrite(call, reports, ids)
 
     async def save_parts(self, parts: Sequence[Part]) -> None:
         """Upsert parts by (message_id, part_no)."""

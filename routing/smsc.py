@@ -1,8 +1,9 @@
 """SMS channel: one operator (SMSC) connection group, i.e. N SMPP client binds.
 
-Keeps its binds up (reconnect with exponential backoff), limits submits per second, spreads
-submits over the bound transmitters, classifies submit_sm_resp statuses (temporary: retry
-later; permanent: final), and hands every deliver_sm / data_sm it receives to a callback.
+Keeps its binds up (reconnect with exponential backoff), sends queued submits in order at no
+more than the configured rate over the bound transmitters' windows (never once their message's
+validity is over, and carrying what is left of it), classifies submit_sm_resp statuses
+(temporary: retry later; permanent: final), and hands every deliver_sm / data_sm to a callback.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -18,16 +20,18 @@ import trio
 
 from gateway import metrics
 from gateway.config import SmscConfig
-from smpp.connection import Connection, ConnectionClosed, ResponseTimeout
+from smpp.connection import Connection, ConnectionClosed, ResponseTimeout, WindowFull
 from smpp.constants import CommandId, Status
 from smpp.pdu import (
     BindReceiver,
     BindTransceiver,
     BindTransmitter,
     Pdu,
+    PduError,
     SubmitSm,
 )
 from smpp.session import BindState, SessionError, Side
+from smpp.smpptime import format_relative
 
 log = structlog.get_logger("routing.smsc")
 
@@ -47,6 +51,7 @@ REJECTING_STATUSES = frozenset({
     Status.ESME_RINVPARLEN, Status.ESME_RMISSINGOPTPARAM, Status.ESME_RINVOPTPARAMVAL,
 })
 THROTTLE_PAUSE = 1.0  # seconds a connector holds back after ESME_RTHROTTLED
+_YIELD_EVERY = 64  # submits sent back to back before the sender lets other tasks run
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +63,7 @@ class SubmitResult:
     temporary: bool = False
     rejected: bool = False  # permanent and caused by the message itself
     detail: str = ""
+    expired: bool = False  # not sent: the message's validity ran out while it waited
 
     @property
     def ok(self) -> bool:
@@ -69,6 +75,20 @@ def classify(status: int, smsc_id: str | None) -> SubmitResult:
         return SubmitResult(smsc_id or "", status)
     return SubmitResult(None, status, temporary=status in TEMPORARY_STATUSES,
                         rejected=status in REJECTING_STATUSES)
+
+
+NOT_BOUND = SubmitResult(None, Status.ESME_RINVBNDSTS, temporary=True, detail="not bound")
+EXPIRED = SubmitResult(None, Status.ESME_RINVEXPIRY, expired=True, detail="validity over")
+SubmitDone = Callable[[SubmitResult], None]
+
+
+@dataclass(slots=True)
+class Submission:
+    """A queued submit_sm, its validity deadline (trio clock) and who hears the result."""
+
+    pdu: SubmitSm
+    deadline: float
+    done: SubmitDone
 
 
 BindKind = type[BindTransceiver] | type[BindTransmitter] | type[BindReceiver]
@@ -97,7 +117,8 @@ class RateLimiter:
 
 
 class SmscConnector:
-    """All binds to one operator. `run()` keeps them up; `submit()` sends one submit_sm."""
+    """All binds to one operator. `run()` keeps them up and sends what `submit_nowait()`
+    queues."""
 
     channel = "sms"
 
@@ -110,6 +131,9 @@ class SmscConnector:
         self._receivers: list[Connection] = []
         self._rr = itertools.count()
         self._up_changed = trio.Event()
+        self._queue: deque[Submission] = deque()
+        self._queued = trio.Event()  # set when the queue gets an item
+        self._slot = trio.Event()  # set when a window slot frees or the binds change
 
     # -- state --------------------------------------------------------------------------
     def is_up(self) -> bool:
@@ -127,6 +151,10 @@ class SmscConnector:
     def _changed(self) -> None:
         self._up_changed.set()
         self._up_changed = trio.Event()
+        self._slot.set()
+
+    def _slot_freed(self) -> None:
+        self._slot.set()
 
     # -- binds ----------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -139,6 +167,7 @@ class SmscConnector:
         async with trio.open_nursery() as nursery:
             for index, kind in enumerate(kinds):
                 nursery.start_soon(self._bind_loop, kind, index)
+            nursery.start_soon(self._sender)
             task_status.started()
 
     async def _bind_loop(self, kind: BindKind, index: int) -> None:
@@ -163,6 +192,7 @@ class SmscConnector:
         conn = Connection(stream, Side.ESME, window=cfg.window,
                           response_timeout=cfg.response_timeout,
                           enquire_link_interval=cfg.enquire_link_interval, name=name)
+        conn.on_slot_freed = self._slot_freed
         bound = False
         try:
             async with trio.open_nursery() as nursery:
@@ -221,26 +251,98 @@ class SmscConnector:
             conn.respond(pdu.response(status=Status.ESME_RINVCMDID))
 
     # -- submitting -----------------------------------------------------------------------
-    async def submit(self, pdu: SubmitSm) -> SubmitResult:
-        """Send one submit_sm over a bound transmitter and classify the answer."""
-        await self.limiter.acquire()
-        if not self._transmitters:
-            return SubmitResult(None, Status.ESME_RINVBNDSTS, temporary=True, detail="not bound")
-        conn = self._transmitters[next(self._rr) % len(self._transmitters)]
+    def submit_nowait(self, pdu: SubmitSm, deadline: float, done: SubmitDone) -> None:
+        """Queue a submit_sm. `done` later gets its result exactly once (from the connector's
+        tasks): accepted with the operator's id, refused, not bound, or expired (not sent
+        because trio time reached `deadline` first). The PDU's validity_period is set, when
+        it is sent, to the time left until the deadline."""
+        self._queue.append(Submission(pdu, deadline, done))
+        self._queued.set()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def _sender(self) -> None:
+        """Send the queue in order: rate limit, a free window slot, validity check, wire."""
+        sent = 0
+        while True:
+            if not self._queue:
+                self._queued = trio.Event()
+                await self._queued.wait()
+            item = self._queue.popleft()
+            try:
+                await self.limiter.acquire()
+                if not await self._wait_ready():
+                    item.done(NOT_BOUND)
+                    continue
+                remaining = item.deadline - trio.current_time()
+                if remaining <= 0:
+                    item.done(EXPIRED)
+                    continue
+                item.pdu.validity_period = format_relative(max(1.0, remaining))
+                self._send(item)
+            except Exception:  # a bug must not stop the queue: the message is retried
+                log.exception("smsc.submit_failed", smsc=self.name)
+                item.done(SubmitResult(None, Status.ESME_RSYSERR, temporary=True,
+                                       detail="internal error"))
+            sent += 1
+            if sent % _YIELD_EVERY == 0:
+                await trio.lowlevel.checkpoint()
+
+    def _free_transmitter(self) -> Connection | None:
+        pool = self._transmitters
+        n = len(pool)
+        start = next(self._rr)
+        for i in range(n):
+            conn = pool[(start + i) % n]
+            if not conn.closed and conn.free_slots() > 0:
+                return conn
+        return None
+
+    async def _wait_ready(self) -> bool:
+        """Wait until a bound transmitter has a free window slot; False if none is bound."""
+        while self._free_transmitter() is None:
+            if not self._transmitters:
+                return False
+            if self._slot.is_set():
+                self._slot = trio.Event()
+            await self._slot.wait()
+        return True
+
+    def _send(self, item: Submission) -> None:
+        """Put one submit_sm on the wire (a slot is free: see _wait_ready); its answer
+        reaches item.done through _answered."""
+        conn = self._free_transmitter()
+        if conn is None:
+            item.done(NOT_BOUND)
+            return
         try:
-            resp = await conn.request(pdu)
-        except ResponseTimeout:
-            return SubmitResult(None, Status.ESME_RSYSERR, temporary=True, detail="timeout")
-        except (ConnectionClosed, SessionError) as exc:
-            return SubmitResult(None, Status.ESME_RINVBNDSTS, temporary=True, detail=repr(exc))
-        if resp.status == Status.ESME_RTHROTTLED:
-            self.limiter.pause(THROTTLE_PAUSE)
-        message_id = getattr(resp, "message_id", None)
-        result = classify(resp.status, message_id if isinstance(message_id, str) else None)
-        if result.ok and not result.smsc_id:
-            # Accepted all the same: resending would duplicate. No receipt can be matched.
-            log.warning("smsc.empty_message_id", smsc=self.name)
-        return result
+            conn.send_request(item.pdu, functools.partial(self._answered, item))
+        except (ConnectionClosed, SessionError, WindowFull) as exc:
+            item.done(SubmitResult(None, Status.ESME_RINVBNDSTS, temporary=True,
+                                   detail=repr(exc)))
+        except PduError as exc:  # the message cannot be encoded: resending will not help
+            log.warning("smsc.unencodable_submit", smsc=self.name, error=str(exc))
+            item.done(SubmitResult(None, Status.ESME_RSYSERR, rejected=True, detail=str(exc)))
+
+    def _answered(self, item: Submission, resp: Pdu | None, error: Exception | None) -> None:
+        if resp is None:
+            if isinstance(error, ResponseTimeout):
+                result = SubmitResult(None, Status.ESME_RSYSERR, temporary=True,
+                                      detail="timeout")
+            else:
+                result = SubmitResult(None, Status.ESME_RINVBNDSTS, temporary=True,
+                                      detail=repr(error))
+        else:
+            if resp.status == Status.ESME_RTHROTTLED:
+                self.limiter.pause(THROTTLE_PAUSE)
+            message_id = getattr(resp, "message_id", None)
+            result = classify(resp.status, message_id if isinstance(message_id, str) else None)
+            if result.ok and not result.smsc_id:
+                # Accepted all the same: resending would duplicate. No receipt can be matched.
+                log.warning("smsc.empty_message_id", smsc=self.name)
+        item.done(result)
 
     async def close(self) -> None:
         """Unbind every session (graceful shutdown)."""

@@ -18,7 +18,7 @@ from gateway.dispatcher import Dispatcher
 from gateway.model import Message, PartState, Report, State, new_message_id
 from gateway.store import Store
 from routing.core import PrefixRoute, PrefixRouter
-from routing.smsc import SmscConnector, SubmitResult
+from routing.smsc import SmscConnector, Submission, SubmitResult
 from smpp.constants import Status
 from smpp.pdu import Pdu, SubmitSm
 from smpp.receipt import parse_receipt
@@ -52,9 +52,17 @@ class ScriptedSmsc(SmscConnector):
     def is_up(self) -> bool:
         return self.up
 
-    async def submit(self, pdu: SubmitSm) -> SubmitResult:
-        self.sent.append((trio.current_time(), pdu))
-        return self.answer(pdu)
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:  # the real submit queue, no binds
+            nursery.start_soon(self._sender)
+            task_status.started()
+
+    async def _wait_ready(self) -> bool:
+        return self.up
+
+    def _send(self, item: Submission) -> None:
+        self.sent.append((trio.current_time(), item.pdu))
+        item.done(self.answer(item.pdu))
 
 
 class Harness:
@@ -96,6 +104,8 @@ async def _harness(tmp_path: Path, connectors: dict[str, SmscConnector],
         dispatcher = Dispatcher(store, router, connectors,
                                 RetryConfig(initial_delay=5, max_delay=300, multiplier=2),
                                 clock, reports.append)
+        for connector in connectors.values():
+            await nursery.start(connector.run)
         await nursery.start(dispatcher.run)
         yield Harness(store, dispatcher, clock, reports)
         nursery.cancel_scope.cancel()
@@ -246,10 +256,14 @@ async def test_receipt_arriving_before_its_submit_resp_is_held_and_matched(
     gate = trio.Event()
 
     class SlowResp(ScriptedSmsc):
-        async def submit(self, pdu: SubmitSm) -> SubmitResult:
-            self.sent.append((trio.current_time(), pdu))
-            await gate.wait()
-            return SubmitResult("early-1", 0)
+        def _send(self, item: Submission) -> None:
+            self.sent.append((trio.current_time(), item.pdu))
+
+            async def answer_later() -> None:
+                await gate.wait()
+                item.done(SubmitResult("early-1", 0))
+
+            nursery.start_soon(answer_later)
 
     smsc = SlowResp("opA")
     async with trio.open_nursery() as nursery:
