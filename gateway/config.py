@@ -175,6 +175,7 @@ class SimulatorConfig:
     password: str = "simpass"
     control_host: str = "127.0.0.1"
     control_port: int = 2777  # HTTP control interface: MO injection, stats
+    window: int = 10  # deliver_sm (receipts, MO) outstanding per bound receiver
     receipt_delay: float = 1.0
     delivered: float = 1.0
     undeliverable: float = 0.0
@@ -679,6 +680,7 @@ def _simulator(t: _Table) -> SimulatorConfig:
         password=t.string("password", max_len=SMPP_PASSWORD_MAX, pattern=_TEXT_RE),
         control_host=t.host("control_host"),
         control_port=t.port("control_port"),
+        window=t.integer("window", low=1),
         receipt_delay=t.duration("receipt_delay", positive=False),
         delivered=delivered,
         undeliverable=undeliverable,

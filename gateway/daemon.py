@@ -128,7 +128,7 @@ async def run(
             if config.simulator is not None:
                 from gateway.simulator import SmscSimulator
 
-                sim = SmscSimulator(config.simulator)
+                sim = SmscSimulator(config.simulator, window=config.simulator.window)
                 await nursery.start(sim.serve)
                 running.simulator = sim
             await nursery.start(reporter.run)

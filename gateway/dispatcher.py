@@ -402,7 +402,7 @@ class Dispatcher:
         msg.attempts += 1
         msg.connector = conn.name
         live.refused, live.late = None, False
-        metrics.ATTEMPTS.labels(conn.name).inc()
+        metrics.child(metrics.ATTEMPTS, conn.name).inc()
         deadline = self.clock.to_trio(msg.expires_at)
         for part, segment in zip(live.parts, live.segments, strict=True):
             if part.state is not PartState.PENDING:
@@ -486,7 +486,7 @@ class Dispatcher:
         commit, then hands on the finished messages' reports."""
         items = self._items(work)
         try:
-            pending = self.store.save_messages_nowait(items)
+            pending = self.store.save_messages_nowait(items, existing=True)
         except StoreError:
             log.exception("dispatcher.save_failed", messages=len(items))
             pending = None
@@ -514,7 +514,7 @@ class Dispatcher:
             await trio.sleep(delay)  # cancelled at shutdown: the store has the older state
             delay = min(delay * 2, SAVE_RETRY_MAX)
             try:
-                pending = self.store.save_messages_nowait(self._items(work))
+                pending = self.store.save_messages_nowait(self._items(work), existing=True)
             except StoreError:
                 pending = None
         for live, reports in work.finished:
@@ -657,8 +657,10 @@ class Dispatcher:
         now = self.clock.now()
         work = _Round()
         for live, part, stat, error in matched:
-            outcome = STAT_TO_PART.get(stat.upper(), PartState.UNDELIVERABLE)
-            metrics.RECEIPTS.labels(connector, stat.upper()).inc()
+            word = stat.upper()
+            outcome = STAT_TO_PART.get(word, PartState.UNDELIVERABLE)
+            metrics.child(metrics.RECEIPTS, connector,
+                          word if word in STAT_TO_PART else "OTHER").inc()
             if outcome is None or live.msg.state.final:
                 continue  # intermediate receipt, or its message is already final
             part.state = outcome
@@ -676,7 +678,7 @@ class Dispatcher:
             return
         assert self._nursery is not None
         try:
-            pending = self.store.save_messages_nowait(self._items(work))
+            pending = self.store.save_messages_nowait(self._items(work), existing=True)
             # Shielded: a committed final state must reach _finalized (its report,
             # forgetting the message) even if the operator connection drops meanwhile.
             with trio.CancelScope(shield=True):

@@ -1,12 +1,14 @@
 """Reporter: delivers what the gateway owes upstream accounts (receipts and MO) as deliver_sm.
 
 Reports are committed before they get here. Each is sent over one of the account's bound
-receiver/transceiver sessions and deleted from the store only after a deliver_sm_resp OK;
-anything unanswered is sent again later, after a reconnect, or after a restart.
+receiver/transceiver sessions (as far as their windows allow; answers come back through
+callbacks, no task per report) and deleted from the store only after a deliver_sm_resp OK;
+anything refused or unanswered is sent again later, after a reconnect, or after a restart.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections import deque
 from collections.abc import Iterable
@@ -17,9 +19,9 @@ import trio
 from gateway import metrics
 from gateway.model import Report, ReportKind
 from gateway.store import Store, StoreError
-from smpp.connection import Connection, ConnectionClosed, ResponseTimeout
+from smpp.connection import Connection, ConnectionClosed, WindowFull
 from smpp.constants import Tag
-from smpp.pdu import DeliverSm, set_tlv_int, set_tlv_str
+from smpp.pdu import DeliverSm, Pdu, set_tlv_int, set_tlv_str
 from smpp.session import SessionError
 
 log = structlog.get_logger("gateway.reporter")
@@ -56,9 +58,22 @@ class _Account:
         self.binds: list[Connection] = []
         self.pending: dict[int, Report] = {}
         self.ready: deque[int] = deque()  # pending ids waiting to be sent, oldest first
+        self.later: deque[tuple[float, int]] = deque()  # (trio time, id) to offer again
         self.in_flight = 0
         self.wake = trio.Event()
         self.rr = itertools.count()
+
+    def kick(self) -> None:
+        self.wake.set()
+
+    def free_bind(self) -> Connection | None:
+        binds = self.binds
+        start = next(self.rr)
+        for i in range(len(binds)):
+            conn = binds[(start + i) % len(binds)]
+            if not conn.closed and conn.free_slots() > 0:
+                return conn
+        return None
 
 
 class Reporter:
@@ -94,6 +109,7 @@ class Reporter:
     def bind_added(self, account: str, conn: Connection) -> None:
         acc = self._account(account)
         acc.binds.append(conn)
+        conn.on_slot_freed = acc.kick
         acc.wake.set()
 
     def bind_removed(self, account: str, conn: Connection) -> None:
@@ -116,18 +132,60 @@ class Reporter:
             await trio.sleep_forever()  # keeps the nursery open for accounts seen later
 
     async def _serve_account(self, name: str, acc: _Account) -> None:
-        async with trio.open_nursery() as nursery:
-            while True:
-                acc.wake = trio.Event()
-                binds = [b for b in acc.binds if not b.closed]
-                while binds and acc.ready and acc.in_flight < MAX_IN_FLIGHT:
-                    report = acc.pending.get(acc.ready.popleft())
-                    if report is None:
-                        continue
-                    acc.in_flight += 1
-                    conn = binds[next(acc.rr) % len(binds)]
-                    nursery.start_soon(self._send, name, acc, report, conn)
+        while True:
+            acc.wake = trio.Event()
+            now = trio.current_time()
+            while acc.later and acc.later[0][0] <= now:
+                acc.ready.append(acc.later.popleft()[1])
+            while acc.ready and acc.in_flight < MAX_IN_FLIGHT:
+                conn = acc.free_bind()
+                if conn is None:
+                    break  # no bind, or every window full: woken by a bind or an answer
+                report = acc.pending.get(acc.ready.popleft())
+                if report is not None:
+                    self._send(name, acc, report, conn)
+            if acc.later:
+                with trio.move_on_at(acc.later[0][0]):
+                    await acc.wake.wait()
+            else:
                 await acc.wake.wait()
+
+    def _send(self, name: str, acc: _Account, report: Report, conn: Connection) -> None:
+        assert report.id is not None
+        try:
+            conn.send_request(deliver_pdu(report),
+                              functools.partial(self._answered, name, acc, report))
+        except (ConnectionClosed, SessionError, WindowFull):
+            acc.ready.appendleft(report.id)  # this bind is going: another one takes it
+            return
+        except Exception:  # e.g. a report that cannot be encoded: never end the account loop
+            log.exception("report.send_failed", account=name, message_id=report.message_id)
+            acc.later.append((trio.current_time() + RETRY_DELAY, report.id))
+            return
+        acc.in_flight += 1
+
+    def _answered(self, name: str, acc: _Account, report: Report, resp: Pdu | None,
+                  error: Exception | None) -> None:
+        assert report.id is not None
+        acc.in_flight -= 1
+        acc.kick()
+        if resp is not None and resp.status == 0:
+            # Forgotten here at once; deleted from the store by the next ack batch. A crash
+            # before that commit sends it again after the restart (at least once).
+            acc.pending.pop(report.id, None)
+            self._to_ack.append(report.id)
+            self._ack_wake.set()
+            metrics.child(metrics.REPORTS_SENT, name, report.kind.value).inc()
+            log.info("report.delivered", account=name, message_id=report.message_id,
+                     kind=report.kind.value)
+            return
+        if resp is not None:
+            log.info("report.refused", account=name, message_id=report.message_id,
+                     status=f"0x{resp.status:08X}")
+        else:
+            log.info("report.unanswered", account=name, message_id=report.message_id,
+                     error=repr(error))
+        acc.later.append((trio.current_time() + RETRY_DELAY, report.id))
 
     async def _ack_loop(self) -> None:
         """Delete delivered reports from the store, many per commit."""
@@ -145,33 +203,3 @@ class Reporter:
                 await trio.sleep(RETRY_DELAY)
                 self._ack_wake.set()
 
-    async def _send(self, name: str, acc: _Account, report: Report, conn: Connection) -> None:
-        assert report.id is not None
-        ok = False
-        try:
-            resp = await conn.request(deliver_pdu(report))
-            ok = resp.status == 0
-            if not ok:
-                log.info("report.refused", account=name, message_id=report.message_id,
-                         status=f"0x{resp.status:08X}")
-        except (ResponseTimeout, ConnectionClosed, SessionError) as exc:
-            log.info("report.unanswered", account=name, message_id=report.message_id,
-                     error=repr(exc))
-        except Exception:  # e.g. a report that cannot be encoded: never end the account loop
-            log.exception("report.send_failed", account=name, message_id=report.message_id)
-        try:
-            if ok:
-                # Forgotten here at once; deleted from the store by the next ack batch. A crash
-                # before that commit sends it again after the restart (at least once).
-                acc.pending.pop(report.id, None)
-                self._to_ack.append(report.id)
-                self._ack_wake.set()
-                metrics.REPORTS_SENT.labels(name, report.kind.value).inc()
-                log.info("report.delivered", account=name, message_id=report.message_id,
-                         kind=report.kind.value)
-            else:
-                await trio.sleep(RETRY_DELAY)
-                acc.ready.append(report.id)
-        finally:
-            acc.in_flight -= 1
-            acc.wake.set()

@@ -251,7 +251,7 @@ class SmppServer:
         for msg in messages:
             log.info("message.accepted", message_id=msg.id, account=msg.account,
                      state=msg.state.value, interface=interface)
-            metrics.ACCEPTED.labels(msg.account, interface).inc()
+            metrics.child(metrics.ACCEPTED, msg.account, interface).inc()
 
     async def _submit_batch(self, conn: Connection, pdus: list[Pdu]) -> None:
         """submit_sm / data_sm read together: validated one by one, stored in one commit,

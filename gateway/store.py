@@ -172,21 +172,25 @@ def _placeholders(n: int) -> str:
 
 # Write statements. A batch runs them in this order (each as one executemany), which is also
 # the order within every call, so grouping concurrent calls never reorders one call's writes.
+# Across calls, a message's insert always comes before its updates; upsert and update of one
+# message should not be mixed (the gateway updates; the upsert is for tools and tests).
 _INSERT_MESSAGE = 0
 _UPSERT_MESSAGE = 1
-_UPSERT_PART = 2
-_INSERT_REPORT = 3
-_DELETE_REPORT = 4
-_INSERT_ORPHAN = 5
-_PURGE_MESSAGES = 6
-_PURGE_PARTS = 7
-_PURGE_ORPHANS = 8
+_UPDATE_MESSAGE = 2
+_UPSERT_PART = 3
+_INSERT_REPORT = 4
+_DELETE_REPORT = 5
+_INSERT_ORPHAN = 6
+_PURGE_MESSAGES = 7
+_PURGE_PARTS = 8
+_PURGE_ORPHANS = 9
 _WRITE_SQL: tuple[str, ...] = (
     f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)})"
     f" VALUES ({_placeholders(len(MESSAGE_COLUMNS))})",
     f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)})"
     f" VALUES ({_placeholders(len(MESSAGE_COLUMNS))})"
     f" ON CONFLICT (id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in MESSAGE_MUTABLE)}",
+    f"UPDATE messages SET {', '.join(f'{c} = ?' for c in MESSAGE_MUTABLE)} WHERE id = ?",
     f"INSERT INTO parts ({', '.join(PART_COLUMNS)}) VALUES ({_placeholders(len(PART_COLUMNS))})"
     " ON CONFLICT (message_id, part_no) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in PART_COLUMNS[2:]),
@@ -205,6 +209,7 @@ _PART_SELECT = f"SELECT {', '.join(PART_COLUMNS)} FROM parts"
 _REPORT_SELECT = f"SELECT {', '.join(REPORT_COLUMNS)} FROM reports"
 
 _message_row: Callable[[Message], Row] = operator.attrgetter(*MESSAGE_COLUMNS)
+_message_update_row: Callable[[Message], Row] = operator.attrgetter(*MESSAGE_MUTABLE, "id")
 _part_row: Callable[[Part], Row] = operator.attrgetter(*PART_COLUMNS)
 _report_fields: Callable[[Report], Row] = operator.attrgetter(*REPORT_COLUMNS[:-2])
 
@@ -549,14 +554,24 @@ class Store:
         await self.save_messages_nowait(items).wait()
 
     def save_messages_nowait(
-        self, items: Sequence[tuple[Message, Sequence[Part], Sequence[Report]]]
+        self, items: Sequence[tuple[Message, Sequence[Part], Sequence[Report]]],
+        *, existing: bool = False,
     ) -> PendingWrite:
         """save_messages, queued at once with the rows as they are now; await the result's
-        wait() for the commit. Writes queued earlier are committed first (or with it)."""
-        msgs = [_message_row(msg) for msg, _, _ in items]
+        wait() for the commit. Writes queued earlier are committed first (or with it).
+
+        existing=True: the messages are known to be stored already (added by add_messages);
+        only their mutable fields are written, by a plain UPDATE (cheaper than the upsert).
+        """
+        if existing:
+            msgs = [_message_update_row(msg) for msg, _, _ in items]
+            stmt = _UPDATE_MESSAGE
+        else:
+            msgs = [_message_row(msg) for msg, _, _ in items]
+            stmt = _UPSERT_MESSAGE
         part_rows = [_part_row(p) for _, parts, _ in items for p in parts]
         reports = [r for _, _, reps in items for r in reps]
-        groups: list[tuple[int, list[Row]]] = [(_UPSERT_MESSAGE, msgs)]
+        groups: list[tuple[int, list[Row]]] = [(stmt, msgs)]
         if part_rows:
             groups.append((_UPSERT_PART, part_rows))
         ids: list[int] = []

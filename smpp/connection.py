@@ -219,6 +219,8 @@ class Connection:
                 self._cancel = nursery.cancel_scope
                 nursery.start_soon(self._writer)
                 nursery.start_soon(self._sweeper)
+                if self.inactivity_timeout < math.inf:
+                    nursery.start_soon(self._inactivity_watch)
                 if self.enquire_link_interval < math.inf:
                     nursery.start_soon(self._keepalive)
                 await self._reader(nursery, handler, batch_handler, batch_commands)
@@ -271,14 +273,7 @@ class Connection:
                       batch_commands: frozenset[CommandId]) -> None:
         while not self.closed:
             try:
-                with trio.fail_after(self.inactivity_timeout):
-                    data = await self.stream.receive_some(65536)
-            except trio.TooSlowError:
-                log.info("smpp.inactivity_timeout", conn=self.name)
-                if self.session.bound:
-                    self.session.send(Unbind())  # no wait: this task would read the answer
-                    await self.flush()
-                return
+                data = await self.stream.receive_some(65536)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
             if not data:
@@ -316,6 +311,22 @@ class Connection:
             if batch and batch_handler is not None:
                 nursery.start_soon(batch_handler, self, batch)
             self._kick()
+
+    async def _inactivity_watch(self) -> None:
+        """Close the connection when the peer has sent nothing for inactivity_timeout (one
+        timer for the connection, not a cancel scope per read)."""
+        while True:
+            deadline = self.last_received + self.inactivity_timeout
+            if trio.current_time() < deadline:
+                await trio.sleep_until(deadline)
+                continue
+            log.info("smpp.inactivity_timeout", conn=self.name)
+            if self.session.bound:
+                self.session.send(Unbind())  # no wait for the answer: we are leaving
+                await self.flush()
+            if self._cancel is not None:
+                self._cancel.cancel()
+            return
 
     async def _keepalive(self) -> None:
         """Probe the peer with enquire_link when the link has been quiet for an interval."""

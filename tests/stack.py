@@ -70,7 +70,7 @@ async def running_stack(
 ) -> AsyncIterator[tuple[daemon.Running, SmscSimulator]]:
     sim_config = sim or SimulatorConfig(port=0, control_port=0, receipt_delay=0.05, seed=7)
     async with trio.open_nursery() as nursery:
-        simulator = SmscSimulator(sim_config)
+        simulator = SmscSimulator(sim_config, window=sim_config.window)
         await nursery.start(simulator.serve)
         config = gateway_config(state_dir, simulator.port, smsc_changes, **changes)
         stop = trio.Event()
