@@ -57,10 +57,8 @@ from smpp.pdu import (
     SubmitMultiResp,
     SubmitSm,
     set_tlv_int,
-    set_tlv_str,
     tlv_int,
 )
-from smpp.receipt import Receipt, format_receipt
 from smpp.session import BindState, SessionError, Side
 from smpp.text import TextEncodingError, alphabet, decode_text, encode_text, parse_udh
 
@@ -78,12 +76,13 @@ log = structlog.get_logger("gateway.simulator")
 Stat = Literal["DELIVRD", "UNDELIV", "EXPIRED"]
 Outcome = Literal["DELIVRD", "UNDELIV", "EXPIRED", "NONE"]
 
-# Receipt details per outcome: (message_state TLV, err field of the receipt text).
-_OUTCOME_DETAILS: dict[str, tuple[int, str]] = {
-    "DELIVRD": (MessageState.DELIVERED, "000"),
-    "UNDELIV": (MessageState.UNDELIVERABLE, "001"),
-    "EXPIRED": (MessageState.EXPIRED, "000"),
+# Receipt details per outcome: (message_state TLV octet, err field of the receipt text).
+_OUTCOME_DETAILS: dict[str, tuple[bytes, str]] = {
+    "DELIVRD": (bytes((MessageState.DELIVERED,)), "000"),
+    "UNDELIV": (bytes((MessageState.UNDELIVERABLE,)), "001"),
+    "EXPIRED": (bytes((MessageState.EXPIRED,)), "000"),
 }
+_RECEIPT_TEXT_CHARS = 20  # of the message text quoted in a receipt, as format_receipt does
 _RECEIPT_SHARES = ("delivered", "undeliverable", "expired", "no_receipt")
 _SUBMIT_SHARES = ("throttle", "error", "slow", "disconnect")
 _DELAYS = ("receipt_delay", "slow_delay")
@@ -91,6 +90,7 @@ _SHARE_EPSILON = 1e-6
 _MAX_SMPP_ADDR = 20  # source_addr / destination_addr: C-octet string of at most 21 octets
 # Requests read together from one socket are answered in one pass (no task per PDU).
 _SUBMIT_COMMANDS = frozenset({CommandId.SUBMIT_SM, CommandId.DATA_SM, CommandId.SUBMIT_MULTI})
+_COMMAND_NAMES = {cid: cid.name.lower() for cid in _SUBMIT_COMMANDS}  # SubmitRecord.command
 
 
 # --------------------------------------------------------------------------- records
@@ -249,6 +249,7 @@ class SmscSimulator:
         self._timer_wake = trio.Event()
         self._connections: set[Connection] = set()
         self._conn_seq = 0
+        self._minutes: dict[int, str] = {}  # receipt dates: minute since the epoch -> YYMMDDhhmm
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -455,11 +456,12 @@ class SmscSimulator:
             except TextEncodingError:
                 concat = None
         sar: tuple[int, int, int] | None = None
-        ref = tlv_int(pdu, Tag.SAR_MSG_REF_NUM)
-        total = tlv_int(pdu, Tag.SAR_TOTAL_SEGMENTS)
-        seq = tlv_int(pdu, Tag.SAR_SEGMENT_SEQNUM)
-        if ref is not None and total is not None and seq is not None:
-            sar = (ref, total, seq)
+        if pdu.tlvs:
+            ref = tlv_int(pdu, Tag.SAR_MSG_REF_NUM)
+            total = tlv_int(pdu, Tag.SAR_TOTAL_SEGMENTS)
+            seq = tlv_int(pdu, Tag.SAR_SEGMENT_SEQNUM)
+            if ref is not None and total is not None and seq is not None:
+                sar = (ref, total, seq)
         if isinstance(pdu, SubmitMulti):
             destinations = tuple(d.addr for d in pdu.dests if hasattr(d, "addr"))
             destination = destinations[0] if destinations else ""
@@ -468,7 +470,7 @@ class SmscSimulator:
             destination = pdu.destination_addr
         record = SubmitRecord(
             message_id=self._new_message_id(),
-            command=pdu.command_id.name.lower(),
+            command=_COMMAND_NAMES[pdu.command_id],
             system_id=str(conn.extra.get("system_id", "")),
             source_addr=pdu.source_addr,
             destination_addr=destination,
@@ -509,18 +511,9 @@ class SmscSimulator:
         else:
             targets = [(pdu.dest_addr_ton, pdu.dest_addr_npi, pdu.destination_addr)]
         delay = self.config.receipt_delay
-        done = datetime.fromtimestamp(record.received_at + delay, UTC)
         state, err = _OUTCOME_DETAILS[record.outcome]
-        text = format_receipt(Receipt(
-            id=record.message_id,
-            sub=1,
-            dlvrd=1 if record.outcome == "DELIVRD" else 0,
-            submit_date=datetime.fromtimestamp(record.received_at, UTC),
-            done_date=done,
-            stat=record.outcome,
-            err=err,
-            text=record.text or "",
-        ))
+        text = self._receipt_text(record, delay, err)
+        tlv_id = record.message_id.encode("latin-1") + b"\0"  # C-octet string
         for ton, npi, addr in targets:
             receipt = DeliverSm(
                 source_addr_ton=ton,
@@ -532,11 +525,34 @@ class SmscSimulator:
                 esm_class=ESM_DELIVERY_RECEIPT,
                 data_coding=0,
                 short_message=text,
+                tlvs={Tag.RECEIPTED_MESSAGE_ID: tlv_id, Tag.MESSAGE_STATE: state},
             )
-            set_tlv_str(receipt, Tag.RECEIPTED_MESSAGE_ID, record.message_id)
-            set_tlv_int(receipt, Tag.MESSAGE_STATE, state)
             self.stats.receipts_scheduled += 1
             self._schedule(_Outbound(receipt, "receipt", stat=record.outcome), delay)
+
+    def _receipt_text(self, record: SubmitRecord, delay: float, err: str) -> bytes:
+        """The receipt's short_message: what smpp.receipt.format_receipt writes for it
+        (submit date when received, done date receipt_delay later), with each minute's date
+        formatted once instead of twice per receipt."""
+        text = record.text
+        text = " ".join(text[:_RECEIPT_TEXT_CHARS].splitlines()) if text else ""
+        line = (f"id:{record.message_id} sub:001 dlvrd:"
+                f"{'001' if record.outcome == 'DELIVRD' else '000'}"
+                f" submit date:{self._minute(record.received_at)}"
+                f" done date:{self._minute(record.received_at + delay)}"
+                f" stat:{record.outcome} err:{err} text:{text}")
+        return line.encode("ascii", "replace")
+
+    def _minute(self, when: float) -> str:
+        """YYMMDDhhmm (UTC) of a wall-clock time, as in receipts; one strftime per minute."""
+        minute = int(when // 60)
+        formatted = self._minutes.get(minute)
+        if formatted is None:
+            if len(self._minutes) >= 64:
+                self._minutes.clear()
+            formatted = time.strftime("%y%m%d%H%M", time.gmtime(minute * 60))
+            self._minutes[minute] = formatted
+        return formatted
 
     async def inject_mo(self, source_addr: str, destination_addr: str, text: str) -> None:
         """Queue a mobile-originated message (deliver_sm, esm_class 0) for a bound receiver.

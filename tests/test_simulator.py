@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -21,7 +22,7 @@ import smpplib.consts
 import trio
 
 from gateway.config import SimulatorConfig
-from gateway.simulator import ControlError, SmscSimulator, post_mo
+from gateway.simulator import ControlError, Outcome, SmscSimulator, SubmitRecord, post_mo
 from smpp.connection import Connection, ConnectionClosed
 from smpp.constants import MessageState, Status, Tag
 from smpp.pdu import (
@@ -40,7 +41,7 @@ from smpp.pdu import (
     tlv_int,
     tlv_str,
 )
-from smpp.receipt import parse_receipt
+from smpp.receipt import Receipt, format_receipt, parse_receipt
 from smpp.session import Side
 from smpp.text import decode_text
 
@@ -107,9 +108,11 @@ async def connect(
     system_id: str = "sim",
     password: str = "simpass",
     answers: list[int] | None = None,
+    window: int = 10,
 ) -> Esme:
     stream = await trio.open_tcp_stream("127.0.0.1", sim.port)
-    conn = Connection(stream, Side.ESME, enquire_link_interval=math.inf, response_timeout=5)
+    conn = Connection(stream, Side.ESME, enquire_link_interval=math.inf, response_timeout=5,
+                      window=window)
     esme = Esme(conn, bind_resp=Pdu(), answers=list(answers or []))
     nursery.start_soon(conn.run, esme.handler)
     esme.bind_resp = await conn.request(bind(system_id=system_id, password=password))
@@ -551,3 +554,171 @@ async def test_submitted_records_are_bounded() -> None:
                 assert (await http.get(f"/messages/{ids[0]}")).status_code == 404
                 assert (await http.get(f"/messages/{ids[-1]}")).status_code == 200
             await esme.conn.unbind()
+
+
+# --------------------------------------------------------------------------- pipelining
+
+
+async def pipeline(conn: Connection, count: int, **fields: Any) -> list[Pdu | Exception]:
+    """Send `count` submit_sm back to back (one socket read for the simulator); their outcomes
+    (response or error) in submission order."""
+    values: dict[str, Any] = {"source_addr": "ACME", "destination_addr": "33612345678",
+                              "short_message": b"pipelined"}
+    values.update(fields)
+    outcomes: dict[int, Pdu | Exception] = {}
+    done = trio.Event()
+
+    def settle(k: int, resp: Pdu | None, error: Exception | None) -> None:
+        outcomes[k] = resp if resp is not None else error or ConnectionClosed()
+        if len(outcomes) == count:
+            done.set()
+
+    for k in range(count):
+        conn.send_request(SubmitSm(**values), lambda r, e, k=k: settle(k, r, e))
+    await done.wait()
+    return [outcomes[k] for k in range(count)]
+
+
+async def test_pipelined_submits_are_answered_in_order_with_the_same_draws_as_one_by_one(
+) -> None:
+    async def statuses(pipelined: bool) -> tuple[list[int], list[str]]:
+        async with running(sim_config(throttle=0.5, seed=42)) as sim, \
+                trio.open_nursery() as nursery:
+            esme = await connect(nursery, sim, window=20)
+            if pipelined:
+                answers = await pipeline(esme.conn, 20)
+                resps = [a for a in answers if isinstance(a, Pdu)]
+            else:
+                resps = [await esme.submit(short_message=b"pipelined") for _ in range(20)]
+            await esme.conn.unbind()
+            ok_ids = [msg_id(r) for r in resps if r.status == 0]
+            assert [r.message_id for r in sim.submitted] == ok_ids
+            return [r.status for r in resps], ok_ids
+
+    with trio.fail_after(10):
+        one_by_one, pipelined = await statuses(False), await statuses(True)
+    assert len(pipelined[0]) == 20 and pipelined == one_by_one
+    assert Status.ESME_RTHROTTLED in pipelined[0] and 0 in pipelined[0]
+
+
+async def test_a_slow_submit_does_not_hold_back_the_others_of_its_read() -> None:
+    with trio.fail_after(5):
+        async with running(sim_config(slow=0.5, slow_delay=0.5, seed=2)) as sim, \
+                trio.open_nursery() as nursery:
+            esme = await connect(nursery, sim)
+            start = trio.current_time()
+            answered_at: list[float] = []
+            conn = esme.conn
+            for _ in range(8):
+                conn.send_request(SubmitSm(source_addr="ACME", destination_addr="33612345678",
+                                           short_message=b"x"),
+                                  lambda r, e: answered_at.append(trio.current_time() - start))
+            await eventually(lambda: len(answered_at) == 8)
+            slow = sim.stats.slow
+            assert 0 < slow < 8
+            assert sum(t < 0.3 for t in answered_at) == 8 - slow
+            assert sum(t >= 0.5 for t in answered_at) == slow
+            assert len(sim.submitted) == 8 and sim.stats.accepted == 8
+            await conn.unbind()
+
+
+async def test_a_disconnect_drops_the_rest_of_its_read_unanswered() -> None:
+    with trio.fail_after(5):
+        async with running(sim_config(disconnect=1.0)) as sim, trio.open_nursery() as nursery:
+            esme = await connect(nursery, sim)
+            answers = await pipeline(esme.conn, 5, registered_delivery=1)
+            assert all(isinstance(a, ConnectionClosed) for a in answers)
+            assert sim.stats.disconnects == 1 and sim.stats.submits == 1
+            assert sim.submitted == [] and sim.queued == 0
+
+
+# --------------------------------------------------------------------------- deliver_sm fail-safe
+
+
+async def mute_receiver(nursery: trio.Nursery, sim: SmscSimulator,
+                        got: list[DeliverSm]) -> Connection:
+    """A receiver that takes deliver_sm and never answers them."""
+    stream = await trio.open_tcp_stream("127.0.0.1", sim.port)
+    conn = Connection(stream, Side.ESME, enquire_link_interval=math.inf, response_timeout=5)
+
+    async def handler(conn: Connection, pdu: Pdu) -> None:
+        if isinstance(pdu, DeliverSm):
+            got.append(pdu)
+
+    nursery.start_soon(conn.run, handler)
+    assert (await conn.request(BindReceiver(system_id="sim", password="simpass"))).status == 0
+    return conn
+
+
+async def test_deliver_sm_outstanding_on_a_dropped_receiver_goes_to_the_next_one() -> None:
+    with trio.fail_after(5):
+        async with running(sim_config()) as sim, trio.open_nursery() as nursery:
+            unanswered: list[DeliverSm] = []
+            mute = await mute_receiver(nursery, sim, unanswered)
+            transmitter = await connect(nursery, sim, BindTransmitter)
+            resp = await transmitter.submit(registered_delivery=1)
+            await eventually(lambda: len(unanswered) == 1)
+            other = await connect(nursery, sim, BindReceiver)
+            await trio.sleep(FAST)
+            assert other.received == [] and sim.queued == 0  # still out on the mute one
+            await mute.aclose()
+            receipt = await other.next_deliver()
+            assert tlv_str(receipt, Tag.RECEIPTED_MESSAGE_ID) == msg_id(resp)
+            await eventually(lambda: sim.stats.receipts_sent == 1)
+            assert sim.stats.deliver_retried == 0 and sim.queued == 0
+            await transmitter.conn.unbind()
+            await other.conn.unbind()
+
+
+async def test_unanswered_deliver_sm_times_out_and_is_retried() -> None:
+    with trio.fail_after(5):
+        async with running(sim_config(), delivery_timeout=0.2, retry_delay=0.05) as sim, \
+                trio.open_nursery() as nursery:
+            unanswered: list[DeliverSm] = []
+            mute = await mute_receiver(nursery, sim, unanswered)
+            transmitter = await connect(nursery, sim, BindTransmitter)
+            resp = await transmitter.submit(registered_delivery=1)
+            await eventually(lambda: len(unanswered) == 1)
+            other = await connect(nursery, sim, BindReceiver)
+            receipt = await other.next_deliver()
+            assert tlv_str(receipt, Tag.RECEIPTED_MESSAGE_ID) == msg_id(resp)
+            await eventually(lambda: sim.stats.receipts_sent == 1)
+            assert sim.stats.deliver_retried == len(unanswered) >= 1
+            assert sim.stats.deliver_abandoned == 0
+            await mute.aclose()
+            await transmitter.conn.unbind()
+            await other.conn.unbind()
+
+
+# --------------------------------------------------------------------------- receipt text
+
+
+@pytest.mark.parametrize(
+    ("text", "data_coding", "outcome"),
+    [
+        (b"Hello from the tests", 0, "DELIVRD"),
+        (b"line one\nline two and a long tail", 0, "UNDELIV"),
+        ("Arrêt ✋ maintenant".encode("utf-16-be"), 8, "EXPIRED"),
+        (b"\x01\x02\xff", 4, "DELIVRD"),
+        (b"", 0, "DELIVRD"),
+    ],
+)
+@pytest.mark.parametrize("received_at", [1_790_000_000.0, 1_790_000_039.999_999, 1_790_000_040.0,
+                                         1_798_761_599.5])
+async def test_receipt_text_is_what_format_receipt_writes(
+    text: bytes, data_coding: int, outcome: Outcome, received_at: float
+) -> None:
+    sim = SmscSimulator(sim_config(receipt_delay=0.5))
+    record = SubmitRecord(
+        message_id="0a1b2c3d", command="submit_sm", system_id="sim", source_addr="ACME",
+        destination_addr="33612345678", data_coding=data_coding, esm_class=0,
+        registered_delivery=1, short_message=text, concat=None, sar=None, validity_period="",
+        schedule_delivery_time="", received_at=received_at, outcome=outcome)
+    state_err = {"DELIVRD": "000", "UNDELIV": "001", "EXPIRED": "000"}[outcome]
+    expected = format_receipt(Receipt(
+        id="0a1b2c3d", sub=1, dlvrd=1 if outcome == "DELIVRD" else 0,
+        submit_date=datetime.fromtimestamp(received_at, UTC),
+        done_date=datetime.fromtimestamp(received_at + 0.5, UTC),
+        stat=outcome, err=state_err, text=record.text or ""))
+    assert sim._receipt_text(record, 0.5, state_err) == expected
+    assert sim._receipt_text(record, 0.5, state_err) == expected  # from the date cache
