@@ -24,6 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO
 
@@ -31,9 +32,9 @@ import httpx
 import trio
 
 from gateway.passwords import hash_password
-from smpp.connection import Connection, ConnectionClosed, ResponseTimeout
-from smpp.constants import Status, Tag
-from smpp.pdu import BindTransceiver, DeliverSm, Pdu, SubmitSm, tlv_str
+from smpp.connection import Connection, ConnectionClosed, ResponseTimeout, WindowFull
+from smpp.constants import CommandId, Status, Tag
+from smpp.pdu import BindTransceiver, Pdu, SubmitSm, tlv_str
 from smpp.session import SessionError, Side
 
 ACCOUNT = "bench"
@@ -220,6 +221,14 @@ class Results:
     all_in: trio.Event = field(default_factory=trio.Event)
     submit_done: bool = False
 
+    def count_submitted(self) -> None:
+        """One more submit_sm answered (or failed); the submission phase ends at `total`."""
+        self.submitted += 1
+        if self.submitted >= self.total and not self.submit_done:
+            self.t_submit_done = time.perf_counter()
+            self.submit_done = True
+            self.check_done()
+
     def check_done(self) -> None:
         if self.submit_done and self.matched == len(self.sent_at) and not self.all_in.is_set():
             self.t_receipts_done = time.perf_counter()
@@ -236,64 +245,79 @@ def make_submit(n: int) -> SubmitSm:
 
 async def run_session(port: int, window: int, counter: itertools.count[int], res: Results,
                       bound: trio.Event, go: trio.Event) -> None:
+    """One upstream transceiver: keeps `window` submit_sm outstanding, answers deliver_sm.
+
+    No task or event per PDU: each submit_sm_resp (or error) arrives in a callback that sends
+    the next submit_sm, and the deliver_sm of one socket read are answered in one batch.
+    """
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     conn = Connection(stream, Side.ESME, window=window + 1, response_timeout=30.0,
                       enquire_link_interval=math.inf)
 
     async def on_request(conn: Connection, pdu: Pdu) -> None:
-        if not isinstance(pdu, DeliverSm):
-            conn.respond(pdu.response(status=Status.ESME_RINVCMDID))
-            return
-        now = time.perf_counter()
-        conn.respond(pdu.response())
-        msg_id = tlv_str(pdu, Tag.RECEIPTED_MESSAGE_ID)
-        if msg_id is None:
-            res.receipts_unknown += 1
-            return
-        if msg_id in res.receipt_at:
-            res.duplicates += 1
-            return
-        res.receipt_at[msg_id] = now
-        if msg_id in res.sent_at:
-            res.matched += 1
-            res.check_done()
+        conn.respond(pdu.response(status=Status.ESME_RINVCMDID))
 
-    async def worker() -> None:
-        while (n := next(counter)) < res.total:
-            pdu = make_submit(n)
-            t0 = time.perf_counter()
+    async def on_delivers(conn: Connection, pdus: list[Pdu]) -> None:
+        now = time.perf_counter()
+        receipt_at, sent_at = res.receipt_at, res.sent_at
+        for pdu in pdus:
+            conn.respond(pdu.response())
+            msg_id = tlv_str(pdu, Tag.RECEIPTED_MESSAGE_ID)
+            if msg_id is None:
+                res.receipts_unknown += 1
+                continue
+            if msg_id in receipt_at:
+                res.duplicates += 1
+                continue
+            receipt_at[msg_id] = now
+            if msg_id in sent_at:
+                res.matched += 1
+        res.check_done()
+
+    def submit_next() -> None:
+        """Send the next submit_sm, if any is left (a failure to send counts as answered)."""
+        n = next(counter)
+        if n >= res.total:
+            return
+        t0 = time.perf_counter()
+        try:
+            conn.send_request(make_submit(n), partial(on_submit_resp, t0))
+        except (ConnectionClosed, SessionError, WindowFull) as exc:
+            res.errors[type(exc).__name__] += 1
+            res.count_submitted()
+
+    def on_submit_resp(t0: float, resp: Pdu | None, error: Exception | None) -> None:
+        res.count_submitted()
+        if resp is None:
+            assert error is not None
+            res.errors[type(error).__name__] += 1
+            if isinstance(error, ResponseTimeout):
+                submit_next()
+            return  # the connection is gone: this slot stops
+        if resp.status != Status.ESME_ROK:
             try:
-                resp = await conn.request(pdu)
-            except (ResponseTimeout, ConnectionClosed, SessionError) as exc:
-                res.errors[type(exc).__name__] += 1
-                res.submitted += 1
-                if isinstance(exc, ConnectionClosed | SessionError):
-                    return
-                continue
-            res.submitted += 1
-            if resp.status != Status.ESME_ROK:
-                try:
-                    res.errors[Status(resp.status).name] += 1
-                except ValueError:
-                    res.errors[f"0x{resp.status:08X}"] += 1
-                continue
+                res.errors[Status(resp.status).name] += 1
+            except ValueError:
+                res.errors[f"0x{resp.status:08X}"] += 1
+        else:
             res.submit_latency.append(time.perf_counter() - t0)
             msg_id: str = getattr(resp, "message_id", "")
             res.sent_at[msg_id] = t0
             if msg_id in res.receipt_at:
                 res.matched += 1
+        submit_next()
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(conn.run, on_request)
+        nursery.start_soon(partial(conn.run, on_request, batch_handler=on_delivers,
+                                   batch_commands=frozenset({CommandId.DELIVER_SM})))
         bind = await conn.request(BindTransceiver(system_id=ACCOUNT, password=PASSWORD,
                                                   interface_version=0x34))
         if bind.status != Status.ESME_ROK:
             raise SetupError(f"bind refused: 0x{bind.status:08X}")
         bound.set()
         await go.wait()
-        async with trio.open_nursery() as workers:
-            for _ in range(window):
-                workers.start_soon(worker)
+        for _ in range(window):
+            submit_next()
         await res.all_in.wait()  # keep answering deliver_sm until every receipt is in
         await conn.unbind()
 
@@ -302,13 +326,6 @@ async def load(port: int, args: argparse.Namespace, res: Results) -> None:
     counter = itertools.count()
     binds = [trio.Event() for _ in range(args.sessions)]
     go = trio.Event()
-
-    async def watch_submissions() -> None:
-        while res.submitted < res.total:
-            await trio.sleep(0.002)
-        res.t_submit_done = time.perf_counter()
-        res.submit_done = True
-        res.check_done()
 
     async def progress() -> None:
         """Once a second: where the messages are (upstream, simulator, receipts back)."""
@@ -333,7 +350,6 @@ async def load(port: int, args: argparse.Namespace, res: Results) -> None:
                     await ev.wait()
                 res.t_start = time.perf_counter()
                 go.set()
-                nursery.start_soon(watch_submissions)
                 if args.progress:
                     outer.start_soon(progress)
             outer.cancel_scope.cancel()  # the sessions are done: stop the progress task
@@ -378,6 +394,9 @@ def report(res: Results, args: argparse.Namespace, gw_pid: int, sim_pid: int,
     print(f"gateway: peak RSS {proc_status(gw_pid, 'VmHWM')}, CPU {cpu['gateway']:.1f} s; "
           f"simulator: peak RSS {proc_status(sim_pid, 'VmHWM')}, CPU {cpu['simulator']:.1f} s; "
           f"load generator CPU {cpu['loadgen']:.1f} s (2 cores shared; wall {e2e_wall:.1f} s)")
+    per_msg = ", ".join(f"{name} {cpu[name] / max(accepted, 1) * ms:.3f} ms"
+                        for name in ("gateway", "simulator", "loadgen"))
+    print(f"CPU per accepted message: {per_msg}")
     keys = ("submits", "accepted", "throttled", "errors", "receipts_scheduled", "receipts_sent",
             "deliver_retried", "deliver_abandoned", "queued", "bound_sessions")
     print("simulator /stats: " + ", ".join(f"{k} {stats.get(k)}" for k in keys if k in stats))
