@@ -71,6 +71,9 @@ class PrefixRouter:
             for prefix in route.prefixes:
                 self._by_prefix.setdefault(normalise_digits(prefix), route)
         self._lengths = sorted({len(p) for p in self._by_prefix}, reverse=True)
+        # Plans are immutable: one per route, built once, not per message.
+        self._plans = {id(r): RoutePlan(tuple(Attempt(r.channel, c) for c in r.connectors),
+                                        r.name) for r in routes}
 
     def match(self, destination: str) -> PrefixRoute | None:
         digits = normalise_digits(destination)
@@ -82,9 +85,7 @@ class PrefixRouter:
 
     def plan(self, message: Message, context: RoutingContext) -> RoutePlan | None:
         route = self.match(message.dest_addr)
-        if route is None:
-            return None
-        return RoutePlan(tuple(Attempt(route.channel, c) for c in route.connectors), route.name)
+        return None if route is None else self._plans[id(route)]
 
 
 class RouterChain:

@@ -112,6 +112,10 @@ class RateLimiter:
         if slot > now:
             await trio.sleep_until(slot)
 
+    def limited(self) -> bool:
+        """Whether acquire() may have to wait (a rate is set, or a pause was asked for)."""
+        return self.interval > 0 or self.paused_until > trio.current_time()
+
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, trio.current_time() + seconds)
 
@@ -272,7 +276,8 @@ class SmscConnector:
                 await self._queued.wait()
             item = self._queue.popleft()
             try:
-                await self.limiter.acquire()
+                if self.limiter.limited():
+                    await self.limiter.acquire()
                 if not await self._wait_ready():
                     item.done(NOT_BOUND)
                     continue
