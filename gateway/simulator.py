@@ -221,7 +221,7 @@ class SmscSimulator:
         config: SimulatorConfig,
         *,
         max_records: int = 100_000,
-        window: int = 10,
+        window: int | None = None,
         delivery_timeout: float = 10.0,
         retry_delay: float = 2.0,
         max_attempts: int = 10,
@@ -231,7 +231,7 @@ class SmscSimulator:
         self.port = config.port
         self.control_port = config.control_port
         self.max_records = max_records
-        self.window = window
+        self.window = config.window if window is None else window  # deliver_sm per receiver
         self.delivery_timeout = delivery_timeout
         self.retry_delay = retry_delay
         self.max_attempts = max_attempts

@@ -722,3 +722,18 @@ async def test_receipt_text_is_what_format_receipt_writes(
         stat=outcome, err=state_err, text=record.text or ""))
     assert sim._receipt_text(record, 0.5, state_err) == expected
     assert sim._receipt_text(record, 0.5, state_err) == expected  # from the date cache
+
+
+async def test_configured_window_bounds_the_deliver_sm_outstanding_per_receiver() -> None:
+    with trio.fail_after(5):
+        async with running(sim_config(window=2)) as sim, trio.open_nursery() as nursery:
+            unanswered: list[DeliverSm] = []
+            mute = await mute_receiver(nursery, sim, unanswered)
+            transmitter = await connect(nursery, sim, BindTransmitter)
+            for _ in range(3):
+                await transmitter.submit(registered_delivery=1)
+            await eventually(lambda: len(unanswered) == 2)
+            await trio.sleep(FAST * 2)
+            assert len(unanswered) == 2 and sim.queued == 1
+            await mute.aclose()
+            await transmitter.conn.unbind()
