@@ -18,7 +18,7 @@ from gateway.dispatcher import Dispatcher
 from gateway.model import Message, PartState, Report, State, new_message_id
 from gateway.store import Store
 from routing.core import PrefixRoute, PrefixRouter
-from routing.smsc import SmscConnector, Submission, SubmitResult
+from routing.smsc import RateLimiter, SmscConnector, Submission, SubmitResult
 from smpp.constants import Status
 from smpp.pdu import Pdu, SubmitSm
 from smpp.receipt import parse_receipt
@@ -362,3 +362,21 @@ async def test_auto_id_format_learns_an_smsc_that_writes_ids_in_decimal(
             await h.dispatcher.on_receipt("opA", "32", "DELIVRD", 0, hold=2)
             assert trio.current_time() == start  # matched at once now
             assert (await h.wait_final(b.id, timeout=60)).state is State.DELIVERED
+
+
+async def test_submit_held_back_by_the_rate_limit_past_its_deadline_expires_unsent(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    smsc = ScriptedSmsc("opA")
+    smsc.limiter = RateLimiter(1.0)  # one submit per second
+    async with trio.open_nursery() as nursery:
+        async for h in _harness(tmp_path, {"opA": smsc}, nursery):
+            msgs = [h.message(f"m{i}", validity=1.5) for i in range(3)]
+            for msg in msgs:
+                await h.submit(msg)
+            finals = [await h.wait_final(msg.id, timeout=HOUR) for msg in msgs]
+            # slots at 0 s and 1 s are inside the 1.5 s validity, the one at 2 s is not
+            assert len(smsc.sent) == 2
+            assert [f.state for f in finals] == [State.EXPIRED] * 3  # no receipt came
+            sent_ids = {pdu.short_message for _, pdu in smsc.sent}
+            assert encode_text("m2")[1] not in sent_ids
+            assert all(t < 1.5 for t, _ in smsc.sent)
