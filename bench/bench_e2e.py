@@ -84,6 +84,7 @@ system_id = "sim"
 password = "simpass"
 control_host = "127.0.0.1"
 control_port = {ports.sim_control}
+window = {args.smsc_window}
 receipt_delay = {args.receipt_delay}
 delivered = 1.0
 seed = 1
@@ -92,7 +93,7 @@ seed = 1
     gw.write_text(f"""\
 [gateway]
 node = "bench"
-log_level = "warning"
+log_level = {q(args.log_level)}
 
 [store]
 path = {q(str(tmp / "store" / "smsgw.sqlite3"))}
@@ -244,11 +245,13 @@ def make_submit(n: int) -> SubmitSm:
 
 
 async def run_session(port: int, window: int, counter: itertools.count[int], res: Results,
-                      bound: trio.Event, go: trio.Event) -> None:
+                      bound: trio.Event, go: trio.Event, rate: float = 0.0) -> None:
     """One upstream transceiver: keeps `window` submit_sm outstanding, answers deliver_sm.
 
     No task or event per PDU: each submit_sm_resp (or error) arrives in a callback that sends
     the next submit_sm, and the deliver_sm of one socket read are answered in one batch.
+    With a rate (submit_sm/s for this session), a pacer sends instead, never beyond the
+    window: if the gateway cannot keep up, the session falls behind the offered rate.
     """
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     conn = Connection(stream, Side.ESME, window=window + 1, response_timeout=30.0,
@@ -305,7 +308,18 @@ async def run_session(port: int, window: int, counter: itertools.count[int], res
             res.sent_at[msg_id] = t0
             if msg_id in res.receipt_at:
                 res.matched += 1
-        submit_next()
+        if not rate:
+            submit_next()
+
+    async def pace() -> None:
+        """Send at `rate` per second (checked every 5 ms), as far as the window allows."""
+        start, sent = time.perf_counter(), 0
+        while not res.all_in.is_set():
+            due = int((time.perf_counter() - start) * rate) - sent
+            for _ in range(min(due, conn.free_slots())):
+                submit_next()
+                sent += 1
+            await trio.sleep(0.005)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(partial(conn.run, on_request, batch_handler=on_delivers,
@@ -316,8 +330,11 @@ async def run_session(port: int, window: int, counter: itertools.count[int], res
             raise SetupError(f"bind refused: 0x{bind.status:08X}")
         bound.set()
         await go.wait()
-        for _ in range(window):
-            submit_next()
+        if rate:
+            nursery.start_soon(pace)
+        else:
+            for _ in range(window):
+                submit_next()
         await res.all_in.wait()  # keep answering deliver_sm until every receipt is in
         await conn.unbind()
 
@@ -345,7 +362,7 @@ async def load(port: int, args: argparse.Namespace, res: Results) -> None:
             async with trio.open_nursery() as nursery:
                 for i in range(args.sessions):
                     nursery.start_soon(run_session, port, args.window, counter, res, binds[i],
-                                       go)
+                                       go, args.rate / args.sessions)
                 for ev in binds:
                     await ev.wait()
                 res.t_start = time.perf_counter()
@@ -377,9 +394,10 @@ def report(res: Results, args: argparse.Namespace, gw_pid: int, sim_pid: int,
     receipt_lat = [res.receipt_at[m] - t for m, t in res.sent_at.items() if m in res.receipt_at]
     missing = accepted - len(receipt_lat)
     ms = 1000.0
-    print(f"setup: {args.messages:,} messages, {args.sessions} sessions x window {args.window}; "
-          f"smsc binds {args.smsc_binds} window {args.smsc_window}; receipt_delay "
-          f"{args.receipt_delay} s; store on disk (WAL)")
+    offered = f"offered {args.rate:,.0f} msg/s" if args.rate else "closed loop"
+    print(f"setup: {args.messages:,} messages, {args.sessions} sessions x window {args.window} "
+          f"({offered}); smsc binds {args.smsc_binds} window {args.smsc_window} (simulator "
+          f"deliver_sm window the same); receipt_delay {args.receipt_delay} s; store on disk (WAL)")
     print(f"accepted: {accepted / submit_wall:,.0f} msg/s ({accepted:,} submit_sm_resp OK in "
           f"{submit_wall:.2f} s)")
     e2e_rate = (accepted - missing) / e2e_wall
@@ -414,12 +432,16 @@ def report(res: Results, args: argparse.Namespace, gw_pid: int, sim_pid: int,
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--messages", "-n", type=int, default=20_000)
+    p.add_argument("--messages", "-n", type=int, default=30_000)
     p.add_argument("--sessions", "-k", type=int, default=4)
-    p.add_argument("--window", "-w", type=int, default=50, help="submit_sm outstanding/session")
+    p.add_argument("--window", "-w", type=int, default=20, help="submit_sm outstanding/session")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning"],
+                   help="gateway log level (info: one JSON line per message state change)")
+    p.add_argument("--rate", type=float, default=0.0,
+                   help="offered submit_sm/s over all sessions (0: as fast as the windows allow)")
     p.add_argument("--duration-cap", type=float, default=120.0, help="hard cap, seconds")
-    p.add_argument("--smsc-binds", type=int, default=2)
-    p.add_argument("--smsc-window", type=int, default=100)
+    p.add_argument("--smsc-binds", type=int, default=4)
+    p.add_argument("--smsc-window", type=int, default=50)
     p.add_argument("--receipt-delay", type=float, default=0.05, help="simulator, 0-0.1 s")
     p.add_argument("--deliver-window", type=int, default=64, help="gateway listener window")
     p.add_argument("--progress", action="store_true", help="print progress once a second")

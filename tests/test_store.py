@@ -101,7 +101,12 @@ async def test_batch_max_bounds_a_transaction_but_never_splits_a_call(tmp_path: 
         assert len(await store.unfinished_messages()) == 55
 
 
-async def test_save_message_is_atomic_and_sets_report_ids(tmp_path: Path) -> None:
+@pytest.mark.parametrize("one_call", [True, False], ids=["one-thread-call", "public-api"])
+async def test_save_message_is_atomic_and_sets_report_ids(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_call: bool) -> None:
+    # Both ways of running a transaction: one function on aiosqlite's thread, or statement
+    # by statement through the public API (used if aiosqlite ever drops _execute).
+    monkeypatch.setattr(store_module, "_ONE_CALL", one_call)
     async with Store.open(tmp_path / "gw.sqlite") as store:
         m = make_message()
         await store.add_messages([m])
