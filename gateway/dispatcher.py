@@ -408,12 +408,12 @@ class Dispatcher:
             if part.state is not PartState.PENDING:
                 continue
             part.connector = conn.name
+            pdu = self._submit_pdu(msg, segment, conn)
+            if not live.sending:
+                self._in_flight += 1  # counted once, when its first submit is handed over
             live.sending += 1
-            conn.submit_nowait(self._submit_pdu(msg, segment, conn), deadline,
-                               functools.partial(self._submitted, live, part))
-        if live.sending:
-            self._in_flight += 1
-        else:  # nothing was pending (cannot happen for a queued message, but never hang)
+            conn.submit_nowait(pdu, deadline, functools.partial(self._submitted, live, part))
+        if not live.sending:  # nothing was pending (cannot happen when queued, but never hang)
             self._attempt_done(live, now, work)
 
     def _submitted(self, live: Live, part: Part, result: SubmitResult) -> None:
