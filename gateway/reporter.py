@@ -9,7 +9,6 @@ anything refused or unanswered is sent again later, after a reconnect, or after 
 from __future__ import annotations
 
 import functools
-import itertools
 from collections import deque
 from collections.abc import Iterable
 
@@ -19,7 +18,7 @@ import trio
 from gateway import metrics
 from gateway.model import Report, ReportKind
 from gateway.store import Store, StoreError
-from smpp.connection import Connection, ConnectionClosed, WindowFull
+from smpp.connection import Connection, ConnectionClosed, Turns, WindowFull
 from smpp.constants import Tag
 from smpp.pdu import DeliverSm, Pdu, set_tlv_int, set_tlv_str
 from smpp.session import SessionError
@@ -61,19 +60,10 @@ class _Account:
         self.later: deque[tuple[float, int]] = deque()  # (trio time, id) to offer again
         self.in_flight = 0
         self.wake = trio.Event()
-        self.rr = itertools.count()
+        self.turns = Turns()  # which bind sends next
 
     def kick(self) -> None:
         self.wake.set()
-
-    def free_bind(self) -> Connection | None:
-        binds = self.binds
-        start = next(self.rr)
-        for i in range(len(binds)):
-            conn = binds[(start + i) % len(binds)]
-            if not conn.closed and conn.free_slots() > 0:
-                return conn
-        return None
 
 
 class Reporter:
@@ -138,7 +128,7 @@ class Reporter:
             while acc.later and acc.later[0][0] <= now:
                 acc.ready.append(acc.later.popleft()[1])
             while acc.ready and acc.in_flight < MAX_IN_FLIGHT:
-                conn = acc.free_bind()
+                conn = acc.turns.pick(acc.binds)
                 if conn is None:
                     break  # no bind, or every window full: woken by a bind or an answer
                 report = acc.pending.get(acc.ready.popleft())

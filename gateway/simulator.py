@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.config import SimulatorConfig
-from smpp.connection import Connection, ConnectionClosed, ResponseTimeout, WindowFull
+from smpp.connection import Connection, ConnectionClosed, ResponseTimeout, Turns, WindowFull
 from smpp.constants import (
     ESM_DELIVERY_RECEIPT,
     ESM_UDHI,
@@ -59,6 +59,7 @@ from smpp.pdu import (
     set_tlv_int,
     tlv_int,
 )
+from smpp.receipt import Receipt, format_receipt
 from smpp.session import BindState, SessionError, Side
 from smpp.text import TextEncodingError, alphabet, decode_text, encode_text, parse_udh
 
@@ -82,7 +83,6 @@ _OUTCOME_DETAILS: dict[str, tuple[bytes, str]] = {
     "UNDELIV": (bytes((MessageState.UNDELIVERABLE,)), "001"),
     "EXPIRED": (bytes((MessageState.EXPIRED,)), "000"),
 }
-_RECEIPT_TEXT_CHARS = 20  # of the message text quoted in a receipt, as format_receipt does
 _RECEIPT_SHARES = ("delivered", "undeliverable", "expired", "no_receipt")
 _SUBMIT_SHARES = ("throttle", "error", "slow", "disconnect")
 _DELAYS = ("receipt_delay", "slow_delay")
@@ -243,13 +243,12 @@ class SmscSimulator:
         self._next_number = self._rng.randrange(0x10000000, 0x80000000)
         self._outbox: deque[_Outbound] = deque()  # due now, waiting for a receiver's window
         self._receivers: list[Connection] = []  # bound receivers (RX, TRX), in bind order
-        self._turn = 0  # the receiver whose turn it is (round-robin)
+        self._turns = Turns()  # which receiver gets the next deliver_sm
         self._timers: list[tuple[float, int, _Outbound]] = []
         self._timer_seq = 0
         self._timer_wake = trio.Event()
         self._connections: set[Connection] = set()
         self._conn_seq = 0
-        self._minutes: dict[int, str] = {}  # receipt dates: minute since the epoch -> YYMMDDhhmm
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -512,7 +511,16 @@ class SmscSimulator:
             targets = [(pdu.dest_addr_ton, pdu.dest_addr_npi, pdu.destination_addr)]
         delay = self.config.receipt_delay
         state, err = _OUTCOME_DETAILS[record.outcome]
-        text = self._receipt_text(record, delay, err)
+        text = format_receipt(Receipt(
+            id=record.message_id,
+            sub=1,
+            dlvrd=1 if record.outcome == "DELIVRD" else 0,
+            submit_date=datetime.fromtimestamp(record.received_at, UTC),
+            done_date=datetime.fromtimestamp(record.received_at + delay, UTC),
+            stat=record.outcome,
+            err=err,
+            text=record.text or "",
+        ))
         tlv_id = record.message_id.encode("latin-1") + b"\0"  # C-octet string
         for ton, npi, addr in targets:
             receipt = DeliverSm(
@@ -529,30 +537,6 @@ class SmscSimulator:
             )
             self.stats.receipts_scheduled += 1
             self._schedule(_Outbound(receipt, "receipt", stat=record.outcome), delay)
-
-    def _receipt_text(self, record: SubmitRecord, delay: float, err: str) -> bytes:
-        """The receipt's short_message: what smpp.receipt.format_receipt writes for it
-        (submit date when received, done date receipt_delay later), with each minute's date
-        formatted once instead of twice per receipt."""
-        text = record.text
-        text = " ".join(text[:_RECEIPT_TEXT_CHARS].splitlines()) if text else ""
-        line = (f"id:{record.message_id} sub:001 dlvrd:"
-                f"{'001' if record.outcome == 'DELIVRD' else '000'}"
-                f" submit date:{self._minute(record.received_at)}"
-                f" done date:{self._minute(record.received_at + delay)}"
-                f" stat:{record.outcome} err:{err} text:{text}")
-        return line.encode("ascii", "replace")
-
-    def _minute(self, when: float) -> str:
-        """YYMMDDhhmm (UTC) of a wall-clock time, as in receipts; one strftime per minute."""
-        minute = int(when // 60)
-        formatted = self._minutes.get(minute)
-        if formatted is None:
-            if len(self._minutes) >= 64:
-                self._minutes.clear()
-            formatted = time.strftime("%y%m%d%H%M", time.gmtime(minute * 60))
-            self._minutes[minute] = formatted
-        return formatted
 
     async def inject_mo(self, source_addr: str, destination_addr: str, text: str) -> None:
         """Queue a mobile-originated message (deliver_sm, esm_class 0) for a bound receiver.
@@ -620,13 +604,8 @@ class SmscSimulator:
         outbox = self._outbox
         receivers = self._receivers
         while outbox and receivers:
-            count = len(receivers)
-            for k in range(count):
-                conn = receivers[(self._turn + k) % count]
-                if conn.free_slots() > 0 and not conn.closed and conn.session.bound:
-                    self._turn = (self._turn + k + 1) % count
-                    break
-            else:
+            conn = self._turns.pick(receivers)
+            if conn is None:
                 return  # every receiver's window is full: their responses feed us again
             item = outbox.popleft()
             try:

@@ -9,7 +9,6 @@ validity is over, and carrying what is left of it), classifies submit_sm_resp st
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -20,7 +19,7 @@ import trio
 
 from gateway import metrics
 from gateway.config import SmscConfig
-from smpp.connection import Connection, ConnectionClosed, ResponseTimeout, WindowFull
+from smpp.connection import Connection, ConnectionClosed, ResponseTimeout, Turns, WindowFull
 from smpp.constants import CommandId, Status
 from smpp.pdu import (
     BindReceiver,
@@ -133,7 +132,7 @@ class SmscConnector:
         self.limiter = RateLimiter(config.throughput)
         self._transmitters: list[Connection] = []
         self._receivers: list[Connection] = []
-        self._rr = itertools.count()
+        self._turns = Turns()  # which transmitter sends next
         self._up_changed = trio.Event()
         self._queue: deque[Submission] = deque()
         self._queued = trio.Event()  # set when the queue gets an item
@@ -296,14 +295,7 @@ class SmscConnector:
                 await trio.lowlevel.checkpoint()
 
     def _free_transmitter(self) -> Connection | None:
-        pool = self._transmitters
-        n = len(pool)
-        start = next(self._rr)
-        for i in range(n):
-            conn = pool[(start + i) % n]
-            if not conn.closed and conn.free_slots() > 0:
-                return conn
-        return None
+        return self._turns.pick(self._transmitters)
 
     async def _wait_ready(self) -> bool:
         """Wait until a bound transmitter has a free window slot; False if none is bound."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -71,6 +71,25 @@ class _Reply:
     def __call__(self, response: Pdu | None, error: Exception | None) -> None:
         self.response, self.error = response, error
         self.event.set()
+
+
+class Turns:
+    """Round-robin over a pool of connections: the next one after the last chosen that can
+    take a request now (open, bound, a free window slot)."""
+
+    __slots__ = ("_next",)
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def pick(self, pool: Sequence[Connection]) -> Connection | None:
+        count = len(pool)
+        for k in range(count):
+            conn = pool[(self._next + k) % count]
+            if conn.free_slots() > 0 and not conn.closed and conn.session.bound:
+                self._next = (self._next + k + 1) % count
+                return conn
+        return None
 
 
 class Connection:

@@ -88,12 +88,24 @@ def _ascii(value: str) -> str:
     return value.encode("ascii", "replace").decode("ascii")
 
 
+# YYMMDDhhmm per UTC minute: receipts are formatted per message, strftime costs more than
+# the rest of format_receipt, and receipts formatted together share their minutes.
+_MINUTES: dict[tuple[int, int, int, int, int], str] = {}
+_MINUTES_KEPT = 1024
+
+
 def _date(value: datetime | None, name: str) -> str:
     if value is None:
         raise ValueError(f"receipt {name} is required to format a receipt")
     if value.tzinfo is not None:
         value = value.astimezone(UTC)
-    return value.strftime("%y%m%d%H%M")
+    key = (value.year, value.month, value.day, value.hour, value.minute)
+    formatted = _MINUTES.get(key)
+    if formatted is None:
+        if len(_MINUTES) >= _MINUTES_KEPT:
+            _MINUTES.clear()
+        formatted = _MINUTES[key] = value.strftime("%y%m%d%H%M")
+    return formatted
 
 
 def format_receipt(r: Receipt) -> bytes:

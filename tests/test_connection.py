@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import pytest
 import trio
 import trio.testing
 
 from routing.smsc import RateLimiter
-from smpp.connection import Connection, ConnectionClosed, ResponseTimeout, WindowFull
+from smpp.connection import Connection, ConnectionClosed, ResponseTimeout, Turns, WindowFull
 from smpp.pdu import BindTransceiver, Pdu, SubmitSm
 from smpp.session import BindState, Side
 
@@ -187,3 +188,22 @@ async def test_rate_limiter_spaces_submits_evenly(clock: trio.testing.MockClock)
     before = trio.current_time()
     await limiter.acquire()
     assert trio.current_time() - before == pytest.approx(1.0)
+
+
+def test_turns_go_round_the_pool_skipping_connections_that_cannot_take_a_request() -> None:
+    class Fake:
+        def __init__(self, name: str, slots: int = 1, closed: bool = False,
+                     bound: bool = True) -> None:
+            self.name, self.slots, self.closed = name, slots, closed
+            self.session = type("S", (), {"bound": bound})()
+
+        def free_slots(self) -> int:
+            return self.slots
+
+    a, full, gone, unbound, b = (Fake("a"), Fake("full", slots=0), Fake("gone", closed=True),
+                                 Fake("unbound", bound=False), Fake("b"))
+    pool = cast(list[Connection], [a, full, gone, unbound, b])
+    turns = Turns()
+    assert [cast(Fake, turns.pick(pool)).name for _ in range(4)] == ["a", "b", "a", "b"]
+    a.slots = b.slots = 0
+    assert turns.pick(pool) is None and turns.pick([]) is None

@@ -46,6 +46,24 @@ def test_format_converts_aware_dates_to_utc() -> None:
     assert b"submit date:2611231030 " in format_receipt(r)
 
 
+@pytest.mark.parametrize("start", [
+    datetime(2026, 11, 23, 10, 30, 59, 999_999, tzinfo=UTC),  # minute boundary
+    datetime(2026, 12, 31, 23, 59, 30, tzinfo=UTC),  # day, month and year roll over
+    datetime(2028, 2, 28, 23, 59, 59, tzinfo=UTC),  # leap day next
+])
+def test_format_dates_stay_exact_when_formatted_minutes_are_reused(start: datetime) -> None:
+    # Dates are formatted once per minute and reused: every second of a two-minute span, in
+    # UTC and in another zone, must still read as strftime writes it.
+    paris = timezone(timedelta(hours=1))
+    for seconds in range(0, 120, 7):
+        when = start + timedelta(seconds=seconds)
+        for shown in (when, when.astimezone(paris)):
+            text = format_receipt(Receipt(id="x", submit_date=shown, done_date=shown,
+                                          stat="DELIVRD"))
+            stamp = when.strftime("%y%m%d%H%M").encode()
+            assert b"submit date:" + stamp + b" done date:" + stamp in text
+
+
 def test_format_is_ascii_even_for_non_ascii_text() -> None:
     r = Receipt(id="x", submit_date=SUBMIT, done_date=DONE, stat="DELIVRD", text="Leçon €\nok")
     assert format_receipt(r).endswith(b"text:Le?on ? ok")

@@ -12,7 +12,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -22,7 +21,7 @@ import smpplib.consts
 import trio
 
 from gateway.config import SimulatorConfig
-from gateway.simulator import ControlError, Outcome, SmscSimulator, SubmitRecord, post_mo
+from gateway.simulator import ControlError, SmscSimulator, post_mo
 from smpp.connection import Connection, ConnectionClosed
 from smpp.constants import MessageState, Status, Tag
 from smpp.pdu import (
@@ -41,7 +40,7 @@ from smpp.pdu import (
     tlv_int,
     tlv_str,
 )
-from smpp.receipt import Receipt, format_receipt, parse_receipt
+from smpp.receipt import parse_receipt
 from smpp.session import Side
 from smpp.text import decode_text
 
@@ -691,37 +690,6 @@ async def test_unanswered_deliver_sm_times_out_and_is_retried() -> None:
 
 
 # --------------------------------------------------------------------------- receipt text
-
-
-@pytest.mark.parametrize(
-    ("text", "data_coding", "outcome"),
-    [
-        (b"Hello from the tests", 0, "DELIVRD"),
-        (b"line one\nline two and a long tail", 0, "UNDELIV"),
-        ("Arrêt ✋ maintenant".encode("utf-16-be"), 8, "EXPIRED"),
-        (b"\x01\x02\xff", 4, "DELIVRD"),
-        (b"", 0, "DELIVRD"),
-    ],
-)
-@pytest.mark.parametrize("received_at", [1_790_000_000.0, 1_790_000_039.999_999, 1_790_000_040.0,
-                                         1_798_761_599.5])
-async def test_receipt_text_is_what_format_receipt_writes(
-    text: bytes, data_coding: int, outcome: Outcome, received_at: float
-) -> None:
-    sim = SmscSimulator(sim_config(receipt_delay=0.5))
-    record = SubmitRecord(
-        message_id="0a1b2c3d", command="submit_sm", system_id="sim", source_addr="ACME",
-        destination_addr="33612345678", data_coding=data_coding, esm_class=0,
-        registered_delivery=1, short_message=text, concat=None, sar=None, validity_period="",
-        schedule_delivery_time="", received_at=received_at, outcome=outcome)
-    state_err = {"DELIVRD": "000", "UNDELIV": "001", "EXPIRED": "000"}[outcome]
-    expected = format_receipt(Receipt(
-        id="0a1b2c3d", sub=1, dlvrd=1 if outcome == "DELIVRD" else 0,
-        submit_date=datetime.fromtimestamp(received_at, UTC),
-        done_date=datetime.fromtimestamp(received_at + 0.5, UTC),
-        stat=outcome, err=state_err, text=record.text or ""))
-    assert sim._receipt_text(record, 0.5, state_err) == expected
-    assert sim._receipt_text(record, 0.5, state_err) == expected  # from the date cache
 
 
 async def test_configured_window_bounds_the_deliver_sm_outstanding_per_receiver() -> None:
