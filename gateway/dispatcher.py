@@ -484,19 +484,19 @@ class Dispatcher:
     def _commit(self, work: _Round) -> None:
         """Queue the round's store write now (rows as they are now); a task waits for the
         commit, then hands on the finished messages' reports."""
-        items = self._items(work)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._committed, work, self._save(work))
+
+    def _save(self, work: _Round) -> PendingWrite | None:
+        """Queue the write of a round's messages as they are now; None if refused at once."""
+        items: list[tuple[Message, list[Part], list[Report]]] = \
+            [(live.msg, live.parts, []) for live in work.touched.values()] + \
+            [(live.msg, live.parts, reports) for live, reports in work.finished]
         try:
-            pending = self.store.save_messages_nowait(items, existing=True)
+            return self.store.save_messages_nowait(items, existing=True)
         except StoreError:
             log.exception("dispatcher.save_failed", messages=len(items))
-            pending = None
-        assert self._nursery is not None
-        self._nursery.start_soon(self._committed, work, pending)
-
-    @staticmethod
-    def _items(work: _Round) -> list[tuple[Message, list[Part], list[Report]]]:
-        return [(live.msg, live.parts, []) for live in work.touched.values()] + \
-            [(live.msg, live.parts, reports) for live, reports in work.finished]
+            return None
 
     async def _committed(self, work: _Round, pending: PendingWrite | None) -> None:
         """Wait for a round's commit. If it failed (disk full...), write the same messages
@@ -513,10 +513,7 @@ class Dispatcher:
                     log.exception("dispatcher.save_failed", retry_in=delay)
             await trio.sleep(delay)  # cancelled at shutdown: the store has the older state
             delay = min(delay * 2, SAVE_RETRY_MAX)
-            try:
-                pending = self.store.save_messages_nowait(self._items(work), existing=True)
-            except StoreError:
-                pending = None
+            pending = self._save(work)
         for live, reports in work.finished:
             self._finalized(live, reports)
 
@@ -677,8 +674,10 @@ class Dispatcher:
         if not work:
             return
         assert self._nursery is not None
+        pending = self._save(work)
         try:
-            pending = self.store.save_messages_nowait(self._items(work), existing=True)
+            if pending is None:
+                raise StoreError("the store refused the write")
             # Shielded: a committed final state must reach _finalized (its report,
             # forgetting the message) even if the operator connection drops meanwhile.
             with trio.CancelScope(shield=True):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -16,7 +17,7 @@ from gateway.clock import WallClock
 from gateway.config import RetryConfig, SmscConfig
 from gateway.dispatcher import Dispatcher
 from gateway.model import Message, PartState, Report, State, new_message_id
-from gateway.store import Store
+from gateway.store import PendingWrite, Store, StoreError
 from routing.core import PrefixRoute, PrefixRouter
 from routing.smsc import RateLimiter, SmscConnector, Submission, SubmitResult
 from smpp.constants import Status
@@ -380,3 +381,38 @@ async def test_submit_held_back_by_the_rate_limit_past_its_deadline_expires_unse
             sent_ids = {pdu.short_message for _, pdu in smsc.sent}
             assert encode_text("m2")[1] not in sent_ids
             assert all(t < 1.5 for t, _ in smsc.sent)
+
+
+async def test_receipt_whose_write_fails_is_written_again_and_reported_once_stored(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    smsc = ScriptedSmsc("opA")
+    async with trio.open_nursery() as nursery:
+        async for h in _harness(tmp_path, {"opA": smsc}, nursery):
+            msg = h.message()
+            await h.submit(msg)
+            with trio.fail_after(60):
+                while not smsc.sent or h.dispatcher.live[msg.id].msg.state \
+                        is not State.IN_FLIGHT:
+                    await trio.sleep(0.01)
+            real = h.store.save_messages_nowait
+            refusals = 0
+
+            def disk_full(*args: Any, _real: Callable[..., PendingWrite] = real,
+                          **kwargs: Any) -> PendingWrite:
+                nonlocal refusals
+                if refusals < 2:  # the receipt's write, then the first retry
+                    refusals += 1
+                    raise StoreError("database or disk is full")
+                return _real(*args, **kwargs)
+
+            h.store.save_messages_nowait = disk_full  # type: ignore[method-assign]
+            with pytest.raises(StoreError):  # the operator is told: it will send it again
+                await h.dispatcher.on_receipt("opA", "opA-1", "DELIVRD", 0, hold=1)
+            assert h.reports == []  # nothing reported while the final state is not stored
+            final = await h.wait_final(msg.id, timeout=HOUR)
+            assert refusals == 2
+            assert final.state is State.DELIVERED
+            assert len(h.reports) == 1
+            # the operator's second copy is recognised as late, not applied twice
+            await h.dispatcher.on_receipt("opA", "opA-1", "DELIVRD", 0, hold=1)
+            assert len(h.reports) == 1
