@@ -75,6 +75,10 @@ class ListenerConfig:
     window: int = 64  # outstanding deliver_sm per bind
     auth_failure_delay: float = 1.0  # delay before answering a failed bind
     max_pdu_size: int = 65536  # larger command_length closes the connection
+    incoming_window: int = 100  # requests of one session unanswered before we stop reading
+    write_timeout: float = 30.0  # a write making no progress this long closes the connection
+    max_connections: int = 1000  # open connections on this listener, bound or not
+    max_connections_per_address: int = 50  # open connections from one source address
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +110,8 @@ class SmscConfig:
     throughput: float = 0.0  # submit_sm/s over the whole connection; 0 = unlimited
     response_timeout: float = 10.0
     enquire_link_interval: float = 30.0
+    incoming_window: int = 1000  # deliver_sm unanswered before we stop reading the bind
+    write_timeout: float = 30.0  # a write making no progress this long drops the bind
     reconnect_delay: float = 1.0
     reconnect_delay_max: float = 60.0
     interface_version: int = 0x34
@@ -529,6 +535,10 @@ def _listener(t: _Table) -> ListenerConfig:
         window=t.integer("window", low=1),
         auth_failure_delay=t.duration("auth_failure_delay", positive=False),
         max_pdu_size=t.integer("max_pdu_size", low=1024, high=16 * 1024 * 1024),
+        incoming_window=t.integer("incoming_window", low=1),
+        write_timeout=t.duration("write_timeout"),
+        max_connections=t.integer("max_connections", low=1),
+        max_connections_per_address=t.integer("max_connections_per_address", low=1),
     )
 
 
@@ -568,6 +578,8 @@ def _smsc(t: _Table) -> SmscConfig:
         throughput=t.number("throughput"),
         response_timeout=t.duration("response_timeout"),
         enquire_link_interval=t.duration("enquire_link_interval"),
+        incoming_window=t.integer("incoming_window", low=1),
+        write_timeout=t.duration("write_timeout"),
         reconnect_delay=t.duration("reconnect_delay"),
         reconnect_delay_max=t.duration("reconnect_delay_max"),
         interface_version=t.integer(

@@ -26,6 +26,9 @@ REPORTS_SENT = Counter("smsgw_reports_delivered_total", "Receipts/MO delivered u
                        ["account", "kind"])
 UPSTREAM_BINDS = Gauge("smsgw_upstream_binds", "Bound upstream sessions", ["account", "mode"])
 SMSC_BINDS = Gauge("smsgw_smsc_binds", "Bound operator sessions", ["smsc"])
+CONNECTIONS_REFUSED = Counter("smsgw_connections_refused_total",
+                              "Upstream connections closed at accept: over a limit",
+                              ["listener", "reason"])
 LIVE = Gauge("smsgw_unfinished_messages", "Messages not yet in a final state")
 
 

@@ -8,6 +8,7 @@ and registers receiver/transceiver binds with the reporter for receipts and MO.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from gateway.model import Message
 from gateway.passwords import verify_password
 from gateway.reporter import Reporter
 from gateway.store import Store
-from smpp.connection import Connection
+from smpp.connection import Connection, LogBudget, shorten
 from smpp.constants import CommandId, Status, Tag
 from smpp.pdu import (
     Bind,
@@ -47,6 +48,8 @@ log = structlog.get_logger("gateway.server")
 
 
 _BATCHED = frozenset({CommandId.SUBMIT_SM, CommandId.DATA_SM})
+# accept() errors that mean "out of resources for now", not "the listener is broken"
+_ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 
 class TokenBucket:
@@ -105,6 +108,10 @@ class SmppServer:
         }
         self.port: int | None = None
         self.connections: set[Connection] = set()
+        self._starting = 0  # accepted, Connection not made yet
+        self._per_address: dict[str, int] = {}  # open connections per source address
+        self._label = f"{listener.host}:{listener.port}"
+        self._refusal_log = LogBudget()
 
     def policy(self, account: AccountConfig) -> IntakePolicy:
         return IntakePolicy(self.validity, account.validity)
@@ -116,8 +123,49 @@ class SmppServer:
         self.port = int(sock.getsockname()[1])
         log.info("listener.ready", host=cfg.host, port=self.port)
         async with trio.open_nursery() as nursery:
-            await nursery.start(trio.serve_listeners, self._handle_stream, listeners)
+            for listener in listeners:
+                nursery.start_soon(self._accept_loop, listener, nursery)
             task_status.started(self.port)
+
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        """Accept connections; over a limit one is closed at once, before any allocation
+        (no task, no session): per listener and per source address."""
+        cfg = self.listener
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
+                    raise
+                # out of file descriptors or memory: wait for connections to go, don't spin
+                self._note_refusal("resources", f"accept failed: {exc.strerror}")
+                await trio.sleep(0.1)
+                continue
+            try:
+                address = str(stream.socket.getpeername()[0])
+            except OSError:  # already gone
+                stream.socket.close()
+                continue
+            reason = None
+            if len(self.connections) + self._starting >= cfg.max_connections:
+                reason = "listener"
+            elif self._per_address.get(address, 0) >= cfg.max_connections_per_address:
+                reason = "address"
+            if reason is not None:
+                stream.socket.close()
+                self._note_refusal(reason, address)
+                continue
+            self._per_address[address] = self._per_address.get(address, 0) + 1
+            self._starting += 1
+            nursery.start_soon(self._handle_stream, stream, address)
+
+    def _note_refusal(self, reason: str, address: str) -> None:
+        metrics.child(metrics.CONNECTIONS_REFUSED, self._label, reason).inc()
+        held = self._refusal_log.take(trio.current_time())
+        if held is not None:
+            log.warning("listener.connection_refused", listener=self._label, reason=reason,
+                        peer=shorten(address), connections=len(self.connections),
+                        suppressed=held)
 
     async def close_all(self) -> None:
         """Unbind every upstream session (graceful shutdown)."""
@@ -125,33 +173,37 @@ class SmppServer:
             for conn in list(self.connections):
                 nursery.start_soon(conn.unbind, 2.0)
 
-    async def _handle_stream(self, stream: trio.SocketStream) -> None:
+    async def _handle_stream(self, stream: trio.SocketStream, address: str) -> None:
         cfg = self.listener
+        conn: Connection | None = None
         try:
-            peer = stream.socket.getpeername()
-        except OSError:
-            peer = ("?", 0)
-        conn = Connection(stream, Side.SMSC, window=cfg.window,
-                          response_timeout=cfg.response_timeout,
-                          enquire_link_interval=cfg.enquire_link_interval,
-                          inactivity_timeout=cfg.inactivity_timeout,
-                          max_pdu_size=cfg.max_pdu_size, name=f"{peer[0]}:{peer[1]}")
-        self.connections.add(conn)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._bind_deadline, conn)
-                await conn.run(self._handle, batch_handler=self._submit_batch,
-                               batch_commands=_BATCHED)
-                nursery.cancel_scope.cancel()
+            try:
+                port = stream.socket.getpeername()[1]
+            except OSError:
+                port = 0
+            conn = Connection(stream, Side.SMSC, window=cfg.window,
+                              response_timeout=cfg.response_timeout,
+                              enquire_link_interval=cfg.enquire_link_interval,
+                              inactivity_timeout=cfg.inactivity_timeout,
+                              bind_timeout=cfg.bind_timeout, write_timeout=cfg.write_timeout,
+                              incoming_window=cfg.incoming_window,
+                              max_pdu_size=cfg.max_pdu_size, name=f"{address}:{port}")
+            self.connections.add(conn)
+            self._starting -= 1
+            await conn.run(self._handle, batch_handler=self._submit_batch,
+                           batch_commands=_BATCHED)
         finally:
-            self.connections.discard(conn)
-            self._unregister(conn)
-
-    async def _bind_deadline(self, conn: Connection) -> None:
-        await trio.sleep(self.listener.bind_timeout)
-        if not conn.session.bound and not conn.closed:
-            log.info("upstream.bind_timeout", conn=conn.name)
-            await conn.aclose()
+            if conn is None:
+                self._starting -= 1
+                stream.socket.close()
+            else:
+                self.connections.discard(conn)
+                self._unregister(conn)
+            left = self._per_address.get(address, 1) - 1
+            if left > 0:
+                self._per_address[address] = left
+            else:
+                self._per_address.pop(address, None)
 
     def _unregister(self, conn: Connection) -> None:
         account = conn.extra.get("account")
@@ -186,10 +238,8 @@ class SmppServer:
             conn.respond(pdu.response(status=Status.ESME_RSYSERR))
 
     async def _bind(self, conn: Connection, pdu: Bind) -> None:
-        if conn.extra.get("binding"):
-            conn.respond(pdu.response(status=Status.ESME_RALYBND))
-            return
-        conn.extra["binding"] = True
+        # A second bind while this one is being decided is answered by the session
+        # (ESME_RALYBND): it is never handed here.
         state = self.accounts.get(pdu.system_id)
         status: int = Status.ESME_ROK
         if state is None:

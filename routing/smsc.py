@@ -194,7 +194,9 @@ class SmscConnector:
             return False
         conn = Connection(stream, Side.ESME, window=cfg.window,
                           response_timeout=cfg.response_timeout,
-                          enquire_link_interval=cfg.enquire_link_interval, name=name)
+                          enquire_link_interval=cfg.enquire_link_interval,
+                          write_timeout=cfg.write_timeout,
+                          incoming_window=cfg.incoming_window, name=name)
         conn.on_slot_freed = self._slot_freed
         bound = False
         try:

@@ -1,9 +1,11 @@
-"""Thin trio adapter that runs a sans-I/O Session over a byte stream.
+"""Thin trio adapter that runs a sans-I/O Session over a byte stream, with backpressure.
 
-It owns the socket: a reader task feeding the session, a writer that coalesces queued PDUs
-into few send_all calls, a window of outstanding requests, one sweeper for response timeouts,
-periodic enquire_link and an inactivity timeout. Requests from the peer go to a handler; our
-requests either await their response (`request`) or hand it to a callback (`send_request`).
+It owns the socket: a reader feeding the session (it stops reading while the peer has too
+many requests unanswered or too much output queued), a writer that coalesces queued PDUs
+and closes a link whose writes make no progress, a window of our outstanding requests, and
+one entry in the run's shared timer heap for every deadline (responses, enquire_link,
+inactivity, bind). Requests from the peer go to a handler; our requests either await their
+response (`request`) or hand it to a callback (`send_request`).
 """
 
 from __future__ import annotations
@@ -28,8 +30,15 @@ from smpp.session import (
     Side,
     UnexpectedResponse,
 )
+from smpp.timers import TimerHandle, Timers, current_timers
 
 log = structlog.get_logger("smpp.connection")
+
+OUTPUT_LIMIT = 256 * 1024  # octets queued for a peer beyond which we stop reading from it
+RECEIVE_SIZE = 65536  # octets asked of the socket per read
+WRITE_CHUNK = 16384  # octets per send: write progress is judged chunk by chunk
+LOG_BURST, LOG_PERIOD = 5, 60.0  # protocol problems logged per connection and period
+LOG_FIELD_MAX = 120  # characters of a peer-supplied detail kept in a log line
 
 RequestHandler = Callable[["Connection", Pdu], Awaitable[None]]
 # Called exactly once per request sent with send_request: (response, None) or (None, error).
@@ -73,6 +82,34 @@ class _Reply:
         self.event.set()
 
 
+class LogBudget:
+    """At most `burst` log lines per `period` seconds; says how many it held back."""
+
+    __slots__ = ("burst", "period", "start", "suppressed", "used")
+
+    def __init__(self, burst: int = LOG_BURST, period: float = LOG_PERIOD) -> None:
+        self.burst, self.period = burst, period
+        self.start = -math.inf
+        self.used = 0
+        self.suppressed = 0
+
+    def take(self, now: float) -> int | None:
+        """None: do not log. Otherwise log, with this count of lines held back before."""
+        if now - self.start >= self.period:
+            self.start, self.used = now, 0
+        if self.used >= self.burst:
+            self.suppressed += 1
+            return None
+        self.used += 1
+        held, self.suppressed = self.suppressed, 0
+        return held
+
+
+def shorten(text: str, limit: int = LOG_FIELD_MAX) -> str:
+    """A peer-supplied string cut to `limit` characters for a log line (marked if cut)."""
+    return text if len(text) <= limit else f"{text[:limit]}...[{len(text)} chars]"
+
+
 class Turns:
     """Round-robin over a pool of connections: the next one after the last chosen that can
     take a request now (open, bound, a free window slot)."""
@@ -93,7 +130,14 @@ class Turns:
 
 
 class Connection:
-    """An SMPP connection over a trio stream. Call `run(handler)` in a nursery task."""
+    """An SMPP connection over a trio stream. Call `run(handler)` in a nursery task.
+
+    Backpressure: the reader stops taking PDUs from the peer while `incoming_window`
+    requests of its are unanswered or more than OUTPUT_LIMIT octets wait to be written to
+    it; its further requests then wait in its own socket, not in our memory. A write that
+    makes no progress for `write_timeout` closes the connection. `bind_timeout` closes a
+    connection not bound in time; `inactivity_timeout` one the peer left silent.
+    """
 
     def __init__(
         self,
@@ -104,26 +148,49 @@ class Connection:
         response_timeout: float = 10.0,
         enquire_link_interval: float = 30.0,
         inactivity_timeout: float = math.inf,
+        bind_timeout: float = math.inf,
+        write_timeout: float = 30.0,
+        incoming_window: int = 100,
         max_pdu_size: int = 65536,
+        prebind_max_pdu_size: int = 1024,
+        prebind_limit: int = 8,
         name: str = "",
+        timers: Timers | None = None,
     ) -> None:
         self.stream = stream
-        self.session = Session(side, max_pdu_size=max_pdu_size)
+        self.session = Session(side, max_pdu_size=max_pdu_size,
+                               prebind_max_pdu_size=prebind_max_pdu_size,
+                               prebind_limit=prebind_limit)
         self.window = max(1, window)
         self.response_timeout = response_timeout
         self.enquire_link_interval = enquire_link_interval
         self.inactivity_timeout = inactivity_timeout
+        self.write_timeout = write_timeout
+        self.incoming_window = max(1, incoming_window)
         self.name = name
         self.closed = False
-        self.last_received = trio.current_time()
+        now = trio.current_time()
+        self.last_received = now
+        self.bind_deadline = now + bind_timeout
+        self._timers = timers if timers is not None else current_timers()
+        self._timer: TimerHandle | None = None
+        self._timer_at = math.inf
+        self._probe: int | None = None  # sequence of our outstanding enquire_link
         self._waiters: dict[int, _Waiter] = {}
         self._slot_freed = trio.Event()
         self.on_slot_freed: Callable[[], None] | None = None  # e.g. a connector's sender
+        self._incoming = 0  # requests of the peer handed to the handler, not yet answered
+        self._reader_blocked = False
+        self._unblocked = trio.Event()
         self._wake_writer = trio.Event()
         self._queued = 0  # generation of the latest queued bytes
         self._written = 0  # generation the writer has sent up to
+        self._writing = 0  # octets taken by the writer and not yet sent
+        self._write_since: float | None = None  # when the current send started
+        self._close_when_flushed = False
         self._progress = trio.Event()
         self._cancel: trio.CancelScope | None = None
+        self._log_budget = LogBudget()
         self.extra: dict[str, Any] = {}  # owner's per-connection data (account, bind kind...)
 
     # -- public API -------------------------------------------------------------------------
@@ -134,6 +201,11 @@ class Connection:
     def free_slots(self) -> int:
         """Requests that may be sent now without exceeding the window."""
         return self.window - len(self._waiters)
+
+    @property
+    def unanswered(self) -> int:
+        """Requests of the peer handed to the handler and not answered yet."""
+        return self._incoming
 
     def send_request(self, pdu: Pdu, callback: ResponseCallback,
                      timeout: float | None = None) -> int:
@@ -150,7 +222,9 @@ class Connection:
             raise WindowFull(self.name)
         limit = self.response_timeout if timeout is None else timeout
         seq = self.session.send(pdu)
-        self._waiters[seq] = _Waiter(trio.current_time() + limit, callback, pdu.command_id.name)
+        deadline = trio.current_time() + limit
+        self._waiters[seq] = _Waiter(deadline, callback, pdu.command_id.name)
+        self._arm(deadline)
         self._kick()
         return seq
 
@@ -197,10 +271,25 @@ class Connection:
             log.exception("smpp.response_callback_failed", conn=self.name, seq=seq)
 
     def respond(self, pdu: Pdu) -> None:
-        """Queue a response (sequence already set from the request)."""
+        """Queue the response to one of the peer's requests (sequence already set)."""
+        if self._incoming:
+            self._incoming -= 1
+            if self._reader_blocked:
+                self._unblocked.set()
         if self.closed:
             return
         self.session.send(pdu)
+        self._kick()
+
+    def close_soon(self) -> None:
+        """Leave without waiting: queue an unbind if bound, close once it is written (a
+        write that stalls is cut by write_timeout). Safe to call from callbacks."""
+        if self.closed or self._close_when_flushed:
+            return
+        if self.session.bound:
+            with contextlib.suppress(SessionError):
+                self.session.send(Unbind())  # no wait for the answer: we are leaving
+        self._close_when_flushed = True
         self._kick()
 
     async def unbind(self, timeout: float = 5.0) -> None:
@@ -217,12 +306,21 @@ class Connection:
         self.closed = True
         self.session.close()
         self._progress.set()
+        self._unblocked.set()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for seq in list(self._waiters):
             self._finish(seq, None, ConnectionClosed(self.name))
         if self._cancel is not None:
             self._cancel.cancel()
         with trio.CancelScope(shield=True), trio.move_on_after(1):
             await self.stream.aclose()
+
+    def _abort(self) -> None:
+        """Close from synchronous code: cancel run(), whose exit closes the connection."""
+        if self._cancel is not None:
+            self._cancel.cancel()
 
     # -- the loops ---------------------------------------------------------------------------
     async def run(self, handler: RequestHandler, *, batch_handler: BatchHandler | None = None,
@@ -237,11 +335,7 @@ class Connection:
             async with trio.open_nursery() as nursery:
                 self._cancel = nursery.cancel_scope
                 nursery.start_soon(self._writer)
-                nursery.start_soon(self._sweeper)
-                if self.inactivity_timeout < math.inf:
-                    nursery.start_soon(self._inactivity_watch)
-                if self.enquire_link_interval < math.inf:
-                    nursery.start_soon(self._keepalive)
+                self._check_timers()
                 await self._reader(nursery, handler, batch_handler, batch_commands)
                 nursery.cancel_scope.cancel()
         finally:
@@ -251,16 +345,8 @@ class Connection:
         self._queued += 1
         self._wake_writer.set()
 
-    async def _sweeper(self) -> None:
-        """Fail the requests whose response is overdue (one timer per connection, not per
-        request: a cancel scope per PDU costs more than the rest of the request)."""
-        interval = min(1.0, self.response_timeout / 4)
-        while True:
-            await trio.sleep(interval)
-            now = trio.current_time()
-            overdue = [(seq, w) for seq, w in self._waiters.items() if w.deadline <= now]
-            for seq, waiter in overdue:
-                self._finish(seq, None, ResponseTimeout(f"{waiter.name} seq {seq}"))
+    def _output_full(self) -> bool:
+        return self.session.buffered + self._writing >= OUTPUT_LIMIT
 
     async def _writer(self) -> None:
         while True:
@@ -270,14 +356,28 @@ class Connection:
             generation = self._queued
             data = self.session.data_to_send()
             if data:
+                self._writing = len(data)
                 try:
-                    await self.stream.send_all(data)
+                    for start in range(0, len(data), WRITE_CHUNK):
+                        self._write_since = trio.current_time()
+                        self._arm(self._write_since + self.write_timeout)
+                        await self.stream.send_all(data[start:start + WRITE_CHUNK]
+                                                   if len(data) > WRITE_CHUNK else data)
+                        self._writing -= min(WRITE_CHUNK, self._writing)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     await self.aclose()
                     return
+                finally:
+                    self._write_since = None
+                    self._writing = 0
             self._written = generation
             self._progress.set()
             self._progress = trio.Event()
+            if self._reader_blocked:
+                self._unblocked.set()
+            if self._close_when_flushed and not self.session.buffered:
+                self._abort()
+                return
 
     async def flush(self, timeout: float = 5.0) -> None:
         """Wait (bounded) until everything queued so far has been handed to the socket."""
@@ -290,78 +390,149 @@ class Connection:
     async def _reader(self, nursery: trio.Nursery, handler: RequestHandler,
                       batch_handler: BatchHandler | None,
                       batch_commands: frozenset[CommandId]) -> None:
+        session = self.session
         while not self.closed:
-            try:
-                data = await self.stream.receive_some(65536)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
-            if not data:
-                return
-            self.last_received = trio.current_time()
             batch: list[Pdu] = []
-            for event in self.session.receive_data(bytes(data)):
+            blocked = False
+            while True:
+                if self._incoming >= self.incoming_window or self._output_full():
+                    blocked = True
+                    break
+                event = session.next_event()
+                if event is None:
+                    break
                 if isinstance(event, RequestReceived):
                     pdu = event.pdu
                     if pdu.command_id == CommandId.ENQUIRE_LINK:
-                        self.session.send(pdu.response())
+                        session.send(pdu.response())
                     elif pdu.command_id == CommandId.UNBIND:
                         if batch and batch_handler is not None:  # what came before still counts
                             nursery.start_soon(batch_handler, self, batch)
-                        self.session.send(pdu.response())
+                        session.send(pdu.response())
                         await self.flush()
                         await self.aclose()
                         return
                     elif batch_handler is not None and pdu.command_id in batch_commands:
+                        self._incoming += 1
                         batch.append(pdu)
                     else:
+                        self._incoming += 1
                         nursery.start_soon(handler, self, pdu)
                 elif isinstance(event, ResponseReceived):
                     self._finish(event.response.sequence, event.response, None)
                 elif isinstance(event, ProtocolViolation):
-                    log.warning("smpp.protocol_violation", conn=self.name,
-                                status=event.status, detail=event.detail, fatal=event.fatal)
+                    self._log_violation(event)
                     if event.fatal:
                         await self.flush()
                         await self.aclose()
                         return
                 elif isinstance(event, UnexpectedResponse):
-                    log.info("smpp.unexpected_response", conn=self.name,
-                             command=event.pdu.command_id.name, seq=event.pdu.sequence)
+                    held = self._log_budget.take(trio.current_time())
+                    if held is not None:
+                        log.info("smpp.unexpected_response", conn=self.name,
+                                 command=event.pdu.command_id.name, seq=event.pdu.sequence,
+                                 suppressed=held)
             if batch and batch_handler is not None:
                 nursery.start_soon(batch_handler, self, batch)
-            self._kick()
-
-    async def _inactivity_watch(self) -> None:
-        """Close the connection when the peer has sent nothing for inactivity_timeout (one
-        timer for the connection, not a cancel scope per read)."""
-        while True:
-            deadline = self.last_received + self.inactivity_timeout
-            if trio.current_time() < deadline:
-                await trio.sleep_until(deadline)
+            if session.buffered:
+                self._kick()
+            if blocked:
+                # Backpressure: take nothing more from this peer until it has been answered
+                # or has read what we owe it (it waits in its socket, not in our memory).
+                self._unblocked = trio.Event()
+                self._reader_blocked = True
+                try:
+                    if self._incoming >= self.incoming_window or self._output_full():
+                        await self._unblocked.wait()
+                finally:
+                    self._reader_blocked = False
                 continue
-            log.info("smpp.inactivity_timeout", conn=self.name)
-            if self.session.bound:
-                self.session.send(Unbind())  # no wait for the answer: we are leaving
-                await self.flush()
-            if self._cancel is not None:
-                self._cancel.cancel()
-            return
-
-    async def _keepalive(self) -> None:
-        """Probe the peer with enquire_link when the link has been quiet for an interval."""
-        while not self.closed:
-            quiet_for = trio.current_time() - self.last_received
-            if quiet_for < self.enquire_link_interval:
-                await trio.sleep(self.enquire_link_interval - quiet_for)
-                continue
-            if self.session.state is BindState.UNBINDING:
-                return
             try:
-                await self.request(EnquireLink())
-            except ResponseTimeout:
-                log.warning("smpp.enquire_link_timeout", conn=self.name)
-                await self.aclose()
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
-            except (ConnectionClosed, SessionError):
+            if not data:
                 return
             self.last_received = trio.current_time()
+            session.feed(data)
+
+    def _log_violation(self, event: ProtocolViolation) -> None:
+        held = self._log_budget.take(trio.current_time())
+        if held is not None:
+            log.warning("smpp.protocol_violation", conn=self.name, status=f"0x{event.status:08X}",
+                        detail=shorten(event.detail), fatal=event.fatal, suppressed=held)
+
+    # -- timers -------------------------------------------------------------------------------
+    def _arm(self, when: float) -> None:
+        """Make sure the connection's timer fires no later than `when`."""
+        if when < self._timer_at and not self.closed:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._timers.call_at(when, self._check_timers)
+            self._timer_at = when
+
+    def _check_timers(self) -> None:
+        """Act on every deadline that has passed, then arm the timer for the next one.
+
+        Deadlines that moved later since the timer was armed (data received, responses in)
+        cost nothing until then: the timer fires, finds nothing due, and is re-armed.
+        """
+        if self._timer is not None:
+            self._timer.cancel()  # called directly (a fired timer is cancelled already)
+        self._timer, self._timer_at = None, math.inf
+        if self.closed:
+            return
+        now = trio.current_time()
+        due = math.inf
+        if self._write_since is not None:
+            stall = self._write_since + self.write_timeout
+            if now >= stall:
+                log.warning("smpp.write_timeout", conn=self.name, queued=self._writing)
+                self._abort()
+                return
+            due = stall
+        if self.session.state in (BindState.OPEN, BindState.BINDING) \
+                and self.bind_deadline < math.inf:
+            if now >= self.bind_deadline:
+                log.info("smpp.bind_timeout", conn=self.name)
+                self._abort()
+                return
+            due = min(due, self.bind_deadline)
+        if self.inactivity_timeout < math.inf:
+            silent = self.last_received + self.inactivity_timeout
+            if now >= silent:
+                log.info("smpp.inactivity_timeout", conn=self.name)
+                self.close_soon()
+                return
+            due = min(due, silent)
+        if self._waiters:
+            overdue = [seq for seq, w in self._waiters.items() if w.deadline <= now]
+            for seq in overdue:
+                waiter = self._waiters.get(seq)
+                if waiter is not None:
+                    self._finish(seq, None, ResponseTimeout(f"{waiter.name} seq {seq}"))
+            if self.closed:
+                return
+            if self._waiters:
+                due = min(due, min(w.deadline for w in self._waiters.values()))
+        if self.enquire_link_interval < math.inf and self.session.bound \
+                and self._probe is None:
+            quiet_until = self.last_received + self.enquire_link_interval
+            if now >= quiet_until:
+                self._send_probe()
+                quiet_until = now + self.enquire_link_interval
+            due = min(due, quiet_until)
+        if due < math.inf:
+            self._arm(due)
+
+    def _send_probe(self) -> None:
+        """Probe a quiet peer with enquire_link; no answer in time closes the connection."""
+        def answered(_resp: Pdu | None, error: Exception | None) -> None:
+            self._probe = None
+            if isinstance(error, ResponseTimeout):
+                log.warning("smpp.enquire_link_timeout", conn=self.name)
+                self._abort()
+
+        # Window full: requests are outstanding already and their own timeouts watch the link.
+        with contextlib.suppress(WindowFull, ConnectionClosed, SessionError):
+            self._probe = self.send_request(EnquireLink(), answered)

@@ -990,7 +990,7 @@ class FrameReader:
         self._pos = 0
         self.max_length = max_length
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         """Append received bytes."""
         if self._pos:
             del self._buf[: self._pos]

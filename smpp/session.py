@@ -26,6 +26,7 @@ from smpp.pdu import (
 
 class BindState(enum.Enum):
     OPEN = "OPEN"  # connected, not bound
+    BINDING = "BINDING"  # bind_* sent or received, bind_*_resp pending
     BOUND_TX = "BOUND_TX"
     BOUND_RX = "BOUND_RX"
     BOUND_TRX = "BOUND_TRX"
@@ -46,10 +47,14 @@ _BOUND = frozenset({S.BOUND_TX, S.BOUND_RX, S.BOUND_TRX})
 _CAN_TX = frozenset({S.BOUND_TX, S.BOUND_TRX})
 _CAN_RX = frozenset({S.BOUND_RX, S.BOUND_TRX})
 _ANY = frozenset(BindState) - {S.CLOSED}
+UNBOUND = frozenset({S.OPEN, S.BINDING})
 
 # (sender, request command) -> bind states in which that request is legal.
 # A request received in any other state is answered with ESME_RINVBNDSTS (ESME_RALYBND for a
-# second bind); a request we would send in any other state is a programming error.
+# second bind) once bound; before bind (OPEN, BINDING) only the requests legal there are
+# answered, anything else is fatal: the connection is closed without an answer, so an
+# unauthenticated peer cannot make us write for it. A request we would send in any other
+# state is a programming error.
 LEGAL_REQUESTS: dict[tuple[Side, CommandId], frozenset[BindState]] = {
     (Side.ESME, C.BIND_TRANSMITTER): frozenset({S.OPEN}),
     (Side.ESME, C.BIND_RECEIVER): frozenset({S.OPEN}),
@@ -67,17 +72,23 @@ LEGAL_REQUESTS: dict[tuple[Side, CommandId], frozenset[BindState]] = {
     # enquire_link is accepted before bind too: many peers probe an open connection.
     (Side.ESME, C.ENQUIRE_LINK): _ANY - {S.UNBINDING},
     (Side.SMSC, C.ENQUIRE_LINK): _ANY - {S.UNBINDING},
-    (Side.ESME, C.UNBIND): _BOUND,
-    (Side.SMSC, C.UNBIND): _BOUND,
+    # unbind is answered before bind too (a peer giving up politely), then the link closes.
+    (Side.ESME, C.UNBIND): _BOUND | {S.OPEN},
+    (Side.SMSC, C.UNBIND): _BOUND | {S.OPEN},
 }
 
 # (bind state, command, ok) -> next state. Applies whichever side sends the PDU; "ok" is
 # command_status == 0 for responses and always True for requests. Misses leave state as is.
 TRANSITIONS: dict[tuple[BindState, CommandId, bool], BindState] = {
-    (S.OPEN, C.BIND_TRANSMITTER_RESP, True): S.BOUND_TX,
-    (S.OPEN, C.BIND_RECEIVER_RESP, True): S.BOUND_RX,
-    (S.OPEN, C.BIND_TRANSCEIVER_RESP, True): S.BOUND_TRX,
-    **{(st, C.UNBIND, True): S.UNBINDING for st in _BOUND},
+    **{(S.OPEN, bind, True): S.BINDING
+       for bind in (C.BIND_TRANSMITTER, C.BIND_RECEIVER, C.BIND_TRANSCEIVER)},
+    (S.BINDING, C.BIND_TRANSMITTER_RESP, True): S.BOUND_TX,
+    (S.BINDING, C.BIND_RECEIVER_RESP, True): S.BOUND_RX,
+    (S.BINDING, C.BIND_TRANSCEIVER_RESP, True): S.BOUND_TRX,
+    # a refused bind (or a generic_nack answering it) leaves the session open, unbound
+    **{(S.BINDING, resp, False): S.OPEN
+       for resp in (C.BIND_TRANSMITTER_RESP, C.BIND_RECEIVER_RESP, C.BIND_TRANSCEIVER_RESP)},
+    **{(st, C.UNBIND, True): S.UNBINDING for st in _BOUND | {S.OPEN}},
     **{(st, C.UNBIND_RESP, ok): S.CLOSED for st in _ANY for ok in (True, False)},
 }
 
@@ -133,19 +144,29 @@ Event = RequestReceived | ResponseReceived | ProtocolViolation | UnexpectedRespo
 class Session:
     """One SMPP connection's protocol state, for either side.
 
-    `receive_data(bytes)` returns events and may queue automatic answers;
-    `send(pdu)` validates, numbers requests and queues their bytes; `data_to_send()` drains
-    the queued bytes for the socket.
+    `feed(bytes)` then `next_event()` until it returns None (or `receive_data(bytes)` for
+    both at once) yields events and may queue automatic answers; `send(pdu)` validates,
+    numbers requests and queues their bytes; `data_to_send()` drains the queued bytes.
+
+    Before bind (OPEN, BINDING) a peer is held short: frames longer than
+    `prebind_max_pdu_size` and more than `prebind_limit` PDUs are fatal, and so is any
+    request that is not legal there (it gets no answer).
     """
 
-    def __init__(self, side: Side, *, max_pdu_size: int = 65536) -> None:
+    def __init__(self, side: Side, *, max_pdu_size: int = 65536,
+                 prebind_max_pdu_size: int = 1024, prebind_limit: int = 8) -> None:
         self.side = side
         self.peer = Side.SMSC if side is Side.ESME else Side.ESME
         self.state = BindState.OPEN
         self.outstanding: dict[int, Pdu] = {}
-        self._reader = FrameReader(max_length=max_pdu_size)
+        self.max_pdu_size = max_pdu_size
+        self.prebind_limit = prebind_limit
+        self._reader = FrameReader(max_length=min(prebind_max_pdu_size, max_pdu_size))
         self._out: list[bytes] = []
+        self._out_bytes = 0
         self._next_seq = 1
+        self._prebind_seen = 0
+        self._fatal = False
 
     # -- sending --------------------------------------------------------------------------
     def next_sequence(self) -> int:
@@ -173,14 +194,24 @@ class Session:
             self.next_sequence()
             self.outstanding[seq] = pdu
             self._transition(cid, True)
-        self._out.append(data)
+        self._queue(data)
         return pdu.sequence
+
+    def _queue(self, data: bytes) -> None:
+        self._out.append(data)
+        self._out_bytes += len(data)
+
+    @property
+    def buffered(self) -> int:
+        """Octets queued for sending and not yet taken by data_to_send()."""
+        return self._out_bytes
 
     def data_to_send(self) -> bytes:
         if not self._out:
             return b""
-        data = b"".join(self._out)
+        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
         self._out.clear()
+        self._out_bytes = 0
         return data
 
     def abandon(self, sequence: int) -> Pdu | None:
@@ -195,20 +226,46 @@ class Session:
         self.state = BindState.CLOSED
 
     # -- receiving ------------------------------------------------------------------------
-    def receive_data(self, data: bytes) -> list[Event]:
-        events: list[Event] = []
+    def feed(self, data: bytes | bytearray) -> None:
+        """Take received bytes; next_event() turns them into events."""
         self._reader.feed(data)
-        while True:
-            try:
-                frame = self._reader.next_frame()
-            except FramingError as exc:
-                self._queue_nack(exc.status, exc.sequence)
-                events.append(ProtocolViolation(exc.status, exc.detail, fatal=True))
-                self.state = BindState.CLOSED
-                return events
-            if frame is None:
-                return events
-            events.append(self._receive_frame(frame))
+
+    @property
+    def pending_input(self) -> int:
+        """Octets received but not yet turned into events."""
+        return self._reader.buffered
+
+    def next_event(self) -> Event | None:
+        """The next event from the bytes fed so far, or None until more are fed (and for
+        ever after a fatal violation: the stream cannot be trusted any more)."""
+        if self._fatal:
+            return None
+        try:
+            frame = self._reader.next_frame()
+        except FramingError as exc:
+            self._queue_nack(exc.status, exc.sequence)
+            return self._die(exc.status, exc.detail)
+        if frame is None:
+            return None
+        if self.state in UNBOUND:
+            self._prebind_seen += 1
+            if self._prebind_seen > self.prebind_limit:
+                return self._die(Status.ESME_RINVBNDSTS,
+                                 f"more than {self.prebind_limit} PDUs before bind")
+        return self._receive_frame(frame)
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """feed() then every event it makes available."""
+        self.feed(data)
+        events: list[Event] = []
+        while (event := self.next_event()) is not None:
+            events.append(event)
+        return events
+
+    def _die(self, status: int, detail: str) -> ProtocolViolation:
+        self._fatal = True
+        self.state = BindState.CLOSED
+        return ProtocolViolation(status, detail, fatal=True)
 
     def _receive_frame(self, frame: bytes) -> Event:
         try:
@@ -216,10 +273,13 @@ class Session:
         except PduError as exc:
             # A request we can identify gets its own response with the error status
             # (e.g. submit_sm_resp ESME_RINVOPTPARSTREAM); anything else a generic_nack.
+            # Before bind only a malformed bind is answered; anything else is fatal.
+            if self.state in UNBOUND and exc.command_id not in _BIND_REQUESTS:
+                return self._die(exc.status, f"malformed PDU before bind: {exc.detail}")
             cls = PDU_CLASSES.get(exc.command_id)
             resp_cls = cls.response_class if cls is not None else None
             if resp_cls is not None and not is_response(exc.command_id):
-                self._out.append(encode(resp_cls(sequence=exc.sequence, status=exc.status)))
+                self._queue(encode(resp_cls(sequence=exc.sequence, status=exc.status)))
             else:
                 self._queue_nack(exc.status, exc.sequence)
             return ProtocolViolation(exc.status, exc.detail)
@@ -230,12 +290,19 @@ class Session:
                 if request is not None:  # wrong kind of answer: keep waiting for the real one
                     self.outstanding[pdu.sequence] = request
                 return UnexpectedResponse(pdu)
-            self._transition(cid, pdu.status == 0)
+            # a generic_nack counts as a failed response to the request it answers
+            self._transition(CommandId(request.command_id | 0x80000000), pdu.status == 0)
             return ResponseReceived(request, pdu)
         allowed = LEGAL_REQUESTS.get((self.peer, cid))
         if allowed is None or self.state not in allowed:
-            status = (Status.ESME_RALYBND if cid in _BIND_REQUESTS and self.bound
-                      else Status.ESME_RINVBNDSTS)
+            if cid in _BIND_REQUESTS and self.state is not S.OPEN and \
+                    (self.peer, cid) in LEGAL_REQUESTS:
+                status: int = Status.ESME_RALYBND
+            elif self.state in UNBOUND:
+                return self._die(Status.ESME_RINVBNDSTS,
+                                 f"{cid.name} from {self.peer.value} before bind")
+            else:
+                status = Status.ESME_RINVBNDSTS
             self._reject(pdu, status)
             return ProtocolViolation(
                 status, f"{cid.name} from {self.peer.value} not allowed in {self.state.value}")
@@ -247,13 +314,17 @@ class Session:
             resp = pdu.response(status=status)
         except (TypeError, ValueError):
             resp = GenericNack(sequence=pdu.sequence, status=status)
-        self._out.append(encode(resp))
+        self._queue(encode(resp))
 
     def _queue_nack(self, status: int, sequence: int) -> None:
-        self._out.append(encode(GenericNack(sequence=sequence, status=status)))
+        self._queue(encode(GenericNack(sequence=sequence, status=status)))
 
     def _transition(self, cid: CommandId, ok: bool) -> None:
-        self.state = TRANSITIONS.get((self.state, cid, ok), self.state)
+        new = TRANSITIONS.get((self.state, cid, ok), self.state)
+        if new is not self.state:
+            self.state = new
+            if new in _BOUND:
+                self._reader.max_length = self.max_pdu_size
 
 
 def _answers(request: Pdu, response: Pdu) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import Callable
 from typing import cast
 
@@ -10,9 +12,24 @@ import trio
 import trio.testing
 
 from routing.smsc import RateLimiter
-from smpp.connection import Connection, ConnectionClosed, ResponseTimeout, Turns, WindowFull
-from smpp.pdu import BindTransceiver, Pdu, SubmitSm
+from smpp.connection import (
+    OUTPUT_LIMIT,
+    RECEIVE_SIZE,
+    Connection,
+    ConnectionClosed,
+    ResponseTimeout,
+    Turns,
+    WindowFull,
+)
+from smpp.pdu import BindTransceiver, EnquireLink, Pdu, SubmitSm, decode, encode
 from smpp.session import BindState, Side
+from smpp.timers import TimerHandle, Timers
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 100.0) -> None:
+    with trio.fail_after(timeout):
+        while not condition():
+            await trio.sleep(0.01)
 
 
 @pytest.fixture
@@ -141,13 +158,18 @@ async def test_idle_link_is_probed_and_a_dead_peer_closes_the_connection(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(esme.run, nothing)
-        # the peer reads what we send but never answers
+        # the peer answers the bind, then reads what we send but never answers
+        nursery.start_soon(esme.request, BindTransceiver(system_id="a", password="b"))
+        bind = decode(await b.receive_some(1000))
+        await b.send_all(encode(bind.response(system_id="smsc")))
+        await wait_until(lambda: esme.session.bound)
+        bound_at = trio.current_time()
         seen = b""
         with trio.fail_after(100):
             while b"\x00\x00\x00\x15" not in seen:  # enquire_link's command id
                 seen += await b.receive_some(100)
         probe_at = trio.current_time()
-        assert probe_at == pytest.approx(30)
+        assert probe_at - bound_at == pytest.approx(30, abs=0.05)
         with trio.fail_after(100):
             while not esme.closed:
                 await trio.sleep(1)
@@ -207,3 +229,138 @@ def test_turns_go_round_the_pool_skipping_connections_that_cannot_take_a_request
     assert [cast(Fake, turns.pick(pool)).name for _ in range(4)] == ["a", "b", "a", "b"]
     a.slots = b.slots = 0
     assert turns.pick(pool) is None and turns.pick([]) is None
+
+
+async def _peer_binds(peer: trio.abc.Stream) -> None:
+    await peer.send_all(encode(BindTransceiver(sequence=1, system_id="a", password="b")))
+
+
+async def test_a_peer_that_never_reads_is_held_to_a_bounded_output_then_cut_off(
+        clock: trio.testing.MockClock) -> None:
+    """The rule: what we owe a peer that stops reading stays bounded (we stop reading it
+    too), and a write that makes no progress for write_timeout closes the connection."""
+    ours, peer = trio.testing.lockstep_stream_pair()  # a send blocks until the peer reads
+    smsc = Connection(ours, Side.SMSC, write_timeout=20, enquire_link_interval=math.inf)
+    most_queued = 0
+    sent = 0
+
+    async def flood() -> None:  # enquire_link after enquire_link, never reading an answer
+        nonlocal sent
+        probe = encode(EnquireLink(sequence=2))
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while True:
+                await peer.send_all(probe * 64)
+                sent += 64
+
+    async def watch() -> None:
+        nonlocal most_queued
+        while not smsc.closed:
+            most_queued = max(most_queued, smsc.session.buffered + smsc._writing)
+            await trio.sleep(0.5)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(smsc.run, _bind_ok)
+        await _peer_binds(peer)
+        nursery.start_soon(flood)
+        nursery.start_soon(watch)
+        with trio.fail_after(100):
+            while not smsc.closed:
+                await trio.sleep(1)
+        closed_at = trio.current_time()
+        nursery.cancel_scope.cancel()
+    assert most_queued <= OUTPUT_LIMIT + RECEIVE_SIZE  # at most one read's answers beyond
+    assert sent * 16 < OUTPUT_LIMIT + 2 * RECEIVE_SIZE  # it could not make us read more
+    assert 20 <= closed_at <= 21
+
+
+async def test_a_slow_reader_making_progress_is_not_cut_off(
+        clock: trio.testing.MockClock) -> None:
+    ours, peer = trio.testing.lockstep_stream_pair()
+    smsc = Connection(ours, Side.SMSC, write_timeout=10, enquire_link_interval=math.inf)
+    received = 0
+
+    async def trickle() -> None:  # 4 KiB every 2 s: a write chunk (16 KiB) every 8 s < 10 s
+        nonlocal received
+        while True:
+            await trio.sleep(2)
+            received += len(await peer.receive_some(4096))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(smsc.run, _bind_ok)
+        await _peer_binds(peer)
+        for seq in range(2, 2 + 40 * 64, 64):
+            await peer.send_all(b"".join(encode(EnquireLink(sequence=s))
+                                         for s in range(seq, seq + 64)))
+        nursery.start_soon(trickle)
+        await trio.sleep(60)
+        assert not smsc.closed and received > 16 * 64
+        nursery.cancel_scope.cancel()
+
+
+async def test_requests_beyond_the_incoming_window_wait_in_the_peers_socket(
+        clock: trio.testing.MockClock) -> None:
+    """The rule: at most incoming_window requests of a peer are unanswered at once; the
+    rest are not even decoded until some are answered."""
+    handed: list[SubmitSm] = []
+
+    async def hold(conn: Connection, pdu: Pdu) -> None:
+        if isinstance(pdu, SubmitSm):
+            handed.append(pdu)
+        else:
+            await _bind_ok(conn, pdu)
+
+    ours, peer = trio.testing.memory_stream_pair()
+    smsc = Connection(ours, Side.SMSC, incoming_window=5, enquire_link_interval=math.inf)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(smsc.run, hold)
+        await _peer_binds(peer)
+        assert decode(await peer.receive_some(1000)).status == 0  # bound
+        await peer.send_all(b"".join(encode(SubmitSm(sequence=s, destination_addr="1"))
+                                     for s in range(2, 52)))
+        await trio.sleep(1)
+        assert len(handed) == 5 and smsc.unanswered == 5
+        smsc.respond(handed[0].response(message_id="m"))
+        smsc.respond(handed[1].response(message_id="m"))
+        await trio.sleep(1)
+        assert len(handed) == 7
+        for pdu in handed[2:]:
+            smsc.respond(pdu.response(message_id="m"))
+        await trio.sleep(1)
+        assert len(handed) == 12
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_connection_that_does_not_bind_in_time_is_closed(
+        clock: trio.testing.MockClock) -> None:
+    ours, _peer = trio.testing.memory_stream_pair()
+    smsc = Connection(ours, Side.SMSC, bind_timeout=30, enquire_link_interval=math.inf)
+    with trio.fail_after(100):
+        await smsc.run(_bind_ok)
+    assert trio.current_time() == pytest.approx(30)
+
+
+async def test_an_idle_bound_connection_wakes_only_for_its_keepalive(
+        clock: trio.testing.MockClock) -> None:
+    """The rule: no periodic timer per connection; an idle bound link costs two timer
+    firings per enquire_link interval (its probe, the probe's deadline), nothing else."""
+    fired: list[float] = []
+
+    class CountingTimers(Timers):
+        def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
+            def counted() -> None:
+                fired.append(trio.current_time())
+                callback()
+            return super().call_at(when, counted)
+
+    timers = CountingTimers()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(timers.run)
+        esme, _smsc = await _pair(nursery, enquire_link_interval=30, response_timeout=10,
+                                  timers=timers)
+        start = trio.current_time()
+        await trio.sleep(300)
+        assert not esme.closed
+        idle = [t for t in fired if t > start]
+        assert len(idle) == 2 * 300 // 30
+        assert len(timers) == 1  # one live entry for the connection
+        nursery.cancel_scope.cancel()

@@ -67,15 +67,88 @@ def test_failed_bind_leaves_the_session_open() -> None:
     assert esme.state is BindState.OPEN and smsc.state is BindState.OPEN
 
 
-def test_submit_before_bind_is_answered_with_invalid_bind_status() -> None:
+def test_submit_before_bind_closes_the_connection_without_an_answer() -> None:
     smsc = Session(Side.SMSC)
     frame = encode(SubmitSm(sequence=7, destination_addr="336"))
-    [event] = smsc.receive_data(frame)
-    assert isinstance(event, ProtocolViolation)
+    [event] = smsc.receive_data(frame + encode(EnquireLink(sequence=8)))
+    assert isinstance(event, ProtocolViolation) and event.fatal
+    assert smsc.data_to_send() == b""  # an unauthenticated peer gets nothing written for it
+    assert smsc.state is BindState.CLOSED
+
+
+@pytest.mark.parametrize("side", [Side.SMSC, Side.ESME])
+def test_only_a_few_pdus_are_answered_before_bind(side: Side) -> None:
+    session = Session(side, prebind_limit=8)
+    events = session.receive_data(b"".join(encode(EnquireLink(sequence=i))
+                                           for i in range(1, 21)))
+    assert [type(e) for e in events] == [RequestReceived] * 8 + [ProtocolViolation]
+    assert isinstance(events[-1], ProtocolViolation) and events[-1].fatal
+    assert session.state is BindState.CLOSED
+    assert session.next_event() is None
+
+
+def test_frames_longer_than_a_bind_are_fatal_before_bind_and_allowed_after() -> None:
+    smsc = Session(Side.SMSC, prebind_max_pdu_size=1024, max_pdu_size=65536)
+    big = encode(SubmitSm(sequence=2, destination_addr="1", short_message=b"x" * 200,
+                          tlvs={0x0424: b"y" * 2000}))
+    [event] = smsc.receive_data(big[:20])  # the header alone is enough to refuse it
+    assert isinstance(event, ProtocolViolation) and event.fatal
+    _esme, smsc = _bound_pair(BindTransceiver)
+    [event] = smsc.receive_data(big)
+    assert isinstance(event, RequestReceived)
+
+
+def test_bind_goes_through_binding_and_a_second_bind_meanwhile_is_already_bound() -> None:
+    esme, smsc = Session(Side.ESME), Session(Side.SMSC)
+    esme.send(BindTransceiver(system_id="a", password="b"))
+    assert esme.state is BindState.BINDING
+    [req] = smsc.receive_data(esme.data_to_send())
+    assert isinstance(req, RequestReceived) and smsc.state is BindState.BINDING
+    [again] = smsc.receive_data(encode(BindTransmitter(sequence=9, system_id="a")))
+    assert isinstance(again, ProtocolViolation) and not again.fatal
+    assert decode(smsc.data_to_send()).status == Status.ESME_RALYBND
+    assert smsc.state is BindState.BINDING
+
+
+def test_unbind_before_bind_is_answered_and_closes() -> None:
+    smsc = Session(Side.SMSC)
+    [req] = smsc.receive_data(encode(Unbind(sequence=3)))
+    assert isinstance(req, RequestReceived) and smsc.state is BindState.UNBINDING
+    smsc.send(req.pdu.response())
+    assert smsc.state is BindState.CLOSED
+
+
+def test_generic_nack_to_a_bind_leaves_the_session_open_but_not_to_an_enquire_link() -> None:
+    esme = Session(Side.ESME)
+    probe = esme.send(EnquireLink())
+    bind = esme.send(BindTransceiver(system_id="a", password="b"))
+    esme.data_to_send()
+    [nack] = esme.receive_data(encode(GenericNack(sequence=probe, status=Status.ESME_RSYSERR)))
+    assert isinstance(nack, ResponseReceived) and esme.state is BindState.BINDING
+    [nack] = esme.receive_data(encode(GenericNack(sequence=bind, status=Status.ESME_RSYSERR)))
+    assert isinstance(nack, ResponseReceived) and esme.state is BindState.OPEN
+
+
+def test_malformed_pdu_before_bind_is_fatal_but_a_malformed_bind_is_answered() -> None:
+    smsc = Session(Side.SMSC)
+    [event] = smsc.receive_data(struct.pack(">IIII", 16, 0x000000AB, 0, 42))
+    assert isinstance(event, ProtocolViolation) and event.fatal
+    assert smsc.data_to_send() == b""
+    smsc = Session(Side.SMSC)
+    broken = struct.pack(">IIII", 17, CommandId.BIND_TRANSCEIVER, 0, 5) + b"a"  # no NUL
+    [event] = smsc.receive_data(broken)
+    assert isinstance(event, ProtocolViolation) and not event.fatal
     answer = decode(smsc.data_to_send())
-    assert answer.command_id == CommandId.SUBMIT_SM_RESP
-    assert answer.sequence == 7
-    assert answer.status == Status.ESME_RINVBNDSTS
+    assert answer.command_id == CommandId.BIND_TRANSCEIVER_RESP and answer.status != 0
+
+
+def test_queued_octets_are_counted_until_taken() -> None:
+    esme, _ = _bound_pair(BindTransceiver)
+    esme.send(SubmitSm(destination_addr="1"))
+    esme.send(SubmitSm(destination_addr="2"))
+    queued = esme.buffered
+    assert queued > 32
+    assert len(esme.data_to_send()) == queued and esme.buffered == 0
 
 
 def test_submit_on_a_receiver_bind_is_refused() -> None:
