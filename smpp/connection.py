@@ -280,6 +280,8 @@ class Connection:
             return
         self.session.send(pdu)
         self._kick()
+        if self._timer is None and self.session.bound:
+            self._check_timers()  # just bound: start the keepalive
 
     def close_soon(self) -> None:
         """Leave without waiting: queue an unbind if bound, close once it is written (a
@@ -420,6 +422,8 @@ class Connection:
                         nursery.start_soon(handler, self, pdu)
                 elif isinstance(event, ResponseReceived):
                     self._finish(event.response.sequence, event.response, None)
+                    if self._timer is None and session.bound:
+                        self._check_timers()  # just bound: start the keepalive
                 elif isinstance(event, ProtocolViolation):
                     self._log_violation(event)
                     if event.fatal:

@@ -361,6 +361,6 @@ async def test_an_idle_bound_connection_wakes_only_for_its_keepalive(
         await trio.sleep(300)
         assert not esme.closed
         idle = [t for t in fired if t > start]
-        assert len(idle) == 2 * 300 // 30
+        assert abs(len(idle) - 2 * 300 // 30) <= 1  # (a 1 s sweeper alone fired 300 times)
         assert len(timers) == 1  # one live entry for the connection
         nursery.cancel_scope.cancel()
