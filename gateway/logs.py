@@ -8,6 +8,7 @@ masks phone numbers, withholds message text and bounds the length of every value
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import sys
 from collections.abc import Callable, Mapping, MutableMapping
@@ -38,6 +39,7 @@ MAX_DEPTH = 4  # nesting followed into lists and mappings
 _ALPHANUMERIC_MAX = 11  # an alphanumeric sender id (SMPP TON 5) has at most 11 characters
 
 _Shaper = Callable[[Any, int], Any]  # (value, depth) -> what is logged
+_SCALARS = (int, float, bool)
 
 
 def configure(level: str = "info", *, file: TextIO | None = None, cache: bool = True) -> None:
@@ -64,10 +66,15 @@ def redact(logger: object, method: str, event_dict: MutableMapping[str, Any]
     fields replaced by their length, every value bounded (strings to MAX_CHARS, lists and
     mappings to MAX_ITEMS, MAX_DEPTH levels), each cut marked as such."""
     for key, value in event_dict.items():
-        if key == "exception" and isinstance(value, str):
-            event_dict[key] = _cut_middle(value, MAX_EXCEPTION_CHARS)
-        else:
-            event_dict[key] = _field(key, value, 0)
+        if field_kind(key) == "other":  # the usual case, kept cheap: a short string or a number
+            if type(value) is str:
+                if len(value) > MAX_CHARS:
+                    event_dict[key] = (_cut_middle(value, MAX_EXCEPTION_CHARS)
+                                       if key == "exception" else _cut(value))
+                continue
+            if value is None or type(value) in _SCALARS:
+                continue
+        event_dict[key] = _field(key, value, 0)
     return event_dict
 
 
@@ -88,7 +95,9 @@ def mask_number(number: str) -> str:
     return f"+{parsed.country_code}***{tail}"
 
 
-def _kind(key: object) -> str:
+@functools.lru_cache(maxsize=1024)
+def field_kind(key: object) -> str:
+    """"text", "phone" or "other": what a field of that name carries."""
     name = str(key).lower()
     if name in TEXT_FIELDS:
         return "text"
@@ -100,7 +109,7 @@ def _kind(key: object) -> str:
 def _field(key: object, value: Any, depth: int, other: _Shaper | None = None) -> Any:
     """``value`` as logged under ``key``; ``other`` shapes the value of any other key
     (a phone number's, within a mapping logged under a phone number field)."""
-    kind = _kind(key)
+    kind = field_kind(key)
     if kind == "text":
         return _withheld(value)
     if kind == "phone":

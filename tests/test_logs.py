@@ -192,7 +192,7 @@ def test_every_logged_number_or_text_is_under_a_field_name_the_processor_knows()
         if names & _TEXT_ATTRS:
             assert field.lower() in logs.TEXT_FIELDS, f"{where}: {field}= logs message text"
         elif names & _NUMBER_ATTRS:
-            assert logs._kind(field) == "phone", f"{where}: {field}= logs a phone number"
+            assert logs.field_kind(field) == "phone", f"{where}: {field}= logs a phone number"
 
 
 # -- end to end: real flows through the running stack ------------------------------------------
