@@ -53,7 +53,7 @@ def exposed_secrets(config: GatewayConfig) -> Exposure | None:
     file = str(config.source)
     return Exposure(file, f"{mode:04o}", (
         f"{file} holds {' and '.join(held)} and is readable by every user (mode "
-        f"{mode:04o}): chmod 600 {file} (or chmod 640 and the daemon's group)"))
+        f"{mode:04o}): chmod 600 {file} (or chmod 640, the file's group being the daemon's)"))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import logging
 import sys
 from collections.abc import Callable, Mapping, MutableMapping
@@ -37,6 +38,7 @@ MAX_EXCEPTION_CHARS = 4096  # of a formatted traceback: its first and last halve
 MAX_ITEMS = 32  # entries kept of a list or mapping value
 MAX_DEPTH = 4  # nesting followed into lists and mappings
 _ALPHANUMERIC_MAX = 11  # an alphanumeric sender id (SMPP TON 5) has at most 11 characters
+_NUMBER_MAX = 64  # characters of a phone number field looked at (SMPP addresses have <= 20)
 
 _Shaper = Callable[[Any, int], Any]  # (value, depth) -> what is logged
 _SCALARS = (int, float, bool)
@@ -82,10 +84,12 @@ def mask_number(number: str) -> str:
     """A phone number reduced to its country code and its last two digits ("+44***23"); the
     last two digits alone when no country code can be told ("***23"). A value without digits,
     or an alphanumeric sender id (a letter, at most 11 characters), is not a number: kept."""
-    digits = "".join(str(int(c)) for c in number if c.isdecimal())
+    digits = "".join(str(int(c)) for c in number[-_NUMBER_MAX:] if c.isdecimal())
     if not digits or (len(number) <= _ALPHANUMERIC_MAX and any(c.isalpha() for c in number)):
         return _cut(number)
     tail = digits[-2:] if len(digits) > 2 else ""
+    if len(number) > _NUMBER_MAX:  # not a phone number, and too long to be parsed
+        return f"***{tail}"
     try:
         parsed = phonenumbers.parse("+" + digits)
     except phonenumbers.NumberParseException:
@@ -179,7 +183,7 @@ def _items(value: list[Any] | tuple[Any, ...] | set[Any] | frozenset[Any], depth
            each: _Shaper) -> Any:
     if depth >= MAX_DEPTH:
         return "<nested too deep>"
-    out = [each(item, depth + 1) for n, item in zip(range(MAX_ITEMS), value, strict=False)]
+    out = [each(item, depth + 1) for item in itertools.islice(value, MAX_ITEMS)]
     if len(value) > MAX_ITEMS:
         out.append(f"[{len(value) - MAX_ITEMS} more items]")
     return out

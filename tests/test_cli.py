@@ -54,8 +54,7 @@ def test_hash_password_reads_the_password_from_stdin(monkeypatch: pytest.MonkeyP
     assert verify_password("s3cret", capsys.readouterr().out.strip())
 
 
-def test_hash_password_takes_no_password_on_the_command_line(
-        capsys: pytest.CaptureFixture[str]) -> None:
+def test_hash_password_takes_no_password_on_the_command_line() -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["hash-password", "s3cret"])
     assert exit_.value.code == 2

@@ -67,6 +67,12 @@ def test_a_long_value_with_letters_is_not_taken_for_a_sender_id() -> None:
     assert mask_number("tel:+447700900123") == "+44***23"
 
 
+def test_a_huge_number_field_is_cut_not_parsed() -> None:
+    out = _redacted(to="4" * 60_000 + "12", source_addr="x" * 60_000)
+    assert out["to"] == "***12"
+    assert out["source_addr"].endswith("[truncated: 59744 more characters]")
+
+
 def test_message_text_fields_are_replaced_by_their_length() -> None:
     out = _redacted(text="Your code is 918273", short_message=b"Your code is 918273",
                     message_payload=bytearray(300), body="x" * 5, raw=b"\x00\x01",
