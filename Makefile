@@ -30,6 +30,7 @@ test: lint typecheck pytest
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_codec.py
+	$(BIN)/python bench/bench_logs.py
 	$(BIN)/python bench/bench_e2e.py
 
 clean:

@@ -1,7 +1,8 @@
 """The `smsgw` command line: run the daemon, run the SMSC simulator, check a config.
 
 Subcommands: run, simulate-smsc (and simulate-smsc-mo to inject a phone's reply),
-check-config, hash-password. Exit status 2 for configuration errors.
+check-config, hash-password. Exit status 2 for configuration errors; run and check-config
+warn when the config file's secrets are readable by every user.
 """
 
 from __future__ import annotations
@@ -9,13 +10,22 @@ from __future__ import annotations
 import argparse
 import gc
 import getpass
+import stat
 import sys
 from collections.abc import Sequence
+from typing import NamedTuple
 
+import structlog
 import trio
 
 from gateway import logs
-from gateway.config import ConfigError, SimulatorConfig, check, load_simulator_config
+from gateway.config import (
+    ConfigError,
+    GatewayConfig,
+    SimulatorConfig,
+    check,
+    load_simulator_config,
+)
 from gateway.passwords import hash_password
 
 DEFAULT_CONFIG = "conf/demo.toml"
@@ -29,11 +39,42 @@ DEFAULT_CONFIG = "conf/demo.toml"
 GC_THRESHOLDS = (50_000, 50, 100)
 
 
+class Exposure(NamedTuple):
+    """A configuration file holding secrets that every user of the machine may read."""
+
+    file: str
+    mode: str
+    message: str
+
+
+def exposed_secrets(config: GatewayConfig) -> Exposure | None:
+    """The warning due when the config file holds secrets ([[smsc]] passwords, [[account]]
+    password hashes) and is readable by others (mode & 0o004); None otherwise."""
+    held = [what for what, present in (
+        ("[[smsc]] passwords", any(s.password for s in config.smscs.values())),
+        ("[[account]] password hashes", bool(config.accounts))) if present]
+    try:
+        mode = stat.S_IMODE(config.source.stat().st_mode)
+    except OSError:
+        return None
+    if not held or not mode & stat.S_IROTH:
+        return None
+    file = str(config.source)
+    return Exposure(file, f"{mode:04o}", (
+        f"{file} holds {' and '.join(held)} and is readable by every user (mode "
+        f"{mode:04o}): chmod 600 {file} (or chmod 640, the file's group being the daemon's)"))
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from gateway import daemon
 
     config = check(args.config)
     logs.configure(config.log_level)
+    exposure = exposed_secrets(config)
+    if exposure is not None:
+        structlog.get_logger("gateway.cli").warning(
+            "config.readable_by_others", file=exposure.file, mode=exposure.mode,
+            detail=exposure.message)
     gc.set_threshold(*GC_THRESHOLDS)
     gc.freeze()  # what start-up loaded (modules, config) is never garbage: never walk it
     trio.run(daemon.run, config)
@@ -64,15 +105,30 @@ def _cmd_mo(args: argparse.Namespace) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     config = check(args.config)
+    exposure = exposed_secrets(config)
+    if exposure is not None:
+        print(f"warning: {exposure.message}", file=sys.stderr)
     print(f"{config.source}: OK ({len(config.accounts)} accounts, {len(config.smscs)} smscs, "
           f"{len(config.routes)} routes, {len(config.listeners)} listeners)")
     return 0
 
 
-def _cmd_hash(args: argparse.Namespace) -> int:
-    password = args.password
-    if password is None:
+def _read_password() -> str | None:
+    """The password typed twice at a hidden prompt when stdin is a terminal, else the first
+    line of stdin (``echo pw | smsgw hash-password``); None if the two typed differ."""
+    if sys.stdin.isatty():
         password = getpass.getpass("SMPP password (at most 8 characters): ")
+        if getpass.getpass("The same again: ") != password:
+            return None
+        return password
+    return sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+
+
+def _cmd_hash(args: argparse.Namespace) -> int:
+    password = _read_password()
+    if password is None:
+        print("error: the two passwords differ", file=sys.stderr)
+        return 2
     if len(password) > 8:
         print("warning: SMPP 3.4 passwords are at most 8 characters", file=sys.stderr)
     try:
@@ -110,8 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--config", "-c", default=DEFAULT_CONFIG)
     chk.set_defaults(func=_cmd_check)
 
-    hp = sub.add_parser("hash-password", help="print the password_hash for an account")
-    hp.add_argument("password", nargs="?", help="prompted for when omitted")
+    hp = sub.add_parser(
+        "hash-password", help="print the password_hash for an account",
+        description="Print the password_hash of an account password, read from a hidden "
+                    "prompt, or from the first line of stdin when it is not a terminal "
+                    "(never from the command line, which other users can see).")
     hp.set_defaults(func=_cmd_hash)
     return parser
 

@@ -1,7 +1,8 @@
 """Intake: turn an upstream submit (submit_sm, data_sm, submit_multi) into stored Messages.
 
 Pure validation, no I/O: each check that fails maps to the SMPP command_status the upstream
-gets, with a detail for the logs. Validity and scheduling are resolved to absolute times here.
+gets, with a detail for the logs (the field and the problem, never the number or the text).
+Validity and scheduling are resolved to absolute times here.
 """
 
 from __future__ import annotations
@@ -48,13 +49,28 @@ def _check_address(addr: str, ton: int, npi: int, *, source: bool) -> None:
         raise IntakeError(bad_npi, f"{which} NPI {npi} is not a valid numbering plan")
     if source and ton == _ALPHANUMERIC_TON:
         if not addr or len(addr) > 11 or not addr.isprintable():
-            raise IntakeError(bad_addr, f"alphanumeric source {addr!r}: 1 to 11 characters")
+            problem = (f"has {len(addr)} characters" if addr.isprintable()
+                       else "has an unprintable character")
+            raise IntakeError(bad_addr, f"alphanumeric source address {problem}: expected 1 to "
+                                        "11 printable characters")
         return
     if source and not addr:
         return  # empty source: the operator connection's default applies
     digits = addr[1:] if addr.startswith("+") else addr
     if not digits or not digits.isdigit() or not digits.isascii() or len(digits) > 20:
-        raise IntakeError(bad_addr, f"{which} address {addr!r}: expected 1 to 20 digits")
+        raise IntakeError(bad_addr, f"{which} address {_address_problem(addr)}: expected 1 "
+                                    "to 20 digits, optionally after a '+'")
+
+
+def _address_problem(addr: str) -> str:
+    """What is wrong with a numeric address, without quoting it (it is a phone number)."""
+    skip = 1 if addr.startswith("+") else 0
+    if len(addr) == skip:
+        return "is empty"
+    for position, char in enumerate(addr[skip:], start=1 + skip):
+        if not "0" <= char <= "9":
+            return f"has a character other than a digit at position {position}"
+    return f"has {len(addr) - skip} digits"
 
 
 def _resolve_times(

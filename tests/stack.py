@@ -40,7 +40,7 @@ def password_hash(password: str) -> str:
 
 
 def gateway_config(state_dir: Path, sim_port: int, smsc_changes: dict[str, Any] | None = None,
-                   **changes: Any) -> GatewayConfig:
+                   extra_smscs: tuple[SmscConfig, ...] = (), **changes: Any) -> GatewayConfig:
     smsc = SmscConfig(name="sim", host="127.0.0.1", port=sim_port, system_id="sim",
                       password="simpass", binds=2, window=50, reconnect_delay=0.05,
                       reconnect_delay_max=0.5, response_timeout=5, receipt_hold=2)
@@ -53,7 +53,7 @@ def gateway_config(state_dir: Path, sim_port: int, smsc_changes: dict[str, Any] 
             "other": AccountConfig("other", password_hash("otherpw"), max_binds=1,
                                    throughput=5),
         },
-        smscs={"sim": smsc},
+        smscs={"sim": smsc, **{extra.name: extra for extra in extra_smscs}},
         routes=(RouteConfig("default", (), ("sim",)),),
         store=StoreConfig(path=state_dir / "smsgw.sqlite3"),
         retry=RetryConfig(initial_delay=0.2, max_delay=1, multiplier=2),
@@ -66,13 +66,14 @@ def gateway_config(state_dir: Path, sim_port: int, smsc_changes: dict[str, Any] 
 @contextlib.asynccontextmanager
 async def running_stack(
     state_dir: Path, sim: SimulatorConfig | None = None,
-    smsc_changes: dict[str, Any] | None = None, **changes: Any
+    smsc_changes: dict[str, Any] | None = None, extra_smscs: tuple[SmscConfig, ...] = (),
+    **changes: Any
 ) -> AsyncIterator[tuple[daemon.Running, SmscSimulator]]:
     sim_config = sim or SimulatorConfig(port=0, control_port=0, receipt_delay=0.05, seed=7)
     async with trio.open_nursery() as nursery:
         simulator = SmscSimulator(sim_config, window=sim_config.window)
         await nursery.start(simulator.serve)
-        config = gateway_config(state_dir, simulator.port, smsc_changes, **changes)
+        config = gateway_config(state_dir, simulator.port, smsc_changes, extra_smscs, **changes)
         stop = trio.Event()
         running: daemon.Running = await nursery.start(
             functools.partial(daemon.run, config, stop.wait))

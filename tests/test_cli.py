@@ -1,13 +1,23 @@
-"""The command line: subcommands exist, configuration errors exit 2 with the file and key."""
+"""The command line: subcommands exist, configuration errors exit 2 with the file and key,
+passwords are never taken from the command line, exposed secrets are warned about."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from gateway.cli import main
-from gateway.passwords import verify_password
+from gateway.passwords import hash_password, verify_password
+from tests.procs import Proc, free_port, smsgw_command
 
 
 def test_help_lists_run_simulate_smsc_and_check_config(capsys: pytest.CaptureFixture[str]
@@ -33,11 +43,125 @@ def test_check_config_error_names_file_and_key(tmp_path: Path,
     assert str(bad) in err and 'smsc "sim".window' in err
 
 
-def test_hash_password_prints_a_verifiable_hash(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["hash-password", "s3cret"]) == 0
+def _stdin(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(text))  # not a terminal
+
+
+def test_hash_password_reads_the_password_from_stdin(monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    _stdin(monkeypatch, "s3cret\nignored\n")
+    assert main(["hash-password"]) == 0
     assert verify_password("s3cret", capsys.readouterr().out.strip())
 
 
-def test_empty_password_is_an_error_not_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["hash-password", ""]) == 2
+def test_hash_password_takes_no_password_on_the_command_line() -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["hash-password", "s3cret"])
+    assert exit_.value.code == 2
+
+
+def test_empty_password_is_an_error_not_a_traceback(monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    _stdin(monkeypatch, "\n")
+    assert main(["hash-password"]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def _hash_password_on_a_terminal(typed: list[bytes]) -> tuple[int, str, str]:
+    """Run `smsgw hash-password` with a pseudo-terminal as stdin, type ``typed`` at its
+    prompts; (exit status, stdout, what the terminal showed)."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([smsgw_command(), "hash-password"], stdin=slave, stderr=slave,
+                            stdout=subprocess.PIPE, start_new_session=True)
+    os.close(slave)
+    shown = b""
+    try:
+        for line in typed:
+            deadline = time.monotonic() + 20
+            while not shown.rstrip().endswith(b":"):  # wait for the prompt
+                assert time.monotonic() < deadline, shown
+                if select.select([master], [], [], 0.5)[0]:
+                    shown += os.read(master, 1024)
+            os.write(master, line + b"\n")
+            shown += b"|"
+        out, _ = proc.communicate(timeout=20)
+        with contextlib.suppress(OSError):
+            while select.select([master], [], [], 0)[0]:
+                shown += os.read(master, 1024)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    return proc.returncode, out.decode(), shown.decode(errors="replace")
+
+
+def test_hash_password_prompts_twice_without_echo_on_a_terminal() -> None:
+    status, out, shown = _hash_password_on_a_terminal([b"s3cret", b"s3cret"])
+    assert status == 0 and verify_password("s3cret", out.strip())
+    assert "password" in shown and "s3cret" not in shown  # typed, never echoed
+
+
+def test_hash_password_refuses_two_different_passwords_on_a_terminal() -> None:
+    status, out, shown = _hash_password_on_a_terminal([b"s3cret", b"s3cre7"])
+    assert status == 2 and out == "" and "differ" in shown
+
+
+# -- a config file holding secrets, readable by every user -----------------------------------
+
+def _config_file(tmp_path: Path, mode: int) -> Path:
+    """A gateway config with an account and an operator password, in file mode ``mode``."""
+    config = tmp_path / "gateway.toml"
+    config.write_text(f"""
+[store]
+path = "{tmp_path}/smsgw.sqlite3"
+[metrics]
+enabled = false
+[[listener]]
+port = 0
+[[account]]
+system_id = "demo"
+password_hash = "{hash_password('demopass')}"
+[[smsc]]
+name = "op"
+host = "127.0.0.1"
+port = {free_port()}
+system_id = "gw"
+password = "opsecret"
+[[route]]
+name = "default"
+smscs = ["op"]
+""")
+    config.chmod(mode)
+    return config
+
+
+def test_check_config_warns_when_the_file_with_passwords_is_readable_by_others(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _config_file(tmp_path, 0o644)
+    assert main(["check-config", "--config", str(config)]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("warning: ") and str(config) in err and "0644" in err
+    assert f"chmod 600 {config}" in err and "[[smsc]] passwords" in err
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640])
+def test_check_config_is_quiet_when_only_owner_and_group_can_read(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: int) -> None:
+    config = _config_file(tmp_path, mode)
+    assert main(["check-config", "--config", str(config)]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_run_logs_a_warning_when_the_file_with_passwords_is_readable_by_others(
+        tmp_path: Path) -> None:
+    config = _config_file(tmp_path, 0o604)
+    gateway = Proc("gateway", ["run", "--config", str(config)], tmp_path)
+    try:
+        warning = gateway.wait_event("config.readable_by_others", timeout=20)
+        gateway.wait_event("daemon.ready", timeout=20)  # a warning, not a refusal to start
+    finally:
+        gateway.stop()
+    assert warning["level"] == "warning"
+    assert warning["file"] == str(config) and warning["mode"] == "0604"
+    assert "chmod 600" in warning["detail"]

@@ -118,3 +118,21 @@ def test_submit_multi_without_any_valid_destination_is_refused() -> None:
     with pytest.raises(IntakeError) as err:
         accept_multi("acme", pdu, NOW, POLICY)
     assert err.value.status == Status.ESME_RINVDSTADR
+
+
+@pytest.mark.parametrize(("fields", "field", "problem"), [
+    ({"destination_addr": "+447700900123456789012"}, "destination address", "has 21 digits"),
+    ({"destination_addr": "4477 0090 0123"}, "destination address", "at position 5"),
+    ({"destination_addr": "+"}, "destination address", "is empty"),
+    ({"source_addr_ton": 1, "source_addr": "44770090012x"}, "source address", "position 12"),
+    ({"source_addr": "Shop 447700900123"}, "alphanumeric source address", "has 17 characters"),
+    ({"source_addr": "Shop\n447700"}, "alphanumeric source address", "unprintable"),
+])
+def test_refusal_detail_names_the_field_and_problem_but_never_quotes_the_number(
+        fields: dict[str, object], field: str, problem: str) -> None:
+    with pytest.raises(IntakeError) as err:
+        accept_submit("acme", submit(**fields), NOW, POLICY)
+    detail = err.value.detail
+    assert detail.startswith(field) and problem in detail
+    assert "447700" not in detail and "0090" not in detail
+
