@@ -617,8 +617,8 @@ class Dispatcher:
         return self._lookup(connector, receipt_keys(smsc_id, id_format))
 
     async def on_receipts(self, connector: str, receipts: Sequence[tuple[str, str, int, bytes]],
-                          hold: float, id_format: str = "auto",
-                          answered: Callable[[int, bool], None] = lambda _i, _ok: None) -> None:
+                          hold: float, id_format: str,
+                          answered: Callable[[int, bool], None]) -> None:
         """Apply operator receipts (smsc_id, stat, error, raw text) read together.
 
         answered(i, stored) is called once for each receipt, as soon as its own fate is known:

@@ -218,9 +218,12 @@ async def test_receipts_read_together_are_applied_in_one_commit(
                 await trio.sleep(0.01)
         await trio.sleep(1)  # let the "submitted" writes commit
         commits = h.store.commits
+        answers: dict[int, bool] = {}
         await h.dispatcher.on_receipts("opA", [("opA-1", "DELIVRD", 0, b""),
                                                ("OPA-2", "DELIVRD", 0, b""),
-                                               ("opA-3", "UNDELIV", 1, b"")], hold=1)
+                                               ("opA-3", "UNDELIV", 1, b"")], 1, "auto",
+                                       answers.__setitem__)
+        assert answers == {0: True, 1: True, 2: True}
         assert h.store.commits == commits + 1
         stored_long, stored_short = (await h.store.get_message(long.id),
                                      await h.store.get_message(short.id))
