@@ -41,6 +41,7 @@ BindMode = Literal["transceiver", "transmitter+receiver"]
 Segmentation = Literal["udh", "sar", "payload"]
 ReceiptIdFormat = Literal["auto", "as-is", "hex", "decimal"]
 MessageIdFormat = Literal["hex", "decimal"]
+ReceiptIdBase = Literal["same", "other"]  # simulator: receipts write ids in the same/other base
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 DAY = 86400.0
@@ -193,6 +194,7 @@ class SimulatorConfig:
     slow_delay: float = 5.0
     disconnect: float = 0.0  # share of submit_sm that drops the connection instead
     message_id_format: MessageIdFormat = "hex"
+    receipt_id_base: ReceiptIdBase = "same"  # "other": receipts show hex ids in decimal etc.
     seed: int | None = None
 
 
@@ -704,6 +706,7 @@ def _simulator(t: _Table) -> SimulatorConfig:
         slow_delay=t.duration("slow_delay", positive=False),
         disconnect=disconnect,
         message_id_format=t.choice("message_id_format", get_args(MessageIdFormat)),
+        receipt_id_base=t.choice("receipt_id_base", get_args(ReceiptIdBase)),
         seed=t.integer("seed"),
     )
 

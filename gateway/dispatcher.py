@@ -199,6 +199,7 @@ class Dispatcher:
         self._results: list[tuple[Live, Part, SubmitResult]] = []
         self._by_smsc: dict[tuple[str, str], tuple[Live, Part]] = {}
         self._held: list[tuple[str, list[str], trio.Event]] = []
+        self._storing: dict[tuple[str, str], trio.Event] = {}  # receipts awaiting a commit
         self._parked: dict[str, Live] = {}  # waiting for a connector of their route to come up
         self._converting: set[str] = set()  # connectors seen writing receipt ids converted
         total = sum(c.capacity for c in connectors.values())
@@ -485,20 +486,24 @@ class Dispatcher:
         """Queue the round's store write now (rows as they are now); a task waits for the
         commit, then hands on the finished messages' reports."""
         assert self._nursery is not None
-        self._nursery.start_soon(self._committed, work, self._save(work))
+        self._nursery.start_soon(self._committed, work, *self._save(work))
 
-    def _save(self, work: _Round) -> PendingWrite | None:
-        """Queue the write of a round's messages as they are now; None if refused at once."""
+    def _save(self, work: _Round) -> tuple[PendingWrite | None, list[Part]]:
+        """Queue the write of a round's messages as they are now (None if refused at once),
+        and the parts whose operator outcome that write holds (see _settled)."""
         items: list[tuple[Message, list[Part], list[Report]]] = \
             [(live.msg, live.parts, []) for live in work.touched.values()] + \
             [(live.msg, live.parts, reports) for live, reports in work.finished]
+        outcomes = [p for _, parts, _ in items for p in parts
+                    if p.smsc_id and p.state in _FINAL_PARTS]
         try:
-            return self.store.save_messages_nowait(items, existing=True)
+            return self.store.save_messages_nowait(items, existing=True), outcomes
         except StoreError:
             log.exception("dispatcher.save_failed", messages=len(items))
-            return None
+            return None, []
 
-    async def _committed(self, work: _Round, pending: PendingWrite | None) -> None:
+    async def _committed(self, work: _Round, pending: PendingWrite | None,
+                         outcomes: list[Part]) -> None:
         """Wait for a round's commit. If it failed (disk full...), write the same messages
         again, as they are by then, until it succeeds: memory is not left ahead of the store
         for good, and final states are handed on only once stored."""
@@ -513,7 +518,8 @@ class Dispatcher:
                     log.exception("dispatcher.save_failed", retry_in=delay)
             await trio.sleep(delay)  # cancelled at shutdown: the store has the older state
             delay = min(delay * 2, SAVE_RETRY_MAX)
-            pending = self._save(work)
+            pending, outcomes = self._save(work)
+        self._settled(outcomes)
         for live, reports in work.finished:
             self._finalized(live, reports)
 
@@ -553,6 +559,11 @@ class Dispatcher:
         return pdu
 
     # -- receipts -------------------------------------------------------------------------------
+    # A submitted part is in _by_smsc (its operator id -> the part) from its submit_sm_resp
+    # until the commit of a write holding its outcome (_settled). So a receipt that finds its
+    # part there with an outcome already applied is one whose effect is not stored yet: it is
+    # answered only once that write commits. One found only in the store is "late" if the
+    # part's outcome is stored, an orphan otherwise.
     def _register(self, live: Live, part: Part) -> None:
         assert part.smsc_id is not None
         key = (part.connector, _norm(part.smsc_id))
@@ -561,6 +572,31 @@ class Dispatcher:
             for connector, variants, event in self._held:
                 if connector == part.connector and key[1] in variants:
                     event.set()
+
+    def _settled(self, outcomes: Sequence[Part]) -> None:
+        """After a commit: these parts' outcomes are stored; their receipts are answered."""
+        for part in outcomes:
+            key = (part.connector, _norm(part.smsc_id or ""))
+            hit = self._by_smsc.get(key)
+            if hit is not None and hit[1] is part:
+                del self._by_smsc[key]
+            event = self._storing.pop(key, None)
+            if event is not None:
+                event.set()
+
+    def _unsettled(self, part: Part) -> bool:
+        hit = self._by_smsc.get((part.connector, _norm(part.smsc_id or "")))
+        return hit is not None and hit[1] is part
+
+    async def _wait_settled(self, part: Part, deadline: float) -> bool:
+        """Wait (until the trio time `deadline`) for the commit of the part's outcome,
+        applied in memory already; whether it is stored."""
+        if self._unsettled(part):
+            key = (part.connector, _norm(part.smsc_id or ""))
+            event = self._storing.setdefault(key, trio.Event())
+            with trio.move_on_at(deadline):
+                await event.wait()
+        return not self._unsettled(part)
 
     def _lookup(self, connector: str, variants: Sequence[str]) -> tuple[Live, Part] | None:
         for variant in variants:
@@ -581,89 +617,135 @@ class Dispatcher:
         return self._lookup(connector, receipt_keys(smsc_id, id_format))
 
     async def on_receipts(self, connector: str, receipts: Sequence[tuple[str, str, int, bytes]],
-                          hold: float, id_format: str = "auto") -> None:
+                          hold: float, id_format: str,
+                          answered: Callable[[int, bool], None]) -> None:
         """Apply operator receipts (smsc_id, stat, error, raw text) read together.
 
-        Returns once all their effects are committed, in one store write for those whose
-        message we know; the others take the slow path of on_receipt, concurrently.
+        answered(i, stored) is called once for each receipt, as soon as its own fate is known:
+        stored=True once its effect is committed (or it needs none: intermediate, late, or
+        recorded as an orphan), so the operator may be answered OK; False if the store could
+        not take it, so the operator must be told to send it again. Receipts whose part is
+        known are applied in one store write; the others are held and matched concurrently.
         """
-        matched: list[tuple[Live, Part, str, int]] = []
-        misses: list[tuple[str, str, int, bytes]] = []
-        for receipt in receipts:
+        matched: list[tuple[Live, Part, str, int, Callable[[bool], None]]] = []
+        misses: list[tuple[int, tuple[str, str, int, bytes]]] = []
+        for i, receipt in enumerate(receipts):
             hit = self._match(connector, receipt[0], id_format)
             if hit is None:
-                misses.append(receipt)
+                misses.append((i, receipt))
             else:
-                matched.append((*hit, receipt[1], receipt[2]))
-        if matched:
-            await self._apply_receipts(connector, matched)
-        if misses:
-            async with trio.open_nursery() as nursery:
-                for smsc_id, stat, error, raw in misses:
-                    nursery.start_soon(self.on_receipt, connector, smsc_id, stat, error, hold,
-                                       raw, id_format)
+                matched.append((*hit, receipt[1], receipt[2], functools.partial(answered, i)))
+        async with trio.open_nursery() as nursery:
+            for i, (smsc_id, stat, error, raw) in misses:
+                nursery.start_soon(self._unmatched, connector, smsc_id, stat, error, raw, hold,
+                                   id_format, functools.partial(answered, i))
+            if matched:
+                await self._apply_receipts(connector, matched, hold)
 
     async def on_receipt(self, connector: str, smsc_id: str, stat: str, error: int,
-                         hold: float, raw: bytes = b"", id_format: str = "auto") -> None:
-        """Apply one operator receipt. Returns once its effect is committed.
+                         hold: float, raw: bytes = b"", id_format: str = "auto") -> bool:
+        """Apply one operator receipt (see on_receipts); whether its effect is stored."""
+        results: list[bool] = []
+        await self.on_receipts(connector, [(smsc_id, stat, error, raw)], hold, id_format,
+                               lambda _i, ok: results.append(ok))
+        [stored] = results
+        return stored
 
-        A receipt for an id we do not know yet is held up to `hold` seconds: its
-        submit_sm_resp may still be on its way (a receipt can overtake it on another bind).
-        """
-        hit = self._match(connector, smsc_id, id_format)
-        if hit is None:
-            variants = receipt_keys(smsc_id, id_format)
-            given = smsc_id.strip("\x00 \t\r\n")
-            exact = list(dict.fromkeys([given, given.lower(), given.upper()]))
-            if await self.store.find_part(connector, exact) is not None:
-                log.info("receipt.late", smsc=connector, smsc_id=smsc_id, stat=stat)
-                return  # its message is already final (a duplicate or a late receipt)
-            trusted = id_format != "auto" or connector in self._converting
-            event = trio.Event()
-            entry = (connector, variants if trusted else [_norm(smsc_id)], event)
-            self._held.append(entry)
-            metrics.RECEIPTS_HELD.inc()
-            try:
-                with trio.move_on_after(hold):
-                    await event.wait()
-            finally:
-                self._held.remove(entry)
-            hit = self._by_smsc.get((connector, _norm(smsc_id))) or self._lookup(connector,
-                                                                                 variants)
-            if hit is not None and _norm(hit[1].smsc_id or "") != _norm(smsc_id) \
-                    and id_format == "auto" and connector not in self._converting:
-                self._converting.add(connector)  # learnt: this SMSC converts its ids
-                log.info("receipt.id_conversion_learnt", smsc=connector)
-            if hit is None:
-                spellings = list(dict.fromkeys([*id_variants(smsc_id), *variants]))
-                if await self.store.find_part(connector, spellings) is not None:
-                    log.info("receipt.late", smsc=connector, smsc_id=smsc_id, stat=stat)
-                    return
-                log.warning("receipt.orphan", smsc=connector, smsc_id=smsc_id, stat=stat)
-                metrics.RECEIPTS.labels(connector, "orphan").inc()
-                await self.store.record_orphan_receipt(connector, smsc_id, raw, self.clock.now())
+    async def _unmatched(self, connector: str, smsc_id: str, stat: str, error: int, raw: bytes,
+                         hold: float, id_format: str, done: Callable[[bool], None]) -> None:
+        """A receipt for an id not in memory: late (its part's outcome is stored already),
+        early (held up to `hold` seconds: its submit_sm_resp may still be on its way, e.g. on
+        another bind), or else an orphan."""
+        try:
+            if await self._late(connector, receipt_keys(smsc_id, "as-is"), smsc_id, stat):
+                done(True)
                 return
-        await self._apply_receipts(connector, [(*hit, stat, error)])
+            hit = self._match(connector, smsc_id, id_format) or \
+                await self._hold(connector, smsc_id, hold, id_format)
+            if hit is not None:
+                await self._apply_receipts(connector, [(*hit, stat, error, done)], hold)
+            elif await self._late(connector, receipt_keys(smsc_id, id_format), smsc_id, stat):
+                done(True)
+            else:
+                done(await self.record_orphan(connector, smsc_id, stat, raw))
+        except StoreError as exc:
+            log.warning("receipt.not_stored", smsc=connector, smsc_id=smsc_id, error=str(exc))
+            done(False)
 
-    async def _apply_receipts(self, connector: str,
-                              matched: Sequence[tuple[Live, Part, str, int]]) -> None:
+    async def _hold(self, connector: str, smsc_id: str, hold: float,
+                    id_format: str) -> tuple[Live, Part] | None:
+        """Wait up to `hold` for the part a receipt names to be registered; that part."""
+        variants = receipt_keys(smsc_id, id_format)
+        trusted = id_format != "auto" or connector in self._converting
+        event = trio.Event()
+        entry = (connector, variants if trusted else [_norm(smsc_id)], event)
+        self._held.append(entry)
+        metrics.RECEIPTS_HELD.inc()
+        try:
+            with trio.move_on_after(hold):
+                await event.wait()
+        finally:
+            self._held.remove(entry)
+        hit = self._by_smsc.get((connector, _norm(smsc_id))) or self._lookup(connector, variants)
+        if hit is not None and _norm(hit[1].smsc_id or "") != _norm(smsc_id) \
+                and id_format == "auto" and connector not in self._converting:
+            self._converting.add(connector)  # learnt: this SMSC converts its ids
+            log.info("receipt.id_conversion_learnt", smsc=connector)
+        return hit
+
+    async def _late(self, connector: str, keys: Sequence[str], smsc_id: str, stat: str) -> bool:
+        """Whether the store holds a part under one of these ids (normalised, see
+        receipt_keys) whose outcome is stored: the receipt is a duplicate or came late."""
+        given = smsc_id.strip("\x00 \t\r\n")
+        spellings = [given, given.lower(), given.upper(), *keys, *(k.upper() for k in keys)]
+        part = await self.store.find_part(connector, list(dict.fromkeys(spellings)))
+        if part is None or part.state not in _FINAL_PARTS:
+            return False
+        log.info("receipt.late", smsc=connector, smsc_id=smsc_id, stat=stat,
+                 part_state=part.state.value)
+        return True
+
+    async def record_orphan(self, connector: str, smsc_id: str, stat: str, raw: bytes) -> bool:
+        """Store a receipt that matches no part (warned and counted: a misconfigured
+        receipt_id_format shows on a dashboard); whether it was stored."""
+        try:
+            await self.store.record_orphan_receipt(connector, smsc_id, raw, self.clock.now())
+        except StoreError as exc:
+            log.warning("receipt.orphan_not_stored", smsc=connector, smsc_id=smsc_id,
+                        error=str(exc))
+            return False
+        log.warning("receipt.orphan", smsc=connector, smsc_id=smsc_id, stat=stat)
+        metrics.child(metrics.ORPHAN_RECEIPTS, connector).inc()
+        return True
+
+    async def _apply_receipts(
+            self, connector: str,
+            matched: Sequence[tuple[Live, Part, str, int, Callable[[bool], None]]],
+            hold: float) -> None:
         """Record receipts' outcomes on their parts; finish the messages that are complete;
-        commit it all in one write. Raises StoreError if that write failed: the receipts'
-        effects stay in memory and are written again until the store takes them, and the
-        operator, told of the failure, sends the receipts again (matched then as late)."""
+        commit it all in one write, then tell each receipt's `done` whether it is stored. If
+        that write failed, the outcomes stay in memory and are written again until the store
+        takes them; the operator, told of the failure, sends the receipts again, which are
+        answered once that write is stored (waiting up to `hold` for it)."""
         now = self.clock.now()
         work = _Round()
-        for live, part, stat, error in matched:
+        applied: list[Callable[[bool], None]] = []
+        pending: list[tuple[Part, Callable[[bool], None]]] = []  # outcome known, not stored
+        for live, part, stat, error, done in matched:
             word = stat.upper()
             outcome = STAT_TO_PART.get(word, PartState.UNDELIVERABLE)
             metrics.child(metrics.RECEIPTS, connector,
                           word if word in STAT_TO_PART else "OTHER").inc()
-            if outcome is None or live.msg.state.final:
-                continue  # intermediate receipt, or its message is already final
+            if outcome is None:
+                done(True)  # intermediate: nothing to store
+                continue
+            if part.state in _FINAL_PARTS:
+                pending.append((part, done))  # a copy, or its message ended otherwise
+                continue
             part.state = outcome
             part.error = error
             part.done_at = now
-            self._by_smsc.pop((part.connector, _norm(part.smsc_id or "")), None)
+            applied.append(done)
             final = final_state_of(live.parts)
             if final is None:
                 work.touch(live)
@@ -671,22 +753,31 @@ class Dispatcher:
             if error:
                 live.msg.error = error
             work.finish(live, self._finalize(live, final, now))
-        if not work:
-            return
-        assert self._nursery is not None
-        pending = self._save(work)
-        try:
-            if pending is None:
-                raise StoreError("the store refused the write")
-            # Shielded: a committed final state must reach _finalized (its report,
-            # forgetting the message) even if the operator connection drops meanwhile.
-            with trio.CancelScope(shield=True):
-                await pending.wait()
-        except StoreError:
-            self._nursery.start_soon(self._committed, work, None)
-            raise
-        for live, reports in work.finished:
-            self._finalized(live, reports)
+        if work:
+            assert self._nursery is not None
+            write, outcomes = self._save(work)
+            try:
+                if write is None:
+                    raise StoreError("the store refused the write")
+                # Shielded: a committed final state must reach _finalized (its report,
+                # forgetting the message) even if the operator connection drops meanwhile.
+                with trio.CancelScope(shield=True):
+                    await write.wait()
+            except StoreError as exc:
+                log.warning("receipt.not_stored", smsc=connector, receipts=len(applied),
+                            error=str(exc))
+                self._nursery.start_soon(self._committed, work, None, [])
+                for done in applied:
+                    done(False)
+            else:
+                self._settled(outcomes)
+                for live, reports in work.finished:
+                    self._finalized(live, reports)
+                for done in applied:
+                    done(True)
+        deadline = trio.current_time() + hold
+        for part, done in pending:
+            done(await self._wait_settled(part, deadline))
 
     # -- final states ---------------------------------------------------------------------------
     def _finish(self, live: Live, state: State, now: float, work: _Round) -> None:
@@ -704,8 +795,6 @@ class Dispatcher:
             if part.state in (PartState.PENDING, PartState.SUBMITTED):
                 part.state = part_state
                 part.done_at = now
-            if part.smsc_id:
-                self._by_smsc.pop((part.connector, _norm(part.smsc_id)), None)
         return [receipt_report(msg, state, now)] if wants_report(
             msg.registered_delivery, state) else []
 

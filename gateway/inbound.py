@@ -2,7 +2,8 @@
 
 Receipts are read from their TLVs (receipted_message_id, message_state) or, failing those,
 from the receipt text, and handed to the dispatcher. MO messages go to the account that owns
-the number or short code they were sent to. The answer to the operator waits for the commit.
+the number or short code they were sent to. Each PDU is answered once its own effect is
+committed (a temporary error if it cannot be, so that the operator sends it again).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from gateway import metrics
 from gateway.clock import WallClock
 from gateway.dispatcher import Dispatcher
 from gateway.model import Report, ReportKind, new_message_id
-from gateway.store import Store
+from gateway.store import Store, StoreError
 from routing.core import normalise_digits
-from routing.smsc import SmscConnector
+from routing.smsc import Answer, SmscConnector
 from smpp.constants import MessageState, Status, Tag
 from smpp.pdu import DataSm, DeliverSm, Pdu, tlv_int, tlv_str
 from smpp.receipt import STATE_TO_STAT, parse_receipt
@@ -88,37 +89,67 @@ class Inbound:
         self.mo_owners = {normalise_digits(k): v for k, v in mo_owners.items()}
         self.on_report = on_report
 
-    async def on_deliver(self, connector: SmscConnector, pdus: list[Pdu]) -> list[int]:
-        """Handle deliver_sm/data_sm read together from an operator; return the status to
-        answer each with, once what they carry is committed."""
+    async def on_deliver(self, connector: SmscConnector, pdus: list[Pdu], answer: Answer) -> None:
+        """Handle deliver_sm/data_sm read together from an operator. Each is answered as soon
+        as what it carries is committed: OK, or ESME_RX_T_APPN (a temporary error: the
+        operator sends it again) if the store could not take it. A receipt held for matching
+        delays only its own answer."""
         receipts: list[tuple[str, str, int, bytes]] = []
-        mos: list[Report] = []
+        receipt_pdus: list[Pdu] = []
+        mos: list[tuple[Report, Pdu]] = []
+        unreadable: list[tuple[bytes, Pdu]] = []
         for pdu in pdus:
             assert isinstance(pdu, DeliverSm | DataSm)
             raw = pdu.short_message if isinstance(pdu, DeliverSm) else b""
             receipt = read_receipt(pdu)
             if receipt is None:
                 mo = self._mo(connector, pdu)
-                if mo is not None:
-                    mos.append(mo)
+                if mo is None:
+                    answer(pdu, Status.ESME_ROK)  # nobody to tell: resending would not help
+                else:
+                    mos.append((mo, pdu))
             elif not receipt.smsc_id:
-                log.warning("receipt.unreadable", smsc=connector.name, text=raw[:80].hex())
-                await self.store.record_orphan_receipt(connector.name, "", raw, self.clock.now())
+                unreadable.append((raw, pdu))
             else:
                 receipts.append((receipt.smsc_id, receipt.stat, receipt.error, raw))
-        if receipts:
-            cfg = connector.config
-            await self.dispatcher.on_receipts(connector.name, receipts, cfg.receipt_hold,
-                                              cfg.receipt_id_format)
-        if mos:
+                receipt_pdus.append(pdu)
+
+        def answered(pdu: Pdu, stored: bool) -> None:
+            answer(pdu, Status.ESME_ROK if stored else Status.ESME_RX_T_APPN)
+
+        async with trio.open_nursery() as nursery:
+            if mos:
+                nursery.start_soon(self._store_mos, connector, mos, answered)
+            for raw, pdu in unreadable:
+                nursery.start_soon(self._store_unreadable, connector, raw, pdu, answered)
+            if receipts:
+                cfg = connector.config
+                await self.dispatcher.on_receipts(
+                    connector.name, receipts, cfg.receipt_hold, cfg.receipt_id_format,
+                    lambda i, stored: answered(receipt_pdus[i], stored))
+
+    async def _store_unreadable(self, connector: SmscConnector, raw: bytes, pdu: Pdu,
+                                answered: Callable[[Pdu, bool], None]) -> None:
+        """A receipt without a readable id: kept as an orphan (warned, counted)."""
+        answered(pdu, await self.dispatcher.record_orphan(connector.name, "", "UNKNOWN", raw))
+
+    async def _store_mos(self, connector: SmscConnector, mos: list[tuple[Report, Pdu]],
+                         answered: Callable[[Pdu, bool], None]) -> None:
+        """Commit MO reports, answer their PDUs, then hand the reports to the reporter."""
+        try:
             with trio.CancelScope(shield=True):  # committed MO must reach the reporter
-                await self.store.add_reports(mos)
-                for report in mos:
-                    metrics.MO.labels(report.account).inc()
-                    log.info("mo.received", account=report.account, smsc=connector.name,
-                             report_id=report.id)
-                    self.on_report(report)
-        return [Status.ESME_ROK] * len(pdus)
+                await self.store.add_reports([report for report, _ in mos])
+        except StoreError as exc:
+            log.warning("mo.not_stored", smsc=connector.name, count=len(mos), error=str(exc))
+            for _, pdu in mos:
+                answered(pdu, False)
+            return
+        for report, pdu in mos:
+            answered(pdu, True)
+            metrics.MO.labels(report.account).inc()
+            log.info("mo.received", account=report.account, smsc=connector.name,
+                     report_id=report.id)
+            self.on_report(report)
 
     def _mo(self, connector: SmscConnector, pdu: DeliverSm | DataSm) -> Report | None:
         """The report carrying an MO to the account owning its destination, if any."""

@@ -19,6 +19,9 @@ SUBMIT_ERRORS = Counter("smsgw_submit_errors_total", "Operator submit_sm_resp er
                         ["smsc", "status"])
 RECEIPTS = Counter("smsgw_operator_receipts_total", "Receipts received from operators",
                    ["smsc", "stat"])
+ORPHAN_RECEIPTS = Counter("smsgw_orphan_receipts_total",
+                          "Operator receipts that matched no submitted part (stored as orphans)",
+                          ["smsc"])
 RECEIPTS_HELD = Counter("smsgw_receipts_held_total",
                         "Receipts that arrived before their submit_sm_resp was processed")
 MO = Counter("smsgw_mo_total", "MO messages received from operators", ["account"])

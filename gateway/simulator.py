@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import httpx
 import hypercorn.trio
@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.config import SimulatorConfig
+from gateway.config import MessageIdFormat, ReceiptIdBase, SimulatorConfig
 from smpp.connection import Connection, ConnectionClosed, ResponseTimeout, Turns, WindowFull
 from smpp.constants import (
     ESM_DELIVERY_RECEIPT,
@@ -445,6 +445,15 @@ class SmscSimulator:
             return str(number)
         return f"{number:08x}"
 
+    def _receipt_id(self, message_id: str) -> str:
+        """The id as the receipts write it: as answered, or in the other base (receipt_id_base
+        "other": a hex id in decimal, a decimal id in hex, as some SMSCs do)."""
+        if self.config.receipt_id_base == "same":
+            return message_id
+        if self.config.message_id_format == "decimal":
+            return format(int(message_id), "x")
+        return str(int(message_id, 16))
+
     def _record(self, conn: Connection, pdu: SubmitSm | DataSm | SubmitMulti,
                 outcome: Outcome, received_at: float) -> SubmitRecord:
         message = getattr(pdu, "short_message", b"") or pdu.tlvs.get(Tag.MESSAGE_PAYLOAD, b"")
@@ -511,8 +520,9 @@ class SmscSimulator:
             targets = [(pdu.dest_addr_ton, pdu.dest_addr_npi, pdu.destination_addr)]
         delay = self.config.receipt_delay
         state, err = _OUTCOME_DETAILS[record.outcome]
+        receipt_id = self._receipt_id(record.message_id)
         text = format_receipt(Receipt(
-            id=record.message_id,
+            id=receipt_id,
             sub=1,
             dlvrd=1 if record.outcome == "DELIVRD" else 0,
             submit_date=datetime.fromtimestamp(record.received_at, UTC),
@@ -521,7 +531,7 @@ class SmscSimulator:
             err=err,
             text=record.text or "",
         ))
-        tlv_id = record.message_id.encode("latin-1") + b"\0"  # C-octet string
+        tlv_id = receipt_id.encode("latin-1") + b"\0"  # C-octet string
         for ton, npi, addr in targets:
             receipt = DeliverSm(
                 source_addr_ton=ton,
@@ -654,7 +664,7 @@ class SmscSimulator:
 
     # -- run-time configuration --------------------------------------------------------------
     def apply_config(self, changes: Mapping[str, Any]) -> SimulatorConfig:
-        """Change shares, delays, id format or seed at run time; ValueError when invalid.
+        """Change shares, delays, id formats or seed at run time; ValueError when invalid.
 
         Same rules as the config file: shares in 0..1; receipt outcome shares sum to 1, with
         ``delivered`` taking what the others leave when it is not given; submit failure shares
@@ -673,11 +683,12 @@ class SmscSimulator:
         for key in _DELAYS:
             if key in changes:
                 values[key] = _number(key, changes[key], high=math.inf)
-        if "message_id_format" in changes:
-            if changes["message_id_format"] not in ("hex", "decimal"):
-                raise ValueError('message_id_format: expected "hex" or "decimal", '
-                                 f"got {changes['message_id_format']!r}")
-            values["message_id_format"] = changes["message_id_format"]
+        for key, choices in _CHOICES.items():
+            if key in changes:
+                if changes[key] not in choices:
+                    raise ValueError(f"{key}: expected {' or '.join(map(json.dumps, choices))}, "
+                                     f"got {changes[key]!r}")
+                values[key] = changes[key]
         if "seed" in changes:
             seed = changes["seed"]
             if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -792,7 +803,9 @@ class SmscSimulator:
 
 # --------------------------------------------------------------------------- helpers
 
-_CHANGEABLE = (*_RECEIPT_SHARES, *_SUBMIT_SHARES, *_DELAYS, "message_id_format", "seed")
+_CHOICES = {"message_id_format": get_args(MessageIdFormat),
+            "receipt_id_base": get_args(ReceiptIdBase)}
+_CHANGEABLE = (*_RECEIPT_SHARES, *_SUBMIT_SHARES, *_DELAYS, *_CHOICES, "seed")
 _MAX_PAYLOAD = 64_000
 
 

@@ -91,8 +91,11 @@ class Submission:
 
 
 BindKind = type[BindTransceiver] | type[BindTransmitter] | type[BindReceiver]
-# Takes the deliver_sm/data_sm read together; returns their command_status, in order.
-DeliverHandler = Callable[["SmscConnector", list[Pdu]], Awaitable[list[int]]]
+# Answers one deliver_sm/data_sm with a command_status (a second answer to it is ignored).
+Answer = Callable[[Pdu, int], None]
+# Takes the deliver_sm/data_sm read together and answers each of them, through the Answer it
+# is given, as soon as that PDU's own effect is stored (one slow PDU delays only itself).
+DeliverHandler = Callable[["SmscConnector", list[Pdu], Answer], Awaitable[None]]
 _DELIVERIES = frozenset({CommandId.DELIVER_SM, CommandId.DATA_SM})
 
 
@@ -240,14 +243,23 @@ class SmscConnector:
         return bound
 
     async def _handle_deliveries(self, conn: Connection, pdus: list[Pdu]) -> None:
-        """Receipts and MO: answered only once the handler has committed their effect."""
+        """Receipts and MO: the handler answers each once its effect is committed. What it
+        leaves unanswered (it failed, or forgot one) gets a temporary error: the SMSC resends."""
+        unanswered = {id(pdu): pdu for pdu in pdus}
+
+        def answer(pdu: Pdu, status: int) -> None:
+            if unanswered.pop(id(pdu), None) is not None:
+                conn.respond(pdu.response(status=status))
+
         try:
-            statuses = await self.on_deliver(self, pdus)
+            await self.on_deliver(self, pdus, answer)
         except Exception:
             log.exception("smsc.deliver_handler_failed", smsc=self.name)
-            statuses = [Status.ESME_RX_T_APPN] * len(pdus)
-        for pdu, status in zip(pdus, statuses, strict=True):
-            conn.respond(pdu.response(status=status))
+        else:
+            if unanswered:
+                log.error("smsc.deliver_unanswered", smsc=self.name, pdus=len(unanswered))
+        for pdu in list(unanswered.values()):
+            answer(pdu, Status.ESME_RX_T_APPN)
 
     async def _handle_request(self, conn: Connection, pdu: Pdu) -> None:
         if pdu.command_id == CommandId.ALERT_NOTIFICATION:

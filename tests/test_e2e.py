@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import smpplib.exceptions
 import trio
+from prometheus_client import REGISTRY
 
 from gateway.config import SimulatorConfig
 from gateway.model import State
@@ -332,3 +333,47 @@ async def test_long_mo_reaches_the_account_in_message_payload(tmp_path: Path) ->
         [mo] = rx.delivered
         assert mo.short_message in (b"", None)
         assert mo.message_payload == text.encode()
+
+
+def _other_base_sim() -> SimulatorConfig:
+    """An SMSC answering hex ids and writing them in decimal in its receipts."""
+    return SimulatorConfig(port=0, control_port=0, receipt_delay=0.05, seed=11,
+                           receipt_id_base="other")
+
+
+@pytest.mark.parametrize("id_format", ["decimal", "auto"])
+async def test_smsc_writing_receipt_ids_in_decimal_is_matched_by_its_id_format(
+        tmp_path: Path, id_format: str) -> None:
+    smsc = {"receipt_id_format": id_format, "receipt_hold": 0.5}
+    async with running_stack(tmp_path, _other_base_sim(), smsc_changes=smsc) as (gw, _sim):
+        esme = SmpplibEsme(gw.smpp_port)
+        await _roundtrip(esme, 10, b"hello", prefix="336444000")
+        assert sorted(_receipt_ids(esme)) == sorted(r.message_id.decode() for r in esme.resps)
+        for message_id in _receipt_ids(esme):
+            stored = await gw.store.get_message(message_id)
+            assert stored is not None and stored.state is State.DELIVERED
+
+
+async def test_receipts_a_wrong_id_format_cannot_match_are_orphans_not_silently_dropped(
+        tmp_path: Path) -> None:
+    count = 10
+    smsc = {"receipt_id_format": "as-is", "receipt_hold": 0.2}
+    async with running_stack(tmp_path, _other_base_sim(), smsc_changes=smsc) as (gw, sim):
+        before = REGISTRY.get_sample_value("smsgw_orphan_receipts_total", {"smsc": "sim"}) or 0
+        esme = SmpplibEsme(gw.smpp_port)
+
+        def session() -> None:
+            esme.bind()
+            for i in range(count):
+                esme.submit(f"336333000{i:02d}", b"hello")
+            esme.read_until(lambda: len(esme.resps) >= count)
+            esme.close()
+
+        with trio.fail_after(30):
+            await trio.to_thread.run_sync(session)
+        await wait_for(lambda: sim.stats.receipts_sent == count)  # each answered OK
+        orphans = REGISTRY.get_sample_value("smsgw_orphan_receipts_total", {"smsc": "sim"})
+        assert orphans == before + count
+        for resp in esme.resps:  # not "late": their messages still wait for a receipt
+            stored = await gw.store.get_message(resp.message_id.decode())
+            assert stored is not None and stored.state is State.IN_FLIGHT

@@ -287,6 +287,25 @@ async def test_message_ids_are_unique_in_the_configured_format(fmt: str, pattern
             await esme.conn.unbind()
 
 
+@pytest.mark.parametrize(("fmt", "other_base"), [
+    ("hex", lambda i: str(int(i, 16))), ("decimal", lambda i: format(int(i), "x"))])
+async def test_receipt_id_base_other_writes_the_receipt_id_in_the_other_base(
+        fmt: str, other_base: Callable[[str], str]) -> None:
+    with trio.fail_after(5):
+        async with running(sim_config(message_id_format=fmt, receipt_id_base="other")) as sim, \
+                trio.open_nursery() as nursery:
+            esme = await connect(nursery, sim)
+            for _ in range(20):  # past the ids whose two spellings are the same
+                message_id = msg_id(await esme.submit(registered_delivery=1))
+                receipt = await esme.next_deliver()
+                shown = other_base(message_id)
+                assert tlv_str(receipt, Tag.RECEIPTED_MESSAGE_ID) == shown
+                parsed = parse_receipt(receipt.short_message)
+                assert parsed is not None and parsed.id == shown
+            assert shown != message_id
+            await esme.conn.unbind()
+
+
 async def test_data_sm_and_submit_multi_get_one_message_id() -> None:
     with trio.fail_after(5):
         async with running(sim_config()) as sim, trio.open_nursery() as nursery:
@@ -483,6 +502,7 @@ async def test_post_mo_helper_queues_mo_until_a_receiver_binds() -> None:
         b'{"undeliverable": 0.7, "expired": 0.7}',
         b'{"throttle": 0.6, "error": 0.6}',
         b'{"message_id_format": "base64"}',
+        b'{"receipt_id_base": "octal"}',
     ],
 )
 async def test_post_config_with_bad_values_is_400_problem_json(body: bytes) -> None:
@@ -508,6 +528,8 @@ async def test_post_config_changes_failure_injection_on_the_fly() -> None:
             assert reply.json()["throttle"] == 1.0 and reply.json()["delivered"] == 0.75
             assert (await esme.submit()).status == Status.ESME_RTHROTTLED
             assert (await http.get("/config")).json()["throttle"] == 1.0
+            reply = await http.post("/config", json={"receipt_id_base": "other"})
+            assert reply.status_code == 200 and sim.config.receipt_id_base == "other"
             await esme.conn.unbind()
 
 
