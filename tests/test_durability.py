@@ -216,7 +216,8 @@ class Session(threading.Thread):
         self.ledger.receipt(message_id, parsed.stat if parsed is not None else "?", self.life)
 
     def run(self) -> None:
-        """Never raises: the breaking error is kept in ended_by."""
+        """Never raises: what ended it (a broken connection, or a bug here) is kept in
+        ended_by."""
         client = self.client
         try:
             client.connect()
@@ -238,7 +239,7 @@ class Session(threading.Thread):
                 client.read_once()
             with contextlib.suppress(*_BROKEN):
                 client.unbind()
-        except _BROKEN as exc:
+        except Exception as exc:
             self.ended_by = exc
         finally:
             with contextlib.suppress(Exception):
@@ -409,6 +410,9 @@ class Harness:
             if life.kill is None:
                 assert session.ended_by is None, (
                     f"life {life.number}: a collector failed: {session.ended_by!r}")
+            else:
+                assert session.ended_by is None or isinstance(session.ended_by, _BROKEN), (
+                    f"life {life.number}: a session failed: {session.ended_by!r}")
 
     def run_to_kill(self, life: Life) -> None:
         """Drive ``life`` to its kill point, SIGKILL the gateway; its sessions must end."""
