@@ -90,6 +90,24 @@ class Proc:
                                    f"with:\n{self.tail()}")
             time.sleep(POLL)
 
+    def wait_open(self, path: Path, timeout: float = 15.0, poll: float = 0.001) -> None:
+        """Wait until the process has ``path`` open (Linux: read from /proc/<pid>/fd), e.g.
+        to act at the moment a store is being opened, before anything is logged."""
+        deadline = time.monotonic() + timeout
+        fds = Path(f"/proc/{self.pid}/fd")
+        target = str(path.absolute())
+        while True:
+            with contextlib.suppress(OSError):  # fds come and go while we look
+                for fd in fds.iterdir():
+                    with contextlib.suppress(OSError):
+                        if os.readlink(fd) == target:
+                            return
+            if self.popen.poll() is not None:
+                raise ProcessExited(self)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: {path} not open within {timeout}s")
+            time.sleep(poll)
+
     def kill(self) -> None:
         """SIGKILL: the process gets no chance to clean anything up."""
         if self.popen.poll() is None:
