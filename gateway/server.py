@@ -1,14 +1,13 @@
 """ESME-facing SMPP server: upstream systems bind here and submit messages.
 
-Authenticates binds against the configured accounts (hashed passwords, a delay on failure,
-max binds per account), enforces each account's submit rate, turns submits into stored
+Authenticates binds against the configured accounts (gateway.auth decides; max binds per
+account here), enforces each account's submit rate, turns submits into stored
 messages (answered only after the commit that holds them), answers query_sm from the store,
 and registers receiver/transceiver binds with the reporter for receipts and MO.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -16,12 +15,12 @@ import structlog
 import trio
 
 from gateway import metrics
+from gateway.auth import Authenticator, Verdict, clip
 from gateway.clock import WallClock
 from gateway.config import AccountConfig, ListenerConfig
 from gateway.dispatcher import STATE_TO_SMPP, Dispatcher
 from gateway.intake import IntakeError, IntakePolicy, accept_multi, accept_submit
 from gateway.model import Message
-from gateway.passwords import verify_password
 from gateway.reporter import Reporter
 from gateway.store import Store
 from smpp.connection import Connection
@@ -75,7 +74,6 @@ class _AccountState:
     config: AccountConfig
     bucket: TokenBucket
     binds: set[Connection] = field(default_factory=set)
-    verified: set[bytes] = field(default_factory=set)  # digests of passwords already checked
 
 
 class SmppServer:
@@ -105,6 +103,7 @@ class SmppServer:
         }
         self.port: int | None = None
         self.connections: set[Connection] = set()
+        self.auth = Authenticator(listener)
 
     def policy(self, account: AccountConfig) -> IntakePolicy:
         return IntakePolicy(self.validity, account.validity)
@@ -191,18 +190,18 @@ class SmppServer:
             return
         conn.extra["binding"] = True
         state = self.accounts.get(pdu.system_id)
-        status: int = Status.ESME_ROK
-        if state is None:
-            status = Status.ESME_RINVSYSID
-        elif not await self._password_ok(state, pdu.password):
-            status = Status.ESME_RINVPASWD
-        elif len(state.binds) >= state.config.max_binds:
-            status = Status.ESME_RBINDFAIL
+        source = conn.name.rpartition(":")[0]  # "host:port", the host possibly IPv6
+        verdict = await self.auth.check(source, pdu.system_id, pdu.password,
+                                        state.config.password_hash if state else None)
+        reason, status = verdict.value, verdict.status
+        if state is not None and verdict is Verdict.ACCEPTED \
+                and len(state.binds) >= state.config.max_binds:
+            reason, status = "max_binds", Status.ESME_RBINDFAIL
         if status != Status.ESME_ROK or state is None:
-            log.warning("upstream.bind_refused", system_id=pdu.system_id, conn=conn.name,
-                        status=f"0x{status:08X}")
-            if status != Status.ESME_RBINDFAIL:
-                await trio.sleep(self.listener.auth_failure_delay)
+            metrics.child(metrics.BIND_FAILURES, reason).inc()
+            if verdict is not Verdict.LOCKED_OUT:  # a lockout is logged once, when it starts
+                log.warning("upstream.bind_refused", system_id=clip(pdu.system_id),
+                            conn=conn.name, reason=reason, status=f"0x{status:08X}")
             conn.respond(pdu.response(status=status))
             await conn.flush()
             await conn.aclose()
@@ -218,15 +217,6 @@ class SmppServer:
         if isinstance(pdu, BindReceiver | BindTransceiver):
             self.reporter.bind_added(pdu.system_id, conn)
         log.info("upstream.bound", account=pdu.system_id, mode=mode, conn=conn.name)
-
-    async def _password_ok(self, state: _AccountState, password: str) -> bool:
-        digest = hashlib.sha256(password.encode("latin-1", "replace")).digest()
-        if digest in state.verified:
-            return True
-        ok = await trio.to_thread.run_sync(verify_password, password, state.config.password_hash)
-        if ok:
-            state.verified.add(digest)
-        return ok
 
     def _admit(self, conn: Connection, pdu: Pdu) -> _AccountState | None:
         account = conn.extra.get("account")
