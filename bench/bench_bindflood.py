@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import secrets
-import shutil
 import socket
 import struct
 import sys
@@ -27,14 +26,14 @@ import httpx
 import trio
 from bench_e2e import (
     SetupError,
+    clean_up,
+    exited_early,
     free_port,
     proc_cpu,
     proc_status,
     q,
     smsgw_command,
     start,
-    stop,
-    tail,
     tcp_open,
     wait_ready,
 )
@@ -149,11 +148,13 @@ async def read_header(stream: trio.SocketStream) -> tuple[int, int, int, int]:
 @dataclass
 class Results:
     answers: Counter[str] = field(default_factory=Counter)  # flood answers by status name
+    in_window: int = 0  # flood answers received before the flood's deadline
     flood_errors: Counter[str] = field(default_factory=Counter)
     first: list[tuple[str, float]] = field(default_factory=list)  # (account, s): scrypt ran
     cached: list[tuple[str, float]] = field(default_factory=list)  # (account, s): reconnects
     legit_failures: list[str] = field(default_factory=list)
     flood_wall: float = 0.0
+    loadgen_cpu: float = 0.0  # CPU seconds of this process during the run
 
 
 async def flood_worker(port: int, source: str, deadline: float, res: Results) -> None:
@@ -165,6 +166,8 @@ async def flood_worker(port: int, source: str, deadline: float, res: Results) ->
             res.flood_errors[type(exc).__name__] += 1
             await trio.sleep(0.1)
             continue
+        if trio.current_time() <= deadline:
+            res.in_window += 1
         try:
             res.answers[Status(status).name] += 1
         except ValueError:
@@ -215,17 +218,17 @@ def scrape(metrics_port: int) -> dict[str, float]:
 
 def report(res: Results, args: argparse.Namespace, pid: int, cpu: float, rss_before: str,
            counters: dict[str, float]) -> int:
-    answered = sum(res.answers.values())
-    print(f"flood: {args.flood} binds in flight from {args.sources} address(es) for "
-          f"{res.flood_wall:.1f} s: {answered} answered ({answered / res.flood_wall:.0f}/s) "
-          f"{dict(res.answers)}; connection errors {dict(res.flood_errors) or 0}")
+    print(f"flood: {args.flood} bad binds in flight from {args.sources} address(es) for "
+          f"{args.duration:.0f} s: {res.in_window / args.duration:.0f} answered/s; in all "
+          f"{dict(res.answers)} (the last after {res.flood_wall:.1f} s); connection errors "
+          f"{dict(res.flood_errors) or 0}")
     runs = counters.get('smsgw_bind_verifications_total{how="run"}', float("nan"))
     cached = counters.get('smsgw_bind_verifications_total{how="cached"}', float("nan"))
     lockouts = counters.get("smsgw_bind_lockouts_total", float("nan"))
     print(f"gateway: scrypt runs {runs:.0f}, cached verifications {cached:.0f}, lockouts "
           f"{lockouts:.0f}; RSS before {rss_before}, peak RSS {proc_status(pid, 'VmHWM')}; "
           f"CPU {cpu:.1f} s over {res.flood_wall:.1f} s ({cpu / res.flood_wall * 100:.0f} % "
-          f"of a core; 2 cores shared with this load generator)")
+          f"of a core); this load generator: CPU {res.loadgen_cpu:.1f} s (2 cores shared)")
 
     def show(rows: list[tuple[str, float]]) -> str:
         return ", ".join(f"{name} {s * 1000:.0f} ms" for name, s in rows) or "none"
@@ -277,22 +280,17 @@ def main(argv: list[str] | None = None) -> int:
             rss_before = proc_status(gw.pid, "VmRSS")
             cpu0 = proc_cpu(gw.pid)
             res = Results()
+            own0 = time.process_time()
             trio.run(run, port, args, res)
             cpu = proc_cpu(gw.pid) - cpu0
+            res.loadgen_cpu = time.process_time() - own0
             status = report(res, args, gw.pid, cpu, rss_before, scrape(metrics_port))
-            if gw.poll() is not None:
-                print(f"gateway exited early ({gw.returncode}):\n{tail(gw_log)}", file=sys.stderr)
-                status = status or 1
-            return status
+            return exited_early(gw, gw_log, status)
     except SetupError as exc:
         print(f"setup failed: {exc}", file=sys.stderr)
         return 2
     finally:
-        stop(gw)
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        clean_up((gw,), tmp, args.keep)
 
 
 if __name__ == "__main__":

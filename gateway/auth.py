@@ -181,9 +181,10 @@ class Authenticator:
 
     async def _decide(self, source: str, system_id: str, password: str,
                       password_hash: str | None) -> tuple[Verdict, float]:
-        refused_early = (Verdict.LOCKED_OUT, self.policy.auth_failure_delay)
+        # The longest delay: an address that keeps trying while locked out reconnects slowly.
+        locked_out = (Verdict.LOCKED_OUT, self.policy.auth_failure_delay_max)
         if self.locked_out(source):
-            return refused_early
+            return locked_out
         # Computed for unknown system_ids too, against the dummy hash: the same work either way.
         key = self._cache_key(system_id, password, password_hash or self._dummy_hash)
         if self._cached(key):
@@ -191,7 +192,7 @@ class Authenticator:
         async with self._turn(source):
             # The address's earlier attempts may have locked it out, or verified this password.
             if self.locked_out(source):
-                return refused_early
+                return locked_out
             if self._cached(key):
                 return Verdict.ACCEPTED, 0.0
             record = self._sources.get(source, trio.current_time())

@@ -119,7 +119,7 @@ async def test_lockout_after_the_threshold_refuses_without_scrypt_logs_once_and_
         later = [await auth.check("10.0.0.1", "demo", "wrong", HASH) for _ in range(5)]
     assert first == [Verdict.BAD_PASSWORD] * 3
     assert locked is Verdict.LOCKED_OUT and locked.status == LOCKED_OUT_STATUS
-    assert elapsed == pytest.approx(POLICY.auth_failure_delay)
+    assert elapsed == pytest.approx(POLICY.auth_failure_delay_max)
     assert later == [Verdict.LOCKED_OUT] * 5
     assert len(fake.runs) == 3
     assert [e["event"] for e in logs] == ["upstream.bind_lockout"]

@@ -106,7 +106,8 @@ async def test_a_flood_from_one_address_is_locked_out_and_a_clean_address_still_
     async def guess(port: int) -> None:
         statuses.append(await bind(port, ATTACKER, password="guess"))
 
-    async with running_stack(tmp_path, listeners=listener(auth_lockout_threshold=3)) as (gw, _):
+    lst = listener(auth_lockout_threshold=3, auth_failure_delay_max=0.05)
+    async with running_stack(tmp_path, listeners=lst) as (gw, _):
         with structlog.testing.capture_logs() as logs:
             async with trio.open_nursery() as nursery:
                 for _ in range(40):
