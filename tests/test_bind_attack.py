@@ -101,6 +101,8 @@ async def test_unknown_system_id_and_wrong_password_get_the_same_status(
 async def test_a_flood_from_one_address_is_locked_out_and_a_clean_address_still_binds(
         tmp_path: Path, scrypt: ScryptWatch) -> None:
     lockouts = sample("smsgw_bind_lockouts_total")
+    failures = {reason: sample("smsgw_bind_failures_total", reason=reason)
+                for reason in ("bad_password", "locked_out")}
     statuses: list[int] = []
 
     async def guess(port: int) -> None:
@@ -119,6 +121,9 @@ async def test_a_flood_from_one_address_is_locked_out_and_a_clean_address_still_
     events = Counter(e["event"] for e in logs)
     assert events["upstream.bind_lockout"] == 1 and events["upstream.bind_refused"] == 3
     assert sample("smsgw_bind_lockouts_total") == lockouts + 1
+    counted = {reason: sample("smsgw_bind_failures_total", reason=reason) - before
+               for reason, before in failures.items()}
+    assert counted == {"bad_password": 3, "locked_out": 37}
 
 
 async def test_scrypt_runs_at_most_auth_concurrency_at_once(
