@@ -1,8 +1,7 @@
-"""Deciding upstream binds: is this system_id and password accepted from this address, and when
-is a refusal answered. Failures are counted per source address and per system_id; failures are
-answered after a growing delay; an address past the threshold is locked out for a window; scrypt
-runs a few at a time; a successful check is cached; an unknown system_id costs and looks the same
-as a wrong password."""
+"""Deciding upstream binds: accept this system_id and password from this address or not, and
+when to answer. Failures counted per address and per system_id get growing delays, then a
+lockout of the address; scrypt runs a few at a time and once per verified password; an unknown
+system_id costs and looks the same as a wrong password."""
 
 from __future__ import annotations
 
