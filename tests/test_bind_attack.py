@@ -90,14 +90,6 @@ def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-async def test_unknown_system_id_and_wrong_password_get_the_same_status(
-        tmp_path: Path) -> None:
-    async with running_stack(tmp_path) as (gw, _sim):
-        wrong = await bind(gw.smpp_port, CUSTOMER, password="nope")
-        unknown = await bind(gw.smpp_port, CUSTOMER, system_id="ghost")
-    assert wrong == unknown == Status.ESME_RINVPASWD
-
-
 async def test_a_flood_from_one_address_is_locked_out_and_a_clean_address_still_binds(
         tmp_path: Path, scrypt: ScryptWatch) -> None:
     lockouts = sample("smsgw_bind_lockouts_total")
