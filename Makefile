@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_codec.py
 	$(BIN)/python bench/bench_logs.py
 	$(BIN)/python bench/bench_e2e.py
+	$(BIN)/python bench/bench_bindflood.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache var

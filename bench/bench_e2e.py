@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -148,6 +148,24 @@ def stop(proc: subprocess.Popen[bytes] | None, deadline: float = 15.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=5)
+
+
+def exited_early(proc: subprocess.Popen[bytes], log: Path, status: int) -> int:
+    """`status`, or 1 if the gateway process has exited meanwhile (its log's tail printed)."""
+    if proc.poll() is None:
+        return status
+    print(f"gateway exited early ({proc.returncode}):\n{tail(log)}", file=sys.stderr)
+    return status or 1
+
+
+def clean_up(procs: Iterable[subprocess.Popen[bytes] | None], tmp: Path, keep: bool) -> None:
+    """Stop the processes (by PID); remove the temporary directory unless asked to keep it."""
+    for proc in procs:
+        stop(proc)
+    if keep:
+        print(f"kept {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -484,20 +502,12 @@ def main(argv: list[str] | None = None) -> int:
                    "loadgen": time.process_time() - cpu0["loadgen"]}
             stats = sim_stats(ports.sim_control)
             status = report(res, args, gw.pid, sim.pid, stats, cpu)
-            if gw.poll() is not None:
-                print(f"gateway exited early ({gw.returncode}):\n{tail(gw_log)}", file=sys.stderr)
-                status = status or 1
-            return status
+            return exited_early(gw, gw_log, status)
     except SetupError as exc:
         print(f"setup failed: {exc}", file=sys.stderr)
         return 2
     finally:
-        stop(gw)
-        stop(sim)
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        clean_up((gw, sim), tmp, args.keep)
 
 
 if __name__ == "__main__":

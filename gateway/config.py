@@ -74,7 +74,16 @@ class ListenerConfig:
     enquire_link_interval: float = 30.0  # we probe idle upstream binds this often
     response_timeout: float = 30.0  # how long we wait for a deliver_sm_resp
     window: int = 64  # outstanding deliver_sm per bind
-    auth_failure_delay: float = 1.0  # delay before answering a failed bind
+    # Binds under attack (gateway.auth): the first failed bind from an address is answered
+    # after auth_failure_delay, each further one (per address and per system_id) after
+    # `multiplier` times more, up to the max; at auth_lockout_threshold failures the address is
+    # locked out for auth_lockout_window. At most auth_concurrency password checks at a time.
+    auth_failure_delay: float = 1.0
+    auth_failure_delay_multiplier: float = 2.0
+    auth_failure_delay_max: float = 16.0
+    auth_lockout_threshold: int = 10
+    auth_lockout_window: float = 300.0  # failures are remembered this long; a lockout lasts it
+    auth_concurrency: int = 2
     max_pdu_size: int = 65536  # larger command_length closes the connection
     incoming_window: int = 100  # requests of one session unanswered before we stop reading
     write_timeout: float = 30.0  # a write making no progress this long closes the connection
@@ -527,7 +536,11 @@ def _gateway(t: _Table) -> tuple[str, float, str]:
 
 
 def _listener(t: _Table) -> ListenerConfig:
-    return ListenerConfig(
+    delay = t.duration("auth_failure_delay", positive=False)
+    # left out, the cap is at least the first delay (an error only when both are written)
+    delay_max = t.duration("auth_failure_delay_max",
+                           max(delay, t.defaults["auth_failure_delay_max"]), positive=False)
+    cfg = ListenerConfig(
         host=t.host("host"),
         port=t.port("port"),
         bind_timeout=t.duration("bind_timeout"),
@@ -535,13 +548,23 @@ def _listener(t: _Table) -> ListenerConfig:
         enquire_link_interval=t.duration("enquire_link_interval"),
         response_timeout=t.duration("response_timeout"),
         window=t.integer("window", low=1),
-        auth_failure_delay=t.duration("auth_failure_delay", positive=False),
+        auth_failure_delay=delay,
+        auth_failure_delay_multiplier=t.number("auth_failure_delay_multiplier", low=1.0,
+                                               high=100.0),
+        auth_failure_delay_max=delay_max,
+        auth_lockout_threshold=t.integer("auth_lockout_threshold", low=1),
+        auth_lockout_window=t.duration("auth_lockout_window"),
+        auth_concurrency=t.integer("auth_concurrency", low=1, high=64),
         max_pdu_size=t.integer("max_pdu_size", low=1024, high=16 * 1024 * 1024),
         incoming_window=t.integer("incoming_window", low=1),
         write_timeout=t.duration("write_timeout"),
         max_connections=t.integer("max_connections", low=1),
         max_connections_per_address=t.integer("max_connections_per_address", low=1),
     )
+    if delay_max < delay:
+        raise t.fail("auth_failure_delay_max", f"a duration >= auth_failure_delay ({delay:g}s)",
+                     t.data["auth_failure_delay_max"])
+    return cfg
 
 
 def _account(t: _Table) -> AccountConfig:

@@ -28,6 +28,13 @@ MO = Counter("smsgw_mo_total", "MO messages received from operators", ["account"
 REPORTS_SENT = Counter("smsgw_reports_delivered_total", "Receipts/MO delivered upstream",
                        ["account", "kind"])
 UPSTREAM_BINDS = Gauge("smsgw_upstream_binds", "Bound upstream sessions", ["account", "mode"])
+BIND_FAILURES = Counter("smsgw_bind_failures_total", "Upstream binds refused, by reason",
+                        ["reason"])  # unknown_account, bad_password, locked_out, max_binds
+BIND_LOCKOUTS = Counter("smsgw_bind_lockouts_total",
+                        "Source addresses locked out after repeated failed binds")
+BIND_VERIFICATIONS = Counter("smsgw_bind_verifications_total",
+                             "Bind password checks: scrypt run, or answered from the cache",
+                             ["how"])
 SMSC_BINDS = Gauge("smsgw_smsc_binds", "Bound operator sessions", ["smsc"])
 CONNECTIONS_REFUSED = Counter("smsgw_connections_refused_total",
                               "Upstream connections closed at accept: over a limit",

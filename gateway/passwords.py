@@ -43,6 +43,14 @@ def hash_password(password: str) -> str:
     return "$".join((SCHEME, str(N), str(R), str(P), _b64(salt), _b64(digest)))
 
 
+def unmatchable_hash() -> str:
+    """A well-formed hash with the parameters hash_password uses, that no password matches
+    (random salt and digest): checking a password against it costs what a real check costs."""
+    return "$".join(
+        (SCHEME, str(N), str(R), str(P), _b64(os.urandom(SALT_BYTES)), _b64(os.urandom(HASH_BYTES)))
+    )
+
+
 def verify_password(password: str, encoded: str) -> bool:
     """True if ``password`` matches ``encoded``. False (never an exception) when it doesn't or
     when ``encoded`` is malformed.

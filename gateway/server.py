@@ -1,7 +1,7 @@
 """ESME-facing SMPP server: upstream systems bind here and submit messages.
 
-Authenticates binds against the configured accounts (hashed passwords, a delay on failure,
-max binds per account), enforces each account's submit rate, turns submits into stored
+Authenticates binds against the configured accounts (gateway.auth decides; max binds per
+account here), enforces each account's submit rate, turns submits into stored
 messages (answered only after the commit that holds them), answers query_sm from the store,
 and registers receiver/transceiver binds with the reporter for receipts and MO.
 """
@@ -9,7 +9,6 @@ and registers receiver/transceiver binds with the reporter for receipts and MO.
 from __future__ import annotations
 
 import errno
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -17,12 +16,12 @@ import structlog
 import trio
 
 from gateway import metrics
+from gateway.auth import Authenticator, Verdict
 from gateway.clock import WallClock
 from gateway.config import AccountConfig, ListenerConfig
 from gateway.dispatcher import STATE_TO_SMPP, Dispatcher
 from gateway.intake import IntakeError, IntakePolicy, accept_multi, accept_submit
 from gateway.model import Message
-from gateway.passwords import verify_password
 from gateway.reporter import Reporter
 from gateway.store import Store
 from smpp.connection import Connection, LogBudget, shorten
@@ -78,7 +77,6 @@ class _AccountState:
     config: AccountConfig
     bucket: TokenBucket
     binds: set[Connection] = field(default_factory=set)
-    verified: set[bytes] = field(default_factory=set)  # digests of passwords already checked
 
 
 class SmppServer:
@@ -112,6 +110,7 @@ class SmppServer:
         self._per_address: dict[str, int] = {}  # open connections per source address
         self._label = f"{listener.host}:{listener.port}"
         self._refusal_log = LogBudget()
+        self.auth = Authenticator(listener)
 
     def policy(self, account: AccountConfig) -> IntakePolicy:
         return IntakePolicy(self.validity, account.validity)
@@ -188,6 +187,7 @@ class SmppServer:
                               bind_timeout=cfg.bind_timeout, write_timeout=cfg.write_timeout,
                               incoming_window=cfg.incoming_window,
                               max_pdu_size=cfg.max_pdu_size, name=f"{address}:{port}")
+            conn.extra["address"] = address
             self.connections.add(conn)
             self._starting -= 1
             await conn.run(self._handle, batch_handler=self._submit_batch,
@@ -241,18 +241,18 @@ class SmppServer:
         # A second bind while this one is being decided is answered by the session
         # (ESME_RALYBND): it is never handed here.
         state = self.accounts.get(pdu.system_id)
-        status: int = Status.ESME_ROK
-        if state is None:
-            status = Status.ESME_RINVSYSID
-        elif not await self._password_ok(state, pdu.password):
-            status = Status.ESME_RINVPASWD
-        elif len(state.binds) >= state.config.max_binds:
-            status = Status.ESME_RBINDFAIL
+        source = conn.extra["address"]
+        verdict = await self.auth.check(source, pdu.system_id, pdu.password,
+                                        state.config.password_hash if state else None)
+        reason, status = verdict.value, verdict.status
+        if state is not None and verdict is Verdict.ACCEPTED \
+                and len(state.binds) >= state.config.max_binds:
+            reason, status = "max_binds", Status.ESME_RBINDFAIL
         if status != Status.ESME_ROK or state is None:
-            log.warning("upstream.bind_refused", system_id=pdu.system_id, conn=conn.name,
-                        status=f"0x{status:08X}")
-            if status != Status.ESME_RBINDFAIL:
-                await trio.sleep(self.listener.auth_failure_delay)
+            metrics.child(metrics.BIND_FAILURES, reason).inc()
+            if verdict is not Verdict.LOCKED_OUT:  # a lockout is logged once, when it starts
+                log.warning("upstream.bind_refused", system_id=shorten(pdu.system_id, 32),
+                            conn=conn.name, reason=reason, status=f"0x{status:08X}")
             conn.respond(pdu.response(status=status))
             await conn.flush()
             await conn.aclose()
@@ -268,15 +268,6 @@ class SmppServer:
         if isinstance(pdu, BindReceiver | BindTransceiver):
             self.reporter.bind_added(pdu.system_id, conn)
         log.info("upstream.bound", account=pdu.system_id, mode=mode, conn=conn.name)
-
-    async def _password_ok(self, state: _AccountState, password: str) -> bool:
-        digest = hashlib.sha256(password.encode("latin-1", "replace")).digest()
-        if digest in state.verified:
-            return True
-        ok = await trio.to_thread.run_sync(verify_password, password, state.config.password_hash)
-        if ok:
-            state.verified.add(digest)
-        return ok
 
     def _admit(self, conn: Connection, pdu: Pdu) -> _AccountState | None:
         account = conn.extra.get("account")

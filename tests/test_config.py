@@ -309,6 +309,31 @@ def test_reconnect_delay_max_below_reconnect_delay_is_refused(tmp_path: Path) ->
     assert 'smsc "opA".reconnect_delay_max: expected a duration >= reconnect_delay' in msg
 
 
+def listener_with(lines: str) -> str:
+    return MINIMAL.replace(LISTENER, LISTENER + lines + "\n")
+
+
+def test_auth_failure_delay_max_below_the_delay_is_refused(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, listener_with('auth_failure_delay = "5s"\nauth_failure_delay_max = 2'))
+    assert "listener[0].auth_failure_delay_max: expected a duration >= auth_failure_delay" in msg
+    # left out, the cap follows a larger first delay instead of refusing it
+    config = load_config(write(tmp_path, listener_with('auth_failure_delay = "30s"')))
+    assert config.listeners[0].auth_failure_delay_max == 30.0
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("auth_failure_delay_multiplier = 0.5", "auth_failure_delay_multiplier: expected a number"),
+        ("auth_lockout_threshold = 0", "auth_lockout_threshold: expected a positive integer"),
+        ("auth_lockout_window = 0", "auth_lockout_window: expected a positive duration"),
+        ("auth_concurrency = 0", "auth_concurrency: expected an integer from 1 to 64"),
+    ],
+)
+def test_auth_keys_are_checked(tmp_path: Path, line: str, expected: str) -> None:
+    assert f"listener[0].{expected}" in error_of(tmp_path, listener_with(line))
+
+
 def test_ton_npi_are_checked_and_left_out_means_keep_upstream(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, smsc_with("dest_ton = 1\ndest_npi = 1")))
     smsc = config.smscs["opA"]

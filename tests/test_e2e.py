@@ -73,7 +73,8 @@ async def test_submit_is_acked_with_an_id_then_a_delivrd_receipt_comes_back(
         assert receipt.source_addr == b"33612345678" and receipt.destination_addr == b"ACME"
 
 
-async def test_wrong_password_is_refused_with_rinvpaswd(tmp_path: Path) -> None:
+async def test_wrong_password_and_unknown_system_id_are_both_refused_with_rinvpaswd(
+        tmp_path: Path) -> None:
     async with running_stack(tmp_path) as (gw, _sim):
         esme = SmpplibEsme(gw.smpp_port, password="nope")
         with pytest.raises(smpplib.exceptions.PDUError) as err:
@@ -83,7 +84,7 @@ async def test_wrong_password_is_refused_with_rinvpaswd(tmp_path: Path) -> None:
         unknown = SmpplibEsme(gw.smpp_port, system_id="ghost")
         with pytest.raises(smpplib.exceptions.PDUError) as err:
             await trio.to_thread.run_sync(unknown.bind)
-        assert err.value.args[1] == Status.ESME_RINVSYSID
+        assert err.value.args[1] == Status.ESME_RINVPASWD  # not telling which accounts exist
         unknown.client.disconnect()
 
 
