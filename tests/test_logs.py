@@ -276,7 +276,7 @@ async def test_flows_through_the_stack_log_no_number_and_no_text(
     output = log_buffer.getvalue()
     seen = {e["event"] for e in _events(output)}
     assert {"upstream.submit_refused", "message.final", "mo.received", "mo.unowned",
-            "receipt.unreadable"} <= seen
+            "receipt.orphan"} <= seen
     for number in (GOOD_DEST, BAD_DEST, MO_FROM, UNOWNED, RECEIPT_FROM):
         assert number[2:] not in output, number  # not even without its country code
     for text in (SECRET, MO_TEXT, UNOWNED_TEXT):
