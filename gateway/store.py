@@ -16,15 +16,17 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import quote
 
 import aiosqlite
 import structlog
 import trio
 import trio_asyncio
+from prometheus_client import Counter
 
 from gateway import metrics
+from gateway.config import Synchronous
 from gateway.model import FINAL_STATES, Message, Part, PartState, Report, ReportKind, State
 
 __all__ = ["ConstraintError", "SchemaError", "Store", "StoreBusy", "StoreError", "Synchronous"]
@@ -54,7 +56,6 @@ class StoreBusy(StoreError):
     upstream should submit again later (ESME_RMSGQFUL)."""
 
 
-Synchronous = Literal["full", "normal"]
 FAILURE_LOG_INTERVAL = 10.0  # seconds: at most one log line per interval about store failures
 
 
@@ -274,33 +275,35 @@ class _Call:
         self.rowcounts: list[int] = []
 
 
-class _Failures:
-    """Store failures: each counted in smsgw_store_failures_total{operation}; logged at most
-    once per FAILURE_LOG_INTERVAL (the first one at once, later ones as one line with the
-    number since the previous line), and once more when the store works again."""
+class _Episode:
+    """A condition that may repeat thousands of times a second (failures, refusals): each
+    occurrence counted in ``counter{label}``; logged at most once per FAILURE_LOG_INTERVAL
+    (the first at once, later ones as one line with the number since the previous line),
+    and once more, with the number not yet logged, when the condition ends."""
 
-    __slots__ = ("failing", "next_log", "unlogged")
+    __slots__ = ("counter", "ended", "event", "level", "next_log", "on", "unlogged")
 
-    def __init__(self) -> None:
-        self.failing = False
-        self.unlogged = 0  # failures since the last line logged
+    def __init__(self, counter: Counter, event: str, ended: str, level: str) -> None:
+        self.counter, self.event, self.ended, self.level = counter, event, ended, level
+        self.on = False
+        self.unlogged = 0  # occurrences since the last line logged
         self.next_log = -math.inf
 
-    def failed(self, operation: str, exc: BaseException) -> None:
-        metrics.child(metrics.STORE_FAILURES, operation).inc()
-        self.failing = True
+    def occurred(self, label: str, detail: str) -> None:
+        metrics.child(self.counter, label).inc()
+        self.on = True
         self.unlogged += 1
         now = trio.current_time()
         if now >= self.next_log:
-            log.error("store.failed", operation=operation, error=str(exc),
-                      failures=self.unlogged, interval=FAILURE_LOG_INTERVAL)
+            getattr(log, self.level)(self.event, reason=label, detail=detail,
+                                     count=self.unlogged, interval=FAILURE_LOG_INTERVAL)
             self.unlogged = 0
             self.next_log = now + FAILURE_LOG_INTERVAL
 
-    def succeeded(self) -> None:
-        if self.failing:
-            log.warning("store.recovered", failures=self.unlogged)
-            self.failing = False
+    def over(self) -> None:
+        if self.on:
+            log.info(self.ended, count=self.unlogged)
+            self.on = False
             self.unlogged = 0
             self.next_log = -math.inf
 
@@ -453,7 +456,9 @@ class Store:
         self._queued_rows = 0  # rows of calls queued and not yet done
         self._unfinished = unfinished  # unfinished messages as of the last commit
         self._admitting = 0  # new messages queued by add_messages, not yet done
-        self._failures = _Failures()
+        self._failures = _Episode(metrics.STORE_FAILURES, "store.failed", "store.recovered",
+                                  "error")
+        self._busy = _Episode(metrics.STORE_BUSY, "store.busy", "store.admitting", "warning")
         self.commits = 0  # transactions committed
         self.committed_ops = 0  # rows written by those transactions
         self.failed_batches = 0  # group transactions that failed and were retried call by call
@@ -630,7 +635,7 @@ class Store:
             )
         except Exception as exc:
             call.error = _wrap_error(exc)
-            self._failures.failed("write", call.error)
+            self._failures.occurred("write", str(call.error))
         else:
             self._committed(call.size)
         self._settle(call)
@@ -638,7 +643,7 @@ class Store:
     def _committed(self, rows: int) -> None:
         self.commits += 1
         self.committed_ops += rows
-        self._failures.succeeded()
+        self._failures.over()
 
     def _settle(self, call: _Call) -> None:
         """The call is done (committed or failed): it no longer counts as queued."""
@@ -678,13 +683,12 @@ class Store:
         if self._closed:
             raise StoreError("the store is closed")
         if self._queued_rows >= self.queue_max:
-            metrics.child(metrics.STORE_BUSY, "queue").inc()
-            raise StoreBusy(f"the store lags: {self._queued_rows} rows wait for a commit "
-                            f"(queue_max {self.queue_max})")
+            self._refuse("queue", f"the store lags: {self._queued_rows} rows wait for a "
+                                  f"commit (queue_max {self.queue_max})")
         if self.unfinished + len(msgs) > self.unfinished_max:
-            metrics.child(metrics.STORE_BUSY, "unfinished").inc()
-            raise StoreBusy(f"{self.unfinished} messages unfinished "
-                            f"(unfinished_max {self.unfinished_max})")
+            self._refuse("unfinished", f"{self.unfinished} messages unfinished "
+                                       f"(unfinished_max {self.unfinished_max})")
+        self._busy.over()
         call = _Call([(_INSERT_MESSAGE, [_message_row(m) for m in msgs])])
         call.admitted = len(msgs)
         await self._write(call)
@@ -696,6 +700,10 @@ class Store:
         state, attempts, next_attempt_at, error, done_at, parts_total, connector, channel),
         upsert the parts by (message_id, part_no), insert the reports and set their ids."""
         await self.save_messages([(msg, parts, reports)])
+
+    def _refuse(self, reason: str, detail: str) -> NoReturn:
+        self._busy.occurred(reason, detail)
+        raise StoreBusy(detail)
 
     async def save_messages(
         self, items: Sequence[tuple[Message, Sequence[Part], Sequence[Report]]]
@@ -810,9 +818,9 @@ class Store:
             rows = await self._call_aio(_aio_fetchall(self._reader, sql, params))
         except sqlite3.Error as exc:
             err = _wrap_error(exc)
-            self._failures.failed("read", err)
+            self._failures.occurred("read", str(err))
             raise err from exc
-        self._failures.succeeded()
+        self._failures.over()
         return rows
 
     async def _call_aio(self, coro: Awaitable[T]) -> T:
@@ -868,10 +876,12 @@ class Store:
         rows = await self._read("SELECT DISTINCT account FROM reports ORDER BY account")
         return [r[0] for r in rows]
 
-    async def pending_report_counts(self) -> dict[str, int]:
-        """Reports not yet acked, per account."""
-        rows = await self._read("SELECT account, count(*) FROM reports GROUP BY account")
-        return {account: n for account, n in rows}
+    async def pending_report_counts(self) -> tuple[dict[str, int], int]:
+        """Reports not yet acked, per account, and the highest id among them (0 if none):
+        every report committed later has a higher id."""
+        rows = await self._read(
+            "SELECT account, count(*), max(id) FROM reports GROUP BY account")
+        return {account: n for account, n, _ in rows}, max((r[2] for r in rows), default=0)
 
     async def durability(self) -> tuple[str, str]:
         """The writer connection's (journal_mode, synchronous), as SQLite reports them."""

@@ -522,8 +522,8 @@ async def test_store_failures_are_counted_and_logged_once_per_interval_without_t
         assert sample("smsgw_store_failures_total", operation="write") == before + 40
         lines = [e for e in logs if e["event"].startswith("store.")]
         assert [e["event"] for e in lines] == ["store.failed", "store.recovered"]
-        assert lines[0]["failures"] == 1 and "full" in lines[0]["error"]
-        assert lines[1]["failures"] == 39  # the ones not logged one by one
+        assert lines[0]["count"] == 1 and "full" in lines[0]["detail"]
+        assert lines[1]["count"] == 39  # the ones not logged one by one
         assert not any("exc_info" in e for e in logs)
 
 
@@ -537,4 +537,5 @@ async def test_pending_reports_page_by_id_and_are_counted_per_account(tmp_path: 
         assert first[-1].id is not None
         rest = await store.pending_reports("acme", limit=10, after=first[-1].id)
         assert rest == reports[2:]
-        assert await store.pending_report_counts() == {"acme": 5, "beta": 1}
+        beta = (await store.pending_reports("beta"))[0].id
+        assert await store.pending_report_counts() == ({"acme": 5, "beta": 1}, beta)
