@@ -10,9 +10,12 @@ import re
 import time
 from pathlib import Path
 
+import dataclasses
+
 import pytest
 import smpplib.exceptions
 import trio
+from prometheus_client import REGISTRY
 
 from gateway.config import SimulatorConfig
 from gateway.model import State
@@ -21,7 +24,7 @@ from smpp.constants import Status
 from smpp.pdu import BindTransmitter, QuerySm, SubmitSm
 from smpp.receipt import parse_receipt
 from smpp.session import Side
-from tests.stack import SmpplibEsme, running_stack, wait_for
+from tests.stack import SmpplibEsme, gateway_config, running_stack, wait_for
 
 
 def _receipt_ids(esme: SmpplibEsme) -> list[str]:
@@ -70,6 +73,8 @@ async def test_submit_is_acked_with_an_id_then_a_delivrd_receipt_comes_back(
         parsed = parse_receipt(receipt.short_message)
         assert parsed is not None and parsed.id == message_id and parsed.stat == "DELIVRD"
         assert receipt.source_addr == b"33612345678" and receipt.destination_addr == b"ACME"
+        # By default the answer came after the fsync of the commit holding the message.
+        assert await gw.store.durability() == ("wal", "full")
 
 
 async def test_wrong_password_is_refused_with_rinvpaswd(tmp_path: Path) -> None:
@@ -332,3 +337,30 @@ async def test_long_mo_reaches_the_account_in_message_payload(tmp_path: Path) ->
         [mo] = rx.delivered
         assert mo.short_message in (b"", None)
         assert mo.message_payload == text.encode()
+
+
+async def test_submits_beyond_the_unfinished_cap_get_esme_rmsgqful(tmp_path: Path) -> None:
+    no_receipts = SimulatorConfig(port=0, control_port=0, receipt_delay=0.05, seed=7,
+                                  delivered=0.0, no_receipt=1.0)  # messages stay unfinished
+    store = dataclasses.replace(gateway_config(tmp_path, 0).store, unfinished_max=3)
+    refused = REGISTRY.get_sample_value(
+        "smsgw_submits_refused_total", {"account": "demo", "status": "0x00000014"}) or 0.0
+    async with running_stack(tmp_path, sim=no_receipts, store=store) as (gw, sim):
+        esme = SmpplibEsme(gw.smpp_port)
+
+        def session() -> None:
+            esme.bind("transmitter")
+            for i in range(5):
+                esme.submit(f"3361234567{i}", b"hello")
+                esme.read_until(lambda: len(esme.resps) > i)  # one at a time: a known order
+            esme.close()
+
+        with trio.fail_after(20):
+            await trio.to_thread.run_sync(session)
+        assert [r.status for r in esme.resps] == [0, 0, 0, Status.ESME_RMSGQFUL,
+                                                  Status.ESME_RMSGQFUL]
+        assert REGISTRY.get_sample_value(
+            "smsgw_submits_refused_total", {"account": "demo", "status": "0x00000014"}
+        ) == refused + 2
+        assert gw.store.unfinished == 3
+        await wait_for(lambda: len(sim.submitted) == 3)  # the refused ones were never stored
