@@ -6,25 +6,27 @@ bounded by a deadline.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from pathlib import Path
-
-import dataclasses
 
 import pytest
 import smpplib.exceptions
 import trio
 from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
 from gateway.config import SimulatorConfig
 from gateway.model import State
+from gateway.store import StoreError
 from smpp.connection import Connection
 from smpp.constants import Status
 from smpp.pdu import BindTransmitter, QuerySm, SubmitSm
 from smpp.receipt import parse_receipt
 from smpp.session import Side
 from tests.stack import SmpplibEsme, gateway_config, running_stack, wait_for
+from tests.test_store import make_message, writer_pragma
 
 
 def _receipt_ids(esme: SmpplibEsme) -> list[str]:
@@ -352,7 +354,7 @@ async def test_submits_beyond_the_unfinished_cap_get_esme_rmsgqful(tmp_path: Pat
             esme.bind("transmitter")
             for i in range(5):
                 esme.submit(f"3361234567{i}", b"hello")
-                esme.read_until(lambda: len(esme.resps) > i)  # one at a time: a known order
+                esme.read_until(lambda n=i: len(esme.resps) > n)  # one at a time: known order
             esme.close()
 
         with trio.fail_after(20):
@@ -364,3 +366,33 @@ async def test_submits_beyond_the_unfinished_cap_get_esme_rmsgqful(tmp_path: Pat
         ) == refused + 2
         assert gw.store.unfinished == 3
         await wait_for(lambda: len(sim.submitted) == 3)  # the refused ones were never stored
+
+
+async def test_a_full_disk_gives_esme_rsyserr_counted_and_logged_once_not_per_submit(
+        tmp_path: Path) -> None:
+    async with running_stack(tmp_path) as (gw, _sim):
+        pages = (await writer_pragma(gw.store, "PRAGMA page_count"))[0][0]
+        await writer_pragma(gw.store, f"PRAGMA max_page_count = {pages}")  # the disk is full
+        esme = SmpplibEsme(gw.smpp_port)
+
+        def session() -> None:
+            esme.bind("transmitter")
+            for i in range(20):
+                esme.submit(f"3361234567{i % 10}", b"", message_payload=b"x" * 3000)
+                esme.read_until(lambda n=i: len(esme.resps) > n)
+            esme.close()
+
+        with capture_logs() as logs:
+            with pytest.raises(StoreError):  # ... once the last free bytes of its pages are used
+                for _ in range(100):
+                    await gw.store.add_messages([make_message(body=b"x" * 3000)])
+            failures = REGISTRY.get_sample_value(
+                "smsgw_store_failures_total", {"operation": "write"}) or 0.0
+            with trio.fail_after(30):
+                await trio.to_thread.run_sync(session)
+        assert [r.status for r in esme.resps] == [Status.ESME_RSYSERR] * 20
+        assert REGISTRY.get_sample_value(
+            "smsgw_store_failures_total", {"operation": "write"}) == failures + 20
+        assert [e["event"] for e in logs if e["event"].startswith("store.")] == ["store.failed"]
+        assert not [e for e in logs if "exc_info" in e or (e["log_level"] == "error"
+                    and e["event"] != "store.failed")]
