@@ -255,6 +255,9 @@ class Reporter:
         old = [r for r in acc.pending.values() if r.created_at <= limit and r.id not in acc.sending]
         for report in old:
             self._expire(name, acc, report)
+        if old:  # their ids leave the queues too: those stay as small as memory
+            acc.ready = deque(i for i in acc.ready if i in acc.pending)
+            acc.later = deque(e for e in acc.later if e[1] in acc.pending)
         acc.next_expiry = min((r.created_at for r in acc.pending.values()),
                               default=math.inf) + self.expiry
 

@@ -225,6 +225,8 @@ async def test_a_report_older_than_the_expiry_is_deleted_undelivered_and_counted
         with trio.fail_after(60):
             while await stored_ids(store) != [late[0].message_id]:
                 await trio.sleep(0.1)
+        queued = reporter._accounts["acme"]  # nothing of the expired ones stays in memory
+        assert len(queued.ready) + len(queued.later) == reporter.in_memory("acme") == 1
         upstream = Upstream(lambda _pdu: 0)
         await bind(nursery, reporter, upstream)
         await wait_until(lambda: bool(upstream.received))
