@@ -56,7 +56,7 @@ class StoreBusy(StoreError):
     upstream should submit again later (ESME_RMSGQFUL)."""
 
 
-FAILURE_LOG_INTERVAL = 10.0  # seconds: at most one log line per interval about store failures
+FAILURE_LOG_INTERVAL = 10.0  # seconds: at most one line per interval about failures, refusals
 
 
 # --------------------------------------------------------------------------- schema

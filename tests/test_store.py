@@ -458,15 +458,19 @@ async def test_new_messages_get_store_busy_while_the_write_queue_is_over_its_bou
                                               existing=True) for i in range(15)]
         assert store.queued_rows == 15
         refused = make_message()
-        with pytest.raises(StoreBusy, match="queue_max 10"):
-            await store.add_messages([refused])
-        assert sample("smsgw_store_busy_total", reason="queue") == busy + 1
-        for write in pending:
-            await write.wait()
-        assert store.queued_rows == 0
-        assert await store.get_message(refused.id) is None  # refused: nothing written
-        later = make_message()
-        await store.add_messages([later])  # the queue drained: admitted again
+        with capture_logs() as logs:
+            for _ in range(3):
+                with pytest.raises(StoreBusy, match="queue_max 10"):
+                    await store.add_messages([refused])
+            assert sample("smsgw_store_busy_total", reason="queue") == busy + 3
+            for write in pending:
+                await write.wait()
+            assert store.queued_rows == 0
+            assert await store.get_message(refused.id) is None  # refused: nothing written
+            later = make_message()
+            await store.add_messages([later])  # the queue drained: admitted again
+        assert [(e["event"], e["count"]) for e in logs] == [("store.busy", 1),
+                                                            ("store.admitting", 2)]
         assert await store.get_message(later.id) == later
         got = await store.get_message(m.id)
         assert got is not None and got.attempts == 14
