@@ -443,6 +443,12 @@ async def test_database_wal_and_shm_are_created_private_in_private_directories(
                 assert Path(f"{path}{suffix}").stat().st_mode & 0o777 == 0o600, suffix
         for directory in (path.parent, path.parent.parent):
             assert directory.stat().st_mode & 0o777 == 0o700, directory
+        path.chmod(0o644)  # an operator's choice is left alone, but reported
+        with capture_logs() as logs:
+            async with Store.open(path, synchronous="normal"):
+                pass
+        assert path.stat().st_mode & 0o777 == 0o644
+        assert [e["mode"] for e in logs if e["event"] == "store.file_mode"] == ["0644"]
     finally:
         os.umask(old_umask)
 
