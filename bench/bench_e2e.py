@@ -97,6 +97,7 @@ log_level = {q(args.log_level)}
 
 [store]
 path = {q(str(tmp / "store" / "smsgw.sqlite3"))}
+synchronous = {q(args.synchronous)}
 
 [metrics]
 enabled = false
@@ -415,7 +416,8 @@ def report(res: Results, args: argparse.Namespace, gw_pid: int, sim_pid: int,
     offered = f"offered {args.rate:,.0f} msg/s" if args.rate else "closed loop"
     print(f"setup: {args.messages:,} messages, {args.sessions} sessions x window {args.window} "
           f"({offered}); smsc binds {args.smsc_binds} window {args.smsc_window} (simulator "
-          f"deliver_sm window the same); receipt_delay {args.receipt_delay} s; store on disk (WAL)")
+          f"deliver_sm window the same); receipt_delay {args.receipt_delay} s; store on disk (WAL, "
+          f"synchronous={args.synchronous})")
     print(f"accepted: {accepted / submit_wall:,.0f} msg/s ({accepted:,} submit_sm_resp OK in "
           f"{submit_wall:.2f} s)")
     e2e_rate = (accepted - missing) / e2e_wall
@@ -468,6 +470,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--smsc-window", type=int, default=50)
     p.add_argument("--receipt-delay", type=float, default=0.05, help="simulator, 0-0.1 s")
     p.add_argument("--deliver-window", type=int, default=64, help="gateway listener window")
+    p.add_argument("--synchronous", default="full", choices=["full", "normal"],
+                   help="[store] synchronous: full fsyncs every group commit")
     p.add_argument("--progress", action="store_true", help="print progress once a second")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     return p.parse_args(argv)

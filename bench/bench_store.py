@@ -1,7 +1,8 @@
 """Benchmark of gateway.store: group-committed writes under concurrent callers.
 
-Prints single-message add_messages() calls/s with N concurrent trio tasks (and the mean
-batch size the writer achieved), then save_message() updates/s. A script, not a test.
+Prints single-message add_messages() calls/s with N concurrent trio tasks (the mean batch
+size the writer achieved, and the process CPU per call, SQLite's thread included), then
+save_message() updates/s; `--synchronous full|normal` as in [store]. A script, not a test.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ async def bench_adds(store: Store, tasks: int, total: int) -> tuple[float, list[
     return time.perf_counter() - t0, msgs[: per_task * tasks]
 
 
+def cpu_ms(cpu0: float, calls: int) -> str:
+    """Process CPU (all threads) per call since cpu0, in ms."""
+    return f"{(time.process_time() - cpu0) / max(calls, 1) * 1000:.3f} ms CPU/call"
+
+
 async def bench_updates(store: Store, msgs: list[Message], tasks: int) -> float:
     """`tasks` tasks each save_message() one message in flight with one part, in a loop."""
     per_task = len(msgs) // tasks
@@ -73,23 +79,28 @@ async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.sqlite"
         async with Store.open(
-            path, batch_max=args.batch_max, synchronous=args.synchronous
+            path, batch_max=args.batch_max, synchronous=args.synchronous,
+            unfinished_max=max(args.total, 1),
         ) as store:
+            cpu0 = time.process_time()
             elapsed, msgs = await bench_adds(store, args.tasks, args.total)
             n = len(msgs)
             print(
                 f"add_messages([1 msg]) x {n} from {args.tasks} tasks "
                 f"(synchronous={args.synchronous}, batch_max={args.batch_max}): "
                 f"{n / elapsed:,.0f} calls/s, {store.commits} commits, "
-                f"mean batch {store.committed_ops / max(store.commits, 1):.1f} rows"
+                f"mean batch {store.committed_ops / max(store.commits, 1):.1f} rows, "
+                f"{cpu_ms(cpu0, n)}"
             )
             commits0, ops0 = store.commits, store.committed_ops
+            cpu0 = time.process_time()
             elapsed = await bench_updates(store, msgs, args.tasks)
             commits = store.commits - commits0
             print(
                 f"save_message(msg, [part]) x {n} from {args.tasks} tasks: "
                 f"{n / elapsed:,.0f} calls/s, {commits} commits, "
-                f"mean batch {(store.committed_ops - ops0) / max(commits, 1):.1f} rows"
+                f"mean batch {(store.committed_ops - ops0) / max(commits, 1):.1f} rows, "
+                f"{cpu_ms(cpu0, n)}"
             )
             t0 = time.perf_counter()
             unfinished = await store.unfinished_messages()
@@ -103,5 +114,5 @@ if __name__ == "__main__":
     parser.add_argument("--tasks", type=int, default=100)
     parser.add_argument("--total", type=int, default=20_000)
     parser.add_argument("--batch-max", type=int, default=512)
-    parser.add_argument("--synchronous", choices=["NORMAL", "FULL"], default="NORMAL")
+    parser.add_argument("--synchronous", choices=["full", "normal"], default="full")
     trio.run(main, parser.parse_args())

@@ -42,6 +42,7 @@ Segmentation = Literal["udh", "sar", "payload"]
 ReceiptIdFormat = Literal["auto", "as-is", "hex", "decimal"]
 MessageIdFormat = Literal["hex", "decimal"]
 ReceiptIdBase = Literal["same", "other"]  # simulator: receipts write ids in the same/other base
+Synchronous = Literal["full", "normal"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 DAY = 86400.0
@@ -165,6 +166,10 @@ class StoreConfig:
     path: Path
     batch_max: int = 512  # rows per group commit at most
     retention: float = 180 * DAY  # finished messages older than this are purged
+    synchronous: Synchronous = "full"  # full: fsync every commit; normal: WAL syncs only
+    queue_max: int = 20_000  # rows waiting for a commit beyond which new submits are refused
+    unfinished_max: int = 100_000  # unfinished messages beyond which new submits are refused
+    report_expiry: float = 3 * DAY  # receipts/MO undelivered upstream this long are deleted
 
 
 @dataclass(frozen=True, slots=True)
@@ -665,6 +670,10 @@ def _store(t: _Table) -> StoreConfig:
         path=path,
         batch_max=t.integer("batch_max", low=1),
         retention=t.duration("retention"),
+        synchronous=t.choice("synchronous", get_args(Synchronous)),
+        queue_max=t.integer("queue_max", low=1),
+        unfinished_max=t.integer("unfinished_max", low=1),
+        report_expiry=t.duration("report_expiry"),
     )
 
 

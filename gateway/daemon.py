@@ -90,12 +90,10 @@ async def _housekeeping(running: Running, clock: WallClock) -> None:
     while True:
         try:
             purged = await running.store.purge(clock.now() - retention)
-        except StoreError:
-            log.exception("store.purge_failed")
+        except StoreError:  # counted and logged by the store
             purged = 0
         if purged:
             log.info("store.purged", messages=purged)
-        metrics.LIVE.set(len(running.dispatcher.live))
         await trio.sleep(HOUSEKEEPING_INTERVAL)
 
 
@@ -112,9 +110,12 @@ async def run(
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     trigger = shutdown_trigger or wait_for_signal
-    async with Store.open(config.store.path, batch_max=config.store.batch_max) as store:
+    sc = config.store
+    async with Store.open(sc.path, batch_max=sc.batch_max, synchronous=sc.synchronous,
+                          queue_max=sc.queue_max, unfinished_max=sc.unfinished_max) as store:
         clock = WallClock()
-        reporter = Reporter(store)
+        metrics.LIVE.set_function(lambda: store.unfinished)
+        reporter = Reporter(store, clock, expiry=sc.report_expiry, accounts=config.accounts)
         connectors: dict[str, SmscConnector] = {}
         router = PrefixRouter([PrefixRoute(r.name, r.prefixes, r.smscs) for r in config.routes])
         dispatcher = Dispatcher(store, router, connectors, config.retry, clock, reporter.add)

@@ -514,8 +514,8 @@ class Dispatcher:
                     with trio.CancelScope(shield=True):
                         await pending.wait()
                     break
-                except StoreError:
-                    log.exception("dispatcher.save_failed", retry_in=delay)
+                except StoreError as exc:  # the store counts it and logs it, rate-limited
+                    log.debug("dispatcher.save_failed", retry_in=delay, error=str(exc))
             await trio.sleep(delay)  # cancelled at shutdown: the store has the older state
             delay = min(delay * 2, SAVE_RETRY_MAX)
             pending, outcomes = self._save(work)

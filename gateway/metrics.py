@@ -5,6 +5,8 @@ Counters are labelled by the things operators page on: connector, status, state,
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from prometheus_client import Counter, Gauge
 
 from gateway.model import State
@@ -40,19 +42,32 @@ CONNECTIONS_REFUSED = Counter("smsgw_connections_refused_total",
                               "Upstream connections closed at accept: over a limit",
                               ["listener", "reason"])
 LIVE = Gauge("smsgw_unfinished_messages", "Messages not yet in a final state")
+REPORTS_PENDING = Gauge("smsgw_reports_pending",
+                        "Receipts/MO stored and not yet delivered upstream", ["account"])
+REPORTS_EXPIRED = Counter("smsgw_reports_expired_total",
+                          "Receipts/MO deleted undelivered after the report expiry",
+                          ["account", "kind"])
+UNANSWERED_UNBINDS = Counter("smsgw_upstream_unanswered_unbinds_total",
+                             "Upstream binds closed for leaving a deliver_sm unanswered",
+                             ["account"])
+STORE_FAILURES = Counter("smsgw_store_failures_total", "Store reads/writes that failed",
+                         ["operation"])
+STORE_BUSY = Counter("smsgw_store_busy_total",
+                     "New messages refused by the store (write queue over its bound, or the "
+                     "unfinished messages at their cap)", ["reason"])
+
+M = TypeVar("M", Counter, Gauge)
+_children: dict[tuple[int, tuple[str, ...]], Counter | Gauge] = {}
 
 
-_children: dict[tuple[int, tuple[str, ...]], Counter] = {}
-
-
-def child(metric: Counter, *labels: str) -> Counter:
+def child(metric: M, *labels: str) -> M:
     """metric.labels(*labels), cached: the per-message paths pay one dict lookup instead of
     prometheus-client's label handling. Only for label values from a bounded set."""
     key = (id(metric), labels)
     found = _children.get(key)
     if found is None:
         found = _children[key] = metric.labels(*labels)
-    return found
+    return found  # type: ignore[return-value]
 
 
 def transition(state: State) -> None:

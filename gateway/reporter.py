@@ -1,24 +1,27 @@
 """Reporter: delivers what the gateway owes upstream accounts (receipts and MO) as deliver_sm.
 
-Reports are committed before they get here. Each is sent over one of the account's bound
-receiver/transceiver sessions (as far as their windows allow; answers come back through
-callbacks, no task per report) and deleted from the store only after a deliver_sm_resp OK;
-anything refused or unanswered is sent again later, after a reconnect, or after a restart.
+Reports are committed before they get here; the store holds them all, memory at most
+REPORTS_IN_MEMORY per account (the rest is paged in as those drain). Each is sent over one of
+the account's receiver/transceiver binds and deleted only after a deliver_sm_resp OK, or
+deleted undelivered once older than the report expiry (counted). A bind that leaves a
+deliver_sm unanswered past its response timeout is unbound; its reports go to other binds.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import structlog
 import trio
 
 from gateway import metrics
+from gateway.clock import WallClock
 from gateway.model import Report, ReportKind
 from gateway.store import Store, StoreError
-from smpp.connection import Connection, ConnectionClosed, Turns, WindowFull
+from smpp.connection import Connection, ConnectionClosed, ResponseTimeout, Turns, WindowFull
 from smpp.constants import Tag
 from smpp.pdu import DeliverSm, Pdu, set_tlv_int, set_tlv_str
 from smpp.session import SessionError
@@ -29,6 +32,10 @@ ESM_RECEIPT = 0x04
 MAX_SHORT_MESSAGE = 254
 RETRY_DELAY = 5.0  # seconds before a report refused or unanswered upstream is offered again
 MAX_IN_FLIGHT = 512  # per account; each bind's window limits further
+REPORTS_IN_MEMORY = 2048  # per account; more wait in the store and are paged in as these go
+EXPIRY_SWEEP = 60.0  # seconds at least between two looks for expired reports in memory
+UNBIND_TIMEOUT = 2.0  # seconds an unanswering bind gets to answer its unbind
+OTHER_ACCOUNT = "other"  # metric label of reports for accounts no longer configured
 _SMPP_STATE = {"DELIVERED": 2, "EXPIRED": 3, "UNDELIVERABLE": 5, "REJECTED": 8}
 
 
@@ -53,44 +60,99 @@ def deliver_pdu(report: Report) -> DeliverSm:
 
 
 class _Account:
-    def __init__(self) -> None:
+    """One account's reports: those in memory, and where the store's pages stand.
+
+    Paging: reports are committed in id order. While `backlog` is set, every report taken
+    into memory so far has an id <= `cursor`, and add() leaves new reports with a higher id
+    in the store; a page read takes `id > cursor`, so it never brings in a report twice.
+    A report handed to add() with an id <= cursor (committed before one already taken in,
+    handed over after it) is taken in at once: no page would bring it.
+    """
+
+    def __init__(self, label: str, expiry: float) -> None:
+        self.label = label  # its metric label
+        self.expiry = expiry
+        self.next_expiry = math.inf  # wall time: the earliest a report in memory expires
         self.binds: list[Connection] = []
-        self.pending: dict[int, Report] = {}
+        self.pending: dict[int, Report] = {}  # in memory: ready, waiting to retry, in flight
         self.ready: deque[int] = deque()  # pending ids waiting to be sent, oldest first
         self.later: deque[tuple[float, int]] = deque()  # (trio time, id) to offer again
-        self.in_flight = 0
+        self.sending: set[int] = set()  # ids sent and not answered yet
         self.wake = trio.Event()
         self.turns = Turns()  # which bind sends next
+        self.count = 0  # stored and not yet delivered or expired (the gauge)
+        self.backlog = False  # some of its reports may be in the store only
+        self.cursor = 0  # every stored report with an id <= cursor is, or was, in memory
+        self.kept_max = 0  # highest id taken into memory
+        self.left_max = 0  # highest id add() left in the store
 
     def kick(self) -> None:
         self.wake.set()
 
+    def keep(self, report: Report) -> None:
+        assert report.id is not None
+        self.pending[report.id] = report
+        self.ready.append(report.id)
+        self.kept_max = max(self.kept_max, report.id)
+        self.next_expiry = min(self.next_expiry, report.created_at + self.expiry)
+        self.wake.set()
+
 
 class Reporter:
-    def __init__(self, store: Store) -> None:
+    """See the module docstring. `add()` must be called once for every committed report,
+    right after its commit (no await in between): a page read cannot see a report before
+    that, so paging never brings in one that add() brings too."""
+
+    def __init__(self, store: Store, clock: WallClock, *, expiry: float = 72 * 3600.0,
+                 accounts: Collection[str] | None = None,
+                 memory: int = REPORTS_IN_MEMORY) -> None:
         self.store = store
+        self.clock = clock
+        self.expiry = expiry  # seconds from a report's creation to its deletion undelivered
+        self.memory = max(2, memory)
+        self._configured = accounts  # metric labels: these names, the others as "other"
         self._accounts: dict[str, _Account] = {}
         self._nursery: trio.Nursery | None = None
-        self._to_ack: list[int] = []  # delivered upstream, deletion not yet committed
-        self._ack_wake = trio.Event()
+        self._to_delete: list[int] = []  # delivered or expired, not deleted yet
+        self._delete_wake = trio.Event()
+        self._counted_below = 0  # reports with ids <= this were counted from the store
+        self._label_counts: dict[str, int] = {}
 
     def _account(self, name: str) -> _Account:
         acc = self._accounts.get(name)
         if acc is None:
-            acc = self._accounts[name] = _Account()
+            configured = self._configured is None or name in self._configured
+            acc = self._accounts[name] = _Account(name if configured else OTHER_ACCOUNT,
+                                                  self.expiry)
             if self._nursery is not None:
                 self._nursery.start_soon(self._serve_account, name, acc)
         return acc
 
+    def _count(self, acc: _Account, delta: int) -> None:
+        acc.count += delta
+        total = self._label_counts[acc.label] = self._label_counts.get(acc.label, 0) + delta
+        metrics.child(metrics.REPORTS_PENDING, acc.label).set(total)
+
     # -- inputs -------------------------------------------------------------------------------
     def add(self, report: Report) -> None:
-        """Take a committed report (it has its store id)."""
+        """Take a committed report (it has its store id): in memory if there is room,
+        otherwise it waits in the store for its page."""
         assert report.id is not None
         acc = self._account(report.account)
-        if report.id not in acc.pending:
-            acc.pending[report.id] = report
-            acc.ready.append(report.id)
-            acc.wake.set()
+        if report.id > self._counted_below:
+            self._count(acc, 1)
+        if report.id in acc.pending:
+            return
+        if not acc.backlog:
+            if len(acc.pending) < self.memory:
+                acc.keep(report)
+                return
+            acc.backlog = True  # memory full: from now on new reports wait in the store
+            acc.cursor = max(acc.cursor, acc.kept_max)
+        if report.id <= acc.cursor:
+            acc.keep(report)  # committed before one already taken in: no page brings it
+        else:
+            acc.left_max = max(acc.left_max, report.id)
 
     def add_many(self, reports: Iterable[Report]) -> None:
         for report in reports:
@@ -108,43 +170,117 @@ class Reporter:
             acc.binds.remove(conn)
 
     def pending_count(self, account: str) -> int:
+        """Reports of that account stored and not yet delivered or expired."""
+        acc = self._accounts.get(account)
+        return acc.count if acc else 0
+
+    def in_memory(self, account: str) -> int:
+        """Reports of that account held in memory (at most REPORTS_IN_MEMORY, plus the few
+        committed while a page was being read)."""
         acc = self._accounts.get(account)
         return len(acc.pending) if acc else 0
 
     # -- delivery -------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        for name in self._configured or ():
+            metrics.child(metrics.REPORTS_PENDING, name).set(0)
+        counts, self._counted_below = await self.store.pending_report_counts()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for name in await self.store.accounts_with_pending_reports():
-                self.add_many(await self.store.pending_reports(name, limit=1_000_000))
-            nursery.start_soon(self._ack_loop)
+            for name, n in counts.items():
+                acc = self._account(name)
+                acc.backlog = True  # all of them are in the store only, for now
+                self._count(acc, n)
+            nursery.start_soon(self._delete_loop)
             task_status.started()
             await trio.sleep_forever()  # keeps the nursery open for accounts seen later
 
     async def _serve_account(self, name: str, acc: _Account) -> None:
+        last_sweep = -math.inf
         while True:
             acc.wake = trio.Event()
             now = trio.current_time()
+            if self.clock.now() >= acc.next_expiry and now >= last_sweep + EXPIRY_SWEEP:
+                self._sweep(name, acc)
+                last_sweep = now
+            page_again = math.inf
+            while acc.backlog and len(acc.pending) <= self.memory // 2:
+                if not await self._page_in(name, acc):
+                    page_again = now + RETRY_DELAY  # the read failed or found nothing
+                    break
+            now = trio.current_time()
             while acc.later and acc.later[0][0] <= now:
                 acc.ready.append(acc.later.popleft()[1])
-            while acc.ready and acc.in_flight < MAX_IN_FLIGHT:
+            wall = self.clock.now()
+            while acc.ready and len(acc.sending) < MAX_IN_FLIGHT:
                 conn = acc.turns.pick(acc.binds)
                 if conn is None:
                     break  # no bind, or every window full: woken by a bind or an answer
                 report = acc.pending.get(acc.ready.popleft())
-                if report is not None:
+                if report is None:
+                    continue  # expired meanwhile
+                if report.created_at + self.expiry <= wall:
+                    self._expire(name, acc, report)
+                else:
                     self._send(name, acc, report, conn)
-            if acc.later:
-                with trio.move_on_at(acc.later[0][0]):
-                    await acc.wake.wait()
-            else:
+            sweep_at = max(self.clock.to_trio(acc.next_expiry), last_sweep + EXPIRY_SWEEP)
+            wake_at = min(sweep_at, page_again, acc.later[0][0] if acc.later else math.inf)
+            with trio.move_on_at(wake_at):
                 await acc.wake.wait()
+
+    async def _page_in(self, name: str, acc: _Account) -> bool:
+        """Read the account's next stored reports into memory; False if the read failed or
+        found nothing."""
+        room = self.memory - len(acc.pending)
+        try:
+            reports = await self.store.pending_reports(name, room, after=acc.cursor)
+        except StoreError:
+            return False  # the store counts and logs it; tried again later
+        wall = self.clock.now()
+        for report in reports:
+            assert report.id is not None
+            acc.cursor = max(acc.cursor, report.id)
+            if report.created_at + self.expiry <= wall:
+                self._expire(name, acc, report)
+            else:
+                acc.keep(report)
+        if len(reports) < room and acc.left_max <= acc.cursor:
+            acc.backlog = False  # everything stored is in memory, or handled
+        return bool(reports)
+
+    def _sweep(self, name: str, acc: _Account) -> None:
+        """Expire the reports in memory that are too old and not in flight (those are
+        expired if they come back unanswered); note when the next one expires."""
+        limit = self.clock.now() - self.expiry
+        old = [r for r in acc.pending.values() if r.created_at <= limit and r.id not in acc.sending]
+        for report in old:
+            self._expire(name, acc, report)
+        if old:  # their ids leave the queues too: those stay as small as memory
+            acc.ready = deque(i for i in acc.ready if i in acc.pending)
+            acc.later = deque(e for e in acc.later if e[1] in acc.pending)
+        acc.next_expiry = min((r.created_at for r in acc.pending.values()),
+                              default=math.inf) + self.expiry
+
+    def _expire(self, name: str, acc: _Account, report: Report) -> None:
+        """Delete a report undelivered: it is older than the report expiry."""
+        assert report.id is not None
+        acc.pending.pop(report.id, None)
+        self._forget(acc, report.id)
+        metrics.child(metrics.REPORTS_EXPIRED, acc.label, report.kind.value).inc()
+        log.warning("report.expired", account=name, message_id=report.message_id,
+                    kind=report.kind.value, age=round(self.clock.now() - report.created_at))
+
+    def _forget(self, acc: _Account, report_id: int) -> None:
+        """Delivered or expired: queue its deletion."""
+        self._count(acc, -1)
+        self._to_delete.append(report_id)
+        self._delete_wake.set()
 
     def _send(self, name: str, acc: _Account, report: Report, conn: Connection) -> None:
         assert report.id is not None
         try:
             conn.send_request(deliver_pdu(report),
-                              functools.partial(self._answered, name, acc, report))
+                              functools.partial(self._answered, name, acc, report, conn))
         except (ConnectionClosed, SessionError, WindowFull):
             acc.ready.appendleft(report.id)  # this bind is going: another one takes it
             return
@@ -152,19 +288,18 @@ class Reporter:
             log.exception("report.send_failed", account=name, message_id=report.message_id)
             acc.later.append((trio.current_time() + RETRY_DELAY, report.id))
             return
-        acc.in_flight += 1
+        acc.sending.add(report.id)
 
-    def _answered(self, name: str, acc: _Account, report: Report, resp: Pdu | None,
-                  error: Exception | None) -> None:
+    def _answered(self, name: str, acc: _Account, report: Report, conn: Connection,
+                  resp: Pdu | None, error: Exception | None) -> None:
         assert report.id is not None
-        acc.in_flight -= 1
+        acc.sending.discard(report.id)
         acc.kick()
         if resp is not None and resp.status == 0:
-            # Forgotten here at once; deleted from the store by the next ack batch. A crash
-            # before that commit sends it again after the restart (at least once).
-            acc.pending.pop(report.id, None)
-            self._to_ack.append(report.id)
-            self._ack_wake.set()
+            # Forgotten here at once; deleted from the store by the next delete batch. A
+            # crash before that commit sends it again after the restart (at least once).
+            if acc.pending.pop(report.id, None) is not None:
+                self._forget(acc, report.id)
             metrics.child(metrics.REPORTS_SENT, name, report.kind.value).inc()
             log.info("report.delivered", account=name, message_id=report.message_id,
                      kind=report.kind.value)
@@ -175,21 +310,33 @@ class Reporter:
         else:
             log.info("report.unanswered", account=name, message_id=report.message_id,
                      error=repr(error))
+            if isinstance(error, ResponseTimeout):
+                self._drop_bind(name, acc, conn)
         acc.later.append((trio.current_time() + RETRY_DELAY, report.id))
 
-    async def _ack_loop(self) -> None:
-        """Delete delivered reports from the store, many per commit."""
+    def _drop_bind(self, name: str, acc: _Account, conn: Connection) -> None:
+        """Unbind and close a bind that left a deliver_sm unanswered: it gets no more."""
+        if conn not in acc.binds:
+            return  # already dropped, or gone
+        acc.binds.remove(conn)
+        metrics.child(metrics.UNANSWERED_UNBINDS, acc.label).inc()
+        log.warning("report.bind_unanswering", account=name, conn=conn.name,
+                    timeout=conn.response_timeout)
+        assert self._nursery is not None
+        self._nursery.start_soon(conn.unbind, UNBIND_TIMEOUT)
+
+    async def _delete_loop(self) -> None:
+        """Delete delivered and expired reports from the store, many per commit."""
         while True:
-            await self._ack_wake.wait()
-            self._ack_wake = trio.Event()
-            ids, self._to_ack = self._to_ack, []
+            await self._delete_wake.wait()
+            self._delete_wake = trio.Event()
+            ids, self._to_delete = self._to_delete, []
             if not ids:
                 continue
             try:
                 await self.store.ack_reports(ids)
-            except StoreError:
-                log.exception("report.ack_failed", reports=len(ids))
-                self._to_ack.extend(ids)  # try again; at worst they are re-sent after restart
+            except StoreError:  # counted and logged by the store
+                self._to_delete.extend(ids)  # again; at worst re-sent after a restart
                 await trio.sleep(RETRY_DELAY)
-                self._ack_wake.set()
+                self._delete_wake.set()
 

@@ -23,7 +23,7 @@ from gateway.dispatcher import STATE_TO_SMPP, Dispatcher
 from gateway.intake import IntakeError, IntakePolicy, accept_multi, accept_submit
 from gateway.model import Message
 from gateway.reporter import Reporter
-from gateway.store import Store
+from gateway.store import Store, StoreBusy, StoreError
 from smpp.connection import Connection, LogBudget, shorten
 from smpp.constants import CommandId, Status, Tag
 from smpp.pdu import (
@@ -287,6 +287,17 @@ class SmppServer:
         metrics.REFUSED.labels(account, f"0x{exc.status:08X}").inc()
         conn.respond(pdu.response(status=exc.status))
 
+    def _store_failed(self, account: str, messages: int, exc: Exception) -> int:
+        """The status for submits the store did not take: ESME_RMSGQFUL (temporary: try
+        again later) when it pushes back, ESME_RSYSERR when it failed (the store counts and
+        logs its own failures; anything else is a bug, logged here)."""
+        status = Status.ESME_RMSGQFUL if isinstance(exc, StoreBusy) else Status.ESME_RSYSERR
+        if not isinstance(exc, StoreError):
+            log.error("upstream.store_failed", account=account, messages=messages,
+                      exc_info=exc)
+        metrics.child(metrics.REFUSED, account, f"0x{status:08X}").inc(messages)
+        return status
+
     async def _store(self, messages: list[Message], interface: str) -> None:
         await self.store.add_messages(messages)
         for msg in messages:
@@ -317,10 +328,10 @@ class SmppServer:
         with trio.CancelScope(shield=True):
             try:
                 await self._store([msg for _, msg in accepted], "smpp")
-            except Exception:
-                log.exception("upstream.store_failed", conn=conn.name, messages=len(accepted))
+            except Exception as exc:
+                status = self._store_failed(accepted[0][1].account, len(accepted), exc)
                 for pdu, _ in accepted:
-                    conn.respond(pdu.response(status=Status.ESME_RSYSERR))
+                    conn.respond(pdu.response(status=status))
                 return
             for pdu, msg in accepted:
                 conn.respond(pdu.response(message_id=msg.id))
@@ -337,7 +348,12 @@ class SmppServer:
             self._refuse(conn, pdu, account, exc)
             return
         with trio.CancelScope(shield=True):  # see _submit_batch
-            await self._store(result.messages, "smpp")
+            try:
+                await self._store(result.messages, "smpp")
+            except Exception as exc:
+                conn.respond(pdu.response(
+                    status=self._store_failed(account, len(result.messages), exc)))
+                return
             unsuccess = [UnsuccessSme(ton, npi, addr, status)
                          for ton, npi, addr, status in result.unsuccess]
             conn.respond(pdu.response(message_id=result.messages[0].id, unsuccess=unsuccess))

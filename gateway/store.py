@@ -1,7 +1,8 @@
 """The durable store: every Message, Part, Report and orphan receipt, in SQLite (WAL).
 
 The only module that touches the database (through aiosqlite, hosted in trio by trio-asyncio).
-One writer task group-commits all queued writes; a write call returns after its COMMIT.
+One writer task group-commits all queued writes; a write call returns after its COMMIT (with
+synchronous=full, after the fsync of that COMMIT). Admission of new messages is bounded.
 """
 
 from __future__ import annotations
@@ -15,16 +16,22 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import quote
 
 import aiosqlite
+import structlog
 import trio
 import trio_asyncio
+from prometheus_client import Counter
 
+from gateway import metrics
+from gateway.config import Synchronous
 from gateway.model import FINAL_STATES, Message, Part, PartState, Report, ReportKind, State
 
-__all__ = ["ConstraintError", "SchemaError", "Store", "StoreError"]
+__all__ = ["ConstraintError", "SchemaError", "Store", "StoreBusy", "StoreError", "Synchronous"]
+
+log = structlog.get_logger("gateway.store")
 
 T = TypeVar("T")
 Row = tuple[Any, ...]
@@ -41,6 +48,15 @@ class ConstraintError(StoreError):
 
 class SchemaError(StoreError):
     """The database file has a schema this version does not know (newer, or foreign)."""
+
+
+class StoreBusy(StoreError):
+    """New messages refused for now, nothing written: the write queue is over its bound (the
+    disk lags) or the unfinished messages have reached their cap. A temporary condition: the
+    upstream should submit again later (ESME_RMSGQFUL)."""
+
+
+FAILURE_LOG_INTERVAL = 10.0  # seconds: at most one line per interval about failures, refusals
 
 
 # --------------------------------------------------------------------------- schema
@@ -214,6 +230,8 @@ _part_row: Callable[[Part], Row] = operator.attrgetter(*PART_COLUMNS)
 _report_fields: Callable[[Report], Row] = operator.attrgetter(*REPORT_COLUMNS[:-2])
 
 _PURGE_CHUNK = 2000
+# Messages not in a final state, per the counts the triggers keep (read inside each write).
+_UNFINISHED_SQL = f"SELECT coalesce(sum(n), 0) FROM state_counts WHERE {_OPEN}"
 
 
 def _to_message(row: Row) -> Message:
@@ -245,15 +263,49 @@ def _to_report(row: Row) -> Report:
 class _Call:
     """One write call: its rows grouped by statement, and how the writer answers it."""
 
-    __slots__ = ("done", "error", "exclusive", "groups", "rowcounts", "size")
+    __slots__ = ("admitted", "done", "error", "exclusive", "groups", "rowcounts", "size")
 
     def __init__(self, groups: list[tuple[int, list[Row]]], exclusive: bool = False) -> None:
         self.groups = groups
         self.size = sum(len(rows) for _, rows in groups)
         self.exclusive = exclusive  # run alone in its own transaction (rowcounts are its own)
+        self.admitted = 0  # new messages it inserts, counted as unfinished until it is done
         self.done = trio.Event()
         self.error: BaseException | None = None
         self.rowcounts: list[int] = []
+
+
+class _Episode:
+    """A condition that may repeat thousands of times a second (failures, refusals): each
+    occurrence counted in ``counter{label}``; logged at most once per FAILURE_LOG_INTERVAL
+    (the first at once, later ones as one line with the number since the previous line),
+    and once more, with the number not yet logged, when the condition ends."""
+
+    __slots__ = ("counter", "ended", "event", "level", "next_log", "on", "unlogged")
+
+    def __init__(self, counter: Counter, event: str, ended: str, level: str) -> None:
+        self.counter, self.event, self.ended, self.level = counter, event, ended, level
+        self.on = False
+        self.unlogged = 0  # occurrences since the last line logged
+        self.next_log = -math.inf
+
+    def occurred(self, label: str, detail: str) -> None:
+        metrics.child(self.counter, label).inc()
+        self.on = True
+        self.unlogged += 1
+        now = trio.current_time()
+        if now >= self.next_log:
+            getattr(log, self.level)(self.event, reason=label, detail=detail,
+                                     count=self.unlogged, interval=FAILURE_LOG_INTERVAL)
+            self.unlogged = 0
+            self.next_log = now + FAILURE_LOG_INTERVAL
+
+    def over(self) -> None:
+        if self.on:
+            log.info(self.ended, count=self.unlogged)
+            self.on = False
+            self.unlogged = 0
+            self.next_log = -math.inf
 
 
 def _wrap_error(exc: BaseException) -> BaseException:
@@ -271,19 +323,23 @@ async def _aio_connect(uri: str, isolation_level: str | None) -> aiosqlite.Conne
     return await aiosqlite.connect(uri, uri=True, isolation_level=isolation_level)
 
 
-def _transaction(db: sqlite3.Connection, groups: list[tuple[str, list[Row]]]) -> list[int]:
+def _transaction(
+    db: sqlite3.Connection, groups: list[tuple[str, list[Row]]]
+) -> tuple[list[int], int]:
     """Run in the database thread: each group (one executemany) in one transaction; their
-    rowcounts. Rolled back entirely if any statement fails."""
+    rowcounts and the unfinished messages as committed. Rolled back entirely if any
+    statement fails."""
     if db.in_transaction:  # left open by a failed ROLLBACK: never build on it
         db.rollback()
     try:
         rowcounts = [db.executemany(sql, rows).rowcount for sql, rows in groups]
+        unfinished = int(db.execute(_UNFINISHED_SQL).fetchone()[0])
         db.commit()
     except BaseException:
         with contextlib.suppress(Exception):
             db.rollback()
         raise
-    return rowcounts
+    return rowcounts, unfinished
 
 
 # aiosqlite runs every call as a function on its thread (Connection._execute); handing it the
@@ -294,16 +350,16 @@ _ONE_CALL = hasattr(aiosqlite.Connection, "_execute")
 
 async def _aio_transaction(
     conn: aiosqlite.Connection, groups: list[tuple[str, list[Row]]]
-) -> list[int]:
-    """asyncio side: run each group (one executemany) in one transaction; their rowcounts.
+) -> tuple[list[int], int]:
+    """asyncio side: _transaction (each group one executemany, all in one transaction).
 
     The writer connection opens the transaction itself (isolation_level="IMMEDIATE": sqlite3
     issues BEGIN IMMEDIATE before the first write), which saves a thread round trip.
     """
     if _ONE_CALL:
-        rowcounts: list[int] = await conn._execute(  # type: ignore[no-untyped-call]
+        result: tuple[list[int], int] = await conn._execute(  # type: ignore[no-untyped-call]
             _transaction, conn._conn, groups)
-        return rowcounts
+        return result
     if conn.in_transaction:  # left open by a failed ROLLBACK: never build on it
         await conn.rollback()
     try:
@@ -311,12 +367,13 @@ async def _aio_transaction(
         for sql, rows in groups:
             cur = await conn.executemany(sql, rows)
             rowcounts.append(cur.rowcount)
+        unfinished = int((await _aio_fetchall(conn, _UNFINISHED_SQL, ()))[0][0])
         await conn.commit()
     except BaseException:
         with contextlib.suppress(Exception):
             await conn.rollback()
         raise
-    return rowcounts
+    return rowcounts, unfinished
 
 
 async def _aio_script(conn: aiosqlite.Connection, script: str) -> None:
@@ -356,10 +413,20 @@ class Store:
     caller just does not learn of the commit. Reads go through a second, read-only connection
     and see every write whose call has returned.
 
+    Bounds: add_messages (new messages from upstream) is refused with StoreBusy, writing
+    nothing, while the rows queued for the writer reach ``queue_max`` (the disk lags) or when
+    the unfinished messages (stored, plus those queued for insertion) would exceed
+    ``unfinished_max``. Every other write is always queued: those rows come from messages
+    already admitted, so the admission bounds them too, and refusing them would only make
+    their callers try again.
+
+    Failures are counted in ``smsgw_store_failures_total{operation}`` and logged at most once
+    per FAILURE_LOG_INTERVAL with their number; callers need not log them again.
+
     Limits: one process per database file (a lock file enforces it; report ids are allocated
     in memory). Reads share one connection, so they run one at a time. A lone caller pays a
-    full commit per call (about 0.6 ms); throughput comes from concurrent callers sharing
-    commits (see bench/bench_store.py).
+    full commit per call (about 0.6 ms, more with synchronous=full); throughput comes from
+    concurrent callers sharing commits (see bench/bench_store.py).
     """
 
     def __init__(
@@ -368,8 +435,12 @@ class Store:
         writer: aiosqlite.Connection,
         reader: aiosqlite.Connection,
         next_report_id: int,
+        unfinished: int,
+        *,
         batch_max: int,
         batch_linger: float,
+        queue_max: int,
+        unfinished_max: int,
     ) -> None:
         self._loop = loop
         self._writer_conn = writer
@@ -377,11 +448,30 @@ class Store:
         self._next_report_id = next_report_id
         self._batch_max = batch_max
         self._batch_linger = batch_linger
+        self.queue_max = queue_max
+        self.unfinished_max = unfinished_max
+        # Unbounded channel: the bound is applied to admissions (see the class docstring).
         self._send, self._recv = trio.open_memory_channel[_Call](math.inf)
         self._closed = False
+        self._queued_rows = 0  # rows of calls queued and not yet done
+        self._unfinished = unfinished  # unfinished messages as of the last commit
+        self._admitting = 0  # new messages queued by add_messages, not yet done
+        self._failures = _Episode(metrics.STORE_FAILURES, "store.failed", "store.recovered",
+                                  "error")
+        self._busy = _Episode(metrics.STORE_BUSY, "store.busy", "store.admitting", "warning")
         self.commits = 0  # transactions committed
         self.committed_ops = 0  # rows written by those transactions
         self.failed_batches = 0  # group transactions that failed and were retried call by call
+
+    @property
+    def unfinished(self) -> int:
+        """Messages not in a final state: committed ones plus those queued for insertion."""
+        return self._unfinished + self._admitting
+
+    @property
+    def queued_rows(self) -> int:
+        """Rows queued for the writer and not yet committed (the store's lag)."""
+        return self._queued_rows
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -393,38 +483,51 @@ class Store:
         *,
         batch_max: int = 512,
         batch_linger: float = 0.0,
-        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        synchronous: Synchronous = "full",
+        queue_max: int = 20_000,
+        unfinished_max: int = 100_000,
     ) -> AsyncIterator[Store]:
         """Open (creating if needed) the database at ``path`` and run its writer task.
 
-        Creates the parent directories and the schema (versioned by PRAGMA user_version), and
-        takes an exclusive lock file (``path + ".lock"``) so two daemons never share one file.
+        Creates the missing directories (mode 0700), the database file (mode 0600; SQLite
+        gives its -wal and -shm files the same mode) and the schema (versioned by PRAGMA
+        user_version), and takes an exclusive lock file (``path + ".lock"``) so two daemons
+        never share one file.
 
-        Durability: WAL with ``synchronous=NORMAL`` (the default). A COMMIT is in the WAL
-        file (the OS page cache) before the call returns, so a crash of the *process* (even
-        SIGKILL) loses nothing that was acknowledged. A *power loss or kernel crash* may roll
-        back the last transactions committed since the last WAL sync (checkpoint); the
-        database stays consistent. ``synchronous="FULL"`` fsyncs every commit and closes that
-        window, at a cost in throughput (fewer commits/s; group commit amortises it).
+        Durability, WAL in both modes:
+        - ``synchronous="full"`` (the default): every COMMIT is fsynced before the write call
+          returns. Nothing acknowledged is lost on a process crash (SIGKILL included), a
+          kernel crash or a power loss (given a disk that honours fsync).
+        - ``synchronous="normal"``: a COMMIT is in the WAL file (the OS page cache) before
+          the call returns, so a process crash loses nothing acknowledged; a kernel crash or
+          power loss may roll back the transactions committed since the last WAL sync (at
+          a checkpoint); the database stays consistent. Faster: no fsync per commit.
 
         ``batch_max`` bounds the rows written per transaction (one call is never split);
         ``batch_linger`` (seconds) lets the writer wait that long for more calls before
-        committing a batch that is not full. On exit, queued writes are committed, then the
-        connections are closed.
+        committing a batch that is not full. ``queue_max`` (rows) and ``unfinished_max``
+        (messages) bound admissions (see the class docstring). On exit, queued writes are
+        committed, then the connections are closed.
         """
-        if batch_max < 1 or not batch_linger >= 0:
-            raise ValueError("batch_max must be >= 1 and batch_linger >= 0")
+        if batch_max < 1 or not batch_linger >= 0 or queue_max < 1 or unfinished_max < 1:
+            raise ValueError("batch_max, queue_max and unfinished_max must be >= 1 and "
+                             "batch_linger >= 0")
+        if synchronous not in ("full", "normal"):
+            raise ValueError(f'synchronous must be "full" or "normal", not {synchronous!r}')
         db = Path(path)
         if str(path) == ":memory:" or not db.name:
             raise ValueError(f"the store needs a file path, not {str(path)!r}")
         db = db.absolute()
-        db.parent.mkdir(parents=True, exist_ok=True)
+        _make_private_dirs(db.parent)
         with _file_lock(db), _sole_exception():
+            _create_private_file(db)
             async with (
                 trio_asyncio.open_loop() as loop,
-                _connections(loop, db, synchronous) as (writer, reader, next_id),
+                _connections(loop, db, synchronous) as (writer, reader, next_id, unfinished),
             ):
-                store = cls(loop, writer, reader, next_id, batch_max, batch_linger)
+                store = cls(loop, writer, reader, next_id, unfinished, batch_max=batch_max,
+                            batch_linger=batch_linger, queue_max=queue_max,
+                            unfinished_max=unfinished_max)
                 try:
                     async with trio.open_nursery() as nursery:
                         await nursery.start(store._write_loop)
@@ -470,7 +573,7 @@ class Store:
                 self._recv.close()
                 for call in ([held] if held else []) + _drain(recv):
                     call.error = StoreError("the store's writer stopped")
-                    call.done.set()
+                    self._settle(call)
 
     async def _gather(
         self, batch: list[_Call], size: int, batch_max: int, linger: float
@@ -512,29 +615,40 @@ class Store:
                 buckets[stmt].extend(rows)
         groups = [(_WRITE_SQL[i], rows) for i, rows in enumerate(buckets) if rows]
         try:
-            await self._loop.run_aio_coroutine(_aio_transaction(self._writer_conn, groups))
+            _, self._unfinished = await self._loop.run_aio_coroutine(
+                _aio_transaction(self._writer_conn, groups))
         except Exception:
             # Some call broke the transaction: retry each alone, so only that one fails.
             self.failed_batches += 1
             for call in batch:
                 await self._run_alone(call)
             return
-        self.commits += 1
-        self.committed_ops += sum(len(rows) for _, rows in groups)
+        self._committed(sum(len(rows) for _, rows in groups))
         for call in batch:
-            call.done.set()
+            self._settle(call)
 
     async def _run_alone(self, call: _Call) -> None:
         groups = [(_WRITE_SQL[stmt], rows) for stmt, rows in call.groups if rows]
         try:
-            call.rowcounts = await self._loop.run_aio_coroutine(
+            call.rowcounts, self._unfinished = await self._loop.run_aio_coroutine(
                 _aio_transaction(self._writer_conn, groups)
             )
         except Exception as exc:
             call.error = _wrap_error(exc)
+            self._failures.occurred("write", str(call.error))
         else:
-            self.commits += 1
-            self.committed_ops += call.size
+            self._committed(call.size)
+        self._settle(call)
+
+    def _committed(self, rows: int) -> None:
+        self.commits += 1
+        self.committed_ops += rows
+        self._failures.over()
+
+    def _settle(self, call: _Call) -> None:
+        """The call is done (committed or failed): it no longer counts as queued."""
+        self._queued_rows -= call.size
+        self._admitting -= call.admitted
         call.done.set()
 
     def _queue(self, call: _Call) -> None:
@@ -545,6 +659,8 @@ class Store:
             self._send.send_nowait(call)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise StoreError("the store is closed") from None
+        self._queued_rows += call.size
+        self._admitting += call.admitted
 
     async def _write(self, call: _Call) -> list[int]:
         """Queue a call and wait for its commit; the rowcount of each of its statements."""
@@ -560,9 +676,22 @@ class Store:
     # ----------------------------------------------------------------- writes
 
     async def add_messages(self, msgs: Sequence[Message]) -> None:
-        """Insert new messages, all or none. An id that exists already fails the whole call
-        with ConstraintError."""
-        await self._write(_Call([(_INSERT_MESSAGE, [_message_row(m) for m in msgs])]))
+        """Admit and insert new messages, all or none. An id that exists already fails the
+        whole call with ConstraintError. Raises StoreBusy at once, writing nothing, while the
+        write queue is over ``queue_max`` rows or if the unfinished messages would exceed
+        ``unfinished_max`` (counted in smsgw_store_busy_total{reason})."""
+        if self._closed:
+            raise StoreError("the store is closed")
+        if self._queued_rows >= self.queue_max:
+            self._refuse("queue", f"the store lags: {self._queued_rows} rows wait for a "
+                                  f"commit (queue_max {self.queue_max})")
+        if self.unfinished + len(msgs) > self.unfinished_max:
+            self._refuse("unfinished", f"{self.unfinished} messages unfinished "
+                                       f"(unfinished_max {self.unfinished_max})")
+        self._busy.over()
+        call = _Call([(_INSERT_MESSAGE, [_message_row(m) for m in msgs])])
+        call.admitted = len(msgs)
+        await self._write(call)
 
     async def save_message(
         self, msg: Message, parts: Sequence[Part] = (), reports: Sequence[Report] = ()
@@ -571,6 +700,10 @@ class Store:
         state, attempts, next_attempt_at, error, done_at, parts_total, connector, channel),
         upsert the parts by (message_id, part_no), insert the reports and set their ids."""
         await self.save_messages([(msg, parts, reports)])
+
+    def _refuse(self, reason: str, detail: str) -> NoReturn:
+        self._busy.occurred(reason, detail)
+        raise StoreBusy(detail)
 
     async def save_messages(
         self, items: Sequence[tuple[Message, Sequence[Part], Sequence[Report]]]
@@ -643,7 +776,7 @@ class Store:
         return ids, rows
 
     async def ack_reports(self, report_ids: Sequence[int]) -> None:
-        """Forget reports delivered upstream (deleted). Unknown ids are ignored."""
+        """Delete reports (delivered upstream, or expired). Unknown ids are ignored."""
         await self._write(_Call([(_DELETE_REPORT, [(i,) for i in report_ids])]))
 
     async def record_orphan_receipt(
@@ -682,9 +815,13 @@ class Store:
         if self._closed:
             raise StoreError("the store is closed")
         try:
-            return await self._call_aio(_aio_fetchall(self._reader, sql, params))
+            rows = await self._call_aio(_aio_fetchall(self._reader, sql, params))
         except sqlite3.Error as exc:
-            raise _wrap_error(exc) from exc
+            err = _wrap_error(exc)
+            self._failures.occurred("read", str(err))
+            raise err from exc
+        self._failures.over()
+        return rows
 
     async def _call_aio(self, coro: Awaitable[T]) -> T:
         result: T = await self._loop.run_aio_coroutine(coro)
@@ -724,16 +861,35 @@ class Store:
         rows = await self._read(f"{_MESSAGE_SELECT} WHERE {_OPEN}")
         return [_to_message(r) for r in rows]
 
-    async def pending_reports(self, account: str, limit: int = 1000) -> list[Report]:
-        """Reports of that account not yet acked, oldest (first stored) first."""
+    async def pending_reports(self, account: str, limit: int = 1000, *,
+                              after: int = 0) -> list[Report]:
+        """Reports of that account not yet acked whose id is above ``after``, oldest (first
+        stored) first. Report ids grow in commit order: every report committed later has a
+        larger id than any returned, so ``after`` = the last id returned pages through."""
         rows = await self._read(
-            f"{_REPORT_SELECT} WHERE account = ? ORDER BY id LIMIT ?", (account, limit)
+            f"{_REPORT_SELECT} WHERE account = ? AND id > ? ORDER BY id LIMIT ?",
+            (account, after, limit),
         )
         return [_to_report(r) for r in rows]
 
     async def accounts_with_pending_reports(self) -> list[str]:
         rows = await self._read("SELECT DISTINCT account FROM reports ORDER BY account")
         return [r[0] for r in rows]
+
+    async def pending_report_counts(self) -> tuple[dict[str, int], int]:
+        """Reports not yet acked, per account, and the highest id among them (0 if none):
+        every report committed later has a higher id."""
+        rows = await self._read(
+            "SELECT account, count(*), max(id) FROM reports GROUP BY account")
+        return {account: n for account, n, _ in rows}, max((r[2] for r in rows), default=0)
+
+    async def durability(self) -> tuple[str, str]:
+        """The writer connection's (journal_mode, synchronous), as SQLite reports them."""
+        conn = self._writer_conn
+        mode = (await self._call_aio(_aio_fetchall(conn, "PRAGMA journal_mode", ())))[0][0]
+        sync = (await self._call_aio(_aio_fetchall(conn, "PRAGMA synchronous", ())))[0][0]
+        names = {0: "off", 1: "normal", 2: "full", 3: "extra"}
+        return str(mode).lower(), names.get(int(sync), str(sync))
 
     async def expired_candidates(self, now: float, limit: int = 1000) -> list[Message]:
         """Non-final messages whose expires_at <= now, earliest expiry first."""
@@ -753,6 +909,33 @@ class Store:
         return out
 
 
+def _make_private_dirs(directory: Path) -> None:
+    """Create the missing directories down to ``directory``, each mode 0700 (the store's
+    state is nobody else's business); existing ones are left as they are."""
+    missing: list[Path] = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir(mode=0o700)
+
+
+def _create_private_file(db: Path) -> None:
+    """Create the database file mode 0600 if it does not exist, so that SQLite (which gives
+    the -wal and -shm files the database file's mode) never creates any of them readable by
+    others. An existing file readable by others is left as it is, with a warning."""
+    fd = os.open(db, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        mode = os.fstat(fd).st_mode & 0o777
+    finally:
+        os.close(fd)
+    if mode & 0o077:
+        log.warning("store.file_mode", path=str(db), mode=f"{mode:04o}",
+                    detail="the database is readable by others; chmod 600 it (and its -wal, "
+                           "-shm files) unless that is intended")
+
+
 @contextlib.contextmanager
 def _file_lock(db: Path) -> Iterator[None]:
     """Hold an exclusive lock on db + ".lock": one process (one writer) per database."""
@@ -770,20 +953,21 @@ def _file_lock(db: Path) -> Iterator[None]:
 @contextlib.asynccontextmanager
 async def _connections(
     loop: Any, db: Path, synchronous: str
-) -> AsyncIterator[tuple[aiosqlite.Connection, aiosqlite.Connection, int]]:
-    """The writer connection (schema ready) and a read-only one; the next free report id."""
+) -> AsyncIterator[tuple[aiosqlite.Connection, aiosqlite.Connection, int, int]]:
+    """The writer connection (schema ready) and a read-only one; the next free report id and
+    the number of unfinished messages."""
     uri = "file:" + quote(str(db))
     writer: aiosqlite.Connection | None = None
     reader: aiosqlite.Connection | None = None
     try:
         try:
             writer = await loop.run_aio_coroutine(_aio_connect(uri, "IMMEDIATE"))
-            next_id = await _prepare(loop, writer, synchronous)
+            next_id, unfinished = await _prepare(loop, writer, synchronous)
             reader = await loop.run_aio_coroutine(_aio_connect(uri + "?mode=ro", None))
             await loop.run_aio_coroutine(_aio_fetchall(reader, "PRAGMA busy_timeout = 5000", ()))
         except sqlite3.Error as exc:
             raise StoreError(f"{db}: {exc}") from exc
-        yield writer, reader, next_id
+        yield writer, reader, next_id, unfinished
     finally:
         with trio.CancelScope(shield=True):
             if reader is not None:
@@ -821,8 +1005,9 @@ def _drain(recv: trio.MemoryReceiveChannel[_Call]) -> list[_Call]:
             return out
 
 
-async def _prepare(loop: Any, conn: aiosqlite.Connection, synchronous: str) -> int:
-    """Set the pragmas, create or migrate the schema; return the next free report id."""
+async def _prepare(loop: Any, conn: aiosqlite.Connection, synchronous: str) -> tuple[int, int]:
+    """Set the pragmas, create or migrate the schema; return the next free report id and the
+    number of unfinished messages."""
 
     async def q(sql: str, params: Sequence[Any] = ()) -> list[Row]:
         rows: list[Row] = await loop.run_aio_coroutine(_aio_fetchall(conn, sql, params))
@@ -832,7 +1017,7 @@ async def _prepare(loop: Any, conn: aiosqlite.Connection, synchronous: str) -> i
     mode = await q("PRAGMA journal_mode = WAL")
     if mode[0][0].lower() != "wal":
         raise StoreError(f"could not switch the database to WAL (journal_mode={mode[0][0]})")
-    await q(f"PRAGMA synchronous = {synchronous}")
+    await q(f"PRAGMA synchronous = {synchronous.upper()}")
     version = (await q("PRAGMA user_version"))[0][0]
     if version > SCHEMA_VERSION:
         raise SchemaError(
@@ -844,4 +1029,5 @@ async def _prepare(loop: Any, conn: aiosqlite.Connection, synchronous: str) -> i
         script = f"BEGIN IMMEDIATE; {MIGRATIONS[v]}; PRAGMA user_version = {v + 1}; COMMIT;"
         await loop.run_aio_coroutine(_aio_script(conn, script))
     seq = await q("SELECT seq FROM sqlite_sequence WHERE name = 'reports'")
-    return int(seq[0][0]) + 1 if seq else 1
+    unfinished = int((await q(_UNFINISHED_SQL))[0][0])
+    return (int(seq[0][0]) + 1 if seq else 1), unfinished

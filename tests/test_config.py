@@ -17,6 +17,7 @@ from gateway.config import (
     RetryConfig,
     SimulatorConfig,
     SmscConfig,
+    StoreConfig,
     check,
     load_config,
     load_simulator_config,
@@ -110,9 +111,24 @@ def test_defaults_apply_to_omitted_keys(tmp_path: Path) -> None:
     )
     assert config.retry == RetryConfig()
     assert config.metrics == MetricsConfig()
+    assert config.store == StoreConfig(path=config.store.path)
     assert config.store.batch_max == 512
     assert config.store.retention == 180 * 86400
+    assert config.store.synchronous == "full"  # acknowledged means fsynced
+    assert config.store.report_expiry == 72 * 3600
     assert config.simulator is None
+
+
+def test_store_durability_and_bounds_are_read_and_checked(tmp_path: Path) -> None:
+    text = MINIMAL.replace(STORE, STORE + 'synchronous = "normal"\nqueue_max = 500\n'
+                           'unfinished_max = 2000\nreport_expiry = "2d"\n')
+    store = load_config(write(tmp_path, text)).store
+    assert (store.synchronous, store.queue_max, store.unfinished_max, store.report_expiry) == (
+        "normal", 500, 2000, 2 * 86400.0)
+    msg = error_of(tmp_path, MINIMAL.replace(STORE, STORE + 'synchronous = "off"\n'))
+    assert 'store.synchronous: expected one of "full", "normal", got "off"' in msg
+    msg = error_of(tmp_path, MINIMAL.replace(STORE, STORE + "unfinished_max = 0\n"))
+    assert "store.unfinished_max: expected a positive integer, got 0" in msg
 
 
 @pytest.mark.parametrize(
@@ -489,7 +505,8 @@ def test_check_refuses_a_store_directory_that_cannot_be_created(tmp_path: Path) 
     [
         (
             "gateway.example.toml",
-            [ListenerConfig, AccountConfig, SmscConfig, RetryConfig, MetricsConfig],
+            [ListenerConfig, AccountConfig, SmscConfig, RetryConfig, MetricsConfig,
+             StoreConfig],
         ),
         ("simulator.example.toml", [SimulatorConfig]),
     ],

@@ -6,6 +6,7 @@ bounded by a deadline.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from pathlib import Path
@@ -14,15 +15,18 @@ import pytest
 import smpplib.exceptions
 import trio
 from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
 from gateway.config import SimulatorConfig
 from gateway.model import State
+from gateway.store import StoreError
 from smpp.connection import Connection
 from smpp.constants import Status
 from smpp.pdu import BindTransmitter, QuerySm, SubmitSm
 from smpp.receipt import parse_receipt
 from smpp.session import Side
-from tests.stack import SmpplibEsme, running_stack, wait_for
+from tests.stack import SmpplibEsme, gateway_config, running_stack, wait_for
+from tests.test_store import make_message, writer_pragma
 
 
 def _receipt_ids(esme: SmpplibEsme) -> list[str]:
@@ -71,6 +75,8 @@ async def test_submit_is_acked_with_an_id_then_a_delivrd_receipt_comes_back(
         parsed = parse_receipt(receipt.short_message)
         assert parsed is not None and parsed.id == message_id and parsed.stat == "DELIVRD"
         assert receipt.source_addr == b"33612345678" and receipt.destination_addr == b"ACME"
+        # By default the answer came after the fsync of the commit holding the message.
+        assert await gw.store.durability() == ("wal", "full")
 
 
 async def test_wrong_password_and_unknown_system_id_are_both_refused_with_rinvpaswd(
@@ -378,3 +384,60 @@ async def test_receipts_a_wrong_id_format_cannot_match_are_orphans_not_silently_
         for resp in esme.resps:  # not "late": their messages still wait for a receipt
             stored = await gw.store.get_message(resp.message_id.decode())
             assert stored is not None and stored.state is State.IN_FLIGHT
+
+
+async def test_submits_beyond_the_unfinished_cap_get_esme_rmsgqful(tmp_path: Path) -> None:
+    no_receipts = SimulatorConfig(port=0, control_port=0, receipt_delay=0.05, seed=7,
+                                  delivered=0.0, no_receipt=1.0)  # messages stay unfinished
+    store = dataclasses.replace(gateway_config(tmp_path, 0).store, unfinished_max=3)
+    refused = REGISTRY.get_sample_value(
+        "smsgw_submits_refused_total", {"account": "demo", "status": "0x00000014"}) or 0.0
+    async with running_stack(tmp_path, sim=no_receipts, store=store) as (gw, sim):
+        esme = SmpplibEsme(gw.smpp_port)
+
+        def session() -> None:
+            esme.bind("transmitter")
+            for i in range(5):
+                esme.submit(f"3361234567{i}", b"hello")
+                esme.read_until(lambda n=i: len(esme.resps) > n)  # one at a time: known order
+            esme.close()
+
+        with trio.fail_after(20):
+            await trio.to_thread.run_sync(session)
+        assert [r.status for r in esme.resps] == [0, 0, 0, Status.ESME_RMSGQFUL,
+                                                  Status.ESME_RMSGQFUL]
+        assert REGISTRY.get_sample_value(
+            "smsgw_submits_refused_total", {"account": "demo", "status": "0x00000014"}
+        ) == refused + 2
+        assert gw.store.unfinished == 3
+        await wait_for(lambda: len(sim.submitted) == 3)  # the refused ones were never stored
+
+
+async def test_a_full_disk_gives_esme_rsyserr_counted_and_logged_once_not_per_submit(
+        tmp_path: Path) -> None:
+    async with running_stack(tmp_path) as (gw, _sim):
+        pages = (await writer_pragma(gw.store, "PRAGMA page_count"))[0][0]
+        await writer_pragma(gw.store, f"PRAGMA max_page_count = {pages}")  # the disk is full
+        esme = SmpplibEsme(gw.smpp_port)
+
+        def session() -> None:
+            esme.bind("transmitter")
+            for i in range(20):
+                esme.submit(f"3361234567{i % 10}", b"", message_payload=b"x" * 3000)
+                esme.read_until(lambda n=i: len(esme.resps) > n)
+            esme.close()
+
+        with capture_logs() as logs:
+            with pytest.raises(StoreError):  # ... once the last free bytes of its pages are used
+                for _ in range(100):
+                    await gw.store.add_messages([make_message(body=b"x" * 3000)])
+            failures = REGISTRY.get_sample_value(
+                "smsgw_store_failures_total", {"operation": "write"}) or 0.0
+            with trio.fail_after(30):
+                await trio.to_thread.run_sync(session)
+        assert [r.status for r in esme.resps] == [Status.ESME_RSYSERR] * 20
+        assert REGISTRY.get_sample_value(
+            "smsgw_store_failures_total", {"operation": "write"}) == failures + 20
+        assert [e["event"] for e in logs if e["event"].startswith("store.")] == ["store.failed"]
+        assert not [e for e in logs if "exc_info" in e or (e["log_level"] == "error"
+                    and e["event"] != "store.failed")]

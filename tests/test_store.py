@@ -1,5 +1,6 @@
 """Rules the durable store (gateway.store) must keep: durability, group commit, atomicity,
-isolation of a bad write, the queries the dispatcher relies on, survival of a SIGKILL."""
+isolation of a bad write, the queries the dispatcher relies on, survival of a SIGKILL,
+private files, bounded admission, counted and quiet failures."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import trio
+from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
 from gateway import store as store_module
 from gateway.model import (
@@ -31,6 +34,7 @@ from gateway.store import (
     ConstraintError,
     SchemaError,
     Store,
+    StoreBusy,
     StoreError,
 )
 
@@ -405,3 +409,143 @@ def test_module_is_the_only_sqlite_user() -> None:
         cwd=REPO, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert out.stdout.split() == [os.path.join("gateway", "store.py")]
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def writer_pragma(store: Store, sql: str) -> list[tuple[object, ...]]:
+    """Run a PRAGMA on the store's writer connection (to inject a fault)."""
+    conn = store._writer_conn
+    return await store._call_aio(store_module._aio_fetchall(conn, sql, ()))
+
+
+async def test_synchronous_full_is_the_default_and_normal_must_be_asked_for(
+        tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "a.sqlite") as store:
+        assert await store.durability() == ("wal", "full")
+    async with Store.open(tmp_path / "b.sqlite", synchronous="normal") as store:
+        assert await store.durability() == ("wal", "normal")
+    with pytest.raises(ValueError, match="synchronous"):
+        async with Store.open(tmp_path / "c.sqlite", synchronous="off"):  # type: ignore[arg-type]
+            pass
+
+
+async def test_database_wal_and_shm_are_created_private_in_private_directories(
+        tmp_path: Path) -> None:
+    old_umask = os.umask(0o022)  # the usual umask: files 0644 and directories 0755 otherwise
+    try:
+        path = tmp_path / "state" / "smsgw" / "gw.sqlite"
+        async with Store.open(path, synchronous="normal") as store:
+            await store.add_messages([make_message()])
+            for suffix in ("", "-wal", "-shm", ".lock"):
+                assert Path(f"{path}{suffix}").stat().st_mode & 0o777 == 0o600, suffix
+        for directory in (path.parent, path.parent.parent):
+            assert directory.stat().st_mode & 0o777 == 0o700, directory
+        path.chmod(0o644)  # an operator's choice is left alone, but reported
+        with capture_logs() as logs:
+            async with Store.open(path, synchronous="normal"):
+                pass
+        assert path.stat().st_mode & 0o777 == 0o644
+        assert [e["mode"] for e in logs if e["event"] == "store.file_mode"] == ["0644"]
+    finally:
+        os.umask(old_umask)
+
+
+async def test_new_messages_get_store_busy_while_the_write_queue_is_over_its_bound(
+        tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "gw.sqlite", queue_max=10, synchronous="normal") as store:
+        m = make_message()
+        await store.add_messages([m])
+        busy = sample("smsgw_store_busy_total", reason="queue")
+        # Internal writes (a dispatcher's rounds) are never refused, even beyond the bound.
+        pending = [store.save_messages_nowait([(dataclasses.replace(m, attempts=i), [], [])],
+                                              existing=True) for i in range(15)]
+        assert store.queued_rows == 15
+        refused = make_message()
+        with capture_logs() as logs:
+            for _ in range(3):
+                with pytest.raises(StoreBusy, match="queue_max 10"):
+                    await store.add_messages([refused])
+            assert sample("smsgw_store_busy_total", reason="queue") == busy + 3
+            for write in pending:
+                await write.wait()
+            assert store.queued_rows == 0
+            assert await store.get_message(refused.id) is None  # refused: nothing written
+            later = make_message()
+            await store.add_messages([later])  # the queue drained: admitted again
+        assert [(e["event"], e["count"]) for e in logs] == [("store.busy", 1),
+                                                            ("store.admitting", 2)]
+        assert await store.get_message(later.id) == later
+        got = await store.get_message(m.id)
+        assert got is not None and got.attempts == 14
+
+
+async def test_new_messages_get_store_busy_at_the_unfinished_cap_until_one_finishes(
+        tmp_path: Path) -> None:
+    path = tmp_path / "gw.sqlite"
+    async with Store.open(path, unfinished_max=3, synchronous="normal") as store:
+        first = make_message()
+        await store.add_messages([first, make_message(state=State.DELIVERED, done_at=T0)])
+        assert store.unfinished == 1
+        # Concurrent admissions count as soon as they are queued: 2 of 4 fit.
+        outcomes: list[str] = []
+
+        async def submit() -> None:
+            try:
+                await store.add_messages([make_message()])
+                outcomes.append("ok")
+            except StoreBusy:
+                outcomes.append("busy")
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(submit)
+        assert sorted(outcomes) == ["busy", "busy", "ok", "ok"]
+        assert store.unfinished == 3
+        first.state, first.done_at = State.DELIVERED, T0 + 1
+        await store.save_message(first)  # a final state frees a place
+        assert store.unfinished == 2
+        await store.add_messages([make_message()])
+        with pytest.raises(StoreBusy, match="unfinished_max 3"):
+            await store.add_messages([make_message()])
+    async with Store.open(path, unfinished_max=3, synchronous="normal") as store:
+        assert store.unfinished == 3  # counted from the file when reopened
+        with pytest.raises(StoreBusy):
+            await store.add_messages([make_message()])
+
+
+async def test_store_failures_are_counted_and_logged_once_per_interval_without_traceback(
+        tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "gw.sqlite", synchronous="normal") as store:
+        await store.add_messages([make_message()])
+        pages = (await writer_pragma(store, "PRAGMA page_count"))[0][0]
+        await writer_pragma(store, f"PRAGMA max_page_count = {pages}")  # the disk is full
+        before = sample("smsgw_store_failures_total", operation="write")
+        with capture_logs() as logs:
+            for _ in range(40):
+                with pytest.raises(StoreError, match="full"):
+                    await store.add_messages([make_message(body=b"x" * 8000)])
+            await writer_pragma(store, "PRAGMA max_page_count = 1000000")  # space again
+            await store.add_messages([make_message()])
+        assert sample("smsgw_store_failures_total", operation="write") == before + 40
+        lines = [e for e in logs if e["event"].startswith("store.")]
+        assert [e["event"] for e in lines] == ["store.failed", "store.recovered"]
+        assert lines[0]["count"] == 1 and "full" in lines[0]["detail"]
+        assert lines[1]["count"] == 39  # the ones not logged one by one
+        assert not any("exc_info" in e for e in logs)
+
+
+async def test_pending_reports_page_by_id_and_are_counted_per_account(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "gw.sqlite", synchronous="normal") as store:
+        reports = [make_report(new_message_id()) for _ in range(5)]
+        await store.add_reports(reports)
+        await store.add_reports([make_report(new_message_id(), account="beta")])
+        first = await store.pending_reports("acme", limit=2)
+        assert first == reports[:2]
+        assert first[-1].id is not None
+        rest = await store.pending_reports("acme", limit=10, after=first[-1].id)
+        assert rest == reports[2:]
+        beta = (await store.pending_reports("beta"))[0].id
+        assert await store.pending_report_counts() == ({"acme": 5, "beta": 1}, beta)
