@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 run: $(STAMP)
+	@chmod go-rwx conf/demo.toml  # it holds password hashes: the daemon warns if others can read it
 	$(BIN)/smsgw run --config conf/demo.toml
 
 lint: $(STAMP)
@@ -33,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_logs.py
 	$(BIN)/python bench/bench_e2e.py
 	$(BIN)/python bench/bench_bindflood.py
+	$(BIN)/python bench/bench_idle.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache var

@@ -440,7 +440,8 @@ class Dispatcher:
             live.late = True
         else:
             msg.error = result.status
-            metrics.SUBMIT_ERRORS.labels(part.connector, f"0x{result.status:08X}").inc()
+            metrics.child(metrics.SUBMIT_ERRORS, part.connector,
+                          metrics.status_label(result.status)).inc()
             if result.temporary:
                 live.refused = result
             else:

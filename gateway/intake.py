@@ -13,8 +13,10 @@ from gateway.model import Message, State, new_message_id
 from smpp.constants import Status, Tag
 from smpp.pdu import DataSm, SmeDest, SubmitMulti, SubmitSm
 from smpp.smpptime import SmppTimeError, parse_smpp_time
+from smpp.text import TextEncodingError, split
 
 MAX_BODY_OCTETS = 255 * 134  # what fits in 255 concatenated parts
+_PART_FLOOR = 128  # octets every concatenated part holds at least, whatever the alphabet
 _VALID_TON = frozenset(range(7))
 _VALID_NPI = frozenset({0, 1, 3, 4, 6, 8, 9, 10, 14, 18})
 _ALPHANUMERIC_TON = 5
@@ -36,6 +38,23 @@ class IntakeError(Exception):
 class IntakePolicy:
     validity: float  # default validity in seconds (24 h unless configured)
     max_validity: float | None = None  # account cap
+    max_parts: int = 255  # most SMS parts one message may need (the account's max_parts)
+
+
+def _check_parts(body: bytes, data_coding: int, esm_class: int, policy: IntakePolicy) -> None:
+    """Refuse a message that needs more SMS parts than the account allows (counted as the
+    usual concatenation with an 8-bit reference would cut it; a message the upstream already
+    segmented, UDHI set, is one part)."""
+    if esm_class & _ESM_UDHI or len(body) <= _PART_FLOOR * policy.max_parts:
+        return
+    try:
+        parts = len(split(body, data_coding))
+    except TextEncodingError as exc:
+        raise IntakeError(Status.ESME_RINVMSGLEN, f"message cannot be split: {exc}") from None
+    if parts > policy.max_parts:
+        raise IntakeError(Status.ESME_RINVMSGLEN,
+                          f"message needs {parts} SMS parts: the account allows {policy.max_parts}"
+                          " (max_parts)")
 
 
 def _check_address(addr: str, ton: int, npi: int, *, source: bool) -> None:
@@ -162,6 +181,7 @@ def accept_submit(account: str, pdu: SubmitSm | DataSm, now: float,
     if pdu.esm_class & _ESM_UDHI and (not body or body[0] + 1 > len(body)):
         raise IntakeError(Status.ESME_RINVESMCLASS, "UDHI set but no valid user data header")
     _check_ucs2(body, pdu.data_coding, pdu.esm_class)
+    _check_parts(body, pdu.data_coding, pdu.esm_class, policy)
     return _message(account, pdu, pdu.dest_addr_ton, pdu.dest_addr_npi, pdu.destination_addr,
                     body, now, expires_at, not_before)
 
@@ -184,6 +204,7 @@ def accept_multi(account: str, pdu: SubmitMulti, now: float, policy: IntakePolic
         pdu.validity_period, pdu.schedule_delivery_time, now, policy)
     body = _body(pdu.short_message, pdu.tlvs)
     _check_ucs2(body, pdu.data_coding, pdu.esm_class)
+    _check_parts(body, pdu.data_coding, pdu.esm_class, policy)
     messages: list[Message] = []
     unsuccess: list[tuple[int, int, str, int]] = []
     seen: set[str] = set()

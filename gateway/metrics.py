@@ -10,6 +10,7 @@ from typing import TypeVar
 from prometheus_client import Counter, Gauge
 
 from gateway.model import State
+from smpp.constants import Status
 
 ACCEPTED = Counter("smsgw_messages_accepted_total", "Messages accepted from upstream",
                    ["account", "interface"])
@@ -68,6 +69,15 @@ def child(metric: M, *labels: str) -> M:
     if found is None:
         found = _children[key] = metric.labels(*labels)
     return found  # type: ignore[return-value]
+
+
+_KNOWN_STATUSES = frozenset(int(s) for s in Status)
+
+
+def status_label(status: int) -> str:
+    """A command_status as a metric label: a status SMPP defines in hex, anything else a peer
+    may send "other" (an SMSC must not be able to create a series per value it invents)."""
+    return f"0x{status:08X}" if status in _KNOWN_STATUSES else "other"
 
 
 def transition(state: State) -> None:

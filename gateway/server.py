@@ -60,14 +60,17 @@ class TokenBucket:
         self.tokens = self.capacity
         self.stamp = trio.current_time()
 
-    def take(self) -> bool:
+    def take(self, count: int = 1) -> bool:
+        """Admit `count` messages (a submit_multi's destinations) when the bucket holds
+        min(count, capacity) tokens; a request larger than a burst runs the bucket into debt,
+        repaid at `rate` before anything else is admitted, so the average rate holds."""
         if self.rate <= 0:
             return True
         now = trio.current_time()
         self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        if self.tokens >= min(count, self.capacity):
+            self.tokens -= count
             return True
         return False
 
@@ -113,7 +116,7 @@ class SmppServer:
         self.auth = Authenticator(listener)
 
     def policy(self, account: AccountConfig) -> IntakePolicy:
-        return IntakePolicy(self.validity, account.validity)
+        return IntakePolicy(self.validity, account.validity, account.max_parts)
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.listener
@@ -269,14 +272,15 @@ class SmppServer:
             self.reporter.bind_added(pdu.system_id, conn)
         log.info("upstream.bound", account=pdu.system_id, mode=mode, conn=conn.name)
 
-    def _admit(self, conn: Connection, pdu: Pdu) -> _AccountState | None:
+    def _admit(self, conn: Connection, pdu: Pdu, count: int = 1) -> _AccountState | None:
+        """The account's state if it may submit `count` messages now; else answered."""
         account = conn.extra.get("account")
         state = self.accounts.get(account) if account else None
         if state is None:
             conn.respond(pdu.response(status=Status.ESME_RINVBNDSTS))
             return None
-        if not state.bucket.take():
-            metrics.REFUSED.labels(account, "throttled").inc()
+        if not state.bucket.take(count):
+            metrics.child(metrics.REFUSED, state.config.system_id, "throttled").inc()
             conn.respond(pdu.response(status=Status.ESME_RTHROTTLED))
             return None
         return state
@@ -284,7 +288,7 @@ class SmppServer:
     def _refuse(self, conn: Connection, pdu: Pdu, account: str, exc: IntakeError) -> None:
         log.info("upstream.submit_refused", account=account, status=f"0x{exc.status:08X}",
                  detail=exc.detail)
-        metrics.REFUSED.labels(account, f"0x{exc.status:08X}").inc()
+        metrics.child(metrics.REFUSED, account, metrics.status_label(exc.status)).inc()
         conn.respond(pdu.response(status=exc.status))
 
     def _store_failed(self, account: str, messages: int, exc: Exception) -> int:
@@ -338,7 +342,7 @@ class SmppServer:
                 self.dispatcher.enqueue(msg)
 
     async def _submit_multi(self, conn: Connection, pdu: SubmitMulti) -> None:
-        state = self._admit(conn, pdu)
+        state = self._admit(conn, pdu, max(1, len(pdu.dests)))  # charged per destination
         if state is None:
             return
         account = state.config.system_id

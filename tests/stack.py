@@ -49,7 +49,8 @@ def gateway_config(state_dir: Path, sim_port: int, smsc_changes: dict[str, Any] 
         source=state_dir / "test.toml",
         listeners=(ListenerConfig(port=0, auth_failure_delay=0.01, bind_timeout=5),),
         accounts={
-            "demo": AccountConfig("demo", password_hash("demopass"), mo_addresses=("36111",)),
+            "demo": AccountConfig("demo", password_hash("demopass"), mo_addresses=("36111",),
+                                  throughput=0),
             "other": AccountConfig("other", password_hash("otherpw"), max_binds=1,
                                    throughput=5),
         },

@@ -101,6 +101,7 @@ window = {listener_window}
 [[account]]
 system_id = "demo"
 password_hash = "{password_hash}"
+throughput = 0
 
 [[smsc]]
 name = "sim"

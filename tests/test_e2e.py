@@ -17,7 +17,7 @@ import trio
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
-from gateway.config import SimulatorConfig
+from gateway.config import AccountConfig, SimulatorConfig
 from gateway.model import State
 from gateway.store import StoreError
 from smpp.connection import Connection
@@ -25,7 +25,7 @@ from smpp.constants import Status
 from smpp.pdu import BindTransmitter, QuerySm, SubmitSm
 from smpp.receipt import parse_receipt
 from smpp.session import Side
-from tests.stack import SmpplibEsme, gateway_config, running_stack, wait_for
+from tests.stack import SmpplibEsme, gateway_config, password_hash, running_stack, wait_for
 from tests.test_store import make_message, writer_pragma
 
 
@@ -415,7 +415,10 @@ async def test_submits_beyond_the_unfinished_cap_get_esme_rmsgqful(tmp_path: Pat
 
 async def test_a_full_disk_gives_esme_rsyserr_counted_and_logged_once_not_per_submit(
         tmp_path: Path) -> None:
-    async with running_stack(tmp_path) as (gw, _sim):
+    # 3,000-octet messages (20 parts) are what fills pages: the account allows them
+    accounts = {"demo": AccountConfig("demo", password_hash("demopass"), throughput=0,
+                                      max_parts=255)}
+    async with running_stack(tmp_path, accounts=accounts) as (gw, _sim):
         pages = (await writer_pragma(gw.store, "PRAGMA page_count"))[0][0]
         await writer_pragma(gw.store, f"PRAGMA max_page_count = {pages}")  # the disk is full
         esme = SmpplibEsme(gw.smpp_port)

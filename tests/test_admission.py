@@ -1,0 +1,138 @@
+"""Admission limits per account: throughput (a submit_multi pays per destination), parts per
+message, and metric labels an operator or upstream cannot multiply."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+from prometheus_client import REGISTRY
+
+from gateway.config import AccountConfig
+from gateway.intake import IntakeError, IntakePolicy, accept_multi, accept_submit
+from gateway.metrics import status_label
+from gateway.server import TokenBucket
+from routing.smsc import SubmitResult
+from smpp.connection import Connection
+from smpp.constants import Status
+from smpp.pdu import BindTransmitter, Pdu, SmeDest, SubmitMulti, SubmitSm
+from smpp.session import Side
+from tests.dispatch_harness import HOUR, ScriptedSmsc, harness
+from tests.stack import password_hash, running_stack
+
+DAY = 86400.0
+
+
+@pytest.fixture
+def clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+def _submit(body: bytes, **fields: object) -> SubmitSm:
+    return SubmitSm(source_addr="ACME", source_addr_ton=5, destination_addr="33612345678",
+                    dest_addr_ton=1, dest_addr_npi=1, short_message=b"", **fields,  # type: ignore[arg-type]
+                    tlvs={0x0424: body})
+
+
+@pytest.mark.parametrize(("body", "data_coding", "parts"), [
+    (b"a" * 1530, 0, 10),  # GSM: 153 characters a part
+    (b"a" * 1531, 0, 11),
+    (b"\x00a" * 670, 8, 10),  # UCS-2: 67 characters a part
+    (b"\x00a" * 671, 8, 11),
+    (b"\x01" * 1340, 4, 10),  # 8-bit data: 134 octets a part
+    (b"\x01" * 1341, 4, 11),
+])
+def test_a_message_needing_more_parts_than_the_account_allows_is_refused(
+        body: bytes, data_coding: int, parts: int) -> None:
+    policy = IntakePolicy(DAY, max_parts=10)
+    pdu = _submit(body, data_coding=data_coding)
+    if parts <= 10:
+        accept_submit("acme", pdu, 0.0, policy)
+        return
+    with pytest.raises(IntakeError) as err:
+        accept_submit("acme", pdu, 0.0, policy)
+    assert err.value.status == Status.ESME_RINVMSGLEN
+    assert f"{parts} SMS parts" in err.value.detail and "max_parts" in err.value.detail
+
+
+def test_a_message_the_client_already_split_counts_as_one_part() -> None:
+    udh = bytes([5, 0, 3, 7, 2, 1])
+    accept_submit("acme", _submit(udh + b"a" * 2000, esm_class=0x40), 0.0,
+                  IntakePolicy(DAY, max_parts=1))
+
+
+def test_a_submit_multi_is_held_to_max_parts_too() -> None:
+    pdu = SubmitMulti(source_addr="ACME", source_addr_ton=5,
+                      dests=[SmeDest(1, 1, "33612345678")], tlvs={0x0424: b"a" * 400})
+    with pytest.raises(IntakeError):
+        accept_multi("acme", pdu, 0.0, IntakePolicy(DAY, max_parts=2))
+    assert len(accept_multi("acme", pdu, 0.0, IntakePolicy(DAY, max_parts=3)).messages) == 1
+
+
+async def test_a_submit_multi_pays_one_token_per_destination(
+        clock: trio.testing.MockClock) -> None:
+    bucket = TokenBucket(10)  # 10/s, bursts of 10
+    assert bucket.take(255)  # a full bucket admits even more than a burst, into debt...
+    assert not bucket.take(1)  # ...which is paid back before anything else passes
+    await trio.sleep(24.0)
+    assert not bucket.take(1)  # 245 owed: 24.5 s of the rate
+    await trio.sleep(0.6)
+    assert bucket.take(1)
+    await trio.sleep(1.0)
+    assert bucket.take(5) and bucket.take(5) and not bucket.take(1)
+
+
+def test_accounts_are_rate_limited_by_default() -> None:
+    assert AccountConfig("a", "x").throughput == 100.0
+    assert AccountConfig("a", "x").max_parts == 10
+
+
+async def _ignore(_conn: Connection, _pdu: Pdu) -> None:
+    return None
+
+
+async def test_a_submit_multi_to_many_destinations_is_throttled_like_as_many_submits(
+        tmp_path: Path) -> None:
+    accounts = {"demo": AccountConfig("demo", password_hash("demopass"), throughput=5)}
+    async with running_stack(tmp_path, accounts=accounts) as (gw, _sim), \
+            trio.open_nursery() as nursery:
+        conn = Connection(await trio.open_tcp_stream("127.0.0.1", gw.smpp_port), Side.ESME)
+        nursery.start_soon(conn.run, _ignore)
+        assert (await conn.request(BindTransmitter(system_id="demo",
+                                                   password="demopass"))).status == 0
+        multi = SubmitMulti(source_addr="ACME", source_addr_ton=5, short_message=b"hi",
+                            dests=[SmeDest(1, 1, f"336123456{i:02d}") for i in range(20)])
+        assert (await conn.request(multi)).status == 0
+        single = SubmitSm(source_addr="ACME", source_addr_ton=5, dest_addr_ton=1,
+                          dest_addr_npi=1, destination_addr="33612345678", short_message=b"hi")
+        assert (await conn.request(single)).status == Status.ESME_RTHROTTLED  # 15 owed
+        await conn.unbind()
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def sqlite_clock() -> trio.testing.MockClock:
+    # Jumps only after 20 ms of real idleness, so SQLite's worker thread is not outrun.
+    return trio.testing.MockClock(autojump_threshold=0.02)
+
+
+def test_status_labels_are_the_statuses_smpp_defines_and_other() -> None:
+    assert status_label(Status.ESME_RTHROTTLED) == "0x00000058"
+    assert status_label(0x12345678) == "other"
+    assert status_label(0x0400) == "other"
+
+
+async def test_an_operator_inventing_statuses_cannot_multiply_metric_series(
+        tmp_path: Path, sqlite_clock: trio.testing.MockClock) -> None:
+    weird = iter(range(0x7000_0000, 0x7000_0100))
+    smsc = ScriptedSmsc("opA", lambda _p: SubmitResult(None, next(weird)))
+    async with trio.open_nursery() as nursery, harness(tmp_path, {"opA": smsc}, nursery) as h:
+        for _ in range(5):
+            msg = h.message()
+            await h.submit(msg)
+            await h.wait_final(msg.id, timeout=HOUR)
+    labels = {s.labels["status"] for m in REGISTRY.collect() if m.name == "smsgw_submit_errors"
+              for s in m.samples if s.labels.get("smsc") == "opA"}
+    assert labels == {"other"}
