@@ -8,8 +8,10 @@ warn when the config file's secrets are readable by every user.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import getpass
+import resource
 import stat
 import sys
 from collections.abc import Sequence
@@ -75,10 +77,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
         structlog.get_logger("gateway.cli").warning(
             "config.readable_by_others", file=exposure.file, mode=exposure.mode,
             detail=exposure.message)
+    limit, wanted = raise_fd_limit(config)
+    if limit < wanted:
+        structlog.get_logger("gateway.cli").warning(
+            "daemon.fd_limit_low", limit=limit, wanted=wanted,
+            detail="the listeners' max_connections need more file descriptors than the "
+                   "process may open: raise LimitNOFILE (systemd) or ulimit -n")
     gc.set_threshold(*GC_THRESHOLDS)
     gc.freeze()  # what start-up loaded (modules, config) is never garbage: never walk it
     trio.run(daemon.run, config)
     return 0
+
+
+def raise_fd_limit(config: GatewayConfig) -> tuple[int, int]:
+    """Raise the soft limit on open files to the hard one (as a server should: each
+    connection is a descriptor); (the limit now, what the listeners' limits may need)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    wanted = sum(listener.max_connections for listener in config.listeners) \
+        + 2 * sum(smsc.binds for smsc in config.smscs.values()) + 64  # store, metrics...
+    return soft, wanted
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:

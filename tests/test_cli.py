@@ -7,6 +7,7 @@ import contextlib
 import io
 import os
 import pty
+import resource
 import select
 import subprocess
 import sys
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
+from gateway.cli import main, raise_fd_limit
+from gateway.config import load_config
 from gateway.passwords import hash_password, verify_password
 from tests.procs import Proc, free_port, smsgw_command
 
@@ -165,3 +167,17 @@ def test_run_logs_a_warning_when_the_file_with_passwords_is_readable_by_others(
     assert warning["level"] == "warning"
     assert warning["file"] == str(config) and warning["mode"] == "0604"
     assert "chmod 600" in warning["detail"]
+
+
+def test_run_raises_the_open_files_limit_to_the_hard_limit(tmp_path: Path) -> None:
+    """The rule: every connection is a file descriptor; a server takes what it may."""
+    config = load_config(Path("conf/demo.toml"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+        limit, wanted = raise_fd_limit(config)
+        assert limit == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        assert limit == hard or hard == resource.RLIM_INFINITY
+        assert wanted >= config.listeners[0].max_connections
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
