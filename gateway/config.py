@@ -101,6 +101,7 @@ class AccountConfig:
     max_binds: int = 8
     throughput: float = 100.0  # submits/s over all binds of the account; 0 = unlimited
     max_parts: int = 10  # most SMS parts one submitted message may need
+    max_unfinished: int = 20_000  # messages of this account not final yet, at most
     mo_addresses: tuple[str, ...] = ()  # numbers whose MO replies belong to this account
     validity: float | None = None  # caps the default validity for this account; None = no cap
     description: str = ""
@@ -585,6 +586,7 @@ def _account(t: _Table) -> AccountConfig:
         max_binds=t.integer("max_binds", low=1),
         throughput=t.number("throughput"),
         max_parts=t.integer("max_parts", low=1, high=255),
+        max_unfinished=t.integer("max_unfinished", low=1),
         mo_addresses=t.strings(
             "mo_addresses",
             items="numbers",

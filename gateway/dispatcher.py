@@ -26,6 +26,7 @@ from gateway.model import Message, Part, PartState, Report, ReportKind, State
 from gateway.store import PendingWrite, Store, StoreError
 from routing.core import Router, RoutingContext
 from routing.smsc import SmscConnector, SubmitResult
+from smpp.connection import LogBudget
 from smpp.constants import MessageState, Status, Tag
 from smpp.pdu import SubmitSm, set_tlv_int
 from smpp.receipt import Receipt, format_receipt, id_variants
@@ -66,6 +67,7 @@ STAT_TO_PART: dict[str, PartState | None] = {
 _FINAL_PARTS = frozenset({PartState.DELIVERED, PartState.UNDELIVERABLE, PartState.EXPIRED,
                           PartState.REJECTED})
 NO_ROUTE_ERROR = 0x0B  # reported as err:011 (ESME_RINVDSTADR's code) when no route matches
+MAX_HELD_RECEIPTS = 10_000  # receipts waiting at once for their submit_sm_resp
 SAVE_RETRY_MIN, SAVE_RETRY_MAX = 1.0, 30.0  # seconds between attempts at a failed store write
 
 
@@ -168,6 +170,10 @@ def _utc(ts: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(ts, tz=dt.UTC)
 
 
+class HoldFull(Exception):
+    """MAX_HELD_RECEIPTS receipts wait for matching already: this one is refused for now."""
+
+
 class NoRoute(Exception):
     """No route matches the message's destination."""
 
@@ -193,12 +199,17 @@ class Dispatcher:
         self.clock = clock
         self.on_report = on_report
         self.live: dict[str, Live] = {}
+        self._per_account: dict[str, int] = {}  # unfinished messages per account
         self._heap: list[tuple[float, int, str]] = []
         self._counter = itertools.count()
         self._wake = trio.Event()
         self._results: list[tuple[Live, Part, SubmitResult]] = []
         self._by_smsc: dict[tuple[str, str], tuple[Live, Part]] = {}
-        self._held: list[tuple[str, list[str], trio.Event]] = []
+        # Receipts held for matching, by (connector, normalised id) they wait for: the events
+        # of the receipts waiting for that key (a receipt may wait under several spellings).
+        self._held: dict[tuple[str, str], list[trio.Event]] = {}
+        self._held_count = 0
+        self._held_log = LogBudget()
         self._storing: dict[tuple[str, str], trio.Event] = {}  # receipts awaiting a commit
         self._parked: dict[str, Live] = {}  # waiting for a connector of their route to come up
         self._converting: set[str] = set()  # connectors seen writing receipt ids converted
@@ -211,8 +222,18 @@ class Dispatcher:
     def enqueue(self, msg: Message) -> None:
         """Take ownership of a committed message."""
         live = Live(msg)
-        self.live[msg.id] = live
+        self._own(live)
         self._schedule(live, msg.next_attempt_at or msg.created_at)
+
+    def _own(self, live: Live) -> None:
+        if live.msg.id not in self.live:
+            account = live.msg.account
+            self._per_account[account] = self._per_account.get(account, 0) + 1
+        self.live[live.msg.id] = live
+
+    def unfinished_of(self, account: str) -> int:
+        """Messages of that account not final yet (all in memory, see enqueue)."""
+        return self._per_account.get(account, 0)
 
     def _schedule(self, live: Live, due: float) -> None:
         """Set the next attempt's time (and wake up for it, or for the expiry if earlier)."""
@@ -250,7 +271,7 @@ class Dispatcher:
             for part in live.parts:
                 if part.state is PartState.SUBMITTED and part.smsc_id:
                     self._register(live, part)
-            self.live[msg.id] = live
+            self._own(live)
             if msg.state is State.IN_FLIGHT and live.parts and all(
                     p.state is not PartState.PENDING for p in live.parts):
                 self._watch(live, msg.expires_at)  # only its expiry is left to watch
@@ -569,10 +590,9 @@ class Dispatcher:
         assert part.smsc_id is not None
         key = (part.connector, _norm(part.smsc_id))
         self._by_smsc[key] = (live, part)
-        if self._held:
-            for connector, variants, event in self._held:
-                if connector == part.connector and key[1] in variants:
-                    event.set()
+        if self._held_count:
+            for event in self._held.get(key, ()):
+                event.set()
 
     def _settled(self, outcomes: Sequence[Part]) -> None:
         """After a commit: these parts' outcomes are stored; their receipts are answered."""
@@ -672,21 +692,39 @@ class Dispatcher:
         except StoreError as exc:
             log.warning("receipt.not_stored", smsc=connector, smsc_id=smsc_id, error=str(exc))
             done(False)
+        except HoldFull:
+            done(False)  # the operator sends it again later (logged, rate-limited, in _hold)
 
     async def _hold(self, connector: str, smsc_id: str, hold: float,
                     id_format: str) -> tuple[Live, Part] | None:
-        """Wait up to `hold` for the part a receipt names to be registered; that part."""
+        """Wait up to `hold` for the part a receipt names to be registered; that part.
+
+        At most MAX_HELD_RECEIPTS wait at once: beyond, StoreError (the operator is told to
+        send it again later) rather than an unbounded number of waiting receipts."""
+        if self._held_count >= MAX_HELD_RECEIPTS:
+            held = self._held_log.take(trio.current_time())
+            if held is not None:
+                log.warning("receipt.hold_full", smsc=connector, held=self._held_count,
+                            suppressed=held)
+            raise HoldFull(f"{self._held_count} receipts already held for matching")
         variants = receipt_keys(smsc_id, id_format)
         trusted = id_format != "auto" or connector in self._converting
+        keys = [(connector, v) for v in (variants if trusted else [_norm(smsc_id)])]
         event = trio.Event()
-        entry = (connector, variants if trusted else [_norm(smsc_id)], event)
-        self._held.append(entry)
+        for key in keys:
+            self._held.setdefault(key, []).append(event)
+        self._held_count += 1
         metrics.RECEIPTS_HELD.inc()
         try:
             with trio.move_on_after(hold):
                 await event.wait()
         finally:
-            self._held.remove(entry)
+            self._held_count -= 1
+            for key in keys:
+                waiting = self._held[key]
+                waiting.remove(event)
+                if not waiting:
+                    del self._held[key]
         hit = self._by_smsc.get((connector, _norm(smsc_id))) or self._lookup(connector, variants)
         if hit is not None and _norm(hit[1].smsc_id or "") != _norm(smsc_id) \
                 and id_format == "auto" and connector not in self._converting:
@@ -802,7 +840,12 @@ class Dispatcher:
     def _finalized(self, live: Live, reports: list[Report]) -> None:
         """After the commit of a final state: forget the message, hand its report on."""
         msg = live.msg
-        self.live.pop(msg.id, None)
+        if self.live.pop(msg.id, None) is not None:
+            left = self._per_account.get(msg.account, 1) - 1
+            if left > 0:
+                self._per_account[msg.account] = left
+            else:
+                self._per_account.pop(msg.account, None)
         self._parked.pop(msg.id, None)
         log.info("message.final", message_id=msg.id, state=msg.state.value, error=msg.error,
                  attempts=msg.attempts, smsc=msg.connector)

@@ -17,6 +17,7 @@ from smpp.text import TextEncodingError, split
 
 MAX_BODY_OCTETS = 255 * 134  # what fits in 255 concatenated parts
 _PART_FLOOR = 128  # octets every concatenated part holds at least, whatever the alphabet
+_UDHI_PART = 140  # octets of one SMS, user data header included
 _VALID_TON = frozenset(range(7))
 _VALID_NPI = frozenset({0, 1, 3, 4, 6, 8, 9, 10, 14, 18})
 _ALPHANUMERIC_TON = 5
@@ -42,15 +43,19 @@ class IntakePolicy:
 
 
 def _check_parts(body: bytes, data_coding: int, esm_class: int, policy: IntakePolicy) -> None:
-    """Refuse a message that needs more SMS parts than the account allows (counted as the
-    usual concatenation with an 8-bit reference would cut it; a message the upstream already
-    segmented, UDHI set, is one part)."""
-    if esm_class & _ESM_UDHI or len(body) <= _PART_FLOOR * policy.max_parts:
+    """Refuse a message that needs more SMS parts than the account allows, counted as the
+    usual concatenation with an 8-bit reference would cut it. A message the upstream already
+    segmented (UDHI set) is sent as it is: one part per 140 octets it carries."""
+    if len(body) <= _PART_FLOOR * policy.max_parts:
         return
-    try:
-        parts = len(split(body, data_coding))
-    except TextEncodingError as exc:
-        raise IntakeError(Status.ESME_RINVMSGLEN, f"message cannot be split: {exc}") from None
+    if esm_class & _ESM_UDHI:
+        parts = -(-len(body) // _UDHI_PART)
+    else:
+        try:
+            parts = len(split(body, data_coding))
+        except TextEncodingError as exc:
+            raise IntakeError(Status.ESME_RINVMSGLEN,
+                              f"message cannot be split: {exc}") from None
     if parts > policy.max_parts:
         raise IntakeError(Status.ESME_RINVMSGLEN,
                           f"message needs {parts} SMS parts: the account allows {policy.max_parts}"

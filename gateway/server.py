@@ -80,6 +80,7 @@ class _AccountState:
     config: AccountConfig
     bucket: TokenBucket
     binds: set[Connection] = field(default_factory=set)
+    admitting: int = 0  # messages accepted by intake, not yet handed to the dispatcher
 
 
 class SmppServer:
@@ -113,6 +114,7 @@ class SmppServer:
         self._per_address: dict[str, int] = {}  # open connections per source address
         self._label = f"{listener.host}:{listener.port}"
         self._refusal_log = LogBudget()
+        self._unbound_log = LogBudget()  # protocol problems of unbound peers, all together
         self.auth = Authenticator(listener)
 
     def policy(self, account: AccountConfig) -> IntakePolicy:
@@ -189,7 +191,8 @@ class SmppServer:
                               inactivity_timeout=cfg.inactivity_timeout,
                               bind_timeout=cfg.bind_timeout, write_timeout=cfg.write_timeout,
                               incoming_window=cfg.incoming_window,
-                              max_pdu_size=cfg.max_pdu_size, name=f"{address}:{port}")
+                              max_pdu_size=cfg.max_pdu_size, name=f"{address}:{port}",
+                              unbound_log=self._unbound_log)
             conn.extra["address"] = address
             self.connections.add(conn)
             self._starting -= 1
@@ -272,12 +275,21 @@ class SmppServer:
             self.reporter.bind_added(pdu.system_id, conn)
         log.info("upstream.bound", account=pdu.system_id, mode=mode, conn=conn.name)
 
-    def _admit(self, conn: Connection, pdu: Pdu, count: int = 1) -> _AccountState | None:
-        """The account's state if it may submit `count` messages now; else answered."""
+    def _admit(self, conn: Connection, pdu: Pdu, count: int = 1,
+               submits: bool = True) -> _AccountState | None:
+        """The account's state if it may submit `count` messages now; else answered:
+        ESME_RTHROTTLED over its throughput, ESME_RMSGQFUL when it has max_unfinished
+        messages not final yet (one account cannot fill the gateway for the others)."""
         account = conn.extra.get("account")
         state = self.accounts.get(account) if account else None
         if state is None:
             conn.respond(pdu.response(status=Status.ESME_RINVBNDSTS))
+            return None
+        unfinished = self.dispatcher.unfinished_of(state.config.system_id) + state.admitting
+        if submits and unfinished + count > state.config.max_unfinished:
+            metrics.child(metrics.REFUSED, state.config.system_id,
+                          metrics.status_label(Status.ESME_RMSGQFUL)).inc()
+            conn.respond(pdu.response(status=Status.ESME_RMSGQFUL))
             return None
         if not state.bucket.take(count):
             metrics.child(metrics.REFUSED, state.config.system_id, "throttled").inc()
@@ -313,6 +325,7 @@ class SmppServer:
         """submit_sm / data_sm read together: validated one by one, stored in one commit,
         each answered with its id once that commit is done."""
         accepted: list[tuple[Pdu, Message]] = []
+        owner: _AccountState | None = None  # the bound account (one per connection)
         now = self.clock.now()
         for pdu in pdus:
             assert isinstance(pdu, SubmitSm | DataSm)
@@ -323,9 +336,11 @@ class SmppServer:
             try:
                 accepted.append((pdu, accept_submit(account, pdu, now,
                                                     self.policy(state.config))))
+                state.admitting += 1
+                owner = state
             except IntakeError as exc:
                 self._refuse(conn, pdu, account, exc)
-        if not accepted:
+        if not accepted or owner is None:
             return
         # Shielded: once queued the insert is committed anyway, so the dispatcher must get
         # the messages even if the upstream disconnects meanwhile (else they sit unsent).
@@ -337,6 +352,8 @@ class SmppServer:
                 for pdu, _ in accepted:
                     conn.respond(pdu.response(status=status))
                 return
+            finally:
+                owner.admitting -= len(accepted)
             for pdu, msg in accepted:
                 conn.respond(pdu.response(message_id=msg.id))
                 self.dispatcher.enqueue(msg)
@@ -351,6 +368,7 @@ class SmppServer:
         except IntakeError as exc:
             self._refuse(conn, pdu, account, exc)
             return
+        state.admitting += len(result.messages)
         with trio.CancelScope(shield=True):  # see _submit_batch
             try:
                 await self._store(result.messages, "smpp")
@@ -358,6 +376,8 @@ class SmppServer:
                 conn.respond(pdu.response(
                     status=self._store_failed(account, len(result.messages), exc)))
                 return
+            finally:
+                state.admitting -= len(result.messages)
             unsuccess = [UnsuccessSme(ton, npi, addr, status)
                          for ton, npi, addr, status in result.unsuccess]
             conn.respond(pdu.response(message_id=result.messages[0].id, unsuccess=unsuccess))
@@ -365,7 +385,11 @@ class SmppServer:
                 self.dispatcher.enqueue(msg)
 
     async def _query(self, conn: Connection, pdu: QuerySm) -> None:
-        account = conn.extra.get("account", "")
+        # Charged to the account's throughput like a submit: each may cost a store read.
+        state = self._admit(conn, pdu, submits=False)
+        if state is None:
+            return
+        account = state.config.system_id
         live = self.dispatcher.live.get(pdu.message_id)
         msg = live.msg if live is not None and live.msg.account == account else None
         if msg is None:

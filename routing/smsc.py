@@ -31,6 +31,7 @@ from smpp.pdu import (
 )
 from smpp.session import BindState, SessionError, Side
 from smpp.smpptime import format_relative
+from smpp.timers import current_timers
 
 log = structlog.get_logger("routing.smsc")
 
@@ -50,6 +51,7 @@ REJECTING_STATUSES = frozenset({
     Status.ESME_RINVPARLEN, Status.ESME_RMISSINGOPTPARAM, Status.ESME_RINVOPTPARAMVAL,
 })
 THROTTLE_PAUSE = 1.0  # seconds a connector holds back after ESME_RTHROTTLED
+DEFER_AFTER = 0.5  # seconds a deliver_sm counts in the incoming window before it is deferred
 _YIELD_EVERY = 64  # submits sent back to back before the sender lets other tasks run
 
 
@@ -244,13 +246,21 @@ class SmscConnector:
 
     async def _handle_deliveries(self, conn: Connection, pdus: list[Pdu]) -> None:
         """Receipts and MO: the handler answers each once its effect is committed. What it
-        leaves unanswered (it failed, or forgot one) gets a temporary error: the SMSC resends."""
+        leaves unanswered (it failed, or forgot one) gets a temporary error: the SMSC resends.
+        What is still unanswered after DEFER_AFTER (a receipt held until its submit_sm_resp
+        is read, which may come on this very bind) stops counting in the bind's incoming
+        window, so reading goes on; the dispatcher bounds how many are held."""
         unanswered = {id(pdu): pdu for pdu in pdus}
 
         def answer(pdu: Pdu, status: int) -> None:
             if unanswered.pop(id(pdu), None) is not None:
                 conn.respond(pdu.response(status=status))
 
+        def defer_rest() -> None:
+            for pdu in unanswered.values():
+                conn.defer(pdu)
+
+        timer = current_timers().call_at(trio.current_time() + DEFER_AFTER, defer_rest)
         try:
             await self.on_deliver(self, pdus, answer)
         except Exception:
@@ -258,6 +268,8 @@ class SmscConnector:
         else:
             if unanswered:
                 log.error("smsc.deliver_unanswered", smsc=self.name, pdus=len(unanswered))
+        finally:
+            timer.cancel()
         for pdu in list(unanswered.values()):
             answer(pdu, Status.ESME_RX_T_APPN)
 

@@ -37,6 +37,7 @@ log = structlog.get_logger("smpp.connection")
 OUTPUT_LIMIT = 256 * 1024  # octets queued for a peer beyond which we stop reading from it
 RECEIVE_SIZE = 65536  # octets asked of the socket per read
 WRITE_CHUNK = 16384  # octets per send: write progress is judged chunk by chunk
+UNBIND_DRAIN = 5.0  # seconds an unbind from the peer waits for its earlier requests' answers
 LOG_BURST, LOG_PERIOD = 5, 60.0  # protocol problems logged per connection and period
 LOG_FIELD_MAX = 120  # characters of a peer-supplied detail kept in a log line
 
@@ -156,6 +157,7 @@ class Connection:
         prebind_limit: int = 8,
         name: str = "",
         timers: Timers | None = None,
+        unbound_log: LogBudget | None = None,
     ) -> None:
         self.stream = stream
         self.session = Session(side, max_pdu_size=max_pdu_size,
@@ -180,6 +182,7 @@ class Connection:
         self._slot_freed = trio.Event()
         self.on_slot_freed: Callable[[], None] | None = None  # e.g. a connector's sender
         self._incoming = 0  # requests of the peer handed to the handler, not yet answered
+        self._deferred: dict[int, int] = {}  # sequence -> requests answered later, uncounted
         self._reader_blocked = False
         self._unblocked = trio.Event()
         self._wake_writer = trio.Event()
@@ -188,9 +191,13 @@ class Connection:
         self._writing = 0  # octets taken by the writer and not yet sent
         self._write_since: float | None = None  # when the current send started
         self._close_when_flushed = False
+        self._leave_by = math.inf  # close_soon(): closed by then, written or not
         self._progress = trio.Event()
         self._cancel: trio.CancelScope | None = None
         self._log_budget = LogBudget()
+        # Before bind, problems are logged against a budget shared by all the connections of
+        # a listener: a peer reconnecting for each bad PDU gets no fresh budget each time.
+        self._unbound_log = unbound_log or self._log_budget
         self.extra: dict[str, Any] = {}  # owner's per-connection data (account, bind kind...)
 
     # -- public API -------------------------------------------------------------------------
@@ -272,7 +279,13 @@ class Connection:
 
     def respond(self, pdu: Pdu) -> None:
         """Queue the response to one of the peer's requests (sequence already set)."""
-        if self._incoming:
+        deferred = self._deferred.get(pdu.sequence)
+        if deferred:
+            if deferred > 1:
+                self._deferred[pdu.sequence] = deferred - 1
+            else:
+                del self._deferred[pdu.sequence]
+        elif self._incoming:
             self._incoming -= 1
             if self._reader_blocked:
                 self._unblocked.set()
@@ -283,6 +296,17 @@ class Connection:
         if self._timer is None and self.session.bound:
             self._check_timers()  # just bound: start the keepalive
 
+    def defer(self, request: Pdu) -> None:
+        """Stop counting an unanswered request of the peer in the incoming window: its
+        answer (respond(), later) is waiting for something that may need more PDUs read from
+        this very connection (e.g. a receipt held until its submit_sm_resp arrives). The
+        caller bounds how many it defers."""
+        if self._incoming:
+            self._incoming -= 1
+            self._deferred[request.sequence] = self._deferred.get(request.sequence, 0) + 1
+            if self._reader_blocked:
+                self._unblocked.set()
+
     def close_soon(self) -> None:
         """Leave without waiting: queue an unbind if bound, close once it is written (a
         write that stalls is cut by write_timeout). Safe to call from callbacks."""
@@ -292,6 +316,8 @@ class Connection:
             with contextlib.suppress(SessionError):
                 self.session.send(Unbind())  # no wait for the answer: we are leaving
         self._close_when_flushed = True
+        self._leave_by = trio.current_time() + self.write_timeout
+        self._arm(self._leave_by)
         self._kick()
 
     async def unbind(self, timeout: float = 5.0) -> None:
@@ -410,6 +436,7 @@ class Connection:
                     elif pdu.command_id == CommandId.UNBIND:
                         if batch and batch_handler is not None:  # what came before still counts
                             nursery.start_soon(batch_handler, self, batch)
+                        await self._drain(UNBIND_DRAIN)  # answer what came before first
                         session.send(pdu.response())
                         await self.flush()
                         await self.aclose()
@@ -460,8 +487,20 @@ class Connection:
             self.last_received = trio.current_time()
             session.feed(data)
 
+    async def _drain(self, timeout: float) -> None:
+        """Wait (bounded) until every request of the peer handed out has been answered."""
+        with trio.move_on_after(timeout):
+            while self._incoming and not self.closed:
+                self._unblocked = trio.Event()
+                self._reader_blocked = True
+                try:
+                    await self._unblocked.wait()
+                finally:
+                    self._reader_blocked = False
+
     def _log_violation(self, event: ProtocolViolation) -> None:
-        held = self._log_budget.take(trio.current_time())
+        budget = self._log_budget if self.session.was_bound else self._unbound_log
+        held = budget.take(trio.current_time())
         if held is not None:
             log.warning("smpp.protocol_violation", conn=self.name, status=f"0x{event.status:08X}",
                         detail=shorten(event.detail), fatal=event.fatal, suppressed=held)
@@ -502,13 +541,19 @@ class Connection:
                 self._abort()
                 return
             due = min(due, self.bind_deadline)
-        if self.inactivity_timeout < math.inf:
+        if self._close_when_flushed:
+            if now >= self._leave_by:  # the unbind could not be written in time
+                self._abort()
+                return
+            due = min(due, self._leave_by)
+        elif self.inactivity_timeout < math.inf:
             silent = self.last_received + self.inactivity_timeout
             if now >= silent:
                 log.info("smpp.inactivity_timeout", conn=self.name)
                 self.close_soon()
-                return
-            due = min(due, silent)
+                due = min(due, self._leave_by)
+            else:
+                due = min(due, silent)
         if self._waiters:
             overdue = [seq for seq, w in self._waiters.items() if w.deadline <= now]
             for seq in overdue:

@@ -167,6 +167,7 @@ class Session:
         self._next_seq = 1
         self._prebind_seen = 0
         self._fatal = False
+        self.was_bound = False  # bound at some point (the peer authenticated)
 
     # -- sending --------------------------------------------------------------------------
     def next_sequence(self) -> int:
@@ -325,6 +326,7 @@ class Session:
             self.state = new
             if new in _BOUND:
                 self._reader.max_length = self.max_pdu_size
+                self.was_bound = True
 
 
 def _answers(request: Pdu, response: Pdu) -> bool:

@@ -17,7 +17,7 @@ from gateway.server import TokenBucket
 from routing.smsc import SubmitResult
 from smpp.connection import Connection
 from smpp.constants import Status
-from smpp.pdu import BindTransmitter, Pdu, SmeDest, SubmitMulti, SubmitSm
+from smpp.pdu import BindTransmitter, Pdu, QuerySm, SmeDest, SubmitMulti, SubmitSm
 from smpp.session import Side
 from tests.dispatch_harness import HOUR, ScriptedSmsc, harness
 from tests.stack import password_hash, running_stack
@@ -57,10 +57,14 @@ def test_a_message_needing_more_parts_than_the_account_allows_is_refused(
     assert f"{parts} SMS parts" in err.value.detail and "max_parts" in err.value.detail
 
 
-def test_a_message_the_client_already_split_counts_as_one_part() -> None:
+def test_a_message_the_client_already_split_counts_one_part_per_140_octets() -> None:
     udh = bytes([5, 0, 3, 7, 2, 1])
-    accept_submit("acme", _submit(udh + b"a" * 2000, esm_class=0x40), 0.0,
+    accept_submit("acme", _submit(udh + b"a" * 134, esm_class=0x40), 0.0,
                   IntakePolicy(DAY, max_parts=1))
+    with pytest.raises(IntakeError) as err:  # UDHI is no way around max_parts
+        accept_submit("acme", _submit(udh + b"a" * 2000, esm_class=0x40), 0.0,
+                      IntakePolicy(DAY, max_parts=10))
+    assert "15 SMS parts" in err.value.detail
 
 
 def test_a_submit_multi_is_held_to_max_parts_too() -> None:
@@ -136,3 +140,58 @@ async def test_an_operator_inventing_statuses_cannot_multiply_metric_series(
     labels = {s.labels["status"] for m in REGISTRY.collect() if m.name == "smsgw_submit_errors"
               for s in m.samples if s.labels.get("smsc") == "opA"}
     assert labels == {"other"}
+
+
+async def test_query_sm_is_charged_to_the_accounts_throughput(tmp_path: Path) -> None:
+    accounts = {"demo": AccountConfig("demo", password_hash("demopass"), throughput=3)}
+    async with running_stack(tmp_path, accounts=accounts) as (gw, _sim), \
+            trio.open_nursery() as nursery:
+        conn = Connection(await trio.open_tcp_stream("127.0.0.1", gw.smpp_port), Side.ESME)
+        nursery.start_soon(conn.run, _ignore)
+        assert (await conn.request(BindTransmitter(system_id="demo",
+                                                   password="demopass"))).status == 0
+        statuses = [(await conn.request(QuerySm(message_id="0" * 32))).status
+                    for _ in range(10)]
+        assert statuses.count(Status.ESME_RQUERYFAIL) <= 4  # a burst of ~3, then the rate
+        assert statuses.count(Status.ESME_RTHROTTLED) >= 6
+        await conn.unbind()
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_account_at_its_unfinished_cap_gets_msgqful_while_others_go_on(
+        tmp_path: Path) -> None:
+    """The rule: one account (its operator down, or a big scheduled campaign) cannot take
+    every unfinished-message slot of the gateway: beyond its max_unfinished it is told to
+    come back later (ESME_RMSGQFUL), and other accounts are served."""
+    accounts = {
+        "demo": AccountConfig("demo", password_hash("demopass"), throughput=0,
+                              max_unfinished=3),
+        "other": AccountConfig("other", password_hash("otherpw"), throughput=0),
+    }
+    schedule = "000000010000000R"  # in an hour: the messages stay unfinished meanwhile
+    async with running_stack(tmp_path, accounts=accounts) as (gw, _sim), \
+            trio.open_nursery() as nursery:
+        async def bound(system_id: str, password: str) -> Connection:
+            conn = Connection(await trio.open_tcp_stream("127.0.0.1", gw.smpp_port),
+                              Side.ESME)
+            nursery.start_soon(conn.run, _ignore)
+            assert (await conn.request(BindTransmitter(system_id=system_id,
+                                                       password=password))).status == 0
+            return conn
+
+        def later() -> SubmitSm:
+            return SubmitSm(source_addr="ACME", source_addr_ton=5, dest_addr_ton=1,
+                            dest_addr_npi=1, destination_addr="33612345678",
+                            short_message=b"hi", schedule_delivery_time=schedule)
+
+        demo, other = await bound("demo", "demopass"), await bound("other", "otherpw")
+        statuses = [(await demo.request(later())).status for _ in range(5)]
+        assert statuses == [0, 0, 0, Status.ESME_RMSGQFUL, Status.ESME_RMSGQFUL]
+        multi = SubmitMulti(source_addr="ACME", source_addr_ton=5, short_message=b"hi",
+                            dests=[SmeDest(1, 1, "33612345678")])
+        assert (await demo.request(multi)).status == Status.ESME_RMSGQFUL
+        assert (await other.request(later())).status == 0
+        assert gw.dispatcher.unfinished_of("demo") == 3
+        for conn in (demo, other):
+            await conn.unbind()
+        nursery.cancel_scope.cancel()

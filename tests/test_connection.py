@@ -21,7 +21,17 @@ from smpp.connection import (
     Turns,
     WindowFull,
 )
-from smpp.pdu import BindTransceiver, EnquireLink, Pdu, SubmitSm, decode, encode
+from smpp.pdu import (
+    BindTransceiver,
+    DeliverSm,
+    EnquireLink,
+    FrameReader,
+    Pdu,
+    SubmitSm,
+    Unbind,
+    decode,
+    encode,
+)
 from smpp.session import BindState, Side
 from smpp.timers import TimerHandle, Timers
 
@@ -363,4 +373,57 @@ async def test_an_idle_bound_connection_wakes_only_for_its_keepalive(
         idle = [t for t in fired if t > start]
         assert abs(len(idle) - 2 * 300 // 30) <= 1  # (a 1 s sweeper alone fired 300 times)
         assert len(timers) == 1  # one live entry for the connection
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_stalled_write_is_still_cut_when_inactivity_closes_the_link(
+        clock: trio.testing.MockClock) -> None:
+    """The rule: leaving on inactivity keeps the other deadlines: a write that cannot go out
+    (the unbind included) still closes the connection after write_timeout."""
+    ours, peer = trio.testing.lockstep_stream_pair()  # a send blocks until the peer reads
+    conn = Connection(ours, Side.SMSC, inactivity_timeout=10, write_timeout=30,
+                      response_timeout=100, enquire_link_interval=math.inf)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(conn.run, _bind_ok)
+        await _peer_binds(peer)
+        await peer.receive_some(1000)  # the bind_resp; then the peer neither reads nor sends
+        await trio.sleep(5)
+        big = DeliverSm(source_addr="1", destination_addr="2")
+        big.tlvs[0x0424] = b"x" * 2000  # too big for the lockstep stream: the write stalls
+        conn.send_request(big, lambda _r, _e: None)
+        with trio.fail_after(100):
+            while not conn.closed:
+                await trio.sleep(1)
+        assert trio.current_time() <= 10 + 30 + 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_unbind_is_answered_after_the_requests_sent_before_it(
+        clock: trio.testing.MockClock) -> None:
+    """The rule: an unbind does not cancel what the peer asked before it: its submits are
+    answered (they may be stored already), then the unbind_resp."""
+    async def slow(conn: Connection, pdu: Pdu) -> None:
+        if isinstance(pdu, SubmitSm):
+            await trio.sleep(2)  # e.g. the store commit
+            conn.respond(pdu.response(message_id="m1"))
+        else:
+            await _bind_ok(conn, pdu)
+
+    ours, peer = trio.testing.memory_stream_pair()
+    smsc = Connection(ours, Side.SMSC, enquire_link_interval=math.inf)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(smsc.run, slow)
+        await _peer_binds(peer)
+        answers: list[Pdu] = [decode(await peer.receive_some(1000))]  # bound
+        await peer.send_all(encode(SubmitSm(sequence=2, destination_addr="1"))
+                            + encode(Unbind(sequence=3)))
+        reader = FrameReader()
+        with trio.fail_after(20):
+            while len(answers) < 3:
+                data = await peer.receive_some(4096)
+                assert data, f"closed before answering, after {answers}"
+                reader.feed(data)
+                answers += [decode(f) for f in reader.frames()]
+        assert [a.command_id.name for a in answers] == [
+            "BIND_TRANSCEIVER_RESP", "SUBMIT_SM_RESP", "UNBIND_RESP"]
         nursery.cancel_scope.cancel()

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 import trio
+from structlog.testing import capture_logs
 
 from gateway.config import AccountConfig, ListenerConfig
 from smpp.connection import Connection
@@ -140,3 +141,18 @@ async def test_idle_bound_sessions_cost_two_tasks_each_and_no_timer_task(tmp_pat
         for conn in conns:
             await conn.unbind()
         nursery.cancel_scope.cancel()
+
+
+async def test_peers_reconnecting_for_each_bad_pdu_cannot_flood_the_log(tmp_path: Path) -> None:
+    """The rule: before bind, protocol problems are logged against one budget per listener,
+    so a peer that opens a new connection for every bad PDU gets no fresh budget each time."""
+    async with running_stack(tmp_path) as (gw, _sim):
+        with capture_logs() as logs:
+            for n in range(30):
+                stream = await _connect(gw.smpp_port, f"127.0.0.{2 + n % 5}")
+                submit = _submit()
+                submit.sequence = 1
+                await stream.send_all(encode(submit))
+                assert await _closed_by_peer(stream)
+        violations = [e for e in logs if e["event"] == "smpp.protocol_violation"]
+        assert 1 <= len(violations) <= 5

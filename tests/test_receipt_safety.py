@@ -25,7 +25,7 @@ from gateway.store import Store, StoreError
 from routing.smsc import Answer, SmscConnector, SubmitResult
 from smpp.connection import Connection
 from smpp.constants import CommandId, MessageState, Status, Tag
-from smpp.pdu import BindTransceiver, DeliverSm, Pdu, set_tlv_int, set_tlv_str
+from smpp.pdu import BindTransceiver, DeliverSm, Pdu, SubmitSm, set_tlv_int, set_tlv_str
 from smpp.receipt import parse_receipt
 from smpp.session import Side
 from tests.dispatch_harness import HOUR, Harness, ScriptedSmsc, fail_writes, harness
@@ -255,3 +255,63 @@ async def test_mo_the_store_cannot_take_is_refused_while_its_read_companions_are
         assert answers == {id(mo): Status.ESME_RX_T_APPN, id(receipt): Status.ESME_ROK}
         assert (await h.wait_final(msg.id, timeout=HOUR)).state is State.DELIVERED
         assert [r.kind.value for r in h.reports] == ["RECEIPT"]
+
+
+async def _operator_pair(nursery: trio.Nursery, smsc: ScriptedSmsc,
+                         incoming_window: int) -> tuple[Connection, Connection]:
+    """The gateway's bind to an operator (window `incoming_window`) and the operator's end."""
+    ours, theirs = trio.testing.memory_stream_pair()
+    gateway = Connection(ours, Side.ESME, enquire_link_interval=math.inf,
+                         incoming_window=incoming_window, response_timeout=5.0)
+    operator = Connection(theirs, Side.SMSC, enquire_link_interval=math.inf,
+                          response_timeout=math.inf, window=100)
+    async def operator_answers(conn: Connection, pdu: Pdu) -> None:
+        if isinstance(pdu, SubmitSm):
+            conn.respond(pdu.response(message_id="op-1"))
+        else:
+            await _bind_ok(conn, pdu)
+
+    nursery.start_soon(operator.run, operator_answers)
+    nursery.start_soon(functools.partial(
+        gateway.run, smsc._handle_request, batch_handler=smsc._handle_deliveries,
+        batch_commands=frozenset({CommandId.DELIVER_SM, CommandId.DATA_SM})))
+    assert (await gateway.request(BindTransceiver(system_id="gw", password="pw"))).status == 0
+    return gateway, operator
+
+
+async def test_receipts_held_for_matching_do_not_stop_the_bind_reading_responses(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    """The rule: a receipt held until its submit_sm_resp is read must not keep that very
+    response (or any other) unread: held receipts leave the bind's incoming window."""
+    smsc = ScriptedSmsc("opA", receipt_hold=10.0)
+    async with trio.open_nursery() as nursery, harness(tmp_path, {"opA": smsc}, nursery) as h:
+        inbound = Inbound(h.dispatcher, h.store, h.clock, {}, h.reports.append)
+        smsc.on_deliver = inbound.on_deliver
+        gateway, operator = await _operator_pair(nursery, smsc, incoming_window=5)
+        for i in range(20):  # receipts for ids nobody knows yet: all held
+            operator.send_request(_receipt_pdu(f"{1000 + i}"), lambda _r, _e: None)
+        await trio.sleep(1.0)
+        start = trio.current_time()
+        resp = await gateway.request(SubmitSm(destination_addr="33612345678"), timeout=5.0)
+        assert resp.status == 0 and trio.current_time() - start < 5.0  # not after the hold
+        assert h.dispatcher._held_count == 20  # all 20 read and held, past the window of 5
+        nursery.cancel_scope.cancel()
+
+
+async def test_receipts_beyond_the_hold_limit_get_a_temporary_error(
+        tmp_path: Path, clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.dispatcher.MAX_HELD_RECEIPTS", 3)
+    smsc = ScriptedSmsc("opA", receipt_hold=10.0)
+    answers: list[int] = []
+    async with trio.open_nursery() as nursery, harness(tmp_path, {"opA": smsc}, nursery) as h:
+        inbound = Inbound(h.dispatcher, h.store, h.clock, {}, h.reports.append)
+        smsc.on_deliver = inbound.on_deliver
+        _gateway, operator = await _operator_pair(nursery, smsc, incoming_window=100)
+        for i in range(5):
+            operator.send_request(_receipt_pdu(f"{2000 + i}"),
+                                  lambda r, _e: answers.append(r.status if r else -1))
+        await trio.sleep(1.0)
+        assert answers == [Status.ESME_RX_T_APPN] * 2  # 3 held, the other two refused for now
+        await trio.sleep(10.0)
+        assert sorted(answers) == [0, 0, 0, Status.ESME_RX_T_APPN, Status.ESME_RX_T_APPN]
+        nursery.cancel_scope.cancel()
