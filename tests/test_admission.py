@@ -97,15 +97,21 @@ async def _ignore(_conn: Connection, _pdu: Pdu) -> None:
     return None
 
 
+async def _bound(nursery: trio.Nursery, port: int, system_id: str, password: str) -> Connection:
+    """A transmitter bound as system_id (our Connection, run in `nursery`)."""
+    conn = Connection(await trio.open_tcp_stream("127.0.0.1", port), Side.ESME)
+    nursery.start_soon(conn.run, _ignore)
+    resp = await conn.request(BindTransmitter(system_id=system_id, password=password))
+    assert resp.status == 0
+    return conn
+
+
 async def test_a_submit_multi_to_many_destinations_is_throttled_like_as_many_submits(
         tmp_path: Path) -> None:
     accounts = {"demo": AccountConfig("demo", password_hash("demopass"), throughput=5)}
     async with running_stack(tmp_path, accounts=accounts) as (gw, _sim), \
             trio.open_nursery() as nursery:
-        conn = Connection(await trio.open_tcp_stream("127.0.0.1", gw.smpp_port), Side.ESME)
-        nursery.start_soon(conn.run, _ignore)
-        assert (await conn.request(BindTransmitter(system_id="demo",
-                                                   password="demopass"))).status == 0
+        conn = await _bound(nursery, gw.smpp_port, "demo", "demopass")
         multi = SubmitMulti(source_addr="ACME", source_addr_ton=5, short_message=b"hi",
                             dests=[SmeDest(1, 1, f"336123456{i:02d}") for i in range(20)])
         assert (await conn.request(multi)).status == 0
@@ -146,10 +152,7 @@ async def test_query_sm_is_charged_to_the_accounts_throughput(tmp_path: Path) ->
     accounts = {"demo": AccountConfig("demo", password_hash("demopass"), throughput=3)}
     async with running_stack(tmp_path, accounts=accounts) as (gw, _sim), \
             trio.open_nursery() as nursery:
-        conn = Connection(await trio.open_tcp_stream("127.0.0.1", gw.smpp_port), Side.ESME)
-        nursery.start_soon(conn.run, _ignore)
-        assert (await conn.request(BindTransmitter(system_id="demo",
-                                                   password="demopass"))).status == 0
+        conn = await _bound(nursery, gw.smpp_port, "demo", "demopass")
         statuses = [(await conn.request(QuerySm(message_id="0" * 32))).status
                     for _ in range(10)]
         assert statuses.count(Status.ESME_RQUERYFAIL) <= 4  # a burst of ~3, then the rate
@@ -171,20 +174,13 @@ async def test_an_account_at_its_unfinished_cap_gets_msgqful_while_others_go_on(
     schedule = "000000010000000R"  # in an hour: the messages stay unfinished meanwhile
     async with running_stack(tmp_path, accounts=accounts) as (gw, _sim), \
             trio.open_nursery() as nursery:
-        async def bound(system_id: str, password: str) -> Connection:
-            conn = Connection(await trio.open_tcp_stream("127.0.0.1", gw.smpp_port),
-                              Side.ESME)
-            nursery.start_soon(conn.run, _ignore)
-            assert (await conn.request(BindTransmitter(system_id=system_id,
-                                                       password=password))).status == 0
-            return conn
-
         def later() -> SubmitSm:
             return SubmitSm(source_addr="ACME", source_addr_ton=5, dest_addr_ton=1,
                             dest_addr_npi=1, destination_addr="33612345678",
                             short_message=b"hi", schedule_delivery_time=schedule)
 
-        demo, other = await bound("demo", "demopass"), await bound("other", "otherpw")
+        demo = await _bound(nursery, gw.smpp_port, "demo", "demopass")
+        other = await _bound(nursery, gw.smpp_port, "other", "otherpw")
         statuses = [(await demo.request(later())).status for _ in range(5)]
         assert statuses == [0, 0, 0, Status.ESME_RMSGQFUL, Status.ESME_RMSGQFUL]
         multi = SubmitMulti(source_addr="ACME", source_addr_ton=5, short_message=b"hi",
