@@ -73,6 +73,7 @@ def child(metric: M, *labels: str) -> M:
 def transition(state: State) -> None:
     child(STATES, state.value).inc()
 
+
 TLS_HANDSHAKE_FAILURES = Counter("smsgw_tls_handshake_failures_total",
                                  "Upstream TLS handshakes that failed, by reason (timeout, "
                                  "certificate, protocol, closed)", ["listener", "reason"])

@@ -112,9 +112,11 @@ class SmppServer:
         self._refusal_log = LogBudget()
         self._tls_log = LogBudget()
         self.auth = Authenticator(listener)
-        self.tls = None if listener.tls_cert is None or listener.tls_key is None else \
-            tls.server_context(listener.tls_cert, listener.tls_key, listener.tls_client_ca,
-                               listener.tls_min_version)
+        self.tls_context = None
+        if listener.tls_cert is not None and listener.tls_key is not None:
+            self.tls_context = tls.server_context(listener.tls_cert, listener.tls_key,
+                                                  listener.tls_client_ca,
+                                                  listener.tls_min_version)
 
     def policy(self, account: AccountConfig) -> IntakePolicy:
         return IntakePolicy(self.validity, account.validity)
@@ -124,7 +126,8 @@ class SmppServer:
         listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
         sock = listeners[0].socket
         self.port = int(sock.getsockname()[1])
-        log.info("listener.ready", host=cfg.host, port=self.port, tls=self.tls is not None)
+        log.info("listener.ready", host=cfg.host, port=self.port,
+                 tls=self.tls_context is not None)
         cleartext = tls.cleartext_listener(cfg)
         if cleartext is not None:
             log.warning("listener.cleartext", listener=self._label, detail=cleartext)
@@ -190,7 +193,7 @@ class SmppServer:
             name = f"{address}:{port}"
             smpp_stream: trio.abc.Stream = stream
             bind_timeout = cfg.bind_timeout  # for the TLS handshake and the bind together
-            if self.tls is not None:
+            if self.tls_context is not None:
                 started = trio.current_time()
                 secured = await self._tls_handshake(stream, name)
                 if secured is None:
@@ -226,8 +229,8 @@ class SmppServer:
                              name: str) -> trio.SSLStream[trio.SocketStream] | None:
         """The TLS stream once the handshake is done within bind_timeout; None (counted, and
         logged within a budget) when it failed."""
-        assert self.tls is not None
-        secured = trio.SSLStream(stream, self.tls, server_side=True)
+        assert self.tls_context is not None
+        secured = trio.SSLStream(stream, self.tls_context, server_side=True)
         failed = await tls.handshake(secured, self.listener.bind_timeout)
         if failed is None:
             return secured

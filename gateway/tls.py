@@ -124,13 +124,14 @@ class HandshakeFailed:
 
 def classify(error: BaseException | None) -> HandshakeFailed:
     """The reason for the error under the BrokenResourceError of a failed handshake."""
+    # (reason and verify_message are set by OpenSSL's errors, not by every SSLError)
+    reason = str(getattr(error, "reason", None) or error)
     if isinstance(error, ssl.SSLCertVerificationError):
-        return HandshakeFailed("certificate", str(error.verify_message or error.reason))
+        return HandshakeFailed("certificate", str(getattr(error, "verify_message", reason)))
     if isinstance(error, ssl.SSLEOFError | ssl.SSLZeroReturnError) or \
             not isinstance(error, ssl.SSLError):
         detail = type(error).__name__ if error is not None else "connection closed"
         return HandshakeFailed("closed", detail)
-    reason = str(error.reason or error)
     if any(word in reason for word in _CERTIFICATE_ALERTS):
         return HandshakeFailed("certificate", reason)
     return HandshakeFailed("protocol", reason)
@@ -148,6 +149,9 @@ async def handshake(stream: trio.SSLStream[Any], timeout: float) -> HandshakeFai
 
 
 # -- warnings ---------------------------------------------------------------------------------
+
+UNVERIFIED = ('smsc "{name}" has tls_verify = false: the SMSC\'s certificate is not checked, '
+              "anyone on the path can pose as it")
 
 
 def is_loopback(host: str) -> bool:
@@ -174,7 +178,3 @@ def warnings(config: GatewayConfig) -> list[str]:
     found += [UNVERIFIED.format(name=s.name) for s in config.smscs.values()
               if s.tls and not s.tls_verify]
     return found
-
-
-UNVERIFIED = ('smsc "{name}" has tls_verify = false: the SMSC\'s certificate is not checked, '
-              "anyone on the path can pose as it")

@@ -141,9 +141,11 @@ class SmscConnector:
         self._queue: deque[Submission] = deque()
         self._queued = trio.Event()  # set when the queue gets an item
         self._slot = trio.Event()  # set when a window slot frees or the binds change
-        self.tls = tls.client_context(config.tls_ca, config.tls_verify, config.tls_cert,
-                                      config.tls_key, config.tls_min_version) \
-            if config.tls else None
+        self.tls_context = None
+        if config.tls:
+            self.tls_context = tls.client_context(config.tls_ca, config.tls_verify,
+                                                  config.tls_cert, config.tls_key,
+                                                  config.tls_min_version)
 
     # -- state --------------------------------------------------------------------------
     def is_up(self) -> bool:
@@ -202,7 +204,7 @@ class SmscConnector:
         except OSError as exc:
             log.warning("smsc.connect_failed", smsc=cfg.name, bind=name, error=str(exc))
             return False
-        if self.tls is not None:
+        if self.tls_context is not None:
             secured = await self._tls_handshake(stream, name)
             if secured is None:
                 return False
@@ -259,9 +261,14 @@ class SmscConnector:
         """The TLS stream once the SMSC is verified (within response_timeout); None, counted
         and logged, when the handshake failed: a failed connect, retried with backoff."""
         cfg = self.config
-        assert self.tls is not None
-        secured = trio.SSLStream(stream, self.tls, server_hostname=cfg.tls_server_name or cfg.host)
-        failed = await tls.handshake(secured, cfg.response_timeout)
+        assert self.tls_context is not None
+        secured = trio.SSLStream(stream, self.tls_context,
+                                 server_hostname=cfg.tls_server_name or cfg.host)
+        try:
+            failed = await tls.handshake(secured, cfg.response_timeout)
+        except BaseException:  # cancelled: leave no socket behind
+            await trio.aclose_forcefully(stream)
+            raise
         if failed is None:
             return secured
         metrics.child(metrics.SMSC_TLS_FAILURES, cfg.name, failed.reason).inc()

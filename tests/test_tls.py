@@ -491,3 +491,27 @@ def test_check_config_warns_of_a_cleartext_listener_off_loopback_and_unverified_
 ])
 def test_only_loopback_hosts_count_as_local(host: str, loopback: bool) -> None:
     assert tls.is_loopback(host) is loopback
+
+
+def _ssl_error(cls: type[ssl.SSLError], reason: str) -> ssl.SSLError:
+    error = cls(1, f"[SSL: {reason}] {reason.lower()}")
+    error.reason = reason  # as OpenSSL's errors carry it
+    return error
+
+
+@pytest.mark.parametrize(("error", "reason"), [
+    (None, "closed"),
+    (ConnectionResetError(104, "Connection reset by peer"), "closed"),
+    (ssl.SSLEOFError(8, "EOF occurred in violation of protocol"), "closed"),
+    (ssl.SSLCertVerificationError(1, "certificate verify failed"), "certificate"),
+    (_ssl_error(ssl.SSLError, "PEER_DID_NOT_RETURN_A_CERTIFICATE"), "certificate"),
+    (_ssl_error(ssl.SSLError, "TLSV1_ALERT_UNKNOWN_CA"), "certificate"),
+    (_ssl_error(ssl.SSLError, "WRONG_VERSION_NUMBER"), "protocol"),
+    (_ssl_error(ssl.SSLError, "NO_SHARED_CIPHER"), "protocol"),
+    (ssl.SSLError(1, "anything else"), "protocol"),
+])
+def test_handshake_errors_map_to_a_fixed_set_of_metric_reasons(
+        error: BaseException | None, reason: str) -> None:
+    failed = tls.classify(error)
+    assert failed.reason == reason and failed.reason in tls.REASONS
+    assert failed.detail
