@@ -2,7 +2,8 @@
 
 Subcommands: run, simulate-smsc (and simulate-smsc-mo to inject a phone's reply),
 check-config, hash-password. Exit status 2 for configuration errors; run and check-config
-warn when the config file's secrets are readable by every user.
+warn when the config file's secrets are readable by every user, check-config too of a
+listener off loopback without TLS and of an unverified TLS link to an SMSC.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import NamedTuple
 import structlog
 import trio
 
-from gateway import logs
+from gateway import logs, tls
 from gateway.config import (
     ConfigError,
     GatewayConfig,
@@ -130,6 +131,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     exposure = exposed_secrets(config)
     if exposure is not None:
         print(f"warning: {exposure.message}", file=sys.stderr)
+    for warning in tls.warnings(config):  # the daemon logs these when it starts
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{config.source}: OK ({len(config.accounts)} accounts, {len(config.smscs)} smscs, "
           f"{len(config.routes)} routes, {len(config.listeners)} listeners)")
     return 0

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast, get_args
 
+from gateway import tls
 from gateway.passwords import SMPP_PASSWORD_MAX, is_password_hash
 
 __all__ = [
@@ -44,6 +45,7 @@ MessageIdFormat = Literal["hex", "decimal"]
 ReceiptIdBase = Literal["same", "other"]  # simulator: receipts write ids in the same/other base
 Synchronous = Literal["full", "normal"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+TlsVersion = Literal["1.2", "1.3"]  # the lowest TLS version accepted
 
 DAY = 86400.0
 
@@ -90,6 +92,13 @@ class ListenerConfig:
     write_timeout: float = 30.0  # a write making no progress this long closes the connection
     max_connections: int = 1000  # open connections on this listener, bound or not
     max_connections_per_address: int = 50  # open connections from one source address
+    # TLS (gateway.tls): with tls_cert and tls_key (PEM files) the listener speaks SMPP over
+    # TLS only; with tls_client_ca, clients must present a certificate that CA signed. The
+    # handshake counts against bind_timeout.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    tls_min_version: TlsVersion = "1.2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +146,15 @@ class SmscConfig:
     udh_ref16: bool = False
     receipt_hold: float = 10.0  # seconds an unmatched receipt is held and matched again
     receipt_id_format: ReceiptIdFormat = "auto"
+    # TLS (gateway.tls): verify the SMSC's certificate (against tls_ca, else the system's trust
+    # store) and its name (tls_server_name, else host); optional client certificate.
+    tls: bool = False
+    tls_ca: Path | None = None
+    tls_verify: bool = True
+    tls_server_name: str = ""  # empty: host
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_min_version: TlsVersion = "1.2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +230,10 @@ class SimulatorConfig:
     message_id_format: MessageIdFormat = "hex"
     receipt_id_base: ReceiptIdBase = "same"  # "other": receipts show hex ids in decimal etc.
     seed: int | None = None
+    tls_cert: Path | None = None  # as for [[listener]]: SMPP over TLS with this certificate
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    tls_min_version: TlsVersion = "1.2"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -409,6 +431,12 @@ class _Table:
 
         return self.get(key, default, expected, conv)
 
+    def path(self, key: str) -> Path | None:
+        """An optional file path (left out: None), resolved like store.path."""
+        text: str | None = self.get(key, None, "a file path",
+                                    lambda v: v if isinstance(v, str) and v else None)
+        return None if text is None else _resolve(text)
+
     def name(self, key: str) -> str:
         return self.string(key, empty=False, pattern=_NAME_RE, expected=NAME_HINT)
 
@@ -567,6 +595,7 @@ def _listener(t: _Table) -> ListenerConfig:
         write_timeout=t.duration("write_timeout"),
         max_connections=t.integer("max_connections", low=1),
         max_connections_per_address=t.integer("max_connections_per_address", low=1),
+        **_server_tls(t),
     )
     if delay_max < delay:
         raise t.fail("auth_failure_delay_max", f"a duration >= auth_failure_delay ({delay:g}s)",
@@ -628,6 +657,7 @@ def _smsc(t: _Table) -> SmscConfig:
         udh_ref16=t.boolean("udh_ref16"),
         receipt_hold=t.duration("receipt_hold", positive=False),
         receipt_id_format=t.choice("receipt_id_format", get_args(ReceiptIdFormat)),
+        **_smsc_tls(t),
     )
     if cfg.reconnect_delay_max < cfg.reconnect_delay:
         raise t.fail(
@@ -666,12 +696,70 @@ def _retry(t: _Table) -> RetryConfig:
     return cfg
 
 
+def _resolve(text: str) -> Path:
+    path = Path(text).expanduser()
+    # relative paths: against the daemon's working directory
+    return path if path.is_absolute() else Path.cwd() / path
+
+
+def _cert_and_key(t: _Table) -> tuple[Path | None, Path | None]:
+    """tls_cert and tls_key: both or neither."""
+    cert, key = t.path("tls_cert"), t.path("tls_key")
+    if cert is not None and key is None:
+        raise t.fail("tls_key", "required with tls_cert (expected a PEM private key file)")
+    if key is not None and cert is None:
+        raise t.fail("tls_cert", "required with tls_key (expected a PEM certificate file)")
+    return cert, key
+
+
+def _only_with(t: _Table, keys: Iterable[str], condition: str) -> None:
+    for key in keys:
+        if key in t.data:
+            raise t.fail(key, f"only with {condition}")
+
+
+def _tls_usable(t: _Table, build: Callable[[], object]) -> None:
+    """Build the SSLContext now, so that a file that cannot serve is named at load time."""
+    try:
+        build()
+    except tls.TlsFileError as exc:
+        raise t.fail(exc.key, exc.expected, got=exc.got) from None
+
+
+def _server_tls(t: _Table) -> dict[str, Any]:
+    """The TLS keys of a listener (or the simulator), proven usable."""
+    cert, key = _cert_and_key(t)
+    if cert is None or key is None:
+        _only_with(t, ("tls_client_ca", "tls_min_version"), "tls_cert and tls_key")
+        return {}
+    client_ca = t.path("tls_client_ca")
+    version = t.choice("tls_min_version", get_args(TlsVersion))
+    _tls_usable(t, lambda: tls.server_context(cert, key, client_ca, version))
+    return {"tls_cert": cert, "tls_key": key, "tls_client_ca": client_ca,
+            "tls_min_version": version}
+
+
+def _smsc_tls(t: _Table) -> dict[str, Any]:
+    """The TLS keys of an [[smsc]], proven usable."""
+    if not t.boolean("tls"):
+        _only_with(t, ("tls_ca", "tls_verify", "tls_server_name", "tls_cert", "tls_key",
+                       "tls_min_version"), "tls = true")
+        return {}
+    ca, verify = t.path("tls_ca"), t.boolean("tls_verify")
+    if ca is not None and not verify:
+        raise t.fail("tls_ca", "no tls_ca with tls_verify = false (nothing is verified)")
+    cert, key = _cert_and_key(t)
+    version = t.choice("tls_min_version", get_args(TlsVersion))
+    _tls_usable(t, lambda: tls.client_context(ca, verify, cert, key, version))
+    return {"tls": True, "tls_ca": ca, "tls_verify": verify,
+            "tls_server_name": t.string("tls_server_name", pattern=_HOST_RE,
+                                        expected="a host name (empty: host)"),
+            "tls_cert": cert, "tls_key": key, "tls_min_version": version}
+
+
 def _store(t: _Table) -> StoreConfig:
-    path = Path(t.string("path", empty=False, expected="a file path")).expanduser()
-    if not path.is_absolute():
-        path = Path.cwd() / path  # relative paths: against the daemon's working directory
     return StoreConfig(
-        path=path,
+        path=_resolve(t.string("path", empty=False, expected="a file path")),
         batch_max=t.integer("batch_max", low=1),
         retention=t.duration("retention"),
         synchronous=t.choice("synchronous", get_args(Synchronous)),
@@ -744,6 +832,7 @@ def _simulator(t: _Table) -> SimulatorConfig:
         message_id_format=t.choice("message_id_format", get_args(MessageIdFormat)),
         receipt_id_base=t.choice("receipt_id_base", get_args(ReceiptIdBase)),
         seed=t.integer("seed"),
+        **_server_tls(t),
     )
 
 
@@ -846,8 +935,9 @@ def load_config(path: str | Path) -> GatewayConfig:
 
     Beyond each key's own type and range, the references between groups are checked too
     (routes name existing smscs, names unique, ...), so a loaded config is usable as is.
-    Relative paths in the file (``store.path``) are resolved against the current working
-    directory, not the config file's directory.
+    Relative paths in the file (``store.path``, TLS files) are resolved against the current
+    working directory, not the config file's directory. TLS files are loaded into an SSLContext
+    here, so that one that cannot serve is reported now, not when a peer connects.
     """
     file, doc = _read(path)
     _top_keys(file, doc)

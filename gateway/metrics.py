@@ -82,3 +82,11 @@ def status_label(status: int) -> str:
 
 def transition(state: State) -> None:
     child(STATES, state.value).inc()
+
+
+TLS_HANDSHAKE_FAILURES = Counter("smsgw_tls_handshake_failures_total",
+                                 "Upstream TLS handshakes that failed, by reason (timeout, "
+                                 "certificate, protocol, closed)", ["listener", "reason"])
+SMSC_TLS_FAILURES = Counter("smsgw_smsc_tls_failures_total",
+                            "TLS handshakes with an operator SMSC that failed, by reason "
+                            "(timeout, certificate, protocol, closed)", ["smsc", "reason"])

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import structlog
 import trio
 
-from gateway import metrics
+from gateway import metrics, tls
 from gateway.auth import Authenticator, Verdict
 from gateway.clock import WallClock
 from gateway.config import AccountConfig, ListenerConfig
@@ -115,7 +115,13 @@ class SmppServer:
         self._label = f"{listener.host}:{listener.port}"
         self._refusal_log = LogBudget()
         self._unbound_log = LogBudget()  # protocol problems of unbound peers, all together
+        self._tls_log = LogBudget()
         self.auth = Authenticator(listener)
+        self.tls_context = None
+        if listener.tls_cert is not None and listener.tls_key is not None:
+            self.tls_context = tls.server_context(listener.tls_cert, listener.tls_key,
+                                                  listener.tls_client_ca,
+                                                  listener.tls_min_version)
 
     def policy(self, account: AccountConfig) -> IntakePolicy:
         return IntakePolicy(self.validity, account.validity, account.max_parts)
@@ -125,7 +131,11 @@ class SmppServer:
         listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
         sock = listeners[0].socket
         self.port = int(sock.getsockname()[1])
-        log.info("listener.ready", host=cfg.host, port=self.port)
+        log.info("listener.ready", host=cfg.host, port=self.port,
+                 tls=self.tls_context is not None)
+        cleartext = tls.cleartext_listener(cfg)
+        if cleartext is not None:
+            log.warning("listener.cleartext", listener=self._label, detail=cleartext)
         async with trio.open_nursery() as nursery:
             for listener in listeners:
                 nursery.start_soon(self._accept_loop, listener, nursery)
@@ -185,13 +195,23 @@ class SmppServer:
                 port = stream.socket.getpeername()[1]
             except OSError:
                 port = 0
-            conn = Connection(stream, Side.SMSC, window=cfg.window,
+            name = f"{address}:{port}"
+            smpp_stream: trio.abc.Stream = stream
+            bind_timeout = cfg.bind_timeout  # for the TLS handshake and the bind together
+            if self.tls_context is not None:
+                started = trio.current_time()
+                secured = await self._tls_handshake(stream, name)
+                if secured is None:
+                    return
+                smpp_stream = secured
+                bind_timeout -= trio.current_time() - started
+            conn = Connection(smpp_stream, Side.SMSC, window=cfg.window,
                               response_timeout=cfg.response_timeout,
                               enquire_link_interval=cfg.enquire_link_interval,
                               inactivity_timeout=cfg.inactivity_timeout,
-                              bind_timeout=cfg.bind_timeout, write_timeout=cfg.write_timeout,
+                              bind_timeout=bind_timeout, write_timeout=cfg.write_timeout,
                               incoming_window=cfg.incoming_window,
-                              max_pdu_size=cfg.max_pdu_size, name=f"{address}:{port}",
+                              max_pdu_size=cfg.max_pdu_size, name=name,
                               unbound_log=self._unbound_log)
             conn.extra["address"] = address
             self.connections.add(conn)
@@ -210,6 +230,22 @@ class SmppServer:
                 self._per_address[address] = left
             else:
                 self._per_address.pop(address, None)
+
+    async def _tls_handshake(self, stream: trio.SocketStream,
+                             name: str) -> trio.SSLStream[trio.SocketStream] | None:
+        """The TLS stream once the handshake is done within bind_timeout; None (counted, and
+        logged within a budget) when it failed."""
+        assert self.tls_context is not None
+        secured = trio.SSLStream(stream, self.tls_context, server_side=True)
+        failed = await tls.handshake(secured, self.listener.bind_timeout)
+        if failed is None:
+            return secured
+        metrics.child(metrics.TLS_HANDSHAKE_FAILURES, self._label, failed.reason).inc()
+        held = self._tls_log.take(trio.current_time())
+        if held is not None:
+            log.warning("listener.tls_handshake_failed", listener=self._label, conn=name,
+                        reason=failed.reason, detail=shorten(failed.detail), suppressed=held)
+        return None
 
     def _unregister(self, conn: Connection) -> None:
         account = conn.extra.get("account")

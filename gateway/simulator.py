@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway import tls
 from gateway.config import MessageIdFormat, ReceiptIdBase, SimulatorConfig
 from smpp.connection import Connection, ConnectionClosed, ResponseTimeout, Turns, WindowFull
 from smpp.constants import (
@@ -261,7 +262,13 @@ class SmscSimulator:
                     await extra.aclose()
                 listeners = listeners[:1]
             self.port = listeners[0].socket.getsockname()[1]
-            nursery.start_soon(trio.serve_listeners, self._serve_stream, listeners)
+            if cfg.tls_cert is not None and cfg.tls_key is not None:
+                context = tls.server_context(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca,
+                                             cfg.tls_min_version)
+                secured = [trio.SSLListener(lst, context) for lst in listeners]
+                nursery.start_soon(trio.serve_listeners, self._serve_stream, secured)
+            else:
+                nursery.start_soon(trio.serve_listeners, self._serve_stream, listeners)
             app: Any = self.control_app()  # hypercorn's ASGI type is narrower than Starlette's
             binds: list[str] = await nursery.start(
                 partial(hypercorn.trio.serve, app, self._hypercorn_config())
@@ -269,6 +276,7 @@ class SmscSimulator:
             self.control_port = int(binds[0].rsplit(":", 1)[1])
             nursery.start_soon(self._timer_loop)
             log.info("simulator.listening", host=cfg.host, port=self.port,
+                     tls=cfg.tls_cert is not None,
                      control_host=cfg.control_host, control_port=self.control_port)
             task_status.started()
 
@@ -291,7 +299,7 @@ class SmscSimulator:
         return [c for c in self._connections if c.session.bound and not c.closed]
 
     # -- SMPP side ---------------------------------------------------------------------------
-    async def _serve_stream(self, stream: trio.SocketStream) -> None:
+    async def _serve_stream(self, stream: trio.abc.Stream) -> None:
         self._conn_seq += 1
         conn = Connection(
             stream,

@@ -1,9 +1,10 @@
 """SMS channel: one operator (SMSC) connection group, i.e. N SMPP client binds.
 
-Keeps its binds up (reconnect with exponential backoff), sends queued submits in order at no
-more than the configured rate over the bound transmitters' windows (never once their message's
-validity is over, and carrying what is left of it), classifies submit_sm_resp statuses
-(temporary: retry later; permanent: final), and hands every deliver_sm / data_sm to a callback.
+Keeps its binds up (over TLS when configured, the SMSC verified; reconnect with exponential
+backoff), sends queued submits in order at no more than the configured rate over the bound
+transmitters' windows (never once their message's validity is over, and carrying what is left
+of it), classifies submit_sm_resp statuses (temporary: retry later; permanent: final), and
+hands every deliver_sm / data_sm to a callback.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 import structlog
 import trio
 
-from gateway import metrics
+from gateway import metrics, tls
 from gateway.config import SmscConfig
 from smpp.connection import Connection, ConnectionClosed, ResponseTimeout, Turns, WindowFull
 from smpp.constants import CommandId, Status
@@ -142,6 +143,11 @@ class SmscConnector:
         self._queue: deque[Submission] = deque()
         self._queued = trio.Event()  # set when the queue gets an item
         self._slot = trio.Event()  # set when a window slot frees or the binds change
+        self.tls_context = None
+        if config.tls:
+            self.tls_context = tls.client_context(config.tls_ca, config.tls_verify,
+                                                  config.tls_cert, config.tls_key,
+                                                  config.tls_min_version)
 
     # -- state --------------------------------------------------------------------------
     def is_up(self) -> bool:
@@ -172,6 +178,9 @@ class SmscConnector:
             kinds = [BindTransceiver] * cfg.binds
         else:
             kinds = [*([BindTransmitter] * cfg.binds), *([BindReceiver] * cfg.binds)]
+        if cfg.tls and not cfg.tls_verify:
+            log.warning("smsc.tls_unverified", smsc=cfg.name,
+                        detail=tls.UNVERIFIED.format(name=cfg.name))
         async with trio.open_nursery() as nursery:
             for index, kind in enumerate(kinds):
                 nursery.start_soon(self._bind_loop, kind, index)
@@ -197,6 +206,11 @@ class SmscConnector:
         except OSError as exc:
             log.warning("smsc.connect_failed", smsc=cfg.name, bind=name, error=str(exc))
             return False
+        if self.tls_context is not None:
+            secured = await self._tls_handshake(stream, name)
+            if secured is None:
+                return False
+            stream = secured
         conn = Connection(stream, Side.ESME, window=cfg.window,
                           response_timeout=cfg.response_timeout,
                           enquire_link_interval=cfg.enquire_link_interval,
@@ -243,6 +257,27 @@ class SmscConnector:
                 metrics.SMSC_BINDS.labels(cfg.name).dec()
                 log.info("smsc.unbound", smsc=cfg.name, bind=name)
         return bound
+
+    async def _tls_handshake(self, stream: trio.abc.Stream,
+                             name: str) -> trio.SSLStream[trio.abc.Stream] | None:
+        """The TLS stream once the SMSC is verified (within response_timeout); None, counted
+        and logged, when the handshake failed: a failed connect, retried with backoff."""
+        cfg = self.config
+        assert self.tls_context is not None
+        secured = trio.SSLStream(stream, self.tls_context,
+                                 server_hostname=cfg.tls_server_name or cfg.host)
+        try:
+            failed = await tls.handshake(secured, cfg.response_timeout)
+        except BaseException:  # cancelled: leave no socket behind
+            await trio.aclose_forcefully(stream)
+            raise
+        if failed is None:
+            return secured
+        metrics.child(metrics.SMSC_TLS_FAILURES, cfg.name, failed.reason).inc()
+        log.warning("smsc.tls_failed", smsc=cfg.name, bind=name, reason=failed.reason,
+                    detail=failed.detail)
+        await trio.aclose_forcefully(stream)
+        return None
 
     async def _handle_deliveries(self, conn: Connection, pdus: list[Pdu]) -> None:
         """Receipts and MO: the handler answers each once its effect is committed. What it

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -95,9 +96,11 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None
 class SmpplibEsme:
     """smpplib's blocking Client bound to the gateway; call its methods from a thread."""
 
-    def __init__(self, port: int, system_id: str = "demo", password: str = "demopass") -> None:
+    def __init__(self, port: int, system_id: str = "demo", password: str = "demopass",
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.client = smpplib.client.Client("127.0.0.1", port, timeout=5,
-                                            allow_unknown_opt_params=True)
+                                            allow_unknown_opt_params=True,
+                                            ssl_context=ssl_context)
         self.resps: list[Any] = []
         self.delivered: list[Any] = []
         self.errors: list[Any] = []
