@@ -9,6 +9,7 @@ and registers receiver/transceiver binds with the reporter for receipts and MO.
 from __future__ import annotations
 
 import errno
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -40,7 +41,7 @@ from smpp.pdu import (
     UnsuccessSme,
     set_tlv_int,
 )
-from smpp.session import Side
+from smpp.session import BindState, Side
 from smpp.smpptime import format_absolute
 
 log = structlog.get_logger("gateway.server")
@@ -73,6 +74,30 @@ class TokenBucket:
             self.tokens -= count
             return True
         return False
+
+
+def address_group(address: str) -> str:
+    """The key connection limits and bind failures are counted under: the IPv4 address, or
+    the /64 network of an IPv6 address (one customer or attacker typically holds a whole /64,
+    so counting single IPv6 addresses would count nothing)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+@dataclass(eq=False, slots=True)
+class _Unbound:
+    """A connection accepted and not bound yet: its scope, to close it to make room."""
+
+    address: str
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    conn: Connection | None = None  # None during the TLS handshake
 
 
 @dataclass(eq=False)
@@ -111,6 +136,7 @@ class SmppServer:
         self.port: int | None = None
         self.connections: set[Connection] = set()
         self._starting = 0  # accepted, Connection not made yet
+        self._unbound: dict[_Unbound, None] = {}  # accepted, not bound yet, oldest first
         self._per_address: dict[str, int] = {}  # open connections per source address
         self._label = f"{listener.host}:{listener.port}"
         self._refusal_log = LogBudget()
@@ -156,7 +182,7 @@ class SmppServer:
                 await trio.sleep(0.1)
                 continue
             try:
-                address = str(stream.socket.getpeername()[0])
+                address = address_group(str(stream.socket.getpeername()[0]))
             except OSError:  # already gone
                 stream.socket.close()
                 continue
@@ -165,13 +191,32 @@ class SmppServer:
                 reason = "listener"
             elif self._per_address.get(address, 0) >= cfg.max_connections_per_address:
                 reason = "address"
+            elif len(self._unbound) >= cfg.max_unbound_connections and not self._make_room():
+                reason = "unbound"
             if reason is not None:
                 stream.socket.close()
                 self._note_refusal(reason, address)
                 continue
             self._per_address[address] = self._per_address.get(address, 0) + 1
             self._starting += 1
-            nursery.start_soon(self._handle_stream, stream, address)
+            pending = _Unbound(address)
+            self._unbound[pending] = None
+            nursery.start_soon(self._handle_stream, stream, address, pending)
+
+    def _make_room(self) -> bool:
+        """At the unbound-connection limit: close the oldest connection that has not even
+        sent a bind, else the oldest one from a locked-out address; False if there is none
+        (every unbound connection is a bind being decided: the newcomer is refused)."""
+        victim = next((p for p in self._unbound if p.conn is None
+                       or p.conn.state is BindState.OPEN), None)
+        if victim is None:
+            victim = next((p for p in self._unbound if self.auth.locked_out(p.address)), None)
+        if victim is None:
+            return False
+        del self._unbound[victim]
+        victim.scope.cancel()
+        metrics.child(metrics.CONNECTIONS_REFUSED, self._label, "evicted").inc()
+        return True
 
     def _note_refusal(self, reason: str, address: str) -> None:
         metrics.child(metrics.CONNECTIONS_REFUSED, self._label, reason).inc()
@@ -187,42 +232,23 @@ class SmppServer:
             for conn in list(self.connections):
                 nursery.start_soon(conn.unbind, 2.0)
 
-    async def _handle_stream(self, stream: trio.SocketStream, address: str) -> None:
-        cfg = self.listener
-        conn: Connection | None = None
+    async def _handle_stream(self, stream: trio.SocketStream, address: str,
+                             pending: _Unbound) -> None:
         try:
-            try:
-                port = stream.socket.getpeername()[1]
-            except OSError:
-                port = 0
-            name = f"{address}:{port}"
-            smpp_stream: trio.abc.Stream = stream
-            bind_timeout = cfg.bind_timeout  # for the TLS handshake and the bind together
-            if self.tls_context is not None:
-                started = trio.current_time()
-                secured = await self._tls_handshake(stream, name)
-                if secured is None:
-                    return
-                smpp_stream = secured
-                bind_timeout -= trio.current_time() - started
-            conn = Connection(smpp_stream, Side.SMSC, window=cfg.window,
-                              response_timeout=cfg.response_timeout,
-                              enquire_link_interval=cfg.enquire_link_interval,
-                              inactivity_timeout=cfg.inactivity_timeout,
-                              bind_timeout=bind_timeout, write_timeout=cfg.write_timeout,
-                              incoming_window=cfg.incoming_window,
-                              max_pdu_size=cfg.max_pdu_size, name=name,
-                              unbound_log=self._unbound_log)
-            conn.extra["address"] = address
-            self.connections.add(conn)
-            self._starting -= 1
-            await conn.run(self._handle, batch_handler=self._submit_batch,
-                           batch_commands=_BATCHED)
+            with pending.scope:
+                await self._serve_stream(stream, address, pending)
+        except Exception:  # a bug with one connection must not take the listener down
+            log.exception("upstream.connection_failed", address=shorten(address))
         finally:
+            self._unbound.pop(pending, None)
+            conn = pending.conn
             if conn is None:
                 self._starting -= 1
                 stream.socket.close()
             else:
+                if not conn.closed:
+                    with trio.CancelScope(shield=True):
+                        await conn.aclose()
                 self.connections.discard(conn)
                 self._unregister(conn)
             left = self._per_address.get(address, 1) - 1
@@ -230,6 +256,41 @@ class SmppServer:
                 self._per_address[address] = left
             else:
                 self._per_address.pop(address, None)
+
+    async def _serve_stream(self, stream: trio.SocketStream, address: str,
+                            pending: _Unbound) -> None:
+        """TLS handshake (if any), then the SMPP session until it ends; the Connection is
+        left in pending.conn."""
+        cfg = self.listener
+        try:
+            port = stream.socket.getpeername()[1]
+        except OSError:
+            port = 0
+        name = f"{address}:{port}"
+        smpp_stream: trio.abc.Stream = stream
+        bind_timeout = cfg.bind_timeout  # for the TLS handshake and the bind together
+        if self.tls_context is not None:
+            started = trio.current_time()
+            secured = await self._tls_handshake(stream, name)
+            if secured is None:
+                return
+            smpp_stream = secured
+            bind_timeout -= trio.current_time() - started
+        conn = Connection(smpp_stream, Side.SMSC, window=cfg.window,
+                          response_timeout=cfg.response_timeout,
+                          enquire_link_interval=cfg.enquire_link_interval,
+                          inactivity_timeout=cfg.inactivity_timeout,
+                          bind_timeout=bind_timeout, write_timeout=cfg.write_timeout,
+                          incoming_window=cfg.incoming_window,
+                          max_pdu_size=cfg.max_pdu_size, name=name,
+                          unbound_log=self._unbound_log)
+        conn.extra["address"] = address
+        conn.extra["pending"] = pending
+        pending.conn = conn
+        self.connections.add(conn)
+        self._starting -= 1
+        await conn.run(self._handle, batch_handler=self._submit_batch,
+                       batch_commands=_BATCHED)
 
     async def _tls_handshake(self, stream: trio.SocketStream,
                              name: str) -> trio.SSLStream[trio.SocketStream] | None:
@@ -305,6 +366,7 @@ class SmppServer:
         mode = {CommandId.BIND_TRANSMITTER: "tx", CommandId.BIND_RECEIVER: "rx",
                 CommandId.BIND_TRANSCEIVER: "trx"}[pdu.command_id]
         conn.extra.update(account=pdu.system_id, mode=mode)
+        self._unbound.pop(conn.extra["pending"], None)  # bound: no longer evictable
         state.binds.add(conn)
         metrics.UPSTREAM_BINDS.labels(pdu.system_id, mode).inc()
         if isinstance(pdu, BindReceiver | BindTransceiver):

@@ -14,8 +14,10 @@ import trio
 from structlog.testing import capture_logs
 
 from gateway.config import AccountConfig, ListenerConfig
+from gateway.server import address_group
 from smpp.connection import Connection
-from smpp.pdu import BindTransceiver, EnquireLink, Pdu, SubmitSm, encode
+from smpp.constants import Status
+from smpp.pdu import BindTransceiver, EnquireLink, FrameReader, Pdu, SubmitSm, decode, encode
 from smpp.session import Side
 from tests.stack import password_hash, running_stack, wait_for
 
@@ -156,3 +158,44 @@ async def test_peers_reconnecting_for_each_bad_pdu_cannot_flood_the_log(tmp_path
                 assert await _closed_by_peer(stream)
         violations = [e for e in logs if e["event"] == "smpp.protocol_violation"]
         assert 1 <= len(violations) <= 5
+
+
+def test_ipv6_peers_are_counted_by_their_64_network() -> None:
+    assert address_group("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
+    assert address_group("2001:db8:1:2:bbbb::7") == "2001:db8:1:2::/64"
+    assert address_group("::ffff:192.0.2.7") == "192.0.2.7"
+    assert address_group("192.0.2.7") == "192.0.2.7"
+
+
+async def test_idle_unbound_connections_make_room_for_newcomers_not_binds_in_progress(
+        tmp_path: Path) -> None:
+    """The rule: peers that connect and never bind cannot hold every place on a listener:
+    at max_unbound_connections the oldest connection that has not sent a bind is closed for
+    a newcomer; a bind being decided is never cut (newcomers are refused instead)."""
+    listener = ListenerConfig(port=0, auth_failure_delay=2.0, bind_timeout=30,
+                              max_unbound_connections=2)
+    async with running_stack(tmp_path, listeners=(listener,)) as (gw, _sim):
+        deciding = await _connect(gw.smpp_port, "127.0.0.2")
+        await deciding.send_all(encode(BindTransceiver(sequence=1, system_id="demo",
+                                                       password="wrong")))
+        idle = await _connect(gw.smpp_port, "127.0.0.3")
+        await wait_for(lambda: len(gw.servers[0]._unbound) == 2)
+        newcomer = await _connect(gw.smpp_port, "127.0.0.4")
+        assert await _closed_by_peer(idle)  # the idle one made room
+        async with trio.open_nursery() as nursery:
+            conn = Connection(newcomer, Side.ESME)
+            nursery.start_soon(conn.run, _ignore)
+            resp = await conn.request(BindTransceiver(system_id="demo", password="demopass"))
+            assert resp.status == 0
+            second = await _connect(gw.smpp_port, "127.0.0.6")
+            await second.send_all(encode(BindTransceiver(sequence=1, system_id="demo",
+                                                         password="wrong2")))
+            await wait_for(lambda: len(gw.servers[0]._unbound) == 2)
+            refused = await _connect(gw.smpp_port, "127.0.0.5")  # only binds in progress left
+            assert await _closed_by_peer(refused)
+            reader = FrameReader()
+            with trio.fail_after(10):
+                while (frame := reader.next_frame()) is None:
+                    reader.feed(await deciding.receive_some(100))
+            assert decode(frame).status == Status.ESME_RINVPASWD  # answered, never cut
+            await conn.unbind()
