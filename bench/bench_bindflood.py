@@ -107,7 +107,8 @@ smscs = ["none"]
 async def bind_once(port: int, source: str, system_id: str, password: str,
                     timeout: float) -> int:
     """Connect from `source`, bind_transceiver, return the bind_resp status (an accepted bind
-    is unbound again). Raises OSError / trio.TooSlowError on connection trouble."""
+    is unbound again). Raises OSError / trio.TooSlowError / trio.BrokenResourceError on
+    connection trouble (e.g. the gateway closing a locked-out peer to make room)."""
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     with trio.fail_after(timeout):
         try:
@@ -162,7 +163,7 @@ async def flood_worker(port: int, source: str, deadline: float, res: Results) ->
         guess = secrets.token_hex(4)  # 8 characters, like an SMPP password
         try:
             status = await bind_once(port, source, VICTIM, guess, timeout=60)
-        except (OSError, trio.TooSlowError) as exc:
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             res.flood_errors[type(exc).__name__] += 1
             await trio.sleep(0.1)
             continue
@@ -179,7 +180,7 @@ async def legit(port: int, system_id: str, password: str, into: list[tuple[str, 
     t0 = time.perf_counter()
     try:
         status = await bind_once(port, LEGIT_SOURCE, system_id, password, timeout=60)
-    except (OSError, trio.TooSlowError) as exc:
+    except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
         res.legit_failures.append(f"{system_id}: {type(exc).__name__} {exc}")
         return
     if status != Status.ESME_ROK:

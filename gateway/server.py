@@ -49,6 +49,7 @@ log = structlog.get_logger("gateway.server")
 
 _BATCHED = frozenset({CommandId.SUBMIT_SM, CommandId.DATA_SM})
 # accept() errors that mean "out of resources for now", not "the listener is broken"
+UNBOUND_GRACE = 1.0  # seconds a new connection may take to send its bind before it is evictable
 _ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 
@@ -96,6 +97,7 @@ class _Unbound:
     """A connection accepted and not bound yet: its scope, to close it to make room."""
 
     address: str
+    since: float = field(default_factory=trio.current_time)
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     conn: Connection | None = None  # None during the TLS handshake
 
@@ -191,8 +193,11 @@ class SmppServer:
                 reason = "listener"
             elif self._per_address.get(address, 0) >= cfg.max_connections_per_address:
                 reason = "address"
-            elif len(self._unbound) >= cfg.max_unbound_connections and not self._make_room():
-                reason = "unbound"
+            elif len(self._unbound) >= cfg.max_unbound_connections:
+                if self.auth.locked_out(address):
+                    reason = "locked_out"  # the lowest claim to a place: none is made for it
+                elif not self._make_room():
+                    reason = "unbound"
             if reason is not None:
                 stream.socket.close()
                 self._note_refusal(reason, address)
@@ -204,11 +209,13 @@ class SmppServer:
             nursery.start_soon(self._handle_stream, stream, address, pending)
 
     def _make_room(self) -> bool:
-        """At the unbound-connection limit: close the oldest connection that has not even
-        sent a bind, else the oldest one from a locked-out address; False if there is none
-        (every unbound connection is a bind being decided: the newcomer is refused)."""
-        victim = next((p for p in self._unbound if p.conn is None
-                       or p.conn.state is BindState.OPEN), None)
+        """At the unbound-connection limit: close the oldest connection that has sent no bind
+        for UNBOUND_GRACE seconds (a client binds at once; one that doesn't is holding a
+        place), else the oldest one from a locked-out address (kept waiting for its refusal);
+        False if there is none: every unbound connection is a bind being decided."""
+        now = trio.current_time()
+        victim = next((p for p in self._unbound if now - p.since >= UNBOUND_GRACE and (
+            p.conn is None or p.conn.state is BindState.OPEN)), None)
         if victim is None:
             victim = next((p for p in self._unbound if self.auth.locked_out(p.address)), None)
         if victim is None:

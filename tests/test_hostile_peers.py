@@ -14,7 +14,7 @@ import trio
 from structlog.testing import capture_logs
 
 from gateway.config import AccountConfig, ListenerConfig
-from gateway.server import address_group
+from gateway.server import UNBOUND_GRACE, address_group
 from smpp.connection import Connection
 from smpp.constants import Status
 from smpp.pdu import BindTransceiver, EnquireLink, FrameReader, Pdu, SubmitSm, decode, encode
@@ -170,8 +170,8 @@ def test_ipv6_peers_are_counted_by_their_64_network() -> None:
 async def test_idle_unbound_connections_make_room_for_newcomers_not_binds_in_progress(
         tmp_path: Path) -> None:
     """The rule: peers that connect and never bind cannot hold every place on a listener:
-    at max_unbound_connections the oldest connection that has not sent a bind is closed for
-    a newcomer; a bind being decided is never cut (newcomers are refused instead)."""
+    at max_unbound_connections the oldest connection that has sent no bind for a second is
+    closed for a newcomer; a bind being decided is never cut (newcomers are refused)."""
     listener = ListenerConfig(port=0, auth_failure_delay=2.0, bind_timeout=30,
                               max_unbound_connections=2)
     async with running_stack(tmp_path, listeners=(listener,)) as (gw, _sim):
@@ -180,8 +180,12 @@ async def test_idle_unbound_connections_make_room_for_newcomers_not_binds_in_pro
                                                        password="wrong")))
         idle = await _connect(gw.smpp_port, "127.0.0.3")
         await wait_for(lambda: len(gw.servers[0]._unbound) == 2)
+        early = await _connect(gw.smpp_port, "127.0.0.4")  # within the grace: not evicted
+        assert await _closed_by_peer(early, timeout=0.5)
+        assert not await _closed_by_peer(idle, timeout=0.1)
+        await trio.sleep(UNBOUND_GRACE)
         newcomer = await _connect(gw.smpp_port, "127.0.0.4")
-        assert await _closed_by_peer(idle)  # the idle one made room
+        assert await _closed_by_peer(idle)  # idle past the grace: it made room
         async with trio.open_nursery() as nursery:
             conn = Connection(newcomer, Side.ESME)
             nursery.start_soon(conn.run, _ignore)
