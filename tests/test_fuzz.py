@@ -42,10 +42,11 @@ from smpp.pdu import (
     BindTransmitter,
     DeliverSmResp,
     EnquireLink,
-    EnquireLinkResp,
     FrameReader,
+    GenericNack,
     Pdu,
     PduError,
+    SubmitSmResp,
     Unbind,
     decode,
     encode,
@@ -252,15 +253,21 @@ class Findings:
 
 class Peer:
     """One fuzzing connection: what it sent (to judge the answers), and a reader that checks
-    every frame the gateway sends back and, if `polite`, answers the gateway's requests."""
+    every frame the gateway sends back and answers the gateway's requests: "polite" peers
+    properly, "rude" ones often with an error status, a generic_nack, the wrong response or
+    twice, "silent" ones never (draws from their own `rng`)."""
 
     def __init__(self, stream: trio.SocketStream, name: str, findings: Findings,
-                 polite: bool) -> None:
+                 manners: str = "polite", rng: random.Random | None = None) -> None:
         self.stream = stream
         self.name = name
         self.findings = findings
-        self.polite = polite
+        self.manners = manners
+        self.rng = rng or random.Random(0)
         self.sent: dict[int, list[int]] = collections.defaultdict(list)  # seq -> command ids
+        self.requests: collections.Counter[int] = collections.Counter()  # by sequence
+        self.answers: collections.Counter[int] = collections.Counter()  # by sequence
+        self.unbind: int | None = None  # sequence of our unbind
         self.must_fail: set[int] = set()  # sequences of requests that may not get status 0
         self.credentials: int | None = None  # sequence of our bind with the right password
         self.mode: CommandId | None = None  # our bind's command once accepted
@@ -301,6 +308,8 @@ class Peer:
         while (head := header(data[pos:pos + 16])) is not None:
             length, cid, _, seq = head
             self.sent[seq].append(cid)
+            if not is_response(cid):
+                self.requests[seq] += 1
             if kind == "valid" and self.mode is not None and (
                     cid in NEVER_OK or (self.mode == CommandId.BIND_RECEIVER and cid in TX_ONLY)):
                 self.must_fail.add(seq)
@@ -320,17 +329,41 @@ class Peer:
             self.problem(f"bind with the right password unanswered after {BIND_TIMEOUT + SLACK}s")
         return self.mode is not None
 
-    async def _answer(self, pdu: Pdu) -> None:
-        """Answer one of the gateway's requests, unless a write of ours is blocked (a reader
-        that waited for it would stop reading: both sides stuck on full buffers)."""
-        if self.muted or not self.polite:
+    async def leave(self, mut: Mutator) -> None:
+        """Unbind (a sequence of its own): every earlier request must be answered before the
+        unbind_resp, and the connection closed."""
+        seq = mut.sequence()
+        while seq in self.sent or seq == 0:
+            seq = mut.sequence()
+        self.unbind = seq
+        if await self.send(Frame(encode(Unbind(sequence=seq)), "unbind")):
+            await self.expect_close(SLACK + 5.0, "unbind")  # 5 s: the gateway's UNBIND_GRACE
+
+    async def _answer(self, request: Pdu) -> None:
+        """Answer one of the gateway's requests as our manners say, unless a write of ours is
+        blocked (a reader that waited for it would stop reading: both sides stuck on full
+        buffers)."""
+        if self.muted or self.manners == "silent":
             return
+        answer = request.response()
+        if self.manners == "rude":
+            roll = self.rng.random()
+            if roll < 0.3:
+                answer.status = self.rng.choice((Status.ESME_RSYSERR, Status.ESME_RTHROTTLED,
+                                                 Status.ESME_RMSGQFUL, 0x42424242))
+            elif roll < 0.4:
+                answer = GenericNack(request.sequence, self.rng.choice((0, Status.ESME_RINVCMDID)))
+            elif roll < 0.5:
+                answer = SubmitSmResp(request.sequence, message_id="wrong kind")
+            elif roll < 0.6:
+                answer = DeliverSmResp(self.rng.randint(1, 0x7FFFFFFF))  # another sequence
         try:
             self._writing.acquire_nowait()
         except trio.WouldBlock:
             return
         try:
-            await self.stream.send_all(encode(pdu))
+            data = encode(answer)
+            await self.stream.send_all(data + data if self.rng.random() < 0.05 else data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
             pass
         finally:
@@ -372,11 +405,14 @@ class Peer:
                              f"{self.mode.name if self.mode else 'missing'} bind")
             elif cid == CommandId.DELIVER_SM and self.mode == CommandId.BIND_TRANSMITTER:
                 self.problem("deliver_sm on a transmitter bind")
-            if cid == CommandId.ENQUIRE_LINK:
-                await self._answer(EnquireLinkResp(pdu.sequence))
-            elif cid == CommandId.DELIVER_SM:
-                await self._answer(DeliverSmResp(pdu.sequence))
+            await self._answer(pdu)
             return
+        self.answers[pdu.sequence] += 1
+        if cid == CommandId.UNBIND_RESP and pdu.sequence == self.unbind:
+            unanswered = [seq for seq, n in self.requests.items() if self.answers[seq] < n]
+            if unanswered:
+                self.problem(f"unbind_resp before the answers to {len(unanswered)} earlier "
+                             f"requests (sequences {unanswered[:5]})")
         if self.mode is None:
             self.unbound_answers += 1
             if self.unbound_answers == PREBIND_LIMIT + 1:
@@ -424,12 +460,13 @@ async def _connect(port: int, source: str, rcvbuf: int | None = None) -> trio.So
 
 
 @contextlib.asynccontextmanager
-async def _peer(port: int, source: str, name: str, findings: Findings, *, polite: bool = True,
+async def _peer(port: int, source: str, name: str, findings: Findings, *,
+                manners: str = "polite", rng: random.Random | None = None,
                 rcvbuf: int | None = None) -> AsyncIterator[Peer]:
     """A fuzzing connection from `source` with its reader running; on exit the connection is
     closed and the reader stopped."""
     stream = await _connect(port, source, rcvbuf)
-    peer = Peer(stream, name, findings, polite)
+    peer = Peer(stream, name, findings, manners, rng)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(peer.read_loop)
         try:
@@ -487,8 +524,7 @@ async def _bound_junk(peer: Peer, mut: Mutator, rng: random.Random) -> None:
     ending = rng.choices(("unbind", "abrupt", "silence", "length lie"), (3, 3, 1, 2))[0]
     ends[f"bound_junk: {ending}"] += 1
     if ending == "unbind":
-        if await peer.send(Frame(encode(Unbind(sequence=mut.sequence())), "unbind")):
-            await peer.expect_close(SLACK, "unbind")
+        await peer.leave(mut)
     elif ending == "silence":
         peer.muted = True
         await peer.expect_close(INACTIVITY + SLACK, "silence")
@@ -533,7 +569,8 @@ async def _fuzz_slot(port: int, source: str, scenarios: tuple[tuple[Scenario, in
         kind = scenario.__name__.strip("_")
         findings.scenarios[kind] += 1
         async with _peer(port, source, f"{source} #{number} {kind}", findings,
-                         polite=rng.random() < 0.7,
+                         manners=rng.choices(("polite", "rude", "silent"), (6, 3, 1))[0],
+                         rng=random.Random(rng.random()),
                          rcvbuf=4096 if scenario is _deaf else None) as peer:
             with trio.move_on_at(deadline):
                 await scenario(peer, mut, rng)
