@@ -34,6 +34,7 @@ import smpplib.smpp
 import trio
 
 from gateway.passwords import hash_password
+from smpp.connection import UNBIND_GRACE
 from smpp.constants import RESPONSE_BIT, CommandId, Status
 from smpp.pdu import (
     Bind,
@@ -337,7 +338,7 @@ class Peer:
             seq = mut.sequence()
         self.unbind = seq
         if await self.send(Frame(encode(Unbind(sequence=seq)), "unbind")):
-            await self.expect_close(SLACK + 5.0, "unbind")  # 5 s: the gateway's UNBIND_GRACE
+            await self.expect_close(UNBIND_GRACE + SLACK, "unbind")
 
     async def _answer(self, request: Pdu) -> None:
         """Answer one of the gateway's requests as our manners say, unless a write of ours is
@@ -403,9 +404,10 @@ class Peer:
             if cid not in GATEWAY_REQUESTS or self.mode is None:
                 self.problem(f"gateway sent {cid.name} on a "
                              f"{self.mode.name if self.mode else 'missing'} bind")
-            elif cid == CommandId.DELIVER_SM and self.mode == CommandId.BIND_TRANSMITTER:
-                self.problem("deliver_sm on a transmitter bind")
-            await self._answer(pdu)
+            else:
+                if cid == CommandId.DELIVER_SM and self.mode == CommandId.BIND_TRANSMITTER:
+                    self.problem("deliver_sm on a transmitter bind")
+                await self._answer(pdu)
             return
         self.answers[pdu.sequence] += 1
         if cid == CommandId.UNBIND_RESP and pdu.sequence == self.unbind:
@@ -535,8 +537,9 @@ async def _bound_junk(peer: Peer, mut: Mutator, rng: random.Random) -> None:
 
 
 async def _deaf(peer: Peer, mut: Mutator, rng: random.Random) -> None:
-    """Bind, stop reading, flood requests that are answered; the gateway must stop reading
-    too (our writes block) and close the connection once its writes make no progress."""
+    """Bind, stop reading, flood requests that are answered (4 MiB at most, 2 s at most:
+    the gateway stops reading us once its answers pile up); the gateway must close the
+    connection once its writes make no progress (its memory is held by the RSS bounds)."""
     if not await peer.bind("fuzz", FUZZ_PASSWORD, BindTransceiver, mut.sequence()):
         return
     peer.listening = trio.Event()  # the reader stops
