@@ -8,7 +8,6 @@ warn when the config file's secrets are readable by every user.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import getpass
 import stat
@@ -51,6 +50,8 @@ _M_MMAP_THRESHOLD = -3  # mallopt()'s parameter number in glibc's malloc.h
 def release_large_blocks() -> bool:
     """Fix the C allocator's mmap threshold at MMAP_THRESHOLD; False where that is not
     possible (a C library without glibc's mallopt)."""
+    import ctypes
+
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):

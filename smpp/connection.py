@@ -37,9 +37,9 @@ log = structlog.get_logger("smpp.connection")
 OUTPUT_LIMIT = 256 * 1024  # octets queued for a peer beyond which we stop reading from it
 RECEIVE_SIZE = 65536  # octets asked of the socket per read
 WRITE_CHUNK = 16384  # octets per send: write progress is judged chunk by chunk
+UNBIND_DRAIN = 5.0  # seconds an unbind from the peer waits for its earlier requests' answers
 LOG_BURST, LOG_PERIOD = 5, 60.0  # protocol problems logged per connection and period
 LOG_FIELD_MAX = 120  # characters of a peer-supplied detail kept in a log line
-UNBIND_GRACE = 5.0  # seconds an unbind_resp waits for answers to the peer's earlier requests
 
 RequestHandler = Callable[["Connection", Pdu], Awaitable[None]]
 # Called exactly once per request sent with send_request: (response, None) or (None, error).
@@ -137,8 +137,7 @@ class Connection:
     requests of its are unanswered or more than OUTPUT_LIMIT octets wait to be written to
     it; its further requests then wait in its own socket, not in our memory. A write that
     makes no progress for `write_timeout` closes the connection. `bind_timeout` closes a
-    connection not bound in time; `inactivity_timeout` one the peer left silent. The peer's
-    unbind is answered once its earlier requests are (UNBIND_GRACE at most), then we close.
+    connection not bound in time; `inactivity_timeout` one the peer left silent.
     """
 
     def __init__(
@@ -412,7 +411,7 @@ class Connection:
                     elif pdu.command_id == CommandId.UNBIND:
                         if batch and batch_handler is not None:  # what came before still counts
                             nursery.start_soon(batch_handler, self, batch)
-                        await self._answer_before_leaving()
+                        await self._drain(UNBIND_DRAIN)  # answer what came before first
                         session.send(pdu.response())
                         await self.flush()
                         await self.aclose()
@@ -463,18 +462,16 @@ class Connection:
             self.last_received = trio.current_time()
             session.feed(data)
 
-    async def _answer_before_leaving(self) -> None:
-        """Wait (UNBIND_GRACE at most) until every request of the peer handed to the handler
-        is answered: what it asked before its unbind is answered before the unbind_resp (a
-        submit stored but never acknowledged would be submitted again, a duplicate)."""
-        self._reader_blocked = True
-        try:
-            with trio.move_on_after(UNBIND_GRACE):
-                while self._incoming and not self.closed:
-                    self._unblocked = trio.Event()
+    async def _drain(self, timeout: float) -> None:
+        """Wait (bounded) until every request of the peer handed out has been answered."""
+        with trio.move_on_after(timeout):
+            while self._incoming and not self.closed:
+                self._unblocked = trio.Event()
+                self._reader_blocked = True
+                try:
                     await self._unblocked.wait()
-        finally:
-            self._reader_blocked = False
+                finally:
+                    self._reader_blocked = False
 
     def _log_violation(self, event: ProtocolViolation) -> None:
         held = self._log_budget.take(trio.current_time())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 from collections.abc import Callable
 from typing import cast
@@ -16,25 +15,13 @@ from routing.smsc import RateLimiter
 from smpp.connection import (
     OUTPUT_LIMIT,
     RECEIVE_SIZE,
-    UNBIND_GRACE,
     Connection,
     ConnectionClosed,
     ResponseTimeout,
     Turns,
     WindowFull,
 )
-from smpp.constants import CommandId
-from smpp.pdu import (
-    BindTransceiver,
-    EnquireLink,
-    FrameReader,
-    Pdu,
-    QuerySm,
-    SubmitSm,
-    Unbind,
-    decode,
-    encode,
-)
+from smpp.pdu import BindTransceiver, EnquireLink, Pdu, SubmitSm, decode, encode
 from smpp.session import BindState, Side
 from smpp.timers import TimerHandle, Timers
 
@@ -377,72 +364,3 @@ async def test_an_idle_bound_connection_wakes_only_for_its_keepalive(
         assert abs(len(idle) - 2 * 300 // 30) <= 1  # (a 1 s sweeper alone fired 300 times)
         assert len(timers) == 1  # one live entry for the connection
         nursery.cancel_scope.cancel()
-
-
-async def _unbind_after_requests(handler: Callable[[Connection, Pdu], object],
-                                 batch: Callable[[Connection, list[Pdu]], object]
-                                 ) -> list[tuple[CommandId, int, float]]:
-    """Bind, then write two submit_sm, a query_sm and an unbind in one write; what comes back
-    up to EOF: (command, sequence, when)."""
-    ours, peer = trio.testing.memory_stream_pair()
-    smsc = Connection(ours, Side.SMSC, enquire_link_interval=math.inf)
-    got: list[tuple[CommandId, int, float]] = []
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(functools.partial(
-            smsc.run, handler, batch_handler=batch,  # type: ignore[arg-type]
-            batch_commands=frozenset({CommandId.SUBMIT_SM})))
-        await _peer_binds(peer)
-        assert decode(await peer.receive_some(1000)).status == 0
-        await peer.send_all(encode(SubmitSm(sequence=2, destination_addr="1"))
-                            + encode(SubmitSm(sequence=3, destination_addr="1"))
-                            + encode(QuerySm(sequence=4, message_id="m"))
-                            + encode(Unbind(sequence=5)))
-        frames = FrameReader()
-        with trio.fail_after(100):
-            while chunk := await peer.receive_some(65536):
-                frames.feed(chunk)
-                got += [(p.command_id, p.sequence, trio.current_time())
-                        for p in map(decode, frames.frames())]
-        nursery.cancel_scope.cancel()
-    return got
-
-
-async def test_requests_read_before_an_unbind_are_answered_before_its_unbind_resp(
-        clock: trio.testing.MockClock) -> None:
-    """The rule: what a peer asked before its unbind is answered before the unbind_resp: a
-    submit stored but never acknowledged would be submitted again (a duplicate), its receipt
-    would name an id the peer never got."""
-    async def slow(conn: Connection, pdu: Pdu) -> None:  # e.g. a store lookup
-        if isinstance(pdu, BindTransceiver):
-            await _bind_ok(conn, pdu)
-            return
-        await trio.sleep(0.5)
-        conn.respond(pdu.response())
-
-    async def commit(conn: Connection, pdus: list[Pdu]) -> None:  # e.g. a store commit
-        await trio.sleep(0.5)
-        for pdu in pdus:
-            conn.respond(pdu.response(message_id="m"))
-
-    got = await _unbind_after_requests(slow, commit)
-    assert [(cid, seq) for cid, seq, _ in got[-1:]] == [(CommandId.UNBIND_RESP, 5)]
-    assert sorted((cid, seq) for cid, seq, _ in got[:-1]) == [
-        (CommandId.QUERY_SM_RESP, 4), (CommandId.SUBMIT_SM_RESP, 2),
-        (CommandId.SUBMIT_SM_RESP, 3)]
-
-
-async def test_an_unbind_waits_at_most_unbind_grace_for_unanswered_requests(
-        clock: trio.testing.MockClock) -> None:
-    async def never(conn: Connection, pdu: Pdu) -> None:
-        if isinstance(pdu, BindTransceiver):
-            await _bind_ok(conn, pdu)
-            return
-        await trio.sleep_forever()
-
-    async def never_batch(_conn: Connection, _pdus: list[Pdu]) -> None:
-        await trio.sleep_forever()
-
-    start = trio.current_time()
-    got = await _unbind_after_requests(never, never_batch)
-    assert [(cid, seq) for cid, seq, _ in got] == [(CommandId.UNBIND_RESP, 5)]
-    assert got[0][2] - start == pytest.approx(UNBIND_GRACE)

@@ -34,7 +34,7 @@ import smpplib.smpp
 import trio
 
 from gateway.passwords import hash_password
-from smpp.connection import UNBIND_GRACE
+from smpp.connection import UNBIND_DRAIN
 from smpp.constants import RESPONSE_BIT, CommandId, Status
 from smpp.pdu import (
     Bind,
@@ -338,7 +338,7 @@ class Peer:
             seq = mut.sequence()
         self.unbind = seq
         if await self.send(Frame(encode(Unbind(sequence=seq)), "unbind")):
-            await self.expect_close(UNBIND_GRACE + SLACK, "unbind")
+            await self.expect_close(UNBIND_DRAIN + SLACK, "unbind")
 
     async def _answer(self, request: Pdu) -> None:
         """Answer one of the gateway's requests as our manners say, unless a write of ours is
