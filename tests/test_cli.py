@@ -199,4 +199,3 @@ def test_run_logs_a_warning_when_the_file_with_passwords_is_readable_by_others(
     assert warning["level"] == "warning"
     assert warning["file"] == str(config) and warning["mode"] == "0604"
     assert "chmod 600" in warning["detail"]
-
