@@ -165,8 +165,8 @@ class Reporter:
         acc.wake.set()
 
     def bind_removed(self, account: str, conn: Connection) -> None:
-        acc = self._account(account)
-        if conn in acc.binds:
+        acc = self._accounts.get(account)  # never made here: this may run at shutdown
+        if acc is not None and conn in acc.binds:
             acc.binds.remove(conn)
 
     def pending_count(self, account: str) -> int:
