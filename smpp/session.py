@@ -112,7 +112,8 @@ class RequestReceived:
 
 @dataclass(frozen=True, slots=True)
 class ResponseReceived:
-    """A response matching one of our outstanding requests."""
+    """A response matching one of our outstanding requests (a generic_nack always with an
+    error status: ESME_RSYSERR when the peer's says 0)."""
 
     request: Pdu
     response: Pdu
@@ -291,7 +292,10 @@ class Session:
                 if request is not None:  # wrong kind of answer: keep waiting for the real one
                     self.outstanding[pdu.sequence] = request
                 return UnexpectedResponse(pdu)
-            # a generic_nack counts as a failed response to the request it answers
+            # a generic_nack counts as a failed response to the request it answers, even
+            # one whose command_status says 0 (it is handed up as ESME_RSYSERR)
+            if cid == CommandId.GENERIC_NACK and pdu.status == 0:
+                pdu.status = Status.ESME_RSYSERR
             self._transition(CommandId(request.command_id | 0x80000000), pdu.status == 0)
             return ResponseReceived(request, pdu)
         allowed = LEGAL_REQUESTS.get((self.peer, cid))

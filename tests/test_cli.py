@@ -69,6 +69,40 @@ def test_empty_password_is_an_error_not_a_traceback(monkeypatch: pytest.MonkeyPa
     assert "error" in capsys.readouterr().err
 
 
+_SCRYPT_RSS = """
+import sys, threading
+from gateway import cli
+from gateway.passwords import hash_password, verify_password
+
+def rss():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+
+cli.release_large_blocks()
+encoded = hash_password("right")  # on the main thread: glibc's first 16 MiB block
+base = rss()
+for _ in range(3):  # checks on two threads at once, as the bind limiter runs them
+    threads = [threading.Thread(target=verify_password, args=("wrong", encoded))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+print(rss() - base)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_the_daemon_gives_scrypt_memory_back_after_each_password_check() -> None:
+    """A password check's 16 MiB must not stay in the process: without a fixed mmap
+    threshold, glibc kept it in every thread's malloc arena that ever ran scrypt."""
+    out = subprocess.run([sys.executable, "-c", _SCRYPT_RSS], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert int(out) < 8 * 1024 * 1024, f"RSS grew {int(out) >> 20} MiB after 6 checks"
+
+
 def _hash_password_on_a_terminal(typed: list[bytes]) -> tuple[int, str, str]:
     """Run `smsgw hash-password` with a pseudo-terminal as stdin, type ``typed`` at its
     prompts; (exit status, stdout, what the terminal showed)."""

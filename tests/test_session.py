@@ -129,6 +129,28 @@ def test_generic_nack_to_a_bind_leaves_the_session_open_but_not_to_an_enquire_li
     assert isinstance(nack, ResponseReceived) and esme.state is BindState.OPEN
 
 
+def test_generic_nack_is_a_failure_even_with_status_zero() -> None:
+    """A peer that nacks with command_status 0 has still not taken the PDU: no bind, and the
+    answer handed up is an error (else a nacked submit_sm would count as accepted by the
+    operator, a nacked receipt as delivered upstream)."""
+    esme = Session(Side.ESME)
+    bind = esme.send(BindTransceiver(system_id="a", password="b"))
+    esme.data_to_send()
+    [nack] = esme.receive_data(encode(GenericNack(sequence=bind, status=0)))
+    assert isinstance(nack, ResponseReceived) and nack.response.status == Status.ESME_RSYSERR
+    assert esme.state is BindState.OPEN
+    esme, smsc = _bound_pair(BindTransceiver)
+    submit = esme.send(SubmitSm(destination_addr="33612345678", short_message=b"hi"))
+    deliver = smsc.send(DeliverSm(destination_addr="ACME", short_message=b"id:1 stat:DELIVRD"))
+    esme.data_to_send()
+    smsc.data_to_send()
+    [nack] = esme.receive_data(encode(GenericNack(sequence=submit, status=0)))
+    assert isinstance(nack, ResponseReceived) and nack.response.status == Status.ESME_RSYSERR
+    [nack] = smsc.receive_data(encode(GenericNack(sequence=deliver, status=0)))
+    assert isinstance(nack, ResponseReceived) and nack.response.status == Status.ESME_RSYSERR
+    assert esme.state is smsc.state is BindState.BOUND_TRX
+
+
 def test_malformed_pdu_before_bind_is_fatal_but_a_malformed_bind_is_answered() -> None:
     smsc = Session(Side.SMSC)
     [event] = smsc.receive_data(struct.pack(">IIII", 16, 0x000000AB, 0, 42))
