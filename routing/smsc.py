@@ -202,9 +202,12 @@ class SmscConnector:
     async def _one_session(self, kind: BindKind, name: str) -> bool:
         cfg = self.config
         try:
-            stream: trio.abc.Stream = await trio.open_tcp_stream(cfg.host, cfg.port)
-        except OSError as exc:
-            log.warning("smsc.connect_failed", smsc=cfg.name, bind=name, error=str(exc))
+            # bounded: a black-holed SMSC address would otherwise hang here for minutes
+            with trio.fail_after(cfg.response_timeout):
+                stream: trio.abc.Stream = await trio.open_tcp_stream(cfg.host, cfg.port)
+        except (OSError, trio.TooSlowError) as exc:
+            log.warning("smsc.connect_failed", smsc=cfg.name, bind=name,
+                        error=str(exc) or "connect timed out")
             return False
         if self.tls_context is not None:
             secured = await self._tls_handshake(stream, name)

@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 from gateway.config import AccountConfig, SimulatorConfig
 from gateway.model import State
 from gateway.store import StoreError
+from routing.smsc import SmscConnector
 from smpp.connection import Connection
 from smpp.constants import Status
 from smpp.pdu import BindTransmitter, QuerySm, SubmitSm
@@ -444,3 +445,29 @@ async def test_a_full_disk_gives_esme_rsyserr_counted_and_logged_once_not_per_su
         assert [e["event"] for e in logs if e["event"].startswith("store.")] == ["store.failed"]
         assert not [e for e in logs if "exc_info" in e or (e["log_level"] == "error"
                     and e["event"] != "store.failed")]
+
+
+async def test_a_connect_to_an_smsc_that_never_answers_is_cut_and_retried(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rule: a black-holed SMSC address costs a connect attempt bounded by the SMSC's
+    response_timeout, then the usual reconnect backoff, never a connector hung for minutes."""
+    attempts: list[float] = []
+
+    async def black_hole(host: str, port: int) -> trio.SocketStream:
+        attempts.append(trio.current_time())
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr("routing.smsc.trio.open_tcp_stream", black_hole)
+    cfg = dataclasses.replace(gateway_config(tmp_path, 1).smscs["sim"], response_timeout=0.2,
+                              reconnect_delay=0.05, reconnect_delay_max=0.1, binds=1)
+
+    async def ignore(*_args: object) -> None:
+        return None
+
+    connector = SmscConnector(cfg, ignore)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(connector.run)
+        await wait_for(lambda: len(attempts) >= 3, timeout=5)
+        nursery.cancel_scope.cancel()
+    assert attempts[2] - attempts[0] < 2.0
