@@ -62,11 +62,15 @@ max_binds = 4
     auth = "".join(f"{key} = {value}\n" for key, value in (
         ("auth_lockout_threshold", args.lockout_threshold),
         ("auth_concurrency", args.concurrency)) if value is not None)
-    if "max_connections_per_address" in ListenerConfig.__dataclass_fields__:
+    fields = ListenerConfig.__dataclass_fields__
+    if "max_connections_per_address" in fields and not args.default_limits:
         # where the gateway limits connections per address, let the whole flood reach the bind
         # decisions (that is what this measures), with room for the legitimate client
         auth += f"max_connections_per_address = {args.flood + 50}\n"
         auth += f"max_connections = {args.flood + 100}\n"
+        if "max_unbound_per_address" in fields:
+            auth += f"max_unbound_per_address = {args.flood + 50}\n"
+            auth += f"max_unbound_connections = {args.flood + 100}\n"
     path = tmp / "gateway.toml"
     path.write_text(f"""\
 [gateway]
@@ -258,6 +262,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=None,
                    help="auth_concurrency (default: the gateway's)")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning"])
+    p.add_argument("--default-limits", action="store_true",
+                   help="keep the listener's connection limits at their defaults (most of a "
+                        "one-address flood is then refused at accept)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (config, log)")
     args = p.parse_args(argv)
     if not 1 <= args.sources <= 250 or args.flood < 1 \

@@ -162,16 +162,25 @@ class Authenticator:
             metrics.BIND_VERIFICATIONS.labels(how)
 
     async def check(self, source: str, system_id: str, password: str,
-                    password_hash: str | None) -> Verdict:
+                    password_hash: str | None,
+                    refused: Callable[[], None] | None = None) -> Verdict:
         """Decide a bind from address `source`; `password_hash` is the account's, None when
         no account has that system_id. A refusal returns no earlier than its delay after the
         call (so neither the account's existence nor scrypt's run time shows); an acceptance
-        returns as soon as it is known."""
+        returns as soon as it is known. `refused()`, if given, is called once a refusal is
+        decided, before its delay (the connection waiting it out holds nothing worth keeping).
+        """
         arrival = trio.current_time()
         verdict, delay = await self._decide(source, system_id, password, password_hash)
         if verdict is not Verdict.ACCEPTED:
+            if refused is not None:
+                refused()
             await trio.sleep_until(arrival + delay)
         return verdict
+
+    def failing(self, source: str) -> bool:
+        """True while `source` has failed binds on record (locked out or not)."""
+        return self._sources.get(source, trio.current_time()) is not None
 
     def locked_out(self, source: str) -> bool:
         """True while `source` is locked out."""

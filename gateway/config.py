@@ -93,6 +93,7 @@ class ListenerConfig:
     max_connections: int = 1000  # open connections on this listener, bound or not
     max_connections_per_address: int = 50  # open connections from one source address
     max_unbound_connections: int = 200  # connections not bound yet (TLS handshake included)
+    max_unbound_per_address: int = 10  # of those, from one source address (group)
     # TLS (gateway.tls): with tls_cert and tls_key (PEM files) the listener speaks SMPP over
     # TLS only; with tls_client_ca, clients must present a certificate that CA signed. The
     # handshake counts against bind_timeout.
@@ -597,6 +598,7 @@ def _listener(t: _Table) -> ListenerConfig:
         max_connections=t.integer("max_connections", low=1),
         max_connections_per_address=t.integer("max_connections_per_address", low=1),
         max_unbound_connections=t.integer("max_unbound_connections", low=1),
+        max_unbound_per_address=t.integer("max_unbound_per_address", low=1),
         **_server_tls(t),
     )
     if delay_max < delay:

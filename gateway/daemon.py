@@ -28,7 +28,7 @@ from gateway.config import GatewayConfig
 from gateway.dispatcher import Dispatcher
 from gateway.inbound import Inbound
 from gateway.reporter import Reporter
-from gateway.server import SmppServer
+from gateway.server import SmppServer, account_states
 from gateway.store import Store, StoreError
 from routing.core import PrefixRoute, PrefixRouter
 from routing.smsc import SmscConnector
@@ -136,9 +136,10 @@ async def run(
             await nursery.start(dispatcher.run)
             for connector in connectors.values():
                 await nursery.start(connector.run)
+            states = account_states(config.accounts)  # one per account, for every listener
             for listener in config.listeners:
                 server = SmppServer(listener, config.accounts, store, dispatcher, reporter, clock,
-                                    validity=config.validity, node=config.node)
+                                    validity=config.validity, node=config.node, states=states)
                 await nursery.start(server.serve)
                 running.servers.append(server)
             if config.metrics.enabled:

@@ -639,14 +639,17 @@ class Dispatcher:
 
     async def on_receipts(self, connector: str, receipts: Sequence[tuple[str, str, int, bytes]],
                           hold: float, id_format: str,
-                          answered: Callable[[int, bool], None]) -> None:
+                          answered: Callable[[int, bool], None],
+                          parked: Callable[[int], None] | None = None) -> None:
         """Apply operator receipts (smsc_id, stat, error, raw text) read together.
 
         answered(i, stored) is called once for each receipt, as soon as its own fate is known:
         stored=True once its effect is committed (or it needs none: intermediate, late, or
         recorded as an orphan), so the operator may be answered OK; False if the store could
         not take it, so the operator must be told to send it again. Receipts whose part is
-        known are applied in one store write; the others are held and matched concurrently.
+        known are applied in one store write; the others are held and matched concurrently
+        (parked(i) is called when receipt i starts waiting to be matched: its answer may need
+        more PDUs read from the bind it came on).
         """
         matched: list[tuple[Live, Part, str, int, Callable[[bool], None]]] = []
         misses: list[tuple[int, tuple[str, str, int, bytes]]] = []
@@ -659,7 +662,8 @@ class Dispatcher:
         async with trio.open_nursery() as nursery:
             for i, (smsc_id, stat, error, raw) in misses:
                 nursery.start_soon(self._unmatched, connector, smsc_id, stat, error, raw, hold,
-                                   id_format, functools.partial(answered, i))
+                                   id_format, functools.partial(answered, i),
+                                   functools.partial(parked, i) if parked else None)
             if matched:
                 await self._apply_receipts(connector, matched, hold)
 
@@ -673,7 +677,8 @@ class Dispatcher:
         return stored
 
     async def _unmatched(self, connector: str, smsc_id: str, stat: str, error: int, raw: bytes,
-                         hold: float, id_format: str, done: Callable[[bool], None]) -> None:
+                         hold: float, id_format: str, done: Callable[[bool], None],
+                         parked: Callable[[], None] | None = None) -> None:
         """A receipt for an id not in memory: late (its part's outcome is stored already),
         early (held up to `hold` seconds: its submit_sm_resp may still be on its way, e.g. on
         another bind), or else an orphan."""
@@ -682,7 +687,7 @@ class Dispatcher:
                 done(True)
                 return
             hit = self._match(connector, smsc_id, id_format) or \
-                await self._hold(connector, smsc_id, hold, id_format)
+                await self._hold(connector, smsc_id, hold, id_format, parked)
             if hit is not None:
                 await self._apply_receipts(connector, [(*hit, stat, error, done)], hold)
             elif await self._late(connector, receipt_keys(smsc_id, id_format), smsc_id, stat):
@@ -695,8 +700,8 @@ class Dispatcher:
         except HoldFull:
             done(False)  # the operator sends it again later (logged, rate-limited, in _hold)
 
-    async def _hold(self, connector: str, smsc_id: str, hold: float,
-                    id_format: str) -> tuple[Live, Part] | None:
+    async def _hold(self, connector: str, smsc_id: str, hold: float, id_format: str,
+                    parked: Callable[[], None] | None = None) -> tuple[Live, Part] | None:
         """Wait up to `hold` for the part a receipt names to be registered; that part.
 
         At most MAX_HELD_RECEIPTS wait at once: beyond, StoreError (the operator is told to
@@ -715,6 +720,8 @@ class Dispatcher:
             self._held.setdefault(key, []).append(event)
         self._held_count += 1
         metrics.RECEIPTS_HELD.inc()
+        if parked is not None:
+            parked()
         try:
             with trio.move_on_after(hold):
                 await event.wait()

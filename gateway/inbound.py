@@ -126,7 +126,8 @@ class Inbound:
                 cfg = connector.config
                 await self.dispatcher.on_receipts(
                     connector.name, receipts, cfg.receipt_hold, cfg.receipt_id_format,
-                    lambda i, stored: answered(receipt_pdus[i], stored))
+                    lambda i, stored: answered(receipt_pdus[i], stored),
+                    lambda i: answer.defer(receipt_pdus[i]))
 
     async def _store_unreadable(self, connector: SmscConnector, raw: bytes, pdu: Pdu,
                                 answered: Callable[[Pdu, bool], None]) -> None:

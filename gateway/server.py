@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import structlog
@@ -77,10 +77,14 @@ class TokenBucket:
         return False
 
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
 def address_group(address: str) -> str:
-    """The key connection limits and bind failures are counted under: the IPv4 address, or
-    the /64 network of an IPv6 address (one customer or attacker typically holds a whole /64,
-    so counting single IPv6 addresses would count nothing)."""
+    """The key connections are counted under: the IPv4 address, or the /64 network of an
+    IPv6 address (one customer or attacker typically holds a whole /64, so counting single
+    IPv6 addresses would count nothing). Failed binds are counted per address, not group: a
+    neighbour in a shared /64 must not lock a customer out."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
@@ -88,6 +92,8 @@ def address_group(address: str) -> str:
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
             return str(ip.ipv4_mapped)
+        if ip in _NAT64:  # an IPv4 client through a NAT64 translator: that IPv4 address
+            return str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
     return str(ip)
 
@@ -96,10 +102,12 @@ def address_group(address: str) -> str:
 class _Unbound:
     """A connection accepted and not bound yet: its scope, to close it to make room."""
 
-    address: str
-    since: float = field(default_factory=trio.current_time)
+    address: str  # its address group (see address_group)
+    peer: str  # its own address
+    since: float = field(default_factory=trio.current_time)  # accepted, or TLS established
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     conn: Connection | None = None  # None during the TLS handshake
+    refused: bool = False  # its bind is refused: it only waits out the failure delay
 
 
 @dataclass(eq=False)
@@ -108,6 +116,14 @@ class _AccountState:
     bucket: TokenBucket
     binds: set[Connection] = field(default_factory=set)
     admitting: int = 0  # messages accepted by intake, not yet handed to the dispatcher
+
+
+def account_states(accounts: Mapping[str, AccountConfig]) -> dict[str, _AccountState]:
+    """The live state of each account (rate bucket, binds, messages being admitted): make it
+    once and give it to every listener, so that an account's throughput, max_binds and
+    max_unfinished are the account's, not each listener's."""
+    return {name: _AccountState(cfg, TokenBucket(cfg.throughput))
+            for name, cfg in accounts.items()}
 
 
 class SmppServer:
@@ -124,6 +140,7 @@ class SmppServer:
         *,
         validity: float,
         node: str = "smsgw",
+        states: dict[str, _AccountState] | None = None,
     ) -> None:
         self.listener = listener
         self.store = store
@@ -132,9 +149,7 @@ class SmppServer:
         self.clock = clock
         self.validity = validity
         self.node = node
-        self.accounts = {
-            name: _AccountState(cfg, TokenBucket(cfg.throughput)) for name, cfg in accounts.items()
-        }
+        self.accounts = states if states is not None else account_states(accounts)
         self.port: int | None = None
         self.connections: set[Connection] = set()
         self._starting = 0  # accepted, Connection not made yet
@@ -184,17 +199,20 @@ class SmppServer:
                 await trio.sleep(0.1)
                 continue
             try:
-                address = address_group(str(stream.socket.getpeername()[0]))
+                peer = str(stream.socket.getpeername()[0])
             except OSError:  # already gone
                 stream.socket.close()
                 continue
+            address = address_group(peer)
             reason = None
             if len(self.connections) + self._starting >= cfg.max_connections:
                 reason = "listener"
             elif self._per_address.get(address, 0) >= cfg.max_connections_per_address:
                 reason = "address"
+            elif self._unbound_of(address) >= cfg.max_unbound_per_address:
+                reason = "unbound_address"
             elif len(self._unbound) >= cfg.max_unbound_connections:
-                if self.auth.locked_out(address):
+                if self.auth.locked_out(peer):
                     reason = "locked_out"  # the lowest claim to a place: none is made for it
                 elif not self._make_room():
                     reason = "unbound"
@@ -204,26 +222,35 @@ class SmppServer:
                 continue
             self._per_address[address] = self._per_address.get(address, 0) + 1
             self._starting += 1
-            pending = _Unbound(address)
+            pending = _Unbound(address, peer)
             self._unbound[pending] = None
             nursery.start_soon(self._handle_stream, stream, address, pending)
 
     def _make_room(self) -> bool:
-        """At the unbound-connection limit: close the oldest connection that has sent no bind
-        for UNBOUND_GRACE seconds (a client binds at once; one that doesn't is holding a
-        place), else the oldest one from a locked-out address (kept waiting for its refusal);
-        False if there is none: every unbound connection is a bind being decided."""
+        """At the unbound-connection limit, close to make room, the oldest of the first kind
+        found: a connection waiting out the delay of its refused bind; one that has sent no
+        bind UNBOUND_GRACE seconds after connecting (a client binds at once; one that doesn't
+        is holding a place); one from an address locked out or with failed binds. False if
+        there is none: every unbound connection is a bind being decided for a clean address
+        (the newcomer is refused)."""
         now = trio.current_time()
-        victim = next((p for p in self._unbound if now - p.since >= UNBOUND_GRACE and (
-            p.conn is None or p.conn.state is BindState.OPEN)), None)
-        if victim is None:
-            victim = next((p for p in self._unbound if self.auth.locked_out(p.address)), None)
-        if victim is None:
-            return False
-        del self._unbound[victim]
-        victim.scope.cancel()
-        metrics.child(metrics.CONNECTIONS_REFUSED, self._label, "evicted").inc()
-        return True
+        kinds: tuple[Callable[[_Unbound], bool], ...] = (
+            lambda p: p.refused,
+            lambda p: now - p.since >= UNBOUND_GRACE and (
+                p.conn is None or p.conn.state is BindState.OPEN),
+            lambda p: self.auth.failing(p.peer),
+        )
+        for kind in kinds:
+            victim = next((p for p in self._unbound if kind(p)), None)
+            if victim is not None:
+                del self._unbound[victim]
+                victim.scope.cancel()
+                metrics.child(metrics.CONNECTIONS_REFUSED, self._label, "evicted").inc()
+                return True
+        return False
+
+    def _unbound_of(self, address: str) -> int:
+        return sum(1 for p in self._unbound if p.address == address)
 
     def _note_refusal(self, reason: str, address: str) -> None:
         metrics.child(metrics.CONNECTIONS_REFUSED, self._label, reason).inc()
@@ -283,6 +310,7 @@ class SmppServer:
                 return
             smpp_stream = secured
             bind_timeout -= trio.current_time() - started
+            pending.since = trio.current_time()  # the grace to send a bind starts now
         conn = Connection(smpp_stream, Side.SMSC, window=cfg.window,
                           response_timeout=cfg.response_timeout,
                           enquire_link_interval=cfg.enquire_link_interval,
@@ -292,6 +320,7 @@ class SmppServer:
                           max_pdu_size=cfg.max_pdu_size, name=name,
                           unbound_log=self._unbound_log)
         conn.extra["address"] = address
+        conn.extra["peer"] = pending.peer
         conn.extra["pending"] = pending
         pending.conn = conn
         self.connections.add(conn)
@@ -351,9 +380,15 @@ class SmppServer:
         # A second bind while this one is being decided is answered by the session
         # (ESME_RALYBND): it is never handed here.
         state = self.accounts.get(pdu.system_id)
-        source = conn.extra["address"]
+        source = conn.extra["peer"]
+        pending: _Unbound = conn.extra["pending"]
+
+        def refused() -> None:
+            pending.refused = True  # waiting out a delay: evictable for a newcomer
+
         verdict = await self.auth.check(source, pdu.system_id, pdu.password,
-                                        state.config.password_hash if state else None)
+                                        state.config.password_hash if state else None,
+                                        refused)
         reason, status = verdict.value, verdict.status
         if state is not None and verdict is Verdict.ACCEPTED \
                 and len(state.binds) >= state.config.max_binds:
@@ -431,37 +466,40 @@ class SmppServer:
         each answered with its id once that commit is done."""
         accepted: list[tuple[Pdu, Message]] = []
         owner: _AccountState | None = None  # the bound account (one per connection)
-        now = self.clock.now()
-        for pdu in pdus:
-            assert isinstance(pdu, SubmitSm | DataSm)
-            state = self._admit(conn, pdu)
-            if state is None:
-                continue
-            account = state.config.system_id
-            try:
-                accepted.append((pdu, accept_submit(account, pdu, now,
-                                                    self.policy(state.config))))
-                state.admitting += 1
+        try:
+            now = self.clock.now()
+            for pdu in pdus:
+                assert isinstance(pdu, SubmitSm | DataSm)
+                state = self._admit(conn, pdu)
+                if state is None:
+                    continue
+                account = state.config.system_id
+                try:
+                    msg = accept_submit(account, pdu, now, self.policy(state.config))
+                except IntakeError as exc:
+                    self._refuse(conn, pdu, account, exc)
+                    continue
+                accepted.append((pdu, msg))
                 owner = state
-            except IntakeError as exc:
-                self._refuse(conn, pdu, account, exc)
-        if not accepted or owner is None:
-            return
-        # Shielded: once queued the insert is committed anyway, so the dispatcher must get
-        # the messages even if the upstream disconnects meanwhile (else they sit unsent).
-        with trio.CancelScope(shield=True):
-            try:
-                await self._store([msg for _, msg in accepted], "smpp")
-            except Exception as exc:
-                status = self._store_failed(accepted[0][1].account, len(accepted), exc)
-                for pdu, _ in accepted:
-                    conn.respond(pdu.response(status=status))
+                owner.admitting += 1
+            if not accepted:
                 return
-            finally:
+            # Shielded: once queued the insert is committed anyway, so the dispatcher must
+            # get the messages even if the upstream disconnects meanwhile (else unsent).
+            with trio.CancelScope(shield=True):
+                try:
+                    await self._store([msg for _, msg in accepted], "smpp")
+                except Exception as exc:
+                    status = self._store_failed(accepted[0][1].account, len(accepted), exc)
+                    for pdu, _ in accepted:
+                        conn.respond(pdu.response(status=status))
+                    return
+                for pdu, msg in accepted:
+                    conn.respond(pdu.response(message_id=msg.id))
+                    self.dispatcher.enqueue(msg)
+        finally:
+            if owner is not None:  # whatever happened, these are no longer being admitted
                 owner.admitting -= len(accepted)
-            for pdu, msg in accepted:
-                conn.respond(pdu.response(message_id=msg.id))
-                self.dispatcher.enqueue(msg)
 
     async def _submit_multi(self, conn: Connection, pdu: SubmitMulti) -> None:
         state = self._admit(conn, pdu, max(1, len(pdu.dests)))  # charged per destination

@@ -14,6 +14,7 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 import trio
@@ -32,7 +33,6 @@ from smpp.pdu import (
 )
 from smpp.session import BindState, SessionError, Side
 from smpp.smpptime import format_relative
-from smpp.timers import current_timers
 
 log = structlog.get_logger("routing.smsc")
 
@@ -52,7 +52,6 @@ REJECTING_STATUSES = frozenset({
     Status.ESME_RINVPARLEN, Status.ESME_RMISSINGOPTPARAM, Status.ESME_RINVOPTPARAMVAL,
 })
 THROTTLE_PAUSE = 1.0  # seconds a connector holds back after ESME_RTHROTTLED
-DEFER_AFTER = 0.5  # seconds a deliver_sm counts in the incoming window before it is deferred
 _YIELD_EVERY = 64  # submits sent back to back before the sender lets other tasks run
 
 
@@ -95,11 +94,38 @@ class Submission:
 
 BindKind = type[BindTransceiver] | type[BindTransmitter] | type[BindReceiver]
 # Answers one deliver_sm/data_sm with a command_status (a second answer to it is ignored).
-Answer = Callable[[Pdu, int], None]
+class Answer(Protocol):
+    """How a deliver handler answers the operator's deliver_sm / data_sm of one read."""
+
+    def __call__(self, pdu: Pdu, status: int) -> None:
+        """Answer `pdu` with `status` (once; later answers to it are ignored)."""
+
+    def defer(self, pdu: Pdu) -> None:
+        """`pdu` will be answered later, after something that may need more PDUs read from
+        this bind (a receipt held until its submit_sm_resp is read): it stops counting in the
+        bind's incoming window. The caller bounds how many it defers."""
 # Takes the deliver_sm/data_sm read together and answers each of them, through the Answer it
 # is given, as soon as that PDU's own effect is stored (one slow PDU delays only itself).
 DeliverHandler = Callable[["SmscConnector", list[Pdu], Answer], Awaitable[None]]
 _DELIVERIES = frozenset({CommandId.DELIVER_SM, CommandId.DATA_SM})
+
+
+class _Replies:
+    """The Answer of one read's deliveries over one bind."""
+
+    __slots__ = ("conn", "unanswered")
+
+    def __init__(self, conn: Connection, pdus: list[Pdu]) -> None:
+        self.conn = conn
+        self.unanswered = {id(pdu): pdu for pdu in pdus}
+
+    def __call__(self, pdu: Pdu, status: int) -> None:
+        if self.unanswered.pop(id(pdu), None) is not None:
+            self.conn.respond(pdu.response(status=status))
+
+    def defer(self, pdu: Pdu) -> None:
+        if id(pdu) in self.unanswered:
+            self.conn.defer(pdu)
 
 
 class RateLimiter:
@@ -284,32 +310,18 @@ class SmscConnector:
 
     async def _handle_deliveries(self, conn: Connection, pdus: list[Pdu]) -> None:
         """Receipts and MO: the handler answers each once its effect is committed. What it
-        leaves unanswered (it failed, or forgot one) gets a temporary error: the SMSC resends.
-        What is still unanswered after DEFER_AFTER (a receipt held until its submit_sm_resp
-        is read, which may come on this very bind) stops counting in the bind's incoming
-        window, so reading goes on; the dispatcher bounds how many are held."""
-        unanswered = {id(pdu): pdu for pdu in pdus}
-
-        def answer(pdu: Pdu, status: int) -> None:
-            if unanswered.pop(id(pdu), None) is not None:
-                conn.respond(pdu.response(status=status))
-
-        def defer_rest() -> None:
-            for pdu in unanswered.values():
-                conn.defer(pdu)
-
-        timer = current_timers().call_at(trio.current_time() + DEFER_AFTER, defer_rest)
+        leaves unanswered (it failed, or forgot one) gets a temporary error: the SMSC resends."""
+        replies = _Replies(conn, pdus)
         try:
-            await self.on_deliver(self, pdus, answer)
+            await self.on_deliver(self, pdus, replies)
         except Exception:
             log.exception("smsc.deliver_handler_failed", smsc=self.name)
         else:
-            if unanswered:
-                log.error("smsc.deliver_unanswered", smsc=self.name, pdus=len(unanswered))
-        finally:
-            timer.cancel()
-        for pdu in list(unanswered.values()):
-            answer(pdu, Status.ESME_RX_T_APPN)
+            if replies.unanswered:
+                log.error("smsc.deliver_unanswered", smsc=self.name,
+                          pdus=len(replies.unanswered))
+        for pdu in list(replies.unanswered.values()):
+            replies(pdu, Status.ESME_RX_T_APPN)
 
     async def _handle_request(self, conn: Connection, pdu: Pdu) -> None:
         if pdu.command_id == CommandId.ALERT_NOTIFICATION:

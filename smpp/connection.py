@@ -458,7 +458,7 @@ class Connection:
                         await self.aclose()
                         return
                 elif isinstance(event, UnexpectedResponse):
-                    held = self._log_budget.take(trio.current_time())
+                    held = self._budget().take(trio.current_time())
                     if held is not None:
                         log.info("smpp.unexpected_response", conn=self.name,
                                  command=event.pdu.command_id.name, seq=event.pdu.sequence,
@@ -498,9 +498,12 @@ class Connection:
                 finally:
                     self._reader_blocked = False
 
+    def _budget(self) -> LogBudget:
+        """This connection's log budget once bound; before, the one its listener shares."""
+        return self._log_budget if self.session.was_bound else self._unbound_log
+
     def _log_violation(self, event: ProtocolViolation) -> None:
-        budget = self._log_budget if self.session.was_bound else self._unbound_log
-        held = budget.take(trio.current_time())
+        held = self._budget().take(trio.current_time())
         if held is not None:
             log.warning("smpp.protocol_violation", conn=self.name, status=f"0x{event.status:08X}",
                         detail=shorten(event.detail), fatal=event.fatal, suppressed=held)

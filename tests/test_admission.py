@@ -10,7 +10,7 @@ import trio
 import trio.testing
 from prometheus_client import REGISTRY
 
-from gateway.config import AccountConfig
+from gateway.config import AccountConfig, ListenerConfig
 from gateway.intake import IntakeError, IntakePolicy, accept_multi, accept_submit
 from gateway.metrics import status_label
 from gateway.server import TokenBucket
@@ -189,5 +189,34 @@ async def test_an_account_at_its_unfinished_cap_gets_msgqful_while_others_go_on(
         assert (await other.request(later())).status == 0
         assert gw.dispatcher.unfinished_of("demo") == 3
         for conn in (demo, other):
+            await conn.unbind()
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_accounts_limits_hold_across_all_listeners(tmp_path: Path) -> None:
+    """The rule: throughput and max_binds are the account's, whichever listeners (a plain
+    one for local clients and a TLS one, say) its binds use."""
+    accounts = {"demo": AccountConfig("demo", password_hash("demopass"), throughput=3,
+                                      max_binds=2)}
+    listeners = tuple(ListenerConfig(port=0, auth_failure_delay=0.01) for _ in range(2))
+    async with running_stack(tmp_path, accounts=accounts, listeners=listeners) as (gw, _sim), \
+            trio.open_nursery() as nursery:
+        a = await _bound(nursery, gw.servers[0].port or 0, "demo", "demopass")
+        b = await _bound(nursery, gw.servers[1].port or 0, "demo", "demopass")
+        third = Connection(await trio.open_tcp_stream("127.0.0.1", gw.servers[1].port or 0),
+                           Side.ESME)
+        nursery.start_soon(third.run, _ignore)
+        resp = await third.request(BindTransmitter(system_id="demo", password="demopass"))
+        assert resp.status == Status.ESME_RBINDFAIL  # max_binds 2, over both listeners
+
+        def single() -> SubmitSm:
+            return SubmitSm(source_addr="ACME", source_addr_ton=5, dest_addr_ton=1,
+                            dest_addr_npi=1, destination_addr="33612345678",
+                            short_message=b"hi")
+
+        statuses = [(await conn.request(single())).status for conn in (a, b) * 4]
+        assert statuses.count(0) <= 4  # a burst of 3 a second, shared by both listeners
+        assert statuses.count(Status.ESME_RTHROTTLED) >= 4
+        for conn in (a, b):
             await conn.unbind()
         nursery.cancel_scope.cancel()

@@ -30,7 +30,9 @@ ATTACKER, CUSTOMER = "127.0.0.2", "127.0.0.1"
 
 
 def listener(**changes: Any) -> tuple[ListenerConfig, ...]:
-    fields: dict[str, Any] = {"port": 0, "auth_failure_delay": 0.01, "bind_timeout": 10}
+    # connection limits raised: these tests are about the bind decisions of a whole flood
+    fields: dict[str, Any] = {"port": 0, "auth_failure_delay": 0.01, "bind_timeout": 10,
+                              "max_unbound_per_address": 100}
     return (ListenerConfig(**(fields | changes)),)
 
 

@@ -17,7 +17,16 @@ from gateway.config import AccountConfig, ListenerConfig
 from gateway.server import UNBOUND_GRACE, address_group
 from smpp.connection import Connection
 from smpp.constants import Status
-from smpp.pdu import BindTransceiver, EnquireLink, FrameReader, Pdu, SubmitSm, decode, encode
+from smpp.pdu import (
+    BindTransceiver,
+    EnquireLink,
+    FrameReader,
+    Pdu,
+    SubmitSm,
+    SubmitSmResp,
+    decode,
+    encode,
+)
 from smpp.session import Side
 from tests.stack import password_hash, running_stack, wait_for
 
@@ -152,19 +161,37 @@ async def test_peers_reconnecting_for_each_bad_pdu_cannot_flood_the_log(tmp_path
         with capture_logs() as logs:
             for n in range(30):
                 stream = await _connect(gw.smpp_port, f"127.0.0.{2 + n % 5}")
+                if n % 2:  # a response to nothing, then the fatal request
+                    await stream.send_all(encode(SubmitSmResp(sequence=9, message_id="x")))
                 submit = _submit()
                 submit.sequence = 1
                 await stream.send_all(encode(submit))
                 assert await _closed_by_peer(stream)
-        violations = [e for e in logs if e["event"] == "smpp.protocol_violation"]
-        assert 1 <= len(violations) <= 5
+        problems = [e for e in logs if e["event"] in ("smpp.protocol_violation",
+                                                      "smpp.unexpected_response")]
+        assert 1 <= len(problems) <= 5
 
 
 def test_ipv6_peers_are_counted_by_their_64_network() -> None:
     assert address_group("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
     assert address_group("2001:db8:1:2:bbbb::7") == "2001:db8:1:2::/64"
     assert address_group("::ffff:192.0.2.7") == "192.0.2.7"
+    assert address_group("64:ff9b::c000:207") == "192.0.2.7"  # through NAT64: its IPv4
     assert address_group("192.0.2.7") == "192.0.2.7"
+
+
+async def test_one_address_cannot_hold_more_than_its_share_of_unbound_places(
+        tmp_path: Path) -> None:
+    listener = ListenerConfig(port=0, auth_failure_delay=0.01, bind_timeout=30,
+                              max_unbound_per_address=2)
+    async with running_stack(tmp_path, listeners=(listener,)) as (gw, _sim):
+        held = [await _connect(gw.smpp_port, "127.0.0.2") for _ in range(2)]
+        await wait_for(lambda: len(gw.servers[0]._unbound) == 2)
+        assert await _closed_by_peer(await _connect(gw.smpp_port, "127.0.0.2"))
+        other = await _connect(gw.smpp_port, "127.0.0.3")
+        assert not await _closed_by_peer(other, timeout=0.3)
+        for stream in [*held, other]:
+            await stream.aclose()
 
 
 async def test_idle_unbound_connections_make_room_for_newcomers_not_binds_in_progress(
@@ -172,14 +199,23 @@ async def test_idle_unbound_connections_make_room_for_newcomers_not_binds_in_pro
     """The rule: peers that connect and never bind cannot hold every place on a listener:
     at max_unbound_connections the oldest connection that has sent no bind for a second is
     closed for a newcomer; a bind being decided is never cut (newcomers are refused)."""
-    listener = ListenerConfig(port=0, auth_failure_delay=2.0, bind_timeout=30,
+    listener = ListenerConfig(port=0, auth_failure_delay=0.01, bind_timeout=30,
                               max_unbound_connections=2)
     async with running_stack(tmp_path, listeners=(listener,)) as (gw, _sim):
+        server = gw.servers[0]
+        real_verify = server.auth._verify
+
+        async def slow_for_guesses(password: str, encoded: str) -> bool:
+            if password.startswith("wrong"):
+                await trio.sleep(2.0)  # a password check still running
+            return await real_verify(password, encoded)
+
+        server.auth._verify = slow_for_guesses  # type: ignore[method-assign]
         deciding = await _connect(gw.smpp_port, "127.0.0.2")
         await deciding.send_all(encode(BindTransceiver(sequence=1, system_id="demo",
                                                        password="wrong")))
         idle = await _connect(gw.smpp_port, "127.0.0.3")
-        await wait_for(lambda: len(gw.servers[0]._unbound) == 2)
+        await wait_for(lambda: len(server._unbound) == 2)
         early = await _connect(gw.smpp_port, "127.0.0.4")  # within the grace: not evicted
         assert await _closed_by_peer(early, timeout=0.5)
         assert not await _closed_by_peer(idle, timeout=0.1)
@@ -194,7 +230,7 @@ async def test_idle_unbound_connections_make_room_for_newcomers_not_binds_in_pro
             second = await _connect(gw.smpp_port, "127.0.0.6")
             await second.send_all(encode(BindTransceiver(sequence=1, system_id="demo",
                                                          password="wrong2")))
-            await wait_for(lambda: len(gw.servers[0]._unbound) == 2)
+            await wait_for(lambda: len(server._unbound) == 2)
             refused = await _connect(gw.smpp_port, "127.0.0.5")  # only binds in progress left
             assert await _closed_by_peer(refused)
             reader = FrameReader()
@@ -202,4 +238,25 @@ async def test_idle_unbound_connections_make_room_for_newcomers_not_binds_in_pro
                 while (frame := reader.next_frame()) is None:
                     reader.feed(await deciding.receive_some(100))
             assert decode(frame).status == Status.ESME_RINVPASWD  # answered, never cut
+            await conn.unbind()
+
+
+async def test_a_refused_bind_waiting_out_its_delay_makes_room_for_a_newcomer(
+        tmp_path: Path) -> None:
+    """The rule: a connection whose bind is refused and only waits out the failure delay
+    holds nothing worth keeping: at the unbound limit it is closed for a newcomer (peers
+    stopping short of the lockout cannot fill the listener with delayed refusals)."""
+    listener = ListenerConfig(port=0, auth_failure_delay=5.0, bind_timeout=30,
+                              max_unbound_connections=1)
+    async with running_stack(tmp_path, listeners=(listener,)) as (gw, _sim):
+        guesser = await _connect(gw.smpp_port, "127.0.0.2")
+        await guesser.send_all(encode(BindTransceiver(sequence=1, system_id="demo",
+                                                      password="guess")))
+        await wait_for(lambda: any(p.refused for p in gw.servers[0]._unbound))
+        async with trio.open_nursery() as nursery:
+            conn = Connection(await _connect(gw.smpp_port, "127.0.0.3"), Side.ESME)
+            nursery.start_soon(conn.run, _ignore)
+            assert await _closed_by_peer(guesser, timeout=2.0)  # well before its 5 s answer
+            resp = await conn.request(BindTransceiver(system_id="demo", password="demopass"))
+            assert resp.status == 0
             await conn.unbind()

@@ -315,3 +315,21 @@ async def test_receipts_beyond_the_hold_limit_get_a_temporary_error(
         await trio.sleep(10.0)
         assert sorted(answers) == [0, 0, 0, Status.ESME_RX_T_APPN, Status.ESME_RX_T_APPN]
         nursery.cancel_scope.cancel()
+
+
+async def test_deliveries_slow_for_another_reason_than_a_hold_still_count_in_the_window(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    """The rule: only receipts held for matching leave the incoming window; deliveries waiting
+    on a slow store keep counting, so a stalled store stops the reading (backpressure)."""
+    async def stalled_store(_c: SmscConnector, _pdus: list[Pdu], _answer: Answer) -> None:
+        await trio.sleep_forever()
+
+    smsc = ScriptedSmsc("opA", on_deliver=stalled_store)
+    async with trio.open_nursery() as nursery:
+        gateway, operator = await _operator_pair(nursery, smsc, incoming_window=5)
+        for i in range(50):
+            operator.send_request(_receipt_pdu(f"{3000 + i}"), lambda _r, _e: None)
+        await trio.sleep(30)
+        assert gateway.unanswered == 5 and not gateway._deferred
+        assert gateway.session.pending_input > 0  # the rest waits unread
+        nursery.cancel_scope.cancel()
