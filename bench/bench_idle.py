@@ -90,6 +90,7 @@ enquire_link_interval = {q(f"{args.enquire_link:g}s")}
 inactivity_timeout = {q(f"{4 * args.enquire_link:g}s")}
 max_connections = {args.sessions + 100}
 max_connections_per_address = {args.sessions + 100}
+max_unbound_per_address = {args.concurrency + 10}
 {listener_tls}
 [[account]]
 system_id = {q(ACCOUNT)}

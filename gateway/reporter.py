@@ -89,6 +89,12 @@ class _Account:
     def kick(self) -> None:
         self.wake.set()
 
+    def slot_freed(self) -> None:
+        """A bind's window has room again: worth a look only if reports wait for one (an
+        answered enquire_link on each of 10,000 idle binds must not wake the account)."""
+        if self.ready:
+            self.wake.set()
+
     def keep(self, report: Report) -> None:
         assert report.id is not None
         self.pending[report.id] = report
@@ -161,7 +167,7 @@ class Reporter:
     def bind_added(self, account: str, conn: Connection) -> None:
         acc = self._account(account)
         acc.binds.append(conn)
-        conn.on_slot_freed = acc.kick
+        conn.on_slot_freed = acc.slot_freed
         acc.wake.set()
 
     def bind_removed(self, account: str, conn: Connection) -> None:

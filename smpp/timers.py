@@ -18,6 +18,7 @@ import trio
 log = structlog.get_logger("smpp.timers")
 
 _RUN_TIMERS: trio.lowlevel.RunVar[Timers] = trio.lowlevel.RunVar("smpp_timers")
+RESOLUTION = 0.01  # seconds: timers fire on a 10 ms grid, the ones of a tick together
 
 
 class TimerHandle:
@@ -79,10 +80,13 @@ class Timers:
                 log.exception("timers.callback_failed")
 
     async def run(self) -> None:
-        """Fire callbacks as their time comes; runs until cancelled."""
+        """Fire callbacks as their time comes (up to RESOLUTION late: deadlines falling in one
+        tick fire in one wake-up, which costs a cancel scope and an exception); runs until
+        cancelled."""
         while True:
             self._fire_due(trio.current_time())
-            self._next = self._heap[0][0] if self._heap else math.inf
+            first = self._heap[0][0] if self._heap else math.inf
+            self._next = math.ceil(first / RESOLUTION) * RESOLUTION if first < math.inf else first
             self._wake = trio.Event()
             with trio.move_on_at(self._next):
                 await self._wake.wait()

@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from smpp.timers import Timers, current_timers
+from smpp.timers import RESOLUTION, Timers, current_timers
 
 
 @pytest.fixture
@@ -69,3 +69,20 @@ async def test_the_run_has_one_shared_timer_task(clock: trio.testing.MockClock) 
     first.call_at(trio.current_time() + 7, lambda: fired.append(trio.current_time()))
     await trio.sleep(10)
     assert fired == [pytest.approx(7)]
+
+
+async def test_deadlines_within_one_tick_fire_together_at_its_end(
+        clock: trio.testing.MockClock) -> None:
+    """The rule: a wake-up of the timer task costs more than a callback; deadlines falling in
+    one RESOLUTION tick fire in one wake-up, at most a tick late, never early."""
+    timers = Timers()
+    fired: list[tuple[str, float]] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(timers.run)
+        for tag, when in (("a", 1.001), ("b", 1.004), ("c", 1.009), ("d", 1.011)):
+            timers.call_at(when, lambda tag=tag: fired.append((tag, trio.current_time())))
+        await trio.sleep(2)
+        nursery.cancel_scope.cancel()
+    tick = [t for tag, t in fired if tag in "abc"]
+    assert len(set(tick)) == 1 and tick[0] == pytest.approx(1.01)
+    assert fired[-1][0] == "d" and 1.011 <= fired[-1][1] <= 1.011 + RESOLUTION
