@@ -48,8 +48,8 @@ log = structlog.get_logger("gateway.server")
 
 
 _BATCHED = frozenset({CommandId.SUBMIT_SM, CommandId.DATA_SM})
-# accept() errors that mean "out of resources for now", not "the listener is broken"
 UNBOUND_GRACE = 1.0  # seconds a new connection may take to send its bind before it is evictable
+# accept() errors that mean "out of resources for now", not "the listener is broken"
 _ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 
@@ -186,7 +186,8 @@ class SmppServer:
 
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         """Accept connections; over a limit one is closed at once, before any allocation
-        (no task, no session): per listener and per source address."""
+        (no task, no session): per listener, per source address, and on connections not
+        bound yet (see _make_room)."""
         cfg = self.listener
         while True:
             try:
