@@ -74,7 +74,9 @@ class Ports:
     sim_control: int = field(default_factory=free_port)
 
 
-def write_configs(tmp: Path, ports: Ports, args: argparse.Namespace) -> tuple[Path, Path]:
+def write_simulator_config(tmp: Path, ports: Ports, *, window: int = 10,
+                           receipt_delay: float = 0.05) -> Path:
+    """The simulator's config (every receipt DELIVRD) on the bench's ports; its path."""
     sim = tmp / "simulator.toml"
     sim.write_text(f"""\
 [simulator]
@@ -84,11 +86,17 @@ system_id = "sim"
 password = "simpass"
 control_host = "127.0.0.1"
 control_port = {ports.sim_control}
-window = {args.smsc_window}
-receipt_delay = {args.receipt_delay}
+window = {window}
+receipt_delay = {receipt_delay}
 delivered = 1.0
 seed = 1
 """)
+    return sim
+
+
+def write_configs(tmp: Path, ports: Ports, args: argparse.Namespace) -> tuple[Path, Path]:
+    sim = write_simulator_config(tmp, ports, window=args.smsc_window,
+                                 receipt_delay=args.receipt_delay)
     gw = tmp / "gateway.toml"
     gw.write_text(f"""\
 [gateway]

@@ -35,6 +35,7 @@ from bench_e2e import (
     stop,
     tcp_open,
     wait_ready,
+    write_simulator_config,
 )
 
 from gateway.passwords import hash_password
@@ -59,18 +60,7 @@ def make_certificates(tmp: Path) -> tuple[str, ssl.SSLContext]:
 
 def write_configs(tmp: Path, ports: Ports, args: argparse.Namespace,
                   listener_tls: str = "") -> tuple[Path, Path]:
-    sim = tmp / "simulator.toml"
-    sim.write_text(f"""\
-[simulator]
-host = "127.0.0.1"
-port = {ports.sim}
-system_id = "sim"
-password = "simpass"
-control_host = "127.0.0.1"
-control_port = {ports.sim_control}
-receipt_delay = 0.05
-delivered = 1.0
-""")
+    sim = write_simulator_config(tmp, ports)
     gw = tmp / "gateway.toml"
     gw.write_text(f"""\
 [gateway]
