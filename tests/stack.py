@@ -123,6 +123,14 @@ class SmpplibEsme:
         params.update(fields)
         self.client.send_message(**params)
 
+    def submit_one(self, destination: str, text: bytes) -> None:
+        """Bind, submit one message, read until its submit_sm_resp and a deliver_sm (its
+        receipt) are in, unbind. Blocking: run it in a thread."""
+        self.bind()
+        self.submit(destination, text)
+        self.read_until(lambda: bool(self.resps) and bool(self.delivered))
+        self.close()
+
     def read_until(self, condition: Callable[[], bool], timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
         while not condition():

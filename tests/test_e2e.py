@@ -17,6 +17,7 @@ import trio
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
+from gateway import daemon
 from gateway.config import AccountConfig, SimulatorConfig
 from gateway.model import State
 from gateway.store import StoreError
@@ -33,6 +34,14 @@ from tests.test_store import make_message, writer_pragma
 def _receipt_ids(esme: SmpplibEsme) -> list[str]:
     return [p.receipted_message_id.rstrip(b"\0").decode() for p in esme.delivered
             if p.esm_class & 0x04]
+
+
+async def _every_acked_message_delivered(gw: daemon.Running, esme: SmpplibEsme) -> None:
+    """Each acknowledged message got its receipt, and is stored DELIVERED."""
+    assert sorted(_receipt_ids(esme)) == sorted(r.message_id.decode() for r in esme.resps)
+    for message_id in _receipt_ids(esme):
+        stored = await gw.store.get_message(message_id)
+        assert stored is not None and stored.state is State.DELIVERED
 
 
 async def _roundtrip(esme: SmpplibEsme, count: int, text: bytes, prefix: str = "336555000",
@@ -56,15 +65,8 @@ async def test_submit_is_acked_with_an_id_then_a_delivrd_receipt_comes_back(
         tmp_path: Path) -> None:
     async with running_stack(tmp_path) as (gw, sim):
         esme = SmpplibEsme(gw.smpp_port)
-
-        def session() -> None:
-            esme.bind()
-            esme.submit("33612345678", b"Your code is 123456")
-            esme.read_until(lambda: bool(esme.resps) and bool(esme.delivered))
-            esme.close()
-
         with trio.fail_after(20):
-            await trio.to_thread.run_sync(session)
+            await trio.to_thread.run_sync(esme.submit_one, "33612345678", b"Your code is 123456")
         message_id = esme.resps[0].message_id.decode()
         assert re.fullmatch(r"[0-9a-f]{32}", message_id)
         stored = await gw.store.get_message(message_id)
@@ -289,10 +291,7 @@ async def test_operator_dropping_connections_is_survived_by_reconnecting_and_ret
         count = 20
         await _roundtrip(esme, count, b"hello", prefix="336987654", timeout=40)
         assert sim.stats.disconnects > 0
-        assert sorted(_receipt_ids(esme)) == sorted(r.message_id.decode() for r in esme.resps)
-        for message_id in _receipt_ids(esme):
-            stored = await gw.store.get_message(message_id)
-            assert stored is not None and stored.state is State.DELIVERED
+        await _every_acked_message_delivered(gw, esme)
 
 
 
@@ -302,10 +301,7 @@ async def test_receipts_on_the_receiver_bind_match_submits_made_on_the_transmitt
     async with running_stack(tmp_path, smsc_changes=smsc) as (gw, sim):
         esme = SmpplibEsme(gw.smpp_port)
         await _roundtrip(esme, 10, b"hello")
-        assert sorted(_receipt_ids(esme)) == sorted(r.message_id.decode() for r in esme.resps)
-        for message_id in _receipt_ids(esme):
-            stored = await gw.store.get_message(message_id)
-            assert stored is not None and stored.state is State.DELIVERED
+        await _every_acked_message_delivered(gw, esme)
         assert len(sim.submitted) == 10
 
 
@@ -356,10 +352,7 @@ async def test_smsc_writing_receipt_ids_in_decimal_is_matched_by_its_id_format(
     async with running_stack(tmp_path, _other_base_sim(), smsc_changes=smsc) as (gw, _sim):
         esme = SmpplibEsme(gw.smpp_port)
         await _roundtrip(esme, 10, b"hello", prefix="336444000")
-        assert sorted(_receipt_ids(esme)) == sorted(r.message_id.decode() for r in esme.resps)
-        for message_id in _receipt_ids(esme):
-            stored = await gw.store.get_message(message_id)
-            assert stored is not None and stored.state is State.DELIVERED
+        await _every_acked_message_delivered(gw, esme)
 
 
 async def test_receipts_a_wrong_id_format_cannot_match_are_orphans_not_silently_dropped(

@@ -141,15 +141,8 @@ async def test_an_independent_tls_client_binds_submits_and_gets_its_receipt(
         ctx = _client_context(pki)
         ctx.check_hostname = False  # smpplib wraps its socket without a server name
         esme = SmpplibEsme(gw.smpp_port, ssl_context=ctx)
-
-        def session() -> None:
-            esme.bind()
-            esme.submit("33612345678", b"over TLS")
-            esme.read_until(lambda: bool(esme.resps) and bool(esme.delivered))
-            esme.close()
-
         with trio.fail_after(20):
-            await trio.to_thread.run_sync(session)
+            await trio.to_thread.run_sync(esme.submit_one, "33612345678", b"over TLS")
         message_id = esme.resps[0].message_id.decode()
         stored = await gw.store.get_message(message_id)
         assert stored is not None and stored.state is State.DELIVERED
@@ -263,15 +256,8 @@ async def test_an_operator_connection_over_tls_verifies_the_smsc_and_carries_mes
         assert sim.bound_sessions()
         assert all(isinstance(c.stream, trio.SSLStream) for c in sim.bound_sessions())
         esme = SmpplibEsme(gw.smpp_port)
-
-        def session() -> None:
-            esme.bind()
-            esme.submit("33612345678", b"to a TLS SMSC")
-            esme.read_until(lambda: bool(esme.resps) and bool(esme.delivered))
-            esme.close()
-
         with trio.fail_after(20):
-            await trio.to_thread.run_sync(session)
+            await trio.to_thread.run_sync(esme.submit_one, "33612345678", b"to a TLS SMSC")
         [record] = sim.submitted
         assert record.destination_addr == "33612345678"
 
