@@ -82,6 +82,28 @@ class Message:
     channel: str = "sms"
     connector: str | None = None  # connector name of the current/last attempt
     tlvs: bytes = b""  # upstream TLVs passed through to the operator (encoded, in order)
+    origin: str = "smpp"  # the upstream interface it came in on: "smpp" or "http"
+    traffic: str = "alert"  # "alert" (transactional) or "marketing" (see DOMAIN.md)
+    callback_url: str | None = None  # HTTP: where its receipt goes (else the account's default)
+    client_ref: str | None = None  # HTTP: the upstream's own reference, echoed in reports
+
+
+@dataclass(slots=True)
+class Event:
+    """One line of a message's history: something that happened to it, and when.
+
+    kind names the event ("accepted", "rule", "attempt", "retry", "receipt", "final",
+    "report", ...); from_state/to_state are set when the message changed state; detail holds
+    the event's facts (connector, command_status, rule decision ...) as JSON-able values.
+    """
+
+    message_id: str
+    at: float  # UNIX seconds (UTC)
+    kind: str
+    from_state: State | None = None
+    to_state: State | None = None
+    detail: dict[str, object] = field(default_factory=dict)
+    id: int | None = None  # row id, assigned by the store (orders one message's events)
 
 
 @dataclass(slots=True)

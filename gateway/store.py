@@ -27,7 +27,16 @@ from prometheus_client import Counter
 
 from gateway import metrics
 from gateway.config import Synchronous
-from gateway.model import FINAL_STATES, Message, Part, PartState, Report, ReportKind, State
+from gateway.model import (
+    FINAL_STATES,
+    Event,
+    Message,
+    Part,
+    PartState,
+    Report,
+    ReportKind,
+    State,
+)
 
 __all__ = ["ConstraintError", "SchemaError", "Store", "StoreBusy", "StoreError", "Synchronous"]
 
@@ -65,7 +74,8 @@ MESSAGE_COLUMNS = (
     "id", "account", "source_addr", "source_ton", "source_npi", "dest_addr", "dest_ton",
     "dest_npi", "data_coding", "esm_class", "protocol_id", "priority", "registered_delivery",
     "body", "created_at", "expires_at", "not_before", "state", "attempts", "next_attempt_at",
-    "error", "done_at", "parts_total", "channel", "connector", "tlvs",
+    "error", "done_at", "parts_total", "channel", "connector", "tlvs", "origin", "traffic",
+    "callback_url", "client_ref",
 )  # fmt: skip
 # What save_message may change on an existing row; everything else is fixed at intake.
 MESSAGE_MUTABLE = (
@@ -85,7 +95,7 @@ _FINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(FINAL_STATES)) + ")"
 _OPEN = f"state NOT IN {_FINAL_SQL}"
 _DONE = f"state IN {_FINAL_SQL}"
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # MIGRATIONS[v] takes a database at user_version v to v + 1.
 MIGRATIONS: tuple[str, ...] = (
     f"""
@@ -178,6 +188,24 @@ MIGRATIONS: tuple[str, ...] = (
         UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
     END;
     """,
+    # 2: where a message came from and what kind of traffic it is; its history (events).
+    """
+    ALTER TABLE messages ADD COLUMN origin TEXT NOT NULL DEFAULT 'smpp';
+    ALTER TABLE messages ADD COLUMN traffic TEXT NOT NULL DEFAULT 'alert';
+    ALTER TABLE messages ADD COLUMN callback_url TEXT;
+    ALTER TABLE messages ADD COLUMN client_ref TEXT;
+
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        message_id TEXT NOT NULL,
+        at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        from_state TEXT,
+        to_state TEXT,
+        detail TEXT
+    );
+    CREATE INDEX events_message ON events (message_id, id);
+    """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -200,6 +228,8 @@ _INSERT_ORPHAN = 6
 _PURGE_MESSAGES = 7
 _PURGE_PARTS = 8
 _PURGE_ORPHANS = 9
+_INSERT_EVENT = 10
+_PURGE_EVENTS = 11
 _WRITE_SQL: tuple[str, ...] = (
     f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)})"
     f" VALUES ({_placeholders(len(MESSAGE_COLUMNS))})",
@@ -218,6 +248,10 @@ _WRITE_SQL: tuple[str, ...] = (
     "DELETE FROM parts WHERE message_id = ?1 AND NOT EXISTS (SELECT 1 FROM messages WHERE id = ?1)",
     "DELETE FROM orphan_receipts WHERE id IN"
     " (SELECT id FROM orphan_receipts WHERE received_at < ? LIMIT ?)",
+    "INSERT INTO events (message_id, at, kind, from_state, to_state, detail)"
+    " VALUES (?, ?, ?, ?, ?, ?)",
+    "DELETE FROM events WHERE message_id = ?1"
+    " AND NOT EXISTS (SELECT 1 FROM messages WHERE id = ?1)",
 )
 
 _MESSAGE_SELECT = f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages"
@@ -232,6 +266,18 @@ _report_fields: Callable[[Report], Row] = operator.attrgetter(*REPORT_COLUMNS[:-
 _PURGE_CHUNK = 2000
 # Messages not in a final state, per the counts the triggers keep (read inside each write).
 _UNFINISHED_SQL = f"SELECT coalesce(sum(n), 0) FROM state_counts WHERE {_OPEN}"
+
+
+def _event_row(e: Event) -> Row:
+    detail = json.dumps(e.detail, separators=(",", ":"), default=str) if e.detail else None
+    return (e.message_id, e.at, e.kind, e.from_state, e.to_state, detail)
+
+
+def _to_event(row: Row) -> Event:
+    rid, message_id, at, kind, from_state, to_state, detail = row
+    return Event(message_id, at, kind,
+                 State(from_state) if from_state else None, State(to_state) if to_state else None,
+                 json.loads(detail) if detail else {}, rid)
 
 
 def _to_message(row: Row) -> Message:
@@ -675,11 +721,12 @@ class Store:
 
     # ----------------------------------------------------------------- writes
 
-    async def add_messages(self, msgs: Sequence[Message]) -> None:
-        """Admit and insert new messages, all or none. An id that exists already fails the
-        whole call with ConstraintError. Raises StoreBusy at once, writing nothing, while the
-        write queue is over ``queue_max`` rows or if the unfinished messages would exceed
-        ``unfinished_max`` (counted in smsgw_store_busy_total{reason})."""
+    async def add_messages(self, msgs: Sequence[Message], events: Sequence[Event] = ()) -> None:
+        """Admit and insert new messages (and their first history events), all or none. An id
+        that exists already fails the whole call with ConstraintError. Raises StoreBusy at
+        once, writing nothing, while the write queue is over ``queue_max`` rows or if the
+        unfinished messages would exceed ``unfinished_max`` (counted in
+        smsgw_store_busy_total{reason})."""
         if self._closed:
             raise StoreError("the store is closed")
         if self._queued_rows >= self.queue_max:
@@ -689,31 +736,37 @@ class Store:
             self._refuse("unfinished", f"{self.unfinished} messages unfinished "
                                        f"(unfinished_max {self.unfinished_max})")
         self._busy.over()
-        call = _Call([(_INSERT_MESSAGE, [_message_row(m) for m in msgs])])
+        groups: list[tuple[int, list[Row]]] = [(_INSERT_MESSAGE, [_message_row(m) for m in msgs])]
+        if events:
+            groups.append((_INSERT_EVENT, [_event_row(e) for e in events]))
+        call = _Call(groups)
         call.admitted = len(msgs)
         await self._write(call)
 
     async def save_message(
-        self, msg: Message, parts: Sequence[Part] = (), reports: Sequence[Report] = ()
+        self, msg: Message, parts: Sequence[Part] = (), reports: Sequence[Report] = (),
+        events: Sequence[Event] = (),
     ) -> None:
         """Atomically: upsert the message (an existing row gets only its mutable fields:
         state, attempts, next_attempt_at, error, done_at, parts_total, connector, channel),
-        upsert the parts by (message_id, part_no), insert the reports and set their ids."""
-        await self.save_messages([(msg, parts, reports)])
+        upsert the parts by (message_id, part_no), insert the reports and set their ids, and
+        append the events to the history."""
+        await self.save_messages([(msg, parts, reports)], events=events)
 
     def _refuse(self, reason: str, detail: str) -> NoReturn:
         self._busy.occurred(reason, detail)
         raise StoreBusy(detail)
 
     async def save_messages(
-        self, items: Sequence[tuple[Message, Sequence[Part], Sequence[Report]]]
+        self, items: Sequence[tuple[Message, Sequence[Part], Sequence[Report]]],
+        *, events: Sequence[Event] = (),
     ) -> None:
         """save_message for several messages, all in one atomic call."""
-        await self.save_messages_nowait(items).wait()
+        await self.save_messages_nowait(items, events=events).wait()
 
     def save_messages_nowait(
         self, items: Sequence[tuple[Message, Sequence[Part], Sequence[Report]]],
-        *, existing: bool = False,
+        *, existing: bool = False, events: Sequence[Event] = (),
     ) -> PendingWrite:
         """save_messages, queued at once with the rows as they are now; await the result's
         wait() for the commit. Writes queued earlier are committed first (or with it).
@@ -736,9 +789,16 @@ class Store:
         if reports:
             ids, rows = self._report_rows(reports)
             groups.append((_INSERT_REPORT, rows))
+        if events:
+            groups.append((_INSERT_EVENT, [_event_row(e) for e in events]))
         call = _Call(groups)
         self._queue(call)
         return PendingWrite(call, reports, ids)
+
+    async def add_events(self, events: Sequence[Event]) -> None:
+        """Append events to their messages' histories (events of a purged message are
+        dropped with it by the next purge)."""
+        await self._write(_Call([(_INSERT_EVENT, [_event_row(e) for e in events])]))
 
     async def save_parts(self, parts: Sequence[Part]) -> None:
         """Upsert parts by (message_id, part_no)."""
@@ -786,8 +846,8 @@ class Store:
         await self._write(_Call([(_INSERT_ORPHAN, [(connector, smsc_id, body, received_at)])]))
 
     async def purge(self, finished_before: float) -> int:
-        """Retention: delete final messages done before that time, their parts, and orphan
-        receipts received before it. Returns the number of messages deleted. Works in
+        """Retention: delete final messages done before that time, their parts and history,
+        and orphan receipts received before it. Returns the number of messages deleted. Works in
         chunks of a few thousand rows so other writers wait at most one chunk."""
         deleted = 0
         while True:
@@ -799,7 +859,8 @@ class Store:
                 break
             ids: list[Row] = [(r[0],) for r in rows]
             counts = await self._write(
-                _Call([(_PURGE_MESSAGES, ids), (_PURGE_PARTS, ids)], exclusive=True)
+                _Call([(_PURGE_MESSAGES, ids), (_PURGE_PARTS, ids), (_PURGE_EVENTS, ids)],
+                      exclusive=True)
             )
             deleted += counts[0]
             if len(rows) < _PURGE_CHUNK:
@@ -843,6 +904,13 @@ class Store:
             f"{_PART_SELECT} WHERE message_id = ? ORDER BY part_no", (message_id,)
         )
         return [_to_part(r) for r in rows]
+
+    async def events_of(self, message_id: str) -> list[Event]:
+        """The message's history, oldest first (empty if it has none or is unknown)."""
+        rows = await self._read(
+            "SELECT id, message_id, at, kind, from_state, to_state, detail FROM events"
+            " WHERE message_id = ? ORDER BY id", (message_id,))
+        return [_to_event(r) for r in rows]
 
     async def find_part(self, connector: str, smsc_ids: Sequence[str]) -> Part | None:
         """The Part of that connector whose smsc_id is any of smsc_ids (variants of one id)."""

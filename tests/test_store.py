@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -19,6 +20,7 @@ from structlog.testing import capture_logs
 
 from gateway import store as store_module
 from gateway.model import (
+    Event,
     Message,
     Part,
     PartState,
@@ -251,6 +253,48 @@ async def test_purge_deletes_only_final_messages_done_before_the_cutoff(tmp_path
         assert await store.purge(T0 + 500) == 0
         stats = await store.stats()
         assert stats["DELIVERED"] == 0 and stats["EXPIRED"] == 1 and stats["IN_FLIGHT"] == 1
+
+
+async def test_history_events_keep_their_order_commit_with_the_message_and_purge_with_it(
+    tmp_path: Path,
+) -> None:
+    async with Store.open(tmp_path / "gw.sqlite") as store:
+        m = make_message(state=State.QUEUED)
+        other = make_message(state=State.QUEUED)
+        await store.add_messages([m, other], events=[
+            Event(m.id, T0, "accepted", None, State.QUEUED, {"interface": "smpp"}),
+            Event(other.id, T0, "accepted", None, State.QUEUED)])
+        m.state, m.done_at = State.DELIVERED, T0 + 10
+        await store.save_message(m, events=[
+            Event(m.id, T0 + 1, "attempt", detail={"connector": "sfr", "channel": "sms"}),
+            Event(m.id, T0 + 10, "final", State.QUEUED, State.DELIVERED, {"stat": "DELIVRD"})])
+        history = await store.events_of(m.id)
+        assert [(e.kind, e.from_state, e.to_state) for e in history] == [
+            ("accepted", None, State.QUEUED), ("attempt", None, None),
+            ("final", State.QUEUED, State.DELIVERED)]
+        assert history[1].detail == {"connector": "sfr", "channel": "sms"}
+        assert type(history[2].to_state) is State and history[0].id is not None
+        assert await store.purge(T0 + 500) == 1
+        assert await store.events_of(m.id) == []
+        assert [e.kind for e in await store.events_of(other.id)] == ["accepted"]
+
+
+async def test_a_version_1_store_is_migrated_and_keeps_its_messages(tmp_path: Path) -> None:
+    path = tmp_path / "gw.sqlite"
+    conn = sqlite3.connect(path)  # a store as the previous release left it
+    conn.executescript(store_module.MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+    m = make_message()
+    v1_columns = store_module.MESSAGE_COLUMNS[:26]
+    row = dataclasses.astuple(m)[:26]
+    conn.execute(f"INSERT INTO messages ({', '.join(v1_columns)}) VALUES "
+                 f"({', '.join('?' * 26)})", row)
+    conn.commit()
+    conn.close()
+    async with Store.open(path) as store:
+        got = await store.get_message(m.id)
+        assert got == m and got.origin == "smpp" and got.traffic == "alert"
+        await store.add_events([Event(m.id, T0, "accepted")])
+        assert len(await store.events_of(m.id)) == 1
 
 
 async def test_purge_works_through_many_chunks(
