@@ -80,7 +80,7 @@ log_level = {q(args.log_level)}
 [store]
 path = {q(str(tmp / "store" / "smsgw.sqlite3"))}
 
-[metrics]
+[http]
 host = "127.0.0.1"
 port = {metrics_port}
 

@@ -107,7 +107,7 @@ log_level = {q(args.log_level)}
 path = {q(str(tmp / "store" / "smsgw.sqlite3"))}
 synchronous = {q(args.synchronous)}
 
-[metrics]
+[http]
 enabled = false
 
 [[listener]]

@@ -70,7 +70,7 @@ log_level = "warning"
 [store]
 path = {q(str(tmp / "store" / "smsgw.sqlite3"))}
 
-[metrics]
+[http]
 enabled = false
 
 [[listener]]

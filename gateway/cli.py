@@ -1,8 +1,8 @@
 """The `smsgw` command line: run the daemon, run the SMSC simulator, check a config.
 
 Subcommands: run, simulate-smsc (and simulate-smsc-mo to inject a phone's reply),
-check-config, hash-password. Exit status 2 for configuration errors; run and check-config
-warn when the config file's secrets are readable by every user, check-config too of a
+check-config, hash-password, hash-token. Exit status 2 for configuration errors; run and
+check-config warn when the config file's secrets are readable by every user, check-config too of a
 listener off loopback without TLS and of an unverified TLS link to an SMSC.
 """
 
@@ -30,6 +30,7 @@ from gateway.config import (
     load_simulator_config,
 )
 from gateway.passwords import hash_password
+from gateway.tokens import hash_token, new_token
 
 DEFAULT_CONFIG = "conf/demo.toml"
 
@@ -186,6 +187,24 @@ def _cmd_hash(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_hash_token(args: argparse.Namespace) -> int:
+    """A fresh token and its hash, or (--stdin) the hash of the token on stdin's first line."""
+    if args.stdin:
+        token = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+        try:
+            print(hash_token(token))
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    token = new_token()
+    print(f"token: {token}")
+    print(f"hash:  {hash_token(token)}")
+    print("Give the token to the client (Authorization: Bearer <token>); put the hash in the "
+          "account's http_tokens.", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smsgw", description="SMPP gateway daemon")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -219,6 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "prompt, or from the first line of stdin when it is not a terminal "
                     "(never from the command line, which other users can see).")
     hp.set_defaults(func=_cmd_hash)
+
+    ht = sub.add_parser(
+        "hash-token", help="make an HTTP API token and print it with its hash",
+        description="Print a new random HTTP API bearer token and its hash for an account's "
+                    "http_tokens. With --stdin, print the hash of the token read from the "
+                    "first line of stdin instead.")
+    ht.add_argument("--stdin", action="store_true",
+                    help="hash the token on stdin instead of making one")
+    ht.set_defaults(func=_cmd_hash_token)
     return parser
 
 

@@ -20,13 +20,14 @@ from typing import Any, Literal, TypeVar, cast, get_args
 
 from gateway import tls
 from gateway.passwords import SMPP_PASSWORD_MAX, is_password_hash
+from gateway.tokens import HASH_RE as _TOKEN_HASH_RE
 
 __all__ = [
     "AccountConfig",
     "ConfigError",
     "GatewayConfig",
+    "HttpConfig",
     "ListenerConfig",
-    "MetricsConfig",
     "RetryConfig",
     "RouteConfig",
     "SimulatorConfig",
@@ -116,6 +117,7 @@ class AccountConfig:
     mo_addresses: tuple[str, ...] = ()  # numbers whose MO replies belong to this account
     validity: float | None = None  # caps the default validity for this account; None = no cap
     description: str = ""
+    http_tokens: tuple[str, ...] = ()  # hashes of its HTTP API bearer tokens (gateway.tokens)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,12 +197,14 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class MetricsConfig:
-    """The HTTP endpoint serving Prometheus metrics (``[metrics]``)."""
+class HttpConfig:
+    """The HTTP listener (``[http]``): the upstream API under /v1 and Prometheus' /metrics."""
 
     host: str = "127.0.0.1"
-    port: int = 9775
+    port: int = 8080
     enabled: bool = True
+    max_batch: int = 100  # messages one POST /v1/messages may carry
+    idempotency_lifetime: float = DAY  # an Idempotency-Key is remembered this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +256,7 @@ class GatewayConfig:
     routes: tuple[RouteConfig, ...] = ()
     store: StoreConfig
     retry: RetryConfig = RetryConfig()
-    metrics: MetricsConfig = MetricsConfig()
+    http: HttpConfig = HttpConfig()
     simulator: SimulatorConfig | None = None  # present: run the simulator in-process
 
 
@@ -628,6 +632,12 @@ def _account(t: _Table) -> AccountConfig:
         ),
         validity=t.duration("validity"),
         description=t.string("description"),
+        http_tokens=t.strings(
+            "http_tokens",
+            items="token hashes",
+            item='a token hash "sha256$<64 hex digits>" (make one with `smsgw hash-token`)',
+            pattern=_TOKEN_HASH_RE,
+        ),
     )
 
 
@@ -773,8 +783,10 @@ def _store(t: _Table) -> StoreConfig:
     )
 
 
-def _metrics(t: _Table) -> MetricsConfig:
-    return MetricsConfig(host=t.host("host"), port=t.port("port"), enabled=t.boolean("enabled"))
+def _http(t: _Table) -> HttpConfig:
+    return HttpConfig(host=t.host("host"), port=t.port("port"), enabled=t.boolean("enabled"),
+                      max_batch=t.integer("max_batch", low=1, high=1000),
+                      idempotency_lifetime=t.duration("idempotency_lifetime"))
 
 
 def _simulator(t: _Table) -> SimulatorConfig:
@@ -844,7 +856,7 @@ def _simulator(t: _Table) -> SimulatorConfig:
 _CLASSES: dict[str, type] = {
     "store": StoreConfig,
     "retry": RetryConfig,
-    "metrics": MetricsConfig,
+    "http": HttpConfig,
     "simulator": SimulatorConfig,
     "listener": ListenerConfig,
     "account": AccountConfig,
@@ -928,6 +940,12 @@ def _array(file: str, doc: Mapping[str, Any], name: str) -> list[dict[str, Any]]
 
 
 def _top_keys(file: str, doc: Mapping[str, Any]) -> None:
+    if "metrics" in doc:
+        raise ConfigError(
+            f"{file}: metrics: the [metrics] table is now [http] (one HTTP listener serves "
+            "the API and /metrics): rename the table header to [http]; its keys host, port "
+            "and enabled keep their meaning",
+            file=file, key="metrics")
     for key in doc:
         if key not in _GROUPS:
             hint = _unknown_hint(key, _GROUPS)
@@ -976,7 +994,7 @@ def load_config(path: str | Path) -> GatewayConfig:
         routes=tuple(routes),
         store=_store(_table(file, doc, "store")),
         retry=_retry(_table(file, doc, "retry")),
-        metrics=_metrics(_table(file, doc, "metrics")),
+        http=_http(_table(file, doc, "http")),
         simulator=simulator,
     )
     problems = _cross_check(file, config, accounts, smscs, routes)
@@ -1011,6 +1029,13 @@ def _cross_check(
             seen.add(name)
 
     dup("account", "system_id", [a.system_id for a in accounts])
+    token_owner: dict[str, str] = {}
+    for a in accounts:
+        for token_hash in a.http_tokens:
+            if token_owner.setdefault(token_hash, a.system_id) != a.system_id:
+                problems.append(
+                    f'{file}: account "{a.system_id}".http_tokens: a token hash already belongs '
+                    f'to account "{token_owner[token_hash]}" (a token names one account)')
     dup("smsc", "name", [s.name for s in smscs])
     dup("route", "name", [r.name for r in routes])
 
@@ -1066,8 +1091,8 @@ def _port_clashes(file: str, config: GatewayConfig) -> list[str]:
     sockets: list[tuple[str, str, int]] = [
         (f"listener[{i}].port", lst.host, lst.port) for i, lst in enumerate(config.listeners)
     ]
-    if config.metrics.enabled:
-        sockets.append(("metrics.port", config.metrics.host, config.metrics.port))
+    if config.http.enabled:
+        sockets.append(("http.port", config.http.host, config.http.port))
     sim = config.simulator
     if sim is not None:
         sockets.append(("simulator.port", sim.host, sim.port))

@@ -14,18 +14,12 @@ from dataclasses import dataclass, field
 
 import structlog
 import trio
-from hypercorn.config import Config as HyperConfig
-from hypercorn.trio import serve
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from gateway import metrics, sdnotify
 from gateway.clock import WallClock
 from gateway.config import GatewayConfig
 from gateway.dispatcher import Dispatcher
+from gateway.http_api import HttpApi, serve_http
 from gateway.inbound import Inbound
 from gateway.reporter import Reporter
 from gateway.server import SmppServer, account_states
@@ -49,7 +43,7 @@ class Running:
     servers: list[SmppServer] = field(default_factory=list)
     connectors: dict[str, SmscConnector] = field(default_factory=dict)
     simulator: object | None = None
-    metrics_port: int | None = None
+    http_port: int | None = None  # the HTTP listener (API and /metrics), when enabled
 
     @property
     def smpp_port(self) -> int:
@@ -70,21 +64,6 @@ async def wait_for_signal() -> None:
             return
 
 
-async def _serve_metrics(host: str, port: int, *,
-                         task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
-                         ) -> None:
-    """Prometheus' ASGI app at /metrics, served by hypercorn (trio worker)."""
-    async def scrape(_request: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    app = Starlette(routes=[Route("/metrics", scrape)])
-    hconf = HyperConfig()
-    hconf.bind = [f"{host}:{port}"]
-    hconf.accesslog = None
-    hconf.errorlog = None
-    await serve(app, hconf, task_status=task_status)  # type: ignore[arg-type]
-
-
 async def _housekeeping(running: Running, clock: WallClock) -> None:
     retention = running.config.store.retention
     while True:
@@ -94,6 +73,13 @@ async def _housekeeping(running: Running, clock: WallClock) -> None:
             purged = 0
         if purged:
             log.info("store.purged", messages=purged)
+        try:
+            forgotten = await running.store.purge_idempotency(
+                clock.now() - running.config.http.idempotency_lifetime)
+        except StoreError:
+            forgotten = 0
+        if forgotten:
+            log.info("store.idempotency_keys_purged", keys=forgotten)
         await trio.sleep(HOUSEKEEPING_INTERVAL)
 
 
@@ -142,16 +128,17 @@ async def run(
                                     validity=config.validity, node=config.node, states=states)
                 await nursery.start(server.serve)
                 running.servers.append(server)
-            if config.metrics.enabled:
-                await nursery.start(_serve_metrics, config.metrics.host, config.metrics.port)
-                running.metrics_port = config.metrics.port
+            if config.http.enabled:
+                api = HttpApi(config, store, dispatcher, clock, states)
+                running.http_port = await nursery.start(serve_http, api.app, config.http.host,
+                                                        config.http.port)
             nursery.start_soon(_housekeeping, running, clock)
             interval = sdnotify.watchdog_interval()
             if interval is not None and interval < math.inf:
                 nursery.start_soon(_watchdog, interval)
             sdnotify.notify("READY=1")
             log.info("daemon.ready", node=config.node,
-                     smpp_ports=[s.port for s in running.servers],
+                     smpp_ports=[s.port for s in running.servers], http_port=running.http_port,
                      unfinished=len(dispatcher.live))
             task_status.started(running)
             await trigger()

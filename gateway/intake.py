@@ -1,4 +1,5 @@
-"""Intake: turn an upstream submit (submit_sm, data_sm, submit_multi) into stored Messages.
+"""Intake: turn an upstream submit (submit_sm, data_sm, submit_multi, or an HTTP message's
+fields) into stored Messages.
 
 Pure validation, no I/O: each check that fails maps to the SMPP command_status the upstream
 gets, with a detail for the logs (the field and the problem, never the number or the text).
@@ -13,7 +14,7 @@ from gateway.model import Message, State, new_message_id
 from smpp.constants import Status, Tag
 from smpp.pdu import DataSm, SmeDest, SubmitMulti, SubmitSm
 from smpp.smpptime import SmppTimeError, parse_smpp_time
-from smpp.text import TextEncodingError, split
+from smpp.text import TextEncodingError, encode_text, split
 
 MAX_BODY_OCTETS = 255 * 134  # what fits in 255 concatenated parts
 _PART_FLOOR = 128  # octets every concatenated part holds at least, whatever the alphabet
@@ -100,25 +101,32 @@ def _address_problem(addr: str) -> str:
 def _resolve_times(
     validity_period: str, schedule_delivery_time: str, now: float, policy: IntakePolicy
 ) -> tuple[float, float]:
-    limit = policy.validity
-    if policy.max_validity is not None:
-        limit = min(limit, policy.max_validity)
-    expires_at = now + limit
     try:
         asked = parse_smpp_time(validity_period, now)
     except SmppTimeError as exc:
         raise IntakeError(Status.ESME_RINVEXPIRY, f"validity_period: {exc}") from exc
-    if asked is not None:
-        if asked <= now:
-            raise IntakeError(Status.ESME_RINVEXPIRY, "validity_period is in the past")
-        expires_at = min(expires_at, asked)
     try:
         scheduled = parse_smpp_time(schedule_delivery_time, now)
     except SmppTimeError as exc:
         raise IntakeError(Status.ESME_RINVSCHED, f"schedule_delivery_time: {exc}") from exc
+    return _bound_times(asked, scheduled, now, policy, "validity_period", "schedule_delivery_time")
+
+
+def _bound_times(asked: float | None, scheduled: float | None, now: float, policy: IntakePolicy,
+                 validity_name: str, schedule_name: str) -> tuple[float, float]:
+    """(expires_at, not_before) from the asked expiry and schedule (absolute times, None when
+    not asked): the expiry is capped by the configured validity (and the account's cap)."""
+    limit = policy.validity
+    if policy.max_validity is not None:
+        limit = min(limit, policy.max_validity)
+    expires_at = now + limit
+    if asked is not None:
+        if asked <= now:
+            raise IntakeError(Status.ESME_RINVEXPIRY, f"{validity_name} is in the past")
+        expires_at = min(expires_at, asked)
     not_before = now if scheduled is None else max(now, scheduled)
     if not_before >= expires_at:
-        raise IntakeError(Status.ESME_RINVSCHED, "schedule_delivery_time is after the validity")
+        raise IntakeError(Status.ESME_RINVSCHED, f"{schedule_name} is after the validity")
     return expires_at, not_before
 
 
@@ -189,6 +197,41 @@ def accept_submit(account: str, pdu: SubmitSm | DataSm, now: float,
     _check_parts(body, pdu.data_coding, pdu.esm_class, policy)
     return _message(account, pdu, pdu.dest_addr_ton, pdu.dest_addr_npi, pdu.destination_addr,
                     body, now, expires_at, not_before)
+
+
+def accept_text(account: str, source_addr: str, dest_addr: str, text: str, now: float,
+                policy: IntakePolicy, *, expires: float | None = None,
+                scheduled: float | None = None) -> Message:
+    """Validate a message given as text (the HTTP API): the same address, validity and size
+    checks as a submit_sm. A source of digits (optionally after '+') is an international
+    number, anything else alphanumeric; the destination is an international number (a
+    leading '+' is dropped). The text is stored as GSM 03.38 when every character has a code
+    there, else as UCS-2. ``expires`` / ``scheduled``: absolute times asked, or None."""
+    digits = source_addr.removeprefix("+")
+    if digits.isascii() and digits.isdigit():
+        source_addr, source_ton, source_npi = digits, 1, 1
+    else:
+        source_ton, source_npi = _ALPHANUMERIC_TON, 0
+    _check_address(source_addr, source_ton, source_npi, source=True)
+    _check_address(dest_addr, 1, 1, source=False)
+    expires_at, not_before = _bound_times(expires, scheduled, now, policy, "validity", "send_at")
+    try:
+        data_coding, body = encode_text(text)
+    except TextEncodingError as exc:
+        raise IntakeError(Status.ESME_RINVMSGLEN, f"text cannot be encoded: {exc}") from None
+    if len(body) > MAX_BODY_OCTETS:
+        raise IntakeError(Status.ESME_RINVMSGLEN,
+                          f"text of {len(body)} octets encoded exceeds {MAX_BODY_OCTETS}")
+    _check_parts(body, data_coding, 0, policy)
+    return Message(
+        id=new_message_id(), account=account,
+        source_addr=source_addr, source_ton=source_ton, source_npi=source_npi,
+        dest_addr=dest_addr.removeprefix("+"), dest_ton=1, dest_npi=1,
+        data_coding=data_coding, esm_class=0, protocol_id=0, priority=0,
+        registered_delivery=1,  # an HTTP message always owes its final receipt
+        body=body, created_at=now, expires_at=expires_at, not_before=not_before,
+        state=State.SCHEDULED if not_before > now else State.QUEUED, next_attempt_at=not_before,
+    )
 
 
 @dataclass(frozen=True, slots=True)

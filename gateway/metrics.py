@@ -35,6 +35,8 @@ BIND_FAILURES = Counter("smsgw_bind_failures_total", "Upstream binds refused, by
                         ["reason"])  # unknown_account, bad_password, locked_out, max_binds
 BIND_LOCKOUTS = Counter("smsgw_bind_lockouts_total",
                         "Source addresses locked out after repeated failed binds")
+HTTP_AUTH_FAILURES = Counter("smsgw_http_auth_failures_total",
+                             "HTTP API requests refused for a bearer token no account has")
 BIND_VERIFICATIONS = Counter("smsgw_bind_verifications_total",
                              "Bind password checks: scrypt run, or answered from the cache",
                              ["how"])

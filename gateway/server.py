@@ -76,6 +76,14 @@ class TokenBucket:
             return True
         return False
 
+    def retry_after(self, count: int = 1) -> float:
+        """Seconds until take(count) would admit (0.0 when it would now)."""
+        if self.rate <= 0:
+            return 0.0
+        tokens = min(self.capacity,
+                     self.tokens + (trio.current_time() - self.stamp) * self.rate)
+        return max(0.0, (min(count, self.capacity) - tokens) / self.rate)
+
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 

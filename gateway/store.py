@@ -15,6 +15,7 @@ import operator
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import quote
@@ -38,7 +39,8 @@ from gateway.model import (
     State,
 )
 
-__all__ = ["ConstraintError", "SchemaError", "Store", "StoreBusy", "StoreError", "Synchronous"]
+__all__ = ["ConstraintError", "IdempotencyRecord", "SchemaError", "Store", "StoreBusy",
+           "StoreError", "Synchronous"]
 
 log = structlog.get_logger("gateway.store")
 
@@ -57,6 +59,18 @@ class ConstraintError(StoreError):
 
 class SchemaError(StoreError):
     """The database file has a schema this version does not know (newer, or foreign)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    """The first answer given to an account's Idempotency-Key: what the request was (its
+    fingerprint) and the response (JSON text) to give again."""
+
+    account: str
+    key: str
+    fingerprint: str
+    response: str
+    created_at: float
 
 
 class StoreBusy(StoreError):
@@ -95,7 +109,7 @@ _FINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(FINAL_STATES)) + ")"
 _OPEN = f"state NOT IN {_FINAL_SQL}"
 _DONE = f"state IN {_FINAL_SQL}"
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # MIGRATIONS[v] takes a database at user_version v to v + 1.
 MIGRATIONS: tuple[str, ...] = (
     f"""
@@ -206,6 +220,18 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX events_message ON events (message_id, id);
     """,
+    # 3: HTTP Idempotency-Key: the first answer to a key, kept for the key's lifetime.
+    """
+    CREATE TABLE idempotency_keys (
+        account TEXT NOT NULL,
+        key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        response TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (account, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX idempotency_keys_created_at ON idempotency_keys (created_at);
+    """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -230,6 +256,8 @@ _PURGE_PARTS = 8
 _PURGE_ORPHANS = 9
 _INSERT_EVENT = 10
 _PURGE_EVENTS = 11
+_INSERT_IDEMPOTENCY = 12
+_PURGE_IDEMPOTENCY = 13
 _WRITE_SQL: tuple[str, ...] = (
     f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)})"
     f" VALUES ({_placeholders(len(MESSAGE_COLUMNS))})",
@@ -252,6 +280,9 @@ _WRITE_SQL: tuple[str, ...] = (
     " VALUES (?, ?, ?, ?, ?, ?)",
     "DELETE FROM events WHERE message_id = ?1"
     " AND NOT EXISTS (SELECT 1 FROM messages WHERE id = ?1)",
+    "INSERT INTO idempotency_keys (account, key, fingerprint, response, created_at)"
+    " VALUES (?, ?, ?, ?, ?)",
+    "DELETE FROM idempotency_keys WHERE created_at < ?",
 )
 
 _MESSAGE_SELECT = f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages"
@@ -721,9 +752,12 @@ class Store:
 
     # ----------------------------------------------------------------- writes
 
-    async def add_messages(self, msgs: Sequence[Message], events: Sequence[Event] = ()) -> None:
+    async def add_messages(self, msgs: Sequence[Message], events: Sequence[Event] = (), *,
+                           idempotency: IdempotencyRecord | None = None) -> None:
         """Admit and insert new messages (and their first history events), all or none. An id
-        that exists already fails the whole call with ConstraintError. Raises StoreBusy at
+        that exists already fails the whole call with ConstraintError, and so does an
+        ``idempotency`` record (stored with the messages, in the same commit) whose account and
+        key are stored already. Raises StoreBusy at
         once, writing nothing, while the write queue is over ``queue_max`` rows or if the
         unfinished messages would exceed ``unfinished_max`` (counted in
         smsgw_store_busy_total{reason})."""
@@ -739,6 +773,8 @@ class Store:
         groups: list[tuple[int, list[Row]]] = [(_INSERT_MESSAGE, [_message_row(m) for m in msgs])]
         if events:
             groups.append((_INSERT_EVENT, [_event_row(e) for e in events]))
+        if idempotency is not None:
+            groups.append((_INSERT_IDEMPOTENCY, [astuple(idempotency)]))
         call = _Call(groups)
         call.admitted = len(msgs)
         await self._write(call)
@@ -870,6 +906,11 @@ class Store:
             orphans = _Call(orphans.groups, exclusive=True)
         return deleted
 
+    async def purge_idempotency(self, created_before: float) -> int:
+        """Forget the Idempotency-Keys recorded before that time; returns how many."""
+        call = _Call([(_PURGE_IDEMPOTENCY, [(created_before,)])], exclusive=True)
+        return (await self._write(call))[0]
+
     # ----------------------------------------------------------------- reads
 
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
@@ -911,6 +952,13 @@ class Store:
             "SELECT id, message_id, at, kind, from_state, to_state, detail FROM events"
             " WHERE message_id = ? ORDER BY id", (message_id,))
         return [_to_event(r) for r in rows]
+
+    async def idempotency_record(self, account: str, key: str) -> IdempotencyRecord | None:
+        """The first answer recorded for that account's Idempotency-Key, if still kept."""
+        rows = await self._read(
+            "SELECT account, key, fingerprint, response, created_at FROM idempotency_keys"
+            " WHERE account = ? AND key = ?", (account, key))
+        return IdempotencyRecord(*rows[0]) if rows else None
 
     async def find_part(self, connector: str, smsc_ids: Sequence[str]) -> Part | None:
         """The Part of that connector whose smsc_id is any of smsc_ids (variants of one id)."""

@@ -23,8 +23,8 @@ from gateway import daemon
 from gateway.config import (
     AccountConfig,
     GatewayConfig,
+    HttpConfig,
     ListenerConfig,
-    MetricsConfig,
     RetryConfig,
     RouteConfig,
     SimulatorConfig,
@@ -33,6 +33,7 @@ from gateway.config import (
 )
 from gateway.passwords import hash_password
 from gateway.simulator import SmscSimulator
+from gateway.tokens import hash_token
 
 
 @functools.cache
@@ -51,15 +52,15 @@ def gateway_config(state_dir: Path, sim_port: int, smsc_changes: dict[str, Any] 
         listeners=(ListenerConfig(port=0, auth_failure_delay=0.01, bind_timeout=5),),
         accounts={
             "demo": AccountConfig("demo", password_hash("demopass"), mo_addresses=("36111",),
-                                  throughput=0),
+                                  throughput=0, http_tokens=(hash_token("demo-token"),)),
             "other": AccountConfig("other", password_hash("otherpw"), max_binds=1,
-                                   throughput=5),
+                                   throughput=5, http_tokens=(hash_token("other-token"),)),
         },
         smscs={"sim": smsc, **{extra.name: extra for extra in extra_smscs}},
         routes=(RouteConfig("default", (), ("sim",)),),
         store=StoreConfig(path=state_dir / "smsgw.sqlite3"),
         retry=RetryConfig(initial_delay=0.2, max_delay=1, multiplier=2),
-        metrics=MetricsConfig(enabled=False),
+        http=HttpConfig(enabled=False),  # tests that use it pass HttpConfig(port=0)
         simulator=None,
     )
     return dataclasses.replace(config, **changes)

@@ -19,6 +19,7 @@ import pytest
 from gateway.cli import main, raise_fd_limit
 from gateway.config import load_config
 from gateway.passwords import hash_password, verify_password
+from gateway.tokens import TokenIndex, hash_token, is_token_hash
 from tests.procs import Proc, free_port, smsgw_command
 
 
@@ -27,7 +28,7 @@ def test_help_lists_run_simulate_smsc_and_check_config(capsys: pytest.CaptureFix
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for command in ("run", "simulate-smsc", "check-config", "hash-password"):
+    for command in ("run", "simulate-smsc", "check-config", "hash-password", "hash-token"):
         assert command in out
 
 
@@ -60,6 +61,28 @@ def test_hash_password_takes_no_password_on_the_command_line() -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["hash-password", "s3cret"])
     assert exit_.value.code == 2
+
+
+def test_hash_token_makes_a_random_token_whose_hash_names_the_account(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["hash-token"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    token = out[0].removeprefix("token: ")
+    token_hash = out[1].removeprefix("hash:  ")
+    assert len(token) >= 43 and is_token_hash(token_hash)
+    assert TokenIndex({"acme": [token_hash]}).account_of(token) == "acme"
+    assert main(["hash-token"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] != out[0]  # a new token each time
+
+
+def test_hash_token_hashes_a_given_token_from_stdin(monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    _stdin(monkeypatch, "demo-token\n")
+    assert main(["hash-token", "--stdin"]) == 0
+    assert capsys.readouterr().out.strip() == hash_token("demo-token")
+    _stdin(monkeypatch, "short\n")
+    assert main(["hash-token", "--stdin"]) == 2
+    assert "at least 8 characters" in capsys.readouterr().err
 
 
 def test_empty_password_is_an_error_not_a_traceback(monkeypatch: pytest.MonkeyPatch,
@@ -151,7 +174,7 @@ def _config_file(tmp_path: Path, mode: int) -> Path:
     config.write_text(f"""
 [store]
 path = "{tmp_path}/smsgw.sqlite3"
-[metrics]
+[http]
 enabled = false
 [[listener]]
 port = 0

@@ -12,8 +12,8 @@ from gateway.config import (
     AccountConfig,
     ConfigError,
     GatewayConfig,
+    HttpConfig,
     ListenerConfig,
-    MetricsConfig,
     RetryConfig,
     SimulatorConfig,
     SmscConfig,
@@ -24,6 +24,7 @@ from gateway.config import (
     parse_duration,
 )
 from gateway.passwords import verify_password
+from gateway.tokens import TokenIndex, hash_token
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -74,7 +75,9 @@ def test_demo_config_loads_and_checks_clean() -> None:
     assert (sim.bind_mode, sim.binds, sim.window) == ("transceiver", 2, 50)
     assert [(r.prefixes, r.smscs) for r in config.routes] == [((), ("sim",))]
     assert config.store.path == Path.cwd() / "var/demo/smsgw.sqlite3"
-    assert (config.metrics.host, config.metrics.port) == ("127.0.0.1", 9775)
+    assert (config.http.host, config.http.port) == ("127.0.0.1", 8080)
+    assert TokenIndex({"demo": config.accounts["demo"].http_tokens}).account_of(
+        "demo-token") == "demo"
     assert config.simulator is not None
     assert (config.simulator.host, config.simulator.port) == (sim.host, sim.port)
     assert (config.simulator.system_id, config.simulator.password) == ("sim", "simpass")
@@ -110,7 +113,7 @@ def test_defaults_apply_to_omitted_keys(tmp_path: Path) -> None:
         name="opA", host="smsc.example.net", port=2775, system_id="gw", password="secret"
     )
     assert config.retry == RetryConfig()
-    assert config.metrics == MetricsConfig()
+    assert config.http == HttpConfig()
     assert config.store == StoreConfig(path=config.store.path)
     assert config.store.batch_max == 512
     assert config.store.retention == 180 * 86400
@@ -207,8 +210,8 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path: Path) -> None:
 
 
 def test_unknown_top_level_table_is_named(tmp_path: Path) -> None:
-    msg = error_of(tmp_path, MINIMAL + "[metrix]\nport = 1\n")
-    assert "metrix: unknown table" in msg and '"metrics"' in msg
+    msg = error_of(tmp_path, MINIMAL + "[htttp]\nport = 1\n")
+    assert "htttp: unknown table" in msg and '"http"' in msg
 
 
 def test_route_to_unknown_smsc_is_refused(tmp_path: Path) -> None:
@@ -396,10 +399,31 @@ def test_two_listeners_on_one_port_are_refused(tmp_path: Path) -> None:
     load_config(write(tmp_path, ok + '[[listener]]\nhost = "10.0.0.2"\nport = 2775\n'))
 
 
-def test_listener_port_clashing_with_metrics_is_refused(tmp_path: Path) -> None:
-    msg = error_of(tmp_path, MINIMAL + "[metrics]\nport = 2775\n")
-    assert "metrics.port: expected a port not used elsewhere" in msg
-    load_config(write(tmp_path, MINIMAL + "[metrics]\nport = 2775\nenabled = false\n"))
+def test_listener_port_clashing_with_http_is_refused(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, MINIMAL + "[http]\nport = 2775\n")
+    assert "http.port: expected a port not used elsewhere" in msg
+    load_config(write(tmp_path, MINIMAL + "[http]\nport = 2775\nenabled = false\n"))
+
+
+def test_old_metrics_table_is_refused_with_the_way_to_http(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, MINIMAL + "[metrics]\nport = 9775\n")
+    assert "x.toml: metrics: the [metrics] table is now [http]" in msg
+    assert "rename the table header to [http]" in msg
+
+
+def test_http_tokens_are_sha256_hashes_owned_by_one_account(tmp_path: Path) -> None:
+    token_hash = hash_token("a-long-enough-token")
+    ok = MINIMAL.replace("[[smsc]]", f'http_tokens = ["{token_hash}"]\n\n[[smsc]]', 1)
+    config = load_config(write(tmp_path, ok))
+    assert config.accounts["acme"].http_tokens == (token_hash,)
+    bad = MINIMAL.replace("[[smsc]]", 'http_tokens = ["demo-token"]\n\n[[smsc]]', 1)
+    msg = error_of(tmp_path, bad)
+    assert 'account "acme".http_tokens[0]: expected a token hash' in msg
+    assert "smsgw hash-token" in msg
+    second = (f'\n[[account]]\nsystem_id = "beta"\npassword_hash = "{HASH}"\n'
+              f'http_tokens = ["{token_hash}"]\n')
+    msg = error_of(tmp_path, ok + second)
+    assert 'account "beta".http_tokens: a token hash already belongs to account "acme"' in msg
 
 
 def test_cross_check_reports_every_problem_at_once(tmp_path: Path) -> None:
@@ -505,7 +529,7 @@ def test_check_refuses_a_store_directory_that_cannot_be_created(tmp_path: Path) 
     [
         (
             "gateway.example.toml",
-            [ListenerConfig, AccountConfig, SmscConfig, RetryConfig, MetricsConfig,
+            [ListenerConfig, AccountConfig, SmscConfig, RetryConfig, HttpConfig,
              StoreConfig],
         ),
         ("simulator.example.toml", [SimulatorConfig]),

@@ -84,7 +84,7 @@ log_level = "info"
 [store]
 path = "{store}"
 
-[metrics]
+[http]
 enabled = false
 
 [retry]

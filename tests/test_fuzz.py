@@ -117,7 +117,7 @@ log_level = "info"
 [store]
 path = "{store}"
 
-[metrics]
+[http]
 enabled = false
 
 [[listener]]

@@ -1,0 +1,405 @@
+"""The HTTP listener: the upstream JSON API under /v1, its OpenAPI document, and /metrics.
+
+A Starlette app served by hypercorn's trio worker. POST /v1/messages stores messages like an
+SMPP submit does (same intake checks, same per-account admission, answered 202 only after
+the commit that holds them); GET /v1/messages/{id} shows a message with its parts and
+history to its own account. Every error is an RFC 9457 problem+json.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.trio import serve
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway import metrics
+from gateway.clock import WallClock
+from gateway.config import GatewayConfig
+from gateway.dispatcher import Dispatcher
+from gateway.http_requests import (
+    MessageRequest,
+    PostRequest,
+    RequestError,
+    check_idempotency_key,
+    parse_post,
+)
+from gateway.intake import IntakeError, IntakePolicy, accept_text
+from gateway.model import Event, Message, Part, PartState
+from gateway.openapi import document
+from gateway.server import _AccountState
+from gateway.store import ConstraintError, IdempotencyRecord, Store, StoreBusy, StoreError
+from gateway.tokens import TokenIndex
+from smpp.constants import Status
+from smpp.text import decode_text
+
+log = structlog.get_logger("gateway.http")
+
+PROBLEM = "application/problem+json"
+PROBLEM_BASE = "urn:smsgw:problem:"  # + slug: the `type` of every problem this API answers
+BODY_BYTES_PER_MESSAGE = 64 * 1024  # a body may hold max_batch times this many octets
+BUSY_RETRY_AFTER = 1  # seconds: Retry-After when the store lags or the account is full
+
+# Which field an intake refusal is about, by the SMPP status it carries.
+_INTAKE_FIELD: dict[int, str] = {
+    Status.ESME_RINVSRCADR: "from", Status.ESME_RINVSRCTON: "from",
+    Status.ESME_RINVSRCNPI: "from", Status.ESME_RINVDSTADR: "to",
+    Status.ESME_RINVEXPIRY: "validity", Status.ESME_RINVSCHED: "send_at",
+    Status.ESME_RINVMSGLEN: "text",
+}
+_FINAL_PARTS = frozenset({PartState.DELIVERED, PartState.UNDELIVERABLE, PartState.EXPIRED,
+                          PartState.REJECTED})
+
+
+class Problem(Exception):
+    """An RFC 9457 answer: raise it from a handler; ``extra`` adds members."""
+
+    def __init__(self, status: int, slug: str, title: str, detail: str, *,
+                 headers: Mapping[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status, self.slug, self.title, self.detail = status, slug, title, detail
+        self.headers = dict(headers or {})
+        self.extra = extra
+
+    def response(self) -> Response:
+        body = {"type": PROBLEM_BASE + self.slug, "title": self.title, "status": self.status,
+                "detail": self.detail, **self.extra}
+        return JSONResponse(body, self.status, headers=self.headers, media_type=PROBLEM)
+
+
+def _time(t: float | None) -> str | None:
+    """RFC 3339, UTC, milliseconds."""
+    if t is None:
+        return None
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds") \
+        .replace("+00:00", "Z")
+
+
+class HttpApi:
+    """The application and what its handlers use; ``app`` is the ASGI app to serve."""
+
+    def __init__(self, config: GatewayConfig, store: Store, dispatcher: Dispatcher,
+                 clock: WallClock, states: Mapping[str, _AccountState]) -> None:
+        self.config = config
+        self.store = store
+        self.dispatcher = dispatcher
+        self.clock = clock
+        self.states = states
+        self.max_batch = config.http.max_batch
+        self.tokens = TokenIndex({name: acc.http_tokens for name, acc in config.accounts.items()})
+        self.openapi = json.dumps(document(self.max_batch)).encode()
+        self.app = Starlette(
+            routes=[
+                Route("/v1/messages", self.post_messages, methods=["POST"]),
+                Route("/v1/messages/{message_id}", self.get_message, methods=["GET"]),
+                Route("/openapi.json", self.openapi_document, methods=["GET"]),
+                Route("/metrics", self.scrape, methods=["GET"]),
+            ],
+            exception_handlers={Problem: self._problem, HTTPException: self._http_error,
+                                Exception: self._crash},
+        )
+
+    # -- errors -------------------------------------------------------------------------------
+    async def _problem(self, _request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, Problem)
+        return exc.response()
+
+    async def _http_error(self, request: Request, exc: Exception) -> Response:
+        """Starlette's own refusals (no such path, method not allowed) as problems."""
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            return Problem(405, "method-not-allowed", "Method not allowed",
+                           f"{request.method} is not allowed on {request.url.path}: use "
+                           f"{allowed or 'another method'}", headers=exc.headers).response()
+        if exc.status_code == 404:
+            return Problem(404, "not-found", "Not found",
+                           f"no resource at {request.url.path}: see /openapi.json for the "
+                           "paths of this API").response()
+        return Problem(exc.status_code, "http-error", "HTTP error", str(exc.detail),
+                       headers=exc.headers).response()
+
+    async def _crash(self, request: Request, exc: Exception) -> Response:
+        log.error("http.handler_failed", path=request.url.path, exc_info=exc)
+        return Problem(500, "internal", "Internal error",
+                       "the gateway failed to handle this request; nothing was accepted unless "
+                       "a 202 said so: try again later").response()
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _account(self, request: Request) -> _AccountState:
+        """The account whose bearer token the request carries; else 401."""
+        header = request.headers.get("authorization")
+        scheme, _, token = (header or "").partition(" ")
+        token = token.strip()
+        if header is None or scheme.lower() != "bearer" or not token:
+            raise Problem(401, "unauthorized", "Unauthorized",
+                          "send your API token in the header 'Authorization: Bearer <token>'",
+                          headers={"WWW-Authenticate": 'Bearer realm="smsgw"'})
+        account = self.tokens.account_of(token)
+        state = self.states.get(account) if account is not None else None
+        if state is None:
+            metrics.HTTP_AUTH_FAILURES.inc()
+            raise Problem(401, "unauthorized", "Unauthorized",
+                          "the bearer token is not valid: use a token configured for your "
+                          "account (http_tokens)",
+                          headers={"WWW-Authenticate":
+                                   'Bearer realm="smsgw", error="invalid_token"'})
+        return state
+
+    def _throttle(self, state: _AccountState, count: int) -> None:
+        """429 over the account's throughput (shared with its SMPP binds)."""
+        bucket = state.bucket
+        if bucket.take(count):
+            return
+        account = state.config.system_id
+        metrics.child(metrics.REFUSED, account, "throttled").inc(count)
+        wait = max(1, math.ceil(bucket.retry_after(count)))
+        raise Problem(429, "rate-limited", "Too many requests",
+                      f"account {account} may send {bucket.rate:g} messages/s (SMPP and HTTP "
+                      f"together): wait {wait} s (Retry-After) or send smaller batches",
+                      headers={"Retry-After": str(wait)})
+
+    async def _body(self, request: Request) -> bytes:
+        limit = self.max_batch * BODY_BYTES_PER_MESSAGE
+        size, chunks = 0, []
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise Problem(413, "too-large", "Request body too large",
+                              f"the body exceeds {limit} octets: send at most {self.max_batch} "
+                              "messages per request")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    # -- POST /v1/messages --------------------------------------------------------------------
+    async def post_messages(self, request: Request) -> Response:
+        state = self._account(request)
+        account = state.config.system_id
+        key = request.headers.get("idempotency-key")
+        if key is not None and (problem := check_idempotency_key(key)) is not None:
+            raise Problem(400, "invalid-header", "Invalid header", problem)
+        raw = await self._body(request)
+        try:
+            post = parse_post(raw, self.max_batch)
+        except RequestError as exc:
+            metrics.child(metrics.REFUSED, account, "invalid").inc()
+            errors = [{"pointer": e.pointer, "detail": e.detail} for e in exc.errors]
+            more = f" (and {len(errors) - 1} more in errors)" if len(errors) > 1 else ""
+            if exc.syntax:
+                raise Problem(400, "invalid-json", "Body is not JSON",
+                              exc.errors[0].detail) from None
+            raise Problem(422, "invalid-request", "Invalid request",
+                          exc.errors[0].detail + more, errors=errors) from None
+        if key is not None:
+            replay = await self._replay(account, key, post.fingerprint)
+            if replay is not None:
+                return replay
+        messages = self._intake(account, post, state)
+        unfinished = self.dispatcher.unfinished_of(account) + state.admitting
+        if unfinished + len(messages) > state.config.max_unfinished:
+            metrics.child(metrics.REFUSED, account,
+                          metrics.status_label(Status.ESME_RMSGQFUL)).inc(len(messages))
+            raise Problem(429, "too-many-unfinished", "Too many unfinished messages",
+                          f"account {account} has {unfinished} messages not final yet (at most "
+                          f"{state.config.max_unfinished}): wait for some to finish",
+                          headers={"Retry-After": str(BUSY_RETRY_AFTER)})
+        self._throttle(state, len(messages))
+        body = {"messages": [{"id": m.id, "state": m.state.value, "to": m.dest_addr,
+                              "client_ref": m.client_ref} for m in messages]}
+        text = json.dumps(body, separators=(",", ":"))
+        record = None if key is None else IdempotencyRecord(
+            account, key, post.fingerprint, text, self.clock.now())
+        state.admitting += len(messages)
+        try:
+            # Shielded: once queued the insert is committed anyway, so the dispatcher must get
+            # the messages even if the client goes away meanwhile (else they are never sent).
+            with trio.CancelScope(shield=True):
+                try:
+                    await self._store(messages, record)
+                except ConstraintError:
+                    if key is None:
+                        raise
+                    # The same key, committed meanwhile by a concurrent request: its answer.
+                    replay = await self._replay(account, key, post.fingerprint)
+                    if replay is None:
+                        raise
+                    return replay
+                for msg in messages:
+                    self.dispatcher.enqueue(msg)
+        finally:
+            state.admitting -= len(messages)
+        return Response(text, 202, media_type="application/json")
+
+    def _intake(self, account: str, post: PostRequest, state: _AccountState) -> list[Message]:
+        now = self.clock.now()
+        policy = IntakePolicy(self.config.validity, state.config.validity, state.config.max_parts)
+        messages: list[Message] = []
+        errors: list[dict[str, str]] = []
+        for req in post.messages:
+            try:
+                messages.append(self._message(account, req, now, policy))
+            except IntakeError as exc:
+                field = _INTAKE_FIELD.get(exc.status, "text")
+                errors.append({"pointer": f"{req.pointer}/{field}",
+                               "detail": f"{field}: {exc.detail}"})
+        if errors:
+            metrics.child(metrics.REFUSED, account, "invalid").inc(len(post.messages))
+            more = f" (and {len(errors) - 1} more in errors)" if len(errors) > 1 else ""
+            raise Problem(422, "invalid-message", "Message refused",
+                          errors[0]["detail"] + more, errors=errors)
+        return messages
+
+    @staticmethod
+    def _message(account: str, req: MessageRequest, now: float,
+                 policy: IntakePolicy) -> Message:
+        msg = accept_text(account, req.source, req.to, req.text, now, policy,
+                          expires=None if req.validity is None else now + req.validity,
+                          scheduled=req.send_at)
+        msg.origin = "http"
+        msg.channel = req.channel
+        msg.traffic = req.traffic
+        msg.callback_url = req.callback_url
+        msg.client_ref = req.client_ref
+        return msg
+
+    async def _store(self, messages: list[Message], record: IdempotencyRecord | None) -> None:
+        events = [Event(m.id, m.created_at, "accepted", None, m.state, {"interface": "http"})
+                  for m in messages]
+        try:
+            await self.store.add_messages(messages, events, idempotency=record)
+        except StoreBusy:
+            account = messages[0].account
+            metrics.child(metrics.REFUSED, account,
+                          metrics.status_label(Status.ESME_RMSGQFUL)).inc(len(messages))
+            raise Problem(503, "store-busy", "Temporarily unavailable",
+                          "the gateway's store is lagging: nothing was accepted, send the same "
+                          "request again after Retry-After",
+                          headers={"Retry-After": str(BUSY_RETRY_AFTER)}) from None
+        for msg in messages:
+            log.info("message.accepted", message_id=msg.id, account=msg.account,
+                     state=msg.state.value, interface="http")
+            metrics.child(metrics.ACCEPTED, msg.account, "http").inc()
+
+    async def _replay(self, account: str, key: str, fingerprint: str) -> Response | None:
+        """The first answer to this Idempotency-Key (None if the key is new); 409 if it was
+        used with another body."""
+        record = await self.store.idempotency_record(account, key)
+        if record is None:
+            return None
+        if record.fingerprint != fingerprint:
+            raise Problem(409, "idempotency-conflict", "Idempotency-Key reused",
+                          "this Idempotency-Key was used with another body: use a new key for a "
+                          "new request, or send the first body again")
+        return Response(record.response, 202, media_type="application/json",
+                        headers={"Idempotent-Replayed": "true"})
+
+    # -- GET /v1/messages/{id} ----------------------------------------------------------------
+    async def get_message(self, request: Request) -> Response:
+        state = self._account(request)
+        self._throttle(state, 1)  # a read costs like a query_sm: charged to the throughput
+        message_id = request.path_params["message_id"]
+        try:
+            msg = await self.store.get_message_for_account(state.config.system_id, message_id)
+        except StoreError:
+            raise Problem(503, "store-unavailable", "Temporarily unavailable",
+                          "the gateway's store could not be read: try again after Retry-After",
+                          headers={"Retry-After": str(BUSY_RETRY_AFTER)}) from None
+        if msg is None:  # another account's message is not found either
+            raise Problem(404, "message-not-found", "Message not found",
+                          f"no message {message_id[:80]!r} for your account: use an id a 202 "
+                          "of POST /v1/messages gave you")
+        parts = await self.store.get_parts(msg.id)
+        events = await self.store.events_of(msg.id)
+        return JSONResponse(message_view(msg, parts, events))
+
+    # -- documents ------------------------------------------------------------------------------
+    async def openapi_document(self, _request: Request) -> Response:
+        return Response(self.openapi, media_type="application/json")
+
+    async def scrape(self, _request: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def message_view(msg: Message, parts: list[Part], events: list[Event]) -> dict[str, Any]:
+    """What GET /v1/messages/{id} answers (see the MessageStatus schema)."""
+    try:
+        text: str | None = decode_text(msg.body, msg.data_coding) if not msg.esm_class & 0x40 \
+            else None
+    except Exception:  # a body decode_text cannot read (it should not raise): no text then
+        text = None
+    history = [{"at": _time(e.at), "kind": e.kind,
+                "from_state": e.from_state.value if e.from_state else None,
+                "to_state": e.to_state.value if e.to_state else None,
+                "detail": e.detail} for e in events]
+    attempts = [{"at": _time(e.at), "channel": str(e.detail.get("channel", msg.channel)),
+                 "connector": _str_or_none(e.detail.get("connector")),
+                 "outcome": _str_or_none(e.detail.get("outcome")), "detail": e.detail}
+                for e in events if e.kind == "attempt"]
+    if not attempts:  # no attempt recorded in the history: the attempt its parts show
+        by_connector: dict[str, list[Part]] = {}
+        for p in parts:
+            by_connector.setdefault(p.connector, []).append(p)
+        for connector, group in by_connector.items():
+            sent = [p.submitted_at for p in group if p.submitted_at is not None]
+            states = {p.state for p in group}
+            attempts.append({"at": _time(min(sent)) if sent else None, "channel": msg.channel,
+                             "connector": connector,
+                             "outcome": states.pop().value if len(states) == 1 else "MIXED",
+                             "detail": {}})
+    return {
+        "id": msg.id,
+        "state": msg.state.value,
+        "to": msg.dest_addr,
+        "from": msg.source_addr,
+        "text": text,
+        "origin": msg.origin,
+        "channel": msg.channel,
+        "traffic": msg.traffic,
+        "client_ref": msg.client_ref,
+        "callback_url": msg.callback_url,
+        "created_at": _time(msg.created_at),
+        "send_at": _time(msg.not_before),
+        "expires_at": _time(msg.expires_at),
+        "done_at": _time(msg.done_at),
+        "error": msg.error,
+        "connector": msg.connector,
+        "parts": [{"part_no": p.part_no, "connector": p.connector,
+                   "operator_message_id": p.smsc_id, "state": p.state.value, "error": p.error,
+                   "submitted_at": _time(p.submitted_at), "done_at": _time(p.done_at)}
+                  for p in parts],
+        "attempts": attempts,
+        "receipts": [{"part_no": p.part_no, "connector": p.connector,
+                      "operator_message_id": p.smsc_id, "state": p.state.value,
+                      "error": p.error, "at": _time(p.done_at)}
+                     for p in parts if p.state in _FINAL_PARTS and p.smsc_id is not None],
+        "history": history,
+    }
+
+
+def _str_or_none(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+async def serve_http(app: Starlette, host: str, port: int, *,
+                     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve ``app`` with hypercorn (trio worker); started() with the port it listens on."""
+    hconf = HyperConfig()
+    hconf.bind = [f"{host}:{port}"]
+    hconf.accesslog = None
+    hconf.errorlog = None
+
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(serve, app, hconf)
+        task_status.started(int(binds[0].rsplit(":", 1)[1]))
