@@ -58,7 +58,7 @@ def test_the_openapi_document_is_a_valid_openapi_3_1_document() -> None:
 
 async def test_a_message_posted_over_http_reaches_the_simulator_and_get_shows_it_delivered(
         tmp_path: Path) -> None:
-    async with api(tmp_path) as (gw, sim, client):
+    async with api(tmp_path) as (_gw, sim, client):
         body = {**HELLO, "client_ref": "order-17", "traffic": "alert"}
         check_request(MESSAGES, "POST", body)
         resp, answer = await post(client, body)
