@@ -59,6 +59,12 @@ _INTAKE_FIELD: dict[int, str] = {
     Status.ESME_RINVEXPIRY: "validity", Status.ESME_RINVSCHED: "send_at",
     Status.ESME_RINVMSGLEN: "text",
 }
+# What to change, for the intake refusals whose detail does not say it.
+_INTAKE_HINT: dict[int, str] = {
+    Status.ESME_RINVSCHED: ": the message would expire before it is sent; ask for an earlier "
+                           "send_at or a longer validity (the gateway's validity caps it)",
+    Status.ESME_RINVEXPIRY: ": ask for a validity in the future",
+}
 _FINAL_PARTS = frozenset({PartState.DELIVERED, PartState.UNDELIVERABLE, PartState.EXPIRED,
                           PartState.REJECTED})
 
@@ -252,8 +258,9 @@ class HttpApi:
                 messages.append(self._message(account, req, now, policy))
             except IntakeError as exc:
                 field = _INTAKE_FIELD.get(exc.status, "text")
+                detail = exc.detail if exc.detail.startswith(field) else f"{field}: {exc.detail}"
                 errors.append({"pointer": f"{req.pointer}/{field}",
-                               "detail": f"{field}: {exc.detail}"})
+                               "detail": detail + _INTAKE_HINT.get(exc.status, "")})
         if errors:
             metrics.child(metrics.REFUSED, account, "invalid").inc(len(post.messages))
             more = f" (and {len(errors) - 1} more in errors)" if len(errors) > 1 else ""

@@ -34,6 +34,7 @@ from gateway.store import (
     PART_COLUMNS,
     REPORT_COLUMNS,
     ConstraintError,
+    IdempotencyRecord,
     SchemaError,
     Store,
     StoreBusy,
@@ -593,3 +594,24 @@ async def test_pending_reports_page_by_id_and_are_counted_per_account(tmp_path: 
         assert rest == reports[2:]
         beta = (await store.pending_reports("beta"))[0].id
         assert await store.pending_report_counts() == ({"acme": 5, "beta": 1}, beta)
+
+
+async def test_an_idempotency_key_commits_with_its_messages_once_and_is_purged_by_age(
+        tmp_path: Path) -> None:
+    path = tmp_path / "gw.sqlite"
+    first, second = make_message(), make_message()
+    record = IdempotencyRecord("acme", "key-1", "f" * 64, '{"messages":[]}', T0)
+    async with Store.open(path) as store:
+        await store.add_messages([first], idempotency=record)
+        with pytest.raises(ConstraintError):  # the same account and key: nothing written
+            await store.add_messages([second], idempotency=record)
+        assert await store.get_message(second.id) is None
+        await store.add_messages([second], idempotency=dataclasses.replace(record,
+                                                                           account="other"))
+    async with Store.open(path) as store:  # durable
+        assert await store.idempotency_record("acme", "key-1") == record
+        assert await store.idempotency_record("acme", "key-2") is None
+        assert await store.purge_idempotency(T0) == 0  # not older than the cutoff
+        assert await store.purge_idempotency(T0 + 1) == 2
+        assert await store.idempotency_record("acme", "key-1") is None
+        assert await store.get_message(first.id) is not None  # the messages stay
