@@ -15,7 +15,7 @@ import getpass
 import resource
 import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import structlog
@@ -179,8 +179,13 @@ def _cmd_hash(args: argparse.Namespace) -> int:
         return 2
     if len(password) > 8:
         print("warning: SMPP 3.4 passwords are at most 8 characters", file=sys.stderr)
+    return _print_hash(hash_password, password)
+
+
+def _print_hash(hasher: Callable[[str], str], secret: str) -> int:
+    """Print the hash of secret (exit status 0), or why it cannot be hashed (status 2)."""
     try:
-        print(hash_password(password))
+        print(hasher(secret))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -191,12 +196,7 @@ def _cmd_hash_token(args: argparse.Namespace) -> int:
     """A fresh token and its hash, or (--stdin) the hash of the token on stdin's first line."""
     if args.stdin:
         token = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
-        try:
-            print(hash_token(token))
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        return 0
+        return _print_hash(hash_token, token)
     token = new_token()
     print(f"token: {token}")
     print(f"hash:  {hash_token(token)}")

@@ -114,7 +114,7 @@ class HttpApi:
                 Route("/metrics", self.scrape, methods=["GET"]),
             ],
             exception_handlers={Problem: self._problem, HTTPException: self._http_error,
-                                Exception: self._crash},
+                                StoreError: self._store_error, Exception: self._crash},
         )
 
     # -- errors -------------------------------------------------------------------------------
@@ -136,6 +136,13 @@ class HttpApi:
                            "paths of this API").response()
         return Problem(exc.status_code, "http-error", "HTTP error", str(exc.detail),
                        headers=exc.headers).response()
+
+    async def _store_error(self, request: Request, exc: Exception) -> Response:
+        """A store read or write that failed (the store counts and logs it)."""
+        return Problem(503, "store-unavailable", "Temporarily unavailable",
+                       "the gateway's store failed this request: nothing was accepted; send "
+                       "the same request again after Retry-After",
+                       headers={"Retry-After": str(BUSY_RETRY_AFTER)}).response()
 
     async def _crash(self, request: Request, exc: Exception) -> Response:
         log.error("http.handler_failed", path=request.url.path, exc_info=exc)
@@ -317,12 +324,7 @@ class HttpApi:
         state = self._account(request)
         self._throttle(state, 1)  # a read costs like a query_sm: charged to the throughput
         message_id = request.path_params["message_id"]
-        try:
-            msg = await self.store.get_message_for_account(state.config.system_id, message_id)
-        except StoreError:
-            raise Problem(503, "store-unavailable", "Temporarily unavailable",
-                          "the gateway's store could not be read: try again after Retry-After",
-                          headers={"Retry-After": str(BUSY_RETRY_AFTER)}) from None
+        msg = await self.store.get_message_for_account(state.config.system_id, message_id)
         if msg is None:  # another account's message is not found either
             raise Problem(404, "message-not-found", "Message not found",
                           f"no message {message_id[:80]!r} for your account: use an id a 202 "
@@ -341,11 +343,8 @@ class HttpApi:
 
 def message_view(msg: Message, parts: list[Part], events: list[Event]) -> dict[str, Any]:
     """What GET /v1/messages/{id} answers (see the MessageStatus schema)."""
-    try:
-        text: str | None = decode_text(msg.body, msg.data_coding) if not msg.esm_class & 0x40 \
-            else None
-    except Exception:  # a body decode_text cannot read (it should not raise): no text then
-        text = None
+    # A message the upstream segmented itself (UDHI) has no one text to show.
+    text = None if msg.esm_class & 0x40 else decode_text(msg.body, msg.data_coding)
     history = [{"at": _time(e.at), "kind": e.kind,
                 "from_state": e.from_state.value if e.from_state else None,
                 "to_state": e.to_state.value if e.to_state else None,
