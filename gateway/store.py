@@ -282,7 +282,8 @@ _WRITE_SQL: tuple[str, ...] = (
     " AND NOT EXISTS (SELECT 1 FROM messages WHERE id = ?1)",
     "INSERT INTO idempotency_keys (account, key, fingerprint, response, created_at)"
     " VALUES (?, ?, ?, ?, ?)",
-    "DELETE FROM idempotency_keys WHERE created_at < ?",
+    "DELETE FROM idempotency_keys WHERE (account, key) IN"
+    " (SELECT account, key FROM idempotency_keys WHERE created_at < ? LIMIT ?)",
 )
 
 _MESSAGE_SELECT = f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages"
@@ -907,9 +908,16 @@ class Store:
         return deleted
 
     async def purge_idempotency(self, created_before: float) -> int:
-        """Forget the Idempotency-Keys recorded before that time; returns how many."""
-        call = _Call([(_PURGE_IDEMPOTENCY, [(created_before,)])], exclusive=True)
-        return (await self._write(call))[0]
+        """Forget the Idempotency-Keys recorded before that time; returns how many. In chunks
+        of a few thousand rows, so other writers wait at most one chunk."""
+        forgotten = 0
+        while True:
+            call = _Call([(_PURGE_IDEMPOTENCY, [(created_before, _PURGE_CHUNK)])],
+                         exclusive=True)
+            deleted = (await self._write(call))[0]
+            forgotten += deleted
+            if deleted < _PURGE_CHUNK:
+                return forgotten
 
     # ----------------------------------------------------------------- reads
 
