@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
@@ -71,6 +71,7 @@ class Figures:
     errors: dict[str, int]
     timed_out: bool
     loadgen_ms_per_msg: float  # the load tool's own CPU (it shares the two cores)
+    threads: dict[str, float] = field(default_factory=dict)  # CPU seconds per thread
 
     def line(self) -> str:
         cpu = ("-" if math.isnan(self.cpu_ms_per_msg)
@@ -81,6 +82,9 @@ class Figures:
                 f"{self.submit_p50:6.1f} /{self.submit_p99:7.1f} ms  receipt p50/p99 "
                 f"{self.receipt_p50:6.1f} /{self.receipt_p99:7.1f} ms  CPU/msg {cpu}  peak RSS "
                 f"{rss}  load tool CPU/msg {self.loadgen_ms_per_msg:.3f} ms  missing {self.missing}"
+                + ("\n         CPU s by thread: " + ", ".join(
+                    f"{k} {v:.1f}" for k, v in self.threads.items() if v >= 0.05)
+                   if self.threads else "")
                 + (f"  errors: {problems}" if problems else "")
                 + ("  HIT DURATION CAP" if self.timed_out else ""))
 
@@ -113,14 +117,38 @@ def peak_rss_mb(pids: list[int]) -> float:
 
 
 class CpuMeter:
-    """CPU seconds (utime + stime from /proc/<pid>/stat) the processes use from now on."""
+    """CPU seconds (utime + stime from /proc/<pid>/stat) the processes use from now on, in
+    all and per thread (/proc/<pid>/task/<tid>/stat): how much of it could use a 2nd core."""
 
     def __init__(self, pids: list[int]) -> None:
         self.pids = pids
         self.start = {pid: proc_cpu(pid) for pid in pids}
+        self.threads_start = {pid: thread_cpu(pid) for pid in pids}
 
     def used(self) -> float:
         return sum(proc_cpu(pid) - self.start[pid] for pid in self.pids)
+
+    def by_thread(self) -> dict[str, float]:
+        """CPU seconds per thread used since the start, by "pid/tid name", largest first."""
+        out: dict[str, float] = {}
+        for pid in self.pids:
+            before = self.threads_start[pid]
+            for key, seconds in thread_cpu(pid).items():
+                out[f"{pid}/{key}"] = seconds - before.get(key, 0.0)
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of each thread of a process so far, by "tid name"."""
+    out: dict[str, float] = {}
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                name = (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                ticks = int(fields[11]) + int(fields[12])
+                out[f"{task.name} {name}"] = ticks / os.sysconf("SC_CLK_TCK")
+    return out
 
 
 # --------------------------------------------------------------------------- HTTP load (Kannel)
@@ -331,7 +359,7 @@ def run_ours(args: argparse.Namespace, tmp: Path) -> Figures:
                 cpu = CpuMeter([gw.pid])
                 if args.profile:
                     profiler = start(["py-spy", "record", "--gil", "--pid", str(gw.pid),
-                                      "--format", "speedscope", "--rate", "200", "-o",
+                                      "--format", "speedscope", "--rate", "100", "-o",
                                       str(args.profile)], glog)
                 res, loadgen = smpp_load(ports.gateway, args, ("bench", "benchpw"))
                 used = cpu.used()
@@ -341,7 +369,9 @@ def run_ours(args: argparse.Namespace, tmp: Path) -> Figures:
                     profiler.wait(timeout=60)
                 if gw.poll() is not None:
                     raise SetupError(f"gateway exited ({gw.returncode}):\n{tail(gw_log)}")
-                return figures("smsgw", res, used, peak_rss_mb([gw.pid]), loadgen)
+                out = figures("smsgw", res, used, peak_rss_mb([gw.pid]), loadgen)
+                out.threads = cpu.by_thread()
+                return out
         finally:
             stop(gw)
 
@@ -394,12 +424,15 @@ password = {KANNEL_PASS}
     return conf
 
 
-def ensure_kannel() -> list[str]:
-    """bearerbox and smsbox paths, after `apt-get install -y kannel` if they are missing."""
+def ensure_kannel(install: bool) -> list[str]:
+    """bearerbox and smsbox paths, after `apt-get install -y kannel` if they are missing
+    (none if missing and not `install`)."""
     found = [shutil.which(b) or shutil.which(b, path="/usr/sbin:/usr/bin") for b in
              ("bearerbox", "smsbox")]
     if all(found):
         return [str(f) for f in found]
+    if not install:
+        return []
     print("bearerbox/smsbox missing: apt-get install -y kannel (Debian's Kannel)", flush=True)
     done = subprocess.run(["apt-get", "install", "-y", "kannel"], capture_output=True, text=True,
                           check=False)
@@ -445,7 +478,9 @@ def run_kannel(args: argparse.Namespace, tmp: Path, binaries: list[str]) -> Figu
                 for proc, name in ((bearer, "bearerbox"), (smsbox, "smsbox")):
                     if proc.poll() is not None:
                         raise SetupError(f"{name} exited ({proc.returncode}):\n{tail(out)}")
-                return figures("kannel", res, used, peak_rss_mb(pids), loadgen)
+                found = figures("kannel", res, used, peak_rss_mb(pids), loadgen)
+                found.threads = cpu.by_thread()
+                return found
         finally:
             stop(smsbox)
             stop(bearer)
@@ -493,6 +528,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma-separated subset of ceiling,smsgw,kannel")
     p.add_argument("--profile", type=Path, default=None,
                    help="record the gateway with py-spy --gil into this speedscope file")
+    p.add_argument("--no-install", action="store_true",
+                   help="skip Kannel if bearerbox/smsbox are missing instead of apt-get installing")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     args = p.parse_args(argv)
@@ -512,10 +549,13 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Figures] = {}
     notes: list[str] = []
     try:
-        binaries = ensure_kannel() if "kannel" in systems else []
+        binaries = ensure_kannel(not args.no_install) if "kannel" in systems else []
         if binaries:
             notes.append(f"Kannel: {kannel_version(binaries[0])} ({binaries[0]}, {binaries[1]}); "
-                         f"config written to {tmp}/kannel.conf")
+                         f"config written to {tmp}/kannel.conf (kept with --keep)")
+        elif "kannel" in systems:
+            notes.append("Kannel skipped: bearerbox/smsbox not installed (--no-install)")
+            systems.remove("kannel")
         runners: dict[str, Callable[[], Figures]] = {
             "ceiling": lambda: run_ceiling(args, tmp),
             "smsgw": lambda: run_ours(args, tmp),
