@@ -299,23 +299,6 @@ def smpp_load(port: int, args: argparse.Namespace, credentials: tuple[str, str]
     return res, time.process_time() - cpu0
 
 
-def run_ceiling(args: argparse.Namespace, tmp: Path) -> Figures:
-    """(a) The load tool bound straight to the simulator: what the peers alone can do."""
-    ports = Ports()
-    sim_conf = write_simulator_config(tmp, ports, window=args.smsc_window,
-                                      receipt_delay=args.receipt_delay, peer="independent")
-    sim_log = tmp / "simulator-alone.log"
-    sim = None
-    try:
-        with sim_log.open("wb") as slog:
-            sim = start([*smsgw_command(), "simulate-smsc", "--config", str(sim_conf)], slog)
-            wait_ready("simulator", sim, sim_log, lambda: sim_stats(ports.sim_control), 20)
-            res, loadgen = smpp_load(ports.sim, args, ("sim", "simpass"))
-            return figures("ceiling", res, math.nan, math.nan, loadgen)
-    finally:
-        stop(sim)
-
-
 def with_simulator(name: str, args: argparse.Namespace, tmp: Path, ports: Ports,
                    body: Callable[[subprocess.Popen[bytes]], Figures]) -> Figures:
     """Start the independent simulator on `ports`, run `body`, stop it."""
@@ -330,6 +313,17 @@ def with_simulator(name: str, args: argparse.Namespace, tmp: Path, ports: Ports,
             return body(sim)
     finally:
         stop(sim)
+
+
+def run_ceiling(args: argparse.Namespace, tmp: Path) -> Figures:
+    """(a) The load tool bound straight to the simulator: what the peers alone can do."""
+    ports = Ports()
+
+    def body(_sim: subprocess.Popen[bytes]) -> Figures:
+        res, loadgen = smpp_load(ports.sim, args, ("sim", "simpass"))
+        return figures("ceiling", res, math.nan, math.nan, loadgen)
+
+    return with_simulator("alone", args, tmp, ports, body)
 
 
 def bound_to_simulator(ports: Ports, binds: int) -> Callable[[], bool]:
