@@ -395,11 +395,12 @@ class Connection:
                 try:
                     for data in pieces:
                         for start in range(0, len(data), WRITE_CHUNK):
+                            chunk = data[start:start + WRITE_CHUNK] \
+                                if len(data) > WRITE_CHUNK else data
                             self._write_since = trio.current_time()
                             self._arm(self._write_since + self.write_timeout)
-                            await self.stream.send_all(data[start:start + WRITE_CHUNK]
-                                                       if len(data) > WRITE_CHUNK else data)
-                            self._writing -= min(WRITE_CHUNK, self._writing)
+                            await self.stream.send_all(chunk)
+                            self._writing -= len(chunk)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     await self.aclose()
                     return
