@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_e2e.py
 	$(BIN)/python bench/bench_bindflood.py
 	$(BIN)/python bench/bench_idle.py
+	$(BIN)/python bench/compare.py --no-install
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache var

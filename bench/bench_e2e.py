@@ -75,8 +75,9 @@ class Ports:
 
 
 def write_simulator_config(tmp: Path, ports: Ports, *, window: int = 10,
-                           receipt_delay: float = 0.05) -> Path:
-    """The simulator's config (every receipt DELIVRD) on the bench's ports; its path."""
+                           receipt_delay: float = 0.05, peer: str = "batching") -> Path:
+    """The simulator's config (every receipt DELIVRD) on the bench's ports; its path.
+    `peer`: "batching" or "independent" (every PDU in a send of its own)."""
     sim = tmp / "simulator.toml"
     sim.write_text(f"""\
 [simulator]
@@ -90,13 +91,15 @@ window = {window}
 receipt_delay = {receipt_delay}
 delivered = 1.0
 seed = 1
+peer = {q(peer)}
 """)
     return sim
 
 
 def write_configs(tmp: Path, ports: Ports, args: argparse.Namespace) -> tuple[Path, Path]:
     sim = write_simulator_config(tmp, ports, window=args.smsc_window,
-                                 receipt_delay=args.receipt_delay)
+                                 receipt_delay=args.receipt_delay,
+                                 peer="independent" if args.independent else "batching")
     gw = tmp / "gateway.toml"
     gw.write_text(f"""\
 [gateway]
@@ -272,17 +275,20 @@ def make_submit(n: int) -> SubmitSm:
 
 
 async def run_session(port: int, window: int, counter: itertools.count[int], res: Results,
-                      bound: trio.Event, go: trio.Event, rate: float = 0.0) -> None:
+                      bound: trio.Event, go: trio.Event, rate: float = 0.0, *,
+                      coalesce: bool = True,
+                      credentials: tuple[str, str] = (ACCOUNT, PASSWORD)) -> None:
     """One upstream transceiver: keeps `window` submit_sm outstanding, answers deliver_sm.
 
     No task or event per PDU: each submit_sm_resp (or error) arrives in a callback that sends
     the next submit_sm, and the deliver_sm of one socket read are answered in one batch.
     With a rate (submit_sm/s for this session), a pacer sends instead, never beyond the
     window: if the gateway cannot keep up, the session falls behind the offered rate.
+    coalesce=False: every submit_sm and deliver_sm_resp in a send of its own.
     """
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     conn = Connection(stream, Side.ESME, window=window + 1, response_timeout=30.0,
-                      enquire_link_interval=math.inf)
+                      enquire_link_interval=math.inf, coalesce=coalesce)
 
     async def on_request(conn: Connection, pdu: Pdu) -> None:
         conn.respond(pdu.response(status=Status.ESME_RINVCMDID))
@@ -351,7 +357,8 @@ async def run_session(port: int, window: int, counter: itertools.count[int], res
     async with trio.open_nursery() as nursery:
         nursery.start_soon(partial(conn.run, on_request, batch_handler=on_delivers,
                                    batch_commands=frozenset({CommandId.DELIVER_SM})))
-        bind = await conn.request(BindTransceiver(system_id=ACCOUNT, password=PASSWORD,
+        bind = await conn.request(BindTransceiver(system_id=credentials[0],
+                                                  password=credentials[1],
                                                   interface_version=0x34))
         if bind.status != Status.ESME_ROK:
             raise SetupError(f"bind refused: 0x{bind.status:08X}")
@@ -366,7 +373,8 @@ async def run_session(port: int, window: int, counter: itertools.count[int], res
         await conn.unbind()
 
 
-async def load(port: int, args: argparse.Namespace, res: Results) -> None:
+async def load(port: int, args: argparse.Namespace, res: Results,
+               credentials: tuple[str, str] = (ACCOUNT, PASSWORD)) -> None:
     counter = itertools.count()
     binds = [trio.Event() for _ in range(args.sessions)]
     go = trio.Event()
@@ -388,8 +396,10 @@ async def load(port: int, args: argparse.Namespace, res: Results) -> None:
         async with trio.open_nursery() as outer:
             async with trio.open_nursery() as nursery:
                 for i in range(args.sessions):
-                    nursery.start_soon(run_session, port, args.window, counter, res, binds[i],
-                                       go, args.rate / args.sessions)
+                    nursery.start_soon(partial(
+                        run_session, port, args.window, counter, res, binds[i], go,
+                        args.rate / args.sessions, coalesce=not args.independent,
+                        credentials=credentials))
                 for ev in binds:
                     await ev.wait()
                 res.t_start = time.perf_counter()
@@ -425,7 +435,8 @@ def report(res: Results, args: argparse.Namespace, gw_pid: int, sim_pid: int,
     print(f"setup: {args.messages:,} messages, {args.sessions} sessions x window {args.window} "
           f"({offered}); smsc binds {args.smsc_binds} window {args.smsc_window} (simulator "
           f"deliver_sm window the same); receipt_delay {args.receipt_delay} s; store on disk (WAL, "
-          f"synchronous={args.synchronous})")
+          f"synchronous={args.synchronous}); peers "
+          f"{'independent (one PDU per send)' if args.independent else 'batching'}")
     print(f"accepted: {accepted / submit_wall:,.0f} msg/s ({accepted:,} submit_sm_resp OK in "
           f"{submit_wall:.2f} s)")
     e2e_rate = (accepted - missing) / e2e_wall
@@ -480,6 +491,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--deliver-window", type=int, default=64, help="gateway listener window")
     p.add_argument("--synchronous", default="full", choices=["full", "normal"],
                    help="[store] synchronous: full fsyncs every group commit")
+    p.add_argument("--independent", action="store_true",
+                   help="no batching by the peers: the simulator (peer = \"independent\") and the "
+                        "load generator write every PDU in a send of their own")
     p.add_argument("--progress", action="store_true", help="print progress once a second")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     return p.parse_args(argv)

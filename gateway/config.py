@@ -44,6 +44,9 @@ Segmentation = Literal["udh", "sar", "payload"]
 ReceiptIdFormat = Literal["auto", "as-is", "hex", "decimal"]
 MessageIdFormat = Literal["hex", "decimal"]
 ReceiptIdBase = Literal["same", "other"]  # simulator: receipts write ids in the same/other base
+# simulator: "batching" coalesces what is due together into one send; "independent" writes
+# every PDU (each submit_sm_resp, each receipt as it falls due) in a send of its own
+SimulatorPeer = Literal["batching", "independent"]
 Synchronous = Literal["full", "normal"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 TlsVersion = Literal["1.2", "1.3"]  # the lowest TLS version accepted
@@ -235,6 +238,7 @@ class SimulatorConfig:
     disconnect: float = 0.0  # share of submit_sm that drops the connection instead
     message_id_format: MessageIdFormat = "hex"
     receipt_id_base: ReceiptIdBase = "same"  # "other": receipts show hex ids in decimal etc.
+    peer: SimulatorPeer = "batching"  # "independent": one send per PDU, no batching courtesy
     seed: int | None = None
     tls_cert: Path | None = None  # as for [[listener]]: SMPP over TLS with this certificate
     tls_key: Path | None = None
@@ -847,6 +851,7 @@ def _simulator(t: _Table) -> SimulatorConfig:
         disconnect=disconnect,
         message_id_format=t.choice("message_id_format", get_args(MessageIdFormat)),
         receipt_id_base=t.choice("receipt_id_base", get_args(ReceiptIdBase)),
+        peer=t.choice("peer", get_args(SimulatorPeer)),
         seed=t.integer("seed"),
         **_server_tls(t),
     )

@@ -659,6 +659,9 @@ class Dispatcher:
                 misses.append((i, receipt))
             else:
                 matched.append((*hit, receipt[1], receipt[2], functools.partial(answered, i)))
+        if not misses:  # the usual case: every receipt's part is known, no nursery needed
+            await self._apply_receipts(connector, matched, hold)
+            return
         async with trio.open_nursery() as nursery:
             for i, (smsc_id, stat, error, raw) in misses:
                 nursery.start_soon(self._unmatched, connector, smsc_id, stat, error, raw, hold,

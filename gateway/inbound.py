@@ -117,17 +117,24 @@ class Inbound:
         def answered(pdu: Pdu, stored: bool) -> None:
             answer(pdu, Status.ESME_ROK if stored else Status.ESME_RX_T_APPN)
 
+        async def apply_receipts() -> None:
+            cfg = connector.config
+            await self.dispatcher.on_receipts(
+                connector.name, receipts, cfg.receipt_hold, cfg.receipt_id_format,
+                lambda i, stored: answered(receipt_pdus[i], stored),
+                lambda i: answer.defer(receipt_pdus[i]))
+
+        if not mos and not unreadable:  # the usual read: receipts only, no nursery needed
+            if receipts:
+                await apply_receipts()
+            return
         async with trio.open_nursery() as nursery:
             if mos:
                 nursery.start_soon(self._store_mos, connector, mos, answered)
             for raw, pdu in unreadable:
                 nursery.start_soon(self._store_unreadable, connector, raw, pdu, answered)
             if receipts:
-                cfg = connector.config
-                await self.dispatcher.on_receipts(
-                    connector.name, receipts, cfg.receipt_hold, cfg.receipt_id_format,
-                    lambda i, stored: answered(receipt_pdus[i], stored),
-                    lambda i: answer.defer(receipt_pdus[i]))
+                await apply_receipts()
 
     async def _store_unreadable(self, connector: SmscConnector, raw: bytes, pdu: Pdu,
                                 answered: Callable[[Pdu, bool], None]) -> None:

@@ -2,6 +2,7 @@
 
 It accepts SMPP binds, answers submit_sm/data_sm/submit_multi (with injectable failures), sends
 delivery receipts and MO messages as deliver_sm, and serves a small HTTP control interface.
+`peer = "independent"` makes it write each PDU in a send of its own, as a real SMSC may.
 """
 
 from __future__ import annotations
@@ -308,6 +309,9 @@ class SmscSimulator:
             response_timeout=self.delivery_timeout,
             enquire_link_interval=self.enquire_link_interval,
             name=f"sim-{self._conn_seq}",
+            # An independent peer writes every submit_sm_resp and every receipt (as it falls
+            # due) in a send of its own: no batching courtesy for the gateway.
+            coalesce=self.config.peer != "independent",
         )
         self._connections.add(conn)
         try:

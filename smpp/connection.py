@@ -138,6 +138,7 @@ class Connection:
     it; its further requests then wait in its own socket, not in our memory. A write that
     makes no progress for `write_timeout` closes the connection. `bind_timeout` closes a
     connection not bound in time; `inactivity_timeout` one the peer left silent.
+    `coalesce=False` writes every PDU in a send of its own (a peer that does no batching).
     """
 
     def __init__(
@@ -158,6 +159,7 @@ class Connection:
         name: str = "",
         timers: Timers | None = None,
         unbound_log: LogBudget | None = None,
+        coalesce: bool = True,
     ) -> None:
         self.stream = stream
         self.session = Session(side, max_pdu_size=max_pdu_size,
@@ -170,6 +172,7 @@ class Connection:
         self.write_timeout = write_timeout
         self.incoming_window = max(1, incoming_window)
         self.name = name
+        self.coalesce = coalesce  # False: every PDU in a send of its own, as it is queued
         self.closed = False
         now = trio.current_time()
         self.last_received = now
@@ -382,16 +385,22 @@ class Connection:
             await trio.lowlevel.checkpoint()  # let other ready tasks queue PDUs: fewer syscalls
             self._wake_writer = trio.Event()
             generation = self._queued
-            data = self.session.data_to_send()
-            if data:
-                self._writing = len(data)
+            if self.coalesce:
+                data = self.session.data_to_send()
+                pieces = [data] if data else []
+            else:
+                pieces = self.session.pdus_to_send()
+            if pieces:
+                self._writing = sum(map(len, pieces))
                 try:
-                    for start in range(0, len(data), WRITE_CHUNK):
-                        self._write_since = trio.current_time()
-                        self._arm(self._write_since + self.write_timeout)
-                        await self.stream.send_all(data[start:start + WRITE_CHUNK]
-                                                   if len(data) > WRITE_CHUNK else data)
-                        self._writing -= min(WRITE_CHUNK, self._writing)
+                    for data in pieces:
+                        for start in range(0, len(data), WRITE_CHUNK):
+                            chunk = data[start:start + WRITE_CHUNK] \
+                                if len(data) > WRITE_CHUNK else data
+                            self._write_since = trio.current_time()
+                            self._arm(self._write_since + self.write_timeout)
+                            await self.stream.send_all(chunk)
+                            self._writing -= len(chunk)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     await self.aclose()
                     return

@@ -216,6 +216,13 @@ class Session:
         self._out_bytes = 0
         return data
 
+    def pdus_to_send(self) -> list[bytes]:
+        """Drain the queued bytes as one item per PDU, in order (for a writer that sends
+        each PDU on its own)."""
+        pdus, self._out = self._out, []
+        self._out_bytes = 0
+        return pdus
+
     def abandon(self, sequence: int) -> Pdu | None:
         """Forget an outstanding request (its response timed out)."""
         return self.outstanding.pop(sequence, None)

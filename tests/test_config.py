@@ -490,6 +490,15 @@ def test_simulator_share_out_of_range_is_refused(tmp_path: Path) -> None:
         load_simulator_config(path)
 
 
+def test_simulator_peer_is_batching_or_independent(tmp_path: Path) -> None:
+    path = write(tmp_path, '[simulator]\npeer = "independent"\n')
+    assert load_simulator_config(path).peer == "independent"
+    path = write(tmp_path, '[simulator]\npeer = "polite"\n')
+    with pytest.raises(ConfigError, match=r'simulator\.peer: expected one of "batching", '
+                                          r'"independent"'):
+        load_simulator_config(path)
+
+
 def test_simulator_file_without_simulator_table_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"simulator: required table missing"):
         load_simulator_config(write(tmp_path, MINIMAL))

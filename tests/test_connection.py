@@ -427,3 +427,59 @@ async def test_an_unbind_is_answered_after_the_requests_sent_before_it(
         assert [a.command_id.name for a in answers] == [
             "BIND_TRANSCEIVER_RESP", "SUBMIT_SM_RESP", "UNBIND_RESP"]
         nursery.cancel_scope.cancel()
+
+
+class _CountingStream(trio.abc.Stream):
+    """A stream that records what each send_all call carried."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.sends: list[bytes] = []
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.sends.append(bytes(data))
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.parametrize("coalesce", [True, False])
+async def test_coalesce_false_writes_every_pdu_in_a_send_of_its_own(
+        clock: trio.testing.MockClock, coalesce: bool) -> None:
+    a, b = trio.testing.memory_stream_pair()
+    counted = _CountingStream(a)
+    esme = Connection(counted, Side.ESME, coalesce=coalesce)
+    smsc = Connection(b, Side.SMSC, enquire_link_interval=1e9)
+
+    async def answer(conn: Connection, pdu: Pdu) -> None:
+        if isinstance(pdu, SubmitSm):
+            conn.respond(pdu.response(message_id="x"))
+        else:
+            await _bind_ok(conn, pdu)
+
+    async def ignore(_c: Connection, _p: Pdu) -> None:
+        return None
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(smsc.run, answer)
+        nursery.start_soon(esme.run, ignore)
+        await esme.request(BindTransceiver(system_id="a", password="b"))
+        counted.sends.clear()
+        answers: list[Pdu | None] = []
+        for _ in range(5):  # queued in one go: a coalescing writer sends them together
+            esme.send_request(SubmitSm(destination_addr="1"), lambda r, _e: answers.append(r))
+        await wait_until(lambda: len(answers) == 5)
+        nursery.cancel_scope.cancel()
+    assert all(r is not None and r.status == 0 for r in answers)
+    if coalesce:
+        assert len(counted.sends) == 1
+    else:
+        assert len(counted.sends) == 5
+        assert all(int.from_bytes(d[:4], "big") == len(d) for d in counted.sends)

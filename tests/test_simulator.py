@@ -622,6 +622,76 @@ async def test_pipelined_submits_are_answered_in_order_with_the_same_draws_as_on
     assert Status.ESME_RTHROTTLED in pipelined[0] and 0 in pipelined[0]
 
 
+@dataclass
+class Sends:
+    """Every send_all the simulator's SMPP sockets make: (when, octets)."""
+
+    client_streams: set[int] = field(default_factory=set)  # id() of the test's own streams
+    writes: list[tuple[float, bytes]] = field(default_factory=list)
+
+    def of(self, command_id: int) -> list[tuple[float, bytes]]:
+        return [(t, d) for t, d in self.writes if int.from_bytes(d[4:8], "big") == command_id]
+
+
+@pytest.fixture
+def sends(monkeypatch: pytest.MonkeyPatch) -> Sends:
+    """Count the simulator's writes through the socket layer (the test's own are left out)."""
+    record = Sends()
+    original = trio.SocketStream.send_all
+
+    async def counting(self: trio.SocketStream, data: bytes | bytearray | memoryview) -> None:
+        if id(self) not in record.client_streams:
+            record.writes.append((trio.current_time(), bytes(data)))
+        await original(self, data)
+
+    monkeypatch.setattr(trio.SocketStream, "send_all", counting)
+    return record
+
+
+async def pipelined_with_receipts(sim: SmscSimulator, sends: Sends, count: int
+                                  ) -> tuple[float, list[DeliverSm]]:
+    """Bind, send `count` submit_sm (asking receipts) back to back, wait for every receipt;
+    (when the submits were queued, the receipts)."""
+    async with trio.open_nursery() as nursery:
+        stream = await trio.open_tcp_stream("127.0.0.1", sim.port)
+        sends.client_streams.add(id(stream))
+        conn = Connection(stream, Side.ESME, enquire_link_interval=math.inf, response_timeout=5,
+                          window=count)
+        esme = Esme(conn, bind_resp=Pdu())
+        nursery.start_soon(conn.run, esme.handler)
+        esme.bind_resp = await conn.request(BindTransceiver(system_id="sim", password="simpass"))
+        sent_at = trio.current_time()
+        answers = await pipeline(conn, count, registered_delivery=1)
+        assert all(isinstance(a, Pdu) and a.status == 0 for a in answers), answers
+        await eventually(lambda: len(esme.received) == count)
+        await conn.unbind()
+    return sent_at, esme.received
+
+
+async def test_independent_peer_writes_each_submit_resp_and_each_receipt_in_its_own_send(
+        sends: Sends) -> None:
+    delay = 0.2
+    with trio.fail_after(10):
+        async with running(sim_config(peer="independent", receipt_delay=delay)) as sim:
+            sent_at, receipts = await pipelined_with_receipts(sim, sends, 10)
+    assert len(receipts) == 10
+    for _, data in sends.writes:  # one whole PDU per send, never two, never a part
+        assert int.from_bytes(data[:4], "big") == len(data), data.hex()
+    assert len(sends.of(0x80000004)) == 10  # submit_sm_resp
+    receipt_writes = sends.of(0x00000005)  # deliver_sm
+    assert len(receipt_writes) == 10
+    assert all(t >= sent_at + delay for t, _ in receipt_writes)  # not before it falls due
+
+
+async def test_batching_peer_answers_the_submits_of_one_read_in_fewer_sends(
+        sends: Sends) -> None:
+    with trio.fail_after(10):
+        async with running(sim_config(receipt_delay=0.05)) as sim:
+            await pipelined_with_receipts(sim, sends, 10)
+    resp_octets = sum(len(d) for _, d in sends.of(0x80000004))
+    assert len(sends.of(0x80000004)) < 10 and resp_octets > 10 * 16  # several per send
+
+
 async def test_a_slow_submit_does_not_hold_back_the_others_of_its_read() -> None:
     with trio.fail_after(5):
         async with running(sim_config(slow=0.5, slow_delay=0.5, seed=2)) as sim, \
