@@ -524,7 +524,8 @@ def test_examples_document_every_key(example: str, classes: list[type]) -> None:
     text = (CONF / example).read_text(encoding="utf-8")
     keys = {f.name for cls in classes for f in dataclasses.fields(cls)}
     if example.startswith("gateway"):
-        keys |= {"node", "validity", "log_level", "shutdown_timeout", "path", "batch_max", "retention", "prefixes"}
+        keys |= {"node", "validity", "log_level", "shutdown_timeout", "path", "batch_max",
+                 "retention", "prefixes"}
     missing = [k for k in sorted(keys) if f"\n{k} =" not in text and f"\n# {k} =" not in text]
     assert not missing, f"{example} does not show: {missing}"
 
