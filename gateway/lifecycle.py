@@ -64,10 +64,10 @@ async def stop(running: Running) -> None:
     with trio.move_on_after(timeout) as scope:
         scope.shield = True
         await drain(running)
-    left = {"operator_answers": sum(c.unanswered for c in running.connectors.values()),
-            "upstream_binds": sum(len(s.connections) for s in running.servers)}
     if scope.cancelled_caught:
-        log.warning("daemon.shutdown_timeout", timeout=timeout, **left,
+        log.warning("daemon.shutdown_timeout", timeout=timeout,
+                    operator_answers=sum(c.unanswered for c in running.connectors.values()),
+                    upstream_connections=sum(len(s.connections) for s in running.servers),
                     detail="the drain did not finish within [gateway] shutdown_timeout: "
                            "unanswered submits are sent again after the restart")
     else:

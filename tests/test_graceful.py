@@ -173,3 +173,40 @@ async def test_sigterm_sends_no_new_submit_and_stores_the_answers_of_those_on_th
     states = collections.Counter(m.state for m in messages if m is not None)
     assert states == {State.IN_FLIGHT: 2, State.QUEUED: 8}
     assert {p.smsc_id for ps in parts for p in ps if p.state is PartState.SUBMITTED} == sent
+
+
+async def test_a_drain_cut_short_by_shutdown_timeout_exits_in_time_and_keeps_the_message(
+        tmp_path: Path) -> None:
+    """An operator that never answers: the drain waits for it `shutdown_timeout`, no longer,
+    and the message whose answer never came is still unfinished in the store (sent again
+    after the restart: at least once)."""
+    sim_config = SimulatorConfig(port=0, control_port=0, receipt_delay=60, seed=7, slow=1.0,
+                                 slow_delay=600)
+    async with trio.open_nursery() as nursery:
+        sim = SmscSimulator(sim_config, window=sim_config.window)
+        await nursery.start(sim.serve)
+        config = gateway_config(tmp_path, sim.port, {"binds": 1}, shutdown_timeout=1.0)
+        stop, stopped = trio.Event(), trio.Event()
+
+        async def gateway(*, task_status: trio.TaskStatus[daemon.Running]) -> None:
+            await daemon.run(config, stop.wait, task_status=task_status)
+            stopped.set()
+
+        running: daemon.Running = await nursery.start(gateway)
+        await wait_for(lambda: all(c.is_up() for c in running.connectors.values()))
+        upstream = await _bound_upstream(running.smpp_port)
+        await upstream.send_all(encode(dataclasses.replace(submit_pdu(), sequence=10)))
+        [answer] = await read_pdus(upstream, 1)
+        assert answer.status == Status.ESME_ROK
+        await wait_for(lambda: sim.stats.slow == 1)
+        stop.set()
+        began = trio.current_time()
+        with trio.fail_after(config.shutdown_timeout + 1):  # the unbinds are not waited for
+            await stopped.wait()
+        assert trio.current_time() - began >= config.shutdown_timeout
+        await upstream.aclose()
+        nursery.cancel_scope.cancel()
+
+    async with Store.open(config.store.path) as store:
+        message = await store.get_message(str(getattr(answer, "message_id", "")))
+    assert message is not None and message.state is State.QUEUED
