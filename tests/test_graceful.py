@@ -11,8 +11,10 @@ submitted twice) and gets one final receipt upstream, never sent twice.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import random
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ import smpplib.consts
 import trio
 
 from gateway import daemon
-from gateway.config import SimulatorConfig
+from gateway.config import GatewayConfig, SimulatorConfig
 from gateway.model import PartState, State
 from gateway.simulator import SmscSimulator
 from gateway.store import Store
@@ -128,18 +130,37 @@ async def _refused(port: int) -> bool:
     return False
 
 
-async def test_sigterm_sends_no_new_submit_and_stores_the_answers_of_those_on_the_wire(
-        tmp_path: Path) -> None:
-    """10 messages acknowledged upstream, 2 on the operator's window (answered slowly), 8
-    queued behind them: the drain sends none of the 8, waits for the 2 answers and stores
-    them, refuses new connections, and ends with the 8 queued in the store for the next
-    start (nothing there is ever sent twice)."""
+@dataclasses.dataclass
+class _Stack:
+    """A gateway in this trio run before an operator (the simulator) that answers every
+    submit after `slow_delay`, and an upstream session bound to it."""
+
+    config: GatewayConfig
+    running: daemon.Running
+    sim: SmscSimulator
+    upstream: trio.SocketStream
+    stop: trio.Event  # the gateway's shutdown trigger (its SIGTERM)
+    stopped: trio.Event  # set when daemon.run has returned
+
+    async def submit(self, count: int) -> list[str]:
+        """Submit `count` messages; their ids, once all are acknowledged."""
+        await self.upstream.send_all(b"".join(
+            encode(dataclasses.replace(submit_pdu(f"336123456{i:02d}"), sequence=10 + i))
+            for i in range(count)))
+        answers = await read_pdus(self.upstream, count)
+        assert [a.status for a in answers] == [Status.ESME_ROK] * count
+        return [str(getattr(a, "message_id", "")) for a in answers]
+
+
+@contextlib.asynccontextmanager
+async def _slow_operator(tmp_path: Path, slow_delay: float, smsc: dict[str, Any],
+                         **changes: Any) -> AsyncIterator[_Stack]:
     sim_config = SimulatorConfig(port=0, control_port=0, receipt_delay=60, seed=7, slow=1.0,
-                                 slow_delay=0.5)
+                                 slow_delay=slow_delay)
     async with trio.open_nursery() as nursery:
         sim = SmscSimulator(sim_config, window=sim_config.window)
         await nursery.start(sim.serve)
-        config = gateway_config(tmp_path, sim.port, {"binds": 1, "window": 2})
+        config = gateway_config(tmp_path, sim.port, smsc, **changes)
         stop, stopped = trio.Event(), trio.Event()
 
         async def gateway(*, task_status: trio.TaskStatus[daemon.Running]) -> None:
@@ -149,27 +170,32 @@ async def test_sigterm_sends_no_new_submit_and_stores_the_answers_of_those_on_th
         running: daemon.Running = await nursery.start(gateway)
         await wait_for(lambda: all(c.is_up() for c in running.connectors.values()))
         upstream = await _bound_upstream(running.smpp_port)
-        await upstream.send_all(b"".join(
-            encode(dataclasses.replace(submit_pdu(f"336123456{i:02d}"), sequence=10 + i))
-            for i in range(10)))
-        answers = await read_pdus(upstream, 10)
-        assert [a.status for a in answers] == [Status.ESME_ROK] * 10
-        ids = [str(getattr(a, "message_id", "")) for a in answers]
-        await wait_for(lambda: sim.stats.slow == 2)  # the window is full; 8 wait behind it
-        stop.set()
-        with trio.fail_after(5):
-            while not await _refused(running.smpp_port):
-                await trio.sleep(0.01)
-        with trio.fail_after(config.shutdown_timeout + 1):
-            await stopped.wait()
+        yield _Stack(config, running, sim, upstream, stop, stopped)
         await upstream.aclose()
-        assert len(sim.submitted) == 2
         nursery.cancel_scope.cancel()
 
-    async with Store.open(config.store.path) as store:
+
+async def test_sigterm_sends_no_new_submit_and_stores_the_answers_of_those_on_the_wire(
+        tmp_path: Path) -> None:
+    """10 messages acknowledged upstream, 2 on the operator's window (answered slowly), 8
+    queued behind them: the drain sends none of the 8, waits for the 2 answers and stores
+    them, refuses new connections, and ends with the 8 queued in the store for the next
+    start (nothing there is ever sent twice)."""
+    async with _slow_operator(tmp_path, 0.5, {"binds": 1, "window": 2}) as gw:
+        ids = await gw.submit(10)
+        await wait_for(lambda: gw.sim.stats.slow == 2)  # the window is full; 8 wait behind it
+        gw.stop.set()
+        with trio.fail_after(5):
+            while not await _refused(gw.running.smpp_port):
+                await trio.sleep(0.01)
+        with trio.fail_after(gw.config.shutdown_timeout + 1):
+            await gw.stopped.wait()
+        assert len(gw.sim.submitted) == 2
+
+    async with Store.open(gw.config.store.path) as store:
         messages = [await store.get_message(i) for i in ids]
         parts = [await store.get_parts(i) for i in ids]
-    sent = {r.message_id for r in sim.submitted}
+    sent = {r.message_id for r in gw.sim.submitted}
     states = collections.Counter(m.state for m in messages if m is not None)
     assert states == {State.IN_FLIGHT: 2, State.QUEUED: 8}
     assert {p.smsc_id for ps in parts for p in ps if p.state is PartState.SUBMITTED} == sent
@@ -180,33 +206,15 @@ async def test_a_drain_cut_short_by_shutdown_timeout_exits_in_time_and_keeps_the
     """An operator that never answers: the drain waits for it `shutdown_timeout`, no longer,
     and the message whose answer never came is still unfinished in the store (sent again
     after the restart: at least once)."""
-    sim_config = SimulatorConfig(port=0, control_port=0, receipt_delay=60, seed=7, slow=1.0,
-                                 slow_delay=600)
-    async with trio.open_nursery() as nursery:
-        sim = SmscSimulator(sim_config, window=sim_config.window)
-        await nursery.start(sim.serve)
-        config = gateway_config(tmp_path, sim.port, {"binds": 1}, shutdown_timeout=1.0)
-        stop, stopped = trio.Event(), trio.Event()
-
-        async def gateway(*, task_status: trio.TaskStatus[daemon.Running]) -> None:
-            await daemon.run(config, stop.wait, task_status=task_status)
-            stopped.set()
-
-        running: daemon.Running = await nursery.start(gateway)
-        await wait_for(lambda: all(c.is_up() for c in running.connectors.values()))
-        upstream = await _bound_upstream(running.smpp_port)
-        await upstream.send_all(encode(dataclasses.replace(submit_pdu(), sequence=10)))
-        [answer] = await read_pdus(upstream, 1)
-        assert answer.status == Status.ESME_ROK
-        await wait_for(lambda: sim.stats.slow == 1)
-        stop.set()
+    async with _slow_operator(tmp_path, 600, {"binds": 1}, shutdown_timeout=1.0) as gw:
+        [message_id] = await gw.submit(1)
+        await wait_for(lambda: gw.sim.stats.slow == 1)
+        gw.stop.set()
         began = trio.current_time()
-        with trio.fail_after(config.shutdown_timeout + 1):  # the unbinds are not waited for
-            await stopped.wait()
-        assert trio.current_time() - began >= config.shutdown_timeout
-        await upstream.aclose()
-        nursery.cancel_scope.cancel()
+        with trio.fail_after(gw.config.shutdown_timeout + 1):  # the unbinds are not waited for
+            await gw.stopped.wait()
+        assert trio.current_time() - began >= gw.config.shutdown_timeout
 
-    async with Store.open(config.store.path) as store:
-        message = await store.get_message(str(getattr(answer, "message_id", "")))
+    async with Store.open(gw.config.store.path) as store:
+        message = await store.get_message(message_id)
     assert message is not None and message.state is State.QUEUED
