@@ -254,6 +254,7 @@ class GatewayConfig:
     node: str = "smsgw"
     validity: float = DAY  # default message validity
     log_level: str = "info"
+    shutdown_timeout: float = 10.0  # SIGTERM: at most this long to drain, then exit
     listeners: tuple[ListenerConfig, ...] = (ListenerConfig(),)
     accounts: dict[str, AccountConfig] = field(default_factory=dict)  # by system_id
     smscs: dict[str, SmscConfig] = field(default_factory=dict)  # by name
@@ -307,7 +308,7 @@ _TEXT_RE = re.compile(r"[\x20-\x7e]*")  # SMPP C-octet strings: printable ASCII
 _TONS = frozenset(range(7))
 _NPIS = frozenset({0, 1, 3, 4, 6, 8, 9, 10, 14, 18})
 
-_GATEWAY_KEYS = ("node", "validity", "log_level")  # the keys of [gateway]
+_GATEWAY_KEYS = ("node", "validity", "log_level", "shutdown_timeout")  # the keys of [gateway]
 _TOP_ARRAYS = ("listener", "account", "smsc", "route")  # [[...]] groups; the rest are [tables]
 
 
@@ -969,6 +970,7 @@ def load_config(path: str | Path) -> GatewayConfig:
     file, doc = _read(path)
     _top_keys(file, doc)
     node, validity, log_level = _gateway(_table(file, doc, "gateway"))
+    shutdown_timeout = _table(file, doc, "gateway").duration("shutdown_timeout")
     if "store" not in doc:
         raise ConfigError(
             f"{file}: store: required table missing ([store] with path = ...)",
@@ -993,6 +995,7 @@ def load_config(path: str | Path) -> GatewayConfig:
         node=node,
         validity=validity,
         log_level=log_level,
+        shutdown_timeout=shutdown_timeout,
         listeners=tuple(listeners),
         accounts={a.system_id: a for a in accounts},
         smscs={s.name: s for s in smscs},

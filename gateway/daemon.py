@@ -2,7 +2,7 @@
 
 `run(config, shutdown_trigger)` mirrors hypercorn's serve(): every service is started with
 nursery.start() and is ready when it returns; once all are, systemd is told READY=1. When the
-trigger fires, upstream and operator binds are unbound and the services are cancelled.
+trigger fires, the daemon drains (gateway.lifecycle) and the services are cancelled.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import structlog
 import trio
 
-from gateway import metrics, sdnotify
+from gateway import lifecycle, metrics, sdnotify
 from gateway.clock import WallClock
 from gateway.config import GatewayConfig
 from gateway.dispatcher import Dispatcher
@@ -44,6 +44,9 @@ class Running:
     connectors: dict[str, SmscConnector] = field(default_factory=dict)
     simulator: object | None = None
     http_port: int | None = None  # the HTTP listener (API and /metrics), when enabled
+    # Set when the graceful drain begins: a front end (e.g. an HTTP server's shutdown_trigger)
+    # stops taking requests on it.
+    stopping: trio.Event = field(default_factory=trio.Event)
 
     @property
     def smpp_port(self) -> int:
@@ -81,12 +84,6 @@ async def _housekeeping(running: Running, clock: WallClock) -> None:
         if forgotten:
             log.info("store.idempotency_keys_purged", keys=forgotten)
         await trio.sleep(HOUSEKEEPING_INTERVAL)
-
-
-async def _watchdog(interval: float) -> None:
-    while True:
-        sdnotify.notify("WATCHDOG=1")
-        await trio.sleep(interval)
 
 
 async def run(
@@ -129,26 +126,20 @@ async def run(
                 await nursery.start(server.serve)
                 running.servers.append(server)
             if config.http.enabled:
-                api = HttpApi(config, store, dispatcher, clock, states)
+                api = HttpApi(config, store, dispatcher, clock, states, running.stopping)
                 running.http_port = await nursery.start(serve_http, api.app, config.http.host,
                                                         config.http.port)
             nursery.start_soon(_housekeeping, running, clock)
             interval = sdnotify.watchdog_interval()
             if interval is not None and interval < math.inf:
-                nursery.start_soon(_watchdog, interval)
-            sdnotify.notify("READY=1")
+                nursery.start_soon(lifecycle.watchdog, interval)
+            nursery.start_soon(lifecycle.report_status, running)
+            lifecycle.ready(running)
             log.info("daemon.ready", node=config.node,
                      smpp_ports=[s.port for s in running.servers], http_port=running.http_port,
                      unfinished=len(dispatcher.live))
             task_status.started(running)
             await trigger()
-            sdnotify.notify("STOPPING=1")
-            log.info("daemon.stopping")
-            with trio.move_on_after(10) as scope:
-                scope.shield = True
-                for server in running.servers:
-                    await server.close_all()
-                for connector in connectors.values():
-                    await connector.close()
+            await lifecycle.stop(running)
             nursery.cancel_scope.cancel()
     log.info("daemon.stopped")

@@ -217,6 +217,9 @@ class Dispatcher:
         self.max_in_flight = max_in_flight or max(64, 2 * total)
         self._in_flight = 0  # messages with submits not answered yet
         self._nursery: trio.Nursery | None = None
+        self._stopped = False  # stop_attempts(): no attempt is started any more
+        self._saving = 0  # round writes queued and not committed yet
+        self._idle = trio.Event()  # set after each round and each round's commit
 
     # -- intake side ------------------------------------------------------------------------
     def enqueue(self, msg: Message) -> None:
@@ -302,7 +305,8 @@ class Dispatcher:
         results, self._results = self._results, []
         for live, part, result in results:
             self._guarded(self._on_result, live, part, result, now, work)
-        while self._heap and self._heap[0][0] <= now and self._in_flight < self.max_in_flight:
+        while self._heap and self._heap[0][0] <= now and self._in_flight < self.max_in_flight \
+                and not self._stopped:
             when, _, msg_id = heapq.heappop(self._heap)
             due = self.live.get(msg_id)
             if due is None or due.due != when:
@@ -311,6 +315,7 @@ class Dispatcher:
             self._guarded(self._step, due, now, work)
         if work:
             self._commit(work)
+        self._idle.set()
 
     def _guarded(self, step: Callable[..., None], live: Live, *args: object) -> None:
         """Run one message's step; a bug in it costs that message a retry, not the loop."""
@@ -329,7 +334,7 @@ class Dispatcher:
         if self._results:
             await trio.lowlevel.checkpoint()
             return
-        if self._heap and self._in_flight < self.max_in_flight:
+        if self._heap and self._in_flight < self.max_in_flight and not self._stopped:
             at = self._heap[0][0]
             if at <= self.clock.now():
                 await trio.lowlevel.checkpoint()
@@ -503,11 +508,29 @@ class Dispatcher:
         else:
             work.touch(live)
 
+    # -- graceful shutdown ----------------------------------------------------------------------
+    def stop_attempts(self) -> None:
+        """Start no more attempts (graceful shutdown): due messages stay as stored, resumed
+        after the restart; submit results and receipts are still handled and written."""
+        self._stopped = True
+        self._wake.set()
+
+    async def settle(self) -> None:
+        """Return once every submit result received so far is handled and its write is
+        committed (after stop_attempts() and the connectors' answers: nothing is then left
+        that a restart would send to an operator again)."""
+        while self._results or self._saving:
+            self._idle = trio.Event()
+            if self._results:
+                self._wake.set()
+            await self._idle.wait()
+
     # -- writing a round ----------------------------------------------------------------------
     def _commit(self, work: _Round) -> None:
         """Queue the round's store write now (rows as they are now); a task waits for the
         commit, then hands on the finished messages' reports."""
         assert self._nursery is not None
+        self._saving += 1
         self._nursery.start_soon(self._committed, work, *self._save(work))
 
     def _save(self, work: _Round) -> tuple[PendingWrite | None, list[Part]]:
@@ -529,6 +552,14 @@ class Dispatcher:
         """Wait for a round's commit. If it failed (disk full...), write the same messages
         again, as they are by then, until it succeeds: memory is not left ahead of the store
         for good, and final states are handed on only once stored."""
+        try:
+            await self._save_until_stored(work, pending, outcomes)
+        finally:
+            self._saving -= 1
+            self._idle.set()
+
+    async def _save_until_stored(self, work: _Round, pending: PendingWrite | None,
+                                 outcomes: list[Part]) -> None:
         delay = SAVE_RETRY_MIN
         while True:
             if pending is not None:

@@ -97,8 +97,11 @@ class HttpApi:
     """The application and what its handlers use; ``app`` is the ASGI app to serve."""
 
     def __init__(self, config: GatewayConfig, store: Store, dispatcher: Dispatcher,
-                 clock: WallClock, states: Mapping[str, _AccountState]) -> None:
+                 clock: WallClock, states: Mapping[str, _AccountState],
+                 stopping: trio.Event | None = None) -> None:
         self.config = config
+        # set by the graceful drain: accept no more
+        self.stopping = trio.Event() if stopping is None else stopping
         self.store = store
         self.dispatcher = dispatcher
         self.clock = clock
@@ -200,6 +203,11 @@ class HttpApi:
     async def post_messages(self, request: Request) -> Response:
         state = self._account(request)
         account = state.config.system_id
+        if self.stopping.is_set():
+            raise Problem(503, "stopping", "Temporarily unavailable",
+                          "the gateway is stopping: nothing was accepted, send the same request "
+                          "again after Retry-After",
+                          headers={"Retry-After": str(BUSY_RETRY_AFTER)})
         key = request.headers.get("idempotency-key")
         if key is not None and (problem := check_idempotency_key(key)) is not None:
             raise Problem(400, "invalid-header", "Invalid header", problem)

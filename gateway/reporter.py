@@ -121,6 +121,8 @@ class Reporter:
         self._nursery: trio.Nursery | None = None
         self._to_delete: list[int] = []  # delivered or expired, not deleted yet
         self._delete_wake = trio.Event()
+        self._deleting = False  # a deletion commit is under way
+        self._deleted = trio.Event()  # set after each deletion commit
         self._counted_below = 0  # reports with ids <= this were counted from the store
         self._label_counts: dict[str, int] = {}
 
@@ -179,6 +181,18 @@ class Reporter:
         """Reports of that account stored and not yet delivered or expired."""
         acc = self._accounts.get(account)
         return acc.count if acc else 0
+
+    def pending_total(self) -> int:
+        """Reports of every account stored and not yet delivered or expired."""
+        return sum(acc.count for acc in self._accounts.values())
+
+    async def flush_deletes(self) -> None:
+        """Return once the deletions of the reports delivered so far are committed (graceful
+        shutdown: a report the upstream answered is not sent again after the restart)."""
+        while self._to_delete or self._deleting:
+            self._deleted = trio.Event()
+            self._delete_wake.set()
+            await self._deleted.wait()
 
     def in_memory(self, account: str) -> int:
         """Reports of that account held in memory (at most REPORTS_IN_MEMORY, plus the few
@@ -338,11 +352,16 @@ class Reporter:
             self._delete_wake = trio.Event()
             ids, self._to_delete = self._to_delete, []
             if not ids:
+                self._deleted.set()
                 continue
+            self._deleting = True
             try:
                 await self.store.ack_reports(ids)
             except StoreError:  # counted and logged by the store
                 self._to_delete.extend(ids)  # again; at worst re-sent after a restart
                 await trio.sleep(RETRY_DELAY)
                 self._delete_wake.set()
+            finally:
+                self._deleting = False
+                self._deleted.set()
 

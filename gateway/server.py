@@ -164,6 +164,7 @@ class SmppServer:
         self._unbound: dict[_Unbound, None] = {}  # accepted, not bound yet, oldest first
         self._per_address: dict[str, int] = {}  # open connections per source address
         self._label = f"{listener.host}:{listener.port}"
+        self._accepting = trio.CancelScope()  # the accept loops': cancelled by stop_accepting()
         self._refusal_log = LogBudget()
         self._unbound_log = LogBudget()  # protocol problems of unbound peers, all together
         self._tls_log = LogBudget()
@@ -189,8 +190,21 @@ class SmppServer:
             log.warning("listener.cleartext", listener=self._label, detail=cleartext)
         async with trio.open_nursery() as nursery:
             for listener in listeners:
-                nursery.start_soon(self._accept_loop, listener, nursery)
+                nursery.start_soon(self._accept_until_stopped, listener, nursery)
             task_status.started(self.port)
+
+    async def _accept_until_stopped(self, listener: trio.SocketListener,
+                                    nursery: trio.Nursery) -> None:
+        with self._accepting:
+            await self._accept_loop(listener, nursery)
+        await listener.aclose()  # new connections are refused, not left in the backlog
+
+    def stop_accepting(self) -> None:
+        """Graceful shutdown: close the listening socket and the connections not bound yet
+        (their bind is not answered); bound sessions go on until close_all()."""
+        self._accepting.cancel()
+        for pending in list(self._unbound):
+            pending.scope.cancel()
 
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         """Accept connections; over a limit one is closed at once, before any allocation

@@ -169,6 +169,10 @@ class SmscConnector:
         self._queue: deque[Submission] = deque()
         self._queued = trio.Event()  # set when the queue gets an item
         self._slot = trio.Event()  # set when a window slot frees or the binds change
+        self._sending = trio.CancelScope()  # the sender's: cancelled by stop_sending()
+        self._closing = False  # close() began: no more binds
+        self._unanswered = 0  # submit_sm on the wire without their answer yet
+        self._answer = trio.Event()  # set when one of them gets its answer
         self.tls_context = None
         if config.tls:
             self.tls_context = tls.client_context(config.tls_ca, config.tls_verify,
@@ -217,8 +221,10 @@ class SmscConnector:
         cfg = self.config
         delay = cfg.reconnect_delay
         name = f"{cfg.name}#{index}"
-        while True:
+        while not self._closing:
             bound = await self._one_session(kind, name)
+            if self._closing:
+                return
             if bound:
                 delay = cfg.reconnect_delay
             log.info("smsc.reconnect_wait", smsc=cfg.name, bind=name, delay=delay)
@@ -343,6 +349,11 @@ class SmscConnector:
         return len(self._queue)
 
     async def _sender(self) -> None:
+        """Send the queue in order until stop_sending()."""
+        with self._sending:
+            await self._send_queue()
+
+    async def _send_queue(self) -> None:
         """Send the queue in order: rate limit, a free window slot, validity check, wire."""
         sent = 0
         while True:
@@ -392,6 +403,7 @@ class SmscConnector:
             return
         try:
             conn.send_request(item.pdu, functools.partial(self._answered, item))
+            self._unanswered += 1
         except (ConnectionClosed, SessionError, WindowFull) as exc:
             item.done(SubmitResult(None, Status.ESME_RINVBNDSTS, temporary=True,
                                    detail=repr(exc)))
@@ -400,6 +412,8 @@ class SmscConnector:
             item.done(SubmitResult(None, Status.ESME_RSYSERR, rejected=True, detail=str(exc)))
 
     def _answered(self, item: Submission, resp: Pdu | None, error: Exception | None) -> None:
+        self._unanswered -= 1
+        self._answer.set()
         if resp is None:
             if isinstance(error, ResponseTimeout):
                 result = SubmitResult(None, Status.ESME_RSYSERR, temporary=True,
@@ -417,7 +431,32 @@ class SmscConnector:
                 log.warning("smsc.empty_message_id", smsc=self.name)
         item.done(result)
 
+    # -- graceful shutdown -------------------------------------------------------------------
+    def stop_sending(self) -> None:
+        """Put nothing more on the wire: what is queued stays unsent (and unanswered: its
+        messages are resumed from the store after the restart). Receipts are still taken."""
+        self._sending.cancel()
+
+    @property
+    def unanswered(self) -> int:
+        """submit_sm sent and not answered yet (nor timed out, nor lost with their bind)."""
+        return self._unanswered
+
+    async def wait_answered(self) -> None:
+        """Return once every submit_sm sent has its answer (each is bounded by
+        response_timeout, or by its bind going down)."""
+        while self._unanswered > 0:
+            self._answer = trio.Event()
+            await self._answer.wait()
+
+    @property
+    def bound(self) -> int:
+        """Sessions bound now (a transceiver counts once)."""
+        return len(set(self._transmitters) | set(self._receivers))
+
     async def close(self) -> None:
-        """Unbind every session (graceful shutdown)."""
-        for conn in list(self._transmitters) + list(self._receivers):
-            await conn.unbind(timeout=2)
+        """Unbind every session, all at once, and bind no more (graceful shutdown)."""
+        self._closing = True
+        async with trio.open_nursery() as nursery:
+            for conn in set(self._transmitters) | set(self._receivers):
+                nursery.start_soon(conn.unbind, 2.0)

@@ -186,6 +186,7 @@ class Connection:
         self.on_slot_freed: Callable[[], None] | None = None  # e.g. a connector's sender
         self._incoming = 0  # requests of the peer handed to the handler, not yet answered
         self._deferred: dict[int, int] = {}  # sequence -> requests answered later, uncounted
+        self._answer_waiter: trio.Event | None = None  # unbind() waiting for our answers
         self._reader_blocked = False
         self._unblocked = trio.Event()
         self._wake_writer = trio.Event()
@@ -292,6 +293,8 @@ class Connection:
             self._incoming -= 1
             if self._reader_blocked:
                 self._unblocked.set()
+        if self._answer_waiter is not None:
+            self._answer_waiter.set()
         if self.closed:
             return
         self.session.send(pdu)
@@ -324,11 +327,19 @@ class Connection:
         self._kick()
 
     async def unbind(self, timeout: float = 5.0) -> None:
-        """Graceful close: unbind, wait for unbind_resp (bounded), close."""
-        if not self.closed and self.session.bound:
-            with trio.move_on_after(timeout):
+        """Graceful close: unbind (the peer's later requests are refused: not bound), wait
+        for its unbind_resp and for our answers to its requests taken before (a submit
+        waiting for its commit), written out, then close; `timeout` bounds it all."""
+        with trio.move_on_after(timeout):
+            if not self.closed and self.session.bound:
                 with contextlib.suppress(ConnectionClosed, ResponseTimeout, SessionError):
                     await self.request(Unbind(), timeout=timeout)
+            while (self._incoming or self._deferred) and not self.closed:
+                self._answer_waiter = trio.Event()
+                await self._answer_waiter.wait()
+            self._answer_waiter = None
+            if not self.closed:
+                await self.flush(timeout)
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -336,6 +347,8 @@ class Connection:
             return
         self.closed = True
         self.session.close()
+        if self._answer_waiter is not None:
+            self._answer_waiter.set()
         self._progress.set()
         self._unblocked.set()
         if self._timer is not None:

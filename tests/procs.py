@@ -52,13 +52,17 @@ class ProcessExited(RuntimeError):
 class Proc:
     """One `smsgw ...` process whose output goes to ``<directory>/<name>.out``."""
 
-    def __init__(self, name: str, args: list[str], directory: Path) -> None:
+    def __init__(self, name: str, args: list[str], directory: Path, *,
+                 env: dict[str, str] | None = None, command: list[str] | None = None) -> None:
+        """``env``: variables added to this process's environment; ``command``: what runs
+        instead of the smsgw console script (``args`` follow it)."""
         self.name = name
         self.log_path = directory / f"{name}.out"
         self._log: IO[bytes] = self.log_path.open("wb")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.popen = subprocess.Popen([smsgw_command(), *args], stdout=self._log,
-                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        environ = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+        self.popen = subprocess.Popen([*(command or [smsgw_command()]), *args], stdout=self._log,
+                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                      env=environ)
 
     @property
     def pid(self) -> int:

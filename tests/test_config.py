@@ -160,10 +160,12 @@ def test_durations_refuse_anything_else(text: object) -> None:
 
 def test_durations_in_the_file_become_float_seconds(tmp_path: Path) -> None:
     text = MINIMAL.replace("port = 2775\n", 'port = 2775\nbind_timeout = "500ms"\n', 1)
-    text += '[gateway]\nvalidity = "2d"\n[retry]\ninitial_delay = 10\nmax_delay = "5m"\n'
+    text += ('[gateway]\nvalidity = "2d"\nshutdown_timeout = "1m"\n'
+             '[retry]\ninitial_delay = 10\nmax_delay = "5m"\n')
     config = load_config(write(tmp_path, text))
     assert config.listeners[0].bind_timeout == 0.5
     assert config.validity == 2 * 86400.0
+    assert config.shutdown_timeout == 60.0
     assert (config.retry.initial_delay, config.retry.max_delay) == (10.0, 300.0)
 
 
@@ -192,6 +194,13 @@ def test_wrong_type_names_group_key_expectation_and_value(tmp_path: Path) -> Non
         tmp_path, MINIMAL.replace('password = "secret"', 'password = "secret"\nwindow = "ten"')
     )
     assert msg.endswith('smsc "opA".window: expected a positive integer, got "ten"')
+
+
+def test_a_shutdown_timeout_that_is_no_duration_is_refused_naming_the_key(tmp_path: Path
+                                                                           ) -> None:
+    msg = error_of(tmp_path, MINIMAL + '[gateway]\nshutdown_timeout = "soon"\n')
+    assert msg.endswith('gateway.shutdown_timeout: expected a positive duration (seconds, or a '
+                        'string like "500ms", "30s", "5m", "24h", "2d"), got "soon"')
 
 
 def test_negative_window_is_refused(tmp_path: Path) -> None:
@@ -548,7 +557,8 @@ def test_examples_document_every_key(example: str, classes: list[type]) -> None:
     text = (CONF / example).read_text(encoding="utf-8")
     keys = {f.name for cls in classes for f in dataclasses.fields(cls)}
     if example.startswith("gateway"):
-        keys |= {"node", "validity", "log_level", "path", "batch_max", "retention", "prefixes"}
+        keys |= {"node", "validity", "log_level", "shutdown_timeout", "path", "batch_max",
+                 "retention", "prefixes"}
     missing = [k for k in sorted(keys) if f"\n{k} =" not in text and f"\n# {k} =" not in text]
     assert not missing, f"{example} does not show: {missing}"
 

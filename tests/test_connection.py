@@ -398,21 +398,23 @@ async def test_a_stalled_write_is_still_cut_when_inactivity_closes_the_link(
         nursery.cancel_scope.cancel()
 
 
+async def _slow_submits(conn: Connection, pdu: Pdu) -> None:
+    """Binds answered at once, each submit 2 s later (as after its store commit)."""
+    if isinstance(pdu, SubmitSm):
+        await trio.sleep(2)
+        conn.respond(pdu.response(message_id="m1"))
+    else:
+        await _bind_ok(conn, pdu)
+
+
 async def test_an_unbind_is_answered_after_the_requests_sent_before_it(
         clock: trio.testing.MockClock) -> None:
     """The rule: an unbind does not cancel what the peer asked before it: its submits are
     answered (they may be stored already), then the unbind_resp."""
-    async def slow(conn: Connection, pdu: Pdu) -> None:
-        if isinstance(pdu, SubmitSm):
-            await trio.sleep(2)  # e.g. the store commit
-            conn.respond(pdu.response(message_id="m1"))
-        else:
-            await _bind_ok(conn, pdu)
-
     ours, peer = trio.testing.memory_stream_pair()
     smsc = Connection(ours, Side.SMSC, enquire_link_interval=math.inf)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(smsc.run, slow)
+        nursery.start_soon(smsc.run, _slow_submits)
         await _peer_binds(peer)
         answers: list[Pdu] = [decode(await peer.receive_some(1000))]  # bound
         await peer.send_all(encode(SubmitSm(sequence=2, destination_addr="1"))
@@ -483,3 +485,37 @@ async def test_coalesce_false_writes_every_pdu_in_a_send_of_its_own(
     else:
         assert len(counted.sends) == 5
         assert all(int.from_bytes(d[:4], "big") == len(d) for d in counted.sends)
+async def test_our_unbind_still_answers_what_the_peer_asked_before_it(
+        clock: trio.testing.MockClock) -> None:
+    """The rule, for our own unbind (a graceful shutdown): a peer that answers the unbind at
+    once still gets the answers to its requests sent before it (a submit waiting for its
+    commit, acknowledged when stored), then the connection closes."""
+    ours, peer = trio.testing.memory_stream_pair()
+    smsc = Connection(ours, Side.SMSC, enquire_link_interval=math.inf)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(smsc.run, _slow_submits)
+        await _peer_binds(peer)
+        reader = FrameReader()
+        received: list[Pdu] = []
+
+        async def read() -> bool:
+            data = await peer.receive_some(4096)
+            reader.feed(data)
+            received.extend(decode(f) for f in reader.frames())
+            return bool(data)
+
+        await read()  # bind_transceiver_resp
+        await peer.send_all(encode(SubmitSm(sequence=2, destination_addr="1")))
+        await wait_until(lambda: smsc.unanswered == 1)
+        nursery.start_soon(smsc.unbind, 10.0)
+        with trio.fail_after(20):
+            while not any(isinstance(p, Unbind) for p in received):
+                assert await read()
+            [unbind] = [p for p in received if isinstance(p, Unbind)]
+            await peer.send_all(encode(unbind.response()))  # answered at once
+            while await read():
+                pass
+        assert [p.command_id.name for p in received] == [
+            "BIND_TRANSCEIVER_RESP", "UNBIND", "SUBMIT_SM_RESP"]
+        assert smsc.closed
+        nursery.cancel_scope.cancel()

@@ -261,3 +261,13 @@ async def test_metrics_are_served_on_the_same_listener(tmp_path: Path) -> None:
         assert 'smsgw_messages_accepted_total{account="demo",interface="http"}' in text
         doc = (await client.get("/openapi.json")).json()
         assert doc == DOC
+
+
+async def test_posts_during_the_graceful_drain_get_503_and_store_nothing(tmp_path: Path) -> None:
+    async with api(tmp_path) as (gw, _sim, client):
+        gw.stopping.set()  # what lifecycle.stop does first
+        resp, problem = await post(client, HELLO)
+        assert resp.status_code == 503 and resp.headers["Retry-After"]
+        assert "stopping" in problem["detail"]
+        assert await stored(gw) == 0
+        assert (await client.get("/metrics")).status_code == 200  # still scrapable

@@ -133,12 +133,14 @@ async def test_systemd_is_told_ready_then_stopping(tmp_path: Path,
     async with running_stack(tmp_path):
         with trio.fail_after(5):
             await trio.lowlevel.wait_readable(sock)
-        messages.append(sock.recv(100))
+        messages.append(sock.recv(1000))
     with trio.fail_after(5):
         await trio.lowlevel.wait_readable(sock)
-    messages.append(sock.recv(100))
+    messages.append(sock.recv(1000))
     sock.close()
-    assert messages == [b"READY=1", b"STOPPING=1"]
+    ready, stopping = (m.decode().split("\n") for m in messages)
+    assert ready[0] == "READY=1" and ready[1].startswith("STATUS=upstream binds 0, ")
+    assert stopping[0] == "STOPPING=1" and stopping[1].startswith("STATUS=stopping: ")
 
 
 async def test_messages_acknowledged_to_the_store_are_sent_even_if_the_upstream_drops(
