@@ -1,7 +1,8 @@
 """The `smsgw` command line: run the daemon, run the SMSC simulator, check a config.
 
 Subcommands: run, simulate-smsc (and simulate-smsc-mo to inject a phone's reply),
-check-config, hash-password, hash-token. Exit status 2 for configuration errors; run and
+check-config, hash-password, hash-token; the admin commands (status, queue, message, cdr, erase)
+are in gateway.admin_cli. Exit status 2 for configuration errors; run and
 check-config warn when the config file's secrets are readable by every user, check-config too of a
 listener off loopback without TLS and of an unverified TLS link to an SMSC.
 """
@@ -109,7 +110,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     gc.set_threshold(*GC_THRESHOLDS)
     release_large_blocks()
     gc.freeze()  # what start-up loaded (modules, config) is never garbage: never walk it
-    trio.run(daemon.run, config)
+    from gateway.admin import AdminSocketError
+
+    refused: list[BaseException] = []
+    try:
+        trio.run(daemon.run, config)
+    except* AdminSocketError as group:  # e.g. another daemon serves that socket
+        refused.extend(group.exceptions)
+    for exc in refused[:1]:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -247,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     ht.add_argument("--stdin", action="store_true",
                     help="hash the token on stdin instead of making one")
     ht.set_defaults(func=_cmd_hash_token)
+    from gateway.admin_cli import add_commands  # status, queue, message, cdr, erase
+
+    add_commands(sub, DEFAULT_CONFIG)
     return parser
 
 

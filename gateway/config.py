@@ -24,6 +24,7 @@ from gateway.tokens import HASH_RE as _TOKEN_HASH_RE
 
 __all__ = [
     "AccountConfig",
+    "AdminConfig",
     "ConfigError",
     "GatewayConfig",
     "HttpConfig",
@@ -211,6 +212,19 @@ class HttpConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The admin endpoint the ``smsgw`` admin commands talk to (``[admin]``): HTTP over a
+    Unix socket, created mode 0600 (only the daemon's user, and root, may connect)."""
+
+    socket: Path | None = None  # None: admin.sock in the store's directory
+    enabled: bool = True
+
+
+ADMIN_SOCKET_NAME = "admin.sock"
+SOCKET_PATH_MAX = 107  # octets: a Unix socket address (sun_path) holds 108 with its NUL
+
+
+@dataclass(frozen=True, slots=True)
 class SimulatorConfig:
     """The built-in SMSC simulator (``[simulator]``).
 
@@ -263,6 +277,12 @@ class GatewayConfig:
     retry: RetryConfig = RetryConfig()
     http: HttpConfig = HttpConfig()
     simulator: SimulatorConfig | None = None  # present: run the simulator in-process
+    admin: AdminConfig = AdminConfig()
+
+    @property
+    def admin_socket(self) -> Path:
+        """Where the admin socket is: [admin] socket, else admin.sock next to the store."""
+        return self.admin.socket or self.store.path.parent / ADMIN_SOCKET_NAME
 
 
 # --------------------------------------------------------------------------------------------
@@ -794,6 +814,17 @@ def _http(t: _Table) -> HttpConfig:
                       idempotency_lifetime=t.duration("idempotency_lifetime"))
 
 
+def _admin(t: _Table, store: StoreConfig) -> AdminConfig:
+    admin = AdminConfig(socket=t.path("socket"), enabled=t.boolean("enabled"))
+    where = admin.socket or store.path.parent / ADMIN_SOCKET_NAME
+    if len(os.fsencode(where)) > SOCKET_PATH_MAX:
+        raise t.fail("socket", f"a path of at most {SOCKET_PATH_MAX} octets (a Unix socket "
+                     "address; relative paths count from the working directory, and the "
+                     "default is admin.sock next to [store] path)",
+                     got=f"{where} ({len(os.fsencode(where))} octets)")
+    return admin
+
+
 def _simulator(t: _Table) -> SimulatorConfig:
     def share(key: str) -> float:
         return t.number(key, low=0.0, high=1.0)
@@ -863,6 +894,7 @@ _CLASSES: dict[str, type] = {
     "store": StoreConfig,
     "retry": RetryConfig,
     "http": HttpConfig,
+    "admin": AdminConfig,
     "simulator": SimulatorConfig,
     "listener": ListenerConfig,
     "account": AccountConfig,
@@ -1000,9 +1032,10 @@ def load_config(path: str | Path) -> GatewayConfig:
         accounts={a.system_id: a for a in accounts},
         smscs={s.name: s for s in smscs},
         routes=tuple(routes),
-        store=_store(_table(file, doc, "store")),
+        store=(store := _store(_table(file, doc, "store"))),
         retry=_retry(_table(file, doc, "retry")),
         http=_http(_table(file, doc, "http")),
+        admin=_admin(_table(file, doc, "admin"), store),
         simulator=simulator,
     )
     problems = _cross_check(file, config, accounts, smscs, routes)

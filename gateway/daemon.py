@@ -129,6 +129,10 @@ async def run(
                 api = HttpApi(config, store, dispatcher, clock, states, running.stopping)
                 running.http_port = await nursery.start(serve_http, api.app, config.http.host,
                                                         config.http.port)
+            if config.admin.enabled:
+                from gateway import admin
+
+                await nursery.start(admin.serve, running, clock)
             nursery.start_soon(_housekeeping, running, clock)
             interval = sdnotify.watchdog_interval()
             if interval is not None and interval < math.inf:

@@ -893,3 +893,42 @@ class Dispatcher:
         metrics.transition(msg.state)
         for report in reports:
             self.on_report(report)
+
+    # -- admin ----------------------------------------------------------------------------------
+    @property
+    def parked(self) -> int:
+        """Messages waiting for a connector of their route to come up."""
+        return len(self._parked)
+
+    def is_parked(self, message_id: str) -> bool:
+        return message_id in self._parked
+
+    def retry_now(self, message_id: str) -> str:
+        """Attempt a waiting message now (`smsgw message retry`): one waiting for its next
+        attempt after a temporary refusal, or parked while every connector of its route is
+        down (parked again if they still are). Says what it did; raises RetryRefused, saying
+        why, for a message not unfinished here, in flight, or scheduled by its sender."""
+        live = self.live.get(message_id)
+        if live is None:
+            raise RetryRefused("no unfinished message has this id (final, purged or unknown)")
+        msg = live.msg
+        now = self.clock.now()
+        if msg.state is State.IN_FLIGHT:
+            raise RetryRefused("in flight: submitted to the operator, its answer or receipt "
+                               "is awaited (it expires at the end of its validity)")
+        if msg.state is State.SCHEDULED and msg.not_before > now:
+            when = f"{_utc(msg.not_before):%Y-%m-%d %H:%M:%S}"
+            raise RetryRefused(f"scheduled by its sender for {when} UTC: it is not due yet")
+        was_parked = self._parked.pop(message_id, None) is not None
+        waited = msg.next_attempt_at
+        msg.next_attempt_at = now
+        self._watch(live, now)
+        self._wake.set()
+        log.info("message.retry_now", message_id=msg.id, parked=was_parked)
+        if was_parked:
+            return "was waiting for a connector of its route: attempted now"
+        return f"next attempt moved from {_utc(waited):%Y-%m-%d %H:%M:%S} UTC to now"
+
+
+class RetryRefused(Exception):
+    """retry_now cannot send this message now; the message says why."""

@@ -27,7 +27,7 @@ def status_line(running: Running) -> str:
     """The live counts systemctl status shows: binds, unfinished messages, reports owed."""
     upstream = {conn for server in running.servers
                 for state in server.accounts.values() for conn in state.binds}
-    smsc = sum(c.bound for c in running.connectors.values())
+    smsc = sum(c.sessions for c in running.connectors.values())
     return (f"upstream binds {len(upstream)}, SMSC binds {smsc}, "
             f"unfinished messages {running.store.unfinished}, "
             f"reports pending {running.reporter.pending_total()}")

@@ -15,7 +15,7 @@ import operator
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import quote
@@ -39,8 +39,8 @@ from gateway.model import (
     State,
 )
 
-__all__ = ["ConstraintError", "IdempotencyRecord", "SchemaError", "Store", "StoreBusy",
-           "StoreError", "Synchronous"]
+__all__ = ["CdrPage", "ConstraintError", "Erasure", "IdempotencyRecord", "SchemaError", "Store",
+           "StoreBusy", "StoreError", "Synchronous"]
 
 log = structlog.get_logger("gateway.store")
 
@@ -109,7 +109,7 @@ _FINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(FINAL_STATES)) + ")"
 _OPEN = f"state NOT IN {_FINAL_SQL}"
 _DONE = f"state IN {_FINAL_SQL}"
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # MIGRATIONS[v] takes a database at user_version v to v + 1.
 MIGRATIONS: tuple[str, ...] = (
     f"""
@@ -232,6 +232,20 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX idempotency_keys_created_at ON idempotency_keys (created_at);
     """,
+    # 4: what retention and erasure keep of the messages they delete: counts per day (UTC, of
+    # acceptance), account, SMSC, channel and final state, with no number and no text.
+    """
+    CREATE TABLE cdr_daily (
+        day TEXT NOT NULL,
+        account TEXT NOT NULL,
+        smsc TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        state TEXT NOT NULL,
+        messages INTEGER NOT NULL,
+        parts INTEGER NOT NULL,
+        PRIMARY KEY (day, account, smsc, channel, state)
+    ) WITHOUT ROWID;
+    """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -258,6 +272,9 @@ _INSERT_EVENT = 10
 _PURGE_EVENTS = 11
 _INSERT_IDEMPOTENCY = 12
 _PURGE_IDEMPOTENCY = 13
+_COUNT_RETIRED = 14
+_DELETE_ORPHAN = 15
+_REDACT_EVENT = 16
 _WRITE_SQL: tuple[str, ...] = (
     f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)})"
     f" VALUES ({_placeholders(len(MESSAGE_COLUMNS))})",
@@ -284,6 +301,14 @@ _WRITE_SQL: tuple[str, ...] = (
     " VALUES (?, ?, ?, ?, ?)",
     "DELETE FROM idempotency_keys WHERE (account, key) IN"
     " (SELECT account, key FROM idempotency_keys WHERE created_at < ? LIMIT ?)",
+    # Before a final message is deleted (retention, erasure): counted in its day's totals.
+    "INSERT INTO cdr_daily (day, account, smsc, channel, state, messages, parts)"
+    " SELECT date(created_at, 'unixepoch'), account, coalesce(connector, ''), channel, state,"
+    f" 1, parts_total FROM messages WHERE id = ? AND {_DONE}"
+    " ON CONFLICT (day, account, smsc, channel, state) DO UPDATE SET"
+    " messages = messages + excluded.messages, parts = parts + excluded.parts",
+    "DELETE FROM orphan_receipts WHERE id = ?",
+    "UPDATE events SET detail = replace(detail, ?2, ?3) WHERE id = ?1",
 )
 
 _MESSAGE_SELECT = f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages"
@@ -296,6 +321,8 @@ _part_row: Callable[[Part], Row] = operator.attrgetter(*PART_COLUMNS)
 _report_fields: Callable[[Report], Row] = operator.attrgetter(*REPORT_COLUMNS[:-2])
 
 _PURGE_CHUNK = 2000
+_SCAN_WINDOW = 5000  # rowids examined per read by scans over whole tables (erasure, CDR)
+ERASED = "<erased>"  # what replaces an erased number in the history of other messages
 # Messages not in a final state, per the counts the triggers keep (read inside each write).
 _UNFINISHED_SQL = f"SELECT coalesce(sum(n), 0) FROM state_counts WHERE {_OPEN}"
 
@@ -333,6 +360,44 @@ def _to_report(row: Row) -> Report:
     if extra:
         r.extra = json.loads(extra)
     return r
+
+
+CDR_COLUMNS = (
+    "id", "account", "source_addr", "dest_addr", "channel", "parts_total", "data_coding",
+    "connector", "state", "created_at", "done_at", "attempts", "error", "origin", "traffic",
+    "client_ref",
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class CdrPage:
+    """One page of Store.cdr_page: records, the cursor of the next page (None: the end), and
+    the scan's bounds (rowids) to tell progress: done = (next - start) / (end - start)."""
+
+    records: list[dict[str, Any]]
+    next: int | None
+    start: int
+    end: int
+
+
+@dataclass(slots=True)
+class Erasure:
+    """What Store.erase_addresses did: rows deleted or redacted, and the unfinished messages
+    it left (they are being delivered: erase again once they are final)."""
+
+    messages: int = 0
+    parts: int = 0
+    events: int = 0
+    reports: int = 0
+    orphan_receipts: int = 0
+    events_redacted: int = 0
+    unfinished: list[str] = field(default_factory=list)
+    wal_cleared: bool = False  # the WAL (old copies of pages) was emptied afterwards
+
+    def add(self, retired: tuple[int, int, int]) -> None:
+        self.messages += retired[0]
+        self.parts += retired[1]
+        self.events += retired[2]
 
 
 # --------------------------------------------------------------------------- write queue
@@ -884,8 +949,9 @@ class Store:
 
     async def purge(self, finished_before: float) -> int:
         """Retention: delete final messages done before that time, their parts and history,
-        and orphan receipts received before it. Returns the number of messages deleted. Works in
-        chunks of a few thousand rows so other writers wait at most one chunk."""
+        and orphan receipts received before it, keeping each deleted message counted in
+        cdr_daily (see daily_totals). Returns the number of messages deleted. Works in chunks
+        of a few thousand rows so other writers wait at most one chunk."""
         deleted = 0
         while True:
             rows = await self._read(
@@ -894,12 +960,7 @@ class Store:
             )
             if not rows:
                 break
-            ids: list[Row] = [(r[0],) for r in rows]
-            counts = await self._write(
-                _Call([(_PURGE_MESSAGES, ids), (_PURGE_PARTS, ids), (_PURGE_EVENTS, ids)],
-                      exclusive=True)
-            )
-            deleted += counts[0]
+            deleted += (await self._retire([r[0] for r in rows]))[0]
             if len(rows) < _PURGE_CHUNK:
                 break
         orphans = _Call([(_PURGE_ORPHANS, [(finished_before, _PURGE_CHUNK)])], exclusive=True)
@@ -918,6 +979,91 @@ class Store:
             forgotten += deleted
             if deleted < _PURGE_CHUNK:
                 return forgotten
+
+    async def _retire(self, message_ids: Sequence[str]) -> tuple[int, int, int]:
+        """Delete these messages if final, with their parts and history, each counted in
+        cdr_daily first, in one transaction; (messages, parts, events) deleted."""
+        ids: list[Row] = [(i,) for i in message_ids]
+        # Counted before deleted: out of _WRITE_SQL's order, which an exclusive call may be
+        # (it runs alone, its groups in the order given).
+        counts = await self._write(_Call(
+            [(_COUNT_RETIRED, ids), (_PURGE_MESSAGES, ids), (_PURGE_PARTS, ids),
+             (_PURGE_EVENTS, ids)], exclusive=True))
+        return counts[1], counts[2], counts[3]
+
+    async def _scan(self, table: str, columns: str, where: str,
+                    params: Sequence[Any] = ()) -> AsyncIterator[list[Row]]:
+        """The rows of a table matching `where`, in rowid order, a window of _SCAN_WINDOW
+        rowids per read (bounded memory and read time, however big the table); each row
+        starts with its rowid."""
+        bounds = await self._read(f"SELECT min(rowid), max(rowid) FROM {table}")
+        low, high = bounds[0]
+        if low is None:
+            return
+        after = low - 1
+        while after < high:
+            upto = min(after + _SCAN_WINDOW, high)
+            rows = await self._read(
+                f"SELECT rowid, {columns} FROM {table} WHERE rowid > ? AND rowid <= ?"
+                f" AND ({where}) ORDER BY rowid", (after, upto, *params))
+            if rows:
+                yield rows
+            after = upto
+
+    async def erase_addresses(self, addresses: Sequence[str]) -> Erasure:
+        """Erasure of one person (GDPR), given the spellings of their number: delete the
+        final messages from or to it (counted in cdr_daily first, like retention), their parts
+        and history, the reports (receipts, MO) from or to it, the orphan receipts quoting
+        it, and replace it by "<erased>" where other messages' history names it. Unfinished
+        messages are left to finish (listed in the result): run it again once they are final.
+        Scans every table in windows: bounded memory, other writers wait one chunk at most."""
+        result = Erasure()
+        forms = list(dict.fromkeys(a for a in addresses if a))
+        if not forms:
+            return result
+        marks = _placeholders(len(forms))
+        match = f"source_addr IN ({marks}) OR dest_addr IN ({marks})"
+        done: list[str] = []
+        async for rows in self._scan("messages", "id, state", match, (*forms, *forms)):
+            for _, message_id, state in rows:
+                if State(state).final:
+                    done.append(message_id)
+                else:
+                    result.unfinished.append(message_id)
+            while len(done) >= _PURGE_CHUNK:
+                chunk, done = done[:_PURGE_CHUNK], done[_PURGE_CHUNK:]
+                result.add(await self._retire(chunk))
+        if done:
+            result.add(await self._retire(done))
+        async for rows in self._scan("reports", "id", match, (*forms, *forms)):
+            counts = await self._write(_Call([(_DELETE_REPORT, [(r[1],) for r in rows])]))
+            result.reports += counts[0]
+        quoted = " OR ".join("instr(body, ?) > 0" for _ in forms)
+        async for rows in self._scan("orphan_receipts", "id", quoted,
+                                     [f.encode() for f in forms]):
+            counts = await self._write(_Call([(_DELETE_ORPHAN, [(r[1],) for r in rows])]))
+            result.orphan_receipts += counts[0]
+        # In history details, a number is a JSON string value: "33612345678".
+        named = [json.dumps(f) for f in forms]
+        mentions = " OR ".join("instr(detail, ?) > 0" for _ in named)
+        async for rows in self._scan("events", "id", mentions, named):
+            redactions = [(r[1], n, json.dumps(ERASED)) for r in rows for n in named]
+            await self._write(_Call([(_REDACT_EVENT, redactions)]))
+            result.events_redacted += len(rows)
+        result.wal_cleared = await self.checkpoint()
+        return result
+
+    async def checkpoint(self) -> bool:
+        """Copy the WAL into the database and empty it (the WAL keeps old copies of pages,
+        deleted rows included, until then); False if readers kept it from finishing (it is
+        then done by SQLite's automatic checkpoints later)."""
+        try:
+            rows = await self._call_aio(_aio_fetchall(self._writer_conn,
+                                                      "PRAGMA wal_checkpoint(TRUNCATE)", ()))
+        except sqlite3.Error as exc:
+            log.warning("store.checkpoint_failed", error=str(exc))
+            return False
+        return not rows[0][0]
 
     # ----------------------------------------------------------------- reads
 
@@ -1033,6 +1179,57 @@ class Store:
         return out
 
 
+    async def unfinished_page(
+        self, *, account: str | None = None, state: State | None = None,
+        connector: str | None = None, created_before: float | None = None,
+        after: tuple[float, int] | None = None, limit: int = 500,
+    ) -> list[tuple[tuple[float, int], Message]]:
+        """One page of the unfinished messages matching the filters, soonest to expire first,
+        each with its cursor: pass the last one as ``after`` for the next page. Reads the
+        unfinished messages' index only, never the finished ones."""
+        where = [_OPEN, "(expires_at, rowid) > (?, ?)"]
+        params: list[Any] = list(after or (-math.inf, -1))
+        for clause, value in (("account = ?", account), ("state = ?", state),
+                              ("connector = ?", connector), ("created_at < ?", created_before)):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        rows = await self._read(
+            f"SELECT expires_at, rowid, {', '.join(MESSAGE_COLUMNS)} FROM messages"
+            f" INDEXED BY messages_open WHERE {' AND '.join(where)}"
+            " ORDER BY expires_at, rowid LIMIT ?", (*params, limit))
+        return [((r[0], r[1]), _to_message(r[2:])) for r in rows]
+
+    async def cdr_page(self, since: float, until: float, after: int | None = None) -> CdrPage:
+        """Call detail records of the messages accepted in [since, until), one window of
+        _SCAN_WINDOW rowids per call (bounded, however many match): pass ``next`` back as
+        ``after`` until it is None. A record has CDR_COLUMNS plus "operator_ids" (the
+        operator's message id of each part, space-separated, in part order)."""
+        low, high = (await self._read("SELECT min(rowid), max(rowid) FROM messages"))[0]
+        if low is None:
+            return CdrPage([], None, 0, 0)
+        start = low - 1
+        after = start if after is None else max(after, start)
+        upto = min(after + _SCAN_WINDOW, high)
+        rows = await self._read(
+            f"SELECT {', '.join('m.' + c for c in CDR_COLUMNS)}, (SELECT group_concat(smsc_id,"
+            " ' ') FROM parts WHERE message_id = m.id) FROM messages m"
+            " WHERE m.rowid > ? AND m.rowid <= ? AND m.created_at >= ? AND m.created_at < ?"
+            " ORDER BY m.rowid", (after, upto, since, until))
+        names = (*CDR_COLUMNS, "operator_ids")
+        return CdrPage([dict(zip(names, r, strict=True)) for r in rows],
+                       upto if upto < high else None, start, high)
+
+    async def daily_totals(self, since_day: str, until_day: str) -> list[Row]:
+        """What retention and erasure kept of the messages they deleted, for days (UTC,
+        "YYYY-MM-DD") in [since_day, until_day): (day, account, smsc, channel, state,
+        messages, parts) rows."""
+        return await self._read(
+            "SELECT day, account, smsc, channel, state, messages, parts FROM cdr_daily"
+            " WHERE day >= ? AND day < ? ORDER BY day, account, smsc, channel, state",
+            (since_day, until_day))
+
+
 def _make_private_dirs(directory: Path) -> None:
     """Create the missing directories down to ``directory``, each mode 0700 (the store's
     state is nobody else's business); existing ones are left as they are."""
@@ -1142,6 +1339,9 @@ async def _prepare(loop: Any, conn: aiosqlite.Connection, synchronous: str) -> t
     if mode[0][0].lower() != "wal":
         raise StoreError(f"could not switch the database to WAL (journal_mode={mode[0][0]})")
     await q(f"PRAGMA synchronous = {synchronous.upper()}")
+    # Deleted rows are overwritten with zeros (Debian's SQLite does it by default; this makes
+    # it so everywhere): what retention and erasure delete does not linger in the file.
+    await q("PRAGMA secure_delete = ON")
     version = (await q("PRAGMA user_version"))[0][0]
     if version > SCHEMA_VERSION:
         raise SchemaError(

@@ -53,6 +53,7 @@ REJECTING_STATUSES = frozenset({
 })
 THROTTLE_PAUSE = 1.0  # seconds a connector holds back after ESME_RTHROTTLED
 _YIELD_EVERY = 64  # submits sent back to back before the sender lets other tasks run
+RECENT_ERRORS = 5  # failures each connector remembers for `smsgw status`
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +174,9 @@ class SmscConnector:
         self._closing = False  # close() began: no more binds
         self._unanswered = 0  # submit_sm on the wire without their answer yet
         self._answer = trio.Event()  # set when one of them gets its answer
+        # The latest failures (connect, TLS, bind, submit), newest last, for `smsgw status`:
+        # (trio time, what, detail).
+        self.errors: deque[tuple[float, str, str]] = deque(maxlen=RECENT_ERRORS)
         self.tls_context = None
         if config.tls:
             self.tls_context = tls.client_context(config.tls_ca, config.tls_verify,
@@ -182,6 +186,13 @@ class SmscConnector:
     # -- state --------------------------------------------------------------------------
     def is_up(self) -> bool:
         return bool(self._transmitters)
+
+    def bound(self) -> tuple[int, int]:
+        """(transmitting, receiving) sessions bound now (a transceiver counts in both)."""
+        return len(self._transmitters), len(self._receivers)
+
+    def _error(self, what: str, detail: str) -> None:
+        self.errors.append((trio.current_time(), what, detail))
 
     @property
     def capacity(self) -> int:
@@ -240,6 +251,7 @@ class SmscConnector:
         except (OSError, trio.TooSlowError) as exc:
             log.warning("smsc.connect_failed", smsc=cfg.name, bind=name,
                         error=str(exc) or "connect timed out")
+            self._error("connect", str(exc) or "connect timed out")
             return False
         if self.tls_context is not None:
             secured = await self._tls_handshake(stream, name)
@@ -265,11 +277,13 @@ class SmscConnector:
                     resp = await conn.request(bind)
                 except (ResponseTimeout, ConnectionClosed, SessionError) as exc:
                     log.warning("smsc.bind_failed", smsc=cfg.name, bind=name, error=repr(exc))
+                    self._error("bind", repr(exc))
                     await conn.aclose()
                     return False
                 if resp.status != Status.ESME_ROK:
                     log.warning("smsc.bind_refused", smsc=cfg.name, bind=name,
                                 status=f"0x{resp.status:08X}")
+                    self._error("bind", f"refused: command_status 0x{resp.status:08X}")
                     await conn.aclose()
                     return False
                 bound = True
@@ -311,6 +325,7 @@ class SmscConnector:
         metrics.child(metrics.SMSC_TLS_FAILURES, cfg.name, failed.reason).inc()
         log.warning("smsc.tls_failed", smsc=cfg.name, bind=name, reason=failed.reason,
                     detail=failed.detail)
+        self._error("tls", f"{failed.reason}: {failed.detail}")
         await trio.aclose_forcefully(stream)
         return None
 
@@ -429,6 +444,8 @@ class SmscConnector:
             if result.ok and not result.smsc_id:
                 # Accepted all the same: resending would duplicate. No receipt can be matched.
                 log.warning("smsc.empty_message_id", smsc=self.name)
+        if not result.ok:
+            self._error("submit", result.detail or f"command_status 0x{result.status:08X}")
         item.done(result)
 
     # -- graceful shutdown -------------------------------------------------------------------
@@ -450,7 +467,7 @@ class SmscConnector:
             await self._answer.wait()
 
     @property
-    def bound(self) -> int:
+    def sessions(self) -> int:
         """Sessions bound now (a transceiver counts once)."""
         return len(set(self._transmitters) | set(self._receivers))
 

@@ -10,6 +10,7 @@ import pytest
 
 from gateway.config import (
     AccountConfig,
+    AdminConfig,
     ConfigError,
     GatewayConfig,
     HttpConfig,
@@ -548,7 +549,7 @@ def test_check_refuses_a_store_directory_that_cannot_be_created(tmp_path: Path) 
         (
             "gateway.example.toml",
             [ListenerConfig, AccountConfig, SmscConfig, RetryConfig, HttpConfig,
-             StoreConfig],
+             StoreConfig, AdminConfig],
         ),
         ("simulator.example.toml", [SimulatorConfig]),
     ],

@@ -40,7 +40,7 @@ shutdown_timeout = "{shutdown_timeout}s"
 [store]
 path = "{store}"
 
-[metrics]
+[http]
 enabled = false
 
 [[listener]]
