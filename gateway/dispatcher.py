@@ -42,12 +42,14 @@ STATE_TO_STAT = {
     State.UNDELIVERABLE: "UNDELIV",
     State.EXPIRED: "EXPIRED",
     State.REJECTED: "REJECTD",
+    State.CANCELLED: "DELETED",  # cancelled before it reached an operator
 }
 STATE_TO_SMPP = {
     State.DELIVERED: MessageState.DELIVERED,
     State.UNDELIVERABLE: MessageState.UNDELIVERABLE,
     State.EXPIRED: MessageState.EXPIRED,
     State.REJECTED: MessageState.REJECTED,
+    State.CANCELLED: MessageState.DELETED,
     State.QUEUED: MessageState.ENROUTE,
     State.SCHEDULED: MessageState.ENROUTE,
     State.IN_FLIGHT: MessageState.ENROUTE,

@@ -171,6 +171,7 @@ def _message(
         registered_delivery=pdu.registered_delivery, body=body,
         created_at=now, expires_at=expires_at, not_before=not_before,
         state=State.SCHEDULED if scheduled else State.QUEUED, next_attempt_at=not_before,
+        service_type=pdu.service_type,
     )
 
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 
 class State(enum.StrEnum):
-    """Message states; see DESIGN.md. The last four are final."""
+    """Message states; see DESIGN.md. The last five are final (CANCELLED: by its sender or
+    an operator's admin, before any part reached an operator)."""
 
     ACCEPTED = "ACCEPTED"
     SCHEDULED = "SCHEDULED"
@@ -22,13 +23,15 @@ class State(enum.StrEnum):
     UNDELIVERABLE = "UNDELIVERABLE"
     EXPIRED = "EXPIRED"
     REJECTED = "REJECTED"
+    CANCELLED = "CANCELLED"
 
     @property
     def final(self) -> bool:
         return self in FINAL_STATES
 
 
-FINAL_STATES = frozenset({State.DELIVERED, State.UNDELIVERABLE, State.EXPIRED, State.REJECTED})
+FINAL_STATES = frozenset({State.DELIVERED, State.UNDELIVERABLE, State.EXPIRED, State.REJECTED,
+                          State.CANCELLED})
 
 
 class PartState(enum.StrEnum):
@@ -40,6 +43,7 @@ class PartState(enum.StrEnum):
     UNDELIVERABLE = "UNDELIVERABLE"
     EXPIRED = "EXPIRED"
     REJECTED = "REJECTED"
+    CANCELLED = "CANCELLED"  # never sent: its message was cancelled
 
 
 class ReportKind(enum.StrEnum):
@@ -86,6 +90,7 @@ class Message:
     traffic: str = "alert"  # "alert" (transactional) or "marketing" (see DOMAIN.md)
     callback_url: str | None = None  # HTTP: where its receipt goes (else the account's default)
     client_ref: str | None = None  # HTTP: the upstream's own reference, echoed in reports
+    service_type: str = ""  # SMPP service_type as submitted (cancel_sm matches it)
 
 
 @dataclass(slots=True)

@@ -36,7 +36,8 @@ REPORTS_IN_MEMORY = 2048  # per account; more wait in the store and are paged in
 EXPIRY_SWEEP = 60.0  # seconds at least between two looks for expired reports in memory
 UNBIND_TIMEOUT = 2.0  # seconds an unanswering bind gets to answer its unbind
 OTHER_ACCOUNT = "other"  # metric label of reports for accounts no longer configured
-_SMPP_STATE = {"DELIVERED": 2, "EXPIRED": 3, "UNDELIVERABLE": 5, "REJECTED": 8}
+# message_state TLV of a receipt (SMPP 3.4 5.2.28); a cancelled message's is DELETED (4).
+_SMPP_STATE = {"DELIVERED": 2, "EXPIRED": 3, "CANCELLED": 4, "UNDELIVERABLE": 5, "REJECTED": 8}
 
 
 def deliver_pdu(report: Report) -> DeliverSm:

@@ -89,7 +89,7 @@ MESSAGE_COLUMNS = (
     "dest_npi", "data_coding", "esm_class", "protocol_id", "priority", "registered_delivery",
     "body", "created_at", "expires_at", "not_before", "state", "attempts", "next_attempt_at",
     "error", "done_at", "parts_total", "channel", "connector", "tlvs", "origin", "traffic",
-    "callback_url", "client_ref",
+    "callback_url", "client_ref", "service_type",
 )  # fmt: skip
 # What save_message may change on an existing row; everything else is fixed at intake.
 MESSAGE_MUTABLE = (
@@ -109,7 +109,7 @@ _FINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(FINAL_STATES)) + ")"
 _OPEN = f"state NOT IN {_FINAL_SQL}"
 _DONE = f"state IN {_FINAL_SQL}"
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # MIGRATIONS[v] takes a database at user_version v to v + 1.
 MIGRATIONS: tuple[str, ...] = (
     f"""
@@ -246,6 +246,19 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (day, account, smsc, channel, state)
     ) WITHOUT ROWID;
     """,
+    # 5: the final state CANCELLED (cancel_sm, DELETE /v1/messages/{id}, `smsgw message
+    # cancel`): its row of state_counts, and the partial indexes built again over the final
+    # list that now names it (SQLite uses a partial index only for a query whose WHERE is
+    # written as the index's, and unfinished_page names messages_open); and the service_type
+    # of SMPP submits, which cancel_sm matches.
+    f"""
+    INSERT OR IGNORE INTO state_counts (state, n) VALUES ('{State.CANCELLED.value}', 0);
+    DROP INDEX IF EXISTS messages_open;
+    DROP INDEX IF EXISTS messages_done;
+    CREATE INDEX messages_open ON messages (expires_at) WHERE {_OPEN};
+    CREATE INDEX messages_done ON messages (done_at) WHERE {_DONE};
+    ALTER TABLE messages ADD COLUMN service_type TEXT NOT NULL DEFAULT '';
+    """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -275,6 +288,8 @@ _PURGE_IDEMPOTENCY = 13
 _COUNT_RETIRED = 14
 _DELETE_ORPHAN = 15
 _REDACT_EVENT = 16
+_REPLACE_MESSAGE = 17
+_DELETE_PARTS = 18
 _WRITE_SQL: tuple[str, ...] = (
     f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)})"
     f" VALUES ({_placeholders(len(MESSAGE_COLUMNS))})",
@@ -309,6 +324,13 @@ _WRITE_SQL: tuple[str, ...] = (
     " messages = messages + excluded.messages, parts = parts + excluded.parts",
     "DELETE FROM orphan_receipts WHERE id = ?",
     "UPDATE events SET detail = replace(detail, ?2, ?3) WHERE id = ?1",
+    # replace_sm: what intake fixed and a replacement changes (after _UPDATE_MESSAGE).
+    "UPDATE messages SET body = ?, registered_delivery = ?, not_before = ?, expires_at = ?"
+    " WHERE id = ?",
+    # replace_sm: the parts cut from the old text go (none was sent: see Dispatcher.replace).
+    # After _UPSERT_PART: a batch holding an older write of that message's parts ends without
+    # them.
+    "DELETE FROM parts WHERE message_id = ?",
 )
 
 _MESSAGE_SELECT = f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages"
@@ -896,6 +918,22 @@ class Store:
         call = _Call(groups)
         self._queue(call)
         return PendingWrite(call, reports, ids)
+
+    def replace_message_nowait(self, msg: Message, events: Sequence[Event] = ()) -> PendingWrite:
+        """A replacement (replace_sm), queued at once: the message's mutable fields, its body,
+        registered_delivery, not_before and expires_at as they are now, its parts deleted (the
+        text is cut again at its next attempt), and the events, in one commit."""
+        groups: list[tuple[int, list[Row]]] = [
+            (_UPDATE_MESSAGE, [_message_update_row(msg)]),
+            (_REPLACE_MESSAGE, [(msg.body, msg.registered_delivery, msg.not_before,
+                                 msg.expires_at, msg.id)]),
+            (_DELETE_PARTS, [(msg.id,)]),
+        ]
+        if events:
+            groups.append((_INSERT_EVENT, [_event_row(e) for e in events]))
+        call = _Call(groups)
+        self._queue(call)
+        return PendingWrite(call, [], [])
 
     async def add_events(self, events: Sequence[Event]) -> None:
         """Append events to their messages' histories (events of a purged message are
