@@ -22,7 +22,8 @@ import trio
 from gateway import metrics
 from gateway.clock import WallClock
 from gateway.config import RetryConfig
-from gateway.model import Message, Part, PartState, Report, ReportKind, State
+from gateway.intake import Replacement
+from gateway.model import Event, Message, Part, PartState, Report, ReportKind, State
 from gateway.store import PendingWrite, Store, StoreError
 from routing.core import Router, RoutingContext
 from routing.smsc import SmscConnector, SubmitResult
@@ -85,6 +86,7 @@ class Live:
     refused: SubmitResult | None = None  # a temporary refusal seen in the current attempt
     late: bool = False  # a part of the current attempt was not sent: validity over
     due: float | None = None  # time of this message's one valid heap entry, if any
+    held: bool = False  # a cancel or replacement of it is being committed: not attempted
 
 
 class _Round:
@@ -361,8 +363,8 @@ class Dispatcher:
 
     def _step(self, live: Live, now: float, work: _Round) -> None:
         msg = live.msg
-        if msg.state.final:
-            return
+        if msg.state.final or live.held:
+            return  # a held message is looked at again once its change is committed
         if now >= msg.expires_at:
             self._finish(live, State.EXPIRED, now, work)
         elif msg.state in (State.QUEUED, State.SCHEDULED, State.ACCEPTED) and \
@@ -538,8 +540,10 @@ class Dispatcher:
     def _save(self, work: _Round) -> tuple[PendingWrite | None, list[Part]]:
         """Queue the write of a round's messages as they are now (None if refused at once),
         and the parts whose operator outcome that write holds (see _settled)."""
+        # A held message is left out: its cancel or replacement writes it (and if that fails,
+        # its state as it was is written by its next round), never a half-made change.
         items: list[tuple[Message, list[Part], list[Report]]] = \
-            [(live.msg, live.parts, []) for live in work.touched.values()] + \
+            [(live.msg, live.parts, []) for live in work.touched.values() if not live.held] + \
             [(live.msg, live.parts, reports) for live, reports in work.finished]
         outcomes = [p for _, parts, _ in items for p in parts
                     if p.smsc_id and p.state in _FINAL_PARTS]
@@ -931,6 +935,169 @@ class Dispatcher:
             return "was waiting for a connector of its route: attempted now"
         return f"next attempt moved from {_utc(waited):%Y-%m-%d %H:%M:%S} UTC to now"
 
+    # -- cancel and replace (before any part reaches an operator) ------------------------------
+    # Race-free by construction: the checks and the change below run without a checkpoint,
+    # like a dispatcher round, so a message is either still unsent (the change is made, and
+    # held out of every round until its commit) or already handed to a connector (too late).
+    def _unsent(self, live: Live, action: str) -> None:
+        """Raise ChangeRefused unless the message can still be changed: not final, no submit
+        handed to an operator for it (in flight, answered or sent), no change being made."""
+        msg = live.msg
+        if live.held:
+            raise ChangeRefused("busy", f"a cancel or replacement of message {msg.id} is being "
+                                        "stored: try again", msg.state)
+        if msg.state.final:
+            raise ChangeRefused("too_late", f"message {msg.id} is {msg.state.value}: too late "
+                                            f"to {action}", msg.state)
+        if msg.state is State.IN_FLIGHT or live.sending or any(
+                p.state is not PartState.PENDING for p in live.parts):
+            raise ChangeRefused("too_late", f"message {msg.id} is {msg.state.value}: handed to "
+                                            f"an operator already, too late to {action}",
+                                msg.state)
+
+    async def _not_live(self, message_id: str, account: str | None,
+                        action: str) -> ChangeRefused:
+        """Why a message that is not unfinished here cannot be changed (reads the store)."""
+        if account is None:
+            msg = await self.store.get_message(message_id)
+        else:
+            msg = await self.store.get_message_for_account(account, message_id)
+        if msg is None:
+            return ChangeRefused("unknown", f"no message {message_id[:80]!r}"
+                                 + ("" if account is None else f" for account {account}"))
+        if msg.state.final:
+            return ChangeRefused("too_late", f"message {msg.id} is {msg.state.value}: too late "
+                                             f"to {action}", msg.state)
+        return ChangeRefused("busy", f"message {msg.id} is being accepted: try again",
+                             msg.state)
+
+    async def cancel(self, message_id: str, *, account: str | None, by: str,
+                     check: Callable[[Message], None] | None = None) -> Message:
+        """Cancel a message no part of which reached an operator: CANCELLED once committed,
+        with its history event and, if it asked for one, its receipt (stat DELETED). account:
+        only that account's message (None: any, for the admin); check(msg) may raise to refuse
+        (e.g. a source address that does not match), before anything changes. Raises
+        ChangeRefused (unknown, too late, busy) or StoreError (nothing changed)."""
+        live = self.live.get(message_id)
+        if live is None or (account is not None and live.msg.account != account):
+            raise await self._not_live(message_id, account, "cancel")
+        self._unsent(live, "cancel")
+        if check is not None:
+            check(live.msg)
+        [msg] = await self._cancel([live], by)
+        return msg
+
+    async def cancel_matching(self, account: str, match: Callable[[Message], bool], *,
+                              by: str) -> tuple[list[Message], list[Message]]:
+        """Cancel every unfinished message of the account that `match`es and can still be
+        cancelled, in one commit; (those cancelled, those matched but too late or busy)."""
+        chosen: list[Live] = []
+        left: list[Message] = []
+        for live in self.live.values():
+            if live.msg.account != account or not match(live.msg):
+                continue
+            try:
+                self._unsent(live, "cancel")
+            except ChangeRefused:
+                left.append(live.msg)
+            else:
+                chosen.append(live)
+        return (await self._cancel(chosen, by) if chosen else []), left
+
+    async def _cancel(self, lives: list[Live], by: str) -> list[Message]:
+        now = self.clock.now()
+        undo: list[tuple[Live, State, float | None, list[tuple[PartState, float | None]]]] = []
+        items: list[tuple[Message, Sequence[Part], Sequence[Report]]] = []
+        events: list[Event] = []
+        for live in lives:
+            msg = live.msg
+            undo.append((live, msg.state, msg.done_at, [(p.state, p.done_at) for p in live.parts]))
+            events.append(Event(msg.id, now, "cancelled", msg.state, State.CANCELLED,
+                                {"by": by}))
+            msg.state, msg.done_at = State.CANCELLED, now
+            for part in live.parts:
+                part.state, part.done_at = PartState.CANCELLED, now
+            live.held, live.due = True, None  # its heap entries are void from now on
+            self._parked.pop(msg.id, None)
+            reports = [receipt_report(msg, State.CANCELLED, now)] if wants_report(
+                msg.registered_delivery, State.CANCELLED) else []
+            items.append((msg, live.parts, reports))
+        try:
+            write = self.store.save_messages_nowait(items, existing=True, events=events)
+            with trio.CancelScope(shield=True):  # the change must be settled either way
+                await write.wait()
+        except StoreError:
+            for live, state, done_at, parts in undo:  # the store holds them as they were
+                live.msg.state, live.msg.done_at, live.held = state, done_at, False
+                for part, (part_state, part_done) in zip(live.parts, parts, strict=True):
+                    part.state, part.done_at = part_state, part_done
+                self._schedule(live, live.msg.next_attempt_at)
+            raise
+        for live, (_, _, owed) in zip(lives, items, strict=True):
+            live.held = False
+            log.info("message.cancelled", message_id=live.msg.id, by=by)
+            self._finalized(live, list(owed))
+        return [live.msg for live in lives]
+
+    async def replace(self, message_id: str, *, account: str, by: str,
+                      plan: Callable[[Message], Replacement]) -> Message:
+        """Replace the text, schedule, validity and receipt request of a message no part of
+        which reached an operator (replace_sm); plan(msg) gives the new values or raises to
+        refuse, before anything changes. Returns the message once the change is committed
+        (with a "replaced" history event); it is then attempted per its new schedule. Raises
+        ChangeRefused or StoreError (nothing changed)."""
+        live = self.live.get(message_id)
+        if live is None or live.msg.account != account:
+            raise await self._not_live(message_id, account, "replace")
+        self._unsent(live, "replace")
+        msg = live.msg
+        new = plan(msg)
+        now = self.clock.now()
+        before = (msg.body, msg.registered_delivery, msg.expires_at, msg.not_before, msg.state,
+                  msg.next_attempt_at, msg.parts_total, live.parts, live.segments)
+        changed = [name for name, old, value in (
+            ("text", msg.body, new.body), ("registered_delivery", msg.registered_delivery,
+                                           new.registered_delivery),
+            ("expires_at", msg.expires_at, new.expires_at),
+            ("not_before", msg.not_before, new.not_before)) if old != value]
+        state = State.SCHEDULED if new.not_before > now else State.QUEUED
+        event = Event(msg.id, now, "replaced", msg.state, state, {"by": by, "changed": changed})
+        # After a temporary refusal the next attempt keeps its backoff; else the new schedule.
+        waited = msg.next_attempt_at if msg.attempts else new.not_before
+        msg.body, msg.registered_delivery = new.body, new.registered_delivery
+        msg.expires_at, msg.not_before = new.expires_at, new.not_before
+        msg.state, msg.next_attempt_at = state, max(waited, new.not_before)
+        msg.parts_total, live.parts, live.segments = 0, [], None  # cut again from the new text
+        live.held, live.due = True, None
+        self._parked.pop(msg.id, None)
+        try:
+            write = self.store.replace_message_nowait(msg, [event])
+            with trio.CancelScope(shield=True):
+                await write.wait()
+        except StoreError:
+            (msg.body, msg.registered_delivery, msg.expires_at, msg.not_before, msg.state,
+             msg.next_attempt_at, msg.parts_total, live.parts, live.segments) = before
+            raise
+        finally:
+            live.held = False
+            self._schedule(live, msg.next_attempt_at)
+        log.info("message.replaced", message_id=msg.id, by=by, changed=changed,
+                 state=msg.state.value)
+        metrics.child(metrics.REPLACED, msg.account).inc()
+        return msg
+
+
 
 class RetryRefused(Exception):
     """retry_now cannot send this message now; the message says why."""
+
+
+class ChangeRefused(Exception):
+    """A cancel or replacement that cannot be made; str() says why. reason: "unknown" (no
+    such message, or another account's), "too_late" (handed to an operator, or final; state
+    says which), "busy" (being accepted, or another change of it is being stored: try
+    again)."""
+
+    def __init__(self, reason: str, detail: str, state: State | None = None) -> None:
+        super().__init__(detail)
+        self.reason, self.detail, self.state = reason, detail, state

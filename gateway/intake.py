@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from gateway.model import Message, State, new_message_id
 from smpp.constants import Status, Tag
-from smpp.pdu import DataSm, SmeDest, SubmitMulti, SubmitSm
+from smpp.pdu import DataSm, ReplaceSm, SmeDest, SubmitMulti, SubmitSm
 from smpp.smpptime import SmppTimeError, parse_smpp_time
 from smpp.text import TextEncodingError, encode_text, split
 
@@ -233,6 +233,56 @@ def accept_text(account: str, source_addr: str, dest_addr: str, text: str, now: 
         body=body, created_at=now, expires_at=expires_at, not_before=not_before,
         state=State.SCHEDULED if not_before > now else State.QUEUED, next_attempt_at=not_before,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Replacement:
+    """What a replace_sm changes in a message not sent yet (see accept_replace)."""
+
+    body: bytes
+    registered_delivery: int
+    expires_at: float
+    not_before: float
+
+
+def accept_replace(msg: Message, pdu: ReplaceSm, now: float,
+                   policy: IntakePolicy) -> Replacement:
+    """Validate a replace_sm of a stored message: its new text gets a submit's checks (in the
+    message's own data_coding and esm_class: length, parts, UCS-2 parity, user data header),
+    its registered_delivery is taken as given, and an empty schedule_delivery_time or
+    validity_period keeps the message's own. A new validity is capped like the original's,
+    counted from the message's acceptance (relative times count from now, as for a submit)."""
+    _check_common(msg.esm_class, pdu.registered_delivery)
+    if pdu.sm_default_msg_id:
+        raise IntakeError(Status.ESME_RINVDFTMSGID,
+                          f"sm_default_msg_id {pdu.sm_default_msg_id}: this gateway keeps no "
+                          "predefined messages (send 0 and the text)")
+    body = _body(pdu.short_message, {})
+    if msg.esm_class & _ESM_UDHI and (not body or body[0] + 1 > len(body)):
+        raise IntakeError(Status.ESME_RINVESMCLASS,
+                          "the message has UDHI set but the new text has no valid user data "
+                          "header")
+    _check_ucs2(body, msg.data_coding, msg.esm_class)
+    _check_parts(body, msg.data_coding, msg.esm_class, policy)
+    try:
+        asked = parse_smpp_time(pdu.validity_period, now)
+    except SmppTimeError as exc:
+        raise IntakeError(Status.ESME_RINVEXPIRY, f"validity_period: {exc}") from exc
+    try:
+        scheduled = parse_smpp_time(pdu.schedule_delivery_time, now)
+    except SmppTimeError as exc:
+        raise IntakeError(Status.ESME_RINVSCHED, f"schedule_delivery_time: {exc}") from exc
+    expires_at = msg.expires_at
+    if asked is not None:
+        if asked <= now:
+            raise IntakeError(Status.ESME_RINVEXPIRY, "validity_period is in the past")
+        limit = policy.validity if policy.max_validity is None else min(policy.validity,
+                                                                         policy.max_validity)
+        expires_at = min(asked, msg.created_at + limit)
+    not_before = msg.not_before if scheduled is None else max(now, scheduled)
+    if not_before >= expires_at:
+        raise IntakeError(Status.ESME_RINVSCHED, "schedule_delivery_time is after the validity")
+    return Replacement(body, pdu.registered_delivery, expires_at, not_before)
 
 
 @dataclass(frozen=True, slots=True)

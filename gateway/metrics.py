@@ -17,6 +17,9 @@ ACCEPTED = Counter("smsgw_messages_accepted_total", "Messages accepted from upst
 REFUSED = Counter("smsgw_submits_refused_total", "Upstream submits refused",
                   ["account", "status"])
 STATES = Counter("smsgw_message_transitions_total", "Message state transitions", ["state"])
+REPLACED = Counter("smsgw_messages_replaced_total",
+                   "Messages whose text or times were replaced (replace_sm) before sending",
+                   ["account"])
 ATTEMPTS = Counter("smsgw_submit_attempts_total", "Submit attempts to operators", ["smsc"])
 SUBMIT_ERRORS = Counter("smsgw_submit_errors_total", "Operator submit_sm_resp errors",
                         ["smsc", "status"])
