@@ -3,6 +3,7 @@
 Authenticates binds against the configured accounts (gateway.auth decides; max binds per
 account here), enforces each account's submit rate, turns submits into stored
 messages (answered only after the commit that holds them), answers query_sm from the store,
+cancels and replaces messages not sent yet (cancel_sm, replace_sm, through the dispatcher),
 and registers receiver/transceiver binds with the reporter for receipts and MO.
 """
 
@@ -20,8 +21,15 @@ from gateway import metrics, tls
 from gateway.auth import Authenticator, Verdict
 from gateway.clock import WallClock
 from gateway.config import AccountConfig, ListenerConfig
-from gateway.dispatcher import STATE_TO_SMPP, Dispatcher
-from gateway.intake import IntakeError, IntakePolicy, accept_multi, accept_submit
+from gateway.dispatcher import STATE_TO_SMPP, ChangeRefused, Dispatcher
+from gateway.intake import (
+    IntakeError,
+    IntakePolicy,
+    Replacement,
+    accept_multi,
+    accept_replace,
+    accept_submit,
+)
 from gateway.model import Message
 from gateway.reporter import Reporter
 from gateway.store import Store, StoreBusy, StoreError
@@ -389,9 +397,9 @@ class SmppServer:
             elif isinstance(pdu, QuerySm):
                 await self._query(conn, pdu)
             elif isinstance(pdu, CancelSm):
-                conn.respond(pdu.response(status=Status.ESME_RCANCELFAIL))
+                await self._cancel(conn, pdu)
             elif isinstance(pdu, ReplaceSm):
-                conn.respond(pdu.response(status=Status.ESME_RREPLACEFAIL))
+                await self._replace(conn, pdu)
             else:
                 conn.respond(pdu.response(status=Status.ESME_RINVCMDID))
         except Exception:
@@ -567,3 +575,109 @@ class SmppServer:
         conn.respond(pdu.response(message_id=msg.id, final_date=final_date,
                                   message_state=int(STATE_TO_SMPP[msg.state]),
                                   error_code=msg.error & 0xFF))
+
+    # -- cancel_sm, replace_sm ----------------------------------------------------------------
+    def _changed(self, conn: Connection, pdu: CancelSm | ReplaceSm, account: str,
+                 status: int, detail: str) -> None:
+        """Answer a cancel_sm / replace_sm; a refusal is logged with its reason."""
+        if status != Status.ESME_ROK:
+            log.info("upstream.change_refused", account=account, command=pdu.command_id.name,
+                     message_id=shorten(pdu.message_id, 80), status=f"0x{status:08X}",
+                     detail=detail)
+        conn.respond(pdu.response(status=status))
+
+    @staticmethod
+    def _refusal(exc: Exception, failed: int) -> tuple[int, str]:
+        """The command_status and log detail of a cancel or replacement not made."""
+        if isinstance(exc, IntakeError):
+            return exc.status, exc.detail
+        if isinstance(exc, ChangeRefused):
+            return (Status.ESME_RINVMSGID if exc.reason == "unknown" else failed), exc.detail
+        if isinstance(exc, StoreError):
+            return Status.ESME_RSYSERR, f"the store failed: {exc}"
+        raise exc
+
+    async def _cancel(self, conn: Connection, pdu: CancelSm) -> None:
+        """SMPP 3.4 4.9: a message_id cancels that message (its source address must match,
+        and its destination and service_type when given); an empty one cancels every message
+        of the account from source_addr to destination_addr (and of that service_type when
+        given). Only messages no part of which reached an operator can be cancelled."""
+        state = self._admit(conn, pdu, submits=False)  # charged like a query_sm
+        if state is None:
+            return
+        account = state.config.system_id
+
+        def matches(msg: Message) -> bool:
+            return _same(msg.source_addr, pdu.source_addr) \
+                and _same(msg.dest_addr, pdu.destination_addr) \
+                and (not pdu.service_type or msg.service_type == pdu.service_type)
+
+        if not pdu.message_id:
+            if not pdu.destination_addr:
+                self._changed(conn, pdu, account, Status.ESME_RINVDSTADR,
+                              "no message_id: a destination_addr is needed")
+                return
+            try:
+                cancelled, left = await self.dispatcher.cancel_matching(account, matches,
+                                                                         by="smpp")
+            except StoreError as exc:
+                self._changed(conn, pdu, account, *self._refusal(exc, Status.ESME_RCANCELFAIL))
+                return
+            if left or not cancelled:
+                detail = (f"{len(left)} matching messages are already with an operator "
+                          f"({len(cancelled)} cancelled)" if left else
+                          "no message of this account from this source to this destination "
+                          "is waiting to be sent")
+                self._changed(conn, pdu, account, Status.ESME_RCANCELFAIL, detail)
+            else:
+                self._changed(conn, pdu, account, Status.ESME_ROK, "")
+            return
+
+        def check(msg: Message) -> None:
+            if not _same(msg.source_addr, pdu.source_addr):
+                raise IntakeError(Status.ESME_RINVSRCADR,
+                                  "source_addr is not the message's source address")
+            if pdu.destination_addr and not _same(msg.dest_addr, pdu.destination_addr):
+                raise IntakeError(Status.ESME_RINVDSTADR,
+                                  "destination_addr is not the message's destination")
+            if pdu.service_type and pdu.service_type != msg.service_type:
+                raise IntakeError(Status.ESME_RINVSERTYP,
+                                  "service_type is not the message's service_type")
+
+        try:
+            await self.dispatcher.cancel(pdu.message_id, account=account, by="smpp",
+                                         check=check)
+        except (IntakeError, ChangeRefused, StoreError) as exc:
+            self._changed(conn, pdu, account, *self._refusal(exc, Status.ESME_RCANCELFAIL))
+        else:
+            self._changed(conn, pdu, account, Status.ESME_ROK, "")
+
+    async def _replace(self, conn: Connection, pdu: ReplaceSm) -> None:
+        """SMPP 3.4 4.10: replace the text, schedule_delivery_time, validity_period and
+        registered_delivery of a message not sent yet (its source address must match; an
+        empty time keeps the message's own)."""
+        state = self._admit(conn, pdu, submits=False)
+        if state is None:
+            return
+        account = state.config.system_id
+        policy = self.policy(state.config)
+
+        def plan(msg: Message) -> Replacement:
+            if not _same(msg.source_addr, pdu.source_addr):
+                raise IntakeError(Status.ESME_RINVSRCADR,
+                                  "source_addr is not the message's source address")
+            return accept_replace(msg, pdu, self.clock.now(), policy)
+
+        try:
+            await self.dispatcher.replace(pdu.message_id, account=account, by="smpp",
+                                          plan=plan)
+        except (IntakeError, ChangeRefused, StoreError) as exc:
+            self._changed(conn, pdu, account, *self._refusal(exc, Status.ESME_RREPLACEFAIL))
+        else:
+            self._changed(conn, pdu, account, Status.ESME_ROK, "")
+
+
+def _same(stored: str, given: str) -> bool:
+    """Whether an address given in a cancel_sm / replace_sm is the message's (a leading '+'
+    aside: the HTTP API stores numbers without it)."""
+    return stored.removeprefix("+") == given.removeprefix("+")
