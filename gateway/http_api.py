@@ -3,7 +3,8 @@
 A Starlette app served by hypercorn's trio worker. POST /v1/messages stores messages like an
 SMPP submit does (same intake checks, same per-account admission, answered 202 only after
 the commit that holds them); GET /v1/messages/{id} shows a message with its parts and
-history to its own account. Every error is an RFC 9457 problem+json.
+history to its own account, DELETE cancels it while no part of it is with an operator.
+Every error is an RFC 9457 problem+json.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from starlette.routing import Route
 from gateway import metrics
 from gateway.clock import WallClock
 from gateway.config import GatewayConfig
-from gateway.dispatcher import Dispatcher
+from gateway.dispatcher import ChangeRefused, Dispatcher
 from gateway.http_requests import (
     MessageRequest,
     PostRequest,
@@ -37,7 +38,7 @@ from gateway.http_requests import (
     parse_post,
 )
 from gateway.intake import IntakeError, IntakePolicy, accept_text
-from gateway.model import Event, Message, Part, PartState
+from gateway.model import Event, Message, Part, PartState, State
 from gateway.openapi import document
 from gateway.server import _AccountState
 from gateway.store import ConstraintError, IdempotencyRecord, Store, StoreBusy, StoreError
@@ -112,7 +113,7 @@ class HttpApi:
         self.app = Starlette(
             routes=[
                 Route("/v1/messages", self.post_messages, methods=["POST"]),
-                Route("/v1/messages/{message_id}", self.get_message, methods=["GET"]),
+                Route("/v1/messages/{message_id}", self.one_message, methods=["GET", "DELETE"]),
                 Route("/openapi.json", self.openapi_document, methods=["GET"]),
                 Route("/metrics", self.scrape, methods=["GET"]),
             ],
@@ -327,6 +328,11 @@ class HttpApi:
         return Response(record.response, 202, media_type="application/json",
                         headers={"Idempotent-Replayed": "true"})
 
+    async def one_message(self, request: Request) -> Response:
+        if request.method == "DELETE":
+            return await self.delete_message(request)
+        return await self.get_message(request)
+
     # -- GET /v1/messages/{id} ----------------------------------------------------------------
     async def get_message(self, request: Request) -> Response:
         state = self._account(request)
@@ -337,6 +343,45 @@ class HttpApi:
             raise Problem(404, "message-not-found", "Message not found",
                           f"no message {message_id[:80]!r} for your account: use an id a 202 "
                           "of POST /v1/messages gave you")
+        parts = await self.store.get_parts(msg.id)
+        events = await self.store.events_of(msg.id)
+        return JSONResponse(message_view(msg, parts, events))
+
+    # -- DELETE /v1/messages/{id} -------------------------------------------------------------
+    async def delete_message(self, request: Request) -> Response:
+        """Cancel a message of the account no part of which is with an operator yet: 200 with
+        the message once CANCELLED is committed (again 200 for one cancelled already), 404
+        as GET, 409 when too late, 503 when the store failed (nothing changed)."""
+        state = self._account(request)
+        self._throttle(state, 1)  # like a cancel_sm
+        account = state.config.system_id
+        message_id = request.path_params["message_id"]
+        try:
+            msg = await self.dispatcher.cancel(message_id, account=account, by="http")
+        except ChangeRefused as exc:
+            if exc.reason == "unknown":
+                raise Problem(404, "message-not-found", "Message not found",
+                              f"no message {message_id[:80]!r} for your account: use an id a "
+                              "202 of POST /v1/messages gave you") from None
+            if exc.reason == "busy":
+                raise Problem(503, "busy", "Temporarily unavailable",
+                              f"{exc.detail}: send the same request again after Retry-After",
+                              headers={"Retry-After": str(BUSY_RETRY_AFTER)}) from None
+            if exc.state is not State.CANCELLED:
+                raise Problem(409, "too-late", "Too late to cancel",
+                              f"{exc.detail} (a message can be cancelled only until it is "
+                              "handed to an operator)",
+                              state=exc.state.value if exc.state else None) from None
+            found = await self.store.get_message_for_account(account, message_id)
+            if found is None:  # purged meanwhile
+                raise Problem(404, "message-not-found", "Message not found",
+                              f"no message {message_id[:80]!r} for your account") from None
+            msg = found
+        except StoreError:
+            raise Problem(503, "store-unavailable", "Temporarily unavailable",
+                          "the gateway's store failed this request: the message was not "
+                          "cancelled; send the same request again after Retry-After",
+                          headers={"Retry-After": str(BUSY_RETRY_AFTER)}) from None
         parts = await self.store.get_parts(msg.id)
         events = await self.store.events_of(msg.id)
         return JSONResponse(message_view(msg, parts, events))

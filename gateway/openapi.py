@@ -114,7 +114,7 @@ def _schemas(max_batch: int) -> dict[str, Any]:
     event = _obj({
         "at": _TIME,
         "kind": {"type": "string", "description": "accepted, attempt, retry, receipt, "
-                                                  "final, report, ..."},
+                                                  "final, report, cancelled, replaced, ..."},
         "from_state": state_or_null,
         "to_state": state_or_null,
         "detail": {"type": "object"},
@@ -146,6 +146,8 @@ def _schemas(max_batch: int) -> dict[str, Any]:
         "title": {"type": "string"},
         "status": {"type": "integer"},
         "detail": {"type": "string", "description": "What is wrong and what to change"},
+        "state": {"enum": [s.value for s in State],
+                  "description": "409 of a cancel: the message's state"},
         "errors": {"type": "array", "description": "Each field refused (422)",
                    "items": _obj({"pointer": {"type": "string"},
                                   "detail": {"type": "string"}})},
@@ -238,6 +240,32 @@ def document(max_batch: int) -> dict[str, Any]:
                     "404": _problem_response("No such message for your account"),
                     "429": throttled,
                     "503": busy,
+                },
+            }, "delete": {
+                "operationId": "cancelMessage",
+                "summary": "Cancel a message of your account that is not sent yet",
+                "description": "A message can be cancelled while no part of it has been "
+                               "handed to an operator (scheduled, waiting for a connector or "
+                               "for a retry): it becomes CANCELLED, for good, and is never "
+                               "sent. Answered 200 with the message once that is stored (also "
+                               "for a message cancelled already). Its receipt, if one is owed, "
+                               "says stat DELETED. A message with an operator already, or "
+                               "final, is refused with 409 (too late; `state` says where it "
+                               "is).",
+                "parameters": [{"name": "message_id", "in": "path", "required": True,
+                                "schema": {"type": "string"}}],
+                "responses": {
+                    "200": {"description": "The message, cancelled",
+                            "content": {"application/json": {
+                                "schema": {"$ref": "#/components/schemas/MessageStatus"}}}},
+                    "401": unauthorized,
+                    "404": _problem_response("No such message for your account"),
+                    "409": _problem_response("Too late: with an operator already, or final "
+                                             "(`state` names its state)"),
+                    "429": throttled,
+                    "503": _problem_response("The store failed, or the message is being "
+                                             "accepted: nothing was changed; send again later",
+                                             retry_after=True),
                 },
             }},
         },

@@ -174,8 +174,9 @@ async def test_bad_bodies_are_problems_naming_the_field_and_what_to_send(tmp_pat
         assert resp.status_code == 400 and "Idempotency-Key" in check_response(
             resp, MESSAGES)["detail"]
         assert await stored(gw) == 0  # nothing refused was stored
-        resp = await client.delete(f"{MESSAGES}/x", headers=DEMO)
+        resp = await client.put(f"{MESSAGES}/x", headers=DEMO)
         assert resp.status_code == 405
+        assert set(resp.headers["allow"].split(", ")) == {"GET", "DELETE", "HEAD"}
         assert resp.headers["content-type"] == "application/problem+json"
         resp = await client.get("/v2/nothing", headers=DEMO)
         assert resp.status_code == 404 and resp.json()["detail"].startswith("no resource")
