@@ -1,7 +1,7 @@
 """The admin endpoint: a small JSON-over-HTTP app on a Unix socket that `smsgw status`,
 `queue`, `message`, `cdr` and `erase` talk to. Who may use it is decided by the socket file's
 permissions (mode 0600: the daemon's user, and root); it reads the running daemon's state and
-the store, and asks the dispatcher to retry a message.
+the store, and asks the dispatcher to retry or cancel a message.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from starlette.routing import Route
 from gateway import metrics
 from gateway.clock import WallClock
 from gateway.config import parse_duration
-from gateway.dispatcher import RetryRefused
+from gateway.dispatcher import ChangeRefused, RetryRefused
 from gateway.model import FINAL_STATES, Event, Message, Part, State
 from gateway.store import StoreError, _make_private_dirs
 from smpp.session import BindState
@@ -263,6 +263,7 @@ class AdminApp:
             Route("/v1/queue", guarded(self.queue)),
             Route("/v1/messages/{id}", guarded(self.show)),
             Route("/v1/messages/{id}/retry", guarded(self.retry), methods=["POST"]),
+            Route("/v1/messages/{id}/cancel", guarded(self.cancel), methods=["POST"]),
             Route("/v1/cdr", guarded(self.cdr)),
             Route("/v1/cdr/totals", guarded(self.totals)),
             Route("/v1/erase", guarded(self.erase), methods=["POST"]),
@@ -381,6 +382,29 @@ class AdminApp:
                                     "nothing to retry")
             return problem(409, f"message {message_id}: {exc}")
         return JSONResponse({"id": message_id, "detail": done})
+
+    async def cancel(self, request: Request) -> Response:
+        """Cancel a message of any account while no part of it is with an operator (as its
+        sender may, see Dispatcher.cancel): its receipt, if owed, says DELETED."""
+        message_id = request.path_params["id"]
+        try:
+            msg = await self.running.dispatcher.cancel(message_id, account=None, by="admin")
+        except ChangeRefused as exc:
+            if exc.reason == "unknown":
+                return problem(404, f"no message {message_id} in the store (a wrong id, or "
+                                    "purged after [store] retention, or erased)")
+            if exc.reason == "busy":
+                return problem(503, f"{exc}")
+            if exc.state is not None and exc.state.final:
+                return problem(409, f"message {message_id} is {exc.state.value} already: "
+                                    "nothing to cancel")
+            return problem(409, f"{exc} (it ends at the end of its validity, or with the "
+                                "operator's receipt)")
+        log.info("admin.message_cancelled", message_id=message_id, account=msg.account)
+        return JSONResponse({"id": message_id, "state": msg.state.value,
+                             "detail": "cancelled: it will not be sent"
+                                       + ("; its DELETED receipt is owed to its sender"
+                                          if msg.registered_delivery & 0x03 else "")})
 
     async def cdr(self, request: Request) -> Response:
         q = request.query_params

@@ -1,4 +1,4 @@
-"""The admin commands of `smsgw`: status, queue, message show|retry, cdr export, erase.
+"""The admin commands of `smsgw`: status, queue, message show|retry|cancel, cdr, erase.
 
 Each is a client of the running daemon's admin socket (gateway.admin), found through --config
 (or given with --socket); it prints tables for people and, with --json, JSON for scripts.
@@ -232,6 +232,13 @@ def cmd_retry(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> in
     return 0
 
 
+def cmd_cancel(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> int:
+    d = _for_people(client, args, out, "POST", f"/v1/messages/{args.id}/cancel")
+    if d is not None:
+        print(f"{d['id']}: {d['detail']}", file=out)
+    return 0
+
+
 def _progress(args: argparse.Namespace, out: IO[str]) -> Callable[[int, int, int], None]:
     """A progress bar on stderr when it is a terminal and the records go elsewhere (a file,
     a pipe); else nothing. Called with (scanned, total, records) after each page."""
@@ -342,11 +349,15 @@ def add_commands(sub: Any, default_config: str) -> None:
     queue.add_argument("--smsc", help="the SMSC of its current or last attempt")
     queue.add_argument("--older-than", help="accepted longer ago than this (30m, 2h, 1d)")
     queue.add_argument("--limit", type=int, help="list at most this many")
-    message = sub.add_parser("message", help="one message: show its history, retry it")
+    message = sub.add_parser("message", help="one message: show its history, retry or "
+                                              "cancel it")
     msub = message.add_subparsers(dest="action", required=True)
     command(msub, "show", cmd_show, "a message, its parts and its history").add_argument("id")
     command(msub, "retry", cmd_retry,
             "attempt now a message waiting for a retry or for a connector").add_argument("id")
+    command(msub, "cancel", cmd_cancel,
+            "cancel a message not yet handed to an operator (final CANCELLED, never sent; "
+            "its receipt, if owed, says DELETED)").add_argument("id")
     cdr = sub.add_parser("cdr", help="call detail records")
     csub = cdr.add_subparsers(dest="action", required=True)
     export = command(csub, "export", cmd_cdr,
