@@ -436,6 +436,49 @@ def test_http_tokens_are_sha256_hashes_owned_by_one_account(tmp_path: Path) -> N
     assert 'account "beta".http_tokens: a token hash already belongs to account "acme"' in msg
 
 
+SECRET = "0123456789abcdef0123456789abcdef"
+
+
+def test_webhook_settings_are_read_with_their_defaults(tmp_path: Path) -> None:
+    acme = load_config(write(tmp_path, MINIMAL)).accounts["acme"]
+    assert (acme.webhook_url, acme.webhook_secret, acme.mo_via, acme.mo_by_webhook) == (
+        None, "", "auto", False)
+    assert (acme.webhook_timeout, acme.webhook_concurrency) == (10.0, 4)
+    text = MINIMAL.replace("[[smsc]]", (
+        'webhook_url = "https://crm.example:8443/smsgw/events?src=gw"\n'
+        f'webhook_secret = "{SECRET}"\nwebhook_timeout = "3s"\nwebhook_concurrency = 8\n'
+        'webhook_retry_delay = "1s"\nwebhook_retry_delay_max = "10m"\n\n[[smsc]]'), 1)
+    acme = load_config(write(tmp_path, text)).accounts["acme"]
+    assert acme.webhook_url == "https://crm.example:8443/smsgw/events?src=gw"
+    assert (acme.webhook_secret, acme.webhook_timeout, acme.webhook_concurrency) == (
+        SECRET, 3.0, 8)
+    assert (acme.webhook_retry_delay, acme.webhook_retry_delay_max) == (1.0, 600.0)
+    assert acme.mo_by_webhook  # "auto" with a webhook_url
+    smpp = load_config(write(tmp_path, text.replace("[[smsc]]", 'mo_via = "smpp"\n\n[[smsc]]', 1)))
+    assert not smpp.accounts["acme"].mo_by_webhook
+
+
+@pytest.mark.parametrize(("lines", "expected"), [
+    ('webhook_url = "ftp://crm.example/x"', 'account "acme".webhook_url: expected an absolute '
+     'http:// or https:// URL with a host, got "ftp://crm.example/x"'),
+    ('webhook_url = "https:///nohost"', 'account "acme".webhook_url: expected an absolute'),
+    ('webhook_url = "http://crm.example:99999/"', 'account "acme".webhook_url: expected'),
+    ('webhook_url = "http://crm.example/a b"', 'account "acme".webhook_url: expected'),
+    ('webhook_url = "https://crm.example/"', 'account "acme".webhook_secret: required when '
+     'webhook_url is set'),
+    ('webhook_secret = "short"', 'account "acme".webhook_secret: expected a string of 16 to 256'),
+    ('mo_via = "webhook"', 'account "acme".mo_via: "webhook" needs a webhook_url'),
+    ('mo_via = "http"', 'account "acme".mo_via: expected one of "auto", "smpp", "webhook"'),
+    ('webhook_concurrency = 0', 'account "acme".webhook_concurrency: expected an integer from 1'),
+    ('webhook_retry_delay = "1m"\nwebhook_retry_delay_max = "10s"',
+     'account "acme".webhook_retry_delay_max: expected a duration >= webhook_retry_delay (60s)'),
+])
+def test_bad_webhook_settings_are_refused_naming_key_and_expectation(
+        tmp_path: Path, lines: str, expected: str) -> None:
+    msg = error_of(tmp_path, MINIMAL.replace("[[smsc]]", f"{lines}\n\n[[smsc]]", 1))
+    assert expected in msg, msg
+
+
 def test_cross_check_reports_every_problem_at_once(tmp_path: Path) -> None:
     text = MINIMAL.replace('smscs = ["opA"]', 'smscs = ["x", "y"]') + ACCOUNT
     path = write(tmp_path, text)
