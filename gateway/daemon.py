@@ -55,9 +55,12 @@ class Running:
         return port
 
 
-async def wait_for_signal() -> None:
-    """Default shutdown trigger: SIGTERM or SIGINT. SIGHUP is logged (reload: not yet)."""
+async def wait_for_signal(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                          ) -> None:
+    """Default shutdown trigger: SIGTERM or SIGINT. SIGHUP is logged (reload: not yet).
+    started() once the handlers are installed: a SIGTERM from then on is a graceful stop."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        task_status.started()
         async for signum in signals:
             if signum == signal.SIGHUP:
                 log.warning("daemon.reload_unsupported",
@@ -65,6 +68,19 @@ async def wait_for_signal() -> None:
                 continue
             log.info("daemon.signal", signal=signal.Signals(signum).name)
             return
+
+
+async def _watch(trigger: Callable[[], Awaitable[None]] | None, fired: trio.Event, *,
+                 task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Wait for the shutdown trigger; with the default one, started() after its signal
+    handlers are installed (before READY=1, so that a SIGTERM right after READY=1 is a
+    graceful stop, not the default action that kills the process)."""
+    if trigger is None:
+        await wait_for_signal(task_status=task_status)
+    else:
+        task_status.started()
+        await trigger()
+    fired.set()
 
 
 async def _housekeeping(running: Running, clock: WallClock) -> None:
@@ -92,7 +108,6 @@ async def run(
     *,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    trigger = shutdown_trigger or wait_for_signal
     sc = config.store
     async with Store.open(sc.path, batch_max=sc.batch_max, synchronous=sc.synchronous,
                           queue_max=sc.queue_max, unfinished_max=sc.unfinished_max) as store:
@@ -138,12 +153,14 @@ async def run(
             if interval is not None and interval < math.inf:
                 nursery.start_soon(lifecycle.watchdog, interval)
             nursery.start_soon(lifecycle.report_status, running)
+            fired = trio.Event()
+            await nursery.start(_watch, shutdown_trigger, fired)
             lifecycle.ready(running)
             log.info("daemon.ready", node=config.node,
                      smpp_ports=[s.port for s in running.servers], http_port=running.http_port,
                      unfinished=len(dispatcher.live))
             task_status.started(running)
-            await trigger()
+            await fired.wait()
             await lifecycle.stop(running)
             nursery.cancel_scope.cancel()
     log.info("daemon.stopped")
