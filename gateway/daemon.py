@@ -21,9 +21,11 @@ from gateway.config import GatewayConfig
 from gateway.dispatcher import Dispatcher
 from gateway.http_api import HttpApi, serve_http
 from gateway.inbound import Inbound
+from gateway.model import Report
 from gateway.reporter import Reporter
 from gateway.server import SmppServer, account_states
 from gateway.store import Store, StoreError
+from gateway.webhooks import Webhooks, endpoints, mo_by_webhook
 from routing.core import PrefixRoute, PrefixRouter
 from routing.smsc import SmscConnector
 
@@ -42,6 +44,7 @@ class Running:
     reporter: Reporter
     servers: list[SmppServer] = field(default_factory=list)
     connectors: dict[str, SmscConnector] = field(default_factory=dict)
+    webhooks: Webhooks | None = None  # receipts and MO owed by webhook (gateway.webhooks)
     simulator: object | None = None
     http_port: int | None = None  # the HTTP listener (API and /metrics), when enabled
     # Set when the graceful drain begins: a front end (e.g. an HTTP server's shutdown_trigger)
@@ -114,15 +117,27 @@ async def run(
         clock = WallClock()
         metrics.LIVE.set_function(lambda: store.unfinished)
         reporter = Reporter(store, clock, expiry=sc.report_expiry, accounts=config.accounts)
+        webhooks = Webhooks(store, clock, endpoints(config.accounts.values()),
+                            expiry=sc.report_expiry)
+
+        def owed(report: Report) -> None:
+            """A committed report goes the way it was stored for: webhook or deliver_sm."""
+            if report.via == "http":
+                webhooks.add(report)
+            else:
+                reporter.add(report)
+
         connectors: dict[str, SmscConnector] = {}
         router = PrefixRouter([PrefixRoute(r.name, r.prefixes, r.smscs) for r in config.routes])
-        dispatcher = Dispatcher(store, router, connectors, config.retry, clock, reporter.add)
+        dispatcher = Dispatcher(store, router, connectors, config.retry, clock, owed)
         mo_owners = {addr: acc.system_id for acc in config.accounts.values()
                      for addr in acc.mo_addresses}
-        inbound = Inbound(dispatcher, store, clock, mo_owners, reporter.add)
+        inbound = Inbound(dispatcher, store, clock, mo_owners, owed,
+                          mo_by_webhook(config.accounts.values()))
         for smsc in config.smscs.values():
             connectors[smsc.name] = SmscConnector(smsc, inbound.on_deliver)
-        running = Running(config, store, dispatcher, reporter, connectors=connectors)
+        running = Running(config, store, dispatcher, reporter, connectors=connectors,
+                          webhooks=webhooks)
         async with trio.open_nursery() as nursery:
             if config.simulator is not None:
                 from gateway.simulator import SmscSimulator
@@ -131,6 +146,7 @@ async def run(
                 await nursery.start(sim.serve)
                 running.simulator = sim
             await nursery.start(reporter.run)
+            await nursery.start(webhooks.run)
             await nursery.start(dispatcher.run)
             for connector in connectors.values():
                 await nursery.start(connector.run)

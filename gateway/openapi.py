@@ -76,7 +76,10 @@ def _schemas(max_batch: int) -> dict[str, Any]:
                                    "then)"},
         "callback_url": {"type": ["string", "null"], "format": "uri",
                          "maxLength": rq.MAX_URL,
-                         "description": "http(s) URL the message's receipt is posted to"},
+                         "description": "http(s) URL the message's final receipt is posted "
+                                        "to (the receipt webhook), instead of the account's "
+                                        "webhook_url; refused (422) for an account without a "
+                                        "webhook_secret"},
         "client_ref": {"type": ["string", "null"], "maxLength": rq.MAX_CLIENT_REF,
                        "description": "Your own reference, given back with the message"},
     }, list(rq.REQUIRED))

@@ -66,6 +66,9 @@ def test_demo_config_loads_and_checks_clean() -> None:
     assert verify_password("demopass", config.accounts["demo"].password_hash)
     assert verify_password("demo2pw", config.accounts["demo2"].password_hash)
     assert config.accounts["demo"].mo_addresses == ("36111",)
+    demo = config.accounts["demo"]
+    assert demo.webhook_secret == "demo-webhook-secret-change-me" and demo.webhook_url is None
+    assert not demo.mo_by_webhook  # its MO stay on its SMPP binds
     sim = config.smscs["sim"]
     assert (sim.host, sim.port, sim.system_id, sim.password) == (
         "127.0.0.1",
