@@ -23,6 +23,7 @@ from gateway import daemon
 from gateway.config import AccountConfig, HttpConfig
 from gateway.http_api import serve_http
 from gateway.simulator import SmscSimulator, post_mo
+from tests.openapi_check import check_webhook
 from tests.stack import DEMO_WEBHOOK_SECRET, SmpplibEsme, gateway_config, running_stack
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -107,6 +108,8 @@ async def test_a_message_posted_over_http_gets_its_signed_receipt_at_the_receive
     by_message = {e["message_id"]: (path, headers, body, e)
                   for path, headers, body, e in receiver.events("receipt")}
     assert set(by_message) == set(ids)
+    for _path, headers, _body, event in by_message.values():
+        check_webhook("receipt", headers, event)  # as the OpenAPI document describes it
     path, headers, body, event = by_message[ids[0]]
     assert path == "/default"  # the account's webhook_url
     assert verify(DEMO_WEBHOOK_SECRET, headers["smsgw-signature"], body)
@@ -135,6 +138,7 @@ async def test_one_account_smpp_receipts_stay_on_smpp_and_its_mo_go_by_webhook(
         await wait(lambda: len(receiver.events("mo")) == 1)
     assert receiver.events("receipt") == []  # the SMPP message's receipt did not go by webhook
     _, headers, body, event = receiver.events("mo")[0]
+    check_webhook("mo", headers, event)
     assert readme_verifier()(DEMO_WEBHOOK_SECRET, headers["smsgw-signature"], body)
     assert (event["from"], event["to"], event["text"]) == ("33612345678", "36111", "STOP")
 
