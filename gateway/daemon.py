@@ -73,16 +73,12 @@ async def wait_for_signal(*, task_status: trio.TaskStatus[None] = trio.TASK_STAT
             return
 
 
-async def _watch(trigger: Callable[[], Awaitable[None]] | None, fired: trio.Event, *,
-                 task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Wait for the shutdown trigger; with the default one, started() after its signal
-    handlers are installed (before READY=1, so that a SIGTERM right after READY=1 is a
-    graceful stop, not the default action that kills the process)."""
-    if trigger is None:
-        await wait_for_signal(task_status=task_status)
-    else:
-        task_status.started()
-        await trigger()
+async def _on_signal(fired: trio.Event, *,
+                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """The default trigger as a service: started() once the signal handlers are installed
+    (before READY=1, so that a SIGTERM right after READY=1 is a graceful stop, not the
+    default action that kills the process), `fired` set on SIGTERM or SIGINT."""
+    await wait_for_signal(task_status=task_status)
     fired.set()
 
 
@@ -169,14 +165,17 @@ async def run(
             if interval is not None and interval < math.inf:
                 nursery.start_soon(lifecycle.watchdog, interval)
             nursery.start_soon(lifecycle.report_status, running)
-            fired = trio.Event()
-            await nursery.start(_watch, shutdown_trigger, fired)
+            trigger = shutdown_trigger
+            if trigger is None:
+                fired = trio.Event()
+                await nursery.start(_on_signal, fired)
+                trigger = fired.wait
             lifecycle.ready(running)
             log.info("daemon.ready", node=config.node,
                      smpp_ports=[s.port for s in running.servers], http_port=running.http_port,
                      unfinished=len(dispatcher.live))
             task_status.started(running)
-            await fired.wait()
+            await trigger()
             await lifecycle.stop(running)
             nursery.cancel_scope.cancel()
     log.info("daemon.stopped")

@@ -20,11 +20,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway import daemon
-from gateway.config import AccountConfig, HttpConfig
+from gateway.config import HttpConfig, SimulatorConfig
 from gateway.http_api import serve_http
 from gateway.simulator import SmscSimulator, post_mo
+from gateway.store import Store
 from tests.openapi_check import check_webhook
-from tests.stack import DEMO_WEBHOOK_SECRET, SmpplibEsme, gateway_config, running_stack
+from tests.stack import DEMO_WEBHOOK_SECRET, SmpplibEsme, gateway_config
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 DEMO = {"Authorization": "Bearer demo-token"}
@@ -43,14 +44,19 @@ def readme_verifier() -> Callable[[str, str, bytes], bool]:
 
 
 class Receiver:
-    """The account's application on 127.0.0.1: records each POST (path, headers, body)."""
+    """The account's application on 127.0.0.1: records each POST (path, headers, body), and
+    answers 204 after `delay` seconds."""
 
     def __init__(self) -> None:
         self.hits: list[tuple[str, dict[str, str], bytes]] = []
+        self.answered = 0
         self.port = 0
+        self.delay = 0.0
 
     async def handle(self, request: Request) -> Response:
         self.hits.append((request.url.path, dict(request.headers), await request.body()))
+        await trio.sleep(self.delay)
+        self.answered += 1
         return Response(status_code=204)
 
     def events(self, kind: str) -> list[tuple[str, dict[str, str], bytes, dict[str, Any]]]:
@@ -64,19 +70,35 @@ class Receiver:
 @asynccontextmanager
 async def gateway_with_receiver(tmp_path: Path, **account: Any) -> AsyncIterator[
         tuple[daemon.Running, SmscSimulator, Receiver, httpx.AsyncClient]]:
+    """The receiver, the simulator and a gateway whose account demo has these changes
+    ("{receiver}" in a value: the receiver's base URL). Leaving stops the gateway as SIGTERM
+    does (the graceful drain runs to its end), then the rest."""
     receiver = Receiver()
     app = Starlette(routes=[Route("/{path:path}", receiver.handle, methods=["POST"])])
     async with trio.open_nursery() as nursery:
         receiver.port = await nursery.start(serve_http, app, "127.0.0.1", 0)
-        base = gateway_config(tmp_path, 0).accounts
+        sim_config = SimulatorConfig(port=0, control_port=0, receipt_delay=0.05, seed=7)
+        sim = SmscSimulator(sim_config, window=sim_config.window)
+        await nursery.start(sim.serve)
+        base = gateway_config(tmp_path, sim.port)
         changes = {k: (v.replace("{receiver}", receiver.url) if isinstance(v, str) else v)
                    for k, v in account.items()}
-        accounts: dict[str, AccountConfig] = {
-            **base, "demo": dataclasses.replace(base["demo"], **changes)}
-        async with running_stack(tmp_path, http=HttpConfig(port=0), accounts=accounts) as (
-                gw, sim), httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.http_port}",
-                                            timeout=10) as client:
+        config = dataclasses.replace(base, http=HttpConfig(port=0), accounts={
+            **base.accounts, "demo": dataclasses.replace(base.accounts["demo"], **changes)})
+        stop, stopped = trio.Event(), trio.Event()
+
+        async def gateway(*, task_status: trio.TaskStatus[daemon.Running]) -> None:
+            await daemon.run(config, stop.wait, task_status=task_status)
+            stopped.set()
+
+        gw: daemon.Running = await nursery.start(gateway)
+        await wait(lambda: all(c.is_up() for c in gw.connectors.values()))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.http_port}",
+                                     timeout=10) as client:
             yield gw, sim, receiver, client
+        stop.set()
+        with trio.fail_after(20):
+            await stopped.wait()
         nursery.cancel_scope.cancel()
 
 
@@ -124,6 +146,21 @@ async def test_a_message_posted_over_http_gets_its_signed_receipt_at_the_receive
     assert path == "/mine"  # its own callback_url
     assert verify(DEMO_WEBHOOK_SECRET, headers["smsgw-signature"], body)
     assert event["client_ref"] is None
+
+
+async def test_a_graceful_stop_lets_the_webhook_in_flight_be_answered_and_deletes_it(
+        tmp_path: Path) -> None:
+    async with gateway_with_receiver(tmp_path, webhook_url="{receiver}/slow") as (
+            _gw, _sim, receiver, client):
+        receiver.delay = 1.0
+        posted = await client.post("/v1/messages", headers=DEMO, json={
+            "to": "33612345678", "from": "ACME", "text": "Hello"})
+        assert posted.status_code == 202
+        await wait(lambda: len(receiver.hits) == 1)  # in flight: now stop the gateway
+        assert receiver.answered == 0
+    assert receiver.answered == 1 and len(receiver.hits) == 1
+    async with Store.open(tmp_path / "smsgw.sqlite3") as store:
+        assert await store.pending_reports("demo", via="http") == []  # not sent again
 
 
 async def test_one_account_smpp_receipts_stay_on_smpp_and_its_mo_go_by_webhook(
