@@ -134,6 +134,9 @@ class AccountConfig:
     webhook_retry_delay: float = 5.0  # first retry after this; doubled each time (jittered)
     webhook_retry_delay_max: float = 1800.0  # up to this
     mo_via: MoVia = "auto"
+    # When not empty, a message's callback_url must start with one of these (each an http(s)
+    # URL ending with "/"): the gateway POSTs only where the operator allowed.
+    callback_url_prefixes: tuple[str, ...] = ()
 
     @property
     def mo_by_webhook(self) -> bool:
@@ -691,7 +694,15 @@ def _account(t: _Table) -> AccountConfig:
         webhook_retry_delay=t.duration("webhook_retry_delay"),
         webhook_retry_delay_max=t.duration("webhook_retry_delay_max"),
         mo_via=t.choice("mo_via", get_args(MoVia)),
+        callback_url_prefixes=t.strings(
+            "callback_url_prefixes", items="URL prefixes",
+            item='an http:// or https:// URL with a host, ending with "/" (e.g. '
+                 '"https://app.example/hooks/")', pattern=_URL_PREFIX_RE),
     )
+    for i, prefix in enumerate(cfg.callback_url_prefixes):
+        if _webhook_url(prefix) is None:
+            raise t.fail(f"callback_url_prefixes[{i}]",
+                         'an http:// or https:// URL with a host, ending with "/"', prefix)
     if cfg.webhook_url is not None and not cfg.webhook_secret:
         raise t.fail("webhook_secret", "required when webhook_url is set: the webhooks are "
                      "signed with it (make one with `openssl rand -hex 32`)")
@@ -707,6 +718,7 @@ def _account(t: _Table) -> AccountConfig:
 SECRET_MIN = 16
 _SECRET_RE = re.compile(r"[\x21-\x7e]{" + str(SECRET_MIN) + ",256}")
 URL_MAX = 2000
+_URL_PREFIX_RE = re.compile(r"https?://[^/\s]+/\S*/|https?://[^/\s]+/")
 
 
 def _webhook_url(value: Any) -> str | None:

@@ -277,6 +277,14 @@ class HttpApi:
                                          "callback_url out (and poll GET /v1/messages/{id}), "
                                          "or ask the gateway's operator to set one"})
                 continue
+            prefixes = cfg.callback_url_prefixes
+            if req.callback_url is not None and prefixes and not any(
+                    req.callback_url.startswith(p) for p in prefixes):
+                errors.append({"pointer": f"{req.pointer}/callback_url",
+                               "detail": "callback_url: expected a URL starting with "
+                                         + " or ".join(prefixes)
+                                         + f" (the callback_url_prefixes of account {account})"})
+                continue
             try:
                 msg = self._message(account, req, now, policy)
                 # It owes a receipt (a webhook) when there is somewhere to post it.

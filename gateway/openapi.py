@@ -79,7 +79,7 @@ def _schemas(max_batch: int) -> dict[str, Any]:
                          "description": "http(s) URL the message's final receipt is posted "
                                         "to (the receipt webhook), instead of the account's "
                                         "webhook_url; refused (422) for an account without a "
-                                        "webhook_secret"},
+                                        "webhook_secret, or outside its callback_url_prefixes"},
         "client_ref": {"type": ["string", "null"], "maxLength": rq.MAX_CLIENT_REF,
                        "description": "Your own reference, given back with the message"},
     }, list(rq.REQUIRED))

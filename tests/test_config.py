@@ -459,6 +459,10 @@ def test_webhook_settings_are_read_with_their_defaults(tmp_path: Path) -> None:
     assert acme.mo_by_webhook  # "auto" with a webhook_url
     smpp = load_config(write(tmp_path, text.replace("[[smsc]]", 'mo_via = "smpp"\n\n[[smsc]]', 1)))
     assert not smpp.accounts["acme"].mo_by_webhook
+    prefixed = text.replace("[[smsc]]", 'callback_url_prefixes = ["https://crm.example/a/", '
+                            '"http://10.0.0.1:8080/"]\n\n[[smsc]]', 1)
+    assert load_config(write(tmp_path, prefixed)).accounts["acme"].callback_url_prefixes == (
+        "https://crm.example/a/", "http://10.0.0.1:8080/")
 
 
 @pytest.mark.parametrize(("lines", "expected"), [
@@ -473,6 +477,9 @@ def test_webhook_settings_are_read_with_their_defaults(tmp_path: Path) -> None:
     ('mo_via = "webhook"', 'account "acme".mo_via: "webhook" needs a webhook_url'),
     ('mo_via = "http"', 'account "acme".mo_via: expected one of "auto", "smpp", "webhook"'),
     ('webhook_concurrency = 0', 'account "acme".webhook_concurrency: expected an integer from 1'),
+    ('callback_url_prefixes = ["https://crm.example"]', 'account "acme".callback_url_prefixes[0]:'
+     ' expected an http:// or https:// URL with a host, ending with "/"'),
+    ('callback_url_prefixes = ["ftp://crm.example/"]', 'account "acme".callback_url_prefixes[0]:'),
     ('webhook_retry_delay = "1m"\nwebhook_retry_delay_max = "10s"',
      'account "acme".webhook_retry_delay_max: expected a duration >= webhook_retry_delay (60s)'),
 ])

@@ -81,8 +81,13 @@ async def gateway_with_receiver(tmp_path: Path, **account: Any) -> AsyncIterator
         sim = SmscSimulator(sim_config, window=sim_config.window)
         await nursery.start(sim.serve)
         base = gateway_config(tmp_path, sim.port)
-        changes = {k: (v.replace("{receiver}", receiver.url) if isinstance(v, str) else v)
-                   for k, v in account.items()}
+
+        def at_receiver(value: Any) -> Any:
+            if isinstance(value, tuple):
+                return tuple(at_receiver(v) for v in value)
+            return value.replace("{receiver}", receiver.url) if isinstance(value, str) else value
+
+        changes = {k: at_receiver(v) for k, v in account.items()}
         config = dataclasses.replace(base, http=HttpConfig(port=0), accounts={
             **base.accounts, "demo": dataclasses.replace(base.accounts["demo"], **changes)})
         stop, stopped = trio.Event(), trio.Event()
@@ -203,3 +208,21 @@ async def test_callback_url_is_refused_for_an_account_without_a_webhook_secret(
         assert problem["errors"][0]["pointer"] == "/callback_url"
         assert "webhook_secret" in problem["detail"]
         assert (await gw.store.stats())["QUEUED"] == 0  # nothing stored
+
+
+async def test_a_callback_url_outside_the_account_prefixes_is_refused(tmp_path: Path) -> None:
+    async with gateway_with_receiver(
+            tmp_path, callback_url_prefixes=("{receiver}/allowed/",)) as (
+                _gw, _sim, receiver, client):
+        refused = await client.post("/v1/messages", headers=DEMO, json={
+            "to": "33612345678", "from": "ACME", "text": "Hi",
+            "callback_url": "http://169.254.169.254/latest/meta-data/"})
+        assert refused.status_code == 422
+        assert refused.json()["errors"][0]["pointer"] == "/callback_url"
+        assert f"{receiver.url}/allowed/" in refused.json()["detail"]
+        accepted = await client.post("/v1/messages", headers=DEMO, json={
+            "to": "33612345678", "from": "ACME", "text": "Hi",
+            "callback_url": f"{receiver.url}/allowed/x"})
+        assert accepted.status_code == 202
+        await wait(lambda: len(receiver.hits) == 1)
+    assert receiver.hits[0][0] == "/allowed/x"
