@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast, get_args
+from urllib.parse import urlsplit
 
 from gateway import tls
 from gateway.passwords import SMPP_PASSWORD_MAX, is_password_hash
@@ -51,6 +52,8 @@ SimulatorPeer = Literal["batching", "independent"]
 Synchronous = Literal["full", "normal"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 TlsVersion = Literal["1.2", "1.3"]  # the lowest TLS version accepted
+# Where an account's MO goes: "auto" = its webhook_url when it has one, else its SMPP binds
+MoVia = Literal["auto", "smpp", "webhook"]
 
 DAY = 86400.0
 
@@ -122,6 +125,23 @@ class AccountConfig:
     validity: float | None = None  # caps the default validity for this account; None = no cap
     description: str = ""
     http_tokens: tuple[str, ...] = ()  # hashes of its HTTP API bearer tokens (gateway.tokens)
+    # Webhooks (gateway.webhooks): receipts of its HTTP messages (to the message's callback_url,
+    # else webhook_url) and, per mo_via, its MO; signed with webhook_secret (HMAC-SHA256).
+    webhook_url: str | None = None
+    webhook_secret: str = ""
+    webhook_timeout: float = 10.0  # one POST, connection included
+    webhook_concurrency: int = 4  # POSTs of this account in flight at most
+    webhook_retry_delay: float = 5.0  # first retry after this; doubled each time (jittered)
+    webhook_retry_delay_max: float = 1800.0  # up to this
+    mo_via: MoVia = "auto"
+    # When not empty, a message's callback_url must start with one of these (each an http(s)
+    # URL ending with "/"): the gateway POSTs only where the operator allowed.
+    callback_url_prefixes: tuple[str, ...] = ()
+
+    @property
+    def mo_by_webhook(self) -> bool:
+        """Its MO go to its webhook_url (else over deliver_sm to its receiver binds)."""
+        return self.mo_via == "webhook" or (self.mo_via == "auto" and self.webhook_url is not None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -637,7 +657,7 @@ def _listener(t: _Table) -> ListenerConfig:
 
 
 def _account(t: _Table) -> AccountConfig:
-    return AccountConfig(
+    cfg = AccountConfig(
         system_id=t.string("system_id", max_len=15, empty=False, pattern=_ID_RE),
         password_hash=t.get(
             "password_hash",
@@ -663,7 +683,55 @@ def _account(t: _Table) -> AccountConfig:
             item='a token hash "sha256$<64 hex digits>" (make one with `smsgw hash-token`)',
             pattern=_TOKEN_HASH_RE,
         ),
+        webhook_url=t.get("webhook_url", None, "an absolute http:// or https:// URL with a host",
+                          _webhook_url),
+        webhook_secret=t.string(
+            "webhook_secret", pattern=_SECRET_RE,
+            expected=f"a string of {SECRET_MIN} to 256 printable ASCII characters without spaces "
+                     "(make one with `openssl rand -hex 32`)"),
+        webhook_timeout=t.duration("webhook_timeout"),
+        webhook_concurrency=t.integer("webhook_concurrency", low=1, high=256),
+        webhook_retry_delay=t.duration("webhook_retry_delay"),
+        webhook_retry_delay_max=t.duration("webhook_retry_delay_max"),
+        mo_via=t.choice("mo_via", get_args(MoVia)),
+        callback_url_prefixes=t.strings(
+            "callback_url_prefixes", items="URL prefixes",
+            item='an http:// or https:// URL with a host, ending with "/" (e.g. '
+                 '"https://app.example/hooks/")', pattern=_URL_PREFIX_RE),
     )
+    for i, prefix in enumerate(cfg.callback_url_prefixes):
+        if _webhook_url(prefix) is None:
+            raise t.fail(f"callback_url_prefixes[{i}]",
+                         'an http:// or https:// URL with a host, ending with "/"', prefix)
+    if cfg.webhook_url is not None and not cfg.webhook_secret:
+        raise t.fail("webhook_secret", "required when webhook_url is set: the webhooks are "
+                     "signed with it (make one with `openssl rand -hex 32`)")
+    if cfg.mo_via == "webhook" and cfg.webhook_url is None:
+        raise t.fail("mo_via", '"webhook" needs a webhook_url to post the MO to')
+    if cfg.webhook_retry_delay_max < cfg.webhook_retry_delay:
+        raise t.fail("webhook_retry_delay_max",
+                     f"a duration >= webhook_retry_delay ({cfg.webhook_retry_delay:g}s)",
+                     t.data.get("webhook_retry_delay_max", cfg.webhook_retry_delay_max))
+    return cfg
+
+
+SECRET_MIN = 16
+_SECRET_RE = re.compile(r"[\x21-\x7e]{" + str(SECRET_MIN) + ",256}")
+URL_MAX = 2000
+_URL_PREFIX_RE = re.compile(r"https?://[^/\s]+/\S*/|https?://[^/\s]+/")
+
+
+def _webhook_url(value: Any) -> str | None:
+    """An absolute http(s) URL with a host, no spaces or control characters; else None."""
+    if not isinstance(value, str) or len(value) > URL_MAX:
+        return None
+    if any(c.isspace() or not c.isprintable() for c in value):
+        return None
+    parts = urlsplit(value)
+    parts.port  # noqa: B018 - raises ValueError on a bad port (get() turns it into the error)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return value
 
 
 def _smsc(t: _Table) -> SmscConfig:

@@ -21,9 +21,11 @@ from gateway.config import GatewayConfig
 from gateway.dispatcher import Dispatcher
 from gateway.http_api import HttpApi, serve_http
 from gateway.inbound import Inbound
+from gateway.model import Report
 from gateway.reporter import Reporter
 from gateway.server import SmppServer, account_states
 from gateway.store import Store, StoreError
+from gateway.webhooks import Webhooks, endpoints, mo_by_webhook
 from routing.core import PrefixRoute, PrefixRouter
 from routing.smsc import SmscConnector
 
@@ -42,6 +44,7 @@ class Running:
     reporter: Reporter
     servers: list[SmppServer] = field(default_factory=list)
     connectors: dict[str, SmscConnector] = field(default_factory=dict)
+    webhooks: Webhooks | None = None  # receipts and MO owed by webhook (gateway.webhooks)
     simulator: object | None = None
     http_port: int | None = None  # the HTTP listener (API and /metrics), when enabled
     # Set when the graceful drain begins: a front end (e.g. an HTTP server's shutdown_trigger)
@@ -55,9 +58,12 @@ class Running:
         return port
 
 
-async def wait_for_signal() -> None:
-    """Default shutdown trigger: SIGTERM or SIGINT. SIGHUP is logged (reload: not yet)."""
+async def wait_for_signal(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                          ) -> None:
+    """Default shutdown trigger: SIGTERM or SIGINT. SIGHUP is logged (reload: not yet).
+    started() once the handlers are installed: a SIGTERM from then on is a graceful stop."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        task_status.started()
         async for signum in signals:
             if signum == signal.SIGHUP:
                 log.warning("daemon.reload_unsupported",
@@ -65,6 +71,15 @@ async def wait_for_signal() -> None:
                 continue
             log.info("daemon.signal", signal=signal.Signals(signum).name)
             return
+
+
+async def _on_signal(fired: trio.Event, *,
+                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """The default trigger as a service: started() once the signal handlers are installed
+    (before READY=1, so that a SIGTERM right after READY=1 is a graceful stop, not the
+    default action that kills the process), `fired` set on SIGTERM or SIGINT."""
+    await wait_for_signal(task_status=task_status)
+    fired.set()
 
 
 async def _housekeeping(running: Running, clock: WallClock) -> None:
@@ -92,22 +107,33 @@ async def run(
     *,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    trigger = shutdown_trigger or wait_for_signal
     sc = config.store
     async with Store.open(sc.path, batch_max=sc.batch_max, synchronous=sc.synchronous,
                           queue_max=sc.queue_max, unfinished_max=sc.unfinished_max) as store:
         clock = WallClock()
         metrics.LIVE.set_function(lambda: store.unfinished)
         reporter = Reporter(store, clock, expiry=sc.report_expiry, accounts=config.accounts)
+        webhooks = Webhooks(store, clock, endpoints(config.accounts.values()),
+                            expiry=sc.report_expiry)
+
+        def owed(report: Report) -> None:
+            """A committed report goes the way it was stored for: webhook or deliver_sm."""
+            if report.via == "http":
+                webhooks.add(report)
+            else:
+                reporter.add(report)
+
         connectors: dict[str, SmscConnector] = {}
         router = PrefixRouter([PrefixRoute(r.name, r.prefixes, r.smscs) for r in config.routes])
-        dispatcher = Dispatcher(store, router, connectors, config.retry, clock, reporter.add)
+        dispatcher = Dispatcher(store, router, connectors, config.retry, clock, owed)
         mo_owners = {addr: acc.system_id for acc in config.accounts.values()
                      for addr in acc.mo_addresses}
-        inbound = Inbound(dispatcher, store, clock, mo_owners, reporter.add)
+        inbound = Inbound(dispatcher, store, clock, mo_owners, owed,
+                          mo_by_webhook(config.accounts.values()))
         for smsc in config.smscs.values():
             connectors[smsc.name] = SmscConnector(smsc, inbound.on_deliver)
-        running = Running(config, store, dispatcher, reporter, connectors=connectors)
+        running = Running(config, store, dispatcher, reporter, connectors=connectors,
+                          webhooks=webhooks)
         async with trio.open_nursery() as nursery:
             if config.simulator is not None:
                 from gateway.simulator import SmscSimulator
@@ -116,6 +142,7 @@ async def run(
                 await nursery.start(sim.serve)
                 running.simulator = sim
             await nursery.start(reporter.run)
+            await nursery.start(webhooks.run)
             await nursery.start(dispatcher.run)
             for connector in connectors.values():
                 await nursery.start(connector.run)
@@ -138,6 +165,11 @@ async def run(
             if interval is not None and interval < math.inf:
                 nursery.start_soon(lifecycle.watchdog, interval)
             nursery.start_soon(lifecycle.report_status, running)
+            trigger = shutdown_trigger
+            if trigger is None:
+                fired = trio.Event()
+                await nursery.start(_on_signal, fired)
+                trigger = fired.wait
             lifecycle.ready(running)
             log.info("daemon.ready", node=config.node,
                      smpp_ports=[s.port for s in running.servers], http_port=running.http_port,

@@ -25,6 +25,7 @@ from gateway.config import RetryConfig
 from gateway.intake import Replacement
 from gateway.model import Event, Message, Part, PartState, Report, ReportKind, State
 from gateway.store import PendingWrite, Store, StoreError
+from gateway.webhooks import rfc3339, webhook_report
 from routing.core import Router, RoutingContext
 from routing.smsc import SmscConnector, SubmitResult
 from smpp.connection import LogBudget
@@ -136,13 +137,17 @@ def receipt_report(msg: Message, state: State, now: float) -> Report:
         submit_date=_utc(msg.created_at), done_date=_utc(msg.done_at or now),
         stat=STATE_TO_STAT[state], err=f"{msg.error % 1000:03d}", text=text,
     )
-    return Report(
+    report = Report(
         account=msg.account, kind=ReportKind.RECEIPT, message_id=msg.id,
         source_addr=msg.dest_addr, source_ton=msg.dest_ton, source_npi=msg.dest_npi,
         dest_addr=msg.source_addr, dest_ton=msg.source_ton, dest_npi=msg.source_npi,
         data_coding=0, body=format_receipt(receipt), created_at=now, state=state,
         error=msg.error,
     )
+    if msg.origin == "http":  # a receipt goes back where its message came from: a webhook
+        webhook_report(report, callback_url=msg.callback_url, client_ref=msg.client_ref,
+                       submitted_at=rfc3339(msg.created_at), stat=receipt.stat)
+    return report
 
 
 def _norm(smsc_id: str) -> str:

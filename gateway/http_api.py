@@ -269,9 +269,28 @@ class HttpApi:
         policy = IntakePolicy(self.config.validity, state.config.validity, state.config.max_parts)
         messages: list[Message] = []
         errors: list[dict[str, str]] = []
+        cfg = state.config
         for req in post.messages:
+            if req.callback_url is not None and not cfg.webhook_secret:
+                errors.append({"pointer": f"{req.pointer}/callback_url",
+                               "detail": f"callback_url: account {account} has no "
+                                         "webhook_secret to sign its callbacks with: leave "
+                                         "callback_url out (and poll GET /v1/messages/{id}), "
+                                         "or ask the gateway's operator to set one"})
+                continue
+            prefixes = cfg.callback_url_prefixes
+            if req.callback_url is not None and prefixes and not any(
+                    req.callback_url.startswith(p) for p in prefixes):
+                errors.append({"pointer": f"{req.pointer}/callback_url",
+                               "detail": "callback_url: expected a URL starting with "
+                                         + " or ".join(prefixes)
+                                         + f" (the callback_url_prefixes of account {account})"})
+                continue
             try:
-                messages.append(self._message(account, req, now, policy))
+                msg = self._message(account, req, now, policy)
+                # It owes a receipt (a webhook) when there is somewhere to post it.
+                msg.registered_delivery = 1 if req.callback_url or cfg.webhook_url else 0
+                messages.append(msg)
             except IntakeError as exc:
                 field = _INTAKE_FIELD.get(exc.status, "text")
                 detail = exc.detail if exc.detail.startswith(field) else f"{field}: {exc.detail}"

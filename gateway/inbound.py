@@ -9,7 +9,7 @@ committed (a temporary error if it cannot be, so that the operator sends it agai
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -20,6 +20,7 @@ from gateway.clock import WallClock
 from gateway.dispatcher import Dispatcher
 from gateway.model import Report, ReportKind, new_message_id
 from gateway.store import Store, StoreError
+from gateway.webhooks import webhook_report
 from routing.core import normalise_digits
 from routing.smsc import Answer, SmscConnector
 from smpp.constants import MessageState, Status, Tag
@@ -82,12 +83,14 @@ def read_receipt(pdu: DeliverSm | DataSm) -> OperatorReceipt | None:
 
 class Inbound:
     def __init__(self, dispatcher: Dispatcher, store: Store, clock: WallClock,
-                 mo_owners: Mapping[str, str], on_report: Callable[[Report], None]) -> None:
+                 mo_owners: Mapping[str, str], on_report: Callable[[Report], None],
+                 mo_by_webhook: Collection[str] = frozenset()) -> None:
         self.dispatcher = dispatcher
         self.store = store
         self.clock = clock
         self.mo_owners = {normalise_digits(k): v for k, v in mo_owners.items()}
         self.on_report = on_report
+        self.mo_by_webhook = frozenset(mo_by_webhook)  # accounts taking their MO by webhook
 
     async def on_deliver(self, connector: SmscConnector, pdus: list[Pdu], answer: Answer) -> None:
         """Handle deliver_sm/data_sm read together from an operator. Each is answered as soon
@@ -168,10 +171,11 @@ class Inbound:
             return None
         body = pdu.short_message if isinstance(pdu, DeliverSm) else b""
         body = body or pdu.tlvs.get(Tag.MESSAGE_PAYLOAD, b"")
-        return Report(
+        report = Report(
             account=account, kind=ReportKind.MO, message_id=new_message_id(),
             source_addr=pdu.source_addr, source_ton=pdu.source_addr_ton,
             source_npi=pdu.source_addr_npi, dest_addr=pdu.destination_addr,
             dest_ton=pdu.dest_addr_ton, dest_npi=pdu.dest_addr_npi,
             data_coding=pdu.data_coding, body=body, created_at=self.clock.now(),
         )
+        return webhook_report(report) if account in self.mo_by_webhook else report

@@ -2,8 +2,9 @@
 pings (all sent from the trio event loop), then STOPPING and the graceful drain on SIGTERM.
 
 The drain stops intake and operator attempts, waits for the operators' answers and their
-commits, unbinds upstream and operator sessions concurrently, and commits report deletions,
-all within `[gateway] shutdown_timeout`; the store then commits what is queued and closes.
+commits, unbinds upstream and operator sessions concurrently, lets the webhook POSTs in flight
+be answered (none new) and commits report deletions, all within `[gateway] shutdown_timeout`;
+the store then commits what is queued and closes.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ def status_line(running: Running) -> str:
     smsc = sum(c.sessions for c in running.connectors.values())
     return (f"upstream binds {len(upstream)}, SMSC binds {smsc}, "
             f"unfinished messages {running.store.unfinished}, "
-            f"reports pending {running.reporter.pending_total()}")
+            f"reports pending {running.reporter.pending_total()}"
+            + (f", webhooks pending {running.webhooks.pending_total()}"
+               if running.webhooks is not None else ""))
 
 
 def ready(running: Running) -> None:
@@ -99,3 +102,5 @@ async def drain(running: Running) -> None:
             nursery.start_soon(connector.close)
     await running.dispatcher.settle()
     await running.reporter.flush_deletes()
+    if running.webhooks is not None:  # POSTs in flight answered, their deletions committed
+        await running.webhooks.drain()

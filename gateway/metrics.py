@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from gateway.model import State
 from smpp.constants import Status
@@ -62,8 +62,29 @@ STORE_BUSY = Counter("smsgw_store_busy_total",
                      "New messages refused by the store (write queue over its bound, or the "
                      "unfinished messages at their cap)", ["reason"])
 
-M = TypeVar("M", Counter, Gauge)
-_children: dict[tuple[int, tuple[str, ...]], Counter | Gauge] = {}
+WEBHOOK_ATTEMPTS = Counter("smsgw_webhook_attempts_total",
+                           "Webhook POSTs, by outcome: delivered (2xx), gone (410), http_4xx, "
+                           "http_5xx, http_other (1xx, 3xx), timeout, error (connection, TLS), "
+                           "no_url (neither callback_url nor webhook_url)", ["account", "outcome"])
+WEBHOOK_EVENTS = Counter("smsgw_webhook_events_total",
+                         "Webhook events done with: delivered (2xx), gone (410: no more tries) "
+                         "or expired (deleted undelivered after the report expiry)",
+                         ["account", "kind", "outcome"])
+WEBHOOK_LATENCY = Histogram("smsgw_webhook_latency_seconds",
+                            "Time one webhook POST took, to its answer or its failure",
+                            ["account"],
+                            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+WEBHOOK_DELAY = Histogram("smsgw_webhook_delivery_delay_seconds",
+                          "Time from a webhook event's creation to its 2xx (retries included)",
+                          ["account"],
+                          buckets=(0.1, 0.5, 1, 5, 30, 60, 300, 1800, 3600, 6 * 3600,
+                                   24 * 3600, 72 * 3600))
+WEBHOOKS_PENDING = Gauge("smsgw_webhooks_pending",
+                         "Webhook events (receipts, MO) stored and not yet delivered",
+                         ["account"])
+
+M = TypeVar("M", Counter, Gauge, Histogram)
+_children: dict[tuple[int, tuple[str, ...]], Counter | Gauge | Histogram] = {}
 
 
 def child(metric: M, *labels: str) -> M:

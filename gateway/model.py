@@ -145,3 +145,6 @@ class Report:
     error: int = 0
     id: int | None = None  # row id, assigned by the store
     extra: dict[str, str] = field(default_factory=dict)
+    # How it reaches the account: "smpp" (deliver_sm over its receiver binds) or "http" (a
+    # signed webhook, gateway.webhooks; extra then holds the event's id and fields).
+    via: str = "smpp"

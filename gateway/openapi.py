@@ -76,7 +76,10 @@ def _schemas(max_batch: int) -> dict[str, Any]:
                                    "then)"},
         "callback_url": {"type": ["string", "null"], "format": "uri",
                          "maxLength": rq.MAX_URL,
-                         "description": "http(s) URL the message's receipt is posted to"},
+                         "description": "http(s) URL the message's final receipt is posted "
+                                        "to (the receipt webhook), instead of the account's "
+                                        "webhook_url; refused (422) for an account without a "
+                                        "webhook_secret, or outside its callback_url_prefixes"},
         "client_ref": {"type": ["string", "null"], "maxLength": rq.MAX_CLIENT_REF,
                        "description": "Your own reference, given back with the message"},
     }, list(rq.REQUIRED))
@@ -166,7 +169,61 @@ def _schemas(max_batch: int) -> dict[str, Any]:
         "Attempt": attempt,
         "Event": event,
         "Problem": problem,
+        "ReceiptEvent": _obj({
+            "event_id": {"type": "string", "description": "The same on every retry: "
+                                                          "deduplicate on it"},
+            "type": {"const": "receipt"},
+            "account": {"type": "string"},
+            "created_at": _TIME,
+            "message_id": {"type": "string", "description": "The id the 202 gave"},
+            "client_ref": _STR_OR_NULL,
+            "to": {"type": "string"},
+            "from": {"type": "string"},
+            "state": {"enum": [s.value for s in State if s.final]},
+            "stat": {"type": ["string", "null"],
+                     "description": "The SMPP receipt word: DELIVRD, UNDELIV, EXPIRED, REJECTD"},
+            "error": {"type": "integer", "description": "The operator's error code, 0 if none"},
+            "submitted_at": _TIME_OR_NULL,
+            "done_at": _TIME,
+        }),
+        "MoEvent": _obj({
+            "event_id": {"type": "string"},
+            "type": {"const": "mo"},
+            "account": {"type": "string"},
+            "created_at": _TIME,
+            "message_id": {"type": "string", "description": "The gateway's id of the MO"},
+            "from": {"type": "string", "description": "The phone that sent it"},
+            "to": {"type": "string", "description": "The account's number it was sent to"},
+            "text": {"type": "string"},
+        }),
     }
+
+
+def _webhook(summary: str, schema: str) -> dict[str, Any]:
+    """A webhook the gateway POSTs to the account's application (see README, "Webhooks")."""
+    return {"post": {
+        "summary": summary,
+        "description": "Signed: verify Smsgw-Signature over the raw body before parsing it. "
+                       "Retried with exponential backoff until a 2xx (delivered) or 410 (never "
+                       "again), for at most the report expiry; may come more than once.",
+        "parameters": [
+            {"name": "Smsgw-Signature", "in": "header", "required": True,
+             "description": "t=<unix seconds>,v1=<hex HMAC-SHA256 of '<t>.<raw body>' keyed "
+                            "with the account's webhook_secret>",
+             "schema": {"type": "string", "pattern": "^t=[0-9]+,v1=[0-9a-f]{64}$"}},
+            {"name": "Smsgw-Event-Id", "in": "header", "required": True,
+             "schema": {"type": "string"}},
+        ],
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"$ref": f"#/components/schemas/{schema}"}}}},
+        "responses": {
+            "2XX": {"description": "Delivered: the gateway deletes the event"},
+            "410": {"description": "Gone: the gateway deletes the event and stops retrying"},
+            "default": {"description": "Anything else (or no answer within webhook_timeout): "
+                                       "retried later"},
+        },
+        "security": [],
+    }}
 
 
 def document(max_batch: int) -> dict[str, Any]:
@@ -192,6 +249,12 @@ def document(max_batch: int) -> dict[str, Any]:
             "schemas": _schemas(max_batch),
         },
         "security": [{"bearer": []}],
+        "webhooks": {
+            "receipt": _webhook("The final receipt of a message posted over HTTP, to its "
+                                "callback_url or the account's webhook_url", "ReceiptEvent"),
+            "mo": _webhook("A reply (MO) to one of the account's numbers, to its webhook_url",
+                           "MoEvent"),
+        },
         "paths": {
             "/v1/messages": {"post": {
                 "operationId": "sendMessages",

@@ -205,7 +205,7 @@ class Reporter:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         for name in self._configured or ():
             metrics.child(metrics.REPORTS_PENDING, name).set(0)
-        counts, self._counted_below = await self.store.pending_report_counts()
+        counts, self._counted_below = await self.store.pending_report_counts("smpp")
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for name, n in counts.items():

@@ -102,6 +102,7 @@ PART_COLUMNS = (
 REPORT_COLUMNS = (
     "account", "kind", "message_id", "source_addr", "source_ton", "source_npi", "dest_addr",
     "dest_ton", "dest_npi", "data_coding", "body", "created_at", "state", "error", "id", "extra",
+    "via",
 )  # fmt: skip
 
 _FINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(FINAL_STATES)) + ")"
@@ -109,7 +110,7 @@ _FINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(FINAL_STATES)) + ")"
 _OPEN = f"state NOT IN {_FINAL_SQL}"
 _DONE = f"state IN {_FINAL_SQL}"
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # MIGRATIONS[v] takes a database at user_version v to v + 1.
 MIGRATIONS: tuple[str, ...] = (
     f"""
@@ -259,6 +260,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX messages_done ON messages (done_at) WHERE {_DONE};
     ALTER TABLE messages ADD COLUMN service_type TEXT NOT NULL DEFAULT '';
     """,
+    # 6: how each report reaches its account: "smpp" (deliver_sm) or "http" (a webhook); the
+    # reporter and the webhook deliverer each page through their own (account, via) range.
+    """
+    ALTER TABLE reports ADD COLUMN via TEXT NOT NULL DEFAULT 'smpp';
+    DROP INDEX reports_account;
+    CREATE INDEX reports_account_via ON reports (account, via, id);
+    """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -340,7 +348,7 @@ _REPORT_SELECT = f"SELECT {', '.join(REPORT_COLUMNS)} FROM reports"
 _message_row: Callable[[Message], Row] = operator.attrgetter(*MESSAGE_COLUMNS)
 _message_update_row: Callable[[Message], Row] = operator.attrgetter(*MESSAGE_MUTABLE, "id")
 _part_row: Callable[[Part], Row] = operator.attrgetter(*PART_COLUMNS)
-_report_fields: Callable[[Report], Row] = operator.attrgetter(*REPORT_COLUMNS[:-2])
+_report_fields: Callable[[Report], Row] = operator.attrgetter(*REPORT_COLUMNS[:-3])
 
 _PURGE_CHUNK = 2000
 _SCAN_WINDOW = 5000  # rowids examined per read by scans over whole tables (erasure, CDR)
@@ -374,13 +382,14 @@ def _to_part(row: Row) -> Part:
 
 
 def _to_report(row: Row) -> Report:
-    r = Report(*row[:-1])
+    r = Report(*row[:-2])
     r.kind = ReportKind(r.kind)
     if r.state is not None:
         r.state = State(r.state)
-    extra = row[-1]
+    extra = row[-2]
     if extra:
         r.extra = json.loads(extra)
+    r.via = row[-1]
     return r
 
 
@@ -971,6 +980,7 @@ class Store:
                     *_report_fields(r),
                     rid,
                     json.dumps(r.extra, separators=(",", ":")) if r.extra else None,
+                    r.via,
                 )
             )
         return ids, rows
@@ -1170,13 +1180,14 @@ class Store:
         return [_to_message(r) for r in rows]
 
     async def pending_reports(self, account: str, limit: int = 1000, *,
-                              after: int = 0) -> list[Report]:
-        """Reports of that account not yet acked whose id is above ``after``, oldest (first
-        stored) first. Report ids grow in commit order: every report committed later has a
-        larger id than any returned, so ``after`` = the last id returned pages through."""
+                              after: int = 0, via: str = "smpp") -> list[Report]:
+        """Reports of that account not yet acked whose id is above ``after`` and that go
+        ``via`` ("smpp" or "http"), oldest (first stored) first. Report ids grow in commit
+        order: every report committed later has a larger id than any returned, so ``after`` =
+        the last id returned pages through."""
         rows = await self._read(
-            f"{_REPORT_SELECT} WHERE account = ? AND id > ? ORDER BY id LIMIT ?",
-            (account, after, limit),
+            f"{_REPORT_SELECT} WHERE account = ? AND via = ? AND id > ? ORDER BY id LIMIT ?",
+            (account, via, after, limit),
         )
         return [_to_report(r) for r in rows]
 
@@ -1184,11 +1195,14 @@ class Store:
         rows = await self._read("SELECT DISTINCT account FROM reports ORDER BY account")
         return [r[0] for r in rows]
 
-    async def pending_report_counts(self) -> tuple[dict[str, int], int]:
-        """Reports not yet acked, per account, and the highest id among them (0 if none):
-        every report committed later has a higher id."""
+    async def pending_report_counts(self, via: str | None = None) -> tuple[dict[str, int], int]:
+        """Reports not yet acked (those going ``via`` "smpp" or "http"; None: all), per account,
+        and the highest id among them (0 if none): every report committed later has a higher
+        id."""
+        where = "" if via is None else " WHERE via = ?"
         rows = await self._read(
-            "SELECT account, count(*), max(id) FROM reports GROUP BY account")
+            f"SELECT account, count(*), max(id) FROM reports{where} GROUP BY account",
+            () if via is None else (via,))
         return {account: n for account, n, _ in rows}, max((r[2] for r in rows), default=0)
 
     async def durability(self) -> tuple[str, str]:

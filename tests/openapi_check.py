@@ -48,3 +48,12 @@ def check_response(resp: httpx.Response, path: str) -> Any:
     body = resp.json()
     _validator(documented["content"][content_type]["schema"]).validate(body)
     return body
+
+
+def check_webhook(name: str, headers: Any, body: object) -> None:
+    """A webhook the gateway posted is one the document describes (headers and body)."""
+    op = DOC["webhooks"][name]["post"]
+    for param in op["parameters"]:
+        assert param["name"].lower() in headers, f"webhook {name} without {param['name']}"
+        _validator(param["schema"]).validate(headers[param["name"].lower()])
+    _validator(op["requestBody"]["content"]["application/json"]["schema"]).validate(body)

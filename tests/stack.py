@@ -35,6 +35,8 @@ from gateway.passwords import hash_password
 from gateway.simulator import SmscSimulator
 from gateway.tokens import hash_token
 
+DEMO_WEBHOOK_SECRET = "demo-webhook-secret-0123456789"
+
 
 @functools.cache
 def password_hash(password: str) -> str:
@@ -52,7 +54,8 @@ def gateway_config(state_dir: Path, sim_port: int, smsc_changes: dict[str, Any] 
         listeners=(ListenerConfig(port=0, auth_failure_delay=0.01, bind_timeout=5),),
         accounts={
             "demo": AccountConfig("demo", password_hash("demopass"), mo_addresses=("36111",),
-                                  throughput=0, http_tokens=(hash_token("demo-token"),)),
+                                  throughput=0, http_tokens=(hash_token("demo-token"),),
+                                  webhook_secret=DEMO_WEBHOOK_SECRET),
             "other": AccountConfig("other", password_hash("otherpw"), max_binds=1,
                                    throughput=5, http_tokens=(hash_token("other-token"),)),
         },

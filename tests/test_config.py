@@ -66,6 +66,9 @@ def test_demo_config_loads_and_checks_clean() -> None:
     assert verify_password("demopass", config.accounts["demo"].password_hash)
     assert verify_password("demo2pw", config.accounts["demo2"].password_hash)
     assert config.accounts["demo"].mo_addresses == ("36111",)
+    demo = config.accounts["demo"]
+    assert demo.webhook_secret == "demo-webhook-secret-change-me" and demo.webhook_url is None
+    assert not demo.mo_by_webhook  # its MO stay on its SMPP binds
     sim = config.smscs["sim"]
     assert (sim.host, sim.port, sim.system_id, sim.password) == (
         "127.0.0.1",
@@ -434,6 +437,56 @@ def test_http_tokens_are_sha256_hashes_owned_by_one_account(tmp_path: Path) -> N
               f'http_tokens = ["{token_hash}"]\n')
     msg = error_of(tmp_path, ok + second)
     assert 'account "beta".http_tokens: a token hash already belongs to account "acme"' in msg
+
+
+SECRET = "0123456789abcdef0123456789abcdef"
+
+
+def test_webhook_settings_are_read_with_their_defaults(tmp_path: Path) -> None:
+    acme = load_config(write(tmp_path, MINIMAL)).accounts["acme"]
+    assert (acme.webhook_url, acme.webhook_secret, acme.mo_via, acme.mo_by_webhook) == (
+        None, "", "auto", False)
+    assert (acme.webhook_timeout, acme.webhook_concurrency) == (10.0, 4)
+    text = MINIMAL.replace("[[smsc]]", (
+        'webhook_url = "https://crm.example:8443/smsgw/events?src=gw"\n'
+        f'webhook_secret = "{SECRET}"\nwebhook_timeout = "3s"\nwebhook_concurrency = 8\n'
+        'webhook_retry_delay = "1s"\nwebhook_retry_delay_max = "10m"\n\n[[smsc]]'), 1)
+    acme = load_config(write(tmp_path, text)).accounts["acme"]
+    assert acme.webhook_url == "https://crm.example:8443/smsgw/events?src=gw"
+    assert (acme.webhook_secret, acme.webhook_timeout, acme.webhook_concurrency) == (
+        SECRET, 3.0, 8)
+    assert (acme.webhook_retry_delay, acme.webhook_retry_delay_max) == (1.0, 600.0)
+    assert acme.mo_by_webhook  # "auto" with a webhook_url
+    smpp = load_config(write(tmp_path, text.replace("[[smsc]]", 'mo_via = "smpp"\n\n[[smsc]]', 1)))
+    assert not smpp.accounts["acme"].mo_by_webhook
+    prefixed = text.replace("[[smsc]]", 'callback_url_prefixes = ["https://crm.example/a/", '
+                            '"http://10.0.0.1:8080/"]\n\n[[smsc]]', 1)
+    assert load_config(write(tmp_path, prefixed)).accounts["acme"].callback_url_prefixes == (
+        "https://crm.example/a/", "http://10.0.0.1:8080/")
+
+
+@pytest.mark.parametrize(("lines", "expected"), [
+    ('webhook_url = "ftp://crm.example/x"', 'account "acme".webhook_url: expected an absolute '
+     'http:// or https:// URL with a host, got "ftp://crm.example/x"'),
+    ('webhook_url = "https:///nohost"', 'account "acme".webhook_url: expected an absolute'),
+    ('webhook_url = "http://crm.example:99999/"', 'account "acme".webhook_url: expected'),
+    ('webhook_url = "http://crm.example/a b"', 'account "acme".webhook_url: expected'),
+    ('webhook_url = "https://crm.example/"', 'account "acme".webhook_secret: required when '
+     'webhook_url is set'),
+    ('webhook_secret = "short"', 'account "acme".webhook_secret: expected a string of 16 to 256'),
+    ('mo_via = "webhook"', 'account "acme".mo_via: "webhook" needs a webhook_url'),
+    ('mo_via = "http"', 'account "acme".mo_via: expected one of "auto", "smpp", "webhook"'),
+    ('webhook_concurrency = 0', 'account "acme".webhook_concurrency: expected an integer from 1'),
+    ('callback_url_prefixes = ["https://crm.example"]', 'account "acme".callback_url_prefixes[0]:'
+     ' expected an http:// or https:// URL with a host, ending with "/"'),
+    ('callback_url_prefixes = ["ftp://crm.example/"]', 'account "acme".callback_url_prefixes[0]:'),
+    ('webhook_retry_delay = "1m"\nwebhook_retry_delay_max = "10s"',
+     'account "acme".webhook_retry_delay_max: expected a duration >= webhook_retry_delay (60s)'),
+])
+def test_bad_webhook_settings_are_refused_naming_key_and_expectation(
+        tmp_path: Path, lines: str, expected: str) -> None:
+    msg = error_of(tmp_path, MINIMAL.replace("[[smsc]]", f"{lines}\n\n[[smsc]]", 1))
+    assert expected in msg, msg
 
 
 def test_cross_check_reports_every_problem_at_once(tmp_path: Path) -> None:

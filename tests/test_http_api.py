@@ -103,7 +103,8 @@ async def test_the_202_comes_after_the_commit_and_the_text_is_stored_gsm_or_ucs2
         assert (gsm.data_coding, gsm.body) == (0, b"Hello")
         assert (ucs2.data_coding, ucs2.body) == (8, "Привет".encode("utf-16-be"))
         assert ucs2.dest_addr == "33612345679" and ucs2.origin == "http"
-        assert gsm.source_ton == 5 and gsm.registered_delivery == 1
+        # No callback_url and no webhook_url for the account: no receipt owed (it polls GET).
+        assert gsm.source_ton == 5 and gsm.registered_delivery == 0
         event = (await gw.store.events_of(gsm.id))[0]
         assert (event.kind, event.to_state) == ("accepted", State.QUEUED)
 

@@ -160,6 +160,21 @@ async def test_save_message_only_changes_mutable_fields(tmp_path: Path) -> None:
         assert got == dataclasses.replace(m, state=State.IN_FLIGHT)
 
 
+async def test_reports_for_webhooks_and_for_smpp_are_paged_and_counted_apart(
+        tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "gw.sqlite") as store:
+        smpp = [make_report(new_message_id()) for _ in range(2)]
+        http = [make_report(new_message_id(), via="http", extra={"event_id": "e1"})]
+        await store.add_reports([smpp[0], http[0], smpp[1]])
+        assert await store.pending_reports("acme") == smpp
+        assert await store.pending_reports("acme", via="http") == http
+        assert await store.pending_report_counts("smpp") == ({"acme": 2}, smpp[1].id)
+        assert await store.pending_report_counts("http") == ({"acme": 1}, http[0].id)
+        assert await store.pending_report_counts() == ({"acme": 3}, smpp[1].id)
+    async with Store.open(tmp_path / "gw.sqlite") as store:  # as stored
+        assert await store.pending_reports("acme", via="http") == http
+
+
 async def test_acked_reports_leave_pending_reports(tmp_path: Path) -> None:
     async with Store.open(tmp_path / "gw.sqlite") as store:
         mo = make_report(new_message_id(), kind=ReportKind.MO, state=None, account="beta")

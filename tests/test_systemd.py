@@ -203,7 +203,7 @@ def test_ready_is_sent_once_listeners_and_connectors_run_even_with_the_smsc_down
     try:
         ready = notify.wait_for("READY", "1")
         assert ready["STATUS"] == ("upstream binds 0, SMSC binds 0, unfinished messages 0, "
-                                   "reports pending 0")
+                                   "reports pending 0, webhooks pending 0")
         # Ready means listening: a connection is accepted at once...
         port = int(proc.wait_event("listener.ready", timeout=1)["port"])
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
