@@ -626,8 +626,9 @@ class Dispatcher:
         if msg.esm_class & ESM_UDHI:  # already segmented upstream: one part, as submitted
             return [Segment(msg.body, True, None, len(msg.body) > 254)]
         cfg = conn.config
-        # Derived from the id, so parts resent after a restart carry the same reference.
-        ref = int(msg.id[:8], 16) % (0xFFFE if cfg.udh_ref16 else 0xFE) + 1
+        # Derived from the id, so parts resent after a restart carry the same reference; from
+        # its random end (its first digits are the time, shared by the messages of a minute).
+        ref = int(msg.id[-8:], 16) % (0xFFFE if cfg.udh_ref16 else 0xFE) + 1
         return split(msg.body, msg.data_coding, method=cfg.segmentation, ref=ref,
                      ref16=cfg.udh_ref16)
 

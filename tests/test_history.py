@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 
 from gateway import history
 from gateway.config import HttpConfig, SimulatorConfig
-from gateway.model import Event, Message, Part, State
+from gateway.model import Event, Message, Part, State, new_message_id
 from gateway.store import Store
 from routing.smsc import SubmitResult
 from smpp.constants import Status
@@ -254,3 +254,32 @@ async def test_smpp_and_http_messages_get_their_whole_history_through_the_gatewa
         ("submitted", None, None), ("receipt", "IN_FLIGHT", "DELIVERED")]
     assert view["history"][0]["detail"] == {"interface": "http"}
     assert [(a["connector"], a["outcome"]) for a in view["attempts"]] == [("sim", "submitted")]
+
+
+# -- message ids --------------------------------------------------------------------------------
+
+
+def test_message_ids_grow_with_time_and_keep_80_random_bits() -> None:
+    """Time-ordered ids keep the history's index (and the messages' and parts' keys) taking
+    new rows at their end; the random part keeps ids unguessable."""
+    first = new_message_id()
+    time.sleep(0.002)
+    ids = [new_message_id() for _ in range(1000)]
+    assert all(len(i) == 32 and int(i, 16) >= 0 and i == i.lower() for i in ids)
+    assert first < min(ids)
+    assert int(ids[0][:12], 16) == pytest.approx(time.time() * 1000, abs=5000)
+    assert len({i[12:] for i in ids}) == 1000
+
+
+async def test_long_messages_accepted_together_get_different_concatenation_references(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    """A phone joins parts by their reference: two long messages to it must not share one,
+    although their ids begin with the same time."""
+    smsc = ScriptedSmsc("opA")
+    async with trio.open_nursery() as nursery, harness(tmp_path, {"opA": smsc}, nursery) as h:
+        msgs = [h.message("x" * 300) for _ in range(20)]
+        for msg in msgs:
+            await h.submit(msg)
+        await until(lambda: len(smsc.sent) == 40)
+    refs = {pdu.short_message[:6] for _, pdu in smsc.sent if pdu.short_message[5:6] == b"\x01"}
+    assert len(refs) >= 19  # 8-bit references: a collision in 20 is possible, not likely
