@@ -537,9 +537,15 @@ class Dispatcher:
             return
         log.info("message.submitted", message_id=msg.id, smsc=msg.connector,
                  parts=len(live.parts), attempt=msg.attempts)
-        live.events.append(history.note(msg, "submitted", now, {
-            "attempt": msg.attempts, "connector": msg.connector,
-            "operator_ids": [p.smsc_id for p in live.parts]}))
+        operator_ids = [p.smsc_id for p in live.parts]
+        attempt = live.events[-1] if live.events and live.events[-1].kind == "attempt" else None
+        if attempt is not None:  # not written yet: the answer goes in the attempt's row
+            attempt.detail.update(outcome="submitted", operator_ids=operator_ids,
+                                  answered_in=round(now - attempt.at, 3))
+        else:  # the attempt's row is written already (a part's receipt came in between)
+            live.events.append(history.note(msg, "submitted", now, {
+                "attempt": msg.attempts, "connector": msg.connector,
+                "operator_ids": operator_ids}))
         self._watch(live, msg.expires_at)
         outcome = final_state_of(live.parts)  # every receipt may be in already
         if outcome is not None:

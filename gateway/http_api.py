@@ -401,17 +401,19 @@ def message_view(msg: Message, parts: list[Part], events: list[Event]) -> dict[s
 
 
 def _attempts(msg: Message, events: list[Event]) -> list[dict[str, Any]]:
-    """Each "attempt" of the history, with its outcome: the event that answered it
-    ("submitted", "retry", or the final state it ended in), None while unanswered."""
+    """Each "attempt" of the history, with its outcome: its own (the operator's answer, when
+    written with it), else the event that answered it ("submitted", "retry", "resumed", or
+    the final state it ended in); None while unanswered."""
     attempts: list[dict[str, Any]] = []
     open_attempt: dict[str, Any] | None = None
     for e in events:
         if e.kind == "attempt":
-            open_attempt = {"at": _time(e.at),
-                            "channel": str(e.detail.get("channel", msg.channel)),
-                            "connector": _str_or_none(e.detail.get("connector")),
-                            "outcome": None, "detail": e.detail}
-            attempts.append(open_attempt)
+            outcome = _str_or_none(e.detail.get("outcome"))  # answered in the same commit
+            entry = {"at": _time(e.at), "channel": str(e.detail.get("channel", msg.channel)),
+                     "connector": _str_or_none(e.detail.get("connector")),
+                     "outcome": outcome, "detail": e.detail}
+            attempts.append(entry)
+            open_attempt = None if outcome else entry
         elif open_attempt is not None and e.kind in ("submitted", "retry", "final", "resumed"):
             open_attempt["outcome"] = e.to_state.value if e.kind == "final" and e.to_state \
                 else e.kind

@@ -337,11 +337,14 @@ def _event_row(e: Event) -> Row:
             _detail_json(e.detail) if e.detail else None)
 
 
-def _event_rows(events: Sequence[Event]) -> tuple[list[Row], list[tuple[str, str]]]:
-    """The events' rows, and the state transitions they record (from, to)."""
+def _event_rows(events: Sequence[Event]) -> tuple[list[Row], dict[tuple[str, str], int]]:
+    """The events' rows, and the state transitions they record: (from, to) -> how many."""
     rows = [_event_row(e) for e in events]
-    moves = [(e.from_state.value, e.to_state.value) for e in events
-             if e.from_state is not None and e.to_state is not None]
+    moves: dict[tuple[str, str], int] = {}
+    for e in events:
+        if e.to_state is not None and e.from_state is not None:
+            move = (e.from_state.value, e.to_state.value)
+            moves[move] = moves.get(move, 0) + 1
     return rows, moves
 
 
@@ -434,7 +437,7 @@ class _Call:
         self.done = trio.Event()
         self.error: BaseException | None = None
         self.rowcounts: list[int] = []
-        self.moves: list[tuple[str, str]] = []  # state transitions its events record
+        self.moves: dict[tuple[str, str], int] = {}  # state transitions its events record
 
 
 class _Episode:
@@ -838,8 +841,8 @@ class Store:
         self._queued_rows -= call.size
         self._admitting -= call.admitted
         if call.moves and call.error is None:
-            for move in call.moves:
-                metrics.child(metrics.TRANSITIONS, *move).inc()
+            for move, n in call.moves.items():
+                metrics.child(metrics.TRANSITIONS, *move).inc(n)
         call.done.set()
 
     def _queue(self, call: _Call) -> None:
@@ -885,7 +888,7 @@ class Store:
                                        f"(unfinished_max {self.unfinished_max})")
         self._busy.over()
         groups: list[tuple[int, list[Row]]] = [(_INSERT_MESSAGE, [_message_row(m) for m in msgs])]
-        moves: list[tuple[str, str]] = []
+        moves: dict[tuple[str, str], int] = {}
         if events:
             rows, moves = _event_rows(events)
             groups.append((_INSERT_EVENT, rows))
@@ -942,7 +945,7 @@ class Store:
         if reports:
             ids, rows = self._report_rows(reports)
             groups.append((_INSERT_REPORT, rows))
-        moves: list[tuple[str, str]] = []
+        moves: dict[tuple[str, str], int] = {}
         if events:
             rows, moves = _event_rows(events)
             groups.append((_INSERT_EVENT, rows))

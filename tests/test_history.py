@@ -21,7 +21,7 @@ from gateway import history
 from gateway.config import HttpConfig, SimulatorConfig
 from gateway.model import Event, Message, Part, State, new_message_id
 from gateway.store import Store
-from routing.smsc import SubmitResult
+from routing.smsc import Submission, SubmitResult
 from smpp.constants import Status
 from tests.dispatch_harness import HOUR, Harness, ScriptedSmsc, harness
 from tests.stack import SmpplibEsme, running_stack, wait_for
@@ -69,21 +69,22 @@ async def test_an_attempt_its_operator_answer_and_the_receipt_are_recorded_with_
     async with trio.open_nursery() as nursery, harness(tmp_path, {"opA": smsc}, nursery) as h:
         msg = h.message()
         await h.submit(msg)
-        # The attempt is written with the operator's answer, in the commit that stores the
-        # message IN_FLIGHT: the store never shows one without the other.
-        events = await stored_events(h, msg.id, 3)
+        # The attempt is written with the operator's answer (one row), in the commit that
+        # stores the message IN_FLIGHT: the store never shows one without the other.
+        events = await stored_events(h, msg.id, 2)
         row = await h.store.get_message(msg.id)
         assert row is not None and row.state is F
         await trio.sleep(30)
         await h.dispatcher.on_receipt("opA", "opA-1", "DELIVRD", 0, hold=1)
         await h.wait_final(msg.id, timeout=60)
         events = await h.store.events_of(msg.id)
-    assert steps(events) == [("accepted", A, Q), ("attempt", Q, F), ("submitted", None, None),
+    assert steps(events) == [("accepted", A, Q), ("attempt", Q, F),
                              ("receipt", F, State.DELIVERED)]
-    accepted, attempt, submitted, receipt = events
+    accepted, attempt, receipt = events
     assert accepted.detail == {"interface": "smpp"} and accepted.at == msg.created_at
-    assert attempt.detail == {"attempt": 1, "channel": "sms", "connector": "opA", "parts": 1}
-    assert submitted.detail == {"attempt": 1, "connector": "opA", "operator_ids": ["opA-1"]}
+    assert attempt.detail == {"attempt": 1, "channel": "sms", "connector": "opA", "parts": 1,
+                              "outcome": "submitted", "operator_ids": ["opA-1"],
+                              "answered_in": 0.0}
     assert receipt.detail == {"part": 1, "connector": "opA", "stat": "DELIVRD", "err": 0}
     assert attempt.at - msg.created_at < 1 and 30 <= receipt.at - attempt.at < 31
     # Counted by (from, to), once stored.
@@ -103,14 +104,15 @@ async def test_a_temporary_refusal_is_recorded_with_its_status_and_the_next_atte
     async with trio.open_nursery() as nursery, harness(tmp_path, {"opA": smsc}, nursery) as h:
         msg = h.message()
         await h.submit(msg)
-        events = await stored_events(h, msg.id, 5)
+        events = await stored_events(h, msg.id, 4)
     assert steps(events) == [("accepted", A, Q), ("attempt", Q, F), ("retry", F, Q),
-                             ("attempt", Q, F), ("submitted", None, None)]
+                             ("attempt", Q, F)]
     retry, second = events[2], events[3]
     assert retry.detail == {"attempt": 1, "connector": "opA", "status": "0x00000058",
                             "detail": "throttled", "delay": 5.0,
                             "next_attempt_at": history.iso(retry.at + 5)}
     assert second.detail["attempt"] == 2 and second.at == pytest.approx(retry.at + 5, abs=0.05)
+    assert second.detail["outcome"] == "submitted" and "outcome" not in events[1].detail
 
 
 async def test_a_permanent_refusal_ends_the_message_with_the_reason_and_status(
@@ -152,17 +154,49 @@ async def test_each_parts_receipt_is_recorded_and_the_last_one_ends_the_message(
     async with trio.open_nursery() as nursery, harness(tmp_path, {"opA": smsc}, nursery) as h:
         msg = h.message("x" * 300)  # 2 GSM parts
         await h.submit(msg)
-        await stored_events(h, msg.id, 3)
+        await stored_events(h, msg.id, 2)
         await h.dispatcher.on_receipt("opA", "opA-1", "DELIVRD", 0, hold=1)
         await h.dispatcher.on_receipt("opA", "opA-2", "UNDELIV", 1, hold=1)
         await h.wait_final(msg.id, timeout=60)
         events = await h.store.events_of(msg.id)
-    assert steps(events) == [("accepted", A, Q), ("attempt", Q, F), ("submitted", None, None),
+    assert steps(events) == [("accepted", A, Q), ("attempt", Q, F),
                              ("receipt", None, None), ("receipt", F, State.UNDELIVERABLE)]
     assert events[1].detail["parts"] == 2
-    assert events[2].detail["operator_ids"] == ["opA-1", "opA-2"]
-    assert [e.detail["part"] for e in events[3:]] == [1, 2]
-    assert events[4].detail == {"part": 2, "connector": "opA", "stat": "UNDELIV", "err": 1}
+    assert events[1].detail["operator_ids"] == ["opA-1", "opA-2"]
+    assert [e.detail["part"] for e in events[2:]] == [1, 2]
+    assert events[3].detail == {"part": 2, "connector": "opA", "stat": "UNDELIV", "err": 1}
+
+
+async def test_an_answer_after_the_attempt_was_written_gets_a_row_of_its_own(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    """Part 1 answered and its receipt in (written with the attempt) before part 2 is
+    answered: the operator's answer to the attempt is then a "submitted" row."""
+    held: list[Submission] = []
+
+    class SlowSecondPart(ScriptedSmsc):
+        def _send(self, item: Submission) -> None:
+            if self.sent:
+                held.append(item)  # the second part's answer waits for the test
+            else:
+                super()._send(item)
+
+    smsc = SlowSecondPart("opA")
+    async with trio.open_nursery() as nursery, harness(tmp_path, {"opA": smsc}, nursery) as h:
+        msg = h.message("x" * 300)  # 2 GSM parts
+        await h.submit(msg)
+        await until(lambda: held and h.dispatcher.live[msg.id].parts[0].smsc_id)
+        await h.dispatcher.on_receipt("opA", "opA-1", "DELIVRD", 0, hold=1)
+        await stored_events(h, msg.id, 3)
+        held[0].done(SubmitResult("opA-2", 0))
+        await stored_events(h, msg.id, 4)
+        await h.dispatcher.on_receipt("opA", "opA-2", "DELIVRD", 0, hold=1)
+        await h.wait_final(msg.id, timeout=60)
+        events = await h.store.events_of(msg.id)
+    assert steps(events) == [("accepted", A, Q), ("attempt", Q, F), ("receipt", None, None),
+                             ("submitted", None, None), ("receipt", F, State.DELIVERED)]
+    assert "outcome" not in events[1].detail
+    assert events[3].detail == {"attempt": 1, "connector": "opA",
+                                "operator_ids": ["opA-1", "opA-2"]}
 
 
 async def test_an_attempt_cut_by_a_restart_is_recorded_as_resumed_before_the_next_attempt(
@@ -174,8 +208,8 @@ async def test_an_attempt_cut_by_a_restart_is_recorded_as_resumed_before_the_nex
                                  [Part(msg.id, 1, "opA")])
     smsc = ScriptedSmsc("opA")
     async with trio.open_nursery() as nursery, harness(tmp_path, {"opA": smsc}, nursery) as h:
-        events = await stored_events(h, msg.id, 3)
-    assert steps(events) == [("resumed", F, Q), ("attempt", Q, F), ("submitted", None, None)]
+        events = await stored_events(h, msg.id, 2)
+    assert steps(events) == [("resumed", F, Q), ("attempt", Q, F)]
     assert events[0].detail == {"parts_pending": 1} and events[1].detail["attempt"] == 2
 
 
@@ -239,19 +273,22 @@ async def test_smpp_and_http_messages_get_their_whole_history_through_the_gatewa
                 return await running.store.events_of(smpp_id)
 
             with trio.fail_after(10):  # the report's event comes with its deletion's commit
-                while len(events := await smpp_history()) < 5:
+                while len(events := await smpp_history()) < 4:
                     await trio.sleep(0.01)
             view = (await c.get(f"/v1/messages/{http_id}", headers=auth)).json()
-    assert steps(events) == [("accepted", A, Q), ("attempt", Q, F), ("submitted", None, None),
+    assert steps(events) == [("accepted", A, Q), ("attempt", Q, F),
                              ("receipt", F, State.DELIVERED), ("report_delivered", None, None)]
     assert events[0].detail == {"interface": "smpp"}
-    assert events[1].detail == {"attempt": 1, "channel": "sms", "connector": "sim", "parts": 1}
-    operator_ids = events[2].detail["operator_ids"]
+    attempt = events[1].detail
+    assert {k: attempt[k] for k in ("attempt", "channel", "connector", "parts", "outcome")} \
+        == {"attempt": 1, "channel": "sms", "connector": "sim", "parts": 1,
+            "outcome": "submitted"}
+    operator_ids = attempt["operator_ids"]
     assert isinstance(operator_ids, list) and len(operator_ids) == 1 and operator_ids[0]
-    assert events[4].detail["interface"] == "smpp"
+    assert events[3].detail["interface"] == "smpp"
     assert [(e["kind"], e["from_state"], e["to_state"]) for e in view["history"]] == [
         ("accepted", "ACCEPTED", "QUEUED"), ("attempt", "QUEUED", "IN_FLIGHT"),
-        ("submitted", None, None), ("receipt", "IN_FLIGHT", "DELIVERED")]
+        ("receipt", "IN_FLIGHT", "DELIVERED")]
     assert view["history"][0]["detail"] == {"interface": "http"}
     assert [(a["connector"], a["outcome"]) for a in view["attempts"]] == [("sim", "submitted")]
 
