@@ -7,6 +7,7 @@ trigger fires, the daemon drains (gateway.lifecycle) and the services are cancel
 
 from __future__ import annotations
 
+import functools
 import math
 import signal
 from collections.abc import Awaitable, Callable
@@ -23,7 +24,7 @@ from gateway.http_api import HttpApi, serve_http
 from gateway.inbound import Inbound
 from gateway.model import Report
 from gateway.reporter import Reporter
-from gateway.server import SmppServer, account_states
+from gateway.server import UPSTREAM_BIND_MODES, SmppServer, account_states
 from gateway.store import Store, StoreError
 from gateway.webhooks import Webhooks, endpoints, mo_by_webhook
 from routing.core import PrefixRoute, PrefixRouter
@@ -101,6 +102,21 @@ async def _housekeeping(running: Running, clock: WallClock) -> None:
         await trio.sleep(HOUSEKEEPING_INTERVAL)
 
 
+def _queued(connector: SmscConnector) -> int:
+    return connector.queued
+
+
+def _export_gauges(config: GatewayConfig, connectors: dict[str, SmscConnector]) -> None:
+    """Every configured SMSC and account has its gauges from the start (at 0 until bound), so
+    that an alert on "no bind" also fires for a connection that never came up."""
+    for name, connector in connectors.items():
+        metrics.SMSC_BINDS.labels(name)
+        metrics.SMSC_QUEUE.labels(name).set_function(functools.partial(_queued, connector))
+    for account in config.accounts:
+        for mode in UPSTREAM_BIND_MODES.values():
+            metrics.UPSTREAM_BINDS.labels(account, mode)
+
+
 async def run(
     config: GatewayConfig,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
@@ -111,7 +127,7 @@ async def run(
     async with Store.open(sc.path, batch_max=sc.batch_max, synchronous=sc.synchronous,
                           queue_max=sc.queue_max, unfinished_max=sc.unfinished_max) as store:
         clock = WallClock()
-        metrics.LIVE.set_function(lambda: store.unfinished)
+        metrics.STORE_QUEUE.set_function(lambda: store.queued_rows)
         reporter = Reporter(store, clock, expiry=sc.report_expiry, accounts=config.accounts)
         webhooks = Webhooks(store, clock, endpoints(config.accounts.values()),
                             expiry=sc.report_expiry)
@@ -132,6 +148,7 @@ async def run(
                           mo_by_webhook(config.accounts.values()))
         for smsc in config.smscs.values():
             connectors[smsc.name] = SmscConnector(smsc, inbound.on_deliver)
+        _export_gauges(config, connectors)
         running = Running(config, store, dispatcher, reporter, connectors=connectors,
                           webhooks=webhooks)
         async with trio.open_nursery() as nursery:

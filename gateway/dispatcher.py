@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import structlog
 import trio
 
-from gateway import metrics
+from gateway import history, metrics
 from gateway.clock import WallClock
 from gateway.config import RetryConfig
 from gateway.intake import Replacement
@@ -70,6 +70,7 @@ STAT_TO_PART: dict[str, PartState | None] = {
 }
 _FINAL_PARTS = frozenset({PartState.DELIVERED, PartState.UNDELIVERABLE, PartState.EXPIRED,
                           PartState.REJECTED})
+NO_SMSC = "none"  # the smsc label of a message that never reached a connector
 NO_ROUTE_ERROR = 0x0B  # reported as err:011 (ESME_RINVDSTADR's code) when no route matches
 MAX_HELD_RECEIPTS = 10_000  # receipts waiting at once for their submit_sm_resp
 SAVE_RETRY_MIN, SAVE_RETRY_MAX = 1.0, 30.0  # seconds between attempts at a failed store write
@@ -88,16 +89,22 @@ class Live:
     late: bool = False  # a part of the current attempt was not sent: validity over
     due: float | None = None  # time of this message's one valid heap entry, if any
     held: bool = False  # a cancel or replacement of it is being committed: not attempted
+    # Its history not yet handed to the store: written with the next write of the message
+    # (an attempt's event with its results, in the same commit).
+    events: list[Event] = field(default_factory=list)
+    waiting: bool = False  # its "waiting" (for a connector) event is recorded
 
 
 class _Round:
-    """What one round of the dispatcher changed: messages to save, messages finished."""
+    """What one round of the dispatcher changed: messages to save, messages finished, and
+    (once its write is queued) the history events that write holds."""
 
-    __slots__ = ("finished", "touched")
+    __slots__ = ("events", "finished", "touched")
 
     def __init__(self) -> None:
         self.touched: dict[str, Live] = {}
         self.finished: list[tuple[Live, list[Report]]] = []
+        self.events: list[Event] | None = None
 
     def touch(self, live: Live) -> None:
         self.touched[live.msg.id] = live
@@ -288,8 +295,11 @@ class Dispatcher:
                     p.state is not PartState.PENDING for p in live.parts):
                 self._watch(live, msg.expires_at)  # only its expiry is left to watch
             else:
-                if msg.state is State.IN_FLIGHT:
-                    msg.state = State.QUEUED  # interrupted attempt: its pending parts go again
+                if msg.state is State.IN_FLIGHT:  # interrupted attempt: its pending parts go again
+                    live.events.append(history.transition(
+                        msg, "resumed", State.QUEUED, self.clock.now(),
+                        {"parts_pending": sum(p.state is PartState.PENDING for p in live.parts)
+                         or len(live.parts)}))
                 self._schedule(live, max(msg.next_attempt_at, msg.not_before))
         return len(messages)
 
@@ -330,12 +340,21 @@ class Dispatcher:
         """Run one message's step; a bug in it costs that message a retry, not the loop."""
         try:
             step(live, *args)
-        except Exception:
+        except Exception as exc:
             log.exception("dispatcher.step_failed", message_id=live.msg.id)
-            if not live.msg.state.final and live.sending == 0:
-                if any(p.state is PartState.PENDING for p in live.parts) or not live.parts:
-                    live.msg.state = State.QUEUED  # so that the pending parts are tried again
-                self._schedule(live, self.clock.now() + self.retry.initial_delay)
+            msg = live.msg
+            if not msg.state.final and live.sending == 0:
+                now = self.clock.now()
+                detail: dict[str, object] = {"detail": f"internal error ({type(exc).__name__}):"
+                                                       " tried again"}
+                if msg.state is not State.QUEUED and (
+                        any(p.state is PartState.PENDING for p in live.parts) or not live.parts):
+                    # so that the pending parts are tried again
+                    live.events.append(history.transition(msg, "error", State.QUEUED, now,
+                                                          detail))
+                else:
+                    live.events.append(history.note(msg, "error", now, detail))
+                self._schedule(live, now + self.retry.initial_delay)
 
     async def _wait_work(self) -> None:
         """Return when there are submit results, or a message is due and may start."""
@@ -371,7 +390,7 @@ class Dispatcher:
         if msg.state.final or live.held:
             return  # a held message is looked at again once its change is committed
         if now >= msg.expires_at:
-            self._finish(live, State.EXPIRED, now, work)
+            self._finish(live, State.EXPIRED, now, work, {"reason": "validity over"})
         elif msg.state in (State.QUEUED, State.SCHEDULED, State.ACCEPTED) and \
                 now >= msg.next_attempt_at:
             self._attempt(live, now, work)
@@ -414,10 +433,15 @@ class Dispatcher:
         except NoRoute:
             msg.error = NO_ROUTE_ERROR
             log.warning("message.no_route", message_id=msg.id)
-            self._finish(live, State.REJECTED, now, work)
+            self._finish(live, State.REJECTED, now, work, {"reason": "no route for its "
+                                                                     "destination"})
             return
         if conn is None:  # every connector of the route is down: wait for one (or the expiry)
             self._parked[msg.id] = live
+            if not live.waiting:
+                live.waiting = True
+                live.events.append(history.note(msg, "waiting", now, {
+                    "reason": "no connector of its route is up"}))
             self._watch(live, msg.expires_at)
             return
         if live.parts and all(p.state is PartState.PENDING for p in live.parts) \
@@ -429,15 +453,19 @@ class Dispatcher:
             except TextEncodingError as exc:  # e.g. more than 255 parts for this SMSC
                 log.warning("message.unsplittable", message_id=msg.id, detail=str(exc))
                 msg.error = Status.ESME_RINVMSGLEN
-                self._finish(live, State.REJECTED, now, work)
+                self._finish(live, State.REJECTED, now, work, {
+                    "reason": "cannot be split for this connector", "connector": conn.name,
+                    "detail": str(exc)})
                 return
         if not live.parts:
             live.parts = [Part(msg.id, n, conn.name) for n in range(1, len(live.segments) + 1)]
         msg.parts_total = len(live.parts)
-        msg.state = State.IN_FLIGHT
         msg.attempts += 1
         msg.connector = conn.name
-        live.refused, live.late = None, False
+        live.events.append(history.transition(msg, "attempt", State.IN_FLIGHT, now, {
+            "attempt": msg.attempts, "channel": conn.channel, "connector": conn.name,
+            "parts": sum(p.state is PartState.PENDING for p in live.parts)}))
+        live.refused, live.late, live.waiting = None, False, False
         metrics.child(metrics.ATTEMPTS, conn.name).inc()
         deadline = self.clock.to_trio(msg.expires_at)
         for part, segment in zip(live.parts, live.segments, strict=True):
@@ -483,7 +511,10 @@ class Dispatcher:
                 part.state = PartState.REJECTED if result.rejected else PartState.UNDELIVERABLE
                 part.done_at = now
                 self._finish(live, State.REJECTED if result.rejected else State.UNDELIVERABLE,
-                             now, work)
+                             now, work, {"reason": "refused by the operator",
+                                         "connector": part.connector, "part": part.part_no,
+                                         "status": f"0x{result.status:08X}",
+                                         **({"detail": result.detail} if result.detail else {})})
                 return
         if live.sending:
             work.touch(live)  # the operator ids known so far are kept
@@ -494,14 +525,20 @@ class Dispatcher:
         """Every submit of the attempt is answered: in flight, retry later, or final."""
         msg = live.msg
         if live.late:
-            self._finish(live, State.EXPIRED, now, work)
+            self._finish(live, State.EXPIRED, now, work, {
+                "reason": "validity over before every part was sent",
+                "connector": msg.connector})
             return
         refused = live.refused
         if refused is not None:
             if not any(p.state is not PartState.PENDING for p in live.parts):
                 live.failover += 1  # nothing sent yet: the next attempt may fail over
-            msg.state = State.QUEUED
             delay = self._backoff(msg.attempts)
+            live.events.append(history.transition(msg, "retry", State.QUEUED, now, {
+                "attempt": msg.attempts, "connector": msg.connector,
+                "status": f"0x{refused.status:08X}", "detail": refused.detail or
+                "refused for now by the operator", "delay": delay,
+                "next_attempt_at": history.iso(now + delay)}))
             log.info("message.retry", message_id=msg.id, smsc=msg.connector,
                      status=f"0x{refused.status:08X}", detail=refused.detail, delay=delay)
             self._schedule(live, now + delay)
@@ -509,11 +546,19 @@ class Dispatcher:
             return
         log.info("message.submitted", message_id=msg.id, smsc=msg.connector,
                  parts=len(live.parts), attempt=msg.attempts)
-        metrics.transition(State.IN_FLIGHT)
+        operator_ids = [p.smsc_id for p in live.parts]
+        attempt = live.events[-1] if live.events and live.events[-1].kind == "attempt" else None
+        if attempt is not None:  # not written yet: the answer goes in the attempt's row
+            attempt.detail.update(outcome="submitted", operator_ids=operator_ids,
+                                  answered_in=round(now - attempt.at, 3))
+        else:  # the attempt's row is written already (a part's receipt came in between)
+            live.events.append(history.note(msg, "submitted", now, {
+                "attempt": msg.attempts, "connector": msg.connector,
+                "operator_ids": operator_ids}))
         self._watch(live, msg.expires_at)
         outcome = final_state_of(live.parts)  # every receipt may be in already
         if outcome is not None:
-            self._finish(live, outcome, now, work)
+            self._finish(live, outcome, now, work, {"reason": "every part's receipt is in"})
         else:
             work.touch(live)
 
@@ -552,8 +597,15 @@ class Dispatcher:
             [(live.msg, live.parts, reports) for live, reports in work.finished]
         outcomes = [p for _, parts, _ in items for p in parts
                     if p.smsc_id and p.state in _FINAL_PARTS]
+        if work.events is None:  # the first try: the messages' history goes with them
+            work.events = []
+            for live in itertools.chain(work.touched.values(), (f[0] for f in work.finished)):
+                if live.events:
+                    work.events += live.events
+                    live.events = []
         try:
-            return self.store.save_messages_nowait(items, existing=True), outcomes
+            return self.store.save_messages_nowait(items, existing=True,
+                                                   events=work.events), outcomes
         except StoreError:
             log.exception("dispatcher.save_failed", messages=len(items))
             return None, []
@@ -591,8 +643,9 @@ class Dispatcher:
         if msg.esm_class & ESM_UDHI:  # already segmented upstream: one part, as submitted
             return [Segment(msg.body, True, None, len(msg.body) > 254)]
         cfg = conn.config
-        # Derived from the id, so parts resent after a restart carry the same reference.
-        ref = int(msg.id[:8], 16) % (0xFFFE if cfg.udh_ref16 else 0xFE) + 1
+        # Derived from the id, so parts resent after a restart carry the same reference; from
+        # its random end (its first digits are the time, shared by the messages of a minute).
+        ref = int(msg.id[-8:], 16) % (0xFFFE if cfg.udh_ref16 else 0xFE) + 1
         return split(msg.body, msg.data_coding, method=cfg.segmentation, ref=ref,
                      ref16=cfg.udh_ref16)
 
@@ -838,12 +891,15 @@ class Dispatcher:
             part.done_at = now
             applied.append(done)
             final = final_state_of(live.parts)
+            detail: dict[str, object] = {"part": part.part_no, "connector": connector,
+                                         "stat": word, "err": error}
             if final is None:
+                live.events.append(history.note(live.msg, "receipt", now, detail))
                 work.touch(live)
                 continue
             if error:
                 live.msg.error = error
-            work.finish(live, self._finalize(live, final, now))
+            work.finish(live, self._finalize(live, final, now, detail, kind="receipt"))
         if work:
             assert self._nursery is not None
             write, outcomes = self._save(work)
@@ -871,14 +927,17 @@ class Dispatcher:
             done(await self._wait_settled(part, deadline))
 
     # -- final states ---------------------------------------------------------------------------
-    def _finish(self, live: Live, state: State, now: float, work: _Round) -> None:
+    def _finish(self, live: Live, state: State, now: float, work: _Round,
+                detail: dict[str, object]) -> None:
         if not live.msg.state.final:
-            work.finish(live, self._finalize(live, state, now))
+            work.finish(live, self._finalize(live, state, now, detail))
 
-    def _finalize(self, live: Live, state: State, now: float) -> list[Report]:
-        """Move a message and its open parts to a final state; the report owed upstream."""
+    def _finalize(self, live: Live, state: State, now: float, detail: dict[str, object],
+                  kind: str = "final") -> list[Report]:
+        """Move a message and its open parts to a final state (recorded in its history as an
+        event of that kind, with that detail); the report owed upstream."""
         msg = live.msg
-        msg.state = state
+        live.events.append(history.transition(msg, kind, state, now, detail))
         msg.done_at = now
         part_state = {State.EXPIRED: PartState.EXPIRED, State.REJECTED: PartState.REJECTED}.get(
             state, PartState.UNDELIVERABLE)
@@ -901,7 +960,8 @@ class Dispatcher:
         self._parked.pop(msg.id, None)
         log.info("message.final", message_id=msg.id, state=msg.state.value, error=msg.error,
                  attempts=msg.attempts, smsc=msg.connector)
-        metrics.transition(msg.state)
+        metrics.child(metrics.RECEIPT_SECONDS, msg.connector or NO_SMSC, msg.state.value) \
+            .observe((msg.done_at or msg.created_at) - msg.created_at)
         for report in reports:
             self.on_report(report)
 
@@ -932,6 +992,9 @@ class Dispatcher:
             raise RetryRefused(f"scheduled by its sender for {when} UTC: it is not due yet")
         was_parked = self._parked.pop(message_id, None) is not None
         waited = msg.next_attempt_at
+        live.events.append(history.note(msg, "retry_now", now, {
+            "was": "waiting for a connector of its route" if was_parked else
+            f"waiting for its next attempt at {history.iso(waited)}"}))
         msg.next_attempt_at = now
         self._watch(live, now)
         self._wake.set()
@@ -1017,9 +1080,9 @@ class Dispatcher:
         for live in lives:
             msg = live.msg
             undo.append((live, msg.state, msg.done_at, [(p.state, p.done_at) for p in live.parts]))
-            events.append(Event(msg.id, now, "cancelled", msg.state, State.CANCELLED,
-                                {"by": by}))
-            msg.state, msg.done_at = State.CANCELLED, now
+            events += live.events  # its history not yet written goes first (kept on undo)
+            events.append(history.transition(msg, "cancelled", State.CANCELLED, now, {"by": by}))
+            msg.done_at = now
             for part in live.parts:
                 part.state, part.done_at = PartState.CANCELLED, now
             live.held, live.due = True, None  # its heap entries are void from now on
@@ -1039,7 +1102,7 @@ class Dispatcher:
                 self._schedule(live, live.msg.next_attempt_at)
             raise
         for live, (_, _, owed) in zip(lives, items, strict=True):
-            live.held = False
+            live.held, live.events = False, []
             log.info("message.cancelled", message_id=live.msg.id, by=by)
             self._finalized(live, list(owed))
         return [live.msg for live in lives]
@@ -1066,7 +1129,7 @@ class Dispatcher:
             ("expires_at", msg.expires_at, new.expires_at),
             ("not_before", msg.not_before, new.not_before)) if old != value]
         state = State.SCHEDULED if new.not_before > now else State.QUEUED
-        event = Event(msg.id, now, "replaced", msg.state, state, {"by": by, "changed": changed})
+        event = history.transition(msg, "replaced", state, now, {"by": by, "changed": changed})
         # After a temporary refusal the next attempt keeps its backoff; else the new schedule.
         waited = msg.next_attempt_at if msg.attempts else new.not_before
         msg.body, msg.registered_delivery = new.body, new.registered_delivery

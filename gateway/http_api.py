@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import metrics
+from gateway import history, metrics
 from gateway.clock import WallClock
 from gateway.config import GatewayConfig
 from gateway.dispatcher import ChangeRefused, Dispatcher
@@ -202,6 +202,7 @@ class HttpApi:
 
     # -- POST /v1/messages --------------------------------------------------------------------
     async def post_messages(self, request: Request) -> Response:
+        started = trio.current_time()
         state = self._account(request)
         account = state.config.system_id
         if self.stopping.is_set():
@@ -262,6 +263,7 @@ class HttpApi:
                     self.dispatcher.enqueue(msg)
         finally:
             state.admitting -= len(messages)
+        metrics.child(metrics.SUBMIT_SECONDS, "http").observe(trio.current_time() - started)
         return Response(text, 202, media_type="application/json")
 
     def _intake(self, account: str, post: PostRequest, state: _AccountState) -> list[Message]:
@@ -317,8 +319,7 @@ class HttpApi:
         return msg
 
     async def _store(self, messages: list[Message], record: IdempotencyRecord | None) -> None:
-        events = [Event(m.id, m.created_at, "accepted", None, m.state, {"interface": "http"})
-                  for m in messages]
+        events = [history.accepted(m, "http") for m in messages]
         try:
             await self.store.add_messages(messages, events, idempotency=record)
         except StoreBusy:
@@ -421,10 +422,7 @@ def message_view(msg: Message, parts: list[Part], events: list[Event]) -> dict[s
                 "from_state": e.from_state.value if e.from_state else None,
                 "to_state": e.to_state.value if e.to_state else None,
                 "detail": e.detail} for e in events]
-    attempts = [{"at": _time(e.at), "channel": str(e.detail.get("channel", msg.channel)),
-                 "connector": _str_or_none(e.detail.get("connector")),
-                 "outcome": _str_or_none(e.detail.get("outcome")), "detail": e.detail}
-                for e in events if e.kind == "attempt"]
+    attempts = _attempts(msg, events)
     if not attempts:  # no attempt recorded in the history: the attempt its parts show
         by_connector: dict[str, list[Part]] = {}
         for p in parts:
@@ -464,6 +462,27 @@ def message_view(msg: Message, parts: list[Part], events: list[Event]) -> dict[s
                      for p in parts if p.state in _FINAL_PARTS and p.smsc_id is not None],
         "history": history,
     }
+
+
+def _attempts(msg: Message, events: list[Event]) -> list[dict[str, Any]]:
+    """Each "attempt" of the history, with its outcome: its own (the operator's answer, when
+    written with it), else the event that answered it ("submitted", "retry", "resumed", or
+    the final state it ended in); None while unanswered."""
+    attempts: list[dict[str, Any]] = []
+    open_attempt: dict[str, Any] | None = None
+    for e in events:
+        if e.kind == "attempt":
+            outcome = _str_or_none(e.detail.get("outcome"))  # answered in the same commit
+            entry = {"at": _time(e.at), "channel": str(e.detail.get("channel", msg.channel)),
+                     "connector": _str_or_none(e.detail.get("connector")),
+                     "outcome": outcome, "detail": e.detail}
+            attempts.append(entry)
+            open_attempt = None if outcome else entry
+        elif open_attempt is not None and e.kind in ("submitted", "retry", "final", "resumed"):
+            open_attempt["outcome"] = e.to_state.value if e.kind == "final" and e.to_state \
+                else e.kind
+            open_attempt = None
+    return attempts
 
 
 def _str_or_none(value: object) -> str | None:

@@ -1,6 +1,8 @@
 """Prometheus metrics of the gateway: one place defines every series the daemon exports.
 
-Counters are labelled by the things operators page on: connector, status, state, account.
+Counters are labelled by the things operators page on: connector, status, state, account;
+every label takes values from a bounded set (configured names, States, SMPP statuses).
+Durations are histograms in seconds. README.md's Metrics section lists them all.
 """
 
 from __future__ import annotations
@@ -9,14 +11,15 @@ from typing import TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from gateway.model import State
 from smpp.constants import Status
 
 ACCEPTED = Counter("smsgw_messages_accepted_total", "Messages accepted from upstream",
                    ["account", "interface"])
 REFUSED = Counter("smsgw_submits_refused_total", "Upstream submits refused",
                   ["account", "status"])
-STATES = Counter("smsgw_message_transitions_total", "Message state transitions", ["state"])
+TRANSITIONS = Counter("smsgw_message_transitions_total",
+                      "Message state transitions, counted when stored (from ACCEPTED: taken "
+                      "from upstream)", ["from", "to"])
 REPLACED = Counter("smsgw_messages_replaced_total",
                    "Messages whose text or times were replaced (replace_sm) before sending",
                    ["account"])
@@ -47,7 +50,13 @@ SMSC_BINDS = Gauge("smsgw_smsc_binds", "Bound operator sessions", ["smsc"])
 CONNECTIONS_REFUSED = Counter("smsgw_connections_refused_total",
                               "Upstream connections closed at accept: over a limit",
                               ["listener", "reason"])
-LIVE = Gauge("smsgw_unfinished_messages", "Messages not yet in a final state")
+UNFINISHED = Gauge("smsgw_unfinished_messages",
+                   "Messages not yet in a final state, by state, as of the store's last commit",
+                   ["state"])
+STORE_QUEUE = Gauge("smsgw_store_queued_rows",
+                    "Rows waiting for the store's writer (not committed yet)")
+SMSC_QUEUE = Gauge("smsgw_smsc_queued_submits",
+                   "submit_sm queued for an operator connection, not sent yet", ["smsc"])
 REPORTS_PENDING = Gauge("smsgw_reports_pending",
                         "Receipts/MO stored and not yet delivered upstream", ["account"])
 REPORTS_EXPIRED = Counter("smsgw_reports_expired_total",
@@ -106,13 +115,34 @@ def status_label(status: int) -> str:
     return f"0x{status:08X}" if status in _KNOWN_STATUSES else "other"
 
 
-def transition(state: State) -> None:
-    child(STATES, state.value).inc()
-
-
 TLS_HANDSHAKE_FAILURES = Counter("smsgw_tls_handshake_failures_total",
                                  "Upstream TLS handshakes that failed, by reason (timeout, "
                                  "certificate, protocol, closed)", ["listener", "reason"])
 SMSC_TLS_FAILURES = Counter("smsgw_smsc_tls_failures_total",
                             "TLS handshakes with an operator SMSC that failed, by reason "
                             "(timeout, certificate, protocol, closed)", ["smsc", "reason"])
+
+# Latencies, in seconds. Submit: from taking an upstream request (a submit_sm, or a POST) to
+# answering it, for those accepted. Operator submit: submit_sm sent to its submit_sm_resp.
+# Receipt: from acceptance to the message's final state.
+_FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+SUBMIT_SECONDS = Histogram("smsgw_submit_latency_seconds",
+                           "Upstream submits accepted: from the request taken to its answer "
+                           "(after the store commit)", ["interface"], buckets=_FAST)
+OPERATOR_SUBMIT_SECONDS = Histogram("smsgw_operator_submit_latency_seconds",
+                                    "submit_sm to an operator: sent to submit_sm_resp",
+                                    ["smsc"], buckets=_FAST)
+RECEIPT_SECONDS = Histogram("smsgw_receipt_latency_seconds",
+                            "Messages finished: from acceptance to the final state (the "
+                            "operator's receipt, or expiry...), by last SMSC and final state",
+                            ["smsc", "state"],
+                            buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+                                     300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 43200.0,
+                                     86400.0, 172800.0))
+STORE_COMMIT_SECONDS = Histogram("smsgw_store_commit_latency_seconds",
+                                 "Store transactions: from the writer's start to the COMMIT "
+                                 "done (fsync included with synchronous=full)",
+                                 buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                          0.25, 0.5, 1.0, 2.5, 5.0))
+STORE_BATCH_ROWS = Histogram("smsgw_store_batch_rows", "Rows written per store transaction",
+                             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000))

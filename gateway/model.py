@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import os
+import time
 from dataclasses import dataclass, field
 
 
@@ -52,8 +53,15 @@ class ReportKind(enum.StrEnum):
 
 
 def new_message_id() -> str:
-    """A gateway message id: 32 lowercase hex digits (fits SMPP's 65-octet message_id)."""
-    return os.urandom(16).hex()
+    """A gateway message id: 32 lowercase hex digits (fits SMPP's 65-octet message_id), the
+    time of its making in milliseconds (12 digits) then 80 random bits (20 digits).
+
+    Ids grow with time, so the store's B-trees keyed by message id (messages, parts, the
+    history's index) take new rows at their right end, where the pages are already in memory:
+    with random ids each row dirtied a random page of each (measured: 13 us per history row
+    against 4 us). The random part keeps ids unguessable; it is also where anything derived
+    from an id should look (its first digits are shared by the messages of a minute)."""
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
 
 @dataclass(slots=True)

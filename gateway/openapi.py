@@ -110,14 +110,18 @@ def _schemas(max_batch: int) -> dict[str, Any]:
         "at": _TIME_OR_NULL,
         "channel": {"type": "string"},
         "connector": _STR_OR_NULL,
-        "outcome": _STR_OR_NULL,
+        "outcome": {**_STR_OR_NULL, "description": "submitted (the operator took every "
+                    "part), retry (refused for now: tried again later), resumed (cut by a "
+                    "restart), the final state it ended in, or null (not answered yet)"},
         "detail": {"type": "object"},
     })
     state_or_null = {"enum": [*(s.value for s in State), None]}
     event = _obj({
         "at": _TIME,
-        "kind": {"type": "string", "description": "accepted, attempt, retry, receipt, "
-                                                  "final, report, cancelled, replaced, ..."},
+        "kind": {"type": "string", "description": "accepted, attempt, submitted, retry, "
+                 "receipt, final, waiting, resumed, retry_now, report_delivered, "
+                 "report_expired, cancelled, replaced, error (see the README's 'Message "
+                 "history')"},
         "from_state": state_or_null,
         "to_state": state_or_null,
         "detail": {"type": "object"},

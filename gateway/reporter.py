@@ -19,7 +19,7 @@ import trio
 
 from gateway import metrics
 from gateway.clock import WallClock
-from gateway.model import Report, ReportKind
+from gateway.model import Event, Report, ReportKind
 from gateway.store import Store, StoreError
 from smpp.connection import Connection, ConnectionClosed, ResponseTimeout, Turns, WindowFull
 from smpp.constants import Tag
@@ -121,6 +121,7 @@ class Reporter:
         self._accounts: dict[str, _Account] = {}
         self._nursery: trio.Nursery | None = None
         self._to_delete: list[int] = []  # delivered or expired, not deleted yet
+        self._events: list[Event] = []  # what their messages' histories get with that deletion
         self._delete_wake = trio.Event()
         self._deleting = False  # a deletion commit is under way
         self._deleted = trio.Event()  # set after each deletion commit
@@ -286,15 +287,23 @@ class Reporter:
         """Delete a report undelivered: it is older than the report expiry."""
         assert report.id is not None
         acc.pending.pop(report.id, None)
-        self._forget(acc, report.id)
+        now = self.clock.now()
+        self._forget(acc, report, "report_expired", now, {
+            "detail": "the upstream did not take it within the report expiry",
+            "age": round(now - report.created_at)})
         metrics.child(metrics.REPORTS_EXPIRED, acc.label, report.kind.value).inc()
         log.warning("report.expired", account=name, message_id=report.message_id,
-                    kind=report.kind.value, age=round(self.clock.now() - report.created_at))
+                    kind=report.kind.value, age=round(now - report.created_at))
 
-    def _forget(self, acc: _Account, report_id: int) -> None:
-        """Delivered or expired: queue its deletion."""
+    def _forget(self, acc: _Account, report: Report, kind: str, now: float,
+                detail: dict[str, object]) -> None:
+        """Delivered or expired: queue its deletion, and for a receipt the event saying so
+        in its message's history (written with that deletion)."""
+        assert report.id is not None
         self._count(acc, -1)
-        self._to_delete.append(report_id)
+        self._to_delete.append(report.id)
+        if report.kind is ReportKind.RECEIPT:
+            self._events.append(Event(report.message_id, now, kind, detail=detail))
         self._delete_wake.set()
 
     def _send(self, name: str, acc: _Account, report: Report, conn: Connection) -> None:
@@ -320,7 +329,8 @@ class Reporter:
             # Forgotten here at once; deleted from the store by the next delete batch. A
             # crash before that commit sends it again after the restart (at least once).
             if acc.pending.pop(report.id, None) is not None:
-                self._forget(acc, report.id)
+                self._forget(acc, report, "report_delivered", self.clock.now(),
+                             {"interface": "smpp", "bind": conn.name})
             metrics.child(metrics.REPORTS_SENT, name, report.kind.value).inc()
             log.info("report.delivered", account=name, message_id=report.message_id,
                      kind=report.kind.value)
@@ -352,14 +362,16 @@ class Reporter:
             await self._delete_wake.wait()
             self._delete_wake = trio.Event()
             ids, self._to_delete = self._to_delete, []
+            events, self._events = self._events, []
             if not ids:
                 self._deleted.set()
                 continue
             self._deleting = True
             try:
-                await self.store.ack_reports(ids)
+                await self.store.ack_reports(ids, events)
             except StoreError:  # counted and logged by the store
                 self._to_delete.extend(ids)  # again; at worst re-sent after a restart
+                self._events[:0] = events
                 await trio.sleep(RETRY_DELAY)
                 self._delete_wake.set()
             finally:

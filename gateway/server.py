@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import structlog
 import trio
 
-from gateway import metrics, tls
+from gateway import history, metrics, tls
 from gateway.auth import Authenticator, Verdict
 from gateway.clock import WallClock
 from gateway.config import AccountConfig, ListenerConfig
@@ -56,6 +56,9 @@ log = structlog.get_logger("gateway.server")
 
 
 _BATCHED = frozenset({CommandId.SUBMIT_SM, CommandId.DATA_SM})
+# The metric label of each bind's mode (smsgw_upstream_binds{account,mode}).
+UPSTREAM_BIND_MODES = {CommandId.BIND_TRANSMITTER: "tx", CommandId.BIND_RECEIVER: "rx",
+                       CommandId.BIND_TRANSCEIVER: "trx"}
 UNBOUND_GRACE = 1.0  # seconds a new connection may take to send its bind before it is evictable
 # accept() errors that mean "out of resources for now", not "the listener is broken"
 _ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
@@ -436,8 +439,7 @@ class SmppServer:
         resp = pdu.response(system_id=self.node)
         set_tlv_int(resp, Tag.SC_INTERFACE_VERSION, 0x34, 1)
         conn.respond(resp)
-        mode = {CommandId.BIND_TRANSMITTER: "tx", CommandId.BIND_RECEIVER: "rx",
-                CommandId.BIND_TRANSCEIVER: "trx"}[pdu.command_id]
+        mode = UPSTREAM_BIND_MODES[pdu.command_id]
         conn.extra.update(account=pdu.system_id, mode=mode)
         self._unbound.pop(conn.extra["pending"], None)  # bound: no longer evictable
         state.binds.add(conn)
@@ -486,7 +488,7 @@ class SmppServer:
         return status
 
     async def _store(self, messages: list[Message], interface: str) -> None:
-        await self.store.add_messages(messages)
+        await self.store.add_messages(messages, [history.accepted(m, interface) for m in messages])
         for msg in messages:
             log.info("message.accepted", message_id=msg.id, account=msg.account,
                      state=msg.state.value, interface=interface)
@@ -497,6 +499,7 @@ class SmppServer:
         each answered with its id once that commit is done."""
         accepted: list[tuple[Pdu, Message]] = []
         owner: _AccountState | None = None  # the bound account (one per connection)
+        started = trio.current_time()
         try:
             now = self.clock.now()
             for pdu in pdus:
@@ -525,14 +528,18 @@ class SmppServer:
                     for pdu, _ in accepted:
                         conn.respond(pdu.response(status=status))
                     return
+                latency = metrics.child(metrics.SUBMIT_SECONDS, "smpp")
+                took = trio.current_time() - started
                 for pdu, msg in accepted:
                     conn.respond(pdu.response(message_id=msg.id))
+                    latency.observe(took)
                     self.dispatcher.enqueue(msg)
         finally:
             if owner is not None:  # whatever happened, these are no longer being admitted
                 owner.admitting -= len(accepted)
 
     async def _submit_multi(self, conn: Connection, pdu: SubmitMulti) -> None:
+        started = trio.current_time()
         state = self._admit(conn, pdu, max(1, len(pdu.dests)))  # charged per destination
         if state is None:
             return
@@ -555,6 +562,7 @@ class SmppServer:
             unsuccess = [UnsuccessSme(ton, npi, addr, status)
                          for ton, npi, addr, status in result.unsuccess]
             conn.respond(pdu.response(message_id=result.messages[0].id, unsuccess=unsuccess))
+            metrics.child(metrics.SUBMIT_SECONDS, "smpp").observe(trio.current_time() - started)
             for msg in result.messages:
                 self.dispatcher.enqueue(msg)
 

@@ -298,6 +298,7 @@ _DELETE_ORPHAN = 15
 _REDACT_EVENT = 16
 _REPLACE_MESSAGE = 17
 _DELETE_PARTS = 18
+_INSERT_EVENT_IF_MESSAGE = 19  # events of messages that may be gone (erased) meanwhile
 _WRITE_SQL: tuple[str, ...] = (
     f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)})"
     f" VALUES ({_placeholders(len(MESSAGE_COLUMNS))})",
@@ -339,6 +340,8 @@ _WRITE_SQL: tuple[str, ...] = (
     # After _UPSERT_PART: a batch holding an older write of that message's parts ends without
     # them.
     "DELETE FROM parts WHERE message_id = ?",
+    "INSERT INTO events (message_id, at, kind, from_state, to_state, detail)"
+    " SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM messages WHERE id = ?1)",
 )
 
 _MESSAGE_SELECT = f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages"
@@ -353,13 +356,30 @@ _report_fields: Callable[[Report], Row] = operator.attrgetter(*REPORT_COLUMNS[:-
 _PURGE_CHUNK = 2000
 _SCAN_WINDOW = 5000  # rowids examined per read by scans over whole tables (erasure, CDR)
 ERASED = "<erased>"  # what replaces an erased number in the history of other messages
-# Messages not in a final state, per the counts the triggers keep (read inside each write).
-_UNFINISHED_SQL = f"SELECT coalesce(sum(n), 0) FROM state_counts WHERE {_OPEN}"
+# Messages per state, as the triggers keep them (read inside each write's transaction).
+_STATE_COUNTS_SQL = "SELECT state, n FROM state_counts"
+_OPEN_STATES = tuple(s for s in State if not s.final)
+_detail_json = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
 def _event_row(e: Event) -> Row:
-    detail = json.dumps(e.detail, separators=(",", ":"), default=str) if e.detail else None
-    return (e.message_id, e.at, e.kind, e.from_state, e.to_state, detail)
+    return (e.message_id, e.at, e.kind, e.from_state, e.to_state,
+            _detail_json(e.detail) if e.detail else None)
+
+
+def _event_rows(events: Sequence[Event]) -> tuple[list[Row], dict[tuple[str, str], int]]:
+    """The events' rows, and the state transitions they record: (from, to) -> how many."""
+    rows = [_event_row(e) for e in events]
+    moves: dict[tuple[str, str], int] = {}
+    for e in events:
+        if e.to_state is not None and e.from_state is not None:
+            move = (e.from_state.value, e.to_state.value)
+            moves[move] = moves.get(move, 0) + 1
+    return rows, moves
+
+
+def _unfinished(counts: dict[str, int]) -> int:
+    return sum(counts.get(s.value, 0) for s in _OPEN_STATES)
 
 
 def _to_event(row: Row) -> Event:
@@ -437,7 +457,8 @@ class Erasure:
 class _Call:
     """One write call: its rows grouped by statement, and how the writer answers it."""
 
-    __slots__ = ("admitted", "done", "error", "exclusive", "groups", "rowcounts", "size")
+    __slots__ = ("admitted", "done", "error", "exclusive", "groups", "moves", "rowcounts",
+                 "size")
 
     def __init__(self, groups: list[tuple[int, list[Row]]], exclusive: bool = False) -> None:
         self.groups = groups
@@ -447,6 +468,7 @@ class _Call:
         self.done = trio.Event()
         self.error: BaseException | None = None
         self.rowcounts: list[int] = []
+        self.moves: dict[tuple[str, str], int] = {}  # state transitions its events record
 
 
 class _Episode:
@@ -497,23 +519,24 @@ async def _aio_connect(uri: str, isolation_level: str | None) -> aiosqlite.Conne
     return await aiosqlite.connect(uri, uri=True, isolation_level=isolation_level)
 
 
-def _transaction(
-    db: sqlite3.Connection, groups: list[tuple[str, list[Row]]]
-) -> tuple[list[int], int]:
+_Committed = tuple[list[int], dict[str, int]]  # rowcounts, messages per state
+
+
+def _transaction(db: sqlite3.Connection, groups: list[tuple[str, list[Row]]]) -> _Committed:
     """Run in the database thread: each group (one executemany) in one transaction; their
-    rowcounts and the unfinished messages as committed. Rolled back entirely if any
+    rowcounts and the messages per state as committed. Rolled back entirely if any
     statement fails."""
     if db.in_transaction:  # left open by a failed ROLLBACK: never build on it
         db.rollback()
     try:
         rowcounts = [db.executemany(sql, rows).rowcount for sql, rows in groups]
-        unfinished = int(db.execute(_UNFINISHED_SQL).fetchone()[0])
+        counts = dict(db.execute(_STATE_COUNTS_SQL).fetchall())
         db.commit()
     except BaseException:
         with contextlib.suppress(Exception):
             db.rollback()
         raise
-    return rowcounts, unfinished
+    return rowcounts, counts
 
 
 # aiosqlite runs every call as a function on its thread (Connection._execute); handing it the
@@ -524,14 +547,14 @@ _ONE_CALL = hasattr(aiosqlite.Connection, "_execute")
 
 async def _aio_transaction(
     conn: aiosqlite.Connection, groups: list[tuple[str, list[Row]]]
-) -> tuple[list[int], int]:
+) -> _Committed:
     """asyncio side: _transaction (each group one executemany, all in one transaction).
 
     The writer connection opens the transaction itself (isolation_level="IMMEDIATE": sqlite3
     issues BEGIN IMMEDIATE before the first write), which saves a thread round trip.
     """
     if _ONE_CALL:
-        result: tuple[list[int], int] = await conn._execute(  # type: ignore[no-untyped-call]
+        result: _Committed = await conn._execute(  # type: ignore[no-untyped-call]
             _transaction, conn._conn, groups)
         return result
     if conn.in_transaction:  # left open by a failed ROLLBACK: never build on it
@@ -541,13 +564,13 @@ async def _aio_transaction(
         for sql, rows in groups:
             cur = await conn.executemany(sql, rows)
             rowcounts.append(cur.rowcount)
-        unfinished = int((await _aio_fetchall(conn, _UNFINISHED_SQL, ()))[0][0])
+        counts: dict[str, int] = dict(await _aio_fetchall(conn, _STATE_COUNTS_SQL, ()))
         await conn.commit()
     except BaseException:
         with contextlib.suppress(Exception):
             await conn.rollback()
         raise
-    return rowcounts, unfinished
+    return rowcounts, counts
 
 
 async def _aio_script(conn: aiosqlite.Connection, script: str) -> None:
@@ -597,6 +620,11 @@ class Store:
     Failures are counted in ``smsgw_store_failures_total{operation}`` and logged at most once
     per FAILURE_LOG_INTERVAL with their number; callers need not log them again.
 
+    Metrics of each commit: the state transitions its events record (an Event with from_state
+    and to_state) are counted in ``smsgw_message_transitions_total{from,to}`` once committed,
+    never for a failed write; ``smsgw_unfinished_messages{state}`` is set from the messages per
+    state that commit leaves; its duration and rows go to the commit histograms.
+
     Limits: one process per database file (a lock file enforces it; report ids are allocated
     in memory). Reads share one connection, so they run one at a time. A lone caller pays a
     full commit per call (about 0.6 ms, more with synchronous=full); throughput comes from
@@ -609,7 +637,7 @@ class Store:
         writer: aiosqlite.Connection,
         reader: aiosqlite.Connection,
         next_report_id: int,
-        unfinished: int,
+        state_counts: dict[str, int],
         *,
         batch_max: int,
         batch_linger: float,
@@ -628,7 +656,9 @@ class Store:
         self._send, self._recv = trio.open_memory_channel[_Call](math.inf)
         self._closed = False
         self._queued_rows = 0  # rows of calls queued and not yet done
-        self._unfinished = unfinished  # unfinished messages as of the last commit
+        self._state_counts: dict[str, int] = {}  # messages per state, as of the last commit
+        self._unfinished = 0  # unfinished messages as of the last commit
+        self._counted(state_counts)
         self._admitting = 0  # new messages queued by add_messages, not yet done
         self._failures = _Episode(metrics.STORE_FAILURES, "store.failed", "store.recovered",
                                   "error")
@@ -636,6 +666,18 @@ class Store:
         self.commits = 0  # transactions committed
         self.committed_ops = 0  # rows written by those transactions
         self.failed_batches = 0  # group transactions that failed and were retried call by call
+
+    def _counted(self, counts: dict[str, int]) -> None:
+        """Messages per state as just committed: kept, and shown in the gauges."""
+        self._state_counts = counts
+        self._unfinished = _unfinished(counts)
+        for state in _OPEN_STATES:
+            metrics.child(metrics.UNFINISHED, state.value).set(counts.get(state.value, 0))
+
+    @property
+    def state_counts(self) -> dict[str, int]:
+        """Messages per state (every State value a key) as of the last commit."""
+        return {s.value: self._state_counts.get(s.value, 0) for s in State}
 
     @property
     def unfinished(self) -> int:
@@ -697,9 +739,9 @@ class Store:
             _create_private_file(db)
             async with (
                 trio_asyncio.open_loop() as loop,
-                _connections(loop, db, synchronous) as (writer, reader, next_id, unfinished),
+                _connections(loop, db, synchronous) as (writer, reader, next_id, counts),
             ):
-                store = cls(loop, writer, reader, next_id, unfinished, batch_max=batch_max,
+                store = cls(loop, writer, reader, next_id, counts, batch_max=batch_max,
                             batch_linger=batch_linger, queue_max=queue_max,
                             unfinished_max=unfinished_max)
                 try:
@@ -788,8 +830,9 @@ class Store:
             for stmt, rows in call.groups:
                 buckets[stmt].extend(rows)
         groups = [(_WRITE_SQL[i], rows) for i, rows in enumerate(buckets) if rows]
+        started = trio.current_time()
         try:
-            _, self._unfinished = await self._loop.run_aio_coroutine(
+            _, counts = await self._loop.run_aio_coroutine(
                 _aio_transaction(self._writer_conn, groups))
         except Exception:
             # Some call broke the transaction: retry each alone, so only that one fails.
@@ -797,32 +840,40 @@ class Store:
             for call in batch:
                 await self._run_alone(call)
             return
-        self._committed(sum(len(rows) for _, rows in groups))
+        self._committed(sum(len(rows) for _, rows in groups), counts, started)
         for call in batch:
             self._settle(call)
 
     async def _run_alone(self, call: _Call) -> None:
         groups = [(_WRITE_SQL[stmt], rows) for stmt, rows in call.groups if rows]
+        started = trio.current_time()
         try:
-            call.rowcounts, self._unfinished = await self._loop.run_aio_coroutine(
+            call.rowcounts, counts = await self._loop.run_aio_coroutine(
                 _aio_transaction(self._writer_conn, groups)
             )
         except Exception as exc:
             call.error = _wrap_error(exc)
             self._failures.occurred("write", str(call.error))
         else:
-            self._committed(call.size)
+            self._committed(call.size, counts, started)
         self._settle(call)
 
-    def _committed(self, rows: int) -> None:
+    def _committed(self, rows: int, counts: dict[str, int], started: float) -> None:
         self.commits += 1
         self.committed_ops += rows
+        metrics.STORE_COMMIT_SECONDS.observe(trio.current_time() - started)
+        metrics.STORE_BATCH_ROWS.observe(rows)
+        self._counted(counts)
         self._failures.over()
 
     def _settle(self, call: _Call) -> None:
-        """The call is done (committed or failed): it no longer counts as queued."""
+        """The call is done (committed or failed): it no longer counts as queued; the state
+        transitions its events record are counted once committed."""
         self._queued_rows -= call.size
         self._admitting -= call.admitted
+        if call.moves and call.error is None:
+            for move, n in call.moves.items():
+                metrics.child(metrics.TRANSITIONS, *move).inc(n)
         call.done.set()
 
     def _queue(self, call: _Call) -> None:
@@ -868,12 +919,15 @@ class Store:
                                        f"(unfinished_max {self.unfinished_max})")
         self._busy.over()
         groups: list[tuple[int, list[Row]]] = [(_INSERT_MESSAGE, [_message_row(m) for m in msgs])]
+        moves: dict[tuple[str, str], int] = {}
         if events:
-            groups.append((_INSERT_EVENT, [_event_row(e) for e in events]))
+            rows, moves = _event_rows(events)
+            groups.append((_INSERT_EVENT, rows))
         if idempotency is not None:
             groups.append((_INSERT_IDEMPOTENCY, [astuple(idempotency)]))
         call = _Call(groups)
         call.admitted = len(msgs)
+        call.moves = moves
         await self._write(call)
 
     async def save_message(
@@ -922,9 +976,12 @@ class Store:
         if reports:
             ids, rows = self._report_rows(reports)
             groups.append((_INSERT_REPORT, rows))
+        moves: dict[tuple[str, str], int] = {}
         if events:
-            groups.append((_INSERT_EVENT, [_event_row(e) for e in events]))
+            rows, moves = _event_rows(events)
+            groups.append((_INSERT_EVENT, rows))
         call = _Call(groups)
+        call.moves = moves
         self._queue(call)
         return PendingWrite(call, reports, ids)
 
@@ -947,7 +1004,10 @@ class Store:
     async def add_events(self, events: Sequence[Event]) -> None:
         """Append events to their messages' histories (events of a purged message are
         dropped with it by the next purge)."""
-        await self._write(_Call([(_INSERT_EVENT, [_event_row(e) for e in events])]))
+        rows, moves = _event_rows(events)
+        call = _Call([(_INSERT_EVENT, rows)])
+        call.moves = moves
+        await self._write(call)
 
     async def save_parts(self, parts: Sequence[Part]) -> None:
         """Upsert parts by (message_id, part_no)."""
@@ -985,9 +1045,14 @@ class Store:
             )
         return ids, rows
 
-    async def ack_reports(self, report_ids: Sequence[int]) -> None:
-        """Delete reports (delivered upstream, or expired). Unknown ids are ignored."""
-        await self._write(_Call([(_DELETE_REPORT, [(i,) for i in report_ids])]))
+    async def ack_reports(self, report_ids: Sequence[int], events: Sequence[Event] = ()) -> None:
+        """Delete reports (delivered upstream, or expired), and append the events saying so
+        to the histories of their messages that are still stored (none is written for a
+        message erased meanwhile). Unknown ids are ignored."""
+        groups: list[tuple[int, list[Row]]] = [(_DELETE_REPORT, [(i,) for i in report_ids])]
+        if events:  # they record no state transition
+            groups.append((_INSERT_EVENT_IF_MESSAGE, [_event_row(e) for e in events]))
+        await self._write(_Call(groups))
 
     async def record_orphan_receipt(
         self, connector: str, smsc_id: str, body: bytes, received_at: float
@@ -1326,21 +1391,21 @@ def _file_lock(db: Path) -> Iterator[None]:
 @contextlib.asynccontextmanager
 async def _connections(
     loop: Any, db: Path, synchronous: str
-) -> AsyncIterator[tuple[aiosqlite.Connection, aiosqlite.Connection, int, int]]:
+) -> AsyncIterator[tuple[aiosqlite.Connection, aiosqlite.Connection, int, dict[str, int]]]:
     """The writer connection (schema ready) and a read-only one; the next free report id and
-    the number of unfinished messages."""
+    the messages per state."""
     uri = "file:" + quote(str(db))
     writer: aiosqlite.Connection | None = None
     reader: aiosqlite.Connection | None = None
     try:
         try:
             writer = await loop.run_aio_coroutine(_aio_connect(uri, "IMMEDIATE"))
-            next_id, unfinished = await _prepare(loop, writer, synchronous)
+            next_id, counts = await _prepare(loop, writer, synchronous)
             reader = await loop.run_aio_coroutine(_aio_connect(uri + "?mode=ro", None))
             await loop.run_aio_coroutine(_aio_fetchall(reader, "PRAGMA busy_timeout = 5000", ()))
         except sqlite3.Error as exc:
             raise StoreError(f"{db}: {exc}") from exc
-        yield writer, reader, next_id, unfinished
+        yield writer, reader, next_id, counts
     finally:
         with trio.CancelScope(shield=True):
             if reader is not None:
@@ -1378,9 +1443,10 @@ def _drain(recv: trio.MemoryReceiveChannel[_Call]) -> list[_Call]:
             return out
 
 
-async def _prepare(loop: Any, conn: aiosqlite.Connection, synchronous: str) -> tuple[int, int]:
+async def _prepare(loop: Any, conn: aiosqlite.Connection,
+                   synchronous: str) -> tuple[int, dict[str, int]]:
     """Set the pragmas, create or migrate the schema; return the next free report id and the
-    number of unfinished messages."""
+    messages per state."""
 
     async def q(sql: str, params: Sequence[Any] = ()) -> list[Row]:
         rows: list[Row] = await loop.run_aio_coroutine(_aio_fetchall(conn, sql, params))
@@ -1405,5 +1471,5 @@ async def _prepare(loop: Any, conn: aiosqlite.Connection, synchronous: str) -> t
         script = f"BEGIN IMMEDIATE; {MIGRATIONS[v]}; PRAGMA user_version = {v + 1}; COMMIT;"
         await loop.run_aio_coroutine(_aio_script(conn, script))
     seq = await q("SELECT seq FROM sqlite_sequence WHERE name = 'reports'")
-    unfinished = int((await q(_UNFINISHED_SQL))[0][0])
-    return (int(seq[0][0]) + 1 if seq else 1), unfinished
+    counts: dict[str, int] = dict(await q(_STATE_COUNTS_SQL))
+    return (int(seq[0][0]) + 1 if seq else 1), counts

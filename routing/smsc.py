@@ -91,6 +91,7 @@ class Submission:
     pdu: SubmitSm
     deadline: float
     done: SubmitDone
+    sent_at: float = 0.0  # trio time it went on the wire
 
 
 BindKind = type[BindTransceiver] | type[BindTransmitter] | type[BindReceiver]
@@ -163,6 +164,7 @@ class SmscConnector:
         self.name = config.name
         self.on_deliver = on_deliver
         self.limiter = RateLimiter(config.throughput)
+        self._latency = metrics.child(metrics.OPERATOR_SUBMIT_SECONDS, config.name)
         self._transmitters: list[Connection] = []
         self._receivers: list[Connection] = []
         self._turns = Turns()  # which transmitter sends next
@@ -417,6 +419,7 @@ class SmscConnector:
             item.done(NOT_BOUND)
             return
         try:
+            item.sent_at = trio.current_time()
             conn.send_request(item.pdu, functools.partial(self._answered, item))
             self._unanswered += 1
         except (ConnectionClosed, SessionError, WindowFull) as exc:
@@ -437,6 +440,7 @@ class SmscConnector:
                 result = SubmitResult(None, Status.ESME_RINVBNDSTS, temporary=True,
                                       detail=repr(error))
         else:
+            self._latency.observe(trio.current_time() - item.sent_at)
             if resp.status == Status.ESME_RTHROTTLED:
                 self.limiter.pause(THROTTLE_PAUSE)
             message_id = getattr(resp, "message_id", None)

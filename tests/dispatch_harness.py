@@ -13,6 +13,7 @@ from typing import Any
 
 import trio
 
+from gateway import history
 from gateway.clock import WallClock
 from gateway.config import RetryConfig, SmscConfig
 from gateway.dispatcher import Dispatcher
@@ -76,7 +77,7 @@ class Harness:
                        expires_at=now + validity, not_before=now, next_attempt_at=now)
 
     async def submit(self, msg: Message) -> None:
-        await self.store.add_messages([msg])
+        await self.store.add_messages([msg], [history.accepted(msg, "smpp")])
         self.dispatcher.enqueue(msg)
 
     async def wait_final(self, msg_id: str, timeout: float = 2 * DAY) -> Message:
