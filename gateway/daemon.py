@@ -22,6 +22,7 @@ from gateway.dispatcher import Dispatcher
 from gateway.http_api import HttpApi, serve_http
 from gateway.inbound import Inbound
 from gateway.reporter import Reporter
+from gateway.screening import Screening
 from gateway.server import SmppServer, account_states
 from gateway.store import Store, StoreError
 from routing.core import PrefixRoute, PrefixRouter
@@ -120,13 +121,16 @@ async def run(
             for connector in connectors.values():
                 await nursery.start(connector.run)
             states = account_states(config.accounts)  # one per account, for every listener
+            screening = Screening(config.rules)
             for listener in config.listeners:
                 server = SmppServer(listener, config.accounts, store, dispatcher, reporter, clock,
-                                    validity=config.validity, node=config.node, states=states)
+                                    validity=config.validity, node=config.node, states=states,
+                                    screening=screening)
                 await nursery.start(server.serve)
                 running.servers.append(server)
             if config.http.enabled:
-                api = HttpApi(config, store, dispatcher, clock, states, running.stopping)
+                api = HttpApi(config, store, dispatcher, clock, states, running.stopping,
+                              screening)
                 running.http_port = await nursery.start(serve_http, api.app, config.http.host,
                                                         config.http.port)
             if config.admin.enabled:

@@ -148,7 +148,13 @@ def _schemas(max_batch: int) -> dict[str, Any]:
         "detail": {"type": "string", "description": "What is wrong and what to change"},
         "errors": {"type": "array", "description": "Each field refused (422)",
                    "items": _obj({"pointer": {"type": "string"},
-                                  "detail": {"type": "string"}})},
+                                  "detail": {"type": "string"},
+                                  "rule": {"type": "string",
+                                           "description": "The rule that refused it"},
+                                  "reason": {"type": "string",
+                                             "description": "The rule's reason code, e.g. "
+                                                            "invalid-recipient"}},
+                                 ["pointer", "detail"])},
     }, ["type", "title", "status", "detail"])
     return {
         "MessageRequest": message_request,
@@ -219,8 +225,9 @@ def document(max_batch: int) -> dict[str, Any]:
                     "401": unauthorized,
                     "409": _problem_response("Idempotency-Key already used with another body"),
                     "413": _problem_response("Body too large"),
-                    "422": _problem_response("A field is missing, unknown or invalid (named in "
-                                             "errors)"),
+                    "422": _problem_response("A field is missing, unknown or invalid, or a "
+                                             "rule of the account refused a message (named "
+                                             "in errors, with the rule and its reason)"),
                     "429": throttled,
                     "503": busy,
                 },
