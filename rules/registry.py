@@ -23,8 +23,9 @@ class RuleLoadError(Exception):
 def builtins() -> dict[str, Callable[[Mapping[str, Any]], Rule]]:
     """The rules shipped with the gateway, by the name the config uses."""
     from rules.recipient import RecipientRule
+    from rules.sender import SenderRule
 
-    return {"recipient": RecipientRule}
+    return {"recipient": RecipientRule, "sender": SenderRule}
 
 
 def _entry_point(name: str) -> Callable[[Mapping[str, Any]], Rule] | None:
