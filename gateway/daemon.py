@@ -105,7 +105,10 @@ async def run(
         dispatcher = Dispatcher(store, router, connectors, config.retry, clock, reporter.add)
         mo_owners = {addr: acc.system_id for acc in config.accounts.values()
                      for addr in acc.mo_addresses}
-        inbound = Inbound(dispatcher, store, clock, mo_owners, reporter.add)
+        screening = Screening(config.rules)
+        screening.load_optouts(await store.optouts())
+        inbound = Inbound(dispatcher, store, clock, mo_owners, reporter.add, screening,
+                          config.validity)
         for smsc in config.smscs.values():
             connectors[smsc.name] = SmscConnector(smsc, inbound.on_deliver)
         running = Running(config, store, dispatcher, reporter, connectors=connectors)
@@ -121,7 +124,6 @@ async def run(
             for connector in connectors.values():
                 await nursery.start(connector.run)
             states = account_states(config.accounts)  # one per account, for every listener
-            screening = Screening(config.rules)
             for listener in config.listeners:
                 server = SmppServer(listener, config.accounts, store, dispatcher, reporter, clock,
                                     validity=config.validity, node=config.node, states=states,

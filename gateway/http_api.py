@@ -290,7 +290,7 @@ class HttpApi:
             messages.append(msg)
             if self.screening is None:
                 continue
-            verdict = self.screening.check(msg, now, "http")
+            verdict = self.screening.check(msg, now, "http", traffic=req.traffic)
             verdicts.append(verdict)
             rejected = verdict.rejected
             if rejected is not None:
@@ -319,7 +319,7 @@ class HttpApi:
                           scheduled=req.send_at)
         msg.origin = "http"
         msg.channel = req.channel
-        msg.traffic = req.traffic
+        msg.traffic = req.traffic or "alert"  # the rules may apply the account's default
         msg.callback_url = req.callback_url
         msg.client_ref = req.client_ref
         return msg

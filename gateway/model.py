@@ -82,7 +82,8 @@ class Message:
     channel: str = "sms"
     connector: str | None = None  # connector name of the current/last attempt
     tlvs: bytes = b""  # upstream TLVs passed through to the operator (encoded, in order)
-    origin: str = "smpp"  # the upstream interface it came in on: "smpp" or "http"
+    origin: str = "smpp"  # the upstream interface it came in on: "smpp" or "http" ("rules":
+    # made by the gateway for the account, e.g. a STOP confirmation)
     traffic: str = "alert"  # "alert" (transactional) or "marketing" (see DOMAIN.md)
     callback_url: str | None = None  # HTTP: where its receipt goes (else the account's default)
     client_ref: str | None = None  # HTTP: the upstream's own reference, echoed in reports
@@ -140,3 +141,15 @@ class Report:
     error: int = 0
     id: int | None = None  # row id, assigned by the store
     extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class OptOut:
+    """One number's place on an account's opt-out list (STOP): opted_out False records a
+    START (the number is back). source: "mo" (a reply), "cli" or "import"."""
+
+    account: str
+    msisdn: str  # E.164 digits, no '+'
+    opted_out: bool
+    at: float  # UNIX seconds
+    source: str = "mo"

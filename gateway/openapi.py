@@ -59,8 +59,10 @@ def _schemas(max_batch: int) -> dict[str, Any]:
                                 "the account's max_parts"},
         "channel": {"enum": list(rq.CHANNELS), "default": "sms",
                     "description": "Preferred channel"},
-        "traffic": {"enum": list(rq.TRAFFIC), "default": "alert",
-                    "description": "alert: transactional; marketing: promotional"},
+        "traffic": {"enum": list(rq.TRAFFIC),
+                    "description": "alert: transactional; marketing: promotional (opt-out "
+                                   "list, STOP mention and hours apply). Default: the "
+                                   "account's ([rules] traffic), else alert"},
         "validity": {
             "description": "How long to try: seconds, or an ISO 8601 duration of days, hours, "
                            "minutes, seconds; capped by the gateway's and the account's "
@@ -125,7 +127,9 @@ def _schemas(max_batch: int) -> dict[str, Any]:
         "to": {"type": "string"},
         "from": {"type": "string"},
         "text": _STR_OR_NULL,
-        "origin": {"enum": ["smpp", "http"]},
+        "origin": {"enum": ["smpp", "http", "rules"],
+                   "description": "rules: sent by the gateway for the account (a STOP "
+                                  "confirmation)"},
         "channel": {"type": "string"},
         "traffic": {"type": "string"},
         "client_ref": _STR_OR_NULL,

@@ -32,6 +32,7 @@ from gateway.model import (
     FINAL_STATES,
     Event,
     Message,
+    OptOut,
     Part,
     PartState,
     Report,
@@ -109,7 +110,7 @@ _FINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(FINAL_STATES)) + ")"
 _OPEN = f"state NOT IN {_FINAL_SQL}"
 _DONE = f"state IN {_FINAL_SQL}"
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # MIGRATIONS[v] takes a database at user_version v to v + 1.
 MIGRATIONS: tuple[str, ...] = (
     f"""
@@ -246,6 +247,18 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (day, account, smsc, channel, state)
     ) WITHOUT ROWID;
     """,
+    # 5: each account's opt-out list (STOP): one row per number ever opted out; opted_out 0
+    # once it opted in again (START), so that the last word wins whatever the batching.
+    """
+    CREATE TABLE optouts (
+        account TEXT NOT NULL,
+        msisdn TEXT NOT NULL,
+        opted_out INTEGER NOT NULL,
+        at REAL NOT NULL,
+        source TEXT NOT NULL,
+        PRIMARY KEY (account, msisdn)
+    ) WITHOUT ROWID;
+    """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -275,6 +288,7 @@ _PURGE_IDEMPOTENCY = 13
 _COUNT_RETIRED = 14
 _DELETE_ORPHAN = 15
 _REDACT_EVENT = 16
+_UPSERT_OPTOUT = 17
 _WRITE_SQL: tuple[str, ...] = (
     f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)})"
     f" VALUES ({_placeholders(len(MESSAGE_COLUMNS))})",
@@ -309,6 +323,9 @@ _WRITE_SQL: tuple[str, ...] = (
     " messages = messages + excluded.messages, parts = parts + excluded.parts",
     "DELETE FROM orphan_receipts WHERE id = ?",
     "UPDATE events SET detail = replace(detail, ?2, ?3) WHERE id = ?1",
+    "INSERT INTO optouts (account, msisdn, opted_out, at, source) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (account, msisdn) DO UPDATE SET opted_out = excluded.opted_out,"
+    " at = excluded.at, source = excluded.source",
 )
 
 _MESSAGE_SELECT = f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages"
@@ -325,6 +342,10 @@ _SCAN_WINDOW = 5000  # rowids examined per read by scans over whole tables (eras
 ERASED = "<erased>"  # what replaces an erased number in the history of other messages
 # Messages not in a final state, per the counts the triggers keep (read inside each write).
 _UNFINISHED_SQL = f"SELECT coalesce(sum(n), 0) FROM state_counts WHERE {_OPEN}"
+
+
+def _optout_row(o: OptOut) -> Row:
+    return (o.account, o.msisdn, int(o.opted_out), o.at, o.source)
 
 
 def _event_row(e: Event) -> Row:
@@ -906,14 +927,34 @@ class Store:
         """Upsert parts by (message_id, part_no)."""
         await self._write(_Call([(_UPSERT_PART, [_part_row(p) for p in parts])]))
 
-    async def add_reports(self, reports: Sequence[Report]) -> None:
-        """Insert reports owed to upstream accounts; sets each Report's id after the commit."""
+    async def add_reports(self, reports: Sequence[Report],
+                          optouts: Sequence[OptOut] = ()) -> None:
+        """Insert reports owed to upstream accounts; sets each Report's id after the commit.
+        ``optouts`` (an MO's STOP or START) are written in the same commit."""
         if not reports:
             return
         ids, rows = self._report_rows(reports)
-        await self._write(_Call([(_INSERT_REPORT, rows)]))
+        groups = [(_INSERT_REPORT, rows)]
+        if optouts:
+            groups.append((_UPSERT_OPTOUT, [_optout_row(o) for o in optouts]))
+        await self._write(_Call(groups))
         for r, rid in zip(reports, ids, strict=True):
             r.id = rid
+
+    async def set_optouts(self, optouts: Sequence[OptOut]) -> None:
+        """Put numbers on their account's opt-out list, or take them off (opted_out False),
+        in the given order (the last entry for a number wins)."""
+        if optouts:
+            await self._write(_Call([(_UPSERT_OPTOUT, [_optout_row(o) for o in optouts])]))
+
+    async def optouts(self, account: str | None = None) -> list[OptOut]:
+        """The numbers opted out (of ``account``, or of every account), by account and
+        number."""
+        where, params = ("opted_out = 1", ()) if account is None else (
+            "opted_out = 1 AND account = ?", (account,))
+        rows = await self._read("SELECT account, msisdn, opted_out, at, source FROM optouts"
+                                f" WHERE {where} ORDER BY account, msisdn", params)
+        return [OptOut(r[0], r[1], bool(r[2]), r[3], r[4]) for r in rows]
 
     def _report_rows(self, reports: Sequence[Report]) -> tuple[list[int], list[Row]]:
         # Ids are allocated here (one writer per file, see the lock), so a batch can insert

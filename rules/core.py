@@ -119,9 +119,15 @@ class Context:
     interface: str = "smpp"  # "smpp" or "http" (or "check" for the dry run)
     service_type: str = ""  # SMPP service_type of the submit, "" for HTTP
     settings: Mapping[str, Any] = field(default_factory=dict)
+    # (account, E.164 digits) -> whether the number is on the account's opt-out list
+    opted_out_of: Callable[[str, str], bool] | None = None
 
     def setting(self, key: str, default: Any = None) -> Any:
         return self.settings.get(key, default)
+
+    def opted_out(self, msisdn: str) -> bool:
+        """Whether ``msisdn`` replied STOP to this account (and did not START again)."""
+        return self.opted_out_of is not None and self.opted_out_of(self.account, msisdn)
 
 
 @runtime_checkable

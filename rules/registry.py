@@ -22,10 +22,11 @@ class RuleLoadError(Exception):
 
 def builtins() -> dict[str, Callable[[Mapping[str, Any]], Rule]]:
     """The rules shipped with the gateway, by the name the config uses."""
+    from rules.optout import OptOutRule
     from rules.recipient import RecipientRule
     from rules.sender import SenderRule
 
-    return {"recipient": RecipientRule, "sender": SenderRule}
+    return {"recipient": RecipientRule, "sender": SenderRule, "optout": OptOutRule}
 
 
 def _entry_point(name: str) -> Callable[[Mapping[str, Any]], Rule] | None:

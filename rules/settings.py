@@ -18,7 +18,12 @@ from rules.registry import RuleLoadError, build
 
 _REGION = re.compile(r"[A-Z]{2}")
 # Keys that may be set in [rules] (defaults for all accounts) and in [rules.account.<id>].
-SETTING_KEYS = ("region", "allowed_senders", "authorised_senders")
+SETTING_KEYS = ("region", "allowed_senders", "authorised_senders", "traffic",
+                "marketing_service_type", "optout", "stop_keywords", "start_keywords",
+                "optout_confirmation")
+_CHOICES = {"traffic": ("alert", "marketing"), "optout": ("marketing", "all", "none")}
+_LISTS = {"allowed_senders": "sender IDs", "authorised_senders": "sender IDs",
+          "stop_keywords": "keywords", "start_keywords": "keywords"}
 RULES_KEYS = ("pipeline", "options", "account", *SETTING_KEYS)  # the keys of [rules]
 _ACCOUNT_KEYS = ("pipeline", "options", *SETTING_KEYS)
 
@@ -72,8 +77,17 @@ def _settings(where: str, data: Mapping[str, Any], inherited: Mapping[str, Any]
             if not isinstance(value, str) or not _REGION.fullmatch(value):
                 raise RulesConfigError(path, "expected an ISO 3166 country code of two capital "
                                              f'letters (e.g. "FR"), got {_show(value)}')
-        else:
-            value = _strings(path, value, "sender IDs")
+        elif key in _CHOICES:
+            if value not in _CHOICES[key]:
+                raise RulesConfigError(path, "expected one of " + ", ".join(
+                    f'"{c}"' for c in _CHOICES[key]) + f", got {_show(value)}")
+        elif key in _LISTS:
+            value = _strings(path, value, _LISTS[key])
+        elif not isinstance(value, str) or (key == "marketing_service_type"
+                                            and len(value) > 5):
+            expected = ("a service_type of at most 5 characters" if key.startswith("marketing")
+                        else "a text")
+            raise RulesConfigError(path, f"expected {expected}, got {_show(value)}")
         out[key] = value
     return out
 
