@@ -45,6 +45,7 @@ class Running:
     connectors: dict[str, SmscConnector] = field(default_factory=dict)
     simulator: object | None = None
     http_port: int | None = None  # the HTTP listener (API and /metrics), when enabled
+    screening: Screening | None = None  # the rules, and the opt-out lists
     # Set when the graceful drain begins: a front end (e.g. an HTTP server's shutdown_trigger)
     # stops taking requests on it.
     stopping: trio.Event = field(default_factory=trio.Event)
@@ -111,7 +112,8 @@ async def run(
                           config.validity)
         for smsc in config.smscs.values():
             connectors[smsc.name] = SmscConnector(smsc, inbound.on_deliver)
-        running = Running(config, store, dispatcher, reporter, connectors=connectors)
+        running = Running(config, store, dispatcher, reporter, connectors=connectors,
+                          screening=screening)
         async with trio.open_nursery() as nursery:
             if config.simulator is not None:
                 from gateway.simulator import SmscSimulator

@@ -79,14 +79,25 @@ class Screening:
                   if number is not None else source_addr.removeprefix("+"))
         return kind, OptOut(account, msisdn, kind == "stop", now, "mo")
 
+    def normalise_msisdn(self, account: str, text: str) -> str | None:
+        """A number typed by a person (spaces, dots, '+', national form in the account's
+        region) as E.164 digits; None when it is not a valid number."""
+        _, settings = self.pipelines.of(account)
+        cleaned = "".join(c for c in text if c not in " .-()/\t")
+        number, _ = parse_recipient(cleaned, 0, settings.get("region"))
+        if number is None:
+            return None
+        return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)[1:]
+
     def optouts_stored(self, entries: Sequence[OptOut]) -> None:
         """Entries committed to the store: the in-memory list follows, and they are logged
         (the number masked) and counted."""
         for entry in entries:
             self.optouts.set(entry.account, entry.msisdn, entry.opted_out)
             kind = "stop" if entry.opted_out else "start"
-            metrics.child(metrics.OPTOUT_KEYWORDS, entry.account, kind).inc()
-            log.info("optout.keyword", account=entry.account, keyword=kind,
+            if entry.source == "mo":
+                metrics.child(metrics.OPTOUT_KEYWORDS, entry.account, kind).inc()
+            log.info("optout.changed", account=entry.account, opted_out=entry.opted_out,
                      msisdn=mask(entry.msisdn), source=entry.source)
 
     def confirmation(self, entry: OptOut, short_code: str, now: float,

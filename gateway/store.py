@@ -289,6 +289,7 @@ _COUNT_RETIRED = 14
 _DELETE_ORPHAN = 15
 _REDACT_EVENT = 16
 _UPSERT_OPTOUT = 17
+_DELETE_OPTOUT = 18
 _WRITE_SQL: tuple[str, ...] = (
     f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)})"
     f" VALUES ({_placeholders(len(MESSAGE_COLUMNS))})",
@@ -326,6 +327,7 @@ _WRITE_SQL: tuple[str, ...] = (
     "INSERT INTO optouts (account, msisdn, opted_out, at, source) VALUES (?, ?, ?, ?, ?)"
     " ON CONFLICT (account, msisdn) DO UPDATE SET opted_out = excluded.opted_out,"
     " at = excluded.at, source = excluded.source",
+    "DELETE FROM optouts WHERE msisdn = ?",
 )
 
 _MESSAGE_SELECT = f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages"
@@ -412,6 +414,7 @@ class Erasure:
     reports: int = 0
     orphan_receipts: int = 0
     events_redacted: int = 0
+    optouts: list[str] = field(default_factory=list)  # accounts whose opt-out list had it
     unfinished: list[str] = field(default_factory=list)
     wal_cleared: bool = False  # the WAL (old copies of pages) was emptied afterwards
 
@@ -1055,7 +1058,8 @@ class Store:
         """Erasure of one person (GDPR), given the spellings of their number: delete the
         final messages from or to it (counted in cdr_daily first, like retention), their parts
         and history, the reports (receipts, MO) from or to it, the orphan receipts quoting
-        it, and replace it by "<erased>" where other messages' history names it. Unfinished
+        it, its place on opt-out lists, and replace it by "<erased>" where other messages'
+        history names it. Unfinished
         messages are left to finish (listed in the result): run it again once they are final.
         Scans every table in windows: bounded memory, other writers wait one chunk at most."""
         result = Erasure()
@@ -1091,6 +1095,11 @@ class Store:
             redactions = [(r[1], n, json.dumps(ERASED)) for r in rows for n in named]
             await self._write(_Call([(_REDACT_EVENT, redactions)]))
             result.events_redacted += len(rows)
+        listed = await self._read(
+            f"SELECT DISTINCT account FROM optouts WHERE msisdn IN ({marks})", forms)
+        if listed:
+            await self._write(_Call([(_DELETE_OPTOUT, [(f,) for f in forms])]))
+            result.optouts = sorted(r[0] for r in listed)
         result.wal_cleared = await self.checkpoint()
         return result
 

@@ -5,13 +5,16 @@ out, across a restart; START takes it off; the MO still reaches the upstream, ma
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import json
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
 
+from gateway import cli
 from gateway.config import HttpConfig, load_config
 from gateway.model import Message, OptOut, Report, ReportKind, new_message_id
 from gateway.reporter import TAG_OPTOUT, deliver_pdu
@@ -172,3 +175,51 @@ async def test_stop_to_36111_refuses_the_next_mkt_submit_and_an_alert_still_goes
         with trio.fail_after(20):
             await trio.to_thread.run_sync(again)
         assert [r.status for r in esme.resps] == [0]
+
+
+async def smsgw(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run `smsgw ARGV` in a thread while the gateway runs in this trio run."""
+    capsys.readouterr()
+    status = await trio.to_thread.run_sync(cli.main, list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+async def test_smsgw_optout_lists_adds_removes_imports_and_exports_csv(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(CONF.parent)
+    async with running_stack(tmp_path, rules=demo_rules()) as (gw, _sim):
+        sock = ["--socket", str(gw.config.admin_socket), "--account", "demo"]
+        status, out, _ = await smsgw(capsys, "optout", "add", *sock, "06 12 34 56 78",
+                                     "+33612345679", "123")
+        assert status == 1  # one refused
+        assert "2 number(s) added" in out and "refused (not valid numbers): 123" in out
+        status, out, _ = await smsgw(capsys, "optout", "list", *sock, "--json")
+        assert status == 0
+        assert [o["msisdn"] for o in json.loads(out)["optouts"]] == [PHONE, "33612345679"]
+        assert gw.screening is not None and gw.screening.optouts.contains("demo", PHONE)
+        csv_in = tmp_path / "in.csv"
+        csv_in.write_text("msisdn\n0612345670\n+33612345671\n\n33612345679\n")
+        status, out, _ = await smsgw(capsys, "optout", "import", *sock, str(csv_in))
+        assert status == 0 and "3 number(s) added" in out
+        status, out, _ = await smsgw(capsys, "optout", "remove", *sock, "0612345678")
+        assert status == 0 and "1 number(s) removed" in out
+        assert not gw.screening.optouts.contains("demo", PHONE)  # the rule sees it at once
+        exported = tmp_path / "out.csv"
+        status, _, err = await smsgw(capsys, "optout", "export", *sock, "-o", str(exported))
+        assert status == 0 and "3 numbers exported" in err
+        rows = list(csv.reader(exported.open()))
+        assert rows[0] == ["msisdn", "opted_out_at", "source"]
+        assert [(r[0], r[2]) for r in rows[1:]] == [
+            ("33612345670", "import"), ("33612345671", "import"), ("33612345679", "import")]
+        status, _, err = await smsgw(capsys, "optout", "list", "--socket",
+                                     str(gw.config.admin_socket), "--account", "ghost")
+        assert status == 1 and "expected a configured account" in err
+        # a GDPR erasure takes the number off the lists, in the store and for the rules
+        status, out, _ = await smsgw(capsys, "erase", "--msisdn", "+33612345679", "--socket",
+                                     str(gw.config.admin_socket))
+        assert status == 0 and "taken off the opt-out list of: demo" in out
+        assert not gw.screening.optouts.contains("demo", "33612345679")
+        assert [o.msisdn for o in await gw.store.optouts("demo")] == ["33612345670",
+                                                                      "33612345671"]
