@@ -108,6 +108,7 @@ async def run(
                      for addr in acc.mo_addresses}
         screening = Screening(config.rules)
         screening.load_optouts(await store.optouts())
+        dispatcher.recheck = screening.recheck
         inbound = Inbound(dispatcher, store, clock, mo_owners, reporter.add, screening,
                           config.validity)
         for smsc in config.smscs.values():

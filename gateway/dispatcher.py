@@ -220,6 +220,9 @@ class Dispatcher:
         self._stopped = False  # stop_attempts(): no attempt is started any more
         self._saving = 0  # round writes queued and not committed yet
         self._idle = trio.Event()  # set after each round and each round's commit
+        # rules (gateway.screening): when a SCHEDULED message falls due, the status to refuse
+        # it with (an opt-out that arrived meanwhile), or None to send it
+        self.recheck: Callable[[Message], int | None] | None = None
 
     # -- intake side ------------------------------------------------------------------------
     def enqueue(self, msg: Message) -> None:
@@ -365,6 +368,12 @@ class Dispatcher:
             self._finish(live, State.EXPIRED, now, work)
         elif msg.state in (State.QUEUED, State.SCHEDULED, State.ACCEPTED) and \
                 now >= msg.next_attempt_at:
+            refused = self.recheck(msg) if msg.state is State.SCHEDULED and self.recheck \
+                else None
+            if refused is not None:  # rules: e.g. the recipient opted out meanwhile
+                msg.error = refused
+                self._finish(live, State.REJECTED, now, work)
+                return
             self._attempt(live, now, work)
         elif msg.state is State.IN_FLIGHT:
             self._watch(live, msg.expires_at)

@@ -17,14 +17,42 @@ from gateway import metrics
 from gateway.intake import IntakePolicy, accept_text
 from gateway.model import Event, Message, OptOut
 from rules.core import Context, Decision, Outcome, Verdict
-from rules.optout import START_KEYWORDS, STOP_KEYWORDS, OptOutList, match_keyword
+from rules.optout import (
+    START_KEYWORDS,
+    STOP_KEYWORDS,
+    OptOutList,
+    OptOutRule,
+    match_keyword,
+)
 from rules.recipient import parse_recipient
 from rules.settings import Pipelines, RulesConfig, build_pipelines
+from smpp.text import TextEncodingError, alphabet, decode_text, encode_text, split
 
 log = structlog.get_logger("gateway.rules")
 
 MARKETING_SERVICE_TYPE = "MKT"  # SMPP service_type that marks a message as marketing
 SHORT_CODE_DIGITS = 8  # a confirmation sent from a number this short goes as a short code
+
+
+class SmppTextCodec:
+    """rules.core.TextCodec over smpp.text (rules/ does not import smpp/ itself)."""
+
+    def decode(self, body: bytes, data_coding: int) -> str | None:
+        if alphabet(data_coding) == "binary":
+            return None
+        return decode_text(body, data_coding)
+
+    def encode(self, text: str) -> tuple[int, bytes]:
+        return encode_text(text)
+
+    def segments(self, body: bytes, data_coding: int) -> int:
+        try:
+            return len(split(body, data_coding))
+        except TextEncodingError:
+            return 0
+
+
+CODEC = SmppTextCodec()
 
 
 def mask(msisdn: str) -> str:
@@ -51,8 +79,24 @@ class Screening:
         pipeline, settings = self.pipelines.of(msg.account)
         msg.traffic = self.traffic(settings, service_type, traffic)
         context = Context(now, msg.account, interface, service_type, settings,
-                          self.optouts.contains)
+                          self.optouts.contains, CODEC)
         return pipeline.run(msg, context)
+
+    def recheck(self, msg: Message) -> int | None:
+        """When a deferred or scheduled message falls due: the command_status to refuse it
+        with (ESME_RX_R_APPN) if its recipient opted out meanwhile and its account's optout
+        scope covers it (the opt-out wins), else None. Only for accounts running ``optout``."""
+        pipeline, settings = self.pipelines.of(msg.account)
+        if "optout" not in pipeline.names:
+            return None
+        decision = OptOutRule({}).apply(msg, Context(0.0, msg.account, settings=settings,
+                                                     opted_out_of=self.optouts.contains))
+        if decision.rejected_status is None:
+            return None
+        metrics.child(metrics.RULE_DECISIONS, "optout", "reject").inc()
+        log.info("rule.decision", message_id=msg.id, account=msg.account, rule="optout",
+                 outcome="reject", reason=decision.reason, detail="opted out while deferred")
+        return decision.rejected_status
 
     @staticmethod
     def traffic(settings: Mapping[str, Any], service_type: str, asked: str | None) -> str:

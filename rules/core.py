@@ -90,6 +90,11 @@ class Decision:
         return cls(Outcome.REJECT, reason=reason, detail=detail, smpp_status=smpp_status,
                    http_status=http_status, facts=facts, subject=subject)
 
+    @property
+    def rejected_status(self) -> int | None:
+        """The SMPP command_status of a rejection; None for any other outcome."""
+        return self.smpp_status if self.outcome is Outcome.REJECT else None
+
     def json(self) -> dict[str, object]:
         """The decision as stored in the message's history (kind "rule")."""
         out: dict[str, object] = {"rule": self.rule, "outcome": self.outcome.value}
@@ -109,6 +114,20 @@ class Decision:
         return out
 
 
+class TextCodec(Protocol):
+    """The gateway's text encoding, for rules that read or rewrite a message's text."""
+
+    def decode(self, body: bytes, data_coding: int) -> str | None:
+        """The text of a body (None: binary data, or already segmented by the upstream)."""
+
+    def encode(self, text: str) -> tuple[int, bytes]:
+        """(data_coding, body): GSM 03.38 when every character has a code there, else
+        UCS-2."""
+
+    def segments(self, body: bytes, data_coding: int) -> int:
+        """How many SMS the body takes (GSM 160/153 characters, UCS-2 70/67)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Context:
     """What a rule may know besides the message: the time, the account's rule settings, and
@@ -121,6 +140,7 @@ class Context:
     settings: Mapping[str, Any] = field(default_factory=dict)
     # (account, E.164 digits) -> whether the number is on the account's opt-out list
     opted_out_of: Callable[[str, str], bool] | None = None
+    codec: TextCodec | None = None
 
     def setting(self, key: str, default: Any = None) -> Any:
         return self.settings.get(key, default)

@@ -22,11 +22,14 @@ class RuleLoadError(Exception):
 
 def builtins() -> dict[str, Callable[[Mapping[str, Any]], Rule]]:
     """The rules shipped with the gateway, by the name the config uses."""
+    from rules.hours import HoursRule
+    from rules.mention import MentionRule
     from rules.optout import OptOutRule
     from rules.recipient import RecipientRule
     from rules.sender import SenderRule
 
-    return {"recipient": RecipientRule, "sender": SenderRule, "optout": OptOutRule}
+    return {"recipient": RecipientRule, "sender": SenderRule, "optout": OptOutRule,
+            "mention": MentionRule, "hours": HoursRule}
 
 
 def _entry_point(name: str) -> Callable[[Mapping[str, Any]], Rule] | None:
