@@ -227,7 +227,9 @@ def document(max_batch: int) -> dict[str, Any]:
                                 "schema": {"$ref": "#/components/schemas/Accepted"}}}},
                     "400": _problem_response("Body not JSON, or a bad Idempotency-Key header"),
                     "401": unauthorized,
-                    "409": _problem_response("Idempotency-Key already used with another body"),
+                    "409": _problem_response("Idempotency-Key already used with another body, "
+                                             "or a rule refused a message as a duplicate "
+                                             "(errors[].reason \"duplicate\")"),
                     "413": _problem_response("Body too large"),
                     "422": _problem_response("A field is missing, unknown or invalid, or a "
                                              "rule of the account refused a message (named "

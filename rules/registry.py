@@ -22,6 +22,7 @@ class RuleLoadError(Exception):
 
 def builtins() -> dict[str, Callable[[Mapping[str, Any]], Rule]]:
     """The rules shipped with the gateway, by the name the config uses."""
+    from rules.content import DuplicateRule, SegmentsRule, UrlRule
     from rules.hours import HoursRule
     from rules.mention import MentionRule
     from rules.optout import OptOutRule
@@ -29,7 +30,8 @@ def builtins() -> dict[str, Callable[[Mapping[str, Any]], Rule]]:
     from rules.sender import SenderRule
 
     return {"recipient": RecipientRule, "sender": SenderRule, "optout": OptOutRule,
-            "mention": MentionRule, "hours": HoursRule}
+            "mention": MentionRule, "hours": HoursRule, "urls": UrlRule,
+            "segments": SegmentsRule, "duplicates": DuplicateRule}
 
 
 def _entry_point(name: str) -> Callable[[Mapping[str, Any]], Rule] | None:

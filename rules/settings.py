@@ -20,7 +20,7 @@ _REGION = re.compile(r"[A-Z]{2}")
 # Keys that may be set in [rules] (defaults for all accounts) and in [rules.account.<id>].
 SETTING_KEYS = ("region", "allowed_senders", "authorised_senders", "traffic",
                 "marketing_service_type", "optout", "stop_keywords", "start_keywords",
-                "optout_confirmation")
+                "optout_confirmation", "max_segments")
 _CHOICES = {"traffic": ("alert", "marketing"), "optout": ("marketing", "all", "none")}
 _LISTS = {"allowed_senders": "sender IDs", "authorised_senders": "sender IDs",
           "stop_keywords": "keywords", "start_keywords": "keywords"}
@@ -83,6 +83,10 @@ def _settings(where: str, data: Mapping[str, Any], inherited: Mapping[str, Any]
                     f'"{c}"' for c in _CHOICES[key]) + f", got {_show(value)}")
         elif key in _LISTS:
             value = _strings(path, value, _LISTS[key])
+        elif key == "max_segments":
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 255:
+                raise RulesConfigError(path, "expected an integer from 1 to 255, got "
+                                             + _show(value))
         elif not isinstance(value, str) or (key == "marketing_service_type"
                                             and len(value) > 5):
             expected = ("a service_type of at most 5 characters" if key.startswith("marketing")

@@ -48,8 +48,8 @@ def test_the_dry_run_shows_why_marketing_is_deferred(capsys: pytest.CaptureFixtu
                            "Soldes", "--service-type", "MKT", "--at", at)
     assert status == 0 and result["accepted"] and result["deferred"]
     assert outcomes(result) == [("recipient", "modify"), ("sender", "modify"),
-                                ("optout", "accept"), ("mention", "modify"),
-                                ("hours", "defer")]
+                                ("optout", "accept"), ("urls", "accept"),
+                                ("mention", "modify"), ("hours", "defer")]
     assert result["decisions"][-1]["until"] == until
     m = result["message"]
     assert (m["from"], m["from_ton"], m["from_npi"]) == ("PromoEte", 5, 0)

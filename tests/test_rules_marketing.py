@@ -215,7 +215,7 @@ async def test_demo_marketing_outside_hours_waits_for_the_next_slot_then_goes_ou
         history = [e.detail for e in await gw.store.events_of(stored.id) if e.kind == "rule"]
         assert [(d["rule"], d["outcome"]) for d in history] == [
             ("recipient", "modify"), ("sender", "modify"), ("optout", "accept"),
-            ("mention", "modify"), ("hours", "defer")]
+            ("urls", "accept"), ("mention", "modify"), ("hours", "defer")]
         await conn.unbind()
         nursery.cancel_scope.cancel()
     moment.at = paris(opens) - 0.3  # the gateway starts again just before the slot opens

@@ -151,7 +151,8 @@ def test_a_bad_rules_table_names_its_key(data: dict[str, Any], key: str, text: s
 def test_a_bad_rule_in_the_gateway_config_names_file_and_key(tmp_path: Path) -> None:
     demo = (Path(__file__).parent.parent / "conf" / "demo.toml").read_text()
     conf = tmp_path / "gw.toml"
-    conf.write_text(demo.replace('pipeline = ["recipient", "sender", "optout", "mention", "hours"]',
+    conf.write_text(demo.replace('pipeline = ["recipient", "sender", "optout", "urls", '
+                                 '"mention", "hours"]',
                                  'pipeline = ["recipient", "nosuchrule"]'))
     with pytest.raises(ConfigError) as err:
         load_config(conf)
