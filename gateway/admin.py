@@ -32,7 +32,7 @@ from gateway import metrics
 from gateway.clock import WallClock
 from gateway.config import parse_duration
 from gateway.dispatcher import ChangeRefused, RetryRefused
-from gateway.model import FINAL_STATES, Event, Message, Part, State
+from gateway.model import FINAL_STATES, Event, Message, OptOut, Part, State
 from gateway.store import StoreError, _make_private_dirs
 from smpp.session import BindState
 
@@ -267,6 +267,8 @@ class AdminApp:
             Route("/v1/cdr", guarded(self.cdr)),
             Route("/v1/cdr/totals", guarded(self.totals)),
             Route("/v1/erase", guarded(self.erase), methods=["POST"]),
+            Route("/v1/optouts", guarded(self.optouts)),
+            Route("/v1/optouts", guarded(self.set_optouts), methods=["POST"]),
         ])
 
     async def status(self, _request: Request) -> Response:
@@ -452,6 +454,9 @@ class AdminApp:
                              f"optionally after '+'), got {body['msisdn']!r}")
         digits = digits.lstrip("+")
         result = await self.running.store.erase_addresses([digits, "+" + digits])
+        if self.running.screening is not None:  # the rules forget it too
+            for account in result.optouts:
+                self.running.screening.optouts.set(account, digits, False)
         log.info("admin.erased", msisdn=digits, messages=result.messages,
                  reports=result.reports, unfinished=len(result.unfinished))
         return JSONResponse({
@@ -459,8 +464,57 @@ class AdminApp:
             "parts_deleted": result.parts, "history_events_deleted": result.events,
             "reports_deleted": result.reports, "orphan_receipts_deleted": result.orphan_receipts,
             "history_events_redacted": result.events_redacted,
+            "optout_lists": result.optouts,
             "unfinished_left": result.unfinished, "wal_cleared": result.wal_cleared,
         })
+
+
+    # -- opt-out lists (rules/optout): smsgw optout ---------------------------------------------
+    def _optout_account(self, account: object) -> str:
+        if not isinstance(account, str) or account not in self.running.config.accounts:
+            known = ", ".join(sorted(self.running.config.accounts))
+            raise BadRequest(f"account: expected a configured account ({known}), got "
+                             f"{account!r}")
+        return account
+
+    async def optouts(self, request: Request) -> Response:
+        account = self._optout_account(request.query_params.get("account"))
+        entries = await self.running.store.optouts(account)
+        return JSONResponse({"account": account, "optouts": [
+            {"msisdn": o.msisdn, "at": iso(o.at), "source": o.source} for o in entries]})
+
+    async def set_optouts(self, request: Request) -> Response:
+        """{"account", "opted_out": true|false, "msisdns": [...], "source": "cli"|"import"}:
+        numbers put on (or taken off) the list; numbers that are not valid are refused and
+        listed, the others done."""
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or set(body) != {"account", "opted_out", "msisdns",
+                                                       "source"}:
+            raise BadRequest('expected a JSON object {"account", "opted_out", "msisdns", '
+                             '"source"}')
+        account = self._optout_account(body["account"])
+        msisdns, opted_out, source = body["msisdns"], body["opted_out"], body["source"]
+        if not isinstance(opted_out, bool) or source not in ("cli", "import") \
+                or not isinstance(msisdns, list) \
+                or not all(isinstance(m, str) for m in msisdns) or len(msisdns) > 10_000:
+            raise BadRequest("opted_out: true or false; source: cli or import; msisdns: at "
+                             "most 10000 numbers as strings")
+        screening = self.running.screening
+        now = self.clock.now()
+        entries, refused = [], []
+        for raw in msisdns:
+            msisdn = screening.normalise_msisdn(account, raw)
+            if msisdn is None:
+                refused.append(raw)
+            else:
+                entries.append(OptOut(account, msisdn, opted_out, now, source))
+        await self.running.store.set_optouts(entries)
+        screening.optouts_stored(entries)
+        return JSONResponse({"account": account, "done": [e.msisdn for e in entries],
+                             "refused": refused})
 
 
 @contextlib.asynccontextmanager

@@ -314,6 +314,8 @@ def cmd_erase(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> in
               f"{d['orphan_receipts_deleted']} orphan receipts deleted; the number replaced in "
               f"{d['history_events_redacted']} history events of other messages; counts kept "
               "in the daily totals", file=out)
+        if d.get("optout_lists"):
+            print(f"taken off the opt-out list of: {', '.join(d['optout_lists'])}", file=out)
         if left:
             print(f"NOT erased: {len(left)} unfinished message(s), being delivered: "
                   f"{' '.join(left[:20])}{' ...' if len(left) > 20 else ''}; run this again "

@@ -2,7 +2,8 @@
 
 Subcommands: run, simulate-smsc (and simulate-smsc-mo to inject a phone's reply),
 check-config, hash-password, hash-token; the admin commands (status, queue, message, cdr, erase)
-are in gateway.admin_cli. Exit status 2 for configuration errors; run and
+are in gateway.admin_cli, optout in gateway.optout_cli, rules check in gateway.rules_cli.
+Exit status 2 for configuration errors; run and
 check-config warn when the config file's secrets are readable by every user, check-config too of a
 listener off loopback without TLS and of an unverified TLS link to an SMSC.
 """
@@ -260,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.admin_cli import add_commands  # status, queue, message, cdr, erase
 
     add_commands(sub, DEFAULT_CONFIG)
+    from gateway.optout_cli import add_optout_commands  # optout list|add|remove|import|export
+
+    add_optout_commands(sub, DEFAULT_CONFIG)
+    from gateway.rules_cli import add_rules_commands  # rules check (the dry run)
+
+    add_rules_commands(sub, DEFAULT_CONFIG)
     return parser
 
 

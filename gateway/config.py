@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from gateway import tls
 from gateway.passwords import SMPP_PASSWORD_MAX, is_password_hash
 from gateway.tokens import HASH_RE as _TOKEN_HASH_RE
+from rules.settings import RULES_KEYS, RulesConfig, RulesConfigError, parse_rules
 
 __all__ = [
     "AccountConfig",
@@ -298,6 +299,7 @@ class GatewayConfig:
     http: HttpConfig = HttpConfig()
     simulator: SimulatorConfig | None = None  # present: run the simulator in-process
     admin: AdminConfig = AdminConfig()
+    rules: RulesConfig = field(default_factory=RulesConfig)  # [rules]: none by default
 
     @property
     def admin_socket(self) -> Path:
@@ -979,6 +981,7 @@ _GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
         )
         for name, cls in _CLASSES.items()
     },
+    "rules": ("[rules]", RULES_KEYS),
 }
 
 
@@ -1105,11 +1108,20 @@ def load_config(path: str | Path) -> GatewayConfig:
         http=_http(_table(file, doc, "http")),
         admin=_admin(_table(file, doc, "admin"), store),
         simulator=simulator,
+        rules=_rules(file, doc, accounts),
     )
     problems = _cross_check(file, config, accounts, smscs, routes)
     if problems:
         raise _problems_error(file, problems)
     return config
+
+
+def _rules(file: str, doc: Mapping[str, Any], accounts: list[AccountConfig]) -> RulesConfig:
+    try:
+        return parse_rules(doc.get("rules"), [a.system_id for a in accounts])
+    except RulesConfigError as exc:
+        key = f"rules.{exc.key}" if exc.key else "rules"
+        raise ConfigError(f"{file}: {key}: {exc.message}", file=file, key=key) from None
 
 
 def _problems_error(file: str, problems: list[str]) -> ConfigError:

@@ -24,6 +24,7 @@ from gateway.http_api import HttpApi, serve_http
 from gateway.inbound import Inbound
 from gateway.model import Report
 from gateway.reporter import Reporter
+from gateway.screening import Screening
 from gateway.server import UPSTREAM_BIND_MODES, SmppServer, account_states
 from gateway.store import Store, StoreError
 from gateway.webhooks import Webhooks, endpoints, mo_by_webhook
@@ -48,6 +49,7 @@ class Running:
     webhooks: Webhooks | None = None  # receipts and MO owed by webhook (gateway.webhooks)
     simulator: object | None = None
     http_port: int | None = None  # the HTTP listener (API and /metrics), when enabled
+    screening: Screening | None = None  # the rules, and the opt-out lists
     # Set when the graceful drain begins: a front end (e.g. an HTTP server's shutdown_trigger)
     # stops taking requests on it.
     stopping: trio.Event = field(default_factory=trio.Event)
@@ -144,13 +146,16 @@ async def run(
         dispatcher = Dispatcher(store, router, connectors, config.retry, clock, owed)
         mo_owners = {addr: acc.system_id for acc in config.accounts.values()
                      for addr in acc.mo_addresses}
-        inbound = Inbound(dispatcher, store, clock, mo_owners, owed,
-                          mo_by_webhook(config.accounts.values()))
+        screening = Screening(config.rules)
+        screening.load_optouts(await store.optouts())
+        dispatcher.recheck = screening.recheck
+        inbound = Inbound(dispatcher, store, clock, mo_owners, owed, screening,
+                          config.validity, mo_by_webhook(config.accounts.values()))
         for smsc in config.smscs.values():
             connectors[smsc.name] = SmscConnector(smsc, inbound.on_deliver)
         _export_gauges(config, connectors)
         running = Running(config, store, dispatcher, reporter, connectors=connectors,
-                          webhooks=webhooks)
+                          webhooks=webhooks, screening=screening)
         async with trio.open_nursery() as nursery:
             if config.simulator is not None:
                 from gateway.simulator import SmscSimulator
@@ -166,11 +171,13 @@ async def run(
             states = account_states(config.accounts)  # one per account, for every listener
             for listener in config.listeners:
                 server = SmppServer(listener, config.accounts, store, dispatcher, reporter, clock,
-                                    validity=config.validity, node=config.node, states=states)
+                                    validity=config.validity, node=config.node, states=states,
+                                    screening=screening)
                 await nursery.start(server.serve)
                 running.servers.append(server)
             if config.http.enabled:
-                api = HttpApi(config, store, dispatcher, clock, states, running.stopping)
+                api = HttpApi(config, store, dispatcher, clock, states, running.stopping,
+                              screening)
                 running.http_port = await nursery.start(serve_http, api.app, config.http.host,
                                                         config.http.port)
             if config.admin.enabled:

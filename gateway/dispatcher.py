@@ -13,6 +13,7 @@ import datetime as dt
 import functools
 import heapq
 import itertools
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -236,6 +237,9 @@ class Dispatcher:
         self._stopped = False  # stop_attempts(): no attempt is started any more
         self._saving = 0  # round writes queued and not committed yet
         self._idle = trio.Event()  # set after each round and each round's commit
+        # rules (gateway.screening): when a SCHEDULED message falls due, the status to refuse
+        # it with (an opt-out that arrived meanwhile), or None to send it
+        self.recheck: Callable[[Message], int | None] | None = None
 
     # -- intake side ------------------------------------------------------------------------
     def enqueue(self, msg: Message) -> None:
@@ -393,6 +397,14 @@ class Dispatcher:
             self._finish(live, State.EXPIRED, now, work, {"reason": "validity over"})
         elif msg.state in (State.QUEUED, State.SCHEDULED, State.ACCEPTED) and \
                 now >= msg.next_attempt_at:
+            refused = self.recheck(msg) if msg.state is State.SCHEDULED and self.recheck \
+                else None
+            if refused is not None:  # rules: e.g. the recipient opted out meanwhile
+                msg.error = refused
+                self._finish(live, State.REJECTED, now, work,
+                             {"rule": "optout", "reason": "opted out while deferred",
+                              "error": f"0x{refused:08X}"})
+                return
             self._attempt(live, now, work)
         elif msg.state is State.IN_FLIGHT:
             self._watch(live, msg.expires_at)
@@ -643,9 +655,10 @@ class Dispatcher:
         if msg.esm_class & ESM_UDHI:  # already segmented upstream: one part, as submitted
             return [Segment(msg.body, True, None, len(msg.body) > 254)]
         cfg = conn.config
-        # Derived from the id, so parts resent after a restart carry the same reference; from
-        # its random end (its first digits are the time, shared by the messages of a minute).
-        ref = int(msg.id[-8:], 16) % (0xFFFE if cfg.udh_ref16 else 0xFE) + 1
+        # Derived from the id, so parts resent after a restart carry the same reference: a CRC
+        # of the whole id (its first digits are the time, shared by the messages of a minute;
+        # a submit_multi's ids end in ":n").
+        ref = zlib.crc32(msg.id.encode()) % (0xFFFE if cfg.udh_ref16 else 0xFE) + 1
         return split(msg.body, msg.data_coding, method=cfg.segmentation, ref=ref,
                      ref16=cfg.udh_ref16)
 

@@ -47,6 +47,7 @@ NOTES = frozenset({
     "report_delivered",  # its receipt was delivered to the upstream
     "report_expired",  # its receipt was not taken by the upstream within the report expiry
     "error",  # a step failed on a bug, nothing changed
+    "rule",  # a rule's decision at intake (rules/, gateway/screening.py)
 })
 
 

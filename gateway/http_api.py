@@ -40,6 +40,7 @@ from gateway.http_requests import (
 from gateway.intake import IntakeError, IntakePolicy, accept_text
 from gateway.model import Event, Message, Part, PartState, State
 from gateway.openapi import document
+from gateway.screening import Screening
 from gateway.server import _AccountState
 from gateway.store import ConstraintError, IdempotencyRecord, Store, StoreBusy, StoreError
 from gateway.tokens import TokenIndex
@@ -66,6 +67,8 @@ _INTAKE_HINT: dict[int, str] = {
                            "send_at or a longer validity (the gateway's validity caps it)",
     Status.ESME_RINVEXPIRY: ": ask for a validity in the future",
 }
+# Which field a rule's refusal is about, by its subject.
+_RULE_FIELD = {"recipient": "to", "sender": "from", "text": "text"}
 _FINAL_PARTS = frozenset({PartState.DELIVERED, PartState.UNDELIVERABLE, PartState.EXPIRED,
                           PartState.REJECTED})
 
@@ -99,8 +102,10 @@ class HttpApi:
 
     def __init__(self, config: GatewayConfig, store: Store, dispatcher: Dispatcher,
                  clock: WallClock, states: Mapping[str, _AccountState],
-                 stopping: trio.Event | None = None) -> None:
+                 stopping: trio.Event | None = None,
+                 screening: Screening | None = None) -> None:
         self.config = config
+        self.screening = screening  # the rules (rules/): None runs none
         # set by the graceful drain: accept no more
         self.stopping = trio.Event() if stopping is None else stopping
         self.store = store
@@ -229,7 +234,7 @@ class HttpApi:
             replay = await self._replay(account, key, post.fingerprint)
             if replay is not None:
                 return replay
-        messages = self._intake(account, post, state)
+        messages, rule_events = self._intake(account, post, state)
         unfinished = self.dispatcher.unfinished_of(account) + state.admitting
         if unfinished + len(messages) > state.config.max_unfinished:
             metrics.child(metrics.REFUSED, account,
@@ -250,7 +255,7 @@ class HttpApi:
             # the messages even if the client goes away meanwhile (else they are never sent).
             with trio.CancelScope(shield=True):
                 try:
-                    await self._store(messages, record)
+                    await self._store(messages, record, rule_events)
                 except ConstraintError:
                     if key is None:
                         raise
@@ -266,12 +271,17 @@ class HttpApi:
         metrics.child(metrics.SUBMIT_SECONDS, "http").observe(trio.current_time() - started)
         return Response(text, 202, media_type="application/json")
 
-    def _intake(self, account: str, post: PostRequest, state: _AccountState) -> list[Message]:
+    def _intake(self, account: str, post: PostRequest, state: _AccountState
+                ) -> tuple[list[Message], list[Event]]:
+        """The messages to store and the history events of the rules' decisions on them;
+        a Problem if any message is refused (by intake or a rule: the batch goes whole)."""
         now = self.clock.now()
         policy = IntakePolicy(self.config.validity, state.config.validity, state.config.max_parts)
         messages: list[Message] = []
         errors: list[dict[str, str]] = []
         cfg = state.config
+        verdicts = []
+        status = 422
         for req in post.messages:
             if req.callback_url is not None and not cfg.webhook_secret:
                 errors.append({"pointer": f"{req.pointer}/callback_url",
@@ -292,18 +302,35 @@ class HttpApi:
                 msg = self._message(account, req, now, policy)
                 # It owes a receipt (a webhook) when there is somewhere to post it.
                 msg.registered_delivery = 1 if req.callback_url or cfg.webhook_url else 0
-                messages.append(msg)
             except IntakeError as exc:
                 field = _INTAKE_FIELD.get(exc.status, "text")
                 detail = exc.detail if exc.detail.startswith(field) else f"{field}: {exc.detail}"
                 errors.append({"pointer": f"{req.pointer}/{field}",
                                "detail": detail + _INTAKE_HINT.get(exc.status, "")})
+                continue
+            messages.append(msg)
+            if self.screening is None:
+                continue
+            verdict = self.screening.check(msg, now, "http", traffic=req.traffic)
+            verdicts.append(verdict)
+            rejected = verdict.rejected
+            if rejected is not None:
+                field = _RULE_FIELD.get(rejected.subject, "text")
+                errors.append({"pointer": f"{req.pointer}/{field}",
+                               "detail": f"{field}: {rejected.detail} (rule {rejected.rule}, "
+                                         f"reason {rejected.reason})",
+                               "rule": rejected.rule, "reason": rejected.reason})
+                if len(errors) == 1:
+                    status = rejected.http_status
         if errors:
             metrics.child(metrics.REFUSED, account, "invalid").inc(len(post.messages))
             more = f" (and {len(errors) - 1} more in errors)" if len(errors) > 1 else ""
-            raise Problem(422, "invalid-message", "Message refused",
+            if self.screening is not None:
+                self.screening.record([v for v in verdicts if v.rejected is not None], now)
+            raise Problem(status, "invalid-message", "Message refused",
                           errors[0]["detail"] + more, errors=errors)
-        return messages
+        events = [] if self.screening is None else self.screening.record(verdicts, now)
+        return messages, events
 
     @staticmethod
     def _message(account: str, req: MessageRequest, now: float,
@@ -313,13 +340,14 @@ class HttpApi:
                           scheduled=req.send_at)
         msg.origin = "http"
         msg.channel = req.channel
-        msg.traffic = req.traffic
+        msg.traffic = req.traffic or "alert"  # the rules may apply the account's default
         msg.callback_url = req.callback_url
         msg.client_ref = req.client_ref
         return msg
 
-    async def _store(self, messages: list[Message], record: IdempotencyRecord | None) -> None:
-        events = [history.accepted(m, "http") for m in messages]
+    async def _store(self, messages: list[Message], record: IdempotencyRecord | None,
+                     rule_events: list[Event]) -> None:
+        events = [*rule_events, *(history.accepted(m, "http") for m in messages)]
         try:
             await self.store.add_messages(messages, events, idempotency=record)
         except StoreBusy:

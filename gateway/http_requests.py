@@ -59,7 +59,7 @@ class MessageRequest:
     source: str
     text: str
     channel: str = "sms"
-    traffic: str = "alert"
+    traffic: str | None = None  # None: the account's default (rules), else alert
     validity: float | None = None  # seconds from acceptance
     send_at: float | None = None  # UNIX time
     callback_url: str | None = None
@@ -152,8 +152,8 @@ def _message(obj: object, pointer: str, errors: list[FieldError]) -> MessageRequ
     channel = obj.get("channel", "sms")
     if channel not in CHANNELS:
         bad("channel", "expected one of " + ", ".join(f'"{c}"' for c in CHANNELS))
-    traffic = obj.get("traffic", "alert")
-    if traffic not in TRAFFIC:
+    traffic = obj.get("traffic")
+    if "traffic" in obj and traffic not in TRAFFIC:
         bad("traffic", 'expected "alert" (transactional) or "marketing"')
     validity = None
     if "validity" in obj:

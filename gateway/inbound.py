@@ -18,7 +18,8 @@ import trio
 from gateway import metrics
 from gateway.clock import WallClock
 from gateway.dispatcher import Dispatcher
-from gateway.model import Report, ReportKind, new_message_id
+from gateway.model import Event, OptOut, Report, ReportKind, new_message_id
+from gateway.screening import Screening
 from gateway.store import Store, StoreError
 from gateway.webhooks import webhook_report
 from routing.core import normalise_digits
@@ -26,6 +27,7 @@ from routing.smsc import Answer, SmscConnector
 from smpp.constants import MessageState, Status, Tag
 from smpp.pdu import DataSm, DeliverSm, Pdu, tlv_int, tlv_str
 from smpp.receipt import STATE_TO_STAT, parse_receipt
+from smpp.text import TextEncodingError, alphabet, decode_text
 
 log = structlog.get_logger("gateway.inbound")
 
@@ -84,7 +86,10 @@ def read_receipt(pdu: DeliverSm | DataSm) -> OperatorReceipt | None:
 class Inbound:
     def __init__(self, dispatcher: Dispatcher, store: Store, clock: WallClock,
                  mo_owners: Mapping[str, str], on_report: Callable[[Report], None],
+                 screening: Screening | None = None, validity: float = 86400.0,
                  mo_by_webhook: Collection[str] = frozenset()) -> None:
+        self.screening = screening  # STOP / START keywords in MO (rules/optout)
+        self.validity = validity  # of the STOP confirmations sent back
         self.dispatcher = dispatcher
         self.store = store
         self.clock = clock
@@ -146,10 +151,12 @@ class Inbound:
 
     async def _store_mos(self, connector: SmscConnector, mos: list[tuple[Report, Pdu]],
                          answered: Callable[[Pdu, bool], None]) -> None:
-        """Commit MO reports, answer their PDUs, then hand the reports to the reporter."""
+        """Commit MO reports (with the opt-out list entries of STOP / START replies), answer
+        their PDUs, then hand the reports to the reporter."""
+        optouts = [entry for report, _ in mos if (entry := self._keyword(report)) is not None]
         try:
             with trio.CancelScope(shield=True):  # committed MO must reach the reporter
-                await self.store.add_reports([report for report, _ in mos])
+                await self.store.add_reports([report for report, _ in mos], optouts)
         except StoreError as exc:
             log.warning("mo.not_stored", smsc=connector.name, count=len(mos), error=str(exc))
             for _, pdu in mos:
@@ -159,8 +166,52 @@ class Inbound:
             answered(pdu, True)
             metrics.MO.labels(report.account).inc()
             log.info("mo.received", account=report.account, smsc=connector.name,
-                     report_id=report.id)
+                     report_id=report.id, optout=report.extra.get("optout"))
             self.on_report(report)
+        if self.screening is not None and optouts:
+            self.screening.optouts_stored(optouts)
+            await self._confirm(optouts, [r for r, _ in mos if r.extra.get("optout")])
+
+    def _keyword(self, report: Report) -> OptOut | None:
+        """A STOP / START reply: the report is marked (extra "optout": "stop" | "start")
+        and the opt-out list entry to store with it is returned."""
+        if self.screening is None:
+            return None
+        if alphabet(report.data_coding) == "binary":
+            return None
+        try:
+            text = decode_text(report.body, report.data_coding)
+        except TextEncodingError:
+            return None
+        found = self.screening.mo_keyword(report.account, report.source_addr,
+                                          report.source_ton, text, report.created_at)
+        if found is None:
+            return None
+        kind, entry = found
+        report.extra["optout"] = kind
+        return entry
+
+    async def _confirm(self, optouts: list[OptOut], reports: list[Report]) -> None:
+        """Send the accounts' STOP confirmations (where configured), from the number each
+        reply went to."""
+        assert self.screening is not None
+        now = self.clock.now()
+        for entry, report in zip(optouts, reports, strict=True):
+            msg = self.screening.confirmation(entry, report.dest_addr, now, self.validity)
+            if msg is None:
+                continue
+            event = Event(msg.id, now, "accepted", None, msg.state,
+                          {"interface": "rules", "reason": "optout-confirmation"})
+            try:
+                with trio.CancelScope(shield=True):
+                    await self.store.add_messages([msg], [event])
+            except StoreError as exc:
+                log.warning("optout.confirmation_not_stored", account=entry.account,
+                            error=str(exc))
+                continue
+            log.info("message.accepted", message_id=msg.id, account=msg.account,
+                     state=msg.state.value, interface="rules")
+            self.dispatcher.enqueue(msg)
 
     def _mo(self, connector: SmscConnector, pdu: DeliverSm | DataSm) -> Report | None:
         """The report carrying an MO to the account owning its destination, if any."""

@@ -33,6 +33,11 @@ ORPHAN_RECEIPTS = Counter("smsgw_orphan_receipts_total",
                           ["smsc"])
 RECEIPTS_HELD = Counter("smsgw_receipts_held_total",
                         "Receipts that arrived before their submit_sm_resp was processed")
+RULE_DECISIONS = Counter("smsgw_rule_decisions_total",
+                         "Decisions of the rules (rules/) on upstream messages",
+                         ["rule", "outcome"])  # outcome: accept, modify, defer, reject
+OPTOUT_KEYWORDS = Counter("smsgw_optout_keywords_total",
+                          "MO messages that were an opt-out keyword", ["account", "keyword"])
 MO = Counter("smsgw_mo_total", "MO messages received from operators", ["account"])
 REPORTS_SENT = Counter("smsgw_reports_delivered_total", "Receipts/MO delivered upstream",
                        ["account", "kind"])

@@ -94,7 +94,8 @@ class Message:
     channel: str = "sms"
     connector: str | None = None  # connector name of the current/last attempt
     tlvs: bytes = b""  # upstream TLVs passed through to the operator (encoded, in order)
-    origin: str = "smpp"  # the upstream interface it came in on: "smpp" or "http"
+    origin: str = "smpp"  # the upstream interface it came in on: "smpp" or "http" ("rules":
+    # made by the gateway for the account, e.g. a STOP confirmation)
     traffic: str = "alert"  # "alert" (transactional) or "marketing" (see DOMAIN.md)
     callback_url: str | None = None  # HTTP: where its receipt goes (else the account's default)
     client_ref: str | None = None  # HTTP: the upstream's own reference, echoed in reports
@@ -156,3 +157,15 @@ class Report:
     # How it reaches the account: "smpp" (deliver_sm over its receiver binds) or "http" (a
     # signed webhook, gateway.webhooks; extra then holds the event's id and fields).
     via: str = "smpp"
+
+
+@dataclass(slots=True)
+class OptOut:
+    """One number's place on an account's opt-out list (STOP): opted_out False records a
+    START (the number is back). source: "mo" (a reply), "cli" or "import"."""
+
+    account: str
+    msisdn: str  # E.164 digits, no '+'
+    opted_out: bool
+    at: float  # UNIX seconds
+    source: str = "mo"

@@ -59,8 +59,10 @@ def _schemas(max_batch: int) -> dict[str, Any]:
                                 "the account's max_parts"},
         "channel": {"enum": list(rq.CHANNELS), "default": "sms",
                     "description": "Preferred channel"},
-        "traffic": {"enum": list(rq.TRAFFIC), "default": "alert",
-                    "description": "alert: transactional; marketing: promotional"},
+        "traffic": {"enum": list(rq.TRAFFIC),
+                    "description": "alert: transactional; marketing: promotional (opt-out "
+                                   "list, STOP mention and hours apply). Default: the "
+                                   "account's ([rules] traffic), else alert"},
         "validity": {
             "description": "How long to try: seconds, or an ISO 8601 duration of days, hours, "
                            "minutes, seconds; capped by the gateway's and the account's "
@@ -120,7 +122,7 @@ def _schemas(max_batch: int) -> dict[str, Any]:
         "at": _TIME,
         "kind": {"type": "string", "description": "accepted, attempt, submitted, retry, "
                  "receipt, final, waiting, resumed, retry_now, report_delivered, "
-                 "report_expired, cancelled, replaced, error (see the README's 'Message "
+                 "report_expired, cancelled, replaced, rule, error (see the README's 'Message "
                  "history')"},
         "from_state": state_or_null,
         "to_state": state_or_null,
@@ -132,7 +134,9 @@ def _schemas(max_batch: int) -> dict[str, Any]:
         "to": {"type": "string"},
         "from": {"type": "string"},
         "text": _STR_OR_NULL,
-        "origin": {"enum": ["smpp", "http"]},
+        "origin": {"enum": ["smpp", "http", "rules"],
+                   "description": "rules: sent by the gateway for the account (a STOP "
+                                  "confirmation)"},
         "channel": {"type": "string"},
         "traffic": {"type": "string"},
         "client_ref": _STR_OR_NULL,
@@ -157,7 +161,13 @@ def _schemas(max_batch: int) -> dict[str, Any]:
                   "description": "409 of a cancel: the message's state"},
         "errors": {"type": "array", "description": "Each field refused (422)",
                    "items": _obj({"pointer": {"type": "string"},
-                                  "detail": {"type": "string"}})},
+                                  "detail": {"type": "string"},
+                                  "rule": {"type": "string",
+                                           "description": "The rule that refused it"},
+                                  "reason": {"type": "string",
+                                             "description": "The rule's reason code, e.g. "
+                                                            "invalid-recipient"}},
+                                 ["pointer", "detail"])},
     }, ["type", "title", "status", "detail"])
     return {
         "MessageRequest": message_request,
@@ -286,10 +296,13 @@ def document(max_batch: int) -> dict[str, Any]:
                                 "schema": {"$ref": "#/components/schemas/Accepted"}}}},
                     "400": _problem_response("Body not JSON, or a bad Idempotency-Key header"),
                     "401": unauthorized,
-                    "409": _problem_response("Idempotency-Key already used with another body"),
+                    "409": _problem_response("Idempotency-Key already used with another body, "
+                                             "or a rule refused a message as a duplicate "
+                                             "(errors[].reason \"duplicate\")"),
                     "413": _problem_response("Body too large"),
-                    "422": _problem_response("A field is missing, unknown or invalid (named in "
-                                             "errors)"),
+                    "422": _problem_response("A field is missing, unknown or invalid, or a "
+                                             "rule of the account refused a message (named "
+                                             "in errors, with the rule and its reason)"),
                     "429": throttled,
                     "503": busy,
                 },

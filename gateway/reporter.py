@@ -38,6 +38,9 @@ UNBIND_TIMEOUT = 2.0  # seconds an unanswering bind gets to answer its unbind
 OTHER_ACCOUNT = "other"  # metric label of reports for accounts no longer configured
 # message_state TLV of a receipt (SMPP 3.4 5.2.28); a cancelled message's is DELETED (4).
 _SMPP_STATE = {"DELIVERED": 2, "EXPIRED": 3, "CANCELLED": 4, "UNDELIVERABLE": 5, "REJECTED": 8}
+# A vendor-specific TLV (SMPP 3.4 leaves 0x1400-0x3FFF to SMSC vendors) on an MO that was an
+# opt-out keyword: "stop" or "start" (C-octet string). See README "Rules".
+TAG_OPTOUT = 0x1501
 
 
 def deliver_pdu(report: Report) -> DeliverSm:
@@ -52,6 +55,8 @@ def deliver_pdu(report: Report) -> DeliverSm:
         pdu.tlvs[Tag.MESSAGE_PAYLOAD] = report.body  # a long MO
     else:
         pdu.short_message = report.body
+    if report.kind is ReportKind.MO and report.extra.get("optout"):  # rules: STOP / START
+        set_tlv_str(pdu, TAG_OPTOUT, report.extra["optout"])
     if report.kind is ReportKind.RECEIPT:
         pdu.esm_class = ESM_RECEIPT
         set_tlv_str(pdu, Tag.RECEIPTED_MESSAGE_ID, report.message_id)

@@ -25,13 +25,15 @@ from gateway.dispatcher import STATE_TO_SMPP, ChangeRefused, Dispatcher
 from gateway.intake import (
     IntakeError,
     IntakePolicy,
+    MultiResult,
     Replacement,
     accept_multi,
     accept_replace,
     accept_submit,
 )
-from gateway.model import Message
+from gateway.model import Event, Message
 from gateway.reporter import Reporter
+from gateway.screening import Screening
 from gateway.store import Store, StoreBusy, StoreError
 from smpp.connection import Connection, LogBudget, shorten
 from smpp.constants import CommandId, Status, Tag
@@ -160,8 +162,10 @@ class SmppServer:
         validity: float,
         node: str = "smsgw",
         states: dict[str, _AccountState] | None = None,
+        screening: Screening | None = None,
     ) -> None:
         self.listener = listener
+        self.screening = screening  # the rules (rules/): None runs none
         self.store = store
         self.dispatcher = dispatcher
         self.reporter = reporter
@@ -487,8 +491,18 @@ class SmppServer:
         metrics.child(metrics.REFUSED, account, f"0x{status:08X}").inc(messages)
         return status
 
-    async def _store(self, messages: list[Message], interface: str) -> None:
-        await self.store.add_messages(messages, [history.accepted(m, interface) for m in messages])
+    def _refuse_rule(self, conn: Connection, pdu: Pdu, account: str, status: int,
+                     reason: str) -> None:
+        log.info("upstream.submit_refused", account=account, status=f"0x{status:08X}",
+                 detail=f"refused by rule: {reason}")
+        metrics.child(metrics.REFUSED, account, metrics.status_label(status)).inc()
+        conn.respond(pdu.response(status=status))
+
+    async def _store(self, messages: list[Message], interface: str,
+                     events: list[Event] | None = None) -> None:
+        """Store the messages with their history: the rules' decisions, then "accepted"."""
+        await self.store.add_messages(
+            messages, [*(events or ()), *(history.accepted(m, interface) for m in messages)])
         for msg in messages:
             log.info("message.accepted", message_id=msg.id, account=msg.account,
                      state=msg.state.value, interface=interface)
@@ -498,6 +512,7 @@ class SmppServer:
         """submit_sm / data_sm read together: validated one by one, stored in one commit,
         each answered with its id once that commit is done."""
         accepted: list[tuple[Pdu, Message]] = []
+        events: list[Event] = []
         owner: _AccountState | None = None  # the bound account (one per connection)
         started = trio.current_time()
         try:
@@ -513,6 +528,13 @@ class SmppServer:
                 except IntakeError as exc:
                     self._refuse(conn, pdu, account, exc)
                     continue
+                if self.screening is not None:
+                    verdict = self.screening.check(msg, now, "smpp", pdu.service_type)
+                    events += self.screening.record([verdict], now)
+                    if verdict.rejected is not None:
+                        self._refuse_rule(conn, pdu, account, verdict.rejected.smpp_status,
+                                          verdict.rejected.reason)
+                        continue
                 accepted.append((pdu, msg))
                 owner = state
                 owner.admitting += 1
@@ -522,7 +544,7 @@ class SmppServer:
             # get the messages even if the upstream disconnects meanwhile (else unsent).
             with trio.CancelScope(shield=True):
                 try:
-                    await self._store([msg for _, msg in accepted], "smpp")
+                    await self._store([msg for _, msg in accepted], "smpp", events)
                 except Exception as exc:
                     status = self._store_failed(accepted[0][1].account, len(accepted), exc)
                     for pdu, _ in accepted:
@@ -544,15 +566,23 @@ class SmppServer:
         if state is None:
             return
         account = state.config.system_id
+        now = self.clock.now()
         try:
-            result = accept_multi(account, pdu, self.clock.now(), self.policy(state.config))
+            result = accept_multi(account, pdu, now, self.policy(state.config))
         except IntakeError as exc:
             self._refuse(conn, pdu, account, exc)
             return
+        events: list[Event] = []
+        if self.screening is not None:
+            result, events = self._screen_multi(result, now, pdu.service_type)
+            if not result.messages:
+                status = result.unsuccess[0][3] if result.unsuccess else Status.ESME_RINVDSTADR
+                self._refuse_rule(conn, pdu, account, status, "every destination refused")
+                return
         state.admitting += len(result.messages)
         with trio.CancelScope(shield=True):  # see _submit_batch
             try:
-                await self._store(result.messages, "smpp")
+                await self._store(result.messages, "smpp", events)
             except Exception as exc:
                 conn.respond(pdu.response(
                     status=self._store_failed(account, len(result.messages), exc)))
@@ -565,6 +595,31 @@ class SmppServer:
             metrics.child(metrics.SUBMIT_SECONDS, "smpp").observe(trio.current_time() - started)
             for msg in result.messages:
                 self.dispatcher.enqueue(msg)
+
+    def _screen_multi(self, result: MultiResult, now: float, service_type: str
+                      ) -> tuple[MultiResult, list[Event]]:
+        """The rules applied to each destination of a submit_multi: refused ones join
+        unsuccess_sme with their rule's status; destinations that are the same number once
+        normalised are sent once; the ids are given again in order (<id>, <id>:2, ...)."""
+        assert self.screening is not None
+        base = result.messages[0].id
+        kept, verdicts = [], []
+        unsuccess = list(result.unsuccess)
+        seen: set[str] = set()
+        for msg in result.messages:
+            raw = (msg.dest_ton, msg.dest_npi, msg.dest_addr)
+            verdict = self.screening.check(msg, now, "smpp", service_type)
+            if verdict.rejected is not None:
+                unsuccess.append((*raw, verdict.rejected.smpp_status))
+            elif msg.dest_addr not in seen:
+                seen.add(msg.dest_addr)
+                kept.append(msg)
+            else:
+                continue  # the same number written another way: sent once, nothing recorded
+            verdicts.append(verdict)
+        for n, msg in enumerate(kept, start=1):
+            msg.id = base if n == 1 else f"{base}:{n}"
+        return MultiResult(kept, unsuccess), self.screening.record(verdicts, now)
 
     async def _query(self, conn: Connection, pdu: QuerySm) -> None:
         # Charged to the account's throughput like a submit: each may cost a store read.

@@ -123,6 +123,10 @@ class SubmitRecord:
     received_at: float  # wall clock, seconds since the epoch
     outcome: Outcome
     destinations: tuple[str, ...] = ()  # submit_multi: every SME destination
+    source_ton: int = 0
+    source_npi: int = 0
+    dest_ton: int = 0  # submit_multi: the first SME destination's
+    dest_npi: int = 0
 
     @property
     def body(self) -> bytes:
@@ -152,7 +156,11 @@ class SubmitRecord:
             "command": self.command,
             "system_id": self.system_id,
             "source_addr": self.source_addr,
+            "source_addr_ton": self.source_ton,
+            "source_addr_npi": self.source_npi,
             "destination_addr": self.destination_addr,
+            "dest_addr_ton": self.dest_ton,
+            "dest_addr_npi": self.dest_npi,
             "destinations": list(self.destinations),
             "data_coding": self.data_coding,
             "esm_class": self.esm_class,
@@ -483,11 +491,14 @@ class SmscSimulator:
             if ref is not None and total is not None and seq is not None:
                 sar = (ref, total, seq)
         if isinstance(pdu, SubmitMulti):
-            destinations = tuple(d.addr for d in pdu.dests if hasattr(d, "addr"))
+            smes = [d for d in pdu.dests if isinstance(d, SmeDest)]
+            destinations = tuple(d.addr for d in smes)
             destination = destinations[0] if destinations else ""
+            dest_ton, dest_npi = (smes[0].ton, smes[0].npi) if smes else (0, 0)
         else:
             destinations = ()
             destination = pdu.destination_addr
+            dest_ton, dest_npi = pdu.dest_addr_ton, pdu.dest_addr_npi
         record = SubmitRecord(
             message_id=self._new_message_id(),
             command=_COMMAND_NAMES[pdu.command_id],
@@ -505,6 +516,10 @@ class SmscSimulator:
             received_at=received_at,
             outcome=outcome,
             destinations=destinations,
+            source_ton=pdu.source_addr_ton,
+            source_npi=pdu.source_addr_npi,
+            dest_ton=dest_ton,
+            dest_npi=dest_npi,
         )
         self.submitted.append(record)
         self._by_id[record.message_id] = record

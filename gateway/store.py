@@ -32,6 +32,7 @@ from gateway.model import (
     FINAL_STATES,
     Event,
     Message,
+    OptOut,
     Part,
     PartState,
     Report,
@@ -110,7 +111,7 @@ _FINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(FINAL_STATES)) + ")"
 _OPEN = f"state NOT IN {_FINAL_SQL}"
 _DONE = f"state IN {_FINAL_SQL}"
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # MIGRATIONS[v] takes a database at user_version v to v + 1.
 MIGRATIONS: tuple[str, ...] = (
     f"""
@@ -267,6 +268,18 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX reports_account;
     CREATE INDEX reports_account_via ON reports (account, via, id);
     """,
+    # 7: each account's opt-out list (STOP): one row per number ever opted out; opted_out 0
+    # once it opted in again (START), so that the last word wins whatever the batching.
+    """
+    CREATE TABLE optouts (
+        account TEXT NOT NULL,
+        msisdn TEXT NOT NULL,
+        opted_out INTEGER NOT NULL,
+        at REAL NOT NULL,
+        source TEXT NOT NULL,
+        PRIMARY KEY (account, msisdn)
+    ) WITHOUT ROWID;
+    """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -299,6 +312,8 @@ _REDACT_EVENT = 16
 _REPLACE_MESSAGE = 17
 _DELETE_PARTS = 18
 _INSERT_EVENT_IF_MESSAGE = 19  # events of messages that may be gone (erased) meanwhile
+_UPSERT_OPTOUT = 20
+_DELETE_OPTOUT = 21
 _WRITE_SQL: tuple[str, ...] = (
     f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)})"
     f" VALUES ({_placeholders(len(MESSAGE_COLUMNS))})",
@@ -342,6 +357,10 @@ _WRITE_SQL: tuple[str, ...] = (
     "DELETE FROM parts WHERE message_id = ?",
     "INSERT INTO events (message_id, at, kind, from_state, to_state, detail)"
     " SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM messages WHERE id = ?1)",
+    "INSERT INTO optouts (account, msisdn, opted_out, at, source) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (account, msisdn) DO UPDATE SET opted_out = excluded.opted_out,"
+    " at = excluded.at, source = excluded.source",
+    "DELETE FROM optouts WHERE msisdn = ?",
 )
 
 _MESSAGE_SELECT = f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages"
@@ -360,6 +379,10 @@ ERASED = "<erased>"  # what replaces an erased number in the history of other me
 _STATE_COUNTS_SQL = "SELECT state, n FROM state_counts"
 _OPEN_STATES = tuple(s for s in State if not s.final)
 _detail_json = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
+def _optout_row(o: OptOut) -> Row:
+    return (o.account, o.msisdn, int(o.opted_out), o.at, o.source)
 
 
 def _event_row(e: Event) -> Row:
@@ -442,6 +465,7 @@ class Erasure:
     reports: int = 0
     orphan_receipts: int = 0
     events_redacted: int = 0
+    optouts: list[str] = field(default_factory=list)  # accounts whose opt-out list had it
     unfinished: list[str] = field(default_factory=list)
     wal_cleared: bool = False  # the WAL (old copies of pages) was emptied afterwards
 
@@ -1013,14 +1037,34 @@ class Store:
         """Upsert parts by (message_id, part_no)."""
         await self._write(_Call([(_UPSERT_PART, [_part_row(p) for p in parts])]))
 
-    async def add_reports(self, reports: Sequence[Report]) -> None:
-        """Insert reports owed to upstream accounts; sets each Report's id after the commit."""
+    async def add_reports(self, reports: Sequence[Report],
+                          optouts: Sequence[OptOut] = ()) -> None:
+        """Insert reports owed to upstream accounts; sets each Report's id after the commit.
+        ``optouts`` (an MO's STOP or START) are written in the same commit."""
         if not reports:
             return
         ids, rows = self._report_rows(reports)
-        await self._write(_Call([(_INSERT_REPORT, rows)]))
+        groups = [(_INSERT_REPORT, rows)]
+        if optouts:
+            groups.append((_UPSERT_OPTOUT, [_optout_row(o) for o in optouts]))
+        await self._write(_Call(groups))
         for r, rid in zip(reports, ids, strict=True):
             r.id = rid
+
+    async def set_optouts(self, optouts: Sequence[OptOut]) -> None:
+        """Put numbers on their account's opt-out list, or take them off (opted_out False),
+        in the given order (the last entry for a number wins)."""
+        if optouts:
+            await self._write(_Call([(_UPSERT_OPTOUT, [_optout_row(o) for o in optouts])]))
+
+    async def optouts(self, account: str | None = None) -> list[OptOut]:
+        """The numbers opted out (of ``account``, or of every account), by account and
+        number."""
+        where, params = ("opted_out = 1", ()) if account is None else (
+            "opted_out = 1 AND account = ?", (account,))
+        rows = await self._read("SELECT account, msisdn, opted_out, at, source FROM optouts"
+                                f" WHERE {where} ORDER BY account, msisdn", params)
+        return [OptOut(r[0], r[1], bool(r[2]), r[3], r[4]) for r in rows]
 
     def _report_rows(self, reports: Sequence[Report]) -> tuple[list[int], list[Row]]:
         # Ids are allocated here (one writer per file, see the lock), so a batch can insert
@@ -1127,7 +1171,8 @@ class Store:
         """Erasure of one person (GDPR), given the spellings of their number: delete the
         final messages from or to it (counted in cdr_daily first, like retention), their parts
         and history, the reports (receipts, MO) from or to it, the orphan receipts quoting
-        it, and replace it by "<erased>" where other messages' history names it. Unfinished
+        it, its place on opt-out lists, and replace it by "<erased>" where other messages'
+        history names it. Unfinished
         messages are left to finish (listed in the result): run it again once they are final.
         Scans every table in windows: bounded memory, other writers wait one chunk at most."""
         result = Erasure()
@@ -1163,6 +1208,11 @@ class Store:
             redactions = [(r[1], n, json.dumps(ERASED)) for r in rows for n in named]
             await self._write(_Call([(_REDACT_EVENT, redactions)]))
             result.events_redacted += len(rows)
+        listed = await self._read(
+            f"SELECT DISTINCT account FROM optouts WHERE msisdn IN ({marks})", forms)
+        if listed:
+            await self._write(_Call([(_DELETE_OPTOUT, [(f,) for f in forms])]))
+            result.optouts = sorted(r[0] for r in listed)
         result.wal_cleared = await self.checkpoint()
         return result
 
