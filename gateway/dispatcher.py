@@ -1087,7 +1087,6 @@ class Dispatcher:
         return msg
 
 
-
 class RetryRefused(Exception):
     """retry_now cannot send this message now; the message says why."""
 
