@@ -1168,7 +1168,6 @@ class Dispatcher:
         return msg
 
 
-
 class RetryRefused(Exception):
     """retry_now cannot send this message now; the message says why."""
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import trio
 
 from gateway.model import State
 from gateway.store import StoreError
@@ -84,3 +85,40 @@ async def test_delete_when_the_store_fails_is_503_and_changes_nothing(tmp_path: 
         assert stored is not None and stored.state is State.SCHEDULED
         resp, view = await delete(client, message_id)  # the same request again: done
         assert resp.status_code == 200 and view["state"] == "CANCELLED"
+
+
+async def test_deletes_racing_the_dispatcher_either_cancel_or_are_too_late_never_both(
+        tmp_path: Path) -> None:
+    """Messages due in a second, DELETEd from before to after that moment over real sockets:
+    each answer is 200 and the operator never gets the message, or 409 and it gets it once."""
+    async with api(tmp_path) as (gw, sim, client):
+        due = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
+        body = {"messages": [{**HELLO, "to": f"3361{i:07d}",
+                              "send_at": due.isoformat().replace("+00:00", "Z")}
+                             for i in range(40)]}
+        _, answer = await post(client, body)
+        ids = {m["id"]: m["to"] for m in answer["messages"]}
+        outcome: dict[str, int] = {}
+        start = trio.current_time()
+
+        async def cancel(message_id: str, delay: float) -> None:
+            await trio.sleep_until(start + delay)
+            resp, _ = await delete(client, message_id)
+            outcome[message_id] = resp.status_code
+
+        async with trio.open_nursery() as nursery:
+            for i, message_id in enumerate(ids):
+                nursery.start_soon(cancel, message_id, 1.6 * i / len(ids))
+        await wait_for(lambda: all(m not in gw.dispatcher.live or
+                                   gw.dispatcher.live[m].msg.state is not State.SCHEDULED
+                                   for m in ids))
+        await trio.sleep(0.5)
+        sent = [r.destination_addr for r in sim.submitted]
+        assert len(sent) == len(set(sent))
+        for message_id, to in ids.items():
+            assert outcome[message_id] in (200, 409)
+            assert (to in sent) == (outcome[message_id] == 409), (message_id, outcome)
+            stored = await gw.store.get_message(message_id)
+            assert stored is not None
+            assert (stored.state is State.CANCELLED) == (outcome[message_id] == 200)
+        assert 200 in outcome.values()  # the early ones at least
