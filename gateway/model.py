@@ -107,8 +107,9 @@ class Event:
     """One line of a message's history: something that happened to it, and when.
 
     kind names the event ("accepted", "rule", "attempt", "retry", "receipt", "final",
-    "report", "cancelled", "replaced", ...); from_state/to_state are set when the message changed state; detail holds
-    the event's facts (connector, command_status, rule decision ...) as JSON-able values.
+    "cancelled", "replaced", ...: gateway/history.py lists them); from_state/to_state are set
+    when the message changed state; detail holds the event's facts (connector, command_status,
+    rule decision ...) as JSON-able values.
     """
 
     message_id: str
