@@ -147,10 +147,18 @@ class Screening:
     def confirmation(self, entry: OptOut, short_code: str, now: float,
                      validity: float) -> Message | None:
         """The message confirming a STOP to the number, sent by its account from the number
-        the reply went to (None when the account has no optout_confirmation text). It is
+        the reply went to (None when the account has no optout_confirmation text, for the
+        phone's country when it is a table). It is
         alert traffic and does not go through the rules: the recipient just opted out."""
         _, settings = self.pipelines.of(entry.account)
         text = settings.get("optout_confirmation")
+        if isinstance(text, dict):  # per country of the phone
+            try:
+                phone = phonenumbers.parse("+" + entry.msisdn)
+                country = phonenumbers.region_code_for_number(phone) or "default"
+            except phonenumbers.NumberParseException:
+                country = "default"
+            text = text.get(country, text.get("default"))
         if not text or not entry.opted_out:
             return None
         digits = short_code.removeprefix("+")

@@ -87,6 +87,13 @@ def _settings(where: str, data: Mapping[str, Any], inherited: Mapping[str, Any]
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 255:
                 raise RulesConfigError(path, "expected an integer from 1 to 255, got "
                                              + _show(value))
+        elif key == "optout_confirmation" and isinstance(value, dict):
+            if not value or not all(isinstance(k, str) and (k == "default" or _REGION.fullmatch(k))
+                                    and isinstance(v, str) and v for k, v in value.items()):
+                raise RulesConfigError(path, 'expected a text, or a table of country = "text" '
+                                             '(ISO 3166 codes or "default"), got '
+                                             + _show(value))
+            value = dict(value)
         elif not isinstance(value, str) or (key == "marketing_service_type"
                                             and len(value) > 5):
             expected = ("a service_type of at most 5 characters" if key.startswith("marketing")
