@@ -3,12 +3,14 @@
 A Starlette app served by hypercorn's trio worker. POST /v1/messages stores messages like an
 SMPP submit does (same intake checks, same per-account admission, answered 202 only after
 the commit that holds them); GET /v1/messages/{id} shows a message with its parts and
-history to its own account. Every error is an RFC 9457 problem+json.
+history to its own account. Every error is an RFC 9457 problem+json. /u/{token} are the
+rules' unsubscribe links (an HTML page whose button opts the phone out).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import html
 import json
 import math
 from collections.abc import Mapping
@@ -22,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from gateway import metrics
@@ -37,7 +39,7 @@ from gateway.http_requests import (
     parse_post,
 )
 from gateway.intake import IntakeError, IntakePolicy, accept_text
-from gateway.model import Event, Message, Part, PartState
+from gateway.model import Event, Message, OptOut, Part, PartState
 from gateway.openapi import document
 from gateway.screening import Screening
 from gateway.server import _AccountState
@@ -119,6 +121,8 @@ class HttpApi:
                 Route("/v1/messages", self.post_messages, methods=["POST"]),
                 Route("/v1/messages/{message_id}", self.get_message, methods=["GET"]),
                 Route("/openapi.json", self.openapi_document, methods=["GET"]),
+                Route("/u/{token}", self.unsubscribe_page, methods=["GET"]),
+                Route("/u/{token}", self.unsubscribe, methods=["POST"]),
                 Route("/metrics", self.scrape, methods=["GET"]),
             ],
             exception_handlers={Problem: self._problem, HTTPException: self._http_error,
@@ -371,6 +375,43 @@ class HttpApi:
         events = await self.store.events_of(msg.id)
         return JSONResponse(message_view(msg, parts, events))
 
+    # -- unsubscribe links (rules: where phones cannot reply STOP) -----------------------------
+    def _unsubscriber(self, request: Request) -> tuple[str, str] | None:
+        token = request.path_params["token"]
+        if self.screening is None:
+            return None
+        return self.screening.read_unsubscribe(token, self.config.accounts)
+
+    async def unsubscribe_page(self, request: Request) -> Response:
+        """The confirmation page: opening the link changes nothing (link scanners open every
+        link they see); only its button (a POST) unsubscribes."""
+        found = self._unsubscriber(request)
+        if found is None:
+            return HTMLResponse(_page("Lien inconnu / Unknown link",
+                                      "<p>Ce lien de désinscription n'est pas valide.</p>"
+                                      "<p>This unsubscribe link is not valid.</p>"), 404)
+        account = html.escape(found[0])
+        return HTMLResponse(_page(
+            "Désinscription / Unsubscribe",
+            f"<p>Ne plus recevoir les SMS marketing de <b>{account}</b> ?</p>"
+            f"<p>Stop receiving marketing SMS from <b>{account}</b>?</p>"
+            '<form method="post"><button type="submit">Me désinscrire / Unsubscribe'
+            "</button></form>"))
+
+    async def unsubscribe(self, request: Request) -> Response:
+        found = self._unsubscriber(request)
+        if found is None or self.screening is None:
+            return HTMLResponse(_page("Lien inconnu / Unknown link",
+                                      "<p>This unsubscribe link is not valid.</p>"), 404)
+        account, msisdn = found
+        entry = OptOut(account, msisdn, True, self.clock.now(), "link")
+        await self.store.set_optouts([entry])
+        self.screening.optouts_stored([entry])
+        return HTMLResponse(_page("Désinscrit / Unsubscribed",
+                                  f"<p>Vous ne recevrez plus de SMS marketing de "
+                                  f"<b>{html.escape(account)}</b>.</p><p>You will no longer "
+                                  "receive marketing SMS from it.</p>"))
+
     # -- documents ------------------------------------------------------------------------------
     async def openapi_document(self, _request: Request) -> Response:
         return Response(self.openapi, media_type="application/json")
@@ -430,6 +471,12 @@ def message_view(msg: Message, parts: list[Part], events: list[Event]) -> dict[s
                      for p in parts if p.state in _FINAL_PARTS and p.smsc_id is not None],
         "history": history,
     }
+
+
+def _page(title: str, body: str) -> str:
+    return ('<!doctype html><html lang="fr"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{title}</title></head><body><h1>{title}</h1>{body}</body></html>")
 
 
 def _str_or_none(value: object) -> str | None:

@@ -7,7 +7,7 @@ are not logged (the history keeps them, erasable like the message).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import phonenumbers
@@ -26,6 +26,7 @@ from rules.optout import (
 )
 from rules.recipient import parse_recipient
 from rules.settings import Pipelines, RulesConfig, build_pipelines
+from rules.unsubscribe import read_token
 from smpp.text import TextEncodingError, alphabet, decode_text, encode_text, split
 
 log = structlog.get_logger("gateway.rules")
@@ -132,6 +133,12 @@ class Screening:
         if number is None:
             return None
         return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)[1:]
+
+    def read_unsubscribe(self, token: str, accounts: Iterable[str]) -> tuple[str, str] | None:
+        """(account, msisdn) of an unsubscribe link's token signed with that account's
+        unsubscribe_secret; None if it is not one."""
+        return read_token(token, accounts,
+                          lambda a: self.pipelines.of(a)[1].get("unsubscribe_secret"))
 
     def optouts_stored(self, entries: Sequence[OptOut]) -> None:
         """Entries committed to the store: the in-memory list follows, and they are logged
