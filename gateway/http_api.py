@@ -4,12 +4,14 @@ A Starlette app served by hypercorn's trio worker. POST /v1/messages stores mess
 SMPP submit does (same intake checks, same per-account admission, answered 202 only after
 the commit that holds them); GET /v1/messages/{id} shows a message with its parts and
 history to its own account, DELETE cancels it while no part of it is with an operator.
-Every error is an RFC 9457 problem+json.
+Every error is an RFC 9457 problem+json. /u/{token} are the rules' unsubscribe links (an
+HTML page whose button opts the phone out).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import html
 import json
 import math
 from collections.abc import Mapping
@@ -23,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from gateway import history, metrics
@@ -38,7 +40,7 @@ from gateway.http_requests import (
     parse_post,
 )
 from gateway.intake import IntakeError, IntakePolicy, accept_text
-from gateway.model import Event, Message, Part, PartState, State
+from gateway.model import Event, Message, OptOut, Part, PartState, State
 from gateway.openapi import document
 from gateway.screening import Screening
 from gateway.server import _AccountState
@@ -120,6 +122,8 @@ class HttpApi:
                 Route("/v1/messages", self.post_messages, methods=["POST"]),
                 Route("/v1/messages/{message_id}", self.one_message, methods=["GET", "DELETE"]),
                 Route("/openapi.json", self.openapi_document, methods=["GET"]),
+                Route("/u/{token}", self.unsubscribe_page, methods=["GET"]),
+                Route("/u/{token}", self.unsubscribe, methods=["POST"]),
                 Route("/metrics", self.scrape, methods=["GET"]),
             ],
             exception_handlers={Problem: self._problem, HTTPException: self._http_error,
@@ -434,6 +438,43 @@ class HttpApi:
         events = await self.store.events_of(msg.id)
         return JSONResponse(message_view(msg, parts, events))
 
+    # -- unsubscribe links (rules: where phones cannot reply STOP) -----------------------------
+    def _unsubscriber(self, request: Request) -> tuple[str, str] | None:
+        token = request.path_params["token"]
+        if self.screening is None:
+            return None
+        return self.screening.read_unsubscribe(token, self.config.accounts)
+
+    async def unsubscribe_page(self, request: Request) -> Response:
+        """The confirmation page: opening the link changes nothing (link scanners open every
+        link they see); only its button (a POST) unsubscribes."""
+        found = self._unsubscriber(request)
+        if found is None:
+            return HTMLResponse(_page("Lien inconnu / Unknown link",
+                                      "<p>Ce lien de désinscription n'est pas valide.</p>"
+                                      "<p>This unsubscribe link is not valid.</p>"), 404)
+        account = html.escape(found[0])
+        return HTMLResponse(_page(
+            "Désinscription / Unsubscribe",
+            f"<p>Ne plus recevoir les SMS marketing de <b>{account}</b> ?</p>"
+            f"<p>Stop receiving marketing SMS from <b>{account}</b>?</p>"
+            '<form method="post"><button type="submit">Me désinscrire / Unsubscribe'
+            "</button></form>"))
+
+    async def unsubscribe(self, request: Request) -> Response:
+        found = self._unsubscriber(request)
+        if found is None or self.screening is None:
+            return HTMLResponse(_page("Lien inconnu / Unknown link",
+                                      "<p>This unsubscribe link is not valid.</p>"), 404)
+        account, msisdn = found
+        entry = OptOut(account, msisdn, True, self.clock.now(), "link")
+        await self.store.set_optouts([entry])
+        self.screening.optouts_stored([entry])
+        return HTMLResponse(_page("Désinscrit / Unsubscribed",
+                                  f"<p>Vous ne recevrez plus de SMS marketing de "
+                                  f"<b>{html.escape(account)}</b>.</p><p>You will no longer "
+                                  "receive marketing SMS from it.</p>"))
+
     # -- documents ------------------------------------------------------------------------------
     async def openapi_document(self, _request: Request) -> Response:
         return Response(self.openapi, media_type="application/json")
@@ -511,6 +552,12 @@ def _attempts(msg: Message, events: list[Event]) -> list[dict[str, Any]]:
                 else e.kind
             open_attempt = None
     return attempts
+
+
+def _page(title: str, body: str) -> str:
+    return ('<!doctype html><html lang="fr"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{title}</title></head><body><h1>{title}</h1>{body}</body></html>")
 
 
 def _str_or_none(value: object) -> str | None:

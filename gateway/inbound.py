@@ -18,7 +18,7 @@ import trio
 from gateway import metrics
 from gateway.clock import WallClock
 from gateway.dispatcher import Dispatcher
-from gateway.model import Event, OptOut, Report, ReportKind, new_message_id
+from gateway.model import Event, OptOut, Report, ReportKind, State, new_message_id
 from gateway.screening import Screening
 from gateway.store import Store, StoreError
 from gateway.webhooks import webhook_report
@@ -200,7 +200,7 @@ class Inbound:
             msg = self.screening.confirmation(entry, report.dest_addr, now, self.validity)
             if msg is None:
                 continue
-            event = Event(msg.id, now, "accepted", None, msg.state,
+            event = Event(msg.id, now, "accepted", State.ACCEPTED, msg.state,
                           {"interface": "rules", "reason": "optout-confirmation"})
             try:
                 with trio.CancelScope(shield=True):

@@ -209,6 +209,10 @@ def _schemas(max_batch: int) -> dict[str, Any]:
             "from": {"type": "string", "description": "The phone that sent it"},
             "to": {"type": "string", "description": "The account's number it was sent to"},
             "text": {"type": "string"},
+            "optout": {"enum": ["stop", "start", None],
+                       "description": "stop or start when the text was an opt-out keyword "
+                                      "(the phone was put on or taken off the account's "
+                                      "opt-out list, see the README's Rules), else null"},
         }),
     }
 

@@ -7,7 +7,7 @@ are not logged (the history keeps them, erasable like the message).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import phonenumbers
@@ -26,6 +26,7 @@ from rules.optout import (
 )
 from rules.recipient import parse_recipient
 from rules.settings import Pipelines, RulesConfig, build_pipelines
+from rules.unsubscribe import read_token
 from smpp.text import TextEncodingError, alphabet, decode_text, encode_text, split
 
 log = structlog.get_logger("gateway.rules")
@@ -133,6 +134,12 @@ class Screening:
             return None
         return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)[1:]
 
+    def read_unsubscribe(self, token: str, accounts: Iterable[str]) -> tuple[str, str] | None:
+        """(account, msisdn) of an unsubscribe link's token signed with that account's
+        unsubscribe_secret; None if it is not one."""
+        return read_token(token, accounts,
+                          lambda a: self.pipelines.of(a)[1].get("unsubscribe_secret"))
+
     def optouts_stored(self, entries: Sequence[OptOut]) -> None:
         """Entries committed to the store: the in-memory list follows, and they are logged
         (the number masked) and counted."""
@@ -147,10 +154,18 @@ class Screening:
     def confirmation(self, entry: OptOut, short_code: str, now: float,
                      validity: float) -> Message | None:
         """The message confirming a STOP to the number, sent by its account from the number
-        the reply went to (None when the account has no optout_confirmation text). It is
+        the reply went to (None when the account has no optout_confirmation text, for the
+        phone's country when it is a table). It is
         alert traffic and does not go through the rules: the recipient just opted out."""
         _, settings = self.pipelines.of(entry.account)
         text = settings.get("optout_confirmation")
+        if isinstance(text, dict):  # per country of the phone
+            try:
+                phone = phonenumbers.parse("+" + entry.msisdn)
+                country = phonenumbers.region_code_for_number(phone) or "default"
+            except phonenumbers.NumberParseException:
+                country = "default"
+            text = text.get(country, text.get("default"))
         if not text or not entry.opted_out:
             return None
         digits = short_code.removeprefix("+")

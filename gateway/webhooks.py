@@ -108,7 +108,8 @@ def event(report: Report) -> dict[str, Any]:
     else:
         body.update(type="mo", message_id=report.message_id, to=report.dest_addr,
                     **{"from": report.source_addr},
-                    text=decode_text(report.body, report.data_coding))
+                    text=decode_text(report.body, report.data_coding),
+                    optout=extra.get("optout"))
     return body
 
 

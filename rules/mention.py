@@ -13,6 +13,7 @@ import phonenumbers
 from gateway.model import Message
 from rules.core import ESME_RINVMSGLEN, Change, Context, Decision
 from rules.optout import fold
+from rules.unsubscribe import make_token
 
 TON_ALPHANUMERIC = 5
 DEFAULT_TEMPLATES = {"FR": "STOP au 36111"}
@@ -32,7 +33,9 @@ def destination_country(message: Message) -> str | None:
 class MentionRule:
     """Built-in rule ``mention``. Options: ``templates``, a table of country code (or
     "default") -> the text appended (default: FR = "STOP au 36111"); per account through
-    [rules.account.<id>.options.mention]."""
+    [rules.account.<id>.options.mention]. Where the phone cannot reply (e.g. CH), a template
+    holding "{link}" gets the account's unsubscribe link (settings unsubscribe_url and
+    unsubscribe_secret)."""
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         unknown = set(options) - {"templates"}
@@ -46,13 +49,15 @@ class MentionRule:
         self.templates: dict[str, str] = dict(templates)
 
     def apply(self, message: Message, context: Context) -> Decision:
-        if message.traffic != "marketing" or message.source_ton != TON_ALPHANUMERIC:
-            return Decision.accept()  # alerts need none; a number or short code takes replies
+        if message.traffic != "marketing":
+            return Decision.accept()  # alerts need none
         country = destination_country(message) or "default"
         template = self.templates.get(country, self.templates.get("default"))
         if template is None:
             return Decision.accept(f"no STOP mention configured toward {country}",
                                    country=country)
+        if message.source_ton != TON_ALPHANUMERIC and "{link}" not in template:
+            return Decision.accept()  # a number or short code takes the STOP reply itself
         codec = context.codec
         text = None
         if codec is not None and not message.esm_class & _ESM_UDHI:
@@ -62,9 +67,14 @@ class MentionRule:
                 "mention-impossible", "marketing from an alphanumeric sender needs the STOP "
                 "mention, which cannot be added to a binary or already segmented message",
                 smpp_status=ESME_RINVMSGLEN, http_status=422, subject="text")
-        if fold(template) in fold(text):
+        if "{link}" not in template and fold(template) in fold(text):
             return Decision.accept("the STOP mention is already in the text",
                                    segments=codec.segments(message.body, message.data_coding))
+        if "{link}" in template:  # replies impossible there: a link to unsubscribe
+            token = make_token(str(context.setting("unsubscribe_secret")), message.account,
+                               message.dest_addr.removeprefix("+"))
+            template = template.replace("{link}",
+                                        f"{context.setting('unsubscribe_url')}/{token}")
         data_coding, body = codec.encode(text + SEPARATOR + template)
         changes = [Change("body", message.body, body)]
         if data_coding != message.data_coding:

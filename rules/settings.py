@@ -20,7 +20,7 @@ _REGION = re.compile(r"[A-Z]{2}")
 # Keys that may be set in [rules] (defaults for all accounts) and in [rules.account.<id>].
 SETTING_KEYS = ("region", "allowed_senders", "authorised_senders", "traffic",
                 "marketing_service_type", "optout", "stop_keywords", "start_keywords",
-                "optout_confirmation", "max_segments")
+                "optout_confirmation", "max_segments", "unsubscribe_url", "unsubscribe_secret")
 _CHOICES = {"traffic": ("alert", "marketing"), "optout": ("marketing", "all", "none")}
 _LISTS = {"allowed_senders": "sender IDs", "authorised_senders": "sender IDs",
           "stop_keywords": "keywords", "start_keywords": "keywords"}
@@ -87,6 +87,21 @@ def _settings(where: str, data: Mapping[str, Any], inherited: Mapping[str, Any]
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 255:
                 raise RulesConfigError(path, "expected an integer from 1 to 255, got "
                                              + _show(value))
+        elif key == "optout_confirmation" and isinstance(value, dict):
+            if not value or not all(isinstance(k, str) and (k == "default" or _REGION.fullmatch(k))
+                                    and isinstance(v, str) and v for k, v in value.items()):
+                raise RulesConfigError(path, 'expected a text, or a table of country = "text" '
+                                             '(ISO 3166 codes or "default"), got '
+                                             + _show(value))
+            value = dict(value)
+        elif key == "unsubscribe_url":
+            if not isinstance(value, str) or not re.fullmatch(r"https?://[^\s?#]+/u", value):
+                raise RulesConfigError(path, 'expected the public URL of the gateway\'s HTTP '
+                                             'listener ending in "/u" (e.g. '
+                                             '"https://sms.example.com/u"), got ' + _show(value))
+        elif key == "unsubscribe_secret":
+            if not isinstance(value, str) or len(value) < 16:
+                raise RulesConfigError(path, "expected a secret of at least 16 characters")
         elif not isinstance(value, str) or (key == "marketing_service_type"
                                             and len(value) > 5):
             expected = ("a service_type of at most 5 characters" if key.startswith("marketing")
@@ -147,6 +162,14 @@ def parse_rules(data: object, accounts: Iterable[str]) -> RulesConfig:
         per_account[name] = AccountRules(own, merged, _settings(where, table, default.settings))
     config = RulesConfig(default, per_account)
     build_pipelines(config)  # every rule built once: a bad one is reported now
+    for where, rules in (("", default), *((f"account.{n}.", r) for n, r in per_account.items())):
+        templates = rules.options.get("mention", {}).get("templates", {})
+        links = "mention" in rules.pipeline and isinstance(templates, dict) and any(
+            "{link}" in str(t) for t in templates.values())
+        if links and not (rules.settings.get("unsubscribe_url")
+                          and rules.settings.get("unsubscribe_secret")):
+            raise RulesConfigError(f"{where}unsubscribe_url", "a STOP mention template holds "
+                                   "{link}: set unsubscribe_url and unsubscribe_secret")
     return config
 
 

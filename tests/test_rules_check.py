@@ -112,3 +112,12 @@ async def test_the_dry_run_reads_the_running_daemons_optout_list_and_stores_noth
         assert status == 1 and result["refused"]["reason"] == "opted-out"
         assert result["optout_list"] == "the running daemon's (1 numbers)"
         assert sum((await gw.store.stats()).values()) == before  # nothing stored
+
+
+def test_the_demo_sends_an_unsubscribe_link_toward_switzerland(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    status, result = check(capsys, "--from", "ACME", "--to", "+41791234567", "--text",
+                           "Soldes", "--traffic", "marketing")
+    assert status == 0
+    assert result["message"]["text"].startswith(
+        "Soldes\nDesabonnement: http://127.0.0.1:8080/u/")

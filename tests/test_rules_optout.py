@@ -18,10 +18,12 @@ from gateway import cli
 from gateway.config import HttpConfig, load_config
 from gateway.model import Message, OptOut, Report, ReportKind, new_message_id
 from gateway.reporter import TAG_OPTOUT, deliver_pdu
+from gateway.screening import Screening
 from gateway.store import Store
 from rules.core import ESME_RX_R_APPN, Context, Outcome
 from rules.optout import OptOutList, OptOutRule, fold, match_keyword
-from rules.settings import RulesConfig
+from rules.settings import RulesConfig, RulesConfigError, parse_rules
+from smpp.text import decode_text
 from tests.stack import SmpplibEsme, running_stack, wait_for
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -223,3 +225,20 @@ async def test_smsgw_optout_lists_adds_removes_imports_and_exports_csv(
         assert not gw.screening.optouts.contains("demo", "33612345679")
         assert [o.msisdn for o in await gw.store.optouts("demo")] == ["33612345670",
                                                                       "33612345671"]
+
+
+def test_the_confirmation_may_depend_on_the_phones_country() -> None:
+    config = parse_rules({"optout_confirmation": {"FR": "Désinscrit.", "default": "Done."}},
+                         ["demo"])
+    screening = Screening(config)
+    french = screening.confirmation(OptOut("demo", PHONE, True, T0), "36111", T0, 86400)
+    swiss = screening.confirmation(OptOut("demo", "41791234567", True, T0), "36111", T0, 86400)
+    assert french is not None and swiss is not None
+    assert decode_text(french.body, french.data_coding) == "Désinscrit."
+    assert decode_text(swiss.body, swiss.data_coding) == "Done."
+    assert (french.source_addr, french.source_ton, french.origin) == ("36111", 3, "rules")
+    assert screening.confirmation(OptOut("demo", PHONE, False, T0), "36111", T0, 86400) is None
+    assert Screening(parse_rules({}, ["demo"])).confirmation(
+        OptOut("demo", PHONE, True, T0), "36111", T0, 86400) is None
+    with pytest.raises(RulesConfigError, match="optout_confirmation"):
+        parse_rules({"optout_confirmation": {"France": "x"}}, ["demo"])

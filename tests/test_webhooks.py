@@ -420,3 +420,18 @@ async def test_callback_url_of_the_message_wins_over_the_account_url(
         await wait_until(lambda: hooks.pending_total() == 0)
         nursery.cancel_scope.cancel()
     assert sorted(seen) == ["/hooks", "/mine"]
+
+
+def test_an_mo_webhook_says_whether_the_text_was_an_optout_keyword() -> None:
+    from gateway.webhooks import event
+    from tests.openapi_check import DOC, _validator
+
+    schema = DOC["webhooks"]["mo"]["post"]["requestBody"]["content"]["application/json"]
+    for mark in ("stop", "start", None):
+        report = webhook_report(make_report("mo-1", kind=ReportKind.MO, body=b"Stop",
+                                            state=None, dest_addr="36111"))
+        if mark is not None:
+            report.extra["optout"] = mark  # as Inbound marks a keyword before storing it
+        body = event(report)
+        assert (body["type"], body["text"], body["optout"]) == ("mo", "Stop", mark)
+        _validator(schema["schema"]).validate(body)
