@@ -207,8 +207,9 @@ def _webhook(summary: str, schema: str) -> dict[str, Any]:
         "parameters": [
             {"name": "Smsgw-Signature", "in": "header", "required": True,
              "description": "t=<unix seconds>,v1=<hex HMAC-SHA256 of '<t>.<raw body>' keyed "
-                            "with the account's webhook_secret>",
-             "schema": {"type": "string", "pattern": "^t=[0-9]+,v1=[0-9a-f]{64}$"}},
+                            "with the account's webhook_secret> (one more v1 per previous "
+                            "secret during a rotation: accept if any matches)",
+             "schema": {"type": "string", "pattern": "^t=[0-9]+(,v1=[0-9a-f]{64})+$"}},
             {"name": "Smsgw-Event-Id", "in": "header", "required": True,
              "schema": {"type": "string"}},
         ],

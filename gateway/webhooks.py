@@ -47,11 +47,13 @@ OTHER_ACCOUNT = "other"  # metric label of events for accounts no longer configu
 
 
 # -- signing ----------------------------------------------------------------------------------
-def sign(secret: str, timestamp: int, body: bytes) -> str:
+def sign(secret: str, timestamp: int, body: bytes, *previous: str) -> str:
     """The Smsgw-Signature header value: the HMAC-SHA256 (key: the account's webhook_secret)
-    of the timestamp, a dot and the body, as lowercase hex."""
-    mac = hmac.new(secret.encode(), b"%d." % timestamp + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
+    of the timestamp, a dot and the body, as lowercase hex; during a rotation, one more v1
+    made with each previous secret (a receiver accepts the request if any v1 matches)."""
+    macs = [hmac.new(key.encode(), b"%d." % timestamp + body, hashlib.sha256).hexdigest()
+            for key in (secret, *previous) if key]
+    return f"t={timestamp}," + ",".join(f"v1={mac}" for mac in macs)
 
 
 def verify(secret: str, header: str, body: bytes, now: float,
@@ -69,7 +71,7 @@ def verify(secret: str, header: str, body: bytes, now: float,
         return False
     if abs(now - timestamp) > tolerance:
         return False
-    expected = sign(secret, timestamp, body).rpartition("v1=")[2]
+    expected = sign(secret, timestamp, body).partition(",v1=")[2]
     return any(hmac.compare_digest(expected, v) for v in fields.get("v1", ()))
 
 
@@ -129,12 +131,13 @@ class Endpoint:
     concurrency: int = 4
     retry_delay: float = 5.0
     retry_delay_max: float = 1800.0
+    secret_previous: str = ""  # during a rotation, also signed with
 
     @classmethod
     def of(cls, account: AccountConfig) -> Endpoint:
         return cls(account.webhook_url, account.webhook_secret, account.webhook_timeout,
                    account.webhook_concurrency, account.webhook_retry_delay,
-                   account.webhook_retry_delay_max)
+                   account.webhook_retry_delay_max, account.webhook_secret_previous)
 
 
 def endpoints(accounts: Iterable[AccountConfig]) -> dict[str, Endpoint]:
@@ -380,7 +383,8 @@ class Webhooks:
             return "no_url", None
         body = json.dumps(event(report), separators=(",", ":"), ensure_ascii=False).encode()
         headers = {"Content-Type": "application/json",
-                   SIGNATURE_HEADER: sign(ep.secret, int(self.clock.now()), body),
+                   SIGNATURE_HEADER: sign(ep.secret, int(self.clock.now()), body,
+                                          ep.secret_previous),
                    EVENT_ID_HEADER: event_id(report)}
         started = trio.current_time()
         status: int | None = None

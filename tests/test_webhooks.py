@@ -163,6 +163,28 @@ def test_signature_is_hmac_sha256_of_timestamp_dot_body_and_verifies_only_unchan
     assert verify(SECRET, f"{header},v1=00ff", body, now=1_700_000_000)
 
 
+def test_during_a_rotation_both_secrets_sign_and_either_verifies() -> None:
+    body = b'{"event_id":"e2"}'
+    header = sign("the-new-secret-0123456789", 1_700_000_000, body, SECRET)
+    assert header.count("v1=") == 2
+    assert verify("the-new-secret-0123456789", header, body, now=1_700_000_000)
+    assert verify(SECRET, header, body, now=1_700_000_000)  # a receiver not yet switched
+    assert not verify("a-third-secret-0123456789", header, body, now=1_700_000_000)
+
+
+async def test_events_are_signed_with_the_previous_secret_too_during_a_rotation(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    receiver = Receiver()
+    ep = endpoint(secret="the-new-secret-0123456789", secret_previous=SECRET)
+    async with running(tmp_path / "gw.sqlite", receiver, ep=ep, start=time.time()) as (
+            store, hooks):
+        await stored(store, hooks, receipt(created_at=time.time()))
+        await wait_until(lambda: hooks.pending_total() == 0)
+    hit = receiver.hits[0]
+    for secret in ("the-new-secret-0123456789", SECRET):
+        assert verify(secret, hit.headers[SIGNATURE_HEADER.lower()], hit.body, now=time.time())
+
+
 def test_backoff_doubles_up_to_its_cap_with_jitter_between_half_and_all() -> None:
     rng = random.Random(1)
     for failures, full in [(1, 5.0), (2, 10.0), (3, 20.0), (8, 600.0), (80, 600.0)]:
