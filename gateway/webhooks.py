@@ -42,6 +42,7 @@ USER_AGENT = "smsgw-webhooks/1"
 SIGNATURE_TOLERANCE = 300.0  # seconds: verify() refuses a timestamp further from now
 EVENTS_IN_MEMORY = 1024  # per account; more wait in the store and are paged in as these go
 PAGE_RETRY = 5.0  # seconds before a failed page read is tried again
+ANSWER_READ_MAX = 64 * 1024  # octets of an answer's body read (and dropped) at most
 DELETE_RETRY = 5.0  # seconds before a failed deletion commit is tried again
 OTHER_ACCOUNT = "other"  # metric label of events for accounts no longer configured
 
@@ -391,10 +392,16 @@ class Webhooks:
         outcome = "timeout"
         with trio.move_on_after(ep.timeout):
             try:
-                # The answer's body is not read: only its status matters.
                 async with self._client.stream("POST", url, content=body, headers=headers,
                                                timeout=ep.timeout) as resp:
                     status = resp.status_code
+                    # Only the status matters; a short body is read to its end so that the
+                    # connection is kept for the next POST (a longer one closes it).
+                    read = 0
+                    async for chunk in resp.aiter_raw():
+                        read += len(chunk)
+                        if read > ANSWER_READ_MAX:
+                            break
             except httpx.TimeoutException:
                 outcome = "timeout"
             except (httpx.HTTPError, httpx.InvalidURL, OSError, ValueError) as exc:
