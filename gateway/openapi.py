@@ -117,7 +117,8 @@ def _schemas(max_batch: int) -> dict[str, Any]:
     event = _obj({
         "at": _TIME,
         "kind": {"type": "string", "description": "accepted, attempt, retry, receipt, "
-                                                  "final, report, ..."},
+                                                  "final, report, webhook (its receipt "
+                                                  "webhook: outcome, status, tries), ..."},
         "from_state": state_or_null,
         "to_state": state_or_null,
         "detail": {"type": "object"},

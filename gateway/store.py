@@ -947,9 +947,15 @@ class Store:
             )
         return ids, rows
 
-    async def ack_reports(self, report_ids: Sequence[int]) -> None:
-        """Delete reports (delivered upstream, or expired). Unknown ids are ignored."""
-        await self._write(_Call([(_DELETE_REPORT, [(i,) for i in report_ids])]))
+    async def ack_reports(self, report_ids: Sequence[int], events: Sequence[Event] = ()
+                          ) -> None:
+        """Delete reports (delivered upstream, or expired), and append ``events`` (what
+        became of them) to their messages' histories, in one commit. Unknown ids are
+        ignored."""
+        groups: list[tuple[int, list[Row]]] = [(_DELETE_REPORT, [(i,) for i in report_ids])]
+        if events:
+            groups.append((_INSERT_EVENT, [_event_row(e) for e in events]))
+        await self._write(_Call(groups))
 
     async def record_orphan_receipt(
         self, connector: str, smsc_id: str, body: bytes, received_at: float

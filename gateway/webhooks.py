@@ -30,7 +30,7 @@ import trio
 from gateway import metrics
 from gateway.clock import WallClock
 from gateway.config import AccountConfig
-from gateway.model import Report, ReportKind, new_message_id
+from gateway.model import Event, Report, ReportKind, new_message_id
 from gateway.store import Store, StoreError
 from smpp.text import decode_text
 
@@ -187,6 +187,7 @@ class Webhooks:
         self._stopping = False
         self._idle = trio.Event()  # set when nothing is in flight (drain)
         self._to_delete: list[int] = []
+        self._history: list[Event] = []  # of the receipts done with, committed with them
         self._delete_wake = trio.Event()
         self._deleting = False
         self._deleted = trio.Event()
@@ -359,7 +360,7 @@ class Webhooks:
                     max(0.0, self.clock.now() - report.created_at))
                 log.info("webhook.delivered", account=acc.name, message_id=report.message_id,
                          event_id=event_id(report), kind=report.kind.value, status=status)
-            self._done(acc, report, outcome)
+            self._done(acc, report, outcome, status)
             return
         failures = acc.failures[report.id] = acc.failures.get(report.id, 0) + 1
         ep = acc.endpoint
@@ -422,7 +423,8 @@ class Webhooks:
         return "http_other", status
 
     # -- done with an event -------------------------------------------------------------------
-    def _done(self, acc: _Outbox, report: Report, outcome: str) -> None:
+    def _done(self, acc: _Outbox, report: Report, outcome: str,
+              status: int | None = None) -> None:
         """The head of its message's chain is done (delivered, gone, expired): the next event
         of that message, if any, is due now."""
         assert report.id is not None
@@ -435,12 +437,19 @@ class Webhooks:
             else:
                 del acc.chains[report.message_id]
         acc.pending.pop(report.id, None)
-        acc.failures.pop(report.id, None)
-        self._finish(acc, report, outcome)
+        failures = acc.failures.pop(report.id, 0)
+        self._finish(acc, report, outcome, status, failures + (outcome != "expired"))
 
-    def _finish(self, acc: _Outbox, report: Report, outcome: str) -> None:
+    def _finish(self, acc: _Outbox, report: Report, outcome: str, status: int | None = None,
+                tries: int = 0) -> None:
+        """Done with an event: counted, its deletion queued, and for a receipt a "webhook"
+        line in its message's history (outcome, HTTP status, tries in this process)."""
         assert report.id is not None
         metrics.child(metrics.WEBHOOK_EVENTS, acc.label, report.kind.value, outcome).inc()
+        if report.kind is ReportKind.RECEIPT:
+            self._history.append(Event(report.message_id, self.clock.now(), "webhook", detail={
+                "event_id": event_id(report), "outcome": outcome, "status": status,
+                "tries": tries}))
         if outcome == "expired":
             log.warning("webhook.expired", account=acc.name, message_id=report.message_id,
                         event_id=event_id(report), kind=report.kind.value,
@@ -456,14 +465,16 @@ class Webhooks:
             await self._delete_wake.wait()
             self._delete_wake = trio.Event()
             ids, self._to_delete = self._to_delete, []
+            history, self._history = self._history, []
             if not ids:
                 self._deleted.set()
                 continue
             self._deleting = True
             try:
-                await self.store.ack_reports(ids)
+                await self.store.ack_reports(ids, history)
             except StoreError:  # counted and logged by the store
                 self._to_delete.extend(ids)
+                self._history.extend(history)
                 await trio.sleep(DELETE_RETRY)
                 self._delete_wake.set()
             finally:

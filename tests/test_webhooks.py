@@ -250,6 +250,11 @@ async def test_failed_posts_are_retried_with_exponential_backoff_until_a_2xx(
         await wait_until(lambda: receiver.delivered(5))
         await wait_until(lambda: hooks.pending_total() == 0)
         assert await left_in_store(store, hooks) == []
+        # Its message's history says so (GET /v1/messages/{id} shows it).
+        [line] = await store.events_of(report.message_id)
+        assert (line.kind, line.detail) == ("webhook", {
+            "event_id": report.extra["event_id"], "outcome": "delivered", "status": 200,
+            "tries": 5})
     gaps = [b.at - a.at for a, b in zip(receiver.hits, receiver.hits[1:], strict=False)]
     for n, gap in enumerate(gaps):  # 5 s, 10 s, 20 s, 40 s, each jittered to half..all
         full = 5.0 * 2 ** n
@@ -264,9 +269,12 @@ async def test_410_gone_stops_the_retries_and_deletes_the_event(
     before = sample("smsgw_webhook_events_total", account="acme", kind="RECEIPT",
                     outcome="gone")
     async with running(tmp_path / "gw.sqlite", receiver) as (store, hooks):
-        await stored(store, hooks, receipt())
+        report, = await stored(store, hooks, receipt())
         await wait_until(lambda: hooks.pending_total() == 0)
         assert await left_in_store(store, hooks) == []
+        [line] = await store.events_of(report.message_id)
+        assert (line.detail["outcome"], line.detail["status"], line.detail["tries"]) == (
+            "gone", 410, 2)
         await trio.sleep(3600)  # and nothing more comes
     assert len(receiver.hits) == 2
     assert sample("smsgw_webhook_events_total", account="acme", kind="RECEIPT",
@@ -283,11 +291,14 @@ async def test_an_event_never_answered_2xx_is_deleted_at_the_report_expiry_and_c
                     outcome="expired")
     # created_at T0 + 5, now T0 + 10, expiry 1 h: gone from the store by T0 + 3605.
     async with running(tmp_path / "gw.sqlite", receiver, expiry=HOUR) as (store, hooks):
-        await stored(store, hooks, receipt())
+        report, = await stored(store, hooks, receipt())
         start = trio.current_time()
         await wait_until(lambda: hooks.pending_total() == 0, step=30)
         assert trio.current_time() - start == pytest.approx(HOUR - 5, abs=31)
         assert await left_in_store(store, hooks) == []
+        [line] = await store.events_of(report.message_id)
+        assert (line.detail["outcome"], line.detail["status"]) == ("expired", None)
+        assert line.detail["tries"] == len(receiver.hits)
     # 5, 10, 20 ... then 600 s apart (each jittered to half..all) for an hour, then no more
     assert 8 <= len(receiver.hits) <= 20
     assert receiver.hits[-1].at - receiver.hits[0].at <= HOUR
