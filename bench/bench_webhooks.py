@@ -1,11 +1,7 @@
-"""Benchmark of gateway.webhooks: signed POSTs per second to a local receiver.
-
-Stores N receipt events for one account, then times their delivery (sign, POST, 2xx, delete)
-to a Starlette app served by hypercorn on 127.0.0.1 in the same process, for each
-`--concurrency` given (webhook_concurrency); prints events/s and the p50/p99 POST latency.
-A script, not a test.
+"""Benchmark of gateway.webhooks: N receipt events of one account signed, POSTed, answered
+204 and deleted, to a Starlette receiver (hypercorn, same process), per `--concurrency`;
+prints events/s and the p50/p99 POST latency. A script, not a test.
 """
-
 from __future__ import annotations
 
 import argparse

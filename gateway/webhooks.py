@@ -1,12 +1,8 @@
-"""Webhooks: receipts and MO owed to HTTP accounts, POSTed to them as signed JSON events.
-
-The reports table is the outbox: a report stored with via "http" is posted to its message's
-callback_url, else its account's webhook_url, and deleted only after a 2xx (delivered) or a
-410 (gone), or once older than the report expiry (counted): at least once, across restarts.
-A failed POST is retried with exponential backoff and jitter; the events of one message go out
-in order, one at a time; an account has at most `webhook_concurrency` POSTs in flight.
+"""Webhooks: receipts and MO owed to HTTP accounts, POSTed as signed JSON events from the
+reports table (the outbox) to the message's callback_url or the account's webhook_url; each
+deleted only after a 2xx or a 410, or at the report expiry. Retried with backoff and jitter,
+in order per message, at most `webhook_concurrency` POSTs in flight per account.
 """
-
 from __future__ import annotations
 
 import datetime as dt
