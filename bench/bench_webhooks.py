@@ -2,6 +2,7 @@
 204 and deleted, to a Starlette receiver (hypercorn, same process), per `--concurrency`;
 prints events/s and the p50/p99 POST latency. A script, not a test.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -3,6 +3,7 @@ reports table (the outbox) to the message's callback_url or the account's webhoo
 deleted only after a 2xx or a 410, or at the report expiry. Retried with backoff and jitter,
 in order per message, at most `webhook_concurrency` POSTs in flight per account.
 """
+
 from __future__ import annotations
 
 import datetime as dt
