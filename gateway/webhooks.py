@@ -241,6 +241,30 @@ class Webhooks:
         for report in reports:
             self.add(report)
 
+    def forget_addresses(self, addresses: Collection[str]) -> int:
+        """Erasure (GDPR): drop from memory the events from or to these numbers that are not
+        in flight, so that none is POSTed after the store erased it; how many. (Those only
+        in the store are erased there; the pending gauge still counts them until a
+        restart.)"""
+        forms = set(addresses)
+        dropped = 0
+        for acc in self._outboxes.values():
+            for report in [r for r in acc.pending.values()
+                           if r.source_addr in forms or r.dest_addr in forms]:
+                assert report.id is not None
+                chain = acc.chains.get(report.message_id)
+                if chain is None or (chain[0] == report.id and report.message_id not in
+                                     (key for _, _, key in acc.due)):
+                    continue  # in flight: already on its way
+                chain.remove(report.id)
+                if not chain:
+                    del acc.chains[report.message_id]
+                del acc.pending[report.id]
+                acc.failures.pop(report.id, None)
+                self._count(acc, -1)
+                dropped += 1
+        return dropped
+
     def _keep(self, acc: _Outbox, report: Report) -> None:
         assert report.id is not None
         acc.pending[report.id] = report

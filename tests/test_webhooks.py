@@ -453,3 +453,30 @@ async def test_callback_url_of_the_message_wins_over_the_account_url(
         await wait_until(lambda: hooks.pending_total() == 0)
         nursery.cancel_scope.cancel()
     assert sorted(seen) == ["/hooks", "/mine"]
+
+
+async def test_erasure_drops_the_waiting_events_of_the_number_but_not_one_in_flight(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    async def answer(hit: Hit) -> int:
+        if hit.event["event_id"] == flying.extra["event_id"]:
+            await trio.sleep(3)  # in flight while the erasure runs (timeout: 5 s)
+            return 200
+        return 200 if up else 503
+
+    up = False
+    receiver = Receiver(answer)
+    person = "33699999999"
+    flying = receipt(source_addr=person)
+    waiting = [receipt(source_addr=person), receipt(source_addr=person)]
+    other = receipt()
+    async with running(tmp_path / "gw.sqlite", receiver, ep=endpoint(concurrency=1)) as (
+            store, hooks):
+        await stored(store, hooks, flying)
+        await wait_until(lambda: receiver.delivered(1))  # flying is on its way
+        await stored(store, hooks, *waiting, other)
+        assert hooks.forget_addresses([person, "+" + person]) == 2
+        assert hooks.pending_total() == 2  # flying (in flight) and other
+        up = True
+        await wait_until(lambda: hooks.pending_total() == 0)
+    sent = {h.event["event_id"] for h in receiver.hits}
+    assert sent == {flying.extra["event_id"], other.extra["event_id"]}
