@@ -453,7 +453,13 @@ class AdminApp:
             raise BadRequest(f"msisdn: expected an international number (3 to 20 digits, "
                              f"optionally after '+'), got {body['msisdn']!r}")
         digits = digits.lstrip("+")
-        result = await self.running.store.erase_addresses([digits, "+" + digits])
+        forms = [digits, "+" + digits]
+        hooks = self.running.webhooks
+        if hooks is not None:  # no webhook POSTs the number once it is erased
+            hooks.forget_addresses(forms)
+        result = await self.running.store.erase_addresses(forms)
+        if hooks is not None:  # and none paged in meanwhile
+            hooks.forget_addresses(forms)
         if self.running.screening is not None:  # the rules forget it too
             for account in result.optouts:
                 self.running.screening.optouts.set(account, digits, False)

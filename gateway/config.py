@@ -130,6 +130,7 @@ class AccountConfig:
     # else webhook_url) and, per mo_via, its MO; signed with webhook_secret (HMAC-SHA256).
     webhook_url: str | None = None
     webhook_secret: str = ""
+    webhook_secret_previous: str = ""  # during a rotation: webhooks are signed with both
     webhook_timeout: float = 10.0  # one POST, connection included
     webhook_concurrency: int = 4  # POSTs of this account in flight at most
     webhook_retry_delay: float = 5.0  # first retry after this; doubled each time (jittered)
@@ -691,6 +692,9 @@ def _account(t: _Table) -> AccountConfig:
             "webhook_secret", pattern=_SECRET_RE,
             expected=f"a string of {SECRET_MIN} to 256 printable ASCII characters without spaces "
                      "(make one with `openssl rand -hex 32`)"),
+        webhook_secret_previous=t.string(
+            "webhook_secret_previous", pattern=_SECRET_RE,
+            expected=f"a string of {SECRET_MIN} to 256 printable ASCII characters without spaces"),
         webhook_timeout=t.duration("webhook_timeout"),
         webhook_concurrency=t.integer("webhook_concurrency", low=1, high=256),
         webhook_retry_delay=t.duration("webhook_retry_delay"),
@@ -708,6 +712,8 @@ def _account(t: _Table) -> AccountConfig:
     if cfg.webhook_url is not None and not cfg.webhook_secret:
         raise t.fail("webhook_secret", "required when webhook_url is set: the webhooks are "
                      "signed with it (make one with `openssl rand -hex 32`)")
+    if cfg.webhook_secret_previous and not cfg.webhook_secret:
+        raise t.fail("webhook_secret_previous", "only with a webhook_secret (the new one)")
     if cfg.mo_via == "webhook" and cfg.webhook_url is None:
         raise t.fail("mo_via", '"webhook" needs a webhook_url to post the MO to')
     if cfg.webhook_retry_delay_max < cfg.webhook_retry_delay:

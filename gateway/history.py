@@ -48,6 +48,7 @@ NOTES = frozenset({
     "report_expired",  # its receipt was not taken by the upstream within the report expiry
     "error",  # a step failed on a bug, nothing changed
     "rule",  # a rule's decision at intake (rules/, gateway/screening.py)
+    "webhook",  # what became of its receipt webhook (outcome, status, tries)
 })
 
 

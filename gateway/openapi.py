@@ -122,8 +122,8 @@ def _schemas(max_batch: int) -> dict[str, Any]:
         "at": _TIME,
         "kind": {"type": "string", "description": "accepted, attempt, submitted, retry, "
                  "receipt, final, waiting, resumed, retry_now, report_delivered, "
-                 "report_expired, cancelled, replaced, rule, error (see the README's 'Message "
-                 "history')"},
+                 "report_expired, webhook (its receipt webhook: outcome, status, tries), "
+                 "cancelled, replaced, rule, error (see the README's 'Message history')"},
         "from_state": state_or_null,
         "to_state": state_or_null,
         "detail": {"type": "object"},
@@ -227,8 +227,9 @@ def _webhook(summary: str, schema: str) -> dict[str, Any]:
         "parameters": [
             {"name": "Smsgw-Signature", "in": "header", "required": True,
              "description": "t=<unix seconds>,v1=<hex HMAC-SHA256 of '<t>.<raw body>' keyed "
-                            "with the account's webhook_secret>",
-             "schema": {"type": "string", "pattern": "^t=[0-9]+,v1=[0-9a-f]{64}$"}},
+                            "with the account's webhook_secret> (one more v1 per previous "
+                            "secret during a rotation: accept if any matches)",
+             "schema": {"type": "string", "pattern": "^t=[0-9]+(,v1=[0-9a-f]{64})+$"}},
             {"name": "Smsgw-Event-Id", "in": "header", "required": True,
              "schema": {"type": "string"}},
         ],

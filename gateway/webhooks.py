@@ -1,10 +1,7 @@
-"""Webhooks: receipts and MO owed to HTTP accounts, POSTed to them as signed JSON events.
-
-The reports table is the outbox: a report stored with via "http" is posted to its message's
-callback_url, else its account's webhook_url, and deleted only after a 2xx (delivered) or a
-410 (gone), or once older than the report expiry (counted): at least once, across restarts.
-A failed POST is retried with exponential backoff and jitter; the events of one message go out
-in order, one at a time; an account has at most `webhook_concurrency` POSTs in flight.
+"""Webhooks: receipts and MO owed to HTTP accounts, POSTed as signed JSON events from the
+reports table (the outbox) to the message's callback_url or the account's webhook_url; each
+deleted only after a 2xx or a 410, or at the report expiry. Retried with backoff and jitter,
+in order per message, at most `webhook_concurrency` POSTs in flight per account.
 """
 
 from __future__ import annotations
@@ -30,7 +27,7 @@ import trio
 from gateway import metrics
 from gateway.clock import WallClock
 from gateway.config import AccountConfig
-from gateway.model import Report, ReportKind, new_message_id
+from gateway.model import Event, Report, ReportKind, new_message_id
 from gateway.store import Store, StoreError
 from smpp.text import decode_text
 
@@ -42,16 +39,19 @@ USER_AGENT = "smsgw-webhooks/1"
 SIGNATURE_TOLERANCE = 300.0  # seconds: verify() refuses a timestamp further from now
 EVENTS_IN_MEMORY = 1024  # per account; more wait in the store and are paged in as these go
 PAGE_RETRY = 5.0  # seconds before a failed page read is tried again
+ANSWER_READ_MAX = 64 * 1024  # octets of an answer's body read (and dropped) at most
 DELETE_RETRY = 5.0  # seconds before a failed deletion commit is tried again
 OTHER_ACCOUNT = "other"  # metric label of events for accounts no longer configured
 
 
 # -- signing ----------------------------------------------------------------------------------
-def sign(secret: str, timestamp: int, body: bytes) -> str:
+def sign(secret: str, timestamp: int, body: bytes, *previous: str) -> str:
     """The Smsgw-Signature header value: the HMAC-SHA256 (key: the account's webhook_secret)
-    of the timestamp, a dot and the body, as lowercase hex."""
-    mac = hmac.new(secret.encode(), b"%d." % timestamp + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
+    of the timestamp, a dot and the body, as lowercase hex; during a rotation, one more v1
+    made with each previous secret (a receiver accepts the request if any v1 matches)."""
+    macs = [hmac.new(key.encode(), b"%d." % timestamp + body, hashlib.sha256).hexdigest()
+            for key in (secret, *previous) if key]
+    return f"t={timestamp}," + ",".join(f"v1={mac}" for mac in macs)
 
 
 def verify(secret: str, header: str, body: bytes, now: float,
@@ -69,7 +69,7 @@ def verify(secret: str, header: str, body: bytes, now: float,
         return False
     if abs(now - timestamp) > tolerance:
         return False
-    expected = sign(secret, timestamp, body).rpartition("v1=")[2]
+    expected = sign(secret, timestamp, body).partition(",v1=")[2]
     return any(hmac.compare_digest(expected, v) for v in fields.get("v1", ()))
 
 
@@ -130,12 +130,13 @@ class Endpoint:
     concurrency: int = 4
     retry_delay: float = 5.0
     retry_delay_max: float = 1800.0
+    secret_previous: str = ""  # during a rotation, also signed with
 
     @classmethod
     def of(cls, account: AccountConfig) -> Endpoint:
         return cls(account.webhook_url, account.webhook_secret, account.webhook_timeout,
                    account.webhook_concurrency, account.webhook_retry_delay,
-                   account.webhook_retry_delay_max)
+                   account.webhook_retry_delay_max, account.webhook_secret_previous)
 
 
 def endpoints(accounts: Iterable[AccountConfig]) -> dict[str, Endpoint]:
@@ -184,6 +185,7 @@ class Webhooks:
         self._stopping = False
         self._idle = trio.Event()  # set when nothing is in flight (drain)
         self._to_delete: list[int] = []
+        self._history: list[Event] = []  # of the receipts done with, committed with them
         self._delete_wake = trio.Event()
         self._deleting = False
         self._deleted = trio.Event()
@@ -239,6 +241,30 @@ class Webhooks:
     def add_many(self, reports: Iterable[Report]) -> None:
         for report in reports:
             self.add(report)
+
+    def forget_addresses(self, addresses: Collection[str]) -> int:
+        """Erasure (GDPR): drop from memory the events from or to these numbers that are not
+        in flight, so that none is POSTed after the store erased it; how many. (Those only
+        in the store are erased there; the pending gauge still counts them until a
+        restart.)"""
+        forms = set(addresses)
+        dropped = 0
+        for acc in self._outboxes.values():
+            for report in [r for r in acc.pending.values()
+                           if r.source_addr in forms or r.dest_addr in forms]:
+                assert report.id is not None
+                chain = acc.chains.get(report.message_id)
+                if chain is None or (chain[0] == report.id and report.message_id not in
+                                     (key for _, _, key in acc.due)):
+                    continue  # in flight: already on its way
+                chain.remove(report.id)
+                if not chain:
+                    del acc.chains[report.message_id]
+                del acc.pending[report.id]
+                acc.failures.pop(report.id, None)
+                self._count(acc, -1)
+                dropped += 1
+        return dropped
 
     def _keep(self, acc: _Outbox, report: Report) -> None:
         assert report.id is not None
@@ -356,7 +382,7 @@ class Webhooks:
                     max(0.0, self.clock.now() - report.created_at))
                 log.info("webhook.delivered", account=acc.name, message_id=report.message_id,
                          event_id=event_id(report), kind=report.kind.value, status=status)
-            self._done(acc, report, outcome)
+            self._done(acc, report, outcome, status)
             return
         failures = acc.failures[report.id] = acc.failures.get(report.id, 0) + 1
         ep = acc.endpoint
@@ -381,17 +407,24 @@ class Webhooks:
             return "no_url", None
         body = json.dumps(event(report), separators=(",", ":"), ensure_ascii=False).encode()
         headers = {"Content-Type": "application/json",
-                   SIGNATURE_HEADER: sign(ep.secret, int(self.clock.now()), body),
+                   SIGNATURE_HEADER: sign(ep.secret, int(self.clock.now()), body,
+                                          ep.secret_previous),
                    EVENT_ID_HEADER: event_id(report)}
         started = trio.current_time()
         status: int | None = None
         outcome = "timeout"
         with trio.move_on_after(ep.timeout):
             try:
-                # The answer's body is not read: only its status matters.
                 async with self._client.stream("POST", url, content=body, headers=headers,
                                                timeout=ep.timeout) as resp:
                     status = resp.status_code
+                    # Only the status matters; a short body is read to its end so that the
+                    # connection is kept for the next POST (a longer one closes it).
+                    read = 0
+                    async for chunk in resp.aiter_raw():
+                        read += len(chunk)
+                        if read > ANSWER_READ_MAX:
+                            break
             except httpx.TimeoutException:
                 outcome = "timeout"
             except (httpx.HTTPError, httpx.InvalidURL, OSError, ValueError) as exc:
@@ -412,7 +445,8 @@ class Webhooks:
         return "http_other", status
 
     # -- done with an event -------------------------------------------------------------------
-    def _done(self, acc: _Outbox, report: Report, outcome: str) -> None:
+    def _done(self, acc: _Outbox, report: Report, outcome: str,
+              status: int | None = None) -> None:
         """The head of its message's chain is done (delivered, gone, expired): the next event
         of that message, if any, is due now."""
         assert report.id is not None
@@ -425,12 +459,19 @@ class Webhooks:
             else:
                 del acc.chains[report.message_id]
         acc.pending.pop(report.id, None)
-        acc.failures.pop(report.id, None)
-        self._finish(acc, report, outcome)
+        failures = acc.failures.pop(report.id, 0)
+        self._finish(acc, report, outcome, status, failures + (outcome != "expired"))
 
-    def _finish(self, acc: _Outbox, report: Report, outcome: str) -> None:
+    def _finish(self, acc: _Outbox, report: Report, outcome: str, status: int | None = None,
+                tries: int = 0) -> None:
+        """Done with an event: counted, its deletion queued, and for a receipt a "webhook"
+        line in its message's history (outcome, HTTP status, tries in this process)."""
         assert report.id is not None
         metrics.child(metrics.WEBHOOK_EVENTS, acc.label, report.kind.value, outcome).inc()
+        if report.kind is ReportKind.RECEIPT:
+            self._history.append(Event(report.message_id, self.clock.now(), "webhook", detail={
+                "event_id": event_id(report), "outcome": outcome, "status": status,
+                "tries": tries}))
         if outcome == "expired":
             log.warning("webhook.expired", account=acc.name, message_id=report.message_id,
                         event_id=event_id(report), kind=report.kind.value,
@@ -446,14 +487,16 @@ class Webhooks:
             await self._delete_wake.wait()
             self._delete_wake = trio.Event()
             ids, self._to_delete = self._to_delete, []
+            history, self._history = self._history, []
             if not ids:
                 self._deleted.set()
                 continue
             self._deleting = True
             try:
-                await self.store.ack_reports(ids)
+                await self.store.ack_reports(ids, history)
             except StoreError:  # counted and logged by the store
                 self._to_delete.extend(ids)
+                self._history.extend(history)
                 await trio.sleep(DELETE_RETRY)
                 self._delete_wake.set()
             finally:

@@ -475,6 +475,8 @@ def test_webhook_settings_are_read_with_their_defaults(tmp_path: Path) -> None:
      'webhook_url is set'),
     ('webhook_secret = "short"', 'account "acme".webhook_secret: expected a string of 16 to 256'),
     ('mo_via = "webhook"', 'account "acme".mo_via: "webhook" needs a webhook_url'),
+    (f'webhook_secret_previous = "{SECRET}"', 'account "acme".webhook_secret_previous: only '
+     'with a webhook_secret'),
     ('mo_via = "http"', 'account "acme".mo_via: expected one of "auto", "smpp", "webhook"'),
     ('webhook_concurrency = 0', 'account "acme".webhook_concurrency: expected an integer from 1'),
     ('callback_url_prefixes = ["https://crm.example"]', 'account "acme".callback_url_prefixes[0]:'

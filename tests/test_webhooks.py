@@ -41,7 +41,7 @@ from gateway.webhooks import (
     verify,
     webhook_report,
 )
-from tests.test_store import T0, make_report
+from tests.test_store import T0, make_message, make_report
 
 SECRET = "whsec-0123456789abcdef0123456789abcdef"
 HOUR = 3600.0
@@ -132,6 +132,13 @@ def receipt(message_id: str | None = None, **changes: Any) -> Report:
 
 
 async def stored(store: Store, hooks: Webhooks, *reports: Report) -> list[Report]:
+    """Store the reports (and the messages they are about, so that their histories take the
+    webhook lines), then hand them to the deliverer."""
+    new = {r.message_id for r in reports}
+    messages = [make_message(id=mid) for mid in sorted(new)
+                if await store.get_message(mid) is None]
+    if messages:
+        await store.add_messages(messages)
     await store.add_reports(reports)
     hooks.add_many(reports)
     return list(reports)
@@ -161,6 +168,28 @@ def test_signature_is_hmac_sha256_of_timestamp_dot_body_and_verifies_only_unchan
     assert not verify(SECRET, "v1=abc", body, now=1_700_000_000)
     # During a secret rotation a receiver may get, and accept, several v1 values.
     assert verify(SECRET, f"{header},v1=00ff", body, now=1_700_000_000)
+
+
+def test_during_a_rotation_both_secrets_sign_and_either_verifies() -> None:
+    body = b'{"event_id":"e2"}'
+    header = sign("the-new-secret-0123456789", 1_700_000_000, body, SECRET)
+    assert header.count("v1=") == 2
+    assert verify("the-new-secret-0123456789", header, body, now=1_700_000_000)
+    assert verify(SECRET, header, body, now=1_700_000_000)  # a receiver not yet switched
+    assert not verify("a-third-secret-0123456789", header, body, now=1_700_000_000)
+
+
+async def test_events_are_signed_with_the_previous_secret_too_during_a_rotation(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    receiver = Receiver()
+    ep = endpoint(secret="the-new-secret-0123456789", secret_previous=SECRET)
+    async with running(tmp_path / "gw.sqlite", receiver, ep=ep, start=time.time()) as (
+            store, hooks):
+        await stored(store, hooks, receipt(created_at=time.time()))
+        await wait_until(lambda: hooks.pending_total() == 0)
+    hit = receiver.hits[0]
+    for secret in ("the-new-secret-0123456789", SECRET):
+        assert verify(secret, hit.headers[SIGNATURE_HEADER.lower()], hit.body, now=time.time())
 
 
 def test_backoff_doubles_up_to_its_cap_with_jitter_between_half_and_all() -> None:
@@ -228,6 +257,11 @@ async def test_failed_posts_are_retried_with_exponential_backoff_until_a_2xx(
         await wait_until(lambda: receiver.delivered(5))
         await wait_until(lambda: hooks.pending_total() == 0)
         assert await left_in_store(store, hooks) == []
+        # Its message's history says so (GET /v1/messages/{id} shows it).
+        [line] = await store.events_of(report.message_id)
+        assert (line.kind, line.detail) == ("webhook", {
+            "event_id": report.extra["event_id"], "outcome": "delivered", "status": 200,
+            "tries": 5})
     gaps = [b.at - a.at for a, b in zip(receiver.hits, receiver.hits[1:], strict=False)]
     for n, gap in enumerate(gaps):  # 5 s, 10 s, 20 s, 40 s, each jittered to half..all
         full = 5.0 * 2 ** n
@@ -242,9 +276,12 @@ async def test_410_gone_stops_the_retries_and_deletes_the_event(
     before = sample("smsgw_webhook_events_total", account="acme", kind="RECEIPT",
                     outcome="gone")
     async with running(tmp_path / "gw.sqlite", receiver) as (store, hooks):
-        await stored(store, hooks, receipt())
+        report, = await stored(store, hooks, receipt())
         await wait_until(lambda: hooks.pending_total() == 0)
         assert await left_in_store(store, hooks) == []
+        [line] = await store.events_of(report.message_id)
+        assert (line.detail["outcome"], line.detail["status"], line.detail["tries"]) == (
+            "gone", 410, 2)
         await trio.sleep(3600)  # and nothing more comes
     assert len(receiver.hits) == 2
     assert sample("smsgw_webhook_events_total", account="acme", kind="RECEIPT",
@@ -261,11 +298,14 @@ async def test_an_event_never_answered_2xx_is_deleted_at_the_report_expiry_and_c
                     outcome="expired")
     # created_at T0 + 5, now T0 + 10, expiry 1 h: gone from the store by T0 + 3605.
     async with running(tmp_path / "gw.sqlite", receiver, expiry=HOUR) as (store, hooks):
-        await stored(store, hooks, receipt())
+        report, = await stored(store, hooks, receipt())
         start = trio.current_time()
         await wait_until(lambda: hooks.pending_total() == 0, step=30)
         assert trio.current_time() - start == pytest.approx(HOUR - 5, abs=31)
         assert await left_in_store(store, hooks) == []
+        [line] = await store.events_of(report.message_id)
+        assert (line.detail["outcome"], line.detail["status"]) == ("expired", None)
+        assert line.detail["tries"] == len(receiver.hits)
     # 5, 10, 20 ... then 600 s apart (each jittered to half..all) for an hour, then no more
     assert 8 <= len(receiver.hits) <= 20
     assert receiver.hits[-1].at - receiver.hits[0].at <= HOUR
@@ -435,3 +475,30 @@ def test_an_mo_webhook_says_whether_the_text_was_an_optout_keyword() -> None:
         body = event(report)
         assert (body["type"], body["text"], body["optout"]) == ("mo", "Stop", mark)
         _validator(schema["schema"]).validate(body)
+
+
+async def test_erasure_drops_the_waiting_events_of_the_number_but_not_one_in_flight(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    async def answer(hit: Hit) -> int:
+        if hit.event["event_id"] == flying.extra["event_id"]:
+            await trio.sleep(3)  # in flight while the erasure runs (timeout: 5 s)
+            return 200
+        return 200 if up else 503
+
+    up = False
+    receiver = Receiver(answer)
+    person = "33699999999"
+    flying = receipt(source_addr=person)
+    waiting = [receipt(source_addr=person), receipt(source_addr=person)]
+    other = receipt()
+    async with running(tmp_path / "gw.sqlite", receiver, ep=endpoint(concurrency=1)) as (
+            store, hooks):
+        await stored(store, hooks, flying)
+        await wait_until(lambda: receiver.delivered(1))  # flying is on its way
+        await stored(store, hooks, *waiting, other)
+        assert hooks.forget_addresses([person, "+" + person]) == 2
+        assert hooks.pending_total() == 2  # flying (in flight) and other
+        up = True
+        await wait_until(lambda: hooks.pending_total() == 0)
+    sent = {h.event["event_id"] for h in receiver.hits}
+    assert sent == {flying.extra["event_id"], other.extra["event_id"]}

@@ -24,7 +24,7 @@ from gateway.config import HttpConfig, SimulatorConfig
 from gateway.http_api import serve_http
 from gateway.simulator import SmscSimulator, post_mo
 from gateway.store import Store
-from tests.openapi_check import check_webhook
+from tests.openapi_check import check_response, check_webhook
 from tests.stack import DEMO_WEBHOOK_SECRET, SmpplibEsme, gateway_config
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -132,6 +132,11 @@ async def test_a_message_posted_over_http_gets_its_signed_receipt_at_the_receive
         await hooks.flush_deletes()
         assert await gw.store.pending_reports("demo", via="http") == []
         assert await gw.store.pending_reports("demo") == []  # nothing went the SMPP way
+        view = check_response(await client.get(f"/v1/messages/{ids[0]}", headers=DEMO),
+                              "/v1/messages/{message_id}")
+        assert [(h["kind"], h["detail"]["outcome"], h["detail"]["status"])
+                for h in view["history"] if h["kind"] == "webhook"] == [
+            ("webhook", "delivered", 204)]
     by_message = {e["message_id"]: (path, headers, body, e)
                   for path, headers, body, e in receiver.events("receipt")}
     assert set(by_message) == set(ids)
