@@ -13,6 +13,7 @@ import datetime as dt
 import functools
 import heapq
 import itertools
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -633,8 +634,9 @@ class Dispatcher:
             return [Segment(msg.body, True, None, len(msg.body) > 254)]
         cfg = conn.config
         # Derived from the id, so parts resent after a restart carry the same reference; from
-        # its random end (its first digits are the time, shared by the messages of a minute).
-        ref = int(msg.id[-8:], 16) % (0xFFFE if cfg.udh_ref16 else 0xFE) + 1
+        # all of it (its first digits are the time, shared by the messages of a minute; a
+        # submit_multi destination's id is the first one's with ":2", ":3"... after it).
+        ref = zlib.crc32(msg.id.encode()) % (0xFFFE if cfg.udh_ref16 else 0xFE) + 1
         return split(msg.body, msg.data_coding, method=cfg.segmentation, ref=ref,
                      ref16=cfg.udh_ref16)
 
