@@ -55,9 +55,11 @@ async def until(condition: Any, timeout: float = 60) -> None:
 async def stored_events(h: Harness, msg_id: str, count: int) -> list[Event]:
     """The message's history once it holds `count` events (rounds commit asynchronously)."""
     events: list[Event] = []
+    step = 0.01  # grows: each virtual step costs the autojump threshold in real time
     with trio.fail_after(60):
         while len(events := await h.store.events_of(msg_id)) < count:
-            await trio.sleep(0.01)
+            await trio.sleep(step)
+            step = min(step * 2, 1.0)
     return events
 
 
