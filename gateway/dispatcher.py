@@ -655,9 +655,9 @@ class Dispatcher:
         if msg.esm_class & ESM_UDHI:  # already segmented upstream: one part, as submitted
             return [Segment(msg.body, True, None, len(msg.body) > 254)]
         cfg = conn.config
-        # Derived from the id, so parts resent after a restart carry the same reference: a CRC
-        # of the whole id (its first digits are the time, shared by the messages of a minute;
-        # a submit_multi's ids end in ":n").
+        # Derived from the id, so parts resent after a restart carry the same reference; from
+        # all of it (its first digits are the time, shared by the messages of a minute; a
+        # submit_multi destination's id is the first one's with ":2", ":3"... after it).
         ref = zlib.crc32(msg.id.encode()) % (0xFFFE if cfg.udh_ref16 else 0xFE) + 1
         return split(msg.body, msg.data_coding, method=cfg.segmentation, ref=ref,
                      ref16=cfg.udh_ref16)

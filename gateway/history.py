@@ -25,10 +25,9 @@ TRANSITIONS: dict[tuple[State, str], frozenset[State]] = {
     (State.IN_FLIGHT, "retry"): frozenset({State.QUEUED}),
     # An attempt cut by a restart: its unanswered parts go again.
     (State.IN_FLIGHT, "resumed"): frozenset({State.QUEUED}),
-    # The operator's receipt that completes the message's outcome.
-    # (QUEUED: a part retried later, the others' receipts in.)
-    (State.IN_FLIGHT, "receipt"): FINAL_STATES,
-    (State.QUEUED, "receipt"): FINAL_STATES,
+    # The operator's receipt that completes the message's outcome (IN_FLIGHT, or QUEUED when
+    # a part waits for a retry; from any open state so that no receipt is ever refused).
+    **{(s, "receipt"): FINAL_STATES for s in _OPEN},
     # Any other end: validity over, permanent operator refusal, no route, unsplittable...
     **{(s, "final"): FINAL_STATES for s in _OPEN},
     # Cancelled (cancel_sm, DELETE, smsgw message cancel) before any part reached an operator.

@@ -59,8 +59,8 @@ def new_message_id() -> str:
     Ids grow with time, so the store's B-trees keyed by message id (messages, parts, the
     history's index) take new rows at their right end, where the pages are already in memory:
     with random ids each row dirtied a random page of each (measured: 13 us per history row
-    against 4 us). The random part keeps ids unguessable; it is also where anything derived
-    from an id should look (its first digits are shared by the messages of a minute)."""
+    against 4 us). The random part keeps ids unguessable; anything derived from an id must
+    not use its first digits alone (they are shared by the messages of a minute)."""
     return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
 

@@ -385,9 +385,29 @@ def _optout_row(o: OptOut) -> Row:
     return (o.account, o.msisdn, int(o.opted_out), o.at, o.source)
 
 
+_DETAIL_CACHE_MAX = 4096
+_detail_cache: dict[tuple[tuple[str, object], ...], str] = {}
+
+
+def _detail_text(detail: dict[str, object]) -> str:
+    """A history detail as JSON. Most details repeat exactly (accepted over smpp, a part's
+    DELIVRD receipt, a report delivered over a bind): those are encoded once (a JSON
+    encoding costs several times the lookup, per event, on the event loop's thread)."""
+    try:
+        key = tuple(detail.items())
+        text = _detail_cache.get(key)
+    except TypeError:  # a list value (operator ids): not hashable, encoded each time
+        return _detail_json(detail)
+    if text is None:
+        if len(_detail_cache) >= _DETAIL_CACHE_MAX:
+            _detail_cache.clear()
+        text = _detail_cache[key] = _detail_json(detail)
+    return text
+
+
 def _event_row(e: Event) -> Row:
     return (e.message_id, e.at, e.kind, e.from_state, e.to_state,
-            _detail_json(e.detail) if e.detail else None)
+            _detail_text(e.detail) if e.detail else None)
 
 
 def _event_rows(events: Sequence[Event]) -> tuple[list[Row], dict[tuple[str, str], int]]:
