@@ -200,7 +200,7 @@ async def test_the_dashboard_and_the_alerts_name_only_exported_metrics(tmp_path:
     panels = [p["title"] for p in json.loads(DASHBOARD.read_text())["panels"]
               if p["type"] == "row"]
     assert panels == ["Traffic", "Latency", "Errors", "Queue depth",
-                      "Reports owed upstream", "Binds"]
+                      "Reports owed upstream", "Webhooks", "Binds"]
 
 
 def test_the_dashboard_queries_are_valid_promql(tmp_path: Path, promtool: str) -> None:
