@@ -18,6 +18,7 @@ import structlog
 import trio
 
 from gateway import metrics
+from gateway.acks import ReportAcks
 from gateway.clock import WallClock
 from gateway.model import Event, Report, ReportKind
 from gateway.store import Store, StoreError
@@ -125,11 +126,7 @@ class Reporter:
         self._configured = accounts  # metric labels: these names, the others as "other"
         self._accounts: dict[str, _Account] = {}
         self._nursery: trio.Nursery | None = None
-        self._to_delete: list[int] = []  # delivered or expired, not deleted yet
-        self._events: list[Event] = []  # what their messages' histories get with that deletion
-        self._delete_wake = trio.Event()
-        self._deleting = False  # a deletion commit is under way
-        self._deleted = trio.Event()  # set after each deletion commit
+        self._acks = ReportAcks(store, RETRY_DELAY)  # delivered or expired: deleted in batches
         self._counted_below = 0  # reports with ids <= this were counted from the store
         self._label_counts: dict[str, int] = {}
 
@@ -196,10 +193,7 @@ class Reporter:
     async def flush_deletes(self) -> None:
         """Return once the deletions of the reports delivered so far are committed (graceful
         shutdown: a report the upstream answered is not sent again after the restart)."""
-        while self._to_delete or self._deleting:
-            self._deleted = trio.Event()
-            self._delete_wake.set()
-            await self._deleted.wait()
+        await self._acks.flush()
 
     def in_memory(self, account: str) -> int:
         """Reports of that account held in memory (at most REPORTS_IN_MEMORY, plus the few
@@ -218,7 +212,7 @@ class Reporter:
                 acc = self._account(name)
                 acc.backlog = True  # all of them are in the store only, for now
                 self._count(acc, n)
-            nursery.start_soon(self._delete_loop)
+            nursery.start_soon(self._acks.run)
             task_status.started()
             await trio.sleep_forever()  # keeps the nursery open for accounts seen later
 
@@ -306,10 +300,8 @@ class Reporter:
         in its message's history (written with that deletion)."""
         assert report.id is not None
         self._count(acc, -1)
-        self._to_delete.append(report.id)
-        if report.kind is ReportKind.RECEIPT:
-            self._events.append(Event(report.message_id, now, kind, detail=detail))
-        self._delete_wake.set()
+        self._acks.add(report.id, Event(report.message_id, now, kind, detail=detail)
+                       if report.kind is ReportKind.RECEIPT else None)
 
     def _send(self, name: str, acc: _Account, report: Report, conn: Connection) -> None:
         assert report.id is not None
@@ -360,26 +352,4 @@ class Reporter:
                     timeout=conn.response_timeout)
         assert self._nursery is not None
         self._nursery.start_soon(conn.unbind, UNBIND_TIMEOUT)
-
-    async def _delete_loop(self) -> None:
-        """Delete delivered and expired reports from the store, many per commit."""
-        while True:
-            await self._delete_wake.wait()
-            self._delete_wake = trio.Event()
-            ids, self._to_delete = self._to_delete, []
-            events, self._events = self._events, []
-            if not ids:
-                self._deleted.set()
-                continue
-            self._deleting = True
-            try:
-                await self.store.ack_reports(ids, events)
-            except StoreError:  # counted and logged by the store
-                self._to_delete.extend(ids)  # again; at worst re-sent after a restart
-                self._events[:0] = events
-                await trio.sleep(RETRY_DELAY)
-                self._delete_wake.set()
-            finally:
-                self._deleting = False
-                self._deleted.set()
 

@@ -25,6 +25,7 @@ import structlog
 import trio
 
 from gateway import metrics
+from gateway.acks import ReportAcks
 from gateway.clock import WallClock
 from gateway.config import AccountConfig
 from gateway.model import Event, Report, ReportKind, new_message_id
@@ -184,11 +185,7 @@ class Webhooks:
         self._seq = itertools.count()
         self._stopping = False
         self._idle = trio.Event()  # set when nothing is in flight (drain)
-        self._to_delete: list[int] = []
-        self._history: list[Event] = []  # of the receipts done with, committed with them
-        self._delete_wake = trio.Event()
-        self._deleting = False
-        self._deleted = trio.Event()
+        self._acks = ReportAcks(store, DELETE_RETRY)  # events done with: deleted in batches
         self._counted_below = 0
         self._label_counts: dict[str, int] = {}
 
@@ -292,7 +289,7 @@ class Webhooks:
                 acc = self._outbox(name)
                 acc.backlog = True  # all of them are in the store only, for now
                 self._count(acc, n)
-            nursery.start_soon(self._delete_loop)
+            nursery.start_soon(self._acks.run)
             task_status.started()
             await trio.sleep_forever()
 
@@ -308,10 +305,7 @@ class Webhooks:
 
     async def flush_deletes(self) -> None:
         """Return once the deletions of the events done so far are committed."""
-        while self._to_delete or self._deleting:
-            self._deleted = trio.Event()
-            self._delete_wake.set()
-            await self._deleted.wait()
+        await self._acks.flush()
 
     async def _serve(self, acc: _Outbox) -> None:
         assert self._nursery is not None
@@ -468,40 +462,15 @@ class Webhooks:
         line in its message's history (outcome, HTTP status, tries in this process)."""
         assert report.id is not None
         metrics.child(metrics.WEBHOOK_EVENTS, acc.label, report.kind.value, outcome).inc()
-        if report.kind is ReportKind.RECEIPT:
-            self._history.append(Event(report.message_id, self.clock.now(), "webhook", detail={
-                "event_id": event_id(report), "outcome": outcome, "status": status,
-                "tries": tries}))
+        line = Event(report.message_id, self.clock.now(), "webhook", detail={
+            "event_id": event_id(report), "outcome": outcome, "status": status,
+            "tries": tries}) if report.kind is ReportKind.RECEIPT else None
         if outcome == "expired":
             log.warning("webhook.expired", account=acc.name, message_id=report.message_id,
                         event_id=event_id(report), kind=report.kind.value,
                         age=round(self.clock.now() - report.created_at))
         self._count(acc, -1)
-        self._to_delete.append(report.id)
-        self._delete_wake.set()
-
-    async def _delete_loop(self) -> None:
-        """Delete done events from the store, many per commit. A crash before the commit
-        sends them again after the restart (at least once)."""
-        while True:
-            await self._delete_wake.wait()
-            self._delete_wake = trio.Event()
-            ids, self._to_delete = self._to_delete, []
-            history, self._history = self._history, []
-            if not ids:
-                self._deleted.set()
-                continue
-            self._deleting = True
-            try:
-                await self.store.ack_reports(ids, history)
-            except StoreError:  # counted and logged by the store
-                self._to_delete.extend(ids)
-                self._history.extend(history)
-                await trio.sleep(DELETE_RETRY)
-                self._delete_wake.set()
-            finally:
-                self._deleting = False
-                self._deleted.set()
+        self._acks.add(report.id, line)
 
 
 def mo_by_webhook(accounts: Collection[AccountConfig]) -> frozenset[str]:
