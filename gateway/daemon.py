@@ -142,7 +142,9 @@ async def run(
                 reporter.add(report)
 
         connectors: dict[str, SmscConnector] = {}
-        router = PrefixRouter([PrefixRoute(r.name, r.prefixes, r.smscs) for r in config.routes])
+        router = PrefixRouter([PrefixRoute(r.name, r.prefixes, r.smscs,
+                                         number_types=frozenset(r.number_types))
+                              for r in config.routes])
         dispatcher = Dispatcher(store, router, connectors, config.retry, clock, owed)
         mo_owners = {addr: acc.system_id for acc in config.accounts.values()
                      for addr in acc.mo_addresses}

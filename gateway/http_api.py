@@ -512,6 +512,8 @@ def message_view(msg: Message, parts: list[Part], events: list[Event]) -> dict[s
         "origin": msg.origin,
         "channel": msg.channel,
         "traffic": msg.traffic,
+        "number_type": msg.number_type or None,
+        "country": msg.country or None,
         "client_ref": msg.client_ref,
         "callback_url": msg.callback_url,
         "created_at": _time(msg.created_at),

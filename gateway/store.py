@@ -90,7 +90,7 @@ MESSAGE_COLUMNS = (
     "dest_npi", "data_coding", "esm_class", "protocol_id", "priority", "registered_delivery",
     "body", "created_at", "expires_at", "not_before", "state", "attempts", "next_attempt_at",
     "error", "done_at", "parts_total", "channel", "connector", "tlvs", "origin", "traffic",
-    "callback_url", "client_ref", "service_type",
+    "callback_url", "client_ref", "service_type", "number_type", "country",
 )  # fmt: skip
 # What save_message may change on an existing row; everything else is fixed at intake.
 MESSAGE_MUTABLE = (
@@ -111,7 +111,7 @@ _FINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(FINAL_STATES)) + ")"
 _OPEN = f"state NOT IN {_FINAL_SQL}"
 _DONE = f"state IN {_FINAL_SQL}"
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 # MIGRATIONS[v] takes a database at user_version v to v + 1.
 MIGRATIONS: tuple[str, ...] = (
     f"""
@@ -279,6 +279,12 @@ MIGRATIONS: tuple[str, ...] = (
         source TEXT NOT NULL,
         PRIMARY KEY (account, msisdn)
     ) WITHOUT ROWID;
+    """,
+    # 8: what the rules found out about the recipient, for routing: its number type
+    # ("mobile", "fixed_line", ...) and country (ISO 3166 alpha-2); '' when no rule said.
+    """
+    ALTER TABLE messages ADD COLUMN number_type TEXT NOT NULL DEFAULT '';
+    ALTER TABLE messages ADD COLUMN country TEXT NOT NULL DEFAULT '';
     """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION

@@ -29,6 +29,10 @@ MODIFIABLE = frozenset({
     "data_coding", "body", "traffic", "channel",
 })
 
+# Facts a rule may report (Decision.facts) that are recorded on the message itself when it is
+# kept, for routers and the message's views: the recipient's number type and country.
+RECORDED = frozenset({"number_type", "country"})
+
 
 class Outcome(enum.StrEnum):
     ACCEPT = "accept"
@@ -178,8 +182,9 @@ class Verdict:
 
 class Pipeline:
     """An account's rules in order. ``run`` applies them to a message: modifications are
-    made to the message as they come, a deferral moves its send time (its validity then
-    counts from that time), and the first rejection stops the run."""
+    made to the message as they come (and the RECORDED facts, e.g. the number type, are set
+    on it), a deferral moves its send time (its validity then counts from that time), and the
+    first rejection stops the run."""
 
     def __init__(self, rules: Sequence[tuple[str, Rule]]) -> None:
         self.rules = tuple(rules)
@@ -212,6 +217,8 @@ class Pipeline:
             if decision.outcome is Outcome.REJECT:
                 verdict.rejected = decision
                 return verdict
+            for key in RECORDED.intersection(decision.facts):
+                setattr(message, key, str(decision.facts[key]))
             if decision.outcome is Outcome.MODIFY:
                 for change in decision.changes:
                     setattr(message, change.field, change.new)
