@@ -150,6 +150,8 @@ async def run(
                      for addr in acc.mo_addresses}
         screening = Screening(config.rules)
         screening.load_optouts(await store.optouts())
+        if screening.sent is not None:  # the duplicates rule remembers across restarts
+            screening.load_sent(await store.fingerprints(clock.now() - screening.sent.window))
         dispatcher.recheck = screening.recheck
         inbound = Inbound(dispatcher, store, clock, mo_owners, owed, screening,
                           config.validity, mo_by_webhook(config.accounts.values()))

@@ -105,6 +105,9 @@ class Message:
     # 3166 alpha-2, e.g. "FR"); "" when no rule said.
     number_type: str = ""
     country: str = ""
+    # The duplicates rule's fingerprint of it (account, recipient, text), None when the rule
+    # did not run: the gateway finds earlier copies by it, also after a restart.
+    fingerprint: bytes | None = None
 
 
 @dataclass(slots=True)

@@ -70,6 +70,7 @@ def message_view(msg: Message) -> dict[str, Any]:
         "to": msg.dest_addr, "to_ton": msg.dest_ton, "to_npi": msg.dest_npi,
         "text": text, "data_coding": msg.data_coding,
         "segments": CODEC.segments(msg.body, msg.data_coding), "traffic": msg.traffic,
+        "number_type": msg.number_type or None, "country": msg.country or None,
         "state": msg.state.value, "send_at": _iso(msg.not_before),
         "expires_at": _iso(msg.expires_at),
     }
