@@ -158,8 +158,10 @@ def _print(result: dict[str, Any], verdict: Verdict | None, out: IO[str]) -> Non
     m = result["message"]
     print(f"{'DEFERRED' if result['deferred'] else 'ACCEPTED'}: would be sent {m['send_at']} "
           f"(valid until {m['expires_at']}), {m['traffic']}", file=out)
+    kind = " ".join(k for k in (m["number_type"], m["country"]) if k)  # for the routes
     print(f"  from {m['from']} (TON {m['from_ton']} NPI {m['from_npi']}) to {m['to']} "
-          f"(TON {m['to_ton']} NPI {m['to_npi']}), {m['segments']} SMS", file=out)
+          f"(TON {m['to_ton']} NPI {m['to_npi']}{', ' + kind if kind else ''}), "
+          f"{m['segments']} SMS", file=out)
     print(f"  text: {m['text']!r}", file=out)
 
 
