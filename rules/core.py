@@ -225,7 +225,12 @@ class Pipeline:
                 verdict.rejected = decision
                 return verdict
             for key in RECORDED.intersection(decision.facts):
-                setattr(message, key, decision.facts[key])
+                value = decision.facts[key]
+                if key == "fingerprint":
+                    if isinstance(value, bytes):
+                        message.fingerprint = value
+                else:
+                    setattr(message, key, str(value))
             if decision.outcome is Outcome.MODIFY:
                 for change in decision.changes:
                     setattr(message, change.field, change.new)
