@@ -164,7 +164,8 @@ def message_view(msg: Message, *, parked: bool | None = None) -> dict[str, Any]:
     view: dict[str, Any] = {
         "id": msg.id, "account": msg.account, "state": msg.state.value,
         "sender": msg.source_addr, "recipient": msg.dest_addr, "origin": msg.origin,
-        "traffic": msg.traffic, "channel": msg.channel, "smsc": msg.connector,
+        "traffic": msg.traffic, "number_type": msg.number_type or None,
+        "country": msg.country or None, "channel": msg.channel, "smsc": msg.connector,
         "parts": msg.parts_total, "encoding": encoding_name(msg.data_coding),
         "text_octets": len(msg.body), "attempts": msg.attempts,
         "error": f"0x{msg.error:08X}" if msg.error else None,

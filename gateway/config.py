@@ -22,7 +22,10 @@ from urllib.parse import urlsplit
 from gateway import tls
 from gateway.passwords import SMPP_PASSWORD_MAX, is_password_hash
 from gateway.tokens import HASH_RE as _TOKEN_HASH_RE
+from rules.recipient import NUMBER_TYPES
 from rules.settings import RULES_KEYS, RulesConfig, RulesConfigError, parse_rules
+
+_NUMBER_TYPE_RE = re.compile("|".join(NUMBER_TYPES))
 
 __all__ = [
     "AccountConfig",
@@ -193,11 +196,14 @@ class RouteConfig:
 
     ``prefixes`` are E.164 digits without '+'; empty means the default route. ``smscs`` has a
     default only so the field order can match the config file; the loader requires it.
+    ``number_types``: the recipient number types it takes (as the rules' recipient rule
+    records them); empty: any.
     """
 
     name: str
     prefixes: tuple[str, ...] = ()
     smscs: tuple[str, ...] = ()
+    number_types: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -793,6 +799,12 @@ def _route(t: _Table) -> RouteConfig:
             pattern=_DIGITS_RE,
         ),
         smscs=t.strings("smscs", _MISSING, items="smsc names", item="an smsc name", nonempty=True),
+        number_types=t.strings(
+            "number_types",
+            items="number types",
+            item="one of " + ", ".join(f'"{n}"' for n in NUMBER_TYPES),
+            pattern=_NUMBER_TYPE_RE,
+        ),
     )
 
 
@@ -1176,8 +1188,9 @@ def _cross_check(
                 )
             owner.setdefault(addr, a.system_id)
 
-    prefix_owner: dict[str, str] = {}
-    defaults: list[str] = []
+    # A prefix (or the default, "") belongs to one route per number type: at most one route
+    # there names no number types, and those that do name different ones.
+    owners: dict[str, list[RouteConfig]] = {}
     for r in routes:
         for s in r.smscs:
             if s not in config.smscs:
@@ -1188,25 +1201,44 @@ def _cross_check(
                 )
         if len(set(r.smscs)) != len(r.smscs):
             problems.append(f'{file}: route "{r.name}".smscs: an smsc is listed twice')
+        if len(set(r.number_types)) != len(r.number_types):
+            problems.append(f'{file}: route "{r.name}".number_types: a type is listed twice')
         if not r.prefixes:
-            defaults.append(r.name)
+            owners.setdefault("", []).append(r)
         for i, p in enumerate(r.prefixes):
             if p in r.prefixes[:i]:
                 problems.append(f'{file}: route "{r.name}".prefixes: prefix "{p}" listed twice')
-            elif p in prefix_owner:
+                continue
+            clash = next((o for o in owners.get(p, ()) if _overlap(o, r)), None)
+            if clash is not None:
                 problems.append(
                     f'{file}: route "{r.name}".prefixes: prefix "{p}" is already routed by '
-                    f'route "{prefix_owner[p]}" (a prefix belongs to one route)'
+                    f'route "{clash.name}"{_types_said(clash, r)} (a prefix belongs to one '
+                    "route per number type)"
                 )
-            prefix_owner.setdefault(p, r.name)
-    if len(defaults) > 1:
-        names = ", ".join(f'"{n}"' for n in defaults)
+            owners.setdefault(p, []).append(r)
+    defaults = owners.get("", [])
+    if any(_overlap(a, b) for i, a in enumerate(defaults) for b in defaults[:i]):
+        names = ", ".join(f'"{r.name}"' for r in defaults)
         problems.append(
-            f"{file}: route: expected at most one default route (no prefixes), got {names}"
+            f"{file}: route: expected at most one default route (no prefixes) per number type,"
+            f" got {names}"
         )
 
     problems += _port_clashes(file, config)
     return problems
+
+
+def _overlap(a: RouteConfig, b: RouteConfig) -> bool:
+    """Whether two routes would both take some message of one prefix."""
+    if not a.number_types or not b.number_types:
+        return not a.number_types and not b.number_types
+    return bool(set(a.number_types) & set(b.number_types))
+
+
+def _types_said(a: RouteConfig, b: RouteConfig) -> str:
+    common = sorted(set(a.number_types) & set(b.number_types))
+    return f" for {', '.join(common)}" if common else ""
 
 
 _WILDCARD = frozenset({"0.0.0.0", "::", "*", ""})

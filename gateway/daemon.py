@@ -142,12 +142,16 @@ async def run(
                 reporter.add(report)
 
         connectors: dict[str, SmscConnector] = {}
-        router = PrefixRouter([PrefixRoute(r.name, r.prefixes, r.smscs) for r in config.routes])
+        router = PrefixRouter([PrefixRoute(r.name, r.prefixes, r.smscs,
+                                         number_types=frozenset(r.number_types))
+                              for r in config.routes])
         dispatcher = Dispatcher(store, router, connectors, config.retry, clock, owed)
         mo_owners = {addr: acc.system_id for acc in config.accounts.values()
                      for addr in acc.mo_addresses}
         screening = Screening(config.rules)
         screening.load_optouts(await store.optouts())
+        if screening.sent is not None:  # the duplicates rule remembers across restarts
+            screening.load_sent(await store.fingerprints(clock.now() - screening.sent.window))
         dispatcher.recheck = screening.recheck
         inbound = Inbound(dispatcher, store, clock, mo_owners, owed, screening,
                           config.validity, mo_by_webhook(config.accounts.values()))

@@ -444,9 +444,13 @@ class Dispatcher:
             conn = self._pick(live, now)
         except NoRoute:
             msg.error = NO_ROUTE_ERROR
-            log.warning("message.no_route", message_id=msg.id)
-            self._finish(live, State.REJECTED, now, work, {"reason": "no route for its "
-                                                                     "destination"})
+            log.warning("message.no_route", message_id=msg.id,
+                        number_type=msg.number_type or None)
+            why: dict[str, object] = {"reason": "no route for its destination"}
+            if msg.number_type:  # routes may take some number types only
+                why = {"reason": f"no route for its destination (a {msg.number_type} number)",
+                       "number_type": msg.number_type}
+            self._finish(live, State.REJECTED, now, work, why)
             return
         if conn is None:  # every connector of the route is down: wait for one (or the expiry)
             self._parked[msg.id] = live

@@ -239,39 +239,47 @@ class HttpApi:
             if replay is not None:
                 return replay
         messages, rule_events = self._intake(account, post, state)
-        unfinished = self.dispatcher.unfinished_of(account) + state.admitting
-        if unfinished + len(messages) > state.config.max_unfinished:
-            metrics.child(metrics.REFUSED, account,
-                          metrics.status_label(Status.ESME_RMSGQFUL)).inc(len(messages))
-            raise Problem(429, "too-many-unfinished", "Too many unfinished messages",
-                          f"account {account} has {unfinished} messages not final yet (at most "
-                          f"{state.config.max_unfinished}): wait for some to finish",
-                          headers={"Retry-After": str(BUSY_RETRY_AFTER)})
-        self._throttle(state, len(messages))
-        body = {"messages": [{"id": m.id, "state": m.state.value, "to": m.dest_addr,
-                              "client_ref": m.client_ref} for m in messages]}
-        text = json.dumps(body, separators=(",", ":"))
-        record = None if key is None else IdempotencyRecord(
-            account, key, post.fingerprint, text, self.clock.now())
-        state.admitting += len(messages)
+        stored = False  # whether the messages were committed (for the duplicates rule)
         try:
-            # Shielded: once queued the insert is committed anyway, so the dispatcher must get
-            # the messages even if the client goes away meanwhile (else they are never sent).
-            with trio.CancelScope(shield=True):
-                try:
-                    await self._store(messages, record, rule_events)
-                except ConstraintError:
-                    if key is None:
-                        raise
-                    # The same key, committed meanwhile by a concurrent request: its answer.
-                    replay = await self._replay(account, key, post.fingerprint)
-                    if replay is None:
-                        raise
-                    return replay
-                for msg in messages:
-                    self.dispatcher.enqueue(msg)
+            unfinished = self.dispatcher.unfinished_of(account) + state.admitting
+            if unfinished + len(messages) > state.config.max_unfinished:
+                metrics.child(metrics.REFUSED, account,
+                              metrics.status_label(Status.ESME_RMSGQFUL)).inc(len(messages))
+                raise Problem(429, "too-many-unfinished", "Too many unfinished messages",
+                              f"account {account} has {unfinished} messages not final yet "
+                              f"(at most {state.config.max_unfinished}): wait for some to "
+                              "finish",
+                              headers={"Retry-After": str(BUSY_RETRY_AFTER)})
+            self._throttle(state, len(messages))
+            body = {"messages": [{"id": m.id, "state": m.state.value, "to": m.dest_addr,
+                                  "client_ref": m.client_ref} for m in messages]}
+            text = json.dumps(body, separators=(",", ":"))
+            record = None if key is None else IdempotencyRecord(
+                account, key, post.fingerprint, text, self.clock.now())
+            state.admitting += len(messages)
+            try:
+                # Shielded: once queued the insert is committed anyway, so the dispatcher must
+                # get the messages even if the client goes away meanwhile (else never sent).
+                with trio.CancelScope(shield=True):
+                    try:
+                        await self._store(messages, record, rule_events)
+                    except ConstraintError:
+                        if key is None:
+                            raise
+                        # The same key, committed meanwhile by a concurrent request: its
+                        # answer.
+                        replay = await self._replay(account, key, post.fingerprint)
+                        if replay is None:
+                            raise
+                        return replay
+                    stored = True
+                    for msg in messages:
+                        self.dispatcher.enqueue(msg)
+            finally:
+                state.admitting -= len(messages)
         finally:
-            state.admitting -= len(messages)
+            if self.screening is not None:
+                self.screening.settle(messages, stored)
         metrics.child(metrics.SUBMIT_SECONDS, "http").observe(trio.current_time() - started)
         return Response(text, 202, media_type="application/json")
 
@@ -331,6 +339,7 @@ class HttpApi:
             more = f" (and {len(errors) - 1} more in errors)" if len(errors) > 1 else ""
             if self.screening is not None:
                 self.screening.record([v for v in verdicts if v.rejected is not None], now)
+                self.screening.settle(messages, stored=False)  # the batch goes whole
             raise Problem(status, "invalid-message", "Message refused",
                           errors[0]["detail"] + more, errors=errors)
         events = [] if self.screening is None else self.screening.record(verdicts, now)
@@ -512,6 +521,8 @@ def message_view(msg: Message, parts: list[Part], events: list[Event]) -> dict[s
         "origin": msg.origin,
         "channel": msg.channel,
         "traffic": msg.traffic,
+        "number_type": msg.number_type or None,
+        "country": msg.country or None,
         "client_ref": msg.client_ref,
         "callback_url": msg.callback_url,
         "created_at": _time(msg.created_at),

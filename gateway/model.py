@@ -100,6 +100,14 @@ class Message:
     callback_url: str | None = None  # HTTP: where its receipt goes (else the account's default)
     client_ref: str | None = None  # HTTP: the upstream's own reference, echoed in reports
     service_type: str = ""  # SMPP service_type as submitted (cancel_sm matches it)
+    # What the rules found out about the recipient (rules.recipient), for routers: its number
+    # type ("mobile", "fixed_line", ... as phonenumbers names them) and its country (ISO
+    # 3166 alpha-2, e.g. "FR"); "" when no rule said.
+    number_type: str = ""
+    country: str = ""
+    # The duplicates rule's fingerprint of it (account, recipient, text), None when the rule
+    # did not run: the gateway finds earlier copies by it, also after a restart.
+    fingerprint: bytes | None = None
 
 
 @dataclass(slots=True)

@@ -139,6 +139,15 @@ def _schemas(max_batch: int) -> dict[str, Any]:
                                   "confirmation)"},
         "channel": {"type": "string"},
         "traffic": {"type": "string"},
+        "number_type": {"type": ["string", "null"],
+                        "description": "The recipient's number type as the rules found it "
+                                       "(mobile, fixed_line, fixed_line_or_mobile, toll_free, "
+                                       "...; routes may take some only); null when the "
+                                       "account runs no recipient rule"},
+        "country": {"type": ["string", "null"],
+                    "description": "The recipient's country (ISO 3166 alpha-2, e.g. FR) as "
+                                   "the rules found it; null when the account runs no "
+                                   "recipient rule"},
         "client_ref": _STR_OR_NULL,
         "callback_url": _STR_OR_NULL,
         "created_at": _TIME,

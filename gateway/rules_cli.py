@@ -70,6 +70,7 @@ def message_view(msg: Message) -> dict[str, Any]:
         "to": msg.dest_addr, "to_ton": msg.dest_ton, "to_npi": msg.dest_npi,
         "text": text, "data_coding": msg.data_coding,
         "segments": CODEC.segments(msg.body, msg.data_coding), "traffic": msg.traffic,
+        "number_type": msg.number_type or None, "country": msg.country or None,
         "state": msg.state.value, "send_at": _iso(msg.not_before),
         "expires_at": _iso(msg.expires_at),
     }
@@ -157,8 +158,10 @@ def _print(result: dict[str, Any], verdict: Verdict | None, out: IO[str]) -> Non
     m = result["message"]
     print(f"{'DEFERRED' if result['deferred'] else 'ACCEPTED'}: would be sent {m['send_at']} "
           f"(valid until {m['expires_at']}), {m['traffic']}", file=out)
+    kind = " ".join(k for k in (m["number_type"], m["country"]) if k)  # for the routes
     print(f"  from {m['from']} (TON {m['from_ton']} NPI {m['from_npi']}) to {m['to']} "
-          f"(TON {m['to_ton']} NPI {m['to_npi']}), {m['segments']} SMS", file=out)
+          f"(TON {m['to_ton']} NPI {m['to_npi']}{', ' + kind if kind else ''}), "
+          f"{m['segments']} SMS", file=out)
     print(f"  text: {m['text']!r}", file=out)
 
 

@@ -7,6 +7,7 @@ are not logged (the history keeps them, erasable like the message).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -16,6 +17,7 @@ import structlog
 from gateway import metrics
 from gateway.intake import IntakePolicy, accept_text
 from gateway.model import Event, Message, OptOut
+from rules.content import DuplicateRule
 from rules.core import Context, Decision, Outcome, Verdict
 from rules.optout import (
     START_KEYWORDS,
@@ -61,12 +63,68 @@ def mask(msisdn: str) -> str:
     return msisdn[:-4] + "XXXX" if len(msisdn) > 4 else "XXXX"
 
 
+class SentIndex:
+    """The fingerprints of the messages the duplicates rule let through, for its lookups:
+    those stored (loaded from the store at start, then added as their commits are done) and
+    those being stored (pending: refused again if their commit fails). Kept for ``window``
+    seconds, at most ``max_entries`` (the oldest forgotten first)."""
+
+    def __init__(self, window: float, max_entries: int) -> None:
+        self.window, self.max_entries = window, max_entries
+        self.stored: OrderedDict[bytes, tuple[float, str]] = OrderedDict()  # oldest first
+        self.pending: dict[bytes, Message] = {}
+
+    def find(self, key: bytes) -> tuple[float, str] | None:
+        msg = self.pending.get(key)
+        if msg is not None:
+            return msg.created_at, msg.id
+        return self.stored.get(key)
+
+    def add(self, key: bytes, at: float, message_id: str) -> None:
+        self.stored[key] = (at, message_id)
+        self.stored.move_to_end(key)
+        while self.stored:  # forget what left the window, and the oldest beyond the bound
+            oldest, (first, _) = next(iter(self.stored.items()))
+            if first > at - self.window and len(self.stored) <= self.max_entries:
+                break
+            del self.stored[oldest]
+
+    def settle(self, messages: Iterable[Message], stored: bool) -> None:
+        for msg in messages:
+            if msg.fingerprint is None:
+                continue
+            if self.pending.get(msg.fingerprint) is msg:
+                del self.pending[msg.fingerprint]
+            if stored:
+                self.add(msg.fingerprint, msg.created_at, msg.id)
+
+
 class Screening:
     """Each account's rule pipeline, and the bookkeeping of its decisions."""
 
     def __init__(self, config: RulesConfig) -> None:
         self.pipelines: Pipelines = build_pipelines(config)
         self.optouts = OptOutList()  # loaded from the store by the daemon
+        duplicates = [rule for pipeline in self.pipelines.all() for _, rule in pipeline.rules
+                      if isinstance(rule, DuplicateRule)]
+        # None when no account runs the duplicates rule (nothing kept, nothing loaded)
+        self.sent = SentIndex(max(r.window for r in duplicates),
+                              max(r.max_entries for r in duplicates)) if duplicates else None
+
+    def load_sent(self, rows: Iterable[tuple[bytes, float, str]]) -> None:
+        """The fingerprints of the messages stored within the duplicates window (the store's
+        ``fingerprints``), oldest first: the daemon reads them at start."""
+        if self.sent is not None:
+            for key, at, message_id in rows:
+                self.sent.add(key, at, message_id)
+
+    def settle(self, messages: Iterable[Message], stored: bool) -> None:
+        """The end of the messages ``check`` let through: committed to the store (``stored``;
+        the duplicates rule then finds them), or not kept after all (refused by the batch,
+        the store, the account's limits: they are no longer "sent"). Call it once for each,
+        whatever happens; the ids must be final."""
+        if self.sent is not None:
+            self.sent.settle(messages, stored)
 
     def load_optouts(self, entries: Sequence[OptOut]) -> None:
         for entry in entries:
@@ -76,12 +134,17 @@ class Screening:
               traffic: str | None = None) -> Verdict:
         """Apply the account's rules to ``msg`` (changed in place); nothing is logged or
         counted until ``record``, once the message ids are final. ``traffic``: what the
-        upstream asked (HTTP); else SMPP's service_type or the account's default decide."""
+        upstream asked (HTTP); else SMPP's service_type or the account's default decide.
+        A message let through must then be ``settle``d (stored or not)."""
         pipeline, settings = self.pipelines.of(msg.account)
         msg.traffic = self.traffic(settings, service_type, traffic)
+        sent = self.sent
         context = Context(now, msg.account, interface, service_type, settings,
-                          self.optouts.contains, CODEC)
-        return pipeline.run(msg, context)
+                          self.optouts.contains, CODEC, None if sent is None else sent.find)
+        verdict = pipeline.run(msg, context)
+        if sent is not None and verdict.rejected is None and msg.fingerprint is not None:
+            sent.pending[msg.fingerprint] = msg  # until settle() says whether it was kept
+        return verdict
 
     def recheck(self, msg: Message) -> int | None:
         """When a deferred or scheduled message falls due: the command_status to refuse it

@@ -515,6 +515,7 @@ class SmppServer:
         events: list[Event] = []
         owner: _AccountState | None = None  # the bound account (one per connection)
         started = trio.current_time()
+        stored = False
         try:
             now = self.clock.now()
             for pdu in pdus:
@@ -550,6 +551,7 @@ class SmppServer:
                     for pdu, _ in accepted:
                         conn.respond(pdu.response(status=status))
                     return
+                stored = True
                 latency = metrics.child(metrics.SUBMIT_SECONDS, "smpp")
                 took = trio.current_time() - started
                 for pdu, msg in accepted:
@@ -559,6 +561,8 @@ class SmppServer:
         finally:
             if owner is not None:  # whatever happened, these are no longer being admitted
                 owner.admitting -= len(accepted)
+            if self.screening is not None:
+                self.screening.settle([msg for _, msg in accepted], stored)
 
     async def _submit_multi(self, conn: Connection, pdu: SubmitMulti) -> None:
         started = trio.current_time()
@@ -581,14 +585,18 @@ class SmppServer:
                 return
         state.admitting += len(result.messages)
         with trio.CancelScope(shield=True):  # see _submit_batch
+            stored = False
             try:
                 await self._store(result.messages, "smpp", events)
+                stored = True
             except Exception as exc:
                 conn.respond(pdu.response(
                     status=self._store_failed(account, len(result.messages), exc)))
                 return
             finally:
                 state.admitting -= len(result.messages)
+                if self.screening is not None:
+                    self.screening.settle(result.messages, stored)
             unsuccess = [UnsuccessSme(ton, npi, addr, status)
                          for ton, npi, addr, status in result.unsuccess]
             conn.respond(pdu.response(message_id=result.messages[0].id, unsuccess=unsuccess))
@@ -614,8 +622,9 @@ class SmppServer:
             elif msg.dest_addr not in seen:
                 seen.add(msg.dest_addr)
                 kept.append(msg)
-            else:
-                continue  # the same number written another way: sent once, nothing recorded
+            else:  # the same number written another way: sent once, nothing recorded
+                self.screening.settle([msg], stored=False)
+                continue
             verdicts.append(verdict)
         for n, msg in enumerate(kept, start=1):
             msg.id = base if n == 1 else f"{base}:{n}"

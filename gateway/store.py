@@ -90,7 +90,8 @@ MESSAGE_COLUMNS = (
     "dest_npi", "data_coding", "esm_class", "protocol_id", "priority", "registered_delivery",
     "body", "created_at", "expires_at", "not_before", "state", "attempts", "next_attempt_at",
     "error", "done_at", "parts_total", "channel", "connector", "tlvs", "origin", "traffic",
-    "callback_url", "client_ref", "service_type",
+    "callback_url", "client_ref", "service_type", "number_type", "country",
+    "fingerprint",
 )  # fmt: skip
 # What save_message may change on an existing row; everything else is fixed at intake.
 MESSAGE_MUTABLE = (
@@ -111,7 +112,7 @@ _FINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(FINAL_STATES)) + ")"
 _OPEN = f"state NOT IN {_FINAL_SQL}"
 _DONE = f"state IN {_FINAL_SQL}"
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 # MIGRATIONS[v] takes a database at user_version v to v + 1.
 MIGRATIONS: tuple[str, ...] = (
     f"""
@@ -279,6 +280,16 @@ MIGRATIONS: tuple[str, ...] = (
         source TEXT NOT NULL,
         PRIMARY KEY (account, msisdn)
     ) WITHOUT ROWID;
+    """,
+    # 8: what the rules found out about the recipient, for routing: its number type
+    # ("mobile", "fixed_line", ...) and country (ISO 3166 alpha-2); '' when no rule said. And
+    # the duplicates rule's fingerprint of the message (NULL when it did not run), indexed by
+    # time for the daemon's start, which reads those of the rule's window.
+    """
+    ALTER TABLE messages ADD COLUMN number_type TEXT NOT NULL DEFAULT '';
+    ALTER TABLE messages ADD COLUMN country TEXT NOT NULL DEFAULT '';
+    ALTER TABLE messages ADD COLUMN fingerprint BLOB;
+    CREATE INDEX messages_fingerprint ON messages (created_at) WHERE fingerprint IS NOT NULL;
     """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -1076,6 +1087,14 @@ class Store:
         in the given order (the last entry for a number wins)."""
         if optouts:
             await self._write(_Call([(_UPSERT_OPTOUT, [_optout_row(o) for o in optouts])]))
+
+    async def fingerprints(self, since: float) -> list[tuple[bytes, float, str]]:
+        """(fingerprint, created_at, id) of the messages accepted since that time with a
+        duplicates rule's fingerprint, oldest first."""
+        rows = await self._read(
+            "SELECT fingerprint, created_at, id FROM messages"
+            " WHERE fingerprint IS NOT NULL AND created_at >= ? ORDER BY created_at", (since,))
+        return [(bytes(f), at, i) for f, at, i in rows]
 
     async def optouts(self, account: str | None = None) -> list[OptOut]:
         """The numbers opted out (of ``account``, or of every account), by account and

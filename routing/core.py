@@ -57,34 +57,48 @@ class PrefixRoute:
     prefixes: tuple[str, ...]  # empty: default route
     connectors: tuple[str, ...]
     channel: str = "sms"
+    # The recipient's number types it takes (Message.number_type, recorded by the rules'
+    # recipient rule: "mobile", "fixed_line", ...); empty: any, including none recorded.
+    number_types: frozenset[str] = frozenset()
+
+    def takes(self, number_type: str) -> bool:
+        return not self.number_types or number_type in self.number_types
 
 
 class PrefixRouter:
-    """Longest destination-prefix match; a route with no prefixes is the default."""
+    """Longest destination-prefix match among the routes that take the message's number type;
+    a route with no prefixes is a default. At one prefix, routes naming number types are
+    asked before the one that names none."""
 
     def __init__(self, routes: Sequence[PrefixRoute]) -> None:
-        self._by_prefix: dict[str, PrefixRoute] = {}
-        self._default: PrefixRoute | None = None
-        for route in routes:
+        self._by_prefix: dict[str, list[PrefixRoute]] = {}
+        self._defaults: list[PrefixRoute] = []
+        # Filtered routes first (in config order), then the unfiltered one.
+        for route in sorted(routes, key=lambda r: not r.number_types):
             if not route.prefixes:
-                self._default = self._default or route
+                self._defaults.append(route)
             for prefix in route.prefixes:
-                self._by_prefix.setdefault(normalise_digits(prefix), route)
+                self._by_prefix.setdefault(normalise_digits(prefix), []).append(route)
         self._lengths = sorted({len(p) for p in self._by_prefix}, reverse=True)
         # Plans are immutable: one per route, built once, not per message.
         self._plans = {id(r): RoutePlan(tuple(Attempt(r.channel, c) for c in r.connectors),
                                         r.name) for r in routes}
 
-    def match(self, destination: str) -> PrefixRoute | None:
+    def match(self, destination: str, number_type: str = "") -> PrefixRoute | None:
         digits = normalise_digits(destination)
         for length in self._lengths:
-            route = self._by_prefix.get(digits[:length]) if len(digits) >= length else None
-            if route is not None:
+            if len(digits) < length:
+                continue
+            for route in self._by_prefix.get(digits[:length], ()):
+                if route.takes(number_type):
+                    return route
+        for route in self._defaults:
+            if route.takes(number_type):
                 return route
-        return self._default
+        return None
 
     def plan(self, message: Message, context: RoutingContext) -> RoutePlan | None:
-        route = self.match(message.dest_addr)
+        route = self.match(message.dest_addr, message.number_type)
         return None if route is None else self._plans[id(route)]
 
 

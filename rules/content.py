@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -124,11 +123,23 @@ class SegmentsRule:
         return Decision.accept(segments=count)
 
 
+def fingerprint(message: Message) -> bytes:
+    """What makes two messages the same for the duplicates rule: account, recipient (as
+    written then: normalised after the recipient rule) and text, as 16 octets of SHA-256."""
+    return hashlib.sha256(b"\0".join((
+        message.account.encode(), message.dest_addr.encode(),
+        message.data_coding.to_bytes(1, "big"), message.body))).digest()[:16]
+
+
 class DuplicateRule:
     """Built-in rule ``duplicates``: the same text to the same (normalised: run it after
     ``recipient``) number from the same account within ``window`` seconds (option; default
-    600) is refused as a duplicate, naming the first message. Remembered in memory (at most
-    ``max_entries``, default 100,000, the oldest forgotten first), not across restarts."""
+    600) is refused as a duplicate, naming the first message. The message's fingerprint is
+    kept on it (a fact the pipeline records; the gateway stores it with the message), and the
+    gateway answers ``context.sent`` from the messages stored or being stored: a message
+    refused by a later rule is not counted, and a restart forgets nothing. At most
+    ``max_entries`` (default 100,000) fingerprints are kept in the gateway's memory, the
+    oldest forgotten first."""
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         unknown = set(options) - {"window", "max_entries"}
@@ -142,26 +153,15 @@ class DuplicateRule:
         if not isinstance(entries, int) or isinstance(entries, bool) or entries < 1:
             raise ValueError(f"max_entries: expected a positive integer, got {entries!r}")
         self.window, self.max_entries = float(window), entries
-        self.seen: OrderedDict[bytes, tuple[float, str]] = OrderedDict()  # key -> (at, id)
 
     def apply(self, message: Message, context: Context) -> Decision:
-        key = hashlib.sha256(b"\0".join((
-            message.account.encode(), message.dest_addr.encode(),
-            message.data_coding.to_bytes(1, "big"), message.body))).digest()
+        key = fingerprint(message)
         now = context.now
-        while self.seen:  # forget what left the window (oldest first)
-            oldest, (at, _) = next(iter(self.seen.items()))
-            if at > now - self.window:
-                break
-            del self.seen[oldest]
-        first = self.seen.get(key)
-        if first is not None:
+        first = None if context.sent is None else context.sent(key)
+        if first is not None and first[0] > now - self.window:
             return Decision.reject(
                 "duplicate", f"the same text went to this number {now - first[0]:.0f} s ago "
                 f"as message {first[1]}: sent once (window {self.window:g} s)",
                 smpp_status=ESME_RX_R_APPN, http_status=409, subject="text",
                 first_message=first[1])
-        self.seen[key] = (now, message.id)
-        if len(self.seen) > self.max_entries:
-            self.seen.popitem(last=False)
-        return Decision.accept()
+        return Decision.accept(fingerprint=key)

@@ -29,6 +29,12 @@ MODIFIABLE = frozenset({
     "data_coding", "body", "traffic", "channel",
 })
 
+# Facts a rule may report (Decision.facts) that are recorded on the message itself when it is
+# kept: the recipient's number type and country (for routers and the message's views), and the
+# duplicates rule's fingerprint of the message (kept on its row, not in its history).
+RECORDED = frozenset({"number_type", "country", "fingerprint"})
+_UNLOGGED = frozenset({"fingerprint"})  # facts left out of the history (the row has it)
+
 
 class Outcome(enum.StrEnum):
     ACCEPT = "accept"
@@ -109,8 +115,9 @@ class Decision:
         if self.outcome is Outcome.REJECT:
             out["smpp_status"] = self.smpp_status
             out["http_status"] = self.http_status
-        if self.facts:
-            out["facts"] = {k: _jsonable(v) for k, v in self.facts.items()}
+        facts = {k: _jsonable(v) for k, v in self.facts.items() if k not in _UNLOGGED}
+        if facts:
+            out["facts"] = facts
         return out
 
 
@@ -141,6 +148,10 @@ class Context:
     # (account, E.164 digits) -> whether the number is on the account's opt-out list
     opted_out_of: Callable[[str, str], bool] | None = None
     codec: TextCodec | None = None
+    # A message fingerprint (rules.content.fingerprint) -> (accepted at, id) of the latest
+    # message kept with it (stored, or being stored), None if none is known; None: not known
+    # at all (the dry run), the duplicates rule then lets every message through.
+    sent: Callable[[bytes], tuple[float, str] | None] | None = None
 
     def setting(self, key: str, default: Any = None) -> Any:
         return self.settings.get(key, default)
@@ -178,8 +189,9 @@ class Verdict:
 
 class Pipeline:
     """An account's rules in order. ``run`` applies them to a message: modifications are
-    made to the message as they come, a deferral moves its send time (its validity then
-    counts from that time), and the first rejection stops the run."""
+    made to the message as they come (and the RECORDED facts, e.g. the number type, are set
+    on it), a deferral moves its send time (its validity then counts from that time), and the
+    first rejection stops the run."""
 
     def __init__(self, rules: Sequence[tuple[str, Rule]]) -> None:
         self.rules = tuple(rules)
@@ -212,6 +224,13 @@ class Pipeline:
             if decision.outcome is Outcome.REJECT:
                 verdict.rejected = decision
                 return verdict
+            for key in RECORDED.intersection(decision.facts):
+                value = decision.facts[key]
+                if key == "fingerprint":
+                    if isinstance(value, bytes):
+                        message.fingerprint = value
+                else:
+                    setattr(message, key, str(value))
             if decision.outcome is Outcome.MODIFY:
                 for change in decision.changes:
                     setattr(message, change.field, change.new)

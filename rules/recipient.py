@@ -34,6 +34,12 @@ _PARSE_ERRORS: dict[int, str] = {
 }
 
 
+# The number types phonenumbers tells apart, as recorded (Message.number_type) and as routes
+# and the ``types`` option name them.
+NUMBER_TYPES: tuple[str, ...] = tuple(
+    str(PhoneNumberType.to_string(t)).lower() for t in PhoneNumberType.values())
+
+
 def number_type(number: phonenumbers.PhoneNumber) -> str:
     """"mobile", "fixed_line", "fixed_line_or_mobile", "toll_free", ... ("unknown")."""
     return str(PhoneNumberType.to_string(phonenumbers.number_type(number))).lower()
@@ -72,6 +78,10 @@ class RecipientRule:
         if types is not None and (not isinstance(types, list)
                                   or not all(isinstance(t, str) for t in types)):
             raise ValueError("types: expected an array of number types such as \"mobile\"")
+        wrong = sorted(set(types or ()) - set(NUMBER_TYPES))
+        if wrong:
+            raise ValueError(f"types: unknown number type {wrong[0]!r} (expected: "
+                             f"{', '.join(NUMBER_TYPES)})")
         self.types = None if types is None else frozenset(types)
 
     def apply(self, message: Message, context: Context) -> Decision:

@@ -195,6 +195,10 @@ class Pipelines:
     def of(self, account: str) -> tuple[Pipeline, Mapping[str, Any]]:
         return self.accounts.get(account, (self.default, self.default_settings))
 
+    def all(self) -> list[Pipeline]:
+        """Every pipeline: the default, then each account's own."""
+        return [self.default, *(pipeline for pipeline, _ in self.accounts.values())]
+
 
 def build_pipelines(config: RulesConfig) -> Pipelines:
     default = _pipeline("", config.default)

@@ -39,6 +39,10 @@ def read_token(token: str, accounts: Iterable[str],
         raw = base64.urlsafe_b64decode(token + "==")
     except (binascii.Error, ValueError):
         return None
+    # 22 characters carry 132 bits for 128: the last one's 4 low bits are not read, so 16
+    # spellings would decode alike. Only the one make_token writes is a token.
+    if base64.urlsafe_b64encode(raw).decode().rstrip("=") != token:
+        return None
     payload, mac = raw[:_NUMBER + _ACCOUNT], raw[_NUMBER + _ACCOUNT:]
     tag = payload[_NUMBER:]
     for account in accounts:

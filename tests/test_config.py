@@ -395,7 +395,8 @@ def test_prefix_belongs_to_one_route(tmp_path: Path) -> None:
 
 def test_at_most_one_default_route(tmp_path: Path) -> None:
     msg = error_of(tmp_path, MINIMAL + ROUTE.replace('"default"', '"fallback"'))
-    assert 'expected at most one default route (no prefixes), got "default", "fallback"' in msg
+    assert ('expected at most one default route (no prefixes) per number type, got "default", '
+            '"fallback"') in msg
 
 
 def test_no_default_route_is_allowed(tmp_path: Path) -> None:

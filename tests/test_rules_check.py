@@ -54,6 +54,7 @@ def test_the_dry_run_shows_why_marketing_is_deferred(capsys: pytest.CaptureFixtu
     m = result["message"]
     assert (m["from"], m["from_ton"], m["from_npi"]) == ("PromoEte", 5, 0)
     assert (m["to"], m["to_ton"], m["to_npi"]) == ("33612345678", 1, 1)
+    assert (m["number_type"], m["country"]) == ("mobile", "FR")  # what the routes read
     assert m["text"] == "Soldes\nSTOP au 36111" and m["segments"] == 1
     assert m["send_at"] == until and m["state"] == "SCHEDULED"
 
@@ -75,7 +76,7 @@ def test_an_alert_at_night_goes_at_once_and_the_text_output_says_so(
     out = capsys.readouterr().out
     assert status == 0
     assert "ACCEPTED: would be sent 2026-12-06T02:00:00Z" in out
-    assert "to 33612345678 (TON 1 NPI 1)" in out and "alert" in out
+    assert "to 33612345678 (TON 1 NPI 1, mobile FR)" in out and "alert" in out
     assert "opt-out list consulted: none" in out
 
 

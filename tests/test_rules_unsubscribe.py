@@ -4,6 +4,7 @@ mention is a short signed link; opening it only shows a page, its button (a POST
 from __future__ import annotations
 
 import re
+import string
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,17 @@ def test_a_token_names_the_account_and_the_number_and_cannot_be_forged() -> None
     assert read_token(token, ["other"], secrets) is None  # not that account's
     assert read_token("short", ["demo"], secrets) is None
     assert read_token("!" * 22, ["demo"], secrets) is None
+
+
+def test_only_the_written_spelling_of_a_token_is_read() -> None:
+    token = make_token(SECRET, "demo", SWISS)
+    alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+    # the last character's 4 low bits are padding: its 15 other spellings decode alike
+    same = [token[:-1] + c for c in alphabet
+            if c != token[-1] and alphabet.index(c) >> 4 == alphabet.index(token[-1]) >> 4]
+    assert len(same) == 15
+    assert [read_token(t, ["demo"], secrets) for t in same] == [None] * 15
+    assert read_token(token, ["demo"], secrets) == ("demo", SWISS)
 
 
 def marketing(dest: str, ton: int = 5) -> Message:

@@ -631,3 +631,19 @@ async def test_an_idempotency_key_commits_with_its_messages_once_and_is_purged_b
         assert await store.purge_idempotency(T0 + 1) == 2
         assert await store.idempotency_record("acme", "key-1") is None
         assert await store.get_message(first.id) is not None  # the messages stay
+
+
+async def test_fingerprints_of_the_duplicates_window_are_read_back_by_time(
+        tmp_path: Path) -> None:
+    old = make_message(created_at=T0 - 700, fingerprint=b"\x01" * 16)
+    recent = make_message(created_at=T0 - 10, fingerprint=b"\x02" * 16)
+    plain = make_message(created_at=T0 - 5)  # the duplicates rule did not run
+    async with Store.open(tmp_path / "gw.sqlite") as store:
+        await store.add_messages([old, recent, plain])
+        assert await store.fingerprints(T0 - 600) == [(b"\x02" * 16, T0 - 10, recent.id)]
+        got = await store.get_message(recent.id)
+        assert got is not None and got.fingerprint == b"\x02" * 16
+        plan = await store._read(
+            "EXPLAIN QUERY PLAN SELECT fingerprint, created_at, id FROM messages"
+            " WHERE fingerprint IS NOT NULL AND created_at >= ? ORDER BY created_at", (T0,))
+        assert any("messages_fingerprint" in str(row) for row in plan)

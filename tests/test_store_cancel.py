@@ -28,10 +28,12 @@ def _previous_release(path: Path) -> None:
         script = script.replace(f", ('{State.CANCELLED.value}', 0)", "")
         conn.executescript(script)
     conn.execute(f"PRAGMA user_version = {V4}")
-    columns = store_module.MESSAGE_COLUMNS[:-1]  # no service_type yet
+    # no service_type yet, nor the columns that came after it
+    columns = store_module.MESSAGE_COLUMNS[:store_module.MESSAGE_COLUMNS.index("service_type")]
     for m in (make_message(), make_message(state=State.DELIVERED, done_at=T0)):
         conn.execute(f"INSERT INTO messages ({', '.join(columns)}) VALUES "
-                     f"({', '.join('?' * len(columns))})", dataclasses.astuple(m)[:-1])
+                     f"({', '.join('?' * len(columns))})",
+                     dataclasses.astuple(m)[:len(columns)])
     conn.commit()
     assert conn.execute("SELECT count(*) FROM state_counts WHERE state = 'CANCELLED'"
                         ).fetchone()[0] == 0
