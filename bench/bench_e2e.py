@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -373,8 +373,11 @@ async def run_session(port: int, window: int, counter: itertools.count[int], res
         await conn.unbind()
 
 
-async def load(port: int, args: argparse.Namespace, res: Results,
+async def load(port: int | Sequence[int], args: argparse.Namespace, res: Results,
                credentials: tuple[str, str] = (ACCOUNT, PASSWORD)) -> None:
+    """args.sessions sessions against `port`; given several ports, session i goes to
+    port i mod their number (several gateway processes, each on its own port)."""
+    ports = [port] if isinstance(port, int) else list(port)
     counter = itertools.count()
     binds = [trio.Event() for _ in range(args.sessions)]
     go = trio.Event()
@@ -397,7 +400,7 @@ async def load(port: int, args: argparse.Namespace, res: Results,
             async with trio.open_nursery() as nursery:
                 for i in range(args.sessions):
                     nursery.start_soon(partial(
-                        run_session, port, args.window, counter, res, binds[i], go,
+                        run_session, ports[i % len(ports)], args.window, counter, res, binds[i], go,
                         args.rate / args.sessions, coalesce=not args.independent,
                         credentials=credentials))
                 for ev in binds:

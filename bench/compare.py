@@ -5,8 +5,10 @@ its own, receipts 50 ms after the submit) and the same load tool (every submit i
 its own; closed loop of N sessions x window W, or an offered rate) measure (a) the simulator
 alone, the ceiling, (b) `smsgw run` with synchronous = "full", (c) Debian's Kannel (bearerbox
 + smsbox; HTTP sendsms upstream, one SMPP transceiver bind to the simulator, dlr-url back to
-an HTTP receiver of the load tool). A benchmark, not a test: 127.0.0.1 only, bounded in
-messages and time; exits 1 if a system lost receipts, 2 if setup failed.
+an HTTP receiver of the load tool). `--nodes N` adds (b') N gateway processes side by side, an
+upper bound of the multi-node design (benchmark only: each node its own store, port, SMSC bind
+and simulator). A benchmark, not a test: 127.0.0.1 only, bounded in messages and time; exits 1
+if a system lost receipts, 2 if setup failed.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from urllib.parse import quote
 
@@ -290,9 +293,10 @@ async def http_load(port: int, args: argparse.Namespace, res: Results) -> None:
 # --------------------------------------------------------------------------- the three systems
 
 
-def smpp_load(port: int, args: argparse.Namespace, credentials: tuple[str, str]
+def smpp_load(port: int | list[int], args: argparse.Namespace, credentials: tuple[str, str]
               ) -> tuple[Results, float]:
-    """The SMPP load against `port`: its results and the load tool's CPU seconds."""
+    """The SMPP load against `port` (sessions spread over several ports in turn): its
+    results and the load tool's CPU seconds."""
     res = Results(total=args.messages)
     cpu0 = time.process_time()
     trio.run(load, port, args, res, credentials)
@@ -333,14 +337,24 @@ def bound_to_simulator(ports: Ports, binds: int) -> Callable[[], bool]:
     return ready
 
 
-def run_ours(args: argparse.Namespace, tmp: Path) -> Figures:
-    """(b) `smsgw run`, synchronous = "full", one process."""
-    ports = Ports()
-    gw_args = argparse.Namespace(
+def gateway_args(args: argparse.Namespace) -> argparse.Namespace:
+    """What bench_e2e.write_configs needs for a gateway with synchronous = "full"."""
+    return argparse.Namespace(
         log_level="warning", synchronous="full", sessions=args.sessions,
         deliver_window=args.deliver_window, smsc_binds=args.smsc_binds,
         smsc_window=args.smsc_window, receipt_delay=args.receipt_delay, independent=True)
-    gw_conf, _ = write_configs(tmp, ports, gw_args)
+
+
+def gateway_ready(ports: Ports, binds: int) -> Callable[[], bool]:
+    """The gateway on `ports` listens and has its binds up at the simulator."""
+    bound = bound_to_simulator(ports, binds)
+    return lambda: tcp_open(ports.gateway) and bound()
+
+
+def run_ours(args: argparse.Namespace, tmp: Path) -> Figures:
+    """(b) `smsgw run`, synchronous = "full", one process."""
+    ports = Ports()
+    gw_conf, _ = write_configs(tmp, ports, gateway_args(args))
     gw_log = tmp / "gateway.log"
 
     def body(_sim: subprocess.Popen[bytes]) -> Figures:
@@ -370,6 +384,55 @@ def run_ours(args: argparse.Namespace, tmp: Path) -> Figures:
             stop(gw)
 
     return with_simulator("smsgw", args, tmp, ports, body)
+
+
+def run_nodes(args: argparse.Namespace, tmp: Path) -> Figures:
+    """(b') The upper bound of several gateway processes on one host, WITHOUT the multi-node
+    design (benchmark only): `args.nodes` independent `smsgw run`, each with its own SQLite
+    file (a shard), its own listener port, its own SMSC bind(s) and its own simulator (the
+    simulator hands receipts round-robin to any bound receiver, so one simulator shared by
+    the nodes would deliver half the receipts to the node that does not hold the message).
+    The load tool spreads its sessions over the nodes' ports in turn; CPU is the nodes' sum.
+    Real nodes would share one store and need leases and cross-node receipts (RESULTS.md)."""
+    gateways: list[subprocess.Popen[bytes]] = []
+    simulators: list[subprocess.Popen[bytes]] = []
+    logs = []
+    try:
+        ports_of: list[Ports] = []
+        for i in range(1, args.nodes + 1):
+            node_dir = tmp / f"node{i}"
+            node_dir.mkdir()
+            ports = Ports()
+            ports_of.append(ports)
+            gw_conf, sim_conf = write_configs(node_dir, ports, gateway_args(args))
+            sim_log, gw_log = node_dir / "simulator.log", node_dir / "gateway.log"
+            slog, glog = sim_log.open("wb"), gw_log.open("wb")
+            logs += [slog, glog]
+            sim = start([*smsgw_command(), "simulate-smsc", "--config", str(sim_conf)], slog)
+            simulators.append(sim)
+            wait_ready(f"simulator {i}", sim, sim_log, partial(sim_stats, ports.sim_control),
+                       20)
+            gw = start([*smsgw_command(), "run", "--config", str(gw_conf)], glog)
+            gateways.append(gw)
+            wait_ready(f"gateway {i}", gw, gw_log, gateway_ready(ports, args.smsc_binds), 30)
+        pids = [gw.pid for gw in gateways]
+        cpu = CpuMeter(pids)
+        peers = CpuMeter([sim.pid for sim in simulators])
+        res, loadgen = smpp_load([p.gateway for p in ports_of], args, ("bench", "benchpw"))
+        used = cpu.used()
+        for i, gw in enumerate(gateways, 1):
+            if gw.poll() is not None:
+                raise SetupError(f"gateway {i} exited ({gw.returncode}):\n"
+                                 f"{tail(tmp / f'node{i}' / 'gateway.log')}")
+        out = figures(f"smsgw x{args.nodes}", res, used, peak_rss_mb(pids), loadgen)
+        out.threads = cpu.by_thread()
+        out.threads[f"(not counted above: the {args.nodes} simulators)"] = peers.used()
+        return out
+    finally:
+        for proc in [*gateways, *simulators]:
+            stop(proc)
+        for log in logs:
+            log.close()
 
 
 def kannel_config(tmp: Path, ports: Ports, box: dict[str, int], args: argparse.Namespace) -> Path:
@@ -519,7 +582,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--receipt-delay", type=float, default=0.05, help="simulator, seconds")
     p.add_argument("--duration-cap", type=float, default=60.0, help="per system, seconds")
     p.add_argument("--systems", default="ceiling,smsgw,kannel",
-                   help="comma-separated subset of ceiling,smsgw,kannel")
+                   help="comma-separated subset of ceiling,smsgw,nodes,kannel")
+    p.add_argument("--nodes", type=int, default=1,
+                   help="N > 1 adds system 'nodes' after smsgw: N gateway processes, each with "
+                        "its own store, port, SMSC bind and simulator (a benchmark-only upper "
+                        "bound of the multi-node design; sessions spread over the ports)")
     p.add_argument("--profile", type=Path, default=None,
                    help="record the gateway with py-spy --gil into this speedscope file")
     p.add_argument("--no-install", action="store_true",
@@ -535,7 +602,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    unknown = set(systems) - {"ceiling", "smsgw", "kannel"}
+    if args.nodes > 1 and "nodes" not in systems:
+        systems.insert(systems.index("smsgw") + 1 if "smsgw" in systems else len(systems),
+                       "nodes")
+    if "nodes" in systems and args.nodes < 2:
+        args.nodes = 2
+    unknown = set(systems) - {"ceiling", "smsgw", "nodes", "kannel"}
     if unknown:
         print(f"--systems: unknown {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
@@ -553,6 +625,7 @@ def main(argv: list[str] | None = None) -> int:
         runners: dict[str, Callable[[], Figures]] = {
             "ceiling": lambda: run_ceiling(args, tmp),
             "smsgw": lambda: run_ours(args, tmp),
+            "nodes": lambda: run_nodes(args, tmp),
             "kannel": lambda: run_kannel(args, tmp, binaries),
         }
         for name in systems:
@@ -572,18 +645,23 @@ def main(argv: list[str] | None = None) -> int:
              f"{args.window} ({mode}), simulator peer = independent, receipt after "
              f"{args.receipt_delay * MS:.0f} ms, SMSC window {args.smsc_window}; machine: "
              f"{machine()}")
-    ratio = ratios(results["smsgw"], results["kannel"]) \
-        if "smsgw" in results and "kannel" in results else {}
+    pairs = {"ratios": ("smsgw", "kannel"), "ratios_nodes": ("nodes", "kannel"),
+             "ratios_nodes_to_one": ("nodes", "smsgw")}
+    found = {key: ratios(results[a], results[b]) for key, (a, b) in pairs.items()
+             if a in results and b in results}
     if args.json:
-        print(json.dumps({"setup": setup, "notes": notes, "ratios": ratio,
+        print(json.dumps({"setup": setup, "notes": notes, **found,
                           "systems": {k: asdict(v) for k, v in results.items()}}))
     else:
         print(f"setup: {setup}")
         for note in notes:
             print(note)
-        if ratio:
-            print(f"ratios ours/Kannel: throughput {ratio['throughput']:.2f}x, CPU per message "
-                  f"{ratio['cpu_per_msg']:.2f}x  (targets: >= 1.5x, <= 0.6x)")
+        names = {"ratios": "ours/Kannel", "ratios_nodes": f"{args.nodes} nodes/Kannel",
+                 "ratios_nodes_to_one": f"{args.nodes} nodes/one process"}
+        for key, ratio in found.items():
+            print(f"ratios {names[key]}: throughput {ratio['throughput']:.2f}x, CPU per message "
+                  f"{ratio['cpu_per_msg']:.2f}x"
+                  + ("  (targets: >= 1.5x, <= 0.6x)" if key != "ratios_nodes_to_one" else ""))
     lost = any(f.missing or f.timed_out for f in results.values())
     return 1 if lost else 0
 
