@@ -21,6 +21,7 @@ from gateway import metrics
 from gateway.acks import ReportAcks
 from gateway.clock import WallClock
 from gateway.model import Event, Report, ReportKind
+from gateway.paging import Paging
 from gateway.store import Store, StoreError
 from smpp.connection import Connection, ConnectionClosed, ResponseTimeout, Turns, WindowFull
 from smpp.constants import Tag
@@ -67,14 +68,7 @@ def deliver_pdu(report: Report) -> DeliverSm:
 
 
 class _Account:
-    """One account's reports: those in memory, and where the store's pages stand.
-
-    Paging: reports are committed in id order. While `backlog` is set, every report taken
-    into memory so far has an id <= `cursor`, and add() leaves new reports with a higher id
-    in the store; a page read takes `id > cursor`, so it never brings in a report twice.
-    A report handed to add() with an id <= cursor (committed before one already taken in,
-    handed over after it) is taken in at once: no page would bring it.
-    """
+    """One account's reports: those in memory, and where the store's pages stand."""
 
     def __init__(self, label: str, expiry: float) -> None:
         self.label = label  # its metric label
@@ -88,10 +82,7 @@ class _Account:
         self.wake = trio.Event()
         self.turns = Turns()  # which bind sends next
         self.count = 0  # stored and not yet delivered or expired (the gauge)
-        self.backlog = False  # some of its reports may be in the store only
-        self.cursor = 0  # every stored report with an id <= cursor is, or was, in memory
-        self.kept_max = 0  # highest id taken into memory
-        self.left_max = 0  # highest id add() left in the store
+        self.paging = Paging()
 
     def kick(self) -> None:
         self.wake.set()
@@ -106,7 +97,7 @@ class _Account:
         assert report.id is not None
         self.pending[report.id] = report
         self.ready.append(report.id)
-        self.kept_max = max(self.kept_max, report.id)
+        self.paging.kept(report.id)
         self.next_expiry = min(self.next_expiry, report.created_at + self.expiry)
         self.wake.set()
 
@@ -155,16 +146,8 @@ class Reporter:
             self._count(acc, 1)
         if report.id in acc.pending:
             return
-        if not acc.backlog:
-            if len(acc.pending) < self.memory:
-                acc.keep(report)
-                return
-            acc.backlog = True  # memory full: from now on new reports wait in the store
-            acc.cursor = max(acc.cursor, acc.kept_max)
-        if report.id <= acc.cursor:
-            acc.keep(report)  # committed before one already taken in: no page brings it
-        else:
-            acc.left_max = max(acc.left_max, report.id)
+        if acc.paging.admits(report.id, len(acc.pending), self.memory):
+            acc.keep(report)
 
     def add_many(self, reports: Iterable[Report]) -> None:
         for report in reports:
@@ -210,7 +193,7 @@ class Reporter:
             self._nursery = nursery
             for name, n in counts.items():
                 acc = self._account(name)
-                acc.backlog = True  # all of them are in the store only, for now
+                acc.paging.backlog = True  # all of them are in the store only, for now
                 self._count(acc, n)
             nursery.start_soon(self._acks.run)
             task_status.started()
@@ -225,7 +208,7 @@ class Reporter:
                 self._sweep(name, acc)
                 last_sweep = now
             page_again = math.inf
-            while acc.backlog and len(acc.pending) <= self.memory // 2:
+            while acc.paging.backlog and len(acc.pending) <= self.memory // 2:
                 if not await self._page_in(name, acc):
                     page_again = now + RETRY_DELAY  # the read failed or found nothing
                     break
@@ -254,19 +237,18 @@ class Reporter:
         found nothing."""
         room = self.memory - len(acc.pending)
         try:
-            reports = await self.store.pending_reports(name, room, after=acc.cursor)
+            reports = await self.store.pending_reports(name, room, after=acc.paging.cursor)
         except StoreError:
             return False  # the store counts and logs it; tried again later
         wall = self.clock.now()
         for report in reports:
             assert report.id is not None
-            acc.cursor = max(acc.cursor, report.id)
+            acc.paging.read(report.id)
             if report.created_at + self.expiry <= wall:
                 self._expire(name, acc, report)
             else:
                 acc.keep(report)
-        if len(reports) < room and acc.left_max <= acc.cursor:
-            acc.backlog = False  # everything stored is in memory, or handled
+        acc.paging.page_done(len(reports), room)
         return bool(reports)
 
     def _sweep(self, name: str, acc: _Account) -> None:

@@ -29,6 +29,7 @@ from gateway.acks import ReportAcks
 from gateway.clock import WallClock
 from gateway.config import AccountConfig
 from gateway.model import Event, Report, ReportKind, new_message_id
+from gateway.paging import Paging
 from gateway.store import Store, StoreError
 from smpp.text import decode_text
 
@@ -145,8 +146,7 @@ def endpoints(accounts: Iterable[AccountConfig]) -> dict[str, Endpoint]:
 
 
 class _Outbox:
-    """One account's events in memory, and where the store's pages stand (the paging rules
-    are the reporter's: see gateway.reporter._Account)."""
+    """One account's events in memory, and where the store's pages stand."""
 
     def __init__(self, name: str, label: str, endpoint: Endpoint) -> None:
         self.name = name
@@ -159,10 +159,7 @@ class _Outbox:
         self.in_flight = 0
         self.wake = trio.Event()
         self.count = 0  # stored and not yet done (the gauge)
-        self.backlog = False
-        self.cursor = 0
-        self.kept_max = 0
-        self.left_max = 0
+        self.paging = Paging()
 
 
 class Webhooks:
@@ -224,16 +221,8 @@ class Webhooks:
             self._count(acc, 1)
         if report.id in acc.pending:
             return
-        if not acc.backlog:
-            if len(acc.pending) < self.memory:
-                self._keep(acc, report)
-                return
-            acc.backlog = True
-            acc.cursor = max(acc.cursor, acc.kept_max)
-        if report.id <= acc.cursor:
+        if acc.paging.admits(report.id, len(acc.pending), self.memory):
             self._keep(acc, report)
-        else:
-            acc.left_max = max(acc.left_max, report.id)
 
     def add_many(self, reports: Iterable[Report]) -> None:
         for report in reports:
@@ -266,7 +255,7 @@ class Webhooks:
     def _keep(self, acc: _Outbox, report: Report) -> None:
         assert report.id is not None
         acc.pending[report.id] = report
-        acc.kept_max = max(acc.kept_max, report.id)
+        acc.paging.kept(report.id)
         chain = acc.chains.setdefault(report.message_id, deque())
         chain.append(report.id)
         if len(chain) == 1:  # the message's first event in memory: due now
@@ -287,7 +276,7 @@ class Webhooks:
             self._nursery = nursery
             for name, n in counts.items():
                 acc = self._outbox(name)
-                acc.backlog = True  # all of them are in the store only, for now
+                acc.paging.backlog = True  # all of them are in the store only, for now
                 self._count(acc, n)
             nursery.start_soon(self._acks.run)
             task_status.started()
@@ -312,7 +301,7 @@ class Webhooks:
         while True:
             acc.wake = trio.Event()
             page_again = math.inf
-            while acc.backlog and len(acc.pending) <= self.memory // 2:
+            while acc.paging.backlog and len(acc.pending) <= self.memory // 2:
                 if not await self._page_in(acc):
                     page_again = trio.current_time() + PAGE_RETRY
                     break
@@ -339,20 +328,19 @@ class Webhooks:
     async def _page_in(self, acc: _Outbox) -> bool:
         room = self.memory - len(acc.pending)
         try:
-            reports = await self.store.pending_reports(acc.name, room, after=acc.cursor,
+            reports = await self.store.pending_reports(acc.name, room, after=acc.paging.cursor,
                                                        via="http")
         except StoreError:
             return False  # the store counts and logs it; tried again later
         wall = self.clock.now()
         for report in reports:
             assert report.id is not None
-            acc.cursor = max(acc.cursor, report.id)
+            acc.paging.read(report.id)
             if report.created_at + self.expiry <= wall:
                 self._finish(acc, report, "expired")
             else:
                 self._keep(acc, report)
-        if len(reports) < room and acc.left_max <= acc.cursor:
-            acc.backlog = False
+        acc.paging.page_done(len(reports), room)
         return bool(reports)
 
     # -- one POST -------------------------------------------------------------------------------
