@@ -326,13 +326,19 @@ def cmd_erase(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> in
 # --------------------------------------------------------------------------- arguments
 
 
-def add_commands(sub: Any, default_config: str) -> None:
-    """Add the admin subcommands to the `smsgw` parser's subparsers."""
+def common_arguments(default_config: str) -> argparse.ArgumentParser:
+    """The options of every command that talks to the daemon's admin socket (a parent)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", "-c", default=default_config,
                         help="the daemon's configuration (to find its admin socket)")
     common.add_argument("--socket", help="the admin socket, instead of reading --config")
     common.add_argument("--json", action="store_true", help="JSON output, for scripts")
+    return common
+
+
+def add_commands(sub: Any, default_config: str) -> None:
+    """Add the admin subcommands to the `smsgw` parser's subparsers."""
+    common = common_arguments(default_config)
 
     def command(parent: Any, name: str, run: Callable[..., int], help_: str
                 ) -> argparse.ArgumentParser:

@@ -13,7 +13,14 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
-from gateway.admin_cli import AdminClient, CommandFailed, _print_json, _runner, table
+from gateway.admin_cli import (
+    AdminClient,
+    CommandFailed,
+    _print_json,
+    _runner,
+    common_arguments,
+    table,
+)
 
 BATCH = 5000  # numbers per request to the daemon (it takes at most 10,000)
 CSV_FIELDS = ("msisdn", "opted_out_at", "source")
@@ -119,11 +126,7 @@ def cmd_export(client: AdminClient, args: argparse.Namespace, out: IO[str]) -> i
 
 def add_optout_commands(sub: Any, default_config: str) -> None:
     """Add `smsgw optout ...` to the `smsgw` parser's subparsers."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", "-c", default=default_config,
-                        help="the daemon's configuration (to find its admin socket)")
-    common.add_argument("--socket", help="the admin socket, instead of reading --config")
-    common.add_argument("--json", action="store_true", help="JSON output, for scripts")
+    common = common_arguments(default_config)
     common.add_argument("--account", required=True, help="the account (its system_id)")
     optout = sub.add_parser("optout", help="an account's opt-out list (numbers that replied "
                                            "STOP)")
