@@ -7,6 +7,7 @@ trigger fires, the daemon drains (gateway.lifecycle) and the services are cancel
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import signal
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 import structlog
 import trio
 
-from gateway import lifecycle, metrics, sdnotify
+from gateway import lifecycle, metrics, reload, sdnotify
 from gateway.clock import WallClock
 from gateway.config import GatewayConfig
 from gateway.dispatcher import Dispatcher
@@ -25,10 +26,10 @@ from gateway.inbound import Inbound
 from gateway.model import Report
 from gateway.reporter import Reporter
 from gateway.screening import Screening
-from gateway.server import UPSTREAM_BIND_MODES, SmppServer, account_states
+from gateway.server import UPSTREAM_BIND_MODES, SmppServer, _AccountState, account_states
 from gateway.store import Store, StoreError
 from gateway.webhooks import Webhooks, endpoints, mo_by_webhook
-from routing.core import PrefixRoute, PrefixRouter
+from routing.core import PrefixRoute, PrefixRouter, Router
 from routing.smsc import SmscConnector
 
 log = structlog.get_logger("gateway.daemon")
@@ -50,6 +51,13 @@ class Running:
     simulator: object | None = None
     http_port: int | None = None  # the HTTP listener (API and /metrics), when enabled
     screening: Screening | None = None  # the rules, and the opt-out lists
+    clock: WallClock = field(default_factory=WallClock)
+    inbound: Inbound | None = None  # MO and receipts from operators
+    http_api: HttpApi | None = None
+    # The accounts' live states (binds, rate buckets), shared by every listener and the HTTP
+    # API; a reload changes it in place.
+    account_states: dict[str, _AccountState] = field(default_factory=dict)
+    nursery: trio.Nursery | None = None  # the root nursery, once started
     # Set when the graceful drain begins: a front end (e.g. an HTTP server's shutdown_trigger)
     # stops taking requests on it.
     stopping: trio.Event = field(default_factory=trio.Event)
@@ -61,28 +69,42 @@ class Running:
         return port
 
 
-async def wait_for_signal(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+async def wait_for_signal(reloads: trio.MemorySendChannel[None] | None = None, *,
+                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                           ) -> None:
-    """Default shutdown trigger: SIGTERM or SIGINT. SIGHUP is logged (reload: not yet).
-    started() once the handlers are installed: a SIGTERM from then on is a graceful stop."""
+    """Default shutdown trigger: returns on SIGTERM or SIGINT. SIGHUP asks `reloads` for a
+    configuration reload (gateway.reload; logged and ignored without one). started() once
+    the handlers are installed: a SIGTERM from then on is a graceful stop."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         task_status.started()
         async for signum in signals:
             if signum == signal.SIGHUP:
-                log.warning("daemon.reload_unsupported",
-                            detail="SIGHUP ignored: configuration reload is not implemented yet")
+                log.info("daemon.signal", signal="SIGHUP", action="reload")
+                if reloads is not None:
+                    # one already queued reads the file later: this one adds nothing
+                    with contextlib.suppress(trio.WouldBlock):
+                        reloads.send_nowait(None)
                 continue
             log.info("daemon.signal", signal=signal.Signals(signum).name)
             return
 
 
-async def _on_signal(fired: trio.Event, *,
+async def _on_signal(fired: trio.Event, reloads: trio.MemorySendChannel[None], *,
                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """The default trigger as a service: started() once the signal handlers are installed
     (before READY=1, so that a SIGTERM right after READY=1 is a graceful stop, not the
-    default action that kills the process), `fired` set on SIGTERM or SIGINT."""
-    await wait_for_signal(task_status=task_status)
+    default action that kills the process), `fired` set on SIGTERM or SIGINT; SIGHUP
+    requests a reload."""
+    await wait_for_signal(reloads, task_status=task_status)
     fired.set()
+
+
+def build_router(config: GatewayConfig) -> Router:
+    """The routing core the config describes (also called by a reload: it may raise
+    ConfigError, before anything is changed)."""
+    return PrefixRouter([PrefixRoute(r.name, r.prefixes, r.smscs,
+                                     number_types=frozenset(r.number_types))
+                         for r in config.routes])
 
 
 async def _housekeeping(running: Running, clock: WallClock) -> None:
@@ -142,10 +164,8 @@ async def run(
                 reporter.add(report)
 
         connectors: dict[str, SmscConnector] = {}
-        router = PrefixRouter([PrefixRoute(r.name, r.prefixes, r.smscs,
-                                         number_types=frozenset(r.number_types))
-                              for r in config.routes])
-        dispatcher = Dispatcher(store, router, connectors, config.retry, clock, owed)
+        dispatcher = Dispatcher(store, build_router(config), connectors, config.retry, clock,
+                                owed)
         mo_owners = {addr: acc.system_id for acc in config.accounts.values()
                      for addr in acc.mo_addresses}
         screening = Screening(config.rules)
@@ -158,9 +178,12 @@ async def run(
         for smsc in config.smscs.values():
             connectors[smsc.name] = SmscConnector(smsc, inbound.on_deliver)
         _export_gauges(config, connectors)
+        states = account_states(config.accounts)  # one per account, for every listener
         running = Running(config, store, dispatcher, reporter, connectors=connectors,
-                          webhooks=webhooks, screening=screening)
+                          webhooks=webhooks, screening=screening, clock=clock, inbound=inbound,
+                          account_states=states)
         async with trio.open_nursery() as nursery:
+            running.nursery = nursery
             if config.simulator is not None:
                 from gateway.simulator import SmscSimulator
 
@@ -172,7 +195,6 @@ async def run(
             await nursery.start(dispatcher.run)
             for connector in connectors.values():
                 await nursery.start(connector.run)
-            states = account_states(config.accounts)  # one per account, for every listener
             for listener in config.listeners:
                 server = SmppServer(listener, config.accounts, store, dispatcher, reporter, clock,
                                     validity=config.validity, node=config.node, states=states,
@@ -182,6 +204,7 @@ async def run(
             if config.http.enabled:
                 api = HttpApi(config, store, dispatcher, clock, states, running.stopping,
                               screening)
+                running.http_api = api
                 running.http_port = await nursery.start(serve_http, api.app, config.http.host,
                                                         config.http.port)
             if config.admin.enabled:
@@ -196,7 +219,9 @@ async def run(
             trigger = shutdown_trigger
             if trigger is None:
                 fired = trio.Event()
-                await nursery.start(_on_signal, fired)
+                reloads, requests = trio.open_memory_channel[None](1)
+                await nursery.start(reload.serve_reloads, running, requests)
+                await nursery.start(_on_signal, fired, reloads)
                 trigger = fired.wait
             lifecycle.ready(running)
             log.info("daemon.ready", node=config.node,

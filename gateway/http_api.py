@@ -131,6 +131,12 @@ class HttpApi:
         )
 
     # -- errors -------------------------------------------------------------------------------
+    def configure(self, config: GatewayConfig) -> None:
+        """A reload changed the accounts (tokens, validity, limits) or the rules; the [http]
+        section itself is kept until a restart (the reload keeps the running one)."""
+        self.config = config
+        self.tokens = TokenIndex({name: acc.http_tokens for name, acc in config.accounts.items()})
+
     async def _problem(self, _request: Request, exc: Exception) -> Response:
         assert isinstance(exc, Problem)
         return exc.response()

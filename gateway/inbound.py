@@ -97,6 +97,14 @@ class Inbound:
         self.on_report = on_report
         self.mo_by_webhook = frozenset(mo_by_webhook)  # accounts taking their MO by webhook
 
+    def configure(self, mo_owners: Mapping[str, str], mo_by_webhook: Collection[str],
+                  validity: float) -> None:
+        """A reload changed the accounts: who owns which MO number, who takes MO by webhook,
+        and the validity of STOP confirmations. MO already stored keep their owner."""
+        self.mo_owners = {normalise_digits(k): v for k, v in mo_owners.items()}
+        self.mo_by_webhook = frozenset(mo_by_webhook)
+        self.validity = validity
+
     async def on_deliver(self, connector: SmscConnector, pdus: list[Pdu], answer: Answer) -> None:
         """Handle deliver_sm/data_sm read together from an operator. Each is answered as soon
         as what it carries is committed: OK, or ESME_RX_T_APPN (a temporary error: the

@@ -51,6 +51,13 @@ HTTP_AUTH_FAILURES = Counter("smsgw_http_auth_failures_total",
 BIND_VERIFICATIONS = Counter("smsgw_bind_verifications_total",
                              "Bind password checks: scrypt run, or answered from the cache",
                              ["how"])
+CONFIG_RELOADS = Counter("smsgw_config_reloads_total",
+                         "Configuration reloads (SIGHUP): applied, or refused (the running "
+                         "configuration kept)", ["outcome"])
+CONFIG_RELOAD_OK = Gauge("smsgw_config_last_reload_successful",
+                         "1 if the last configuration reload was applied (or none was asked), "
+                         "0 if it was refused")
+CONFIG_RELOAD_OK.set(1)
 SMSC_BINDS = Gauge("smsgw_smsc_binds", "Bound operator sessions", ["smsc"])
 CONNECTIONS_REFUSED = Counter("smsgw_connections_refused_total",
                               "Upstream connections closed at accept: over a limit",

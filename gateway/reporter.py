@@ -131,6 +131,11 @@ class Reporter:
                 self._nursery.start_soon(self._serve_account, name, acc)
         return acc
 
+    def configure(self, accounts: Collection[str]) -> None:
+        """A reload changed the accounts: their names label the metrics of reports seen from
+        now on (reports of a removed account are still delivered if it binds, until expiry)."""
+        self._configured = frozenset(accounts)
+
     def _count(self, acc: _Account, delta: int) -> None:
         acc.count += delta
         total = self._label_counts[acc.label] = self._label_counts.get(acc.label, 0) + delta

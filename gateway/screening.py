@@ -105,11 +105,40 @@ class Screening:
     def __init__(self, config: RulesConfig) -> None:
         self.pipelines: Pipelines = build_pipelines(config)
         self.optouts = OptOutList()  # loaded from the store by the daemon
+        self._next: Screening | None = None  # a reload's new rules, until apply()
         duplicates = [rule for pipeline in self.pipelines.all() for _, rule in pipeline.rules
                       if isinstance(rule, DuplicateRule)]
         # None when no account runs the duplicates rule (nothing kept, nothing loaded)
         self.sent = SentIndex(max(r.window for r in duplicates),
                               max(r.max_entries for r in duplicates)) if duplicates else None
+
+    def reconfigure(self, config: RulesConfig) -> SentIndex | None:
+        """Prepare a reload of the rules: the new pipelines are built now (a plug-in rule that
+        fails to load raises ConfigError here, nothing changed). Returns the new duplicates
+        index to fill from the store before ``apply``, or None when the running one (or
+        none) serves: ``apply`` then swaps the pipelines in."""
+        new = Screening(config)
+        self._next = new
+        if new.sent is None or (self.sent is not None and (self.sent.window, self.sent.max_entries)
+                                == (new.sent.window, new.sent.max_entries)):
+            return None
+        return new.sent
+
+    def apply(self) -> None:
+        """Swap in what ``reconfigure`` prepared. The messages being stored keep their place
+        in the duplicates index (they are settled against the new one)."""
+        new = self._next
+        if new is None:
+            return
+        self._next = None
+        self.pipelines = new.pipelines
+        if new.sent is None:
+            self.sent = None
+        elif self.sent is None or (self.sent.window, self.sent.max_entries) \
+                != (new.sent.window, new.sent.max_entries):
+            if self.sent is not None:
+                new.sent.pending.update(self.sent.pending)
+            self.sent = new.sent
 
     def load_sent(self, rows: Iterable[tuple[bytes, float, str]]) -> None:
         """The fingerprints of the messages stored within the duplicates window (the store's

@@ -143,8 +143,11 @@ def account_states(accounts: Mapping[str, AccountConfig]) -> dict[str, _AccountS
     """The live state of each account (rate bucket, binds, messages being admitted): make it
     once and give it to every listener, so that an account's throughput, max_binds and
     max_unfinished are the account's, not each listener's."""
-    return {name: _AccountState(cfg, TokenBucket(cfg.throughput))
-            for name, cfg in accounts.items()}
+    return {name: account_state(cfg) for name, cfg in accounts.items()}
+
+
+def account_state(config: AccountConfig) -> _AccountState:
+    return _AccountState(config, TokenBucket(config.throughput))
 
 
 class SmppServer:
@@ -386,8 +389,9 @@ class SmppServer:
         account = conn.extra.get("account")
         if account is None:
             return
-        state = self.accounts[account]
-        state.binds.discard(conn)
+        state = self.accounts.get(account)  # None: a reload removed the account
+        if state is not None:
+            state.binds.discard(conn)
         self.reporter.bind_removed(account, conn)
         metrics.UPSTREAM_BINDS.labels(account, conn.extra["mode"]).dec()
         log.info("upstream.unbound", account=account, conn=conn.name)

@@ -197,6 +197,14 @@ class Webhooks:
                 self._nursery.start_soon(self._serve, acc)
         return acc
 
+    def configure(self, endpoints: Mapping[str, Endpoint]) -> None:
+        """A reload changed the accounts' webhooks: events not yet POSTed go to the new
+        endpoint (URL, secret, timeout); an account without one keeps its events stored
+        until they expire or a webhook is configured again."""
+        self.endpoints = dict(endpoints)
+        for name, acc in self._outboxes.items():
+            acc.endpoint = self.endpoints.get(name) or Endpoint()
+
     def _count(self, acc: _Outbox, delta: int) -> None:
         acc.count += delta
         total = self._label_counts[acc.label] = self._label_counts.get(acc.label, 0) + delta

@@ -1,0 +1,179 @@
+"""Configuration reload (SIGHUP, `systemctl reload`): read the config file again and apply,
+while running, what can change without a restart: accounts, routes, rules, retry and validity.
+A config that does not load, or that cannot be applied, is refused with a logged error and the
+running one is kept whole: nothing is applied until everything new has been built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import time
+from typing import TYPE_CHECKING
+
+import structlog
+import trio
+
+from gateway import metrics, sdnotify
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.server import UPSTREAM_BIND_MODES, TokenBucket, account_state
+from gateway.webhooks import endpoints, mo_by_webhook
+
+if TYPE_CHECKING:
+    from gateway.daemon import Running
+    from routing.core import Router
+    from smpp.connection import Connection
+
+log = structlog.get_logger("gateway.reload")
+
+# Sections that are read at start only: a reload keeps the running ones and says so.
+RESTART_ONLY = ("node", "log_level", "listeners", "store", "http", "admin", "simulator",
+                "smscs")
+UNBIND_TIMEOUT = 2.0  # seconds an upstream session of a removed account has to unbind
+
+
+class Outcome(enum.StrEnum):
+    APPLIED = "applied"
+    REFUSED = "refused"
+
+
+def _notify_reloading() -> None:
+    usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    sdnotify.notify(f"RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=reloading the configuration")
+
+
+def _refused(source: object, detail: str) -> Outcome:
+    log.error("config.reload_refused", file=str(source), detail=detail,
+              action="the running configuration is kept")
+    metrics.child(metrics.CONFIG_RELOADS, Outcome.REFUSED.value).inc()
+    metrics.CONFIG_RELOAD_OK.set(0)
+    return Outcome.REFUSED
+
+
+def effective(running: GatewayConfig, new: GatewayConfig) -> GatewayConfig:
+    """The configuration a reload applies: the new file, with the restart-only sections kept
+    as they run (each difference is logged as needing a restart)."""
+    kept = {name: getattr(running, name) for name in RESTART_ONLY}
+    for name, value in kept.items():
+        if getattr(new, name) != value:
+            log.warning("config.reload_needs_restart", section=name,
+                        detail=f"the change to {name!r} takes effect at the next restart")
+    return dataclasses.replace(new, **kept)
+
+
+def _check(config: GatewayConfig) -> str | None:
+    """What makes the effective config unusable (routes naming an SMSC that is not running),
+    or None."""
+    for route in config.routes:
+        missing = [name for name in route.smscs if name not in config.smscs]
+        if missing:
+            return (f"route {route.name!r} names SMSC {', '.join(map(repr, missing))}, which "
+                    "is not running: adding an SMSC connection needs a restart")
+    return None
+
+
+async def reload(running: Running) -> Outcome:
+    """Reload `running.config.source` and apply it; see the module docstring."""
+    from gateway.daemon import build_router  # the daemon imports this module
+
+    old = running.config
+    source = old.source
+    _notify_reloading()
+    log.info("config.reloading", file=str(source))
+    try:
+        try:
+            new = effective(old, await trio.to_thread.run_sync(load_config, source))
+            problem = _check(new)
+            if problem is not None:
+                return _refused(source, problem)
+            # Build everything that can fail before changing anything.
+            router = build_router(new)
+            screening = running.screening
+            index = screening.reconfigure(new.rules) if screening is not None else None
+        except (ConfigError, OSError) as exc:
+            return _refused(source, str(exc))
+        if index is not None:
+            assert screening is not None
+            for key, at, message_id in await running.store.fingerprints(
+                    running.clock.now() - index.window):
+                index.add(key, at, message_id)
+        _apply(running, new, router)
+        if screening is not None:
+            screening.apply()
+        metrics.child(metrics.CONFIG_RELOADS, Outcome.APPLIED.value).inc()
+        metrics.CONFIG_RELOAD_OK.set(1)
+        log.info("config.reloaded", file=str(source), accounts=len(new.accounts),
+                 routes=len(new.routes))
+        return Outcome.APPLIED
+    finally:
+        sdnotify.notify("READY=1")
+
+
+def _apply(running: Running, new: GatewayConfig, router: Router) -> None:
+    """Swap the new config in; nothing here fails on a config that passed `_check`."""
+    _apply_accounts(running, new)
+    running.dispatcher.router = router
+    running.dispatcher.retry = new.retry
+    for server in running.servers:
+        server.validity = new.validity
+    running.reporter.configure(new.accounts)
+    if running.webhooks is not None:
+        running.webhooks.configure(endpoints(new.accounts.values()))
+    mo_owners = {addr: acc.system_id for acc in new.accounts.values()
+                 for addr in acc.mo_addresses}
+    assert running.inbound is not None
+    running.inbound.configure(mo_owners, mo_by_webhook(new.accounts.values()), new.validity)
+    if running.http_api is not None:
+        running.http_api.configure(new)
+    running.config = new
+
+
+def _apply_accounts(running: Running, new: GatewayConfig) -> None:
+    """Accounts added can bind at once; changed ones take their new limits at once, and their
+    sessions are closed if their credentials changed (they bind again with the new ones); the
+    sessions of removed accounts are unbound. Unchanged accounts' sessions are not touched."""
+    states = running.account_states
+    for name, cfg in new.accounts.items():
+        state = states.get(name)
+        if state is None:
+            states[name] = account_state(cfg)
+            for mode in UPSTREAM_BIND_MODES.values():
+                metrics.UPSTREAM_BINDS.labels(name, mode)
+            log.info("config.account_added", account=name)
+            continue
+        if state.config == cfg:
+            continue
+        if cfg.throughput != state.config.throughput:
+            state.bucket = TokenBucket(cfg.throughput)
+        if cfg.password_hash != state.config.password_hash:
+            _unbind(running, name, state.binds, "its password changed")
+        state.config = cfg
+        log.info("config.account_changed", account=name)
+    for name in [n for n in states if n not in new.accounts]:
+        state = states.pop(name)
+        _unbind(running, name, state.binds, "it was removed from the configuration")
+        log.info("config.account_removed", account=name)
+
+
+def _unbind(running: Running, account: str, binds: set[Connection], why: str) -> None:
+    if not binds:
+        return
+    log.warning("config.account_sessions_closed", account=account, sessions=len(binds),
+                detail=f"the account's sessions are unbound: {why}")
+    assert running.nursery is not None
+    for conn in list(binds):
+        running.nursery.start_soon(conn.unbind, UNBIND_TIMEOUT)
+
+
+async def serve_reloads(running: Running, requests: trio.MemoryReceiveChannel[None], *,
+                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run one reload per request, one at a time; requests that arrive during a reload are
+    coalesced into one more (the file is read after the last of them)."""
+    task_status.started()
+    async for _ in requests:
+        while True:
+            try:
+                requests.receive_nowait()
+            except trio.WouldBlock:
+                break
+        await reload(running)
