@@ -1627,8 +1627,12 @@ def check(path: str | Path) -> GatewayConfig:
     """Everything ``smsgw check-config`` verifies: load_config (types, ranges, references
     between groups) plus what depends on the machine or is a likely mistake rather than a
     contradiction: the store's directory is writable or can be created; an [[smsc]] pointing
-    at the in-process [simulator] uses the simulator's credentials."""
+    at the in-process [simulator] uses the simulator's credentials; plug-in routers accept
+    their options."""
     config = load_config(path)
+    from gateway.routing_setup import build_routing
+
+    build_routing(config)  # plug-in routers made with their options
     file = str(path)
     problems: list[str] = []
     directory = config.store.path.parent

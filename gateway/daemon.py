@@ -24,11 +24,11 @@ from gateway.http_api import HttpApi, serve_http
 from gateway.inbound import Inbound
 from gateway.model import Report
 from gateway.reporter import Reporter
+from gateway.routing_setup import Routing, build_routing
 from gateway.screening import Screening
 from gateway.server import UPSTREAM_BIND_MODES, SmppServer, account_states
 from gateway.store import Store, StoreError
 from gateway.webhooks import Webhooks, endpoints, mo_by_webhook
-from routing.core import PrefixRoute, PrefixRouter
 from routing.smsc import SmscConnector
 
 log = structlog.get_logger("gateway.daemon")
@@ -50,6 +50,7 @@ class Running:
     simulator: object | None = None
     http_port: int | None = None  # the HTTP listener (API and /metrics), when enabled
     screening: Screening | None = None  # the rules, and the opt-out lists
+    routing: Routing | None = None  # the router chain, breakers, limits (gateway.routing_setup)
     # Set when the graceful drain begins: a front end (e.g. an HTTP server's shutdown_trigger)
     # stops taking requests on it.
     stopping: trio.Event = field(default_factory=trio.Event)
@@ -126,6 +127,7 @@ async def run(
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     sc = config.store
+    routing = build_routing(config)  # before the store: a plug-in refusing its options stops here
     async with Store.open(sc.path, batch_max=sc.batch_max, synchronous=sc.synchronous,
                           queue_max=sc.queue_max, unfinished_max=sc.unfinished_max) as store:
         clock = WallClock()
@@ -142,10 +144,7 @@ async def run(
                 reporter.add(report)
 
         connectors: dict[str, SmscConnector] = {}
-        router = PrefixRouter([PrefixRoute(r.name, r.prefixes, r.smscs,
-                                         number_types=frozenset(r.number_types))
-                              for r in config.routes])
-        dispatcher = Dispatcher(store, router, connectors, config.retry, clock, owed)
+        dispatcher = Dispatcher(store, routing.router, connectors, config.retry, clock, owed)
         mo_owners = {addr: acc.system_id for acc in config.accounts.values()
                      for addr in acc.mo_addresses}
         screening = Screening(config.rules)
@@ -159,7 +158,7 @@ async def run(
             connectors[smsc.name] = SmscConnector(smsc, inbound.on_deliver)
         _export_gauges(config, connectors)
         running = Running(config, store, dispatcher, reporter, connectors=connectors,
-                          webhooks=webhooks, screening=screening)
+                          webhooks=webhooks, screening=screening, routing=routing)
         async with trio.open_nursery() as nursery:
             if config.simulator is not None:
                 from gateway.simulator import SmscSimulator
