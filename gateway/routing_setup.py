@@ -120,7 +120,7 @@ def build_routing(config: GatewayConfig, *, on_breaker_change: OnChange | None =
     policies = {a.system_id: ChannelPolicy(frozenset(a.channels), a.voice)
                 for a in config.accounts.values()}
     chain = PolicyChain(routers, policies, default=ChannelPolicy(),
-                        available=breakers.available, on_error=_log_router_error)
+                        breakers=breakers, on_error=_log_router_error)
     limiter = SenderLimiter([SenderLimit(s.sender, s.rate, s.burst, s.connector or None)
                              for s in config.sender_limits])
     retry = config.retry

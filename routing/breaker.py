@@ -143,13 +143,24 @@ class Breakers:
         unknown = sorted(set(overrides) - set(names := tuple(names)))
         if unknown:
             raise ValueError(f"breaker options for unknown connectors: {', '.join(unknown)}")
-        self.by_name = {n: CircuitBreaker(n, overrides.get(n, default), on_change)
+        self._on_change = on_change or _ignore
+        # the connectors whose breaker is not closed: when none, routing need not ask
+        self.not_closed: set[str] = set()
+        self.by_name = {n: CircuitBreaker(n, overrides.get(n, default), self._changed)
                         for n in names}
+
+    def _changed(self, name: str, old: BreakerState, new: BreakerState, now: float) -> None:
+        if new is BreakerState.CLOSED:
+            self.not_closed.discard(name)
+        else:
+            self.not_closed.add(name)
+        self._on_change(name, old, new, now)
 
     def __getitem__(self, name: str) -> CircuitBreaker:
         return self.by_name[name]
 
     def available(self, name: str, now: float) -> bool:
         """False only for a known connector whose breaker refuses attempts now."""
-        breaker = self.by_name.get(name)
-        return breaker is None or breaker.available(now)
+        if name not in self.not_closed:
+            return True
+        return self.by_name[name].available(now)

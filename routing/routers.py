@@ -13,11 +13,12 @@ import functools
 import math
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import phonenumbers
 
 from gateway.model import Message
+from routing.breaker import Breakers
 from routing.channel import RCS, SMS, TTS
 from routing.core import Attempt, RoutePlan, Router, RoutingContext, normalise_digits
 from routing.limits import sender_key
@@ -116,11 +117,11 @@ ANY = MessageFilter()
 def up_first(attempts: tuple[Attempt, ...], is_up: Callable[[str], bool]) -> tuple[Attempt, ...]:
     """The attempts whose connector is up first, in their order, then those that are down (in
     case they come back before the message gives up). The same tuple when nothing moves."""
-    up = {a.connector: is_up(a.connector) for a in attempts}
-    if all(up.values()) or not any(up.values()):
+    up = [is_up(a.connector) for a in attempts]
+    if all(up) or not any(up):
         return attempts
-    return (tuple(a for a in attempts if up[a.connector])
-            + tuple(a for a in attempts if not up[a.connector]))
+    return (tuple(a for a, u in zip(attempts, up, strict=True) if u)
+            + tuple(a for a, u in zip(attempts, up, strict=True) if not u))
 
 
 def weighted_order(items: Sequence[tuple[float, Attempt]], rng: random.Random
@@ -258,15 +259,18 @@ class ChannelPolicy:
 
     channels: frozenset[str] = frozenset({SMS})
     voice: bool = False
+    allowed: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         wrong = sorted(set(self.channels) - {SMS, RCS})
         if wrong:
             raise ValueError(f"policy channels: expected channels among sms, rcs (voice, the "
                              f"tts channel, is allowed by voice = true), got {wrong[0]!r}")
+        object.__setattr__(self, "allowed",
+                           frozenset(self.channels) | ({TTS} if self.voice else set()))
 
     def allows(self, channel: str) -> bool:
-        return channel in self.channels or (channel == TTS and self.voice)
+        return channel in self.allowed
 
 
 RouterError = Callable[[Router, Exception], None]
@@ -275,7 +279,7 @@ RouterError = Callable[[Router, Exception], None]
 class PolicyChain:
     """Ask each router in turn. A plan's attempts are filtered by the account's policy (its
     allowed channels); the first plan with an attempt left wins, connectors that are down (or
-    that `available` refuses, e.g. an open circuit breaker) moved last. No plan: None (the
+    whose circuit breaker refuses attempts now) moved last. No plan: None (the
     dispatcher refuses the message as having no route).
 
     `policies` by account; `default` for accounts without one (None: every channel allowed).
@@ -285,18 +289,20 @@ class PolicyChain:
     def __init__(self, routers: Iterable[Router],
                  policies: Mapping[str, ChannelPolicy] | None = None,
                  default: ChannelPolicy | None = None,
-                 available: Callable[[str, float], bool] | None = None,
+                 breakers: Breakers | None = None,
                  on_error: RouterError | None = None) -> None:
         self.routers = tuple(routers)
         self.policies = dict(policies or {})
         self.default = default
-        self.available = available
+        self.breakers = breakers
         self.on_error = on_error
 
     def plan(self, message: Message, context: RoutingContext) -> RoutePlan | None:
-        if self.available is not None:
-            available, now, is_up = self.available, context.now, context.is_up
-            context = RoutingContext(now, lambda name: is_up(name) and available(name, now))
+        breakers = self.breakers
+        if breakers is not None and breakers.not_closed:  # else nothing to ask them
+            now, is_up = context.now, context.is_up
+            context = RoutingContext(
+                now, lambda name: is_up(name) and breakers.available(name, now))
         policy = self.policies.get(message.account, self.default)
         for router in self.routers:
             try:
@@ -310,7 +316,11 @@ class PolicyChain:
                 continue
             attempts = plan.attempts
             if policy is not None:
-                attempts = tuple(a for a in attempts if policy.allows(a.channel))
+                allowed = policy.allowed
+                for attempt in attempts:
+                    if attempt.channel not in allowed:
+                        attempts = tuple(a for a in attempts if a.channel in allowed)
+                        break
                 if not attempts:
                     continue
             attempts = up_first(attempts, context.is_up)

@@ -121,3 +121,15 @@ def test_breakers_apply_per_connector_overrides_and_know_unknown_names_as_up() -
     assert changes == [("opB", CLOSED, OPEN, 0.0)]
     with pytest.raises(ValueError, match="unknown connectors: opC"):
         Breakers(["opA"], overrides={"opC": BreakerOptions()})
+
+
+def test_breakers_know_which_connectors_are_not_closed() -> None:
+    board = Breakers(["opA", "opB"], BreakerOptions(failures=1, cooldown=5.0))
+    assert board.not_closed == set()  # routing need not ask any breaker
+    board["opA"].failure(0.0)
+    assert board.not_closed == {"opA"}
+    assert board.available("opA", 5.0)  # half-open: a probe may go
+    assert board["opA"].allow(5.0)
+    assert not board.available("opA", 5.0)  # the one probe is out
+    board["opA"].success(6.0)
+    assert board.not_closed == set() and board.available("opA", 6.0)

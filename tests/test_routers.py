@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from gateway.model import Message
+from routing.breaker import BreakerOptions, Breakers
 from routing.core import Attempt, RoutePlan, RoutingContext
 from routing.quality import QualityOptions, QualityTracker
 from routing.routers import (
@@ -229,6 +230,8 @@ def test_router_construction_refuses_bad_targets_and_timeouts() -> None:
 
 # --- the chain and the account policy ------------------------------------------------------
 
+OPEN_A = Breakers(["opA", "opB"], BreakerOptions(failures=1, cooldown=3600.0))
+OPEN_A["opA"].failure(0.0)
 OMNI = StaticRouter("omni", [Target("rcs", "rbm"), Target("tts", "voice"), SMS_A])
 FR = StaticRouter("fr", [SMS_B], MessageFilter(prefixes=("33",)))
 DEFAULT = StaticRouter("default", [SMS_A])
@@ -269,9 +272,8 @@ CHAIN_CASES = [
               PolicyChain([StaticRouter("rcs", [Target("rcs", "rbm")])],
                           default=ChannelPolicy()),
               message(), None),
-    ChainCase("connectors that `available` refuses go last (an open breaker)",
-              PolicyChain([StaticRouter("p", [SMS_A, SMS_B])],
-                          available=lambda name, _now: name != "opA"),
+    ChainCase("connectors whose breaker is open go last",
+              PolicyChain([StaticRouter("p", [SMS_A, SMS_B])], breakers=OPEN_A),
               message(), [("sms", "opB"), ("sms", "opA")], "p"),
 ]
 
