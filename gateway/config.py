@@ -987,8 +987,8 @@ def _router(t: _Table) -> RouterConfig:
     need = _ROUTER_NEEDS.get(kind)
     if need is not None and not any(filters[key] for key in need):
         keys = " or ".join(need)
-        raise t.fail(need[0], f'{keys} required by a "{kind}" router (a non-empty array: the '
-                     "messages it takes)")
+        raise t.fail(need[0], f'{keys} required by a router of type "{kind}" (a non-empty '
+                     "array: the messages it takes)")
     if kind == "routes":
         return RouterConfig(name=name, type="routes")
     if kind == "plugin":

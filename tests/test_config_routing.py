@@ -164,11 +164,11 @@ REFUSALS = [
      'router "p".timeouts.sms: expected a positive duration'),
     ("an account router without accounts",
      router('name = "a"\ntype = "account"\nchannels = ["sms:opA"]\n'),
-     'router "a".accounts: accounts required by a "account" router'),
+     'router "a".accounts: accounts required by a router of type "account"'),
     ("a destination router without a destination filter",
      router('name = "d"\ntype = "destination"\naccounts = ["acme"]\nchannels = ["sms:opA"]\n'),
-     'router "d".prefixes: prefixes or countries or number_types required by a "destination" '
-     'router'),
+     'router "d".prefixes: prefixes or countries or number_types required by a router of '
+     'type "destination"'),
     ("a router naming an unknown account",
      router('name = "a"\ntype = "account"\naccounts = ["nobody"]\nchannels = ["sms:opA"]\n'),
      'router "a".accounts[0]: expected the system_id of an [[account]], got unknown account '
