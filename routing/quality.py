@@ -38,6 +38,7 @@ class QualityOptions:
     group_by: str = "country"  # "country" or "prefix:N"
     prior: float = 5.0  # pseudo-receipts of a healthy connector mixed into every ratio
     max_samples: int = 1000  # receipts kept per (connector, group), newest
+    max_groups: int = 10_000  # (connector, group) pairs tracked at most (the oldest go first)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.window) and self.window > 0):
@@ -58,6 +59,9 @@ class QualityOptions:
         if self.max_samples < 1:
             raise ValueError(f"quality max_samples: expected an integer >= 1, got "
                              f"{self.max_samples!r}")
+        if self.max_groups < 1:
+            raise ValueError(f"quality max_groups: expected an integer >= 1, got "
+                             f"{self.max_groups!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +101,24 @@ class QualityTracker:
         key = (connector, self.group(destination))
         samples = self._samples.get(key)
         if samples is None:
+            if len(self._samples) >= self.options.max_groups:
+                self._make_room(now)
             samples = self._samples[key] = deque(maxlen=self.options.max_samples)
         samples.append(_Sample(now, delivered, latency))
         self._expire(samples, now)
+
+    def _make_room(self, now: float) -> None:
+        """Forget the pairs with no receipt left in the window; if none, the oldest pair."""
+        for key, samples in list(self._samples.items()):
+            self._expire(samples, now)
+            if not samples:
+                del self._samples[key]
+        if len(self._samples) >= self.options.max_groups:
+            del self._samples[next(iter(self._samples))]
+
+    def __len__(self) -> int:
+        """(connector, group) pairs tracked."""
+        return len(self._samples)
 
     def _expire(self, samples: deque[_Sample], now: float) -> None:
         oldest = now - self.options.window

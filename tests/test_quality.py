@@ -79,6 +79,19 @@ def test_samples_kept_per_group_are_bounded() -> None:
     assert t.counts("opA", "336", 0.0) == (10, 10)
 
 
+def test_the_pairs_tracked_are_bounded_expired_ones_going_first() -> None:
+    t = QualityTracker(QualityOptions(group_by="prefix:15", max_groups=3, window=10.0,
+                                      prior=0.0))
+    feed(t, "opA", "1", delivered=0, failed=1, now=0.0)
+    feed(t, "opA", "2", delivered=0, failed=1, now=5.0)
+    feed(t, "opA", "3", delivered=0, failed=1, now=6.0)
+    feed(t, "opA", "4", delivered=0, failed=1, now=12.0)  # "1" left the window: it goes
+    assert len(t) == 3 and t.counts("opA", "1", 12.0) == (0, 0)
+    feed(t, "opA", "5", delivered=0, failed=1, now=13.0)  # none expired: the oldest goes
+    assert len(t) == 3 and t.counts("opA", "2", 13.0) == (0, 0)
+    assert t.counts("opA", "3", 13.0) == (0, 1)
+
+
 @pytest.mark.parametrize(("options", "message"), [
     ({"window": 0.0}, "window"),
     ({"floor": 0.0}, "floor"),
@@ -87,6 +100,7 @@ def test_samples_kept_per_group_are_bounded() -> None:
     ({"group_by": "region"}, "group_by"),
     ({"group_by": "prefix:0"}, "group_by"),
     ({"prior": -1.0}, "prior"),
+    ({"max_groups": 0}, "max_groups"),
 ])
 def test_bad_options_are_refused(options: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
