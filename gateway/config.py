@@ -946,7 +946,7 @@ _ROUTER_NEEDS: dict[str, tuple[str, ...]] = {
     "sender": ("senders",), "destination": ("prefixes", "countries", "number_types"),
 }
 _COUNTRY_RE = re.compile(r"[A-Z]{2}")
-_CHANNEL_RE = re.compile(r"(sms|rcs|tts):([A-Za-z0-9_.\-]+)")
+_CHANNEL_RE = re.compile("(" + "|".join(CHANNEL_KINDS) + r"):([A-Za-z0-9_.\-]+)")
 _GROUP_BY_RE = re.compile(r"country|prefix:([1-9]|1[0-5])")
 CHANNEL_HINT = '"kind:connector" with kind sms, rcs or tts (e.g. "sms:opA", "rcs:rbm")'
 
@@ -1520,7 +1520,9 @@ def _cross_check(
 def connectors_by_kind(config: GatewayConfig) -> dict[str, tuple[str, ...]]:
     """The connectors a router's channels may name, by channel kind: sms is the [[smsc]]
     groups. (The rcs and tts connectors join here with their config groups.)"""
-    return {"sms": tuple(config.smscs), "rcs": (), "tts": ()}
+    known: dict[str, tuple[str, ...]] = dict.fromkeys(CHANNEL_KINDS, ())
+    known["sms"] = tuple(config.smscs)
+    return known
 
 
 def _routing_problems(file: str, config: GatewayConfig) -> list[str]:
