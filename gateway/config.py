@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, cast, get_args
 from urllib.parse import urlsplit
 
+import phonenumbers
+
 from gateway import tls
 from gateway.passwords import SMPP_PASSWORD_MAX, is_password_hash
 from gateway.tokens import HASH_RE as _TOKEN_HASH_RE
@@ -30,12 +32,15 @@ _NUMBER_TYPE_RE = re.compile("|".join(NUMBER_TYPES))
 __all__ = [
     "AccountConfig",
     "AdminConfig",
+    "BreakerConfig",
     "ConfigError",
     "GatewayConfig",
     "HttpConfig",
     "ListenerConfig",
     "RetryConfig",
     "RouteConfig",
+    "RouterConfig",
+    "SenderLimitConfig",
     "SimulatorConfig",
     "SmscConfig",
     "StoreConfig",
@@ -58,6 +63,13 @@ LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 TlsVersion = Literal["1.2", "1.3"]  # the lowest TLS version accepted
 # Where an account's MO goes: "auto" = its webhook_url when it has one, else its SMPP binds
 MoVia = Literal["auto", "smpp", "webhook"]
+# [retry] jitter (routing.backoff): how a retry delay is spread around its exponential value
+Jitter = Literal["none", "full", "equal", "decorrelated"]
+# [[router]] type: what the router filters on and how it orders its channels (routing.routers)
+RouterType = Literal["account", "destination", "prefix", "country", "sender", "priority",
+                     "weighted", "quality", "routes", "plugin"]
+CHANNEL_KINDS = ("sms", "rcs", "tts")  # Attempt.channel: the kind of connector a message takes
+ACCOUNT_CHANNELS = ("sms", "rcs")  # [[account]] channels (tts: voice = true)
 
 DAY = 86400.0
 
@@ -142,11 +154,26 @@ class AccountConfig:
     # When not empty, a message's callback_url must start with one of these (each an http(s)
     # URL ending with "/"): the gateway POSTs only where the operator allowed.
     callback_url_prefixes: tuple[str, ...] = ()
+    # The channels its messages may take (routers' plans are filtered by them), and whether
+    # the tts channel (a voice call, for fixed lines) is allowed too.
+    channels: tuple[str, ...] = ("sms",)
+    voice: bool = False
 
     @property
     def mo_by_webhook(self) -> bool:
         """Its MO go to its webhook_url (else over deliver_sm to its receiver binds)."""
         return self.mo_via == "webhook" or (self.mo_via == "auto" and self.webhook_url is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    """A circuit breaker per connector (``[breaker]``, and ``breaker = {...}`` of an [[smsc]]):
+    after `failures` consecutive failures the connector is skipped for `cooldown`, then
+    `probes` attempts at a time test it; a success closes the breaker, a failure re-opens it."""
+
+    failures: int = 5
+    cooldown: float = 30.0
+    probes: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +215,7 @@ class SmscConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_min_version: TlsVersion = "1.2"
+    breaker: BreakerConfig | None = None  # None: the [breaker] defaults
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,12 +235,55 @@ class RouteConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RouterConfig:
+    """One router of the routing chain (``[[router]]``), asked in file order; the first plan
+    wins (routing.routers). Filters (accounts, prefixes, countries, number_types, senders):
+    the messages it takes (all given must match; none: every message). ``channels``: its
+    targets as (kind, connector), e.g. ("rcs", "rbm"), in priority order; ``timeouts`` by
+    channel kind; ``weights`` and ``priorities`` by connector name. ``type = "routes"`` is the
+    [[route]] groups; ``type = "plugin"`` a user router (``plugin``: an entry point name of
+    group smsgw.routers or "package.module:Class", made with ``options``)."""
+
+    name: str
+    type: RouterType = "priority"
+    accounts: tuple[str, ...] = ()
+    prefixes: tuple[str, ...] = ()
+    countries: tuple[str, ...] = ()
+    number_types: tuple[str, ...] = ()
+    senders: tuple[str, ...] = ()
+    channels: tuple[tuple[str, str], ...] = ()
+    timeouts: dict[str, float] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+    priorities: dict[str, int] = field(default_factory=dict)
+    seed: int | None = None
+    window: float = 3600.0  # quality: seconds of receipts a score is made of
+    floor: float = 0.05  # quality: the lowest score (the share a degraded connector keeps)
+    latency_target: float | None = None  # quality: receipt latency with no penalty
+    group_by: str = "country"  # quality: "country" or "prefix:N"
+    plugin: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SenderLimitConfig:
+    """A throughput limit for one sender (``[[sender_limit]]``): `rate` messages/s, `burst` at
+    once after a quiet spell; through `connector` only, or over all connectors when empty."""
+
+    sender: str
+    rate: float = 1.0
+    burst: int = 1
+    connector: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class RetryConfig:
-    """Backoff between delivery attempts of one message (``[retry]``)."""
+    """Backoff between delivery attempts of one message (``[retry]``): `initial_delay` times
+    `multiplier` per retry, at most `max_delay`, spread by `jitter` (routing.backoff)."""
 
     initial_delay: float = 5.0
     max_delay: float = 300.0
     multiplier: float = 2.0
+    jitter: Jitter = "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +372,9 @@ class GatewayConfig:
     accounts: dict[str, AccountConfig] = field(default_factory=dict)  # by system_id
     smscs: dict[str, SmscConfig] = field(default_factory=dict)  # by name
     routes: tuple[RouteConfig, ...] = ()
+    routers: tuple[RouterConfig, ...] = ()  # [[router]]: the chain ([[route]]: "routes" last)
+    breaker: BreakerConfig = BreakerConfig()  # defaults of every connector's breaker
+    sender_limits: tuple[SenderLimitConfig, ...] = ()
     store: StoreConfig
     retry: RetryConfig = RetryConfig()
     http: HttpConfig = HttpConfig()
@@ -358,7 +432,8 @@ _TONS = frozenset(range(7))
 _NPIS = frozenset({0, 1, 3, 4, 6, 8, 9, 10, 14, 18})
 
 _GATEWAY_KEYS = ("node", "validity", "log_level", "shutdown_timeout")  # the keys of [gateway]
-_TOP_ARRAYS = ("listener", "account", "smsc", "route")  # [[...]] groups; the rest are [tables]
+# [[...]] groups; the rest are [tables]
+_TOP_ARRAYS = ("listener", "account", "smsc", "route", "router", "sender_limit")
 
 
 def _show(value: object) -> str:
@@ -710,6 +785,8 @@ def _account(t: _Table) -> AccountConfig:
             "callback_url_prefixes", items="URL prefixes",
             item='an http:// or https:// URL with a host, ending with "/" (e.g. '
                  '"https://app.example/hooks/")', pattern=_URL_PREFIX_RE),
+        channels=_account_channels(t),
+        voice=t.boolean("voice"),
     )
     for i, prefix in enumerate(cfg.callback_url_prefixes):
         if _webhook_url(prefix) is None:
@@ -748,7 +825,7 @@ def _webhook_url(value: Any) -> str | None:
     return value
 
 
-def _smsc(t: _Table) -> SmscConfig:
+def _smsc(t: _Table, breaker: BreakerConfig = BreakerConfig()) -> SmscConfig:
     cfg = SmscConfig(
         name=t.name("name"),
         host=t.host("host"),
@@ -779,6 +856,7 @@ def _smsc(t: _Table) -> SmscConfig:
         receipt_hold=t.duration("receipt_hold", positive=False),
         receipt_id_format=t.choice("receipt_id_format", get_args(ReceiptIdFormat)),
         **_smsc_tls(t),
+        breaker=_smsc_breaker(t, breaker),
     )
     if cfg.reconnect_delay_max < cfg.reconnect_delay:
         raise t.fail(
@@ -808,11 +886,209 @@ def _route(t: _Table) -> RouteConfig:
     )
 
 
+def _account_channels(t: _Table) -> tuple[str, ...]:
+    expected = '"sms" or "rcs" (the tts channel, a voice call, is allowed by voice = true)'
+    channels = t.strings("channels", items="channel kinds", item=expected, nonempty=True)
+    for i, channel in enumerate(channels):
+        if channel not in ACCOUNT_CHANNELS:
+            raise t.fail(f"channels[{i}]", expected, channel)
+        if channel in channels[:i]:
+            raise t.fail("channels", "each channel once", got=f'"{channel}" twice')
+    return channels
+
+
+def _breaker(t: _Table, defaults: BreakerConfig = BreakerConfig()) -> BreakerConfig:
+    return BreakerConfig(failures=t.integer("failures", defaults.failures, low=1),
+                         cooldown=t.duration("cooldown", defaults.cooldown),
+                         probes=t.integer("probes", defaults.probes, low=1))
+
+
+def _smsc_breaker(t: _Table, defaults: BreakerConfig) -> BreakerConfig | None:
+    """An [[smsc]]'s own breaker options (``breaker = {failures = 3}``): each key left out
+    is the [breaker] one."""
+    if "breaker" not in t.data:
+        return None
+    data = t.data["breaker"]
+    if not isinstance(data, dict):
+        raise t.fail("breaker", "a table of breaker options (e.g. {failures = 3, cooldown = "
+                     '"1m", probes = 1})', data)
+    return _breaker(_Table(t.file, t.key("breaker"), data, BreakerConfig), defaults)
+
+
+def _sender_limit(t: _Table) -> SenderLimitConfig:
+    cfg = SenderLimitConfig(
+        sender=t.string("sender", _MISSING, max_len=21, empty=False, pattern=_ID_RE),
+        rate=t.number("rate", _MISSING, expected="a positive number of messages per second"),
+        burst=t.integer("burst", low=1),
+        connector=t.string("connector", pattern=_NAME_RE,
+                           expected="a connector name (empty: all connectors)"),
+    )
+    if cfg.rate <= 0:
+        raise t.fail("rate", "a positive number of messages per second", t.data["rate"])
+    return cfg
+
+
+# [[router]]: the keys each type takes
+_FILTER_KEYS = ("accounts", "prefixes", "countries", "number_types", "senders")
+_TARGET_KEYS = ("name", "type", *_FILTER_KEYS, "channels", "timeouts", "priorities")
+_QUALITY_KEYS = ("weights", "seed", "window", "floor", "latency_target", "group_by")
+_ROUTER_KEYS: dict[str, tuple[str, ...]] = {
+    **{kind: _TARGET_KEYS for kind in ("account", "destination", "prefix", "country", "sender",
+                                       "priority")},
+    "weighted": (*_TARGET_KEYS, "weights", "seed"),
+    "quality": (*_TARGET_KEYS, *_QUALITY_KEYS),
+    "routes": ("name", "type"),
+    "plugin": ("name", "type", *_FILTER_KEYS, "plugin", "options"),
+}
+# the filter a type is about: one of these keys must be given, not empty
+_ROUTER_NEEDS: dict[str, tuple[str, ...]] = {
+    "account": ("accounts",), "prefix": ("prefixes",), "country": ("countries",),
+    "sender": ("senders",), "destination": ("prefixes", "countries", "number_types"),
+}
+_COUNTRY_RE = re.compile(r"[A-Z]{2}")
+_CHANNEL_RE = re.compile("(" + "|".join(CHANNEL_KINDS) + r"):([A-Za-z0-9_.\-]+)")
+_GROUP_BY_RE = re.compile(r"country|prefix:([1-9]|1[0-5])")
+CHANNEL_HINT = '"kind:connector" with kind sms, rcs or tts (e.g. "sms:opA", "rcs:rbm")'
+
+
+def _subtable(t: _Table, key: str, example: str) -> dict[str, Any]:
+    value = t.data.get(key, {})
+    if not isinstance(value, dict):
+        raise t.fail(key, f"a table (e.g. {example})", value)
+    return value
+
+
+def _router(t: _Table) -> RouterConfig:
+    kind: str = t.choice("type", get_args(RouterType), _MISSING)
+    allowed = _ROUTER_KEYS[kind]
+    for key in t.data:
+        if key not in allowed:
+            raise t.fail(key, f'not a key of a "{kind}" router (its keys: {", ".join(allowed)})')
+    name = t.name("name")
+    countries = t.strings("countries", (), items="country codes",
+                          item='an ISO 3166 alpha-2 country code, upper case (e.g. "FR")',
+                          pattern=_COUNTRY_RE)
+    for i, country in enumerate(countries):
+        if country not in phonenumbers.SUPPORTED_REGIONS:
+            raise t.fail(f"countries[{i}]", "a country code phonenumbers knows", country)
+    filters: dict[str, Any] = dict(
+        accounts=t.strings("accounts", (), items="account system_ids",
+                           item="an account system_id", pattern=_ID_RE),
+        prefixes=t.strings("prefixes", (), items="prefixes",
+                           item="a prefix written as a string of E.164 digits, without '+'",
+                           pattern=_DIGITS_RE),
+        countries=countries,
+        number_types=t.strings("number_types", (), items="number types",
+                               item="one of " + ", ".join(f'"{n}"' for n in NUMBER_TYPES),
+                               pattern=_NUMBER_TYPE_RE),
+        senders=t.strings("senders", (), items="senders",
+                          item="a sender (printable ASCII, no spaces)", pattern=_ID_RE),
+    )
+    need = _ROUTER_NEEDS.get(kind)
+    if need is not None and not any(filters[key] for key in need):
+        keys = " or ".join(need)
+        raise t.fail(need[0], f'{keys} required by a router of type "{kind}" (a non-empty '
+                     "array: the messages it takes)")
+    if kind == "routes":
+        return RouterConfig(name=name, type="routes")
+    if kind == "plugin":
+        return _plugin_router(t, name, filters)
+    channels = _router_channels(t)
+    kinds = {k for k, _c in channels}
+    connectors = [c for _k, c in channels]
+    timeouts: dict[str, float] = {}
+    for key, value in _subtable(t, "timeouts", '{rcs = "30s"}').items():
+        if key not in kinds:
+            raise t.fail(f"timeouts.{key}", "a channel kind among the router's channels ("
+                         + ", ".join(sorted(kinds)) + ")", got=f'"{key}"')
+        seconds = _duration_or_none(value)
+        if seconds is None or seconds <= 0:
+            raise t.fail(f"timeouts.{key}", "a positive " + DURATION_HINT[2:], value)
+        timeouts[key] = seconds
+    priorities = {c: _connector_number(t, "priorities", c, v, connectors, integer=True)
+                  for c, v in _subtable(t, "priorities", "{opA = 0, opB = 1}").items()}
+    weights = {c: _connector_number(t, "weights", c, v, connectors)
+               for c, v in _subtable(t, "weights", "{opA = 3, opB = 1}").items()}
+    if weights:
+        tiers: dict[int, list[str]] = {}
+        for c in connectors:
+            tiers.setdefault(int(priorities.get(c, 0)), []).append(c)
+        for priority, tier in sorted(tiers.items()):
+            if not any(weights.get(c, 1.0) > 0 for c in tier):
+                raise t.fail("weights", f"a weight > 0 for at least one connector of priority "
+                             f"{priority} ({', '.join(tier)})", got="only zeros")
+    cfg = RouterConfig(name=name, type=cast(RouterType, kind), **filters, channels=channels,
+                       timeouts=timeouts, weights=weights,
+                       priorities={c: int(p) for c, p in priorities.items()},
+                       seed=t.integer("seed", None))
+    if kind != "quality":
+        return cfg
+    group_by = t.string("group_by", pattern=_GROUP_BY_RE, empty=False,
+                        expected='"country" (calling code) or "prefix:N" (first N digits, 1-15)')
+    floor = t.number("floor", low=0.0, high=1.0, expected="a number > 0 and <= 1")
+    if floor <= 0:
+        raise t.fail("floor", "a number > 0 and <= 1 (0 would starve a recovered connector)",
+                     t.data["floor"])
+    return dataclasses.replace(cfg, window=t.duration("window"), floor=floor,
+                               latency_target=t.duration("latency_target", None),
+                               group_by=group_by)
+
+
+def _duration_or_none(value: Any) -> float | None:
+    try:
+        return parse_duration(value)
+    except ValueError:
+        return None
+
+
+def _router_channels(t: _Table) -> tuple[tuple[str, str], ...]:
+    raw = t.strings("channels", _MISSING, items='"kind:connector" strings', item=CHANNEL_HINT,
+                    nonempty=True, pattern=_CHANNEL_RE)
+    channels = tuple(cast(tuple[str, str], tuple(c.split(":", 1))) for c in raw)
+    for i, channel in enumerate(channels):
+        if channel in channels[:i]:
+            raise t.fail(f"channels[{i}]", "each channel once", got=f'"{raw[i]}" twice')
+    return channels
+
+
+def _connector_number(t: _Table, key: str, connector: str, value: Any,
+                      connectors: list[str], *, integer: bool = False) -> float:
+    where = f"{key}.{connector}"
+    if connector not in connectors:
+        listed = ", ".join(f'"{c}"' for c in dict.fromkeys(connectors))
+        raise t.fail(where, f"a connector of the router's channels ({listed})",
+                     got=f'"{connector}"')
+    if integer:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise t.fail(where, "an integer >= 0 (lower goes first)", value)
+        return float(value)
+    if (not isinstance(value, int | float) or isinstance(value, bool)
+            or not math.isfinite(value) or value < 0):
+        raise t.fail(where, "a number >= 0 (its share among the connectors of its priority)",
+                     value)
+    return float(value)
+
+
+def _plugin_router(t: _Table, name: str, filters: dict[str, Any]) -> RouterConfig:
+    from routing.registry import RouterLoadError, resolve
+
+    spec = t.string("plugin", _MISSING, empty=False,
+                    expected='an entry point name of group smsgw.routers or a dotted path '
+                             '"package.module:Class"')
+    try:
+        resolve(spec)
+    except RouterLoadError as exc:
+        raise t.fail("plugin", str(exc)) from None
+    options = _subtable(t, "options", '{threshold = 3}')
+    return RouterConfig(name=name, type="plugin", **filters, plugin=spec, options=dict(options))
+
+
 def _retry(t: _Table) -> RetryConfig:
     cfg = RetryConfig(
         initial_delay=t.duration("initial_delay"),
         max_delay=t.duration("max_delay"),
         multiplier=t.number("multiplier", low=1.0),
+        jitter=t.choice("jitter", get_args(Jitter)),
     )
     if cfg.max_delay < cfg.initial_delay:
         raise t.fail(
@@ -988,6 +1264,9 @@ _CLASSES: dict[str, type] = {
     "account": AccountConfig,
     "smsc": SmscConfig,
     "route": RouteConfig,
+    "router": RouterConfig,
+    "sender_limit": SenderLimitConfig,
+    "breaker": BreakerConfig,
 }
 # table or array name -> (its header as written in the file, its keys)
 _GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -1107,8 +1386,13 @@ def load_config(path: str | Path) -> GatewayConfig:
 
     listeners = groups("listener", None, _listener)
     accounts = groups("account", "system_id", _account)
-    smscs = groups("smsc", "name", _smsc)
-    routes = groups("route", "name", _route)
+    breaker = _breaker(_table(file, doc, "breaker"))
+    smscs = groups("smsc", "name", lambda t: _smsc(t, breaker))
+    # with [[router]] groups, [[route]] is optional (the routers may route every message)
+    routes = groups("route", "name", _route) if "route" in doc or "router" not in doc else []
+    routers = groups("router", "name", _router) if "router" in doc else []
+    sender_limits = groups("sender_limit", "sender", _sender_limit) if "sender_limit" in doc \
+        else []
     simulator = _simulator(_table(file, doc, "simulator")) if "simulator" in doc else None
 
     config = GatewayConfig(
@@ -1121,6 +1405,9 @@ def load_config(path: str | Path) -> GatewayConfig:
         accounts={a.system_id: a for a in accounts},
         smscs={s.name: s for s in smscs},
         routes=tuple(routes),
+        routers=tuple(routers),
+        breaker=breaker,
+        sender_limits=tuple(sender_limits),
         store=(store := _store(_table(file, doc, "store"))),
         retry=_retry(_table(file, doc, "retry")),
         http=_http(_table(file, doc, "http")),
@@ -1225,7 +1512,61 @@ def _cross_check(
             f" got {names}"
         )
 
+    problems += _routing_problems(file, config)
     problems += _port_clashes(file, config)
+    return problems
+
+
+def connectors_by_kind(config: GatewayConfig) -> dict[str, tuple[str, ...]]:
+    """The connectors a router's channels may name, by channel kind: sms is the [[smsc]]
+    groups. (The rcs and tts connectors join here with their config groups.)"""
+    known: dict[str, tuple[str, ...]] = dict.fromkeys(CHANNEL_KINDS, ())
+    known["sms"] = tuple(config.smscs)
+    return known
+
+
+def _routing_problems(file: str, config: GatewayConfig) -> list[str]:
+    """Routers and sender limits naming what does not exist; names given twice."""
+    from routing.limits import sender_key
+
+    problems: list[str] = []
+    known = connectors_by_kind(config)
+    seen: set[str] = set()
+    for r in config.routers:
+        where = f'{file}: router "{r.name}"'
+        if r.name in seen:
+            problems.append(f'{where}.name: expected a unique name, got "{r.name}" twice')
+        seen.add(r.name)
+        for i, (kind, connector) in enumerate(r.channels):
+            if connector not in known[kind]:
+                names = ", ".join(f'"{n}"' for n in known[kind]) or "none configured"
+                problems.append(f'{where}.channels[{i}]: expected a {kind} connector ({names}),'
+                                f' got unknown {kind} connector "{connector}"')
+        for i, account in enumerate(r.accounts):
+            if account not in config.accounts:
+                problems.append(f'{where}.accounts[{i}]: expected the system_id of an '
+                                f'[[account]], got unknown account "{account}"')
+    kinds = [r.name for r in config.routers if r.type == "routes"]
+    if len(kinds) > 1:
+        problems.append(f'{file}: router "{kinds[1]}".type: expected at most one router of '
+                        'type "routes" (the [[route]] groups)')
+    if kinds and not config.routes:
+        problems.append(f'{file}: router "{kinds[0]}".type: "routes" routes by the [[route]] '
+                        "groups, and there is none")
+    every = {c for names in known.values() for c in names}
+    limited: set[tuple[str, str]] = set()
+    for i, limit in enumerate(config.sender_limits):
+        where = f'{file}: sender_limit "{limit.sender}"'
+        if limit.connector and limit.connector not in every:
+            names = ", ".join(f'"{n}"' for n in sorted(every))
+            problems.append(f'{where}.connector: expected a connector ({names}), got unknown '
+                            f'connector "{limit.connector}"')
+        key = (sender_key(limit.sender), limit.connector)
+        if key in limited:
+            on = f' on connector "{limit.connector}"' if limit.connector else ""
+            problems.append(f"{where}: expected one limit per sender and connector, got a "
+                            f"second one{on} (sender_limit[{i}])")
+        limited.add(key)
     return problems
 
 
@@ -1288,8 +1629,12 @@ def check(path: str | Path) -> GatewayConfig:
     """Everything ``smsgw check-config`` verifies: load_config (types, ranges, references
     between groups) plus what depends on the machine or is a likely mistake rather than a
     contradiction: the store's directory is writable or can be created; an [[smsc]] pointing
-    at the in-process [simulator] uses the simulator's credentials."""
+    at the in-process [simulator] uses the simulator's credentials; plug-in routers accept
+    their options."""
     config = load_config(path)
+    from gateway.routing_setup import build_routing
+
+    build_routing(config)  # plug-in routers made with their options
     file = str(path)
     problems: list[str] = []
     directory = config.store.path.parent

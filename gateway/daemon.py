@@ -25,11 +25,11 @@ from gateway.http_api import HttpApi, serve_http
 from gateway.inbound import Inbound
 from gateway.model import Report
 from gateway.reporter import Reporter
+from gateway.routing_setup import Routing, build_routing
 from gateway.screening import Screening
 from gateway.server import UPSTREAM_BIND_MODES, SmppServer, _AccountState, account_states
 from gateway.store import Store, StoreError
 from gateway.webhooks import Webhooks, endpoints, mo_by_webhook
-from routing.core import PrefixRoute, PrefixRouter, Router
 from routing.smsc import SmscConnector
 
 log = structlog.get_logger("gateway.daemon")
@@ -58,6 +58,7 @@ class Running:
     # API; a reload changes it in place.
     account_states: dict[str, _AccountState] = field(default_factory=dict)
     nursery: trio.Nursery | None = None  # the root nursery, once started
+    routing: Routing | None = None  # the router chain, breakers, limits (gateway.routing_setup)
     # Set when the graceful drain begins: a front end (e.g. an HTTP server's shutdown_trigger)
     # stops taking requests on it.
     stopping: trio.Event = field(default_factory=trio.Event)
@@ -99,12 +100,6 @@ async def _on_signal(fired: trio.Event, reloads: trio.MemorySendChannel[None], *
     fired.set()
 
 
-def build_router(config: GatewayConfig) -> Router:
-    """The routing core the config describes (also called by a reload: it may raise
-    ConfigError, before anything is changed)."""
-    return PrefixRouter([PrefixRoute(r.name, r.prefixes, r.smscs,
-                                     number_types=frozenset(r.number_types))
-                         for r in config.routes])
 
 
 async def _housekeeping(running: Running, clock: WallClock) -> None:
@@ -148,6 +143,7 @@ async def run(
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     sc = config.store
+    routing = build_routing(config)  # before the store: a plug-in refusing its options stops here
     async with Store.open(sc.path, batch_max=sc.batch_max, synchronous=sc.synchronous,
                           queue_max=sc.queue_max, unfinished_max=sc.unfinished_max) as store:
         clock = WallClock()
@@ -164,8 +160,7 @@ async def run(
                 reporter.add(report)
 
         connectors: dict[str, SmscConnector] = {}
-        dispatcher = Dispatcher(store, build_router(config), connectors, config.retry, clock,
-                                owed)
+        dispatcher = Dispatcher(store, routing.router, connectors, config.retry, clock, owed)
         mo_owners = {addr: acc.system_id for acc in config.accounts.values()
                      for addr in acc.mo_addresses}
         screening = Screening(config.rules)
@@ -180,8 +175,8 @@ async def run(
         _export_gauges(config, connectors)
         states = account_states(config.accounts)  # one per account, for every listener
         running = Running(config, store, dispatcher, reporter, connectors=connectors,
-                          webhooks=webhooks, screening=screening, clock=clock, inbound=inbound,
-                          account_states=states)
+                          webhooks=webhooks, screening=screening, routing=routing, clock=clock,
+                          inbound=inbound, account_states=states)
         async with trio.open_nursery() as nursery:
             running.nursery = nursery
             if config.simulator is not None:

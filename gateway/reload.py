@@ -16,12 +16,12 @@ import trio
 
 from gateway import metrics, sdnotify
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.routing_setup import Routing, build_routing
 from gateway.server import UPSTREAM_BIND_MODES, TokenBucket, account_state
 from gateway.webhooks import endpoints, mo_by_webhook
 
 if TYPE_CHECKING:
     from gateway.daemon import Running
-    from routing.core import Router
     from smpp.connection import Connection
 
 log = structlog.get_logger("gateway.reload")
@@ -62,20 +62,22 @@ def effective(running: GatewayConfig, new: GatewayConfig) -> GatewayConfig:
 
 
 def _check(config: GatewayConfig) -> str | None:
-    """What makes the effective config unusable (routes naming an SMSC that is not running),
-    or None."""
-    for route in config.routes:
-        missing = [name for name in route.smscs if name not in config.smscs]
-        if missing:
-            return (f"route {route.name!r} names SMSC {', '.join(map(repr, missing))}, which "
-                    "is not running: adding an SMSC connection needs a restart")
+    """What makes the effective config unusable (routes, routers or sender limits naming an
+    SMSC that is not running), or None."""
+    named = [(f"route {route.name!r}", name) for route in config.routes for name in route.smscs]
+    named += [(f"router {router.name!r}", name) for router in config.routers
+              for kind, name in router.channels if kind == "sms"]
+    named += [(f"sender_limit {limit.sender!r}", limit.connector)
+              for limit in config.sender_limits if limit.connector]
+    for who, name in named:
+        if name not in config.smscs:
+            return (f"{who} names SMSC {name!r}, which is not running: adding an SMSC "
+                    "connection needs a restart")
     return None
 
 
 async def reload(running: Running) -> Outcome:
     """Reload `running.config.source` and apply it; see the module docstring."""
-    from gateway.daemon import build_router  # the daemon imports this module
-
     old = running.config
     source = old.source
     _notify_reloading()
@@ -87,7 +89,7 @@ async def reload(running: Running) -> Outcome:
             if problem is not None:
                 return _refused(source, problem)
             # Build everything that can fail before changing anything.
-            router = build_router(new)
+            routing = build_routing(new)
             screening = running.screening
             index = screening.reconfigure(new.rules) if screening is not None else None
         except (ConfigError, OSError) as exc:
@@ -97,7 +99,7 @@ async def reload(running: Running) -> Outcome:
             for key, at, message_id in await running.store.fingerprints(
                     running.clock.now() - index.window):
                 index.add(key, at, message_id)
-        _apply(running, new, router)
+        _apply(running, new, routing)
         if screening is not None:
             screening.apply()
         metrics.child(metrics.CONFIG_RELOADS, Outcome.APPLIED.value).inc()
@@ -109,10 +111,11 @@ async def reload(running: Running) -> Outcome:
         sdnotify.notify("READY=1")
 
 
-def _apply(running: Running, new: GatewayConfig, router: Router) -> None:
+def _apply(running: Running, new: GatewayConfig, routing: Routing) -> None:
     """Swap the new config in; nothing here fails on a config that passed `_check`."""
     _apply_accounts(running, new)
-    running.dispatcher.router = router
+    running.routing = routing
+    running.dispatcher.router = routing.router
     running.dispatcher.retry = new.retry
     for server in running.servers:
         server.validity = new.validity

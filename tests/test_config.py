@@ -11,11 +11,14 @@ import pytest
 from gateway.config import (
     AccountConfig,
     AdminConfig,
+    BreakerConfig,
     ConfigError,
     GatewayConfig,
     HttpConfig,
     ListenerConfig,
     RetryConfig,
+    RouterConfig,
+    SenderLimitConfig,
     SimulatorConfig,
     SmscConfig,
     StoreConfig,
@@ -605,7 +608,7 @@ def test_check_refuses_a_store_directory_that_cannot_be_created(tmp_path: Path) 
         (
             "gateway.example.toml",
             [ListenerConfig, AccountConfig, SmscConfig, RetryConfig, HttpConfig,
-             StoreConfig, AdminConfig],
+             StoreConfig, AdminConfig, RouterConfig, SenderLimitConfig, BreakerConfig],
         ),
         ("simulator.example.toml", [SimulatorConfig]),
     ],
