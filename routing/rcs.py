@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import math
 import time
@@ -393,8 +394,10 @@ class RcsChannel:
     kind = RCS
 
     def __init__(self, name: str, client: RbmClient, nursery: trio.Nursery, *,
-                 capacity: int = 100, wall_clock: Callable[[], float] = time.time) -> None:
+                 capacity: int = 100, sender: str = "",
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self.name = name
+        self.sender = sender  # the SMS sender mapped to this agent: its users' replies go to it
         self.client = client
         self.nursery = nursery
         self._capacity = capacity
@@ -428,6 +431,16 @@ class RcsChannel:
             horizon = self.wall_clock() - CONVERSATION_WINDOW
             self._replied = {k: v for k, v in self._replied.items() if v > horizon}
         self._replied[phone] = max(at, self._replied.get(phone, at))
+
+    def reply(self, mo: MobileOriginated) -> MobileOriginated:
+        """A user's reply as the core takes it: noted for the conversation window, addressed
+        to the agent's sender (when one is configured) rather than to the agent id."""
+        self.note_reply(mo.sender, self.wall_clock())
+        if not self.sender:
+            return mo
+        ton = 1 if self.sender.isdigit() else 5  # international number, or alphanumeric
+        return dataclasses.replace(mo, recipient=self.sender, recipient_ton=ton,
+                                   recipient_npi=1 if ton == 1 else 0)
 
     def billing_class(self, payload: RcsPayload) -> str:
         return billing_class(payload.text, self._replied.get(payload.msisdn),
@@ -515,14 +528,24 @@ def _field(obj: dict[str, Any], key: str, what: str) -> str:
     return value
 
 
-def parse_push(body: bytes) -> ProviderReceipt | MobileOriginated | None:
+@dataclass(frozen=True, slots=True)
+class RbmPush:
+    """One push read: the agent it is for ("" when the platform did not say, for what carries
+    nothing) and what it means for the core (None: nothing)."""
+
+    agent_id: str
+    item: ProviderReceipt | MobileOriginated | None
+
+
+def parse_push(body: bytes) -> RbmPush:
     """Read one Pub/Sub push ({"message": {"data": base64 of the RBM JSON, ...}, ...}).
 
-    Returns a ProviderReceipt for a DELIVERED, READ or TTL_EXPIRATION_* event (provider_id is
-    the agent message id we sent), a MobileOriginated for a user message (text, a tapped
-    suggestion's text, a location as a geo: URI, a file as its URI; `recipient` is the agent
-    id, `sender` the phone without '+'), None for what the core has no use for (IS_TYPING,
-    agent launch events, unknown types). Raises PushError for a malformed body."""
+    The item is a ProviderReceipt for a DELIVERED, READ or TTL_EXPIRATION_* event
+    (provider_id is the agent message id we sent), a MobileOriginated for a user message
+    (text, a tapped suggestion's text, a location as a geo: URI, a file as its URI;
+    `recipient` is the agent id, `sender` the phone without '+'), None for what the core has
+    no use for (IS_TYPING, agent launch events, unknown types). Raises PushError for a
+    malformed body."""
     try:
         push = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -539,13 +562,18 @@ def parse_push(body: bytes) -> ProviderReceipt | MobileOriginated | None:
         raise PushError(f"push message data is not base64 of JSON: {exc}") from None
     if not isinstance(event, dict):
         raise PushError("push message data is not a JSON object")
+    agent = event.get("agentId")
+    agent = agent if isinstance(agent, str) else ""
     attributes = push["message"].get("attributes")
     if isinstance(attributes, dict) and attributes.get("type") == "agent_launch_event":
-        return None
+        return RbmPush(agent, None)
     if "eventType" in event:
-        return _event(event, raw)
+        receipt = _event(event, raw)
+        if receipt is not None:
+            _field(event, "agentId", f"{receipt.word} event")
+        return RbmPush(agent, receipt)
     if "senderPhoneNumber" in event or "messageId" in event:
-        return _user_message(event)
+        return RbmPush(agent, _user_message(event))
     raise PushError("push data is neither an RBM event (eventType) nor a user message "
                     "(senderPhoneNumber, messageId)")
 
@@ -558,7 +586,7 @@ def _event(event: dict[str, Any], raw: bytes) -> ProviderReceipt | None:
     return ProviderReceipt(message_id, EVENT_OUTCOMES[kind], kind, raw=raw)
 
 
-def _user_message(event: dict[str, Any]) -> MobileOriginated | None:
+def _user_message(event: dict[str, Any]) -> MobileOriginated:
     sender = _field(event, "senderPhoneNumber", "user message")
     agent = _field(event, "agentId", "user message")
     text: str | None = None

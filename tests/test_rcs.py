@@ -57,7 +57,7 @@ class Webhook:
     items: list[ProviderReceipt | MobileOriginated | None] = field(default_factory=list)
 
     async def receive(self, request: Request) -> Response:
-        self.items.append(parse_push(await request.body()))
+        self.items.append(parse_push(await request.body()).item)
         return Response(status_code=200)
 
     def receipts(self, provider_id: str) -> list[ProviderReceipt]:

@@ -32,6 +32,12 @@ from routing.rcs import (
 MID = "0b8b5c8e-8a43-4a8f-9d1b-0f3a1d3e8c11"
 
 
+def parse_pushed(body: bytes) -> ProviderReceipt | MobileOriginated | None:
+    parsed = parse_push(body)
+    assert parsed.agent_id == "agent" or parsed.item is None
+    return parsed.item
+
+
 def push(event: dict[str, Any]) -> bytes:
     return encode_push(event, message_id="1", publish_time="2026-12-02T10:00:00Z")
 
@@ -47,7 +53,7 @@ def user_event(kind: str) -> dict[str, Any]:
 ])
 def test_user_events_become_receipts_of_the_agent_message_id(
         kind: str, outcome: PartState | None) -> None:
-    receipt = parse_push(push(user_event(kind)))
+    receipt = parse_pushed(push(user_event(kind)))
     assert isinstance(receipt, ProviderReceipt)
     assert (receipt.provider_id, receipt.outcome, receipt.word) == (MID, outcome, kind)
     assert json.loads(receipt.raw)["eventType"] == kind
@@ -56,29 +62,29 @@ def test_user_events_become_receipts_of_the_agent_message_id(
 def test_ttl_expiration_revoked_is_expired_and_revoke_failed_is_intermediate() -> None:
     server = {"phoneNumber": "+33612345678", "messageId": MID, "agentId": "agent",
               "eventId": "e2", "sendTime": "2026-12-02T10:00:00Z"}
-    revoked = parse_push(push({**server, "eventType": "TTL_EXPIRATION_REVOKED"}))
-    failed = parse_push(push({**server, "eventType": "TTL_EXPIRATION_REVOKE_FAILED"}))
+    revoked = parse_pushed(push({**server, "eventType": "TTL_EXPIRATION_REVOKED"}))
+    failed = parse_pushed(push({**server, "eventType": "TTL_EXPIRATION_REVOKE_FAILED"}))
     assert isinstance(revoked, ProviderReceipt) and revoked.outcome == PartState.EXPIRED
     assert isinstance(failed, ProviderReceipt) and failed.outcome is None
 
 
 def test_typing_unknown_events_and_agent_launch_events_carry_nothing() -> None:
-    assert parse_push(push(user_event("IS_TYPING"))) is None
-    assert parse_push(push(user_event("SOMETHING_NEW"))) is None
+    assert parse_pushed(push(user_event("IS_TYPING"))) is None
+    assert parse_pushed(push(user_event("SOMETHING_NEW"))) is None
     launch = json.loads(push({"agentId": "agent", "launchState": "LAUNCHED"}))
     launch["message"]["attributes"] = {"type": "agent_launch_event"}
-    assert parse_push(json.dumps(launch).encode()) is None
+    assert parse_push(json.dumps(launch).encode()).item is None
 
 
 def test_a_text_reply_becomes_mo_from_the_phone_to_the_agent_gsm_when_it_fits() -> None:
-    mo = parse_push(push({"senderPhoneNumber": "+33612345678", "messageId": "m1",
+    mo = parse_pushed(push({"senderPhoneNumber": "+33612345678", "messageId": "m1",
                           "agentId": "agent", "text": "STOP"}))
     assert mo == MobileOriginated(sender="33612345678", recipient="agent", body=b"STOP",
                                   data_coding=0, sender_ton=1, sender_npi=1)
 
 
 def test_a_reply_outside_the_gsm_alphabet_is_ucs2() -> None:
-    mo = parse_push(push({"senderPhoneNumber": "+33612345678", "messageId": "m1",
+    mo = parse_pushed(push({"senderPhoneNumber": "+33612345678", "messageId": "m1",
                           "agentId": "agent", "text": "Привет"}))
     assert isinstance(mo, MobileOriginated)
     assert (mo.data_coding, mo.body) == (8, "Привет".encode("utf-16-be"))
@@ -86,10 +92,10 @@ def test_a_reply_outside_the_gsm_alphabet_is_ucs2() -> None:
 
 def test_suggestions_locations_and_files_become_text() -> None:
     base = {"senderPhoneNumber": "+33612345678", "messageId": "m1", "agentId": "agent"}
-    tapped = parse_push(push({**base, "suggestionResponse": {"text": "Yes",
+    tapped = parse_pushed(push({**base, "suggestionResponse": {"text": "Yes",
                                                              "postbackData": "y"}}))
-    where = parse_push(push({**base, "location": {"latitude": 48.85, "longitude": 2.35}}))
-    file = parse_push(push({**base, "userFile": {"payload": {"fileUri": "https://f/x.jpg"}}}))
+    where = parse_pushed(push({**base, "location": {"latitude": 48.85, "longitude": 2.35}}))
+    file = parse_pushed(push({**base, "userFile": {"payload": {"fileUri": "https://f/x.jpg"}}}))
     assert isinstance(tapped, MobileOriginated) and tapped.body == b"Yes"
     assert isinstance(where, MobileOriginated) and where.body == b"geo:48.85,2.35"
     assert isinstance(file, MobileOriginated) and file.body == b"https://f/x.jpg"
@@ -109,6 +115,7 @@ def test_suggestions_locations_and_files_become_text() -> None:
     (push({"senderPhoneNumber": "12", "messageId": "m1", "agentId": "a", "text": "x"}),
      "not an international number"),
     (push({"hello": "world"}), "neither an RBM event"),
+    (push({"eventType": "DELIVERED", "messageId": "m1"}), "DELIVERED event has no agentId"),
 ])
 def test_malformed_pushes_raise_push_error_saying_what_is_wrong(body: bytes,
                                                                  reason: str) -> None:
