@@ -32,7 +32,8 @@ CAPABLE = "capable"  # RCS phone: messages are delivered after deliver_delay, re
 NOT_CAPABLE = "not_capable"  # no RCS / agent not launched on its network: 404 NOT_FOUND
 OFFLINE = "offline"  # RCS phone that is off: messages wait until revoked or expired
 FAILING = "failing"  # the platform fails for it: 503 UNAVAILABLE on every call
-STATES: Final = (CAPABLE, NOT_CAPABLE, OFFLINE, FAILING)
+SILENT = "silent"  # RCS phone; the platform takes its messages but never answers the send
+STATES: Final = (CAPABLE, NOT_CAPABLE, OFFLINE, FAILING, SILENT)
 
 MAX_TEXT: Final = 3072  # RBM's limit on a text message: longer is 400 INVALID_ARGUMENT
 RETENTION: Final = 30 * 24 * 3600.0  # RBM keeps an undelivered message 30 days
@@ -256,6 +257,8 @@ class RbmSimulator:
             self._spawn(self._expire, msg)
             if self.state_of(phone) == CAPABLE:
                 self._spawn(self._deliver, msg, self.config.deliver_delay)
+        if self.state_of(phone) == SILENT:  # taken, but the answer never comes
+            await trio.sleep_forever()
         return JSONResponse({"name": f"phones/{phone}/agentMessages/{message_id}",
                              "contentMessage": {"text": text}})
 

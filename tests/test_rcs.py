@@ -25,7 +25,15 @@ from starlette.routing import Route
 
 from gateway.http_api import serve_http
 from gateway.model import Message, PartState
-from gateway.rbm_simulator import CAPABLE, FAILING, NOT_CAPABLE, OFFLINE, RbmSimConfig, RbmSimulator
+from gateway.rbm_simulator import (
+    CAPABLE,
+    FAILING,
+    NOT_CAPABLE,
+    OFFLINE,
+    SILENT,
+    RbmSimConfig,
+    RbmSimulator,
+)
 from routing.channel import Channel, MobileOriginated, ProviderReceipt, Revoked, SendResult
 from routing.rcs import (
     BASIC,
@@ -271,6 +279,33 @@ async def test_no_answer_at_all_is_temporary() -> None:
                               results.append)
         await until(lambda: bool(results))
         assert results[0].temporary and not results[0].ok
+
+
+async def test_a_send_left_unanswered_is_revoked_then_temporary_so_it_cannot_arrive_later(
+        clock: trio.testing.MockClock) -> None:
+    async with rig(phones={"+33612345678": SILENT}) as r:
+        result = await r.send(message())
+        assert result.temporary and not result.ok
+        held, = r.sim.messages.values()  # the platform had taken it: now withdrawn
+        assert held.state == "REVOKED"
+        assert f"revoke of {held.id}: revoked" in result.detail
+        r.sim.set_state("+33612345678", CAPABLE)
+        await trio.sleep(10)
+        assert r.webhook.items == []
+
+
+async def test_the_control_endpoints_set_a_phones_fate_and_list_what_the_platform_holds(
+        ) -> None:
+    async with rig() as r, httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{r.sim.port}") as http:
+        resp = await http.post("/control/phones", json={"phone": "33612345678",
+                                                        "state": "offline"})
+        assert resp.json() == {"phone": "+33612345678", "state": OFFLINE}
+        bad = await http.post("/control/phones", json={"phone": "1", "state": "asleep"})
+        assert bad.status_code == 400 and "asleep" in bad.json()["error"]
+        result = await r.send(message())
+        listed, = (await http.get("/control/messages")).json()
+        assert (listed["messageId"], listed["state"]) == (result.provider_id, "PENDING")
 
 
 async def test_the_ttl_given_to_rbm_is_the_time_left_until_the_deadline(
