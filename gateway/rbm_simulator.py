@@ -360,7 +360,8 @@ class RbmSimulator:
                              for m in self.messages.values()])
 
 
-def main(argv: list[str] | None = None) -> None:
+def config_from_args(argv: list[str] | None = None) -> RbmSimConfig:
+    """The simulator's settings from its command line (see --help)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=2778)
@@ -370,13 +371,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--default-state", choices=STATES, default=CAPABLE)
     parser.add_argument("--deliver-delay", type=float, default=1.0)
     parser.add_argument("--read-delay", type=float, default=2.0)
+    parser.add_argument("--phone", action="append", default=[], metavar="E164=STATE",
+                        help="a phone's fate, e.g. +33698765432=not_capable (repeatable)")
     args = parser.parse_args(argv)
-    sim = RbmSimulator(RbmSimConfig(host=args.host, port=args.port, agent_id=args.agent_id,
-                                    webhook_url=args.webhook,
-                                    default_state=args.default_state,
-                                    deliver_delay=args.deliver_delay,
-                                    read_delay=args.read_delay))
-    trio.run(sim.serve)
+    phones: dict[str, str] = {}
+    for item in args.phone:
+        phone, _, state = item.partition("=")
+        if state not in STATES:
+            parser.error(f"--phone {item}: the state must be one of {', '.join(STATES)}")
+        phones[phone if phone.startswith("+") else "+" + phone] = state
+    return RbmSimConfig(host=args.host, port=args.port, agent_id=args.agent_id,
+                        webhook_url=args.webhook, default_state=args.default_state,
+                        deliver_delay=args.deliver_delay, read_delay=args.read_delay,
+                        phones=phones)
+
+
+def main(argv: list[str] | None = None) -> None:
+    trio.run(RbmSimulator(config_from_args(argv)).serve)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from gateway.rbm_simulator import (
     SILENT,
     RbmSimConfig,
     RbmSimulator,
+    config_from_args,
 )
 from routing.channel import Channel, MobileOriginated, ProviderReceipt, Revoked, SendResult
 from routing.rcs import (
@@ -408,3 +409,13 @@ async def test_a_user_reply_comes_back_as_mo_and_opens_a_conversation_window(
         r.channel.note_reply(mo.sender, r.channel.wall_clock())
         assert (await r.send(message("a" * 161))).detail == f"billing={CONVERSATION}"
         assert (await r.send(message("hi", to=OTHER_PHONE))).detail == f"billing={BASIC}"
+
+
+def test_the_simulator_listens_on_2778_by_default_and_takes_phone_fates_on_its_command_line(
+        ) -> None:
+    config = config_from_args(["--webhook", "http://127.0.0.1:8080/v1/rcs/events",
+                               "--phone", "33698765432=not_capable", "--phone", "+1555=offline"])
+    assert (config.host, config.port) == ("127.0.0.1", 2778)
+    assert config.phones == {"+33698765432": NOT_CAPABLE, "+1555": OFFLINE}
+    with pytest.raises(SystemExit):
+        config_from_args(["--phone", "+1555=asleep"])
