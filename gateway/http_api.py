@@ -5,12 +5,14 @@ SMPP submit does (same intake checks, same per-account admission, answered 202 o
 the commit that holds them); GET /v1/messages/{id} shows a message with its parts and
 history to its own account, DELETE cancels it while no part of it is with an operator.
 Every error is an RFC 9457 problem+json. /u/{token} are the rules' unsubscribe links (an
-HTML page whose button opts the phone out).
+HTML page whose button opts the phone out). POST /v1/rcs/events takes the RBM platform's
+pushes (RcsEvents).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import html
 import json
 import math
@@ -46,6 +48,8 @@ from gateway.screening import Screening
 from gateway.server import _AccountState
 from gateway.store import ConstraintError, IdempotencyRecord, Store, StoreBusy, StoreError
 from gateway.tokens import TokenIndex
+from routing.channel import ChannelEvents, MobileOriginated
+from routing.rcs import PushError, RcsChannel, parse_push
 from smpp.constants import Status
 from smpp.text import decode_text
 
@@ -105,7 +109,8 @@ class HttpApi:
     def __init__(self, config: GatewayConfig, store: Store, dispatcher: Dispatcher,
                  clock: WallClock, states: Mapping[str, _AccountState],
                  stopping: trio.Event | None = None,
-                 screening: Screening | None = None) -> None:
+                 screening: Screening | None = None,
+                 rcs_events: RcsEvents | None = None) -> None:
         self.config = config
         self.screening = screening  # the rules (rules/): None runs none
         # set by the graceful drain: accept no more
@@ -125,6 +130,7 @@ class HttpApi:
                 Route("/u/{token}", self.unsubscribe_page, methods=["GET"]),
                 Route("/u/{token}", self.unsubscribe, methods=["POST"]),
                 Route("/metrics", self.scrape, methods=["GET"]),
+                *([rcs_events.route()] if rcs_events is not None else []),
             ],
             exception_handlers={Problem: self._problem, HTTPException: self._http_error,
                                 StoreError: self._store_error, Exception: self._crash},
@@ -579,6 +585,83 @@ def _page(title: str, body: str) -> str:
 
 def _str_or_none(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+class RcsEvents:
+    """POST /v1/rcs/events: the RBM platform's pushes (Pub/Sub push format), one event or user
+    message per request, handed to the core's ChannelEvents sink for the channel of the
+    agent it names. Answered 204 only once the sink says it is stored (the platform then
+    forgets it), 503 when it could not be stored or the sink did not answer within
+    `store_timeout` (the platform pushes it again), 400 for a malformed push, 404 for an
+    agent no RCS connector serves. With `push_token` set, the push URL must carry
+    ?token=<it> (the way to authenticate a Pub/Sub push endpoint without verifying Google's
+    OIDC tokens)."""
+
+    PATH = "/v1/rcs/events"
+    MAX_BODY = 256 * 1024
+
+    def __init__(self, channels: Mapping[str, RcsChannel], sink: ChannelEvents, *,
+                 push_token: str | None = None, store_timeout: float = 30.0) -> None:
+        self.channels = channels  # by RBM agent id
+        self.sink = sink
+        self.push_token = push_token
+        self.store_timeout = store_timeout
+
+    def route(self) -> Route:
+        return Route(self.PATH, self.receive, methods=["POST"])
+
+    async def receive(self, request: Request) -> Response:
+        try:
+            return await self._receive(request)
+        except Problem as problem:
+            if problem.status >= 500 or problem.status == 400:
+                log.warning("rcs_push_refused", status=problem.status, detail=problem.detail)
+            return problem.response()
+
+    async def _receive(self, request: Request) -> Response:
+        if self.push_token is not None and not hmac.compare_digest(
+                request.query_params.get("token", "").encode(), self.push_token.encode()):
+            raise Problem(401, "unauthenticated", "Unknown pusher",
+                          "the push URL's token is missing or wrong")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.MAX_BODY:
+                raise Problem(413, "too-large", "Request body too large",
+                              f"an RBM push is at most {self.MAX_BODY} octets")
+            chunks.append(chunk)
+        try:
+            push = parse_push(b"".join(chunks))
+        except PushError as exc:
+            raise Problem(400, "bad-push", "Malformed RBM push", str(exc)) from None
+        if push.item is None:
+            return Response(status_code=204)  # nothing for the core (typing, launch events)
+        channel = self.channels.get(push.agent_id)
+        if channel is None:
+            raise Problem(404, "unknown-agent", "Unknown RBM agent",
+                          f"no RCS connector serves agent {push.agent_id!r}")
+        stored: list[bool] = []
+        answered = trio.Event()
+
+        def done(_i: int, ok: bool) -> None:
+            stored.append(ok)
+            answered.set()
+
+        with trio.move_on_after(self.store_timeout):
+            if isinstance(push.item, MobileOriginated):
+                await self.sink.mobile_originated(channel, [channel.reply(push.item)], done)
+            else:
+                await self.sink.receipts(channel, [push.item], done)
+            await answered.wait()
+        if not stored:
+            raise Problem(503, "not-stored", "Not stored",
+                          f"the push was not stored within {self.store_timeout:g} s: push it "
+                          "again", headers={"Retry-After": str(BUSY_RETRY_AFTER)})
+        if not stored[0]:
+            raise Problem(503, "not-stored", "Not stored",
+                          "the push could not be stored: push it again",
+                          headers={"Retry-After": str(BUSY_RETRY_AFTER)})
+        return Response(status_code=204)
 
 
 async def serve_http(app: Starlette, host: str, port: int, *,
