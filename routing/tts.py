@@ -7,6 +7,7 @@ answer, and `parse_status` turns the provider's status callbacks into ProviderRe
 
 from __future__ import annotations
 
+import hmac
 import json
 import math
 import string
@@ -20,18 +21,28 @@ import structlog
 import trio
 
 from gateway.model import Message, PartState
-from routing.channel import TTS, ProviderReceipt, Revoked, SendDone, SendResult, Unit, Unsendable
+from routing.channel import (
+    TTS,
+    Channel,
+    ChannelEvents,
+    ProviderReceipt,
+    Revoked,
+    SendDone,
+    SendResult,
+    Unit,
+    Unsendable,
+)
 from smpp.constants import ESM_UDHI, Status
 from smpp.text import TextEncodingError, alphabet, decode_text, parse_udh
 
 log = structlog.get_logger("routing.tts")
 
 # What a place-call template may name; a cancel template may also name {call_id}, the
-# callback URL only the three that are known before the call.
+# callback URL only what is known before the call.
 PLACE_FIELDS = frozenset({"to", "to_e164", "from", "text", "language", "voice", "message_id",
                           "account", "connector", "timeout", "callback_url"})
 CANCEL_FIELDS = PLACE_FIELDS | {"call_id"}
-CALLBACK_FIELDS = frozenset({"message_id", "account", "connector"})
+CALLBACK_FIELDS = frozenset({"message_id", "account", "connector", "callback_token"})
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 ENCODINGS = frozenset({"json", "form"})
 
@@ -109,7 +120,9 @@ class VoiceSettings:
     place-call answer ("" : the provider echoes our {message_id} instead, used as the id).
     `max_ring` caps the {timeout} given to the provider (seconds; the rest of the message's
     validity when shorter); a message with less than `min_ring` left is not called (expired).
-    `cancel_too_late`: HTTP statuses by which the cancel request says the call was answered."""
+    `cancel_too_late`: HTTP statuses by which the cancel request says the call was answered.
+    `callback_token`: the secret a status callback must carry (its URL's `token` query
+    parameter; put {callback_token} in callback_url so the provider sends it back)."""
 
     name: str
     place: HttpTemplate
@@ -118,6 +131,7 @@ class VoiceSettings:
     cancel_too_late: tuple[int, ...] = (409,)
     status: StatusFormat = field(default_factory=StatusFormat)
     callback_url: str = ""
+    callback_token: str = ""  # "" : callbacks need none; else they carry it (?token=...)
     caller_id: str = ""  # "" : the message's own sender, when it is a number
     default_language: str = "en-US"
     voices: Mapping[str, str] = field(default_factory=dict)  # language -> provider's voice
@@ -422,6 +436,15 @@ class VoiceChannel:
             return Revoked.DELIVERED
         return Revoked.FAILED
 
+    def callback_allowed(self, token: str | None) -> bool:
+        """Whether a status callback carrying this token may be believed."""
+        want = self.settings.callback_token
+        return not want or (token is not None
+                            and hmac.compare_digest(token.encode(), want.encode()))
+
+    def parse_status(self, body: bytes, content_type: str) -> list[ProviderReceipt]:
+        return parse_status(self.settings.status, body, content_type)
+
     # -- the call -----------------------------------------------------------------------------
     def language(self, account: str) -> str:
         return self.language_of(account) or self.settings.default_language
@@ -434,7 +457,8 @@ class VoiceChannel:
     def values(self, message: Message, text: str, timeout: float) -> dict[str, object]:
         """The placeholder values for one call of this message."""
         language = self.language(message.account)
-        ids = {"message_id": message.id, "account": message.account, "connector": self.name}
+        ids = {"message_id": message.id, "account": message.account, "connector": self.name,
+               "callback_token": self.settings.callback_token}
         return {
             "to": message.dest_addr, "to_e164": _e164(message),
             "from": self.settings.caller_id or message.source_addr,
@@ -537,3 +561,25 @@ async def open_voice_channel(settings: VoiceSettings, language_of: Callable[[str
         finally:
             if own:
                 await http.aclose()
+
+
+async def hand_receipts(channel: Channel, events: ChannelEvents,
+                        receipts: Sequence[ProviderReceipt], patience: float) -> bool:
+    """Give a callback's receipts to the events sink: True once every one is stored (the
+    provider may be acknowledged), False when one could not be, or when the sink has not told
+    the fate of each within `patience` seconds of taking them (the provider sends it again)."""
+    if not receipts:
+        return True
+    fates: dict[int, bool] = {}
+    all_told = trio.Event()
+
+    def answered(index: int, stored: bool) -> None:
+        if 0 <= index < len(receipts):
+            fates.setdefault(index, stored)
+            if len(fates) == len(receipts):
+                all_told.set()
+
+    await events.receipts(channel, receipts, answered)
+    with trio.move_on_after(patience):
+        await all_told.wait()
+    return all_told.is_set() and all(fates.values())
