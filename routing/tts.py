@@ -426,8 +426,10 @@ class VoiceChannel:
             return Revoked.UNSUPPORTED
         values = self.values(message, spoken_text(message), self.settings.max_ring)
         values["call_id"] = provider_id
+        request = render(template, values)
+        request.extensions["timeout"] = httpx.Timeout(self.settings.request_timeout).as_dict()
         try:
-            response = await self.client.send(render(template, values))
+            response = await self.client.send(request)
         except httpx.HTTPError:
             return Revoked.FAILED
         if response.is_success:

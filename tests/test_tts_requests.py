@@ -315,6 +315,19 @@ async def test_revoke_cancels_the_call(status: int, expect: Revoked) -> None:
     assert seen[0].method == "DELETE" and seen[0].url.raw_path == b"/v1/calls/c%2F1"
 
 
+async def test_a_cancel_the_provider_does_not_answer_is_a_failed_revoke(
+        autojump_clock: MockClock) -> None:
+    async def silent(request: httpx.Request) -> httpx.Response:
+        # a MockTransport enforces no timeout: this one waits as long as the request allows
+        await trio.sleep(request.extensions["timeout"]["read"])
+        raise httpx.ReadTimeout("no answer", request=request)
+
+    async with channel_with(silent, cancel=CANCEL, request_timeout=3) as channel:
+        start = trio.current_time()
+        assert await channel.revoke(message(), "c1") is Revoked.FAILED
+        assert trio.current_time() - start == pytest.approx(3)
+
+
 async def test_revoke_without_a_cancel_template_is_unsupported() -> None:
     seen: list[httpx.Request] = []
     async with channel_with(answering(200, None, seen)) as channel:
