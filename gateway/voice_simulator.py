@@ -1,10 +1,7 @@
 """A voice provider simulator: the hosted text-to-speech call API the TTS channel talks to.
 
-It places calls (`POST /v1/calls`), posts each call's status (ringing, answered, completed,
-busy, no-answer, failed, canceled) to the callback URL the call named, cancels ringing calls,
-and has control endpoints that say how each number behaves. `VoiceSimulator.app` is a Starlette
-app (mountable at a path prefix) whose calls live in `run()`; `serve_voice_simulator` serves it
-alone with hypercorn on trio.
+Places calls, posts their statuses to each call's callback URL, cancels ringing ones; control
+endpoints set how each number behaves. A Starlette app (mountable), served alone or mounted.
 """
 
 from __future__ import annotations
@@ -74,7 +71,8 @@ class VoiceSimulator:
     """The simulated provider. `answer_delay`: seconds a phone rings before it answers, is
     busy or fails; `talk_time`: seconds from answered to completed; `token`: the Bearer token
     the call API wants (None: any); callbacks are tried `callback_attempts` times,
-    `callback_retry` seconds apart. Times are trio's (virtual in tests)."""
+    `callback_retry` seconds apart. Times are trio's (virtual in tests). Its calls live in
+    `run()`; `serve_voice_simulator` runs it and serves `app` alone."""
 
     def __init__(self, *, answer_delay: float = 2.0, talk_time: float = 10.0,
                  default: Behaviour = "answer", token: str | None = None,
