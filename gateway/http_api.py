@@ -50,6 +50,7 @@ from gateway.store import ConstraintError, IdempotencyRecord, Store, StoreBusy, 
 from gateway.tokens import TokenIndex
 from routing.channel import ChannelEvents, MobileOriginated
 from routing.rcs import PushError, RcsChannel, parse_push
+from routing.tts import StatusPayloadError, VoiceChannel, hand_receipts
 from smpp.constants import Status
 from smpp.text import decode_text
 
@@ -110,7 +111,8 @@ class HttpApi:
                  clock: WallClock, states: Mapping[str, _AccountState],
                  stopping: trio.Event | None = None,
                  screening: Screening | None = None,
-                 rcs_events: RcsEvents | None = None) -> None:
+                 rcs_events: RcsEvents | None = None,
+                 voice_status: VoiceStatus | None = None) -> None:
         self.config = config
         self.screening = screening  # the rules (rules/): None runs none
         # set by the graceful drain: accept no more
@@ -131,6 +133,7 @@ class HttpApi:
                 Route("/u/{token}", self.unsubscribe, methods=["POST"]),
                 Route("/metrics", self.scrape, methods=["GET"]),
                 *([rcs_events.route()] if rcs_events is not None else []),
+                *([] if voice_status is None else [voice_status.route()]),
             ],
             exception_handlers={Problem: self._problem, HTTPException: self._http_error,
                                 StoreError: self._store_error, Exception: self._crash},
@@ -502,6 +505,51 @@ class HttpApi:
 
     async def scrape(self, _request: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+class VoiceStatus:
+    """POST /v1/voice/status/{connector}: a voice provider's status callback. Its receipts go
+    to the channel events sink; 204 once each is stored, 503 (the provider sends it again) when
+    one is not; 400 for a payload the connector's status format cannot read, 403 without the
+    connector's callback token (?token=), 404 for a connector that is not a voice one."""
+
+    BODY_LIMIT = 64 * 1024
+    PATIENCE = 10.0  # seconds the sink has to tell each receipt's fate
+
+    def __init__(self, channels: Mapping[str, VoiceChannel], events: ChannelEvents) -> None:
+        self.channels = channels  # the daemon's live map: a reload may change it
+        self.events = events
+
+    def route(self) -> Route:
+        return Route("/v1/voice/status/{connector}", self.handle, methods=["POST"])
+
+    async def handle(self, request: Request) -> Response:
+        name = request.path_params["connector"]
+        channel = self.channels.get(name)
+        if channel is None:
+            raise Problem(404, "unknown-connector", "Unknown voice connector",
+                          f"no voice connector is named {name!r}")
+        if not channel.callback_allowed(request.query_params.get("token")):
+            raise Problem(403, "forbidden", "Forbidden",
+                          f"this callback lacks voice connector {name}'s callback token")
+        size, chunks = 0, []
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.BODY_LIMIT:
+                raise Problem(413, "too-large", "Request body too large",
+                              f"a status callback is at most {self.BODY_LIMIT} octets")
+            chunks.append(chunk)
+        try:
+            receipts = channel.parse_status(b"".join(chunks),
+                                            request.headers.get("content-type", ""))
+        except StatusPayloadError as exc:
+            raise Problem(400, "invalid-status", "Unreadable status callback",
+                          f"voice connector {name}: {exc}") from None
+        if not await hand_receipts(channel, self.events, receipts, self.PATIENCE):
+            raise Problem(503, "not-stored", "Temporarily unavailable",
+                          "the gateway could not store this status: send it again",
+                          headers={"Retry-After": str(BUSY_RETRY_AFTER)})
+        return Response(status_code=204)
 
 
 def message_view(msg: Message, parts: list[Part], events: list[Event]) -> dict[str, Any]:
