@@ -24,6 +24,7 @@ import phonenumbers
 from gateway import tls
 from gateway.passwords import SMPP_PASSWORD_MAX, is_password_hash
 from gateway.tokens import HASH_RE as _TOKEN_HASH_RE
+from routing.tts import VoiceSettings
 from rules.recipient import NUMBER_TYPES
 from rules.settings import RULES_KEYS, RulesConfig, RulesConfigError, parse_rules
 
@@ -158,6 +159,11 @@ class AccountConfig:
     # the tts channel (a voice call, for fixed lines) is allowed too.
     channels: tuple[str, ...] = ("sms",)
     voice: bool = False
+    # How long an RCS message may wait for its "delivered" event before it is revoked and
+    # sent as SMS (when the plan has an SMS attempt after it and the router set no timeout).
+    rcs_wait: float = 60.0
+    # The language its voice calls speak (BCP 47, e.g. "fr-FR"); "" : the voice connector's.
+    language: str = ""
 
     @property
     def mo_by_webhook(self) -> bool:
@@ -262,6 +268,29 @@ class RouterConfig:
     group_by: str = "country"  # quality: "country" or "prefix:N"
     plugin: str = ""
     options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RcsConfig:
+    """One RBM agent (``[[rcs]]``): the RCS channel's connector, named in routers as
+    "rcs:<name>". ``base_url`` and ``token_url`` point at Google (defaults) or a simulator;
+    ``credentials_file`` is the agent's service-account key (or client_id/client_secret);
+    ``sms_sender``: the sender an SMS fallback of its messages goes out under ("" : the
+    message's own)."""
+
+    name: str
+    agent_id: str
+    credentials_file: Path
+    base_url: str = "https://rcsbusinessmessaging.googleapis.com"
+    token_url: str = "https://oauth2.googleapis.com/token"
+    sms_sender: str = ""
+    capability_ttl: float = 3600.0  # how long a phone's "RCS capable" answer is kept
+    negative_capability_ttl: float = 600.0  # and its "not capable" answer
+    request_timeout: float = 10.0  # one RBM API request
+    max_in_flight: int = 100  # sends unanswered at once
+    # The secret the push endpoint (POST /v1/rcs/events) requires as ?token=...: set it on
+    # the Pub/Sub push subscription's URL. "" : pushes are not authenticated.
+    push_token: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,6 +404,8 @@ class GatewayConfig:
     routers: tuple[RouterConfig, ...] = ()  # [[router]]: the chain ([[route]]: "routes" last)
     breaker: BreakerConfig = BreakerConfig()  # defaults of every connector's breaker
     sender_limits: tuple[SenderLimitConfig, ...] = ()
+    rcs: dict[str, RcsConfig] = field(default_factory=dict)  # [[rcs]] by name: RBM agents
+    voice: dict[str, VoiceSettings] = field(default_factory=dict)  # [[voice]] by name
     store: StoreConfig
     retry: RetryConfig = RetryConfig()
     http: HttpConfig = HttpConfig()
@@ -433,7 +464,8 @@ _NPIS = frozenset({0, 1, 3, 4, 6, 8, 9, 10, 14, 18})
 
 _GATEWAY_KEYS = ("node", "validity", "log_level", "shutdown_timeout")  # the keys of [gateway]
 # [[...]] groups; the rest are [tables]
-_TOP_ARRAYS = ("listener", "account", "smsc", "route", "router", "sender_limit")
+_TOP_ARRAYS = ("listener", "account", "smsc", "route", "router", "sender_limit", "rcs",
+               "voice")
 
 
 def _show(value: object) -> str:
@@ -787,6 +819,9 @@ def _account(t: _Table) -> AccountConfig:
                  '"https://app.example/hooks/")', pattern=_URL_PREFIX_RE),
         channels=_account_channels(t),
         voice=t.boolean("voice"),
+        rcs_wait=t.duration("rcs_wait"),
+        language=t.string("language", pattern=_LANGUAGE_RE,
+                          expected='a BCP 47 language tag such as "fr-FR" or "en"'),
     )
     for i, prefix in enumerate(cfg.callback_url_prefixes):
         if _webhook_url(prefix) is None:
@@ -806,6 +841,129 @@ def _account(t: _Table) -> AccountConfig:
     return cfg
 
 
+_LANGUAGE_RE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*")
+
+
+def _rcs(t: _Table) -> RcsConfig:
+    from routing.rcs import load_credentials
+
+    credentials = t.path("credentials_file")
+    if credentials is None:
+        raise t.fail("credentials_file", "required key missing (expected the path of the "
+                     "agent's RBM credentials: a Google service-account key file)")
+    try:
+        load_credentials(credentials)
+    except ValueError as exc:
+        raise t.fail("credentials_file", str(exc)) from None
+    url = "an absolute http:// or https:// URL with a host"
+    return RcsConfig(
+        name=t.name("name"),
+        agent_id=t.string("agent_id", max_len=200, empty=False, pattern=_AGENT_ID_RE,
+                          expected="the RBM agent id (letters, digits, '_', '-', '.', '@')"),
+        credentials_file=credentials,
+        base_url=t.get("base_url", _DEFAULT, url, _webhook_url),
+        token_url=t.get("token_url", _DEFAULT, url, _webhook_url),
+        sms_sender=t.string("sms_sender", max_len=20, pattern=_TEXT_RE),
+        capability_ttl=t.duration("capability_ttl"),
+        negative_capability_ttl=t.duration("negative_capability_ttl"),
+        request_timeout=t.duration("request_timeout"),
+        max_in_flight=t.integer("max_in_flight", low=1, high=10_000),
+        push_token=t.string(
+            "push_token", pattern=_SECRET_RE,
+            expected=f"a string of {SECRET_MIN} to 256 printable ASCII characters without spaces "
+                     "(make one with `openssl rand -hex 32`)"),
+    )
+
+
+def _voice(t: _Table) -> VoiceSettings:
+    """A [[voice]] group: the settings of routing.tts.VoiceChannel, one key per field, with
+    the request templates (place, cancel) and the status format as sub-tables; checked as
+    the channel checks them (placeholders, methods, encodings)."""
+    from routing.tts import (
+        DEFAULT_OUTCOMES,
+        HttpTemplate,
+        StatusFormat,
+        VoiceConfigError,
+        check_settings,
+        outcome_named,
+    )
+
+    def template(key: str, required: bool) -> HttpTemplate | None:
+        if key not in t.data and not required:
+            return None
+        where = t.key(key)
+        if key not in t.data:
+            raise t.fail(key, "required table missing (expected the provider request: url, "
+                         "method, headers, body)")
+        sub = _Table(t.file, where, _subtable(t, key, 'url = "https://.../calls"'),
+                     HttpTemplate)
+        headers = _subtable(sub, "headers", '{ Authorization = "Bearer ..." }')
+        for name, value in headers.items():
+            if not isinstance(value, str):
+                raise sub.fail(f"headers.{name}", "a string", value)
+        return HttpTemplate(
+            url=sub.string("url", empty=False),
+            method=sub.string("method").upper(),
+            headers=dict(headers),
+            body=sub.data.get("body"),
+            encoding=sub.choice("encoding", ("json", "form")),
+        )
+
+    status = _Table(t.file, t.key("status"), _subtable(t, "status", 'status_field = "status"'),
+                    StatusFormat)
+    outcomes = dict(DEFAULT_OUTCOMES)
+    for word, name in _subtable(status, "outcomes", '{ completed = "DELIVERED" }').items():
+        try:
+            outcomes[word.lower()] = outcome_named(name if isinstance(name, str) else "?")
+        except ValueError as exc:
+            raise status.fail(f"outcomes.{word}", str(exc)) from None
+    voices = _subtable(t, "voices", '{ fr = "Celine" }')
+    for language, voice in voices.items():
+        if not isinstance(voice, str):
+            raise t.fail(f"voices.{language}", "a string (the provider's voice name)", voice)
+    cancel_too_late = t.get(
+        "cancel_too_late", _DEFAULT, "a list of HTTP statuses (100-599)",
+        lambda v: tuple(v) if isinstance(v, list) and all(
+            isinstance(x, int) and not isinstance(x, bool) and 100 <= x <= 599 for x in v)
+        else None)
+    place = template("place", True)
+    assert place is not None
+    settings = VoiceSettings(
+        name=t.name("name"),
+        place=place,
+        call_id_field=t.string("call_id_field"),
+        cancel=template("cancel", False),
+        cancel_too_late=cancel_too_late,
+        status=StatusFormat(
+            id_field=status.string("id_field", empty=False),
+            status_field=status.string("status_field", empty=False),
+            error_field=status.string("error_field"),
+            outcomes=outcomes,
+        ),
+        callback_url=t.string("callback_url"),
+        callback_token=t.string(
+            "callback_token", pattern=_SECRET_RE,
+            expected=f"a string of {SECRET_MIN} to 256 printable ASCII characters without spaces "
+                     "(make one with `openssl rand -hex 32`)"),
+        caller_id=t.string("caller_id", max_len=20, pattern=_TEXT_RE),
+        default_language=t.string("default_language", pattern=_LANGUAGE_RE,
+                                  expected='a BCP 47 language tag such as "fr-FR" or "en"'),
+        voices=dict(voices),
+        default_voice=t.string("default_voice"),
+        max_ring=t.duration("max_ring"),
+        min_ring=t.duration("min_ring", positive=False),
+        request_timeout=t.duration("request_timeout"),
+        max_in_flight=t.integer("max_in_flight", low=1, high=10_000),
+        max_text_chars=t.integer("max_text_chars", low=1),
+    )
+    try:
+        check_settings(settings)
+    except VoiceConfigError as exc:
+        raise t.fail(exc.key, str(exc).split(": ", 1)[-1]) from None
+    return settings
+
+
+_AGENT_ID_RE = re.compile(r"[A-Za-z0-9_.@\-]+")
 SECRET_MIN = 16
 _SECRET_RE = re.compile(r"[\x21-\x7e]{" + str(SECRET_MIN) + ",256}")
 URL_MAX = 2000
@@ -1267,6 +1425,8 @@ _CLASSES: dict[str, type] = {
     "router": RouterConfig,
     "sender_limit": SenderLimitConfig,
     "breaker": BreakerConfig,
+    "rcs": RcsConfig,
+    "voice": VoiceSettings,
 }
 # table or array name -> (its header as written in the file, its keys)
 _GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -1394,6 +1554,8 @@ def load_config(path: str | Path) -> GatewayConfig:
     sender_limits = groups("sender_limit", "sender", _sender_limit) if "sender_limit" in doc \
         else []
     simulator = _simulator(_table(file, doc, "simulator")) if "simulator" in doc else None
+    rcs = groups("rcs", "name", _rcs) if "rcs" in doc else []
+    voice = groups("voice", "name", _voice) if "voice" in doc else []
 
     config = GatewayConfig(
         source=Path(os.path.abspath(path)),
@@ -1408,6 +1570,8 @@ def load_config(path: str | Path) -> GatewayConfig:
         routers=tuple(routers),
         breaker=breaker,
         sender_limits=tuple(sender_limits),
+        rcs={r.name: r for r in rcs},
+        voice={v.name: v for v in voice},
         store=(store := _store(_table(file, doc, "store"))),
         retry=_retry(_table(file, doc, "retry")),
         http=_http(_table(file, doc, "http")),
@@ -1416,6 +1580,9 @@ def load_config(path: str | Path) -> GatewayConfig:
         rules=_rules(file, doc, accounts),
     )
     problems = _cross_check(file, config, accounts, smscs, routes)
+    problems += _connector_names(file, [("smsc", s.name) for s in smscs]
+                                 + [("rcs", r.name) for r in rcs]
+                                 + [("voice", v.name) for v in voice])
     if problems:
         raise _problems_error(file, problems)
     return config
@@ -1462,7 +1629,6 @@ def _cross_check(
                 problems.append(
                     f'{file}: account "{a.system_id}".http_tokens: a token hash already belongs '
                     f'to account "{token_owner[token_hash]}" (a token names one account)')
-    dup("smsc", "name", [s.name for s in smscs])
     dup("route", "name", [r.name for r in routes])
 
     owner: dict[str, str] = {}
@@ -1517,11 +1683,29 @@ def _cross_check(
     return problems
 
 
+def _connector_names(file: str, named: list[tuple[str, str]]) -> list[str]:
+    """Connector names are unique across channels: logs, metrics and the admin commands name
+    a connector alone (an [[smsc]] "sms" and an [[rcs]] "sms" could not be told apart)."""
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    for kind, name in named:
+        if name in seen and seen[name] == kind:
+            problems.append(f'{file}: {kind} "{name}".name: expected a unique name, got '
+                            f'"{name}" twice')
+        elif name in seen:
+            problems.append(f'{file}: {kind} "{name}".name: expected a name no other connector '
+                            f'has, got the name of an [[{seen[name]}]] connector')
+        seen.setdefault(name, kind)
+    return problems
+
+
 def connectors_by_kind(config: GatewayConfig) -> dict[str, tuple[str, ...]]:
     """The connectors a router's channels may name, by channel kind: sms is the [[smsc]]
     groups. (The rcs and tts connectors join here with their config groups.)"""
     known: dict[str, tuple[str, ...]] = dict.fromkeys(CHANNEL_KINDS, ())
     known["sms"] = tuple(config.smscs)
+    known["rcs"] = tuple(config.rcs)
+    known["tts"] = tuple(config.voice)
     return known
 
 

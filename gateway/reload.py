@@ -15,7 +15,7 @@ import structlog
 import trio
 
 from gateway import metrics, sdnotify
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import ConfigError, GatewayConfig, connectors_by_kind, load_config
 from gateway.routing_setup import Routing, build_routing
 from gateway.server import UPSTREAM_BIND_MODES, TokenBucket, account_state
 from gateway.webhooks import endpoints, mo_by_webhook
@@ -28,7 +28,7 @@ log = structlog.get_logger("gateway.reload")
 
 # Sections that are read at start only: a reload keeps the running ones and says so.
 RESTART_ONLY = ("node", "log_level", "listeners", "store", "http", "admin", "simulator",
-                "smscs")
+                "smscs", "rcs", "voice")
 UNBIND_TIMEOUT = 2.0  # seconds an upstream session of a removed account has to unbind
 
 
@@ -62,17 +62,19 @@ def effective(running: GatewayConfig, new: GatewayConfig) -> GatewayConfig:
 
 
 def _check(config: GatewayConfig) -> str | None:
-    """What makes the effective config unusable (routes, routers or sender limits naming an
-    SMSC that is not running), or None."""
-    named = [(f"route {route.name!r}", name) for route in config.routes for name in route.smscs]
-    named += [(f"router {router.name!r}", name) for router in config.routers
-              for kind, name in router.channels if kind == "sms"]
-    named += [(f"sender_limit {limit.sender!r}", limit.connector)
+    """What makes the effective config unusable (routes, routers or sender limits naming a
+    connector that is not running), or None."""
+    running = connectors_by_kind(config)
+    named = [(f"route {route.name!r}", "sms", name) for route in config.routes
+             for name in route.smscs]
+    named += [(f"router {router.name!r}", kind, name) for router in config.routers
+              for kind, name in router.channels]
+    named += [(f"sender_limit {limit.sender!r}", "sms", limit.connector)
               for limit in config.sender_limits if limit.connector]
-    for who, name in named:
-        if name not in config.smscs:
-            return (f"{who} names SMSC {name!r}, which is not running: adding an SMSC "
-                    "connection needs a restart")
+    for who, kind, name in named:
+        if name not in running[kind]:
+            return (f"{who} names {kind} connector {name!r}, which is not running: adding a "
+                    "connector needs a restart")
     return None
 
 
