@@ -28,7 +28,9 @@ from gateway.screening import Screening
 from gateway.server import UPSTREAM_BIND_MODES, SmppServer, account_states
 from gateway.store import Store, StoreError
 from gateway.webhooks import Webhooks, endpoints, mo_by_webhook
+from routing.channel import Channel
 from routing.core import PrefixRoute, PrefixRouter
+from routing.sms import SmsChannel
 from routing.smsc import SmscConnector
 
 log = structlog.get_logger("gateway.daemon")
@@ -142,10 +144,11 @@ async def run(
                 reporter.add(report)
 
         connectors: dict[str, SmscConnector] = {}
+        channels: dict[str, Channel] = {}  # by connector name: what the dispatcher speaks to
         router = PrefixRouter([PrefixRoute(r.name, r.prefixes, r.smscs,
                                          number_types=frozenset(r.number_types))
                               for r in config.routes])
-        dispatcher = Dispatcher(store, router, connectors, config.retry, clock, owed)
+        dispatcher = Dispatcher(store, router, channels, config.retry, clock, owed)
         mo_owners = {addr: acc.system_id for acc in config.accounts.values()
                      for addr in acc.mo_addresses}
         screening = Screening(config.rules)
@@ -156,7 +159,8 @@ async def run(
         inbound = Inbound(dispatcher, store, clock, mo_owners, owed, screening,
                           config.validity, mo_by_webhook(config.accounts.values()))
         for smsc in config.smscs.values():
-            connectors[smsc.name] = SmscConnector(smsc, inbound.on_deliver)
+            connector = connectors[smsc.name] = SmscConnector(smsc)
+            channels[smsc.name] = SmsChannel(connector, inbound)
         _export_gauges(config, connectors)
         running = Running(config, store, dispatcher, reporter, connectors=connectors,
                           webhooks=webhooks, screening=screening)

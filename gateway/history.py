@@ -23,6 +23,12 @@ TRANSITIONS: dict[tuple[State, str], frozenset[State]] = {
     **{(s, "attempt"): frozenset({State.IN_FLIGHT}) for s in _OPEN_BEFORE_SEND},
     # A temporary refusal (throttled, queue full, timeout, bind lost): tried again later.
     (State.IN_FLIGHT, "retry"): frozenset({State.QUEUED}),
+    # The channel cannot reach the recipient (RCS: no RCS phone): the plan's next attempt.
+    (State.IN_FLIGHT, "not_capable"): frozenset({State.QUEUED}),
+    # No outcome within the attempt's timeout: revoked (where the channel can), next attempt.
+    (State.IN_FLIGHT, "timeout"): frozenset({State.QUEUED}),
+    # ... unless the revoke found it delivered already: that is its outcome.
+    (State.IN_FLIGHT, "revoke"): FINAL_STATES,
     # An attempt cut by a restart: its unanswered parts go again.
     (State.IN_FLIGHT, "resumed"): frozenset({State.QUEUED}),
     # The operator's receipt that completes the message's outcome (IN_FLIGHT, or QUEUED when
@@ -42,6 +48,7 @@ NOTES = frozenset({
     "submitted",  # the operator answered every part of the attempt OK (its message ids)
     "receipt",  # an operator receipt for one part, the message not complete yet
     "waiting",  # no connector of its route is up: waits for one (or its expiry)
+    "revoke",  # a timed-out attempt's revoke found a unit delivered: no further attempt
     "retry_now",  # an operator asked for an attempt now (smsgw message retry)
     "report_delivered",  # its receipt was delivered to the upstream
     "report_expired",  # its receipt was not taken by the upstream within the report expiry
