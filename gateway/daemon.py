@@ -23,7 +23,7 @@ from gateway.dispatcher import Dispatcher
 from gateway.http_api import HttpApi, serve_http
 from gateway.inbound import Inbound
 from gateway.model import Report
-from gateway.reporter import Reporter
+from gateway.reporter import Reporter, receipt_report
 from gateway.screening import Screening
 from gateway.server import UPSTREAM_BIND_MODES, SmppServer, account_states
 from gateway.store import Store, StoreError
@@ -148,7 +148,8 @@ async def run(
         router = PrefixRouter([PrefixRoute(r.name, r.prefixes, r.smscs,
                                          number_types=frozenset(r.number_types))
                               for r in config.routes])
-        dispatcher = Dispatcher(store, router, channels, config.retry, clock, owed)
+        dispatcher = Dispatcher(store, router, channels, config.retry, clock, owed,
+                                receipt_of=receipt_report)
         mo_owners = {addr: acc.system_id for acc in config.accounts.values()
                      for addr in acc.mo_addresses}
         screening = Screening(config.rules)

@@ -4,9 +4,10 @@ It schedules attempts (deferred, retried with backoff, failed over to the next a
 route plan, revoked and failed over when an attempt's timeout passes without an outcome),
 hands each message's units to the plan's channels (routing/channel.py: it speaks no
 protocol), applies the providers' receipts, expires messages at the end of their validity,
-and writes each final state with its upstream report. One task does it in rounds: the send
-results and due messages of a round are handled together and their changes written in one
-store call (no task or store call per message).
+and writes each final state with the report its upstream face makes of it (receipt_of: the
+core knows when a receipt is owed, never what it looks like upstream). One task does it in
+rounds: the send results and due messages of a round are handled together and their changes
+written in one store call (no task or store call per message).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from gateway.clock import WallClock
 from gateway.config import RetryConfig
 from gateway.intake import Replacement
 from gateway.model import Event, Message, Part, PartState, Report, State
-from gateway.reporter import receipt_report
 from gateway.store import PendingWrite, Store, StoreError
 from routing.channel import Channel, ProviderReceipt, Revoked, SendResult, Unit, Unsendable
 from routing.core import Attempt, Router, RoutingContext
@@ -104,6 +104,11 @@ def final_state_of(parts: Sequence[Part]) -> State | None:
     return State.EXPIRED
 
 
+# The report an upstream face owes for a message that reached a final state (its format is
+# that face's: SMPP receipt text and TLVs, a webhook's JSON), made when the state is written.
+ReceiptOf = Callable[[Message, State, float], Report]
+
+
 def wants_report(registered_delivery: int, state: State) -> bool:
     request = registered_delivery & 0x03
     return request == 1 or (request == 2 and state is not State.DELIVERED)
@@ -169,6 +174,7 @@ class Dispatcher:
         clock: WallClock,
         on_report: Callable[[Report], None],
         *,
+        receipt_of: ReceiptOf,
         max_in_flight: int | None = None,
     ) -> None:
         self.store = store
@@ -177,6 +183,7 @@ class Dispatcher:
         self.retry = retry
         self.clock = clock
         self.on_report = on_report
+        self.receipt_of = receipt_of  # the upstream face's receipt for a final message
         self.live: dict[str, Live] = {}
         self._per_account: dict[str, int] = {}  # unfinished messages per account
         self._heap: list[tuple[float, int, str]] = []
@@ -1042,7 +1049,7 @@ class Dispatcher:
             if part.state in (PartState.PENDING, PartState.SUBMITTED):
                 part.state = part_state
                 part.done_at = now
-        return [receipt_report(msg, state, now)] if wants_report(
+        return [self.receipt_of(msg, state, now)] if wants_report(
             msg.registered_delivery, state) else []
 
     def _finalized(self, live: Live, reports: list[Report]) -> None:
@@ -1184,7 +1191,7 @@ class Dispatcher:
                 part.state, part.done_at = PartState.CANCELLED, now
             live.held, live.due = True, None  # its heap entries are void from now on
             self._parked.pop(msg.id, None)
-            reports = [receipt_report(msg, State.CANCELLED, now)] if wants_report(
+            reports = [self.receipt_of(msg, State.CANCELLED, now)] if wants_report(
                 msg.registered_delivery, State.CANCELLED) else []
             items.append((msg, live.parts, reports))
         try:

@@ -64,7 +64,9 @@ def _utc(ts: float) -> dt.datetime:
 
 
 def receipt_report(msg: Message, state: State, now: float) -> Report:
-    """The delivery receipt owed upstream for a message that reached a final state."""
+    """The delivery receipt owed upstream for a message that reached a final state, as its
+    upstream face wants it (the dispatcher's receipt_of): the SMPP receipt text (its TLVs are
+    added by deliver_pdu), and for a message taken over HTTP the webhook's fields."""
     text = decode_text(msg.body, msg.data_coding)[:20] if not msg.esm_class & ESM_UDHI else ""
     receipt = Receipt(
         id=msg.id, sub=1, dlvrd=1 if state is State.DELIVERED else 0,

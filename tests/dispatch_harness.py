@@ -18,6 +18,7 @@ from gateway.clock import WallClock
 from gateway.config import RetryConfig, SmscConfig
 from gateway.dispatcher import Dispatcher
 from gateway.model import Message, Report, State, new_message_id
+from gateway.reporter import receipt_report
 from gateway.store import PendingWrite, Store, StoreError
 from routing.channel import Channel, ProviderReceipt
 from routing.core import PrefixRoute, PrefixRouter, Router
@@ -134,7 +135,7 @@ async def harness(tmp_path: Path, connectors: dict[str, SmscConnector],
         channels.update(others or {})
         dispatcher = Dispatcher(store, router, channels,
                                 RetryConfig(initial_delay=5, max_delay=300, multiplier=2),
-                                clock, reports.append)
+                                clock, reports.append, receipt_of=receipt_report)
         for connector in connectors.values():
             await nursery.start(connector.run)
         await nursery.start(dispatcher.run)
