@@ -23,7 +23,7 @@ from typing import Protocol, runtime_checkable
 import structlog
 import trio
 
-from gateway import history, metrics
+from gateway import history, metrics, transitions
 from gateway.clock import WallClock
 from gateway.config import RetryConfig
 from gateway.intake import Replacement
@@ -273,10 +273,10 @@ class Dispatcher:
                 self._watch(live, msg.expires_at)  # only its expiry is left to watch
             else:
                 if msg.state is State.IN_FLIGHT:  # interrupted attempt: its pending parts go again
-                    live.events.append(history.transition(
+                    transitions.move(
                         msg, "resumed", State.QUEUED, self.clock.now(),
                         {"parts_pending": sum(p.state is PartState.PENDING for p in live.parts)
-                         or len(live.parts)}))
+                         or len(live.parts)}, into=live.events)
                 self._schedule(live, max(msg.next_attempt_at, msg.not_before))
         return len(messages)
 
@@ -330,10 +330,10 @@ class Dispatcher:
                 if msg.state is not State.QUEUED and (
                         any(p.state is PartState.PENDING for p in live.parts) or not live.parts):
                     # so that the pending parts are tried again
-                    live.events.append(history.transition(msg, "error", State.QUEUED, now,
-                                                          detail))
+                    transitions.move(msg, "error", State.QUEUED, now, detail,
+                                     into=live.events)
                 else:
-                    live.events.append(history.note(msg, "error", now, detail))
+                    transitions.note(msg, "error", now, detail, into=live.events)
                 self._schedule(live, now + self.retry.initial_delay)
 
     async def _wait_work(self) -> None:
@@ -448,8 +448,8 @@ class Dispatcher:
             self._parked[msg.id] = live
             if not live.waiting:
                 live.waiting = True
-                live.events.append(history.note(msg, "waiting", now, {
-                    "reason": "no connector of its route is up"}))
+                transitions.note(msg, "waiting", now, {
+                    "reason": "no connector of its route is up"}, into=live.events)
             self._watch(live, msg.expires_at)
             return
         channel, planned = picked
@@ -471,9 +471,9 @@ class Dispatcher:
         msg.parts_total = len(live.parts)
         msg.attempts += 1
         msg.connector, msg.channel = channel.name, channel.kind
-        live.events.append(history.transition(msg, "attempt", State.IN_FLIGHT, now, {
+        transitions.move(msg, "attempt", State.IN_FLIGHT, now, {
             "attempt": msg.attempts, "channel": channel.kind, "connector": channel.name,
-            "parts": sum(p.state is PartState.PENDING for p in live.parts)}))
+            "parts": sum(p.state is PartState.PENDING for p in live.parts)}, into=live.events)
         live.refused, live.not_capable, live.late, live.waiting = None, None, False, False
         if planned is not None:  # a new attempt of the plan (not the rest of an earlier one)
             live.timeout_at = None if planned.timeout is None else now + planned.timeout
@@ -556,11 +556,11 @@ class Dispatcher:
             if not any(p.state is not PartState.PENDING for p in live.parts):
                 live.failover += 1  # nothing sent yet: the next attempt may fail over
             delay = self._backoff(msg.attempts)
-            live.events.append(history.transition(msg, "retry", State.QUEUED, now, {
+            transitions.move(msg, "retry", State.QUEUED, now, {
                 "attempt": msg.attempts, "connector": msg.connector,
                 "status": f"0x{refused.status:08X}", "detail": refused.detail or
                 "refused for now by the operator", "delay": delay,
-                "next_attempt_at": history.iso(now + delay)}))
+                "next_attempt_at": history.iso(now + delay)}, into=live.events)
             log.info("message.retry", message_id=msg.id, smsc=msg.connector,
                      status=f"0x{refused.status:08X}", detail=refused.detail, delay=delay)
             self._schedule(live, now + delay)
@@ -574,9 +574,9 @@ class Dispatcher:
             attempt.detail.update(outcome="submitted", operator_ids=operator_ids,
                                   answered_in=round(now - attempt.at, 3))
         else:  # the attempt's row is written already (a part's receipt came in between)
-            live.events.append(history.note(msg, "submitted", now, {
+            transitions.note(msg, "submitted", now, {
                 "attempt": msg.attempts, "connector": msg.connector,
-                "operator_ids": operator_ids}))
+                "operator_ids": operator_ids}, into=live.events)
         self._watch(live, live.timeout_at or msg.expires_at)
         outcome = final_state_of(live.parts)  # every receipt may be in already
         if outcome is not None:
@@ -598,7 +598,7 @@ class Dispatcher:
         if skip:  # (a connector that cannot reach the recipient leaves the plan instead)
             live.failover += 1
         live.timeout_at, live.revoking = None, False
-        live.events.append(history.transition(msg, kind, State.QUEUED, now, detail))
+        transitions.move(msg, kind, State.QUEUED, now, detail, into=live.events)
         log.info("message.next_attempt", message_id=msg.id, why=kind, smsc=msg.connector)
         self._schedule(live, now)
         work.touch(live)
@@ -654,7 +654,7 @@ class Dispatcher:
             if final is not None:
                 work.finish(live, self._finalize(live, final, now, detail, kind="revoke"))
             else:
-                live.events.append(history.note(msg, "revoke", now, detail))
+                transitions.note(msg, "revoke", now, detail, into=live.events)
                 self._watch(live, msg.expires_at)
                 work.touch(live)
             return
@@ -998,7 +998,7 @@ class Dispatcher:
             detail: dict[str, object] = {"part": part.part_no, "connector": connector,
                                          "stat": word, "err": error}
             if final is None:
-                live.events.append(history.note(live.msg, "receipt", now, detail))
+                transitions.note(live.msg, "receipt", now, detail, into=live.events)
                 work.touch(live)
                 continue
             if error:
@@ -1041,7 +1041,7 @@ class Dispatcher:
         """Move a message and its open parts to a final state (recorded in its history as an
         event of that kind, with that detail); the report owed upstream."""
         msg = live.msg
-        live.events.append(history.transition(msg, kind, state, now, detail))
+        transitions.move(msg, kind, state, now, detail, into=live.events)
         msg.done_at = now
         part_state = {State.EXPIRED: PartState.EXPIRED, State.REJECTED: PartState.REJECTED}.get(
             state, PartState.UNDELIVERABLE)
@@ -1096,9 +1096,9 @@ class Dispatcher:
             raise RetryRefused(f"scheduled by its sender for {when} UTC: it is not due yet")
         was_parked = self._parked.pop(message_id, None) is not None
         waited = msg.next_attempt_at
-        live.events.append(history.note(msg, "retry_now", now, {
+        transitions.note(msg, "retry_now", now, {
             "was": "waiting for a connector of its route" if was_parked else
-            f"waiting for its next attempt at {history.iso(waited)}"}))
+            f"waiting for its next attempt at {history.iso(waited)}"}, into=live.events)
         msg.next_attempt_at = now
         self._watch(live, now)
         self._wake.set()
@@ -1185,7 +1185,7 @@ class Dispatcher:
             msg = live.msg
             undo.append((live, msg.state, msg.done_at, [(p.state, p.done_at) for p in live.parts]))
             events += live.events  # its history not yet written goes first (kept on undo)
-            events.append(history.transition(msg, "cancelled", State.CANCELLED, now, {"by": by}))
+            transitions.move(msg, "cancelled", State.CANCELLED, now, {"by": by}, into=events)
             msg.done_at = now
             for part in live.parts:
                 part.state, part.done_at = PartState.CANCELLED, now
@@ -1233,12 +1233,12 @@ class Dispatcher:
             ("expires_at", msg.expires_at, new.expires_at),
             ("not_before", msg.not_before, new.not_before)) if old != value]
         state = State.SCHEDULED if new.not_before > now else State.QUEUED
-        event = history.transition(msg, "replaced", state, now, {"by": by, "changed": changed})
+        event = transitions.move(msg, "replaced", state, now, {"by": by, "changed": changed})
         # After a temporary refusal the next attempt keeps its backoff; else the new schedule.
         waited = msg.next_attempt_at if msg.attempts else new.not_before
         msg.body, msg.registered_delivery = new.body, new.registered_delivery
         msg.expires_at, msg.not_before = new.expires_at, new.not_before
-        msg.state, msg.next_attempt_at = state, max(waited, new.not_before)
+        msg.next_attempt_at = max(waited, new.not_before)
         msg.parts_total, live.parts, live.units = 0, [], None  # cut again from the new text
         live.held, live.due = True, None
         self._parked.pop(msg.id, None)
