@@ -24,12 +24,14 @@ from gateway.dispatcher import Dispatcher
 from gateway.http_api import HttpApi, serve_http
 from gateway.inbound import Inbound
 from gateway.model import Report
-from gateway.reporter import Reporter
+from gateway.reporter import Reporter, receipt_report
 from gateway.routing_setup import Routing, build_routing
 from gateway.screening import Screening
 from gateway.server import UPSTREAM_BIND_MODES, SmppServer, _AccountState, account_states
 from gateway.store import Store, StoreError
 from gateway.webhooks import Webhooks, endpoints, mo_by_webhook
+from routing.channel import Channel
+from routing.sms import SmsChannel
 from routing.smsc import SmscConnector
 
 log = structlog.get_logger("gateway.daemon")
@@ -160,7 +162,9 @@ async def run(
                 reporter.add(report)
 
         connectors: dict[str, SmscConnector] = {}
-        dispatcher = Dispatcher(store, routing.router, connectors, config.retry, clock, owed)
+        channels: dict[str, Channel] = {}  # by connector name: what the dispatcher speaks to
+        dispatcher = Dispatcher(store, routing.router, channels, config.retry, clock, owed,
+                                receipt_of=receipt_report)
         mo_owners = {addr: acc.system_id for acc in config.accounts.values()
                      for addr in acc.mo_addresses}
         screening = Screening(config.rules)
@@ -171,7 +175,8 @@ async def run(
         inbound = Inbound(dispatcher, store, clock, mo_owners, owed, screening,
                           config.validity, mo_by_webhook(config.accounts.values()))
         for smsc in config.smscs.values():
-            connectors[smsc.name] = SmscConnector(smsc, inbound.on_deliver)
+            connector = connectors[smsc.name] = SmscConnector(smsc)
+            channels[smsc.name] = SmsChannel(connector, inbound)
         _export_gauges(config, connectors)
         states = account_states(config.accounts)  # one per account, for every listener
         running = Running(config, store, dispatcher, reporter, connectors=connectors,

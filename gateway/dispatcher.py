@@ -1,10 +1,13 @@
 """Dispatcher: owns every unfinished message from commit to final state.
 
-It schedules attempts (deferred, retried with backoff, failed over to the next connector of the
-route plan), segments and submits to operators, applies the operators' receipts, expires
-messages at the end of their validity, and writes each final state with its upstream report.
-One task does it in rounds: the submit results and due messages of a round are handled
-together and their changes written in one store call (no task or store call per message).
+It schedules attempts (deferred, retried with backoff, failed over to the next attempt of the
+route plan, revoked and failed over when an attempt's timeout passes without an outcome),
+hands each message's units to the plan's channels (routing/channel.py: it speaks no
+protocol), applies the providers' receipts, expires messages at the end of their validity,
+and writes each final state with the report its upstream face makes of it (receipt_of: the
+core knows when a receipt is owed, never what it looks like upstream). One task does it in
+rounds: the send results and due messages of a round are handled together and their changes
+written in one store call (no task or store call per message).
 """
 
 from __future__ import annotations
@@ -13,67 +16,32 @@ import datetime as dt
 import functools
 import heapq
 import itertools
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import structlog
 import trio
 
-from gateway import history, metrics
+from gateway import history, metrics, transitions
 from gateway.clock import WallClock
 from gateway.config import RetryConfig
 from gateway.intake import Replacement
-from gateway.model import Event, Message, Part, PartState, Report, ReportKind, State
+from gateway.model import Event, Message, Part, PartState, Report, State
 from gateway.store import PendingWrite, Store, StoreError
-from gateway.webhooks import rfc3339, webhook_report
-from routing.core import Router, RoutingContext
-from routing.smsc import SmscConnector, SubmitResult
-from smpp.connection import LogBudget
-from smpp.constants import MessageState, Status, Tag
-from smpp.pdu import SubmitSm, set_tlv_int
-from smpp.receipt import Receipt, format_receipt, id_variants
-from smpp.text import Segment, TextEncodingError, decode_text, split
+from routing.channel import Channel, ProviderReceipt, Revoked, SendResult, Unit, Unsendable
+from routing.core import Attempt, Router, RoutingContext
 
 log = structlog.get_logger("gateway.dispatcher")
 
-ESM_UDHI = 0x40
-ESM_MODE_MASK = 0x03  # messaging mode bits kept from the upstream's esm_class
-
-STATE_TO_STAT = {
-    State.DELIVERED: "DELIVRD",
-    State.UNDELIVERABLE: "UNDELIV",
-    State.EXPIRED: "EXPIRED",
-    State.REJECTED: "REJECTD",
-    State.CANCELLED: "DELETED",  # cancelled before it reached an operator
-}
-STATE_TO_SMPP = {
-    State.DELIVERED: MessageState.DELIVERED,
-    State.UNDELIVERABLE: MessageState.UNDELIVERABLE,
-    State.EXPIRED: MessageState.EXPIRED,
-    State.REJECTED: MessageState.REJECTED,
-    State.CANCELLED: MessageState.DELETED,
-    State.QUEUED: MessageState.ENROUTE,
-    State.SCHEDULED: MessageState.ENROUTE,
-    State.IN_FLIGHT: MessageState.ENROUTE,
-    State.ACCEPTED: MessageState.ACCEPTED,
-}
-# Operator receipt stat words -> the part's outcome; None: intermediate, no change.
-STAT_TO_PART: dict[str, PartState | None] = {
-    "DELIVRD": PartState.DELIVERED,
-    "UNDELIV": PartState.UNDELIVERABLE,
-    "EXPIRED": PartState.EXPIRED,
-    "DELETED": PartState.UNDELIVERABLE,
-    "REJECTD": PartState.REJECTED,
-    "UNKNOWN": PartState.UNDELIVERABLE,
-    "ACCEPTD": None,
-    "ENROUTE": None,
-}
 _FINAL_PARTS = frozenset({PartState.DELIVERED, PartState.UNDELIVERABLE, PartState.EXPIRED,
                           PartState.REJECTED})
 NO_SMSC = "none"  # the smsc label of a message that never reached a connector
 NO_ROUTE_ERROR = 0x0B  # reported as err:011 (ESME_RINVDSTADR's code) when no route matches
-MAX_HELD_RECEIPTS = 10_000  # receipts waiting at once for their submit_sm_resp
+MAX_HELD_RECEIPTS = 10_000  # receipts waiting at once for their send's answer
+HOLD_LOG_PERIOD = 10.0  # seconds between two warnings that the receipt hold is full
+RECEIPT_HOLD = 10.0  # seconds a receipt of a channel that names none waits for its send
+RECEIPT_WORDS = 64  # distinct receipt words counted by name (per dispatcher); more: "OTHER"
 SAVE_RETRY_MIN, SAVE_RETRY_MAX = 1.0, 30.0  # seconds between attempts at a failed store write
 
 
@@ -83,10 +51,14 @@ class Live:
 
     msg: Message
     parts: list[Part] = field(default_factory=list)
-    segments: list[Segment] | None = None
+    units: list[Unit] | None = None  # what the current channel sends it as
     failover: int = 0  # index into the route plan's attempts
     sending: int = 0  # submits of the current attempt not answered yet
-    refused: SubmitResult | None = None  # a temporary refusal seen in the current attempt
+    refused: SendResult | None = None  # a temporary refusal seen in the current attempt
+    not_capable: SendResult | None = None  # the current channel cannot reach the recipient
+    incapable: set[str] = field(default_factory=set)  # connectors that said so: skipped
+    timeout_at: float | None = None  # the current attempt's outcome is awaited until then
+    revoking: bool = False  # its current attempt is being revoked (timeout)
     late: bool = False  # a part of the current attempt was not sent: validity over
     due: float | None = None  # time of this message's one valid heap entry, if any
     held: bool = False  # a cancel or replacement of it is being committed: not attempted
@@ -132,55 +104,46 @@ def final_state_of(parts: Sequence[Part]) -> State | None:
     return State.EXPIRED
 
 
+# The report an upstream face owes for a message that reached a final state (its format is
+# that face's: SMPP receipt text and TLVs, a webhook's JSON), made when the state is written.
+ReceiptOf = Callable[[Message, State, float], Report]
+
+
 def wants_report(registered_delivery: int, state: State) -> bool:
     request = registered_delivery & 0x03
     return request == 1 or (request == 2 and state is not State.DELIVERED)
 
 
-def receipt_report(msg: Message, state: State, now: float) -> Report:
-    """The delivery receipt owed upstream for a message that reached a final state."""
-    text = decode_text(msg.body, msg.data_coding)[:20] if not msg.esm_class & ESM_UDHI else ""
-    receipt = Receipt(
-        id=msg.id, sub=1, dlvrd=1 if state is State.DELIVERED else 0,
-        submit_date=_utc(msg.created_at), done_date=_utc(msg.done_at or now),
-        stat=STATE_TO_STAT[state], err=f"{msg.error % 1000:03d}", text=text,
-    )
-    report = Report(
-        account=msg.account, kind=ReportKind.RECEIPT, message_id=msg.id,
-        source_addr=msg.dest_addr, source_ton=msg.dest_ton, source_npi=msg.dest_npi,
-        dest_addr=msg.source_addr, dest_ton=msg.source_ton, dest_npi=msg.source_npi,
-        data_coding=0, body=format_receipt(receipt), created_at=now, state=state,
-        error=msg.error,
-    )
-    if msg.origin == "http":  # a receipt goes back where its message came from: a webhook
-        webhook_report(report, callback_url=msg.callback_url, client_ref=msg.client_ref,
-                       submitted_at=rfc3339(msg.created_at), stat=receipt.stat)
-    return report
+@runtime_checkable
+class ReceiptIds(Protocol):
+    """How a channel's receipts find their units (the SMS channel says; a channel that does
+    not is matched on its ids as given, with RECEIPT_HOLD): how long a receipt that overtook
+    its send's answer waits for it, the key a provider id is filed under, and every key a
+    receipt's id may match (id_format: the channel's own word for its id spellings; "auto":
+    converted spellings are trusted only once the channel has shown it converts)."""
+
+    receipt_hold: float
+    receipt_id_format: str
+
+    def receipt_key(self, provider_id: str) -> str: ...
+
+    def receipt_keys(self, provider_id: str, id_format: str) -> list[str]: ...
 
 
-def _norm(smsc_id: str) -> str:
-    return smsc_id.strip("\x00 \t\r\n").lower().lstrip("0") or "0"
+class _AsGiven:
+    """The receipt matching of a channel that says nothing about it."""
+
+    receipt_hold = RECEIPT_HOLD
+    receipt_id_format = "as-is"
+
+    def receipt_key(self, provider_id: str) -> str:
+        return provider_id.strip()
+
+    def receipt_keys(self, provider_id: str, id_format: str) -> list[str]:
+        return [provider_id.strip()]
 
 
-def receipt_keys(smsc_id: str, id_format: str = "auto") -> list[str]:
-    """The normalised ids under which a receipt's id may match a submit_sm_resp's id.
-
-    id_format (per SMSC): "as-is" exact; "hex": the receipt shows in hex the decimal id the
-    submit_sm_resp gave; "decimal": the receipt shows in decimal a hex id; "auto": any of these.
-    """
-    given = smsc_id.strip("\x00 \t\r\n")
-    try:
-        if id_format == "as-is":
-            keys = [given]
-        elif id_format == "hex":
-            keys = [given, str(int(given, 16))]
-        elif id_format == "decimal":
-            keys = [given, format(int(given, 10), "x")]
-        else:
-            keys = id_variants(given)
-    except ValueError:
-        keys = [given]
-    return list(dict.fromkeys(_norm(k) for k in keys))
+_AS_GIVEN = _AsGiven()
 
 
 def _utc(ts: float) -> dt.datetime:
@@ -195,6 +158,10 @@ class NoRoute(Exception):
     """No route matches the message's destination."""
 
 
+class NotCapable(Exception):
+    """Every channel of the message's plan said it cannot reach the recipient."""
+
+
 class Dispatcher:
     """Schedules and drives every unfinished message; see the module docstring."""
 
@@ -202,35 +169,41 @@ class Dispatcher:
         self,
         store: Store,
         router: Router,
-        connectors: Mapping[str, SmscConnector],
+        channels: Mapping[str, Channel],
         retry: RetryConfig,
         clock: WallClock,
         on_report: Callable[[Report], None],
         *,
+        receipt_of: ReceiptOf,
         max_in_flight: int | None = None,
     ) -> None:
         self.store = store
         self.router = router
-        self.connectors = connectors
+        self.channels = channels  # by connector name (Attempt.connector)
         self.retry = retry
         self.clock = clock
         self.on_report = on_report
+        self.receipt_of = receipt_of  # the upstream face's receipt for a final message
         self.live: dict[str, Live] = {}
         self._per_account: dict[str, int] = {}  # unfinished messages per account
         self._heap: list[tuple[float, int, str]] = []
         self._counter = itertools.count()
         self._wake = trio.Event()
-        self._results: list[tuple[Live, Part, SubmitResult]] = []
+        self._results: list[tuple[Live, Part, SendResult]] = []
+        self._revoked: list[tuple[Live, str, list[Revoked]]] = []  # revokes answered
         self._by_smsc: dict[tuple[str, str], tuple[Live, Part]] = {}
         # Receipts held for matching, by (connector, normalised id) they wait for: the events
         # of the receipts waiting for that key (a receipt may wait under several spellings).
         self._held: dict[tuple[str, str], list[trio.Event]] = {}
         self._held_count = 0
-        self._held_log = LogBudget()
+        self._held_log_at = -HOLD_LOG_PERIOD  # trio time of the last "hold full" warning
+        self._held_refused = 0  # receipts refused since (the hold was full)
+        self._ids: dict[str, ReceiptIds] = {}  # each channel's receipt matching, when first used
+        self._words: set[str] = set()  # receipt words counted by name
         self._storing: dict[tuple[str, str], trio.Event] = {}  # receipts awaiting a commit
         self._parked: dict[str, Live] = {}  # waiting for a connector of their route to come up
         self._converting: set[str] = set()  # connectors seen writing receipt ids converted
-        total = sum(c.capacity for c in connectors.values())
+        total = sum(c.capacity for c in channels.values())
         self.max_in_flight = max_in_flight or max(64, 2 * total)
         self._in_flight = 0  # messages with submits not answered yet
         self._nursery: trio.Nursery | None = None
@@ -300,10 +273,10 @@ class Dispatcher:
                 self._watch(live, msg.expires_at)  # only its expiry is left to watch
             else:
                 if msg.state is State.IN_FLIGHT:  # interrupted attempt: its pending parts go again
-                    live.events.append(history.transition(
+                    transitions.move(
                         msg, "resumed", State.QUEUED, self.clock.now(),
                         {"parts_pending": sum(p.state is PartState.PENDING for p in live.parts)
-                         or len(live.parts)}))
+                         or len(live.parts)}, into=live.events)
                 self._schedule(live, max(msg.next_attempt_at, msg.not_before))
         return len(messages)
 
@@ -313,8 +286,8 @@ class Dispatcher:
         log.info("dispatcher.loaded", unfinished=count)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for connector in self.connectors.values():
-                nursery.start_soon(self._follow, connector)
+            for channel in self.channels.values():
+                nursery.start_soon(self._follow, channel)
             task_status.started()
             while True:
                 await self._wait_work()
@@ -328,6 +301,9 @@ class Dispatcher:
         results, self._results = self._results, []
         for live, part, result in results:
             self._guarded(self._on_result, live, part, result, now, work)
+        revoked, self._revoked = self._revoked, []
+        for live, name, answers in revoked:
+            self._guarded(self._on_revoked, live, name, answers, now, work)
         while self._heap and self._heap[0][0] <= now and self._in_flight < self.max_in_flight \
                 and not self._stopped:
             when, _, msg_id = heapq.heappop(self._heap)
@@ -354,16 +330,16 @@ class Dispatcher:
                 if msg.state is not State.QUEUED and (
                         any(p.state is PartState.PENDING for p in live.parts) or not live.parts):
                     # so that the pending parts are tried again
-                    live.events.append(history.transition(msg, "error", State.QUEUED, now,
-                                                          detail))
+                    transitions.move(msg, "error", State.QUEUED, now, detail,
+                                     into=live.events)
                 else:
-                    live.events.append(history.note(msg, "error", now, detail))
+                    transitions.note(msg, "error", now, detail, into=live.events)
                 self._schedule(live, now + self.retry.initial_delay)
 
     async def _wait_work(self) -> None:
         """Return when there are submit results, or a message is due and may start."""
         self._wake = trio.Event()
-        if self._results:
+        if self._results or self._revoked:
             await trio.lowlevel.checkpoint()
             return
         if self._heap and self._in_flight < self.max_in_flight and not self._stopped:
@@ -376,12 +352,12 @@ class Dispatcher:
         else:
             await self._wake.wait()
 
-    async def _follow(self, connector: SmscConnector) -> None:
-        """Wake the parked messages when a connector goes from down to up."""
-        was_up = connector.is_up()
+    async def _follow(self, channel: Channel) -> None:
+        """Wake the parked messages when a channel goes from down to up."""
+        was_up = channel.is_up()
         while True:
-            await connector.wait_changed()
-            up = connector.is_up()
+            await channel.wait_changed()
+            up = channel.is_up()
             came_up, was_up = up and not was_up, up
             if came_up and self._parked:
                 parked, self._parked = self._parked, {}
@@ -407,41 +383,50 @@ class Dispatcher:
                 return
             self._attempt(live, now, work)
         elif msg.state is State.IN_FLIGHT:
-            self._watch(live, msg.expires_at)
+            if live.timeout_at is None or now < live.timeout_at:
+                self._watch(live, live.timeout_at or msg.expires_at)
+            elif not live.sending:
+                self._revoke(live, now)
+            else:  # revoked once every unit is answered (_attempt_done looks at it again)
+                self._watch(live, msg.expires_at)
         else:
             self._watch(live, msg.next_attempt_at)
 
     # -- one attempt --------------------------------------------------------------------------
-    def _pick(self, live: Live, now: float) -> SmscConnector | None:
-        """The connector for this attempt, None if all are down; raises NoRoute."""
+    def _pick(self, live: Live, now: float) -> tuple[Channel, Attempt | None] | None:
+        """The channel for this attempt and the plan's attempt it follows (None when the
+        message stays on its channel), None if every one is down; raises NoRoute, or
+        NotCapable when every channel of the plan said it cannot reach the recipient."""
         msg = live.msg
         if any(p.state is not PartState.PENDING for p in live.parts) and msg.connector:
-            conn = self.connectors.get(msg.connector)  # parts must stay on one operator
-            return conn if conn is not None and conn.is_up() else None
+            channel = self.channels.get(msg.connector)  # parts must stay on one operator
+            return (channel, None) if channel is not None and channel.is_up() else None
         plan = self.router.plan(msg, RoutingContext(now, self._is_up))
         if plan is None or not plan.attempts:
             raise NoRoute(msg.dest_addr)
-        attempts = plan.attempts
+        attempts = [a for a in plan.attempts if a.connector not in live.incapable]
+        if not attempts:
+            raise NotCapable(msg.dest_addr)
         for i in range(len(attempts)):
             attempt = attempts[(live.failover + i) % len(attempts)]
-            conn = self.connectors.get(attempt.connector)
-            if conn is not None and conn.is_up():
-                return conn
+            channel = self.channels.get(attempt.connector)
+            if channel is not None and channel.kind == attempt.channel and channel.is_up():
+                return channel, attempt
         return None
 
     def _is_up(self, name: str) -> bool:
-        conn = self.connectors.get(name)
-        return conn is not None and conn.is_up()
+        channel = self.channels.get(name)
+        return channel is not None and channel.is_up()
 
     def _backoff(self, attempts: int) -> float:
         r = self.retry
         return float(min(r.max_delay, r.initial_delay * r.multiplier ** max(0, attempts - 1)))
 
     def _attempt(self, live: Live, now: float, work: _Round) -> None:
-        """Hand the message's pending parts to a connector; results come to _on_result."""
+        """Hand the message's pending units to a channel; results come to _on_result."""
         msg = live.msg
         try:
-            conn = self._pick(live, now)
+            picked = self._pick(live, now)
         except NoRoute:
             msg.error = NO_ROUTE_ERROR
             log.warning("message.no_route", message_id=msg.id,
@@ -452,56 +437,66 @@ class Dispatcher:
                        "number_type": msg.number_type}
             self._finish(live, State.REJECTED, now, work, why)
             return
-        if conn is None:  # every connector of the route is down: wait for one (or the expiry)
+        except NotCapable:
+            if live.not_capable is not None:
+                msg.error = live.not_capable.status
+            self._finish(live, State.UNDELIVERABLE, now, work, {
+                "reason": "no channel of its route can reach the recipient",
+                "not_capable": sorted(live.incapable)})
+            return
+        if picked is None:  # every connector of the route is down: wait for one (or the expiry)
             self._parked[msg.id] = live
             if not live.waiting:
                 live.waiting = True
-                live.events.append(history.note(msg, "waiting", now, {
-                    "reason": "no connector of its route is up"}))
+                transitions.note(msg, "waiting", now, {
+                    "reason": "no connector of its route is up"}, into=live.events)
             self._watch(live, msg.expires_at)
             return
+        channel, planned = picked
         if live.parts and all(p.state is PartState.PENDING for p in live.parts) \
-                and live.parts[0].connector != conn.name:
-            live.segments, live.parts = None, []  # failed over: split for the new SMSC
-        if live.segments is None:
+                and live.parts[0].connector != channel.name:
+            live.units, live.parts = None, []  # failed over: cut again for the new channel
+        if live.units is None:
             try:
-                live.segments = self._segments(msg, conn)
-            except TextEncodingError as exc:  # e.g. more than 255 parts for this SMSC
-                log.warning("message.unsplittable", message_id=msg.id, detail=str(exc))
-                msg.error = Status.ESME_RINVMSGLEN
+                live.units = list(channel.prepare(msg))
+            except Unsendable as exc:  # e.g. more than 255 parts for this SMSC
+                log.warning("message.unsplittable", message_id=msg.id, detail=exc.detail)
+                msg.error = exc.status
                 self._finish(live, State.REJECTED, now, work, {
-                    "reason": "cannot be split for this connector", "connector": conn.name,
-                    "detail": str(exc)})
+                    "reason": "cannot be split for this connector", "connector": channel.name,
+                    "detail": exc.detail})
                 return
         if not live.parts:
-            live.parts = [Part(msg.id, n, conn.name) for n in range(1, len(live.segments) + 1)]
+            live.parts = [Part(msg.id, unit.number, channel.name) for unit in live.units]
         msg.parts_total = len(live.parts)
         msg.attempts += 1
-        msg.connector = conn.name
-        live.events.append(history.transition(msg, "attempt", State.IN_FLIGHT, now, {
-            "attempt": msg.attempts, "channel": conn.channel, "connector": conn.name,
-            "parts": sum(p.state is PartState.PENDING for p in live.parts)}))
-        live.refused, live.late, live.waiting = None, False, False
-        metrics.child(metrics.ATTEMPTS, conn.name).inc()
+        msg.connector, msg.channel = channel.name, channel.kind
+        transitions.move(msg, "attempt", State.IN_FLIGHT, now, {
+            "attempt": msg.attempts, "channel": channel.kind, "connector": channel.name,
+            "parts": sum(p.state is PartState.PENDING for p in live.parts)}, into=live.events)
+        live.refused, live.not_capable, live.late, live.waiting = None, None, False, False
+        if planned is not None:  # a new attempt of the plan (not the rest of an earlier one)
+            live.timeout_at = None if planned.timeout is None else now + planned.timeout
+        metrics.child(metrics.ATTEMPTS, channel.name).inc()
         deadline = self.clock.to_trio(msg.expires_at)
-        for part, segment in zip(live.parts, live.segments, strict=True):
+        for part, unit in zip(live.parts, live.units, strict=True):
             if part.state is not PartState.PENDING:
                 continue
-            part.connector = conn.name
-            pdu = self._submit_pdu(msg, segment, conn)
+            part.connector = channel.name
             if not live.sending:
-                self._in_flight += 1  # counted once, when its first submit is handed over
+                self._in_flight += 1  # counted once, when its first unit is handed over
             live.sending += 1
-            conn.submit_nowait(pdu, deadline, functools.partial(self._submitted, live, part))
+            channel.submit_nowait(msg, unit, deadline,
+                                  functools.partial(self._submitted, live, part))
         if not live.sending:  # nothing was pending (cannot happen when queued, but never hang)
             self._attempt_done(live, now, work)
 
-    def _submitted(self, live: Live, part: Part, result: SubmitResult) -> None:
-        """A connector's answer for one part: handled in the next round."""
+    def _submitted(self, live: Live, part: Part, result: SendResult) -> None:
+        """A channel's answer for one unit: handled in the next round."""
         self._results.append((live, part, result))
         self._wake.set()
 
-    def _on_result(self, live: Live, part: Part, result: SubmitResult, now: float,
+    def _on_result(self, live: Live, part: Part, result: SendResult, now: float,
                    work: _Round) -> None:
         live.sending -= 1
         if live.sending == 0:
@@ -510,13 +505,15 @@ class Dispatcher:
         if msg.state.final:  # finished meanwhile (expired, or failed on another part)
             return
         if result.ok:
-            part.smsc_id = result.smsc_id
+            part.smsc_id = result.provider_id
             part.state = PartState.SUBMITTED
             part.submitted_at = now
-            if result.smsc_id:
+            if result.provider_id:
                 self._register(live, part)
         elif result.expired:
             live.late = True
+        elif result.not_capable:
+            live.not_capable = result
         else:
             msg.error = result.status
             metrics.child(metrics.SUBMIT_ERRORS, part.connector,
@@ -545,16 +542,25 @@ class Dispatcher:
                 "reason": "validity over before every part was sent",
                 "connector": msg.connector})
             return
-        refused = live.refused
+        if live.not_capable is not None and not any(
+                p.state is not PartState.PENDING for p in live.parts):
+            self._next_attempt(live, now, work, "not_capable", {
+                "attempt": msg.attempts, "connector": msg.connector,
+                "status": f"0x{live.not_capable.status:08X}",
+                "detail": live.not_capable.detail or "the recipient cannot take this channel"},
+                skip=False)
+            live.incapable.add(msg.connector or "")
+            return
+        refused = live.refused or live.not_capable
         if refused is not None:
             if not any(p.state is not PartState.PENDING for p in live.parts):
                 live.failover += 1  # nothing sent yet: the next attempt may fail over
             delay = self._backoff(msg.attempts)
-            live.events.append(history.transition(msg, "retry", State.QUEUED, now, {
+            transitions.move(msg, "retry", State.QUEUED, now, {
                 "attempt": msg.attempts, "connector": msg.connector,
                 "status": f"0x{refused.status:08X}", "detail": refused.detail or
                 "refused for now by the operator", "delay": delay,
-                "next_attempt_at": history.iso(now + delay)}))
+                "next_attempt_at": history.iso(now + delay)}, into=live.events)
             log.info("message.retry", message_id=msg.id, smsc=msg.connector,
                      status=f"0x{refused.status:08X}", detail=refused.detail, delay=delay)
             self._schedule(live, now + delay)
@@ -568,15 +574,95 @@ class Dispatcher:
             attempt.detail.update(outcome="submitted", operator_ids=operator_ids,
                                   answered_in=round(now - attempt.at, 3))
         else:  # the attempt's row is written already (a part's receipt came in between)
-            live.events.append(history.note(msg, "submitted", now, {
+            transitions.note(msg, "submitted", now, {
                 "attempt": msg.attempts, "connector": msg.connector,
-                "operator_ids": operator_ids}))
-        self._watch(live, msg.expires_at)
+                "operator_ids": operator_ids}, into=live.events)
+        self._watch(live, live.timeout_at or msg.expires_at)
         outcome = final_state_of(live.parts)  # every receipt may be in already
         if outcome is not None:
             self._finish(live, outcome, now, work, {"reason": "every part's receipt is in"})
         else:
             work.touch(live)
+
+    def _next_attempt(self, live: Live, now: float, work: _Round, kind: str,
+                      detail: dict[str, object], *, skip: bool = True) -> None:
+        """Leave the current attempt for the plan's next one, at once: its units are
+        forgotten (a receipt for one of them is then an orphan) and cut again."""
+        msg = live.msg
+        for part in live.parts:
+            key = (part.connector, self._key(part.connector, part.smsc_id or ""))
+            hit = self._by_smsc.get(key)
+            if part.smsc_id and hit is not None and hit[1] is part:
+                del self._by_smsc[key]
+        live.parts, live.units, msg.parts_total = [], None, 0
+        if skip:  # (a connector that cannot reach the recipient leaves the plan instead)
+            live.failover += 1
+        live.timeout_at, live.revoking = None, False
+        transitions.move(msg, kind, State.QUEUED, now, detail, into=live.events)
+        log.info("message.next_attempt", message_id=msg.id, why=kind, smsc=msg.connector)
+        self._schedule(live, now)
+        work.touch(live)
+
+    # -- attempt timeouts -----------------------------------------------------------------------
+    def _revoke(self, live: Live, now: float) -> None:
+        """The attempt's timeout passed without an outcome: withdraw what the channel holds
+        (the answers come to _on_revoked), then the next attempt."""
+        msg = live.msg
+        channel = self.channels.get(msg.connector or "")
+        live.timeout_at = None
+        self._watch(live, msg.expires_at)  # it still expires while the revoke is answered
+        if channel is None:
+            return
+        live.revoking = True
+        ids = [p.smsc_id for p in live.parts if p.state is PartState.SUBMITTED and p.smsc_id]
+        log.info("message.attempt_timeout", message_id=msg.id, smsc=channel.name, units=len(ids))
+        assert self._nursery is not None
+        self._nursery.start_soon(self._revoking, live, channel, ids)
+
+    async def _revoking(self, live: Live, channel: Channel, ids: list[str]) -> None:
+        answers: list[Revoked] = []
+        for provider_id in ids:
+            try:
+                answers.append(await channel.revoke(live.msg, provider_id))
+            except Exception:
+                log.exception("dispatcher.revoke_failed", message_id=live.msg.id,
+                              smsc=channel.name)
+                answers.append(Revoked.FAILED)
+        self._revoked.append((live, channel.name, answers))
+        self._wake.set()
+
+    def _on_revoked(self, live: Live, name: str, answers: list[Revoked], now: float,
+                    work: _Round) -> None:
+        """A timed-out attempt's revoke answered: no further attempt if it reached the phone
+        (DELIVERED), else the plan's next attempt (at the risk of a duplicate when the
+        channel could not withdraw it: UNSUPPORTED, FAILED)."""
+        msg = live.msg
+        live.revoking = False
+        if msg.state is not State.IN_FLIGHT or msg.connector != name or live.held:
+            return  # its outcome came meanwhile (or a change of it is being stored)
+        words = [a.value for a in answers]
+        if Revoked.DELIVERED in answers:  # too late to withdraw: it reached the phone
+            submitted = [p for p in live.parts if p.state is PartState.SUBMITTED and p.smsc_id]
+            for part, answer in zip(submitted, answers, strict=False):
+                if answer is Revoked.DELIVERED:
+                    part.state, part.done_at = PartState.DELIVERED, now
+            detail: dict[str, object] = {
+                "connector": name, "revoked": words,
+                "reason": "no outcome before its timeout; revoke found it delivered: no "
+                          "further attempt"}
+            final = final_state_of(live.parts)
+            if final is not None:
+                work.finish(live, self._finalize(live, final, now, detail, kind="revoke"))
+            else:
+                transitions.note(msg, "revoke", now, detail, into=live.events)
+                self._watch(live, msg.expires_at)
+                work.touch(live)
+            return
+        detail = {"attempt": msg.attempts, "connector": name, "revoked": words,
+                  "reason": "no outcome before its timeout"}
+        if any(a is not Revoked.REVOKED for a in answers):
+            detail["duplicate_risk"] = "not every unit could be withdrawn"
+        self._next_attempt(live, now, work, "timeout", detail)
 
     # -- graceful shutdown ----------------------------------------------------------------------
     def stop_attempts(self) -> None:
@@ -655,52 +741,29 @@ class Dispatcher:
         for live, reports in work.finished:
             self._finalized(live, reports)
 
-    def _segments(self, msg: Message, conn: SmscConnector) -> list[Segment]:
-        if msg.esm_class & ESM_UDHI:  # already segmented upstream: one part, as submitted
-            return [Segment(msg.body, True, None, len(msg.body) > 254)]
-        cfg = conn.config
-        # Derived from the id, so parts resent after a restart carry the same reference; from
-        # all of it (its first digits are the time, shared by the messages of a minute; a
-        # submit_multi destination's id is the first one's with ":2", ":3"... after it).
-        ref = zlib.crc32(msg.id.encode()) % (0xFFFE if cfg.udh_ref16 else 0xFE) + 1
-        return split(msg.body, msg.data_coding, method=cfg.segmentation, ref=ref,
-                     ref16=cfg.udh_ref16)
-
-    def _submit_pdu(self, msg: Message, segment: Segment, conn: SmscConnector) -> SubmitSm:
-        """The operator submit_sm for one segment (the connector sets its validity_period)."""
-        cfg = conn.config
-        pdu = SubmitSm(
-            source_addr_ton=msg.source_ton if cfg.source_ton is None else cfg.source_ton,
-            source_addr_npi=msg.source_npi if cfg.source_npi is None else cfg.source_npi,
-            source_addr=msg.source_addr,
-            dest_addr_ton=msg.dest_ton if cfg.dest_ton is None else cfg.dest_ton,
-            dest_addr_npi=msg.dest_npi if cfg.dest_npi is None else cfg.dest_npi,
-            destination_addr=msg.dest_addr.lstrip("+"),
-            esm_class=(msg.esm_class & ESM_MODE_MASK) | (ESM_UDHI if segment.udhi else 0),
-            protocol_id=msg.protocol_id, priority_flag=msg.priority,
-            registered_delivery=1,  # always: receipts drive the message's final state
-            data_coding=msg.data_coding,
-        )
-        if segment.payload:
-            pdu.tlvs[Tag.MESSAGE_PAYLOAD] = segment.short_message
-        else:
-            pdu.short_message = segment.short_message
-        if segment.sar is not None:
-            ref, total, seq = segment.sar
-            set_tlv_int(pdu, Tag.SAR_MSG_REF_NUM, ref, 2)
-            set_tlv_int(pdu, Tag.SAR_TOTAL_SEGMENTS, total, 1)
-            set_tlv_int(pdu, Tag.SAR_SEGMENT_SEQNUM, seq, 1)
-        return pdu
-
     # -- receipts -------------------------------------------------------------------------------
-    # A submitted part is in _by_smsc (its operator id -> the part) from its submit_sm_resp
+    # A submitted part is in _by_smsc (its provider id -> the part) from its send's answer
     # until the commit of a write holding its outcome (_settled). So a receipt that finds its
     # part there with an outcome already applied is one whose effect is not stored yet: it is
     # answered only once that write commits. One found only in the store is "late" if the
     # part's outcome is stored, an orphan otherwise.
+    def _matching(self, connector: str) -> ReceiptIds:
+        ids = self._ids.get(connector)
+        if ids is None:
+            channel = self.channels.get(connector)
+            ids = channel if isinstance(channel, ReceiptIds) else _AS_GIVEN
+            self._ids[connector] = ids
+        return ids
+
+    def _key(self, connector: str, provider_id: str) -> str:
+        return self._matching(connector).receipt_key(provider_id)
+
+    def _keys(self, connector: str, provider_id: str, id_format: str) -> list[str]:
+        return self._matching(connector).receipt_keys(provider_id, id_format)
+
     def _register(self, live: Live, part: Part) -> None:
         assert part.smsc_id is not None
-        key = (part.connector, _norm(part.smsc_id))
+        key = (part.connector, self._key(part.connector, part.smsc_id))
         self._by_smsc[key] = (live, part)
         if self._held_count:
             for event in self._held.get(key, ()):
@@ -709,7 +772,7 @@ class Dispatcher:
     def _settled(self, outcomes: Sequence[Part]) -> None:
         """After a commit: these parts' outcomes are stored; their receipts are answered."""
         for part in outcomes:
-            key = (part.connector, _norm(part.smsc_id or ""))
+            key = (part.connector, self._key(part.connector, part.smsc_id or ""))
             hit = self._by_smsc.get(key)
             if hit is not None and hit[1] is part:
                 del self._by_smsc[key]
@@ -718,14 +781,14 @@ class Dispatcher:
                 event.set()
 
     def _unsettled(self, part: Part) -> bool:
-        hit = self._by_smsc.get((part.connector, _norm(part.smsc_id or "")))
+        hit = self._by_smsc.get((part.connector, self._key(part.connector, part.smsc_id or "")))
         return hit is not None and hit[1] is part
 
     async def _wait_settled(self, part: Part, deadline: float) -> bool:
         """Wait (until the trio time `deadline`) for the commit of the part's outcome,
         applied in memory already; whether it is stored."""
         if self._unsettled(part):
-            key = (part.connector, _norm(part.smsc_id or ""))
+            key = (part.connector, self._key(part.connector, part.smsc_id or ""))
             event = self._storing.setdefault(key, trio.Event())
             with trio.move_on_at(deadline):
                 await event.wait()
@@ -742,94 +805,111 @@ class Dispatcher:
         """The submitted part a receipt id names. In "auto" mode, converted (hex/decimal)
         spellings are trusted only once this connector has shown that it converts ids:
         before that, "4096" must not match a live id "1000" (its hex form)."""
-        hit = self._by_smsc.get((connector, _norm(smsc_id)))  # the common case: same spelling
+        hit = self._by_smsc.get((connector, self._key(connector, smsc_id)))  # same spelling
         if hit is not None or id_format == "as-is":
             return hit
         if id_format == "auto" and connector not in self._converting:
             return None
-        return self._lookup(connector, receipt_keys(smsc_id, id_format))
+        return self._lookup(connector, self._keys(connector, smsc_id, id_format))
 
-    async def on_receipts(self, connector: str, receipts: Sequence[tuple[str, str, int, bytes]],
-                          hold: float, id_format: str,
+    async def receipts(self, channel: Channel, receipts: Sequence[ProviderReceipt],
+                       answered: Callable[[int, bool], None],
+                       parked: Callable[[int], None] | None = None) -> None:
+        """ChannelEvents.receipts: see on_receipts."""
+        await self.on_receipts(channel.name, receipts, answered, parked)
+
+    async def on_receipts(self, connector: str, receipts: Sequence[ProviderReceipt],
                           answered: Callable[[int, bool], None],
-                          parked: Callable[[int], None] | None = None) -> None:
-        """Apply operator receipts (smsc_id, stat, error, raw text) read together.
+                          parked: Callable[[int], None] | None = None, *,
+                          hold: float | None = None, id_format: str | None = None) -> None:
+        """Apply a channel's receipts read together.
 
         answered(i, stored) is called once for each receipt, as soon as its own fate is known:
         stored=True once its effect is committed (or it needs none: intermediate, late, or
-        recorded as an orphan), so the operator may be answered OK; False if the store could
-        not take it, so the operator must be told to send it again. Receipts whose part is
-        known are applied in one store write; the others are held and matched concurrently
-        (parked(i) is called when receipt i starts waiting to be matched: its answer may need
-        more PDUs read from the bind it came on).
+        recorded as an orphan), so the provider may be answered OK; False if the store could
+        not take it, so the provider must be told to send it again. Receipts whose part is
+        known are applied in one store write; the others are held (up to `hold`, by default
+        the channel's) and matched concurrently (parked(i) is called when receipt i starts
+        waiting to be matched: its answer may need more of the provider's reports read). A
+        receipt naming no id is recorded as an orphan.
         """
-        matched: list[tuple[Live, Part, str, int, Callable[[bool], None]]] = []
-        misses: list[tuple[int, tuple[str, str, int, bytes]]] = []
+        matching = self._matching(connector)
+        hold = matching.receipt_hold if hold is None else hold
+        id_format = matching.receipt_id_format if id_format is None else id_format
+        matched: list[tuple[Live, Part, ProviderReceipt, Callable[[bool], None]]] = []
+        misses: list[tuple[int, ProviderReceipt]] = []
         for i, receipt in enumerate(receipts):
-            hit = self._match(connector, receipt[0], id_format)
+            hit = self._match(connector, receipt.provider_id, id_format) \
+                if receipt.provider_id else None
             if hit is None:
                 misses.append((i, receipt))
             else:
-                matched.append((*hit, receipt[1], receipt[2], functools.partial(answered, i)))
+                matched.append((*hit, receipt, functools.partial(answered, i)))
         if not misses:  # the usual case: every receipt's part is known, no nursery needed
             await self._apply_receipts(connector, matched, hold)
             return
         async with trio.open_nursery() as nursery:
-            for i, (smsc_id, stat, error, raw) in misses:
-                nursery.start_soon(self._unmatched, connector, smsc_id, stat, error, raw, hold,
-                                   id_format, functools.partial(answered, i),
+            for i, receipt in misses:
+                if not receipt.provider_id:
+                    nursery.start_soon(self._unreadable, connector, receipt,
+                                       functools.partial(answered, i))
+                    continue
+                nursery.start_soon(self._unmatched, connector, receipt, hold, id_format,
+                                   functools.partial(answered, i),
                                    functools.partial(parked, i) if parked else None)
             if matched:
                 await self._apply_receipts(connector, matched, hold)
 
-    async def on_receipt(self, connector: str, smsc_id: str, stat: str, error: int,
-                         hold: float, raw: bytes = b"", id_format: str = "auto") -> bool:
-        """Apply one operator receipt (see on_receipts); whether its effect is stored."""
-        results: list[bool] = []
-        await self.on_receipts(connector, [(smsc_id, stat, error, raw)], hold, id_format,
-                               lambda _i, ok: results.append(ok))
-        [stored] = results
-        return stored
+    async def _unreadable(self, connector: str, receipt: ProviderReceipt,
+                          done: Callable[[bool], None]) -> None:
+        """A receipt without a readable id: kept as an orphan (warned, counted)."""
+        done(await self.record_orphan(connector, "", "UNKNOWN", receipt.raw))
 
-    async def _unmatched(self, connector: str, smsc_id: str, stat: str, error: int, raw: bytes,
-                         hold: float, id_format: str, done: Callable[[bool], None],
+    async def _unmatched(self, connector: str, receipt: ProviderReceipt, hold: float,
+                         id_format: str, done: Callable[[bool], None],
                          parked: Callable[[], None] | None = None) -> None:
         """A receipt for an id not in memory: late (its part's outcome is stored already),
-        early (held up to `hold` seconds: its submit_sm_resp may still be on its way, e.g. on
+        early (held up to `hold` seconds: its send's answer may still be on its way, e.g. on
         another bind), or else an orphan."""
+        smsc_id, word = receipt.provider_id, receipt.word
         try:
-            if await self._late(connector, receipt_keys(smsc_id, "as-is"), smsc_id, stat):
+            if await self._late(connector, self._keys(connector, smsc_id, "as-is"), smsc_id,
+                                word):
                 done(True)
                 return
             hit = self._match(connector, smsc_id, id_format) or \
                 await self._hold(connector, smsc_id, hold, id_format, parked)
             if hit is not None:
-                await self._apply_receipts(connector, [(*hit, stat, error, done)], hold)
-            elif await self._late(connector, receipt_keys(smsc_id, id_format), smsc_id, stat):
+                await self._apply_receipts(connector, [(*hit, receipt, done)], hold)
+            elif await self._late(connector, self._keys(connector, smsc_id, id_format), smsc_id,
+                                  word):
                 done(True)
             else:
-                done(await self.record_orphan(connector, smsc_id, stat, raw))
+                done(await self.record_orphan(connector, smsc_id, word, receipt.raw))
         except StoreError as exc:
             log.warning("receipt.not_stored", smsc=connector, smsc_id=smsc_id, error=str(exc))
             done(False)
         except HoldFull:
-            done(False)  # the operator sends it again later (logged, rate-limited, in _hold)
+            done(False)  # the provider sends it again later (logged, rate-limited, in _hold)
 
     async def _hold(self, connector: str, smsc_id: str, hold: float, id_format: str,
                     parked: Callable[[], None] | None = None) -> tuple[Live, Part] | None:
         """Wait up to `hold` for the part a receipt names to be registered; that part.
 
-        At most MAX_HELD_RECEIPTS wait at once: beyond, StoreError (the operator is told to
+        At most MAX_HELD_RECEIPTS wait at once: beyond, HoldFull (the provider is told to
         send it again later) rather than an unbounded number of waiting receipts."""
         if self._held_count >= MAX_HELD_RECEIPTS:
-            held = self._held_log.take(trio.current_time())
-            if held is not None:
+            now = trio.current_time()
+            self._held_refused += 1
+            if now - self._held_log_at >= HOLD_LOG_PERIOD:
                 log.warning("receipt.hold_full", smsc=connector, held=self._held_count,
-                            suppressed=held)
+                            refused=self._held_refused)
+                self._held_log_at, self._held_refused = now, 0
             raise HoldFull(f"{self._held_count} receipts already held for matching")
-        variants = receipt_keys(smsc_id, id_format)
+        variants = self._keys(connector, smsc_id, id_format)
+        own = self._key(connector, smsc_id)
         trusted = id_format != "auto" or connector in self._converting
-        keys = [(connector, v) for v in (variants if trusted else [_norm(smsc_id)])]
+        keys = [(connector, v) for v in (variants if trusted else [own])]
         event = trio.Event()
         for key in keys:
             self._held.setdefault(key, []).append(event)
@@ -847,22 +927,22 @@ class Dispatcher:
                 waiting.remove(event)
                 if not waiting:
                     del self._held[key]
-        hit = self._by_smsc.get((connector, _norm(smsc_id))) or self._lookup(connector, variants)
-        if hit is not None and _norm(hit[1].smsc_id or "") != _norm(smsc_id) \
+        hit = self._by_smsc.get((connector, own)) or self._lookup(connector, variants)
+        if hit is not None and self._key(connector, hit[1].smsc_id or "") != own \
                 and id_format == "auto" and connector not in self._converting:
-            self._converting.add(connector)  # learnt: this SMSC converts its ids
+            self._converting.add(connector)  # learnt: this provider converts its ids
             log.info("receipt.id_conversion_learnt", smsc=connector)
         return hit
 
-    async def _late(self, connector: str, keys: Sequence[str], smsc_id: str, stat: str) -> bool:
+    async def _late(self, connector: str, keys: Sequence[str], smsc_id: str, word: str) -> bool:
         """Whether the store holds a part under one of these ids (normalised, see
-        receipt_keys) whose outcome is stored: the receipt is a duplicate or came late."""
+        ReceiptIds) whose outcome is stored: the receipt is a duplicate or came late."""
         given = smsc_id.strip("\x00 \t\r\n")
         spellings = [given, given.lower(), given.upper(), *keys, *(k.upper() for k in keys)]
         part = await self.store.find_part(connector, list(dict.fromkeys(spellings)))
         if part is None or part.state not in _FINAL_PARTS:
             return False
-        log.info("receipt.late", smsc=connector, smsc_id=smsc_id, stat=stat,
+        log.info("receipt.late", smsc=connector, smsc_id=smsc_id, stat=word,
                  part_state=part.state.value)
         return True
 
@@ -879,24 +959,31 @@ class Dispatcher:
         metrics.child(metrics.ORPHAN_RECEIPTS, connector).inc()
         return True
 
+    def _word_label(self, word: str) -> str:
+        """A receipt word as a metric label (the first RECEIPT_WORDS seen; then "OTHER")."""
+        if word in self._words:
+            return word
+        if len(self._words) < RECEIPT_WORDS and len(word) <= 16:
+            self._words.add(word)
+            return word
+        return "OTHER"
+
     async def _apply_receipts(
             self, connector: str,
-            matched: Sequence[tuple[Live, Part, str, int, Callable[[bool], None]]],
+            matched: Sequence[tuple[Live, Part, ProviderReceipt, Callable[[bool], None]]],
             hold: float) -> None:
         """Record receipts' outcomes on their parts; finish the messages that are complete;
         commit it all in one write, then tell each receipt's `done` whether it is stored. If
         that write failed, the outcomes stay in memory and are written again until the store
-        takes them; the operator, told of the failure, sends the receipts again, which are
+        takes them; the provider, told of the failure, sends the receipts again, which are
         answered once that write is stored (waiting up to `hold` for it)."""
         now = self.clock.now()
         work = _Round()
         applied: list[Callable[[bool], None]] = []
         pending: list[tuple[Part, Callable[[bool], None]]] = []  # outcome known, not stored
-        for live, part, stat, error, done in matched:
-            word = stat.upper()
-            outcome = STAT_TO_PART.get(word, PartState.UNDELIVERABLE)
-            metrics.child(metrics.RECEIPTS, connector,
-                          word if word in STAT_TO_PART else "OTHER").inc()
+        for live, part, receipt, done in matched:
+            outcome, word, error = receipt.outcome, receipt.word, receipt.error
+            metrics.child(metrics.RECEIPTS, connector, self._word_label(word)).inc()
             if outcome is None:
                 done(True)  # intermediate: nothing to store
                 continue
@@ -911,7 +998,7 @@ class Dispatcher:
             detail: dict[str, object] = {"part": part.part_no, "connector": connector,
                                          "stat": word, "err": error}
             if final is None:
-                live.events.append(history.note(live.msg, "receipt", now, detail))
+                transitions.note(live.msg, "receipt", now, detail, into=live.events)
                 work.touch(live)
                 continue
             if error:
@@ -954,7 +1041,7 @@ class Dispatcher:
         """Move a message and its open parts to a final state (recorded in its history as an
         event of that kind, with that detail); the report owed upstream."""
         msg = live.msg
-        live.events.append(history.transition(msg, kind, state, now, detail))
+        transitions.move(msg, kind, state, now, detail, into=live.events)
         msg.done_at = now
         part_state = {State.EXPIRED: PartState.EXPIRED, State.REJECTED: PartState.REJECTED}.get(
             state, PartState.UNDELIVERABLE)
@@ -962,7 +1049,7 @@ class Dispatcher:
             if part.state in (PartState.PENDING, PartState.SUBMITTED):
                 part.state = part_state
                 part.done_at = now
-        return [receipt_report(msg, state, now)] if wants_report(
+        return [self.receipt_of(msg, state, now)] if wants_report(
             msg.registered_delivery, state) else []
 
     def _finalized(self, live: Live, reports: list[Report]) -> None:
@@ -1009,9 +1096,9 @@ class Dispatcher:
             raise RetryRefused(f"scheduled by its sender for {when} UTC: it is not due yet")
         was_parked = self._parked.pop(message_id, None) is not None
         waited = msg.next_attempt_at
-        live.events.append(history.note(msg, "retry_now", now, {
+        transitions.note(msg, "retry_now", now, {
             "was": "waiting for a connector of its route" if was_parked else
-            f"waiting for its next attempt at {history.iso(waited)}"}))
+            f"waiting for its next attempt at {history.iso(waited)}"}, into=live.events)
         msg.next_attempt_at = now
         self._watch(live, now)
         self._wake.set()
@@ -1098,13 +1185,13 @@ class Dispatcher:
             msg = live.msg
             undo.append((live, msg.state, msg.done_at, [(p.state, p.done_at) for p in live.parts]))
             events += live.events  # its history not yet written goes first (kept on undo)
-            events.append(history.transition(msg, "cancelled", State.CANCELLED, now, {"by": by}))
+            transitions.move(msg, "cancelled", State.CANCELLED, now, {"by": by}, into=events)
             msg.done_at = now
             for part in live.parts:
                 part.state, part.done_at = PartState.CANCELLED, now
             live.held, live.due = True, None  # its heap entries are void from now on
             self._parked.pop(msg.id, None)
-            reports = [receipt_report(msg, State.CANCELLED, now)] if wants_report(
+            reports = [self.receipt_of(msg, State.CANCELLED, now)] if wants_report(
                 msg.registered_delivery, State.CANCELLED) else []
             items.append((msg, live.parts, reports))
         try:
@@ -1139,20 +1226,20 @@ class Dispatcher:
         new = plan(msg)
         now = self.clock.now()
         before = (msg.body, msg.registered_delivery, msg.expires_at, msg.not_before, msg.state,
-                  msg.next_attempt_at, msg.parts_total, live.parts, live.segments)
+                  msg.next_attempt_at, msg.parts_total, live.parts, live.units)
         changed = [name for name, old, value in (
             ("text", msg.body, new.body), ("registered_delivery", msg.registered_delivery,
                                            new.registered_delivery),
             ("expires_at", msg.expires_at, new.expires_at),
             ("not_before", msg.not_before, new.not_before)) if old != value]
         state = State.SCHEDULED if new.not_before > now else State.QUEUED
-        event = history.transition(msg, "replaced", state, now, {"by": by, "changed": changed})
+        event = transitions.move(msg, "replaced", state, now, {"by": by, "changed": changed})
         # After a temporary refusal the next attempt keeps its backoff; else the new schedule.
         waited = msg.next_attempt_at if msg.attempts else new.not_before
         msg.body, msg.registered_delivery = new.body, new.registered_delivery
         msg.expires_at, msg.not_before = new.expires_at, new.not_before
-        msg.state, msg.next_attempt_at = state, max(waited, new.not_before)
-        msg.parts_total, live.parts, live.segments = 0, [], None  # cut again from the new text
+        msg.next_attempt_at = max(waited, new.not_before)
+        msg.parts_total, live.parts, live.units = 0, [], None  # cut again from the new text
         live.held, live.due = True, None
         self._parked.pop(msg.id, None)
         try:
@@ -1161,7 +1248,7 @@ class Dispatcher:
                 await write.wait()
         except StoreError:
             (msg.body, msg.registered_delivery, msg.expires_at, msg.not_before, msg.state,
-             msg.next_attempt_at, msg.parts_total, live.parts, live.segments) = before
+             msg.next_attempt_at, msg.parts_total, live.parts, live.units) = before
             raise
         finally:
             live.held = False

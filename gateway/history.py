@@ -1,77 +1,20 @@
-"""A message's history: the rules of its states, and the Event that records each thing done.
+"""A message's history: the Events that record each thing done to it.
 
-TRANSITIONS is the message state machine as one table, (state, event kind) -> the states it
-may lead to; transition() applies one move (an illegal one is an error, never a silent no-op)
-and returns the Event recording it, note() records what changes no state. The caller writes
-the events in the same store call as the change they record; the store counts transitions.
+The state machine (the TRANSITIONS table and move(), the one way to change a state) is in
+gateway/transitions.py; transition() and note() here are its move() and note(). accepted()
+makes a message's first event; iso() formats the times in events' details.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
-from gateway.model import FINAL_STATES, Event, Message, State
+from gateway.model import Event, Message, State
+from gateway.transitions import NOTES, TRANSITIONS, IllegalTransition, note
+from gateway.transitions import move as transition
 
-_OPEN_BEFORE_SEND = (State.ACCEPTED, State.SCHEDULED, State.QUEUED)
-_OPEN = (*_OPEN_BEFORE_SEND, State.IN_FLIGHT)
-
-# (state now, event kind) -> the states that event may move a message to.
-TRANSITIONS: dict[tuple[State, str], frozenset[State]] = {
-    # Taken from upstream (stored QUEUED, or SCHEDULED until its send time).
-    (State.ACCEPTED, "accepted"): frozenset({State.QUEUED, State.SCHEDULED}),
-    # Handed to a connector (its parts submitted to an operator).
-    **{(s, "attempt"): frozenset({State.IN_FLIGHT}) for s in _OPEN_BEFORE_SEND},
-    # A temporary refusal (throttled, queue full, timeout, bind lost): tried again later.
-    (State.IN_FLIGHT, "retry"): frozenset({State.QUEUED}),
-    # An attempt cut by a restart: its unanswered parts go again.
-    (State.IN_FLIGHT, "resumed"): frozenset({State.QUEUED}),
-    # The operator's receipt that completes the message's outcome (IN_FLIGHT, or QUEUED when
-    # a part waits for a retry; from any open state so that no receipt is ever refused).
-    **{(s, "receipt"): FINAL_STATES for s in _OPEN},
-    # Any other end: validity over, permanent operator refusal, no route, unsplittable...
-    **{(s, "final"): FINAL_STATES for s in _OPEN},
-    # Cancelled (cancel_sm, DELETE, smsgw message cancel) before any part reached an operator.
-    **{(s, "cancelled"): frozenset({State.CANCELLED}) for s in _OPEN_BEFORE_SEND},
-    # Its text, times or receipt request replaced (replace_sm) before any part was sent.
-    **{(s, "replaced"): frozenset({State.SCHEDULED, State.QUEUED}) for s in _OPEN_BEFORE_SEND},
-    # A step that failed on a bug: the message is tried again.
-    **{(s, "error"): frozenset({State.QUEUED}) for s in _OPEN},
-}
-# Event kinds that change no state (note()).
-NOTES = frozenset({
-    "submitted",  # the operator answered every part of the attempt OK (its message ids)
-    "receipt",  # an operator receipt for one part, the message not complete yet
-    "waiting",  # no connector of its route is up: waits for one (or its expiry)
-    "retry_now",  # an operator asked for an attempt now (smsgw message retry)
-    "report_delivered",  # its receipt was delivered to the upstream
-    "report_expired",  # its receipt was not taken by the upstream within the report expiry
-    "error",  # a step failed on a bug, nothing changed
-    "rule",  # a rule's decision at intake (rules/, gateway/screening.py)
-    "webhook",  # what became of its receipt webhook (outcome, status, tries)
-})
-
-
-class IllegalTransition(Exception):
-    """An event that the state machine does not allow from the message's state."""
-
-
-def transition(msg: Message, kind: str, to: State, at: float,
-               detail: dict[str, object] | None = None) -> Event:
-    """Move msg to state `to` by an event of this kind; the Event recording it."""
-    if to not in TRANSITIONS.get((msg.state, kind), ()):
-        raise IllegalTransition(f"message {msg.id}: {kind!r} cannot move it from "
-                                f"{msg.state.value} to {to.value}")
-    event = Event(msg.id, at, kind, msg.state, to, detail or {})
-    msg.state = to
-    return event
-
-
-def note(msg: Message, kind: str, at: float, detail: dict[str, object] | None = None) -> Event:
-    """An Event that changes no state."""
-    if kind not in NOTES:
-        raise IllegalTransition(f"message {msg.id}: {kind!r} is not an event without a "
-                                "state change")
-    return Event(msg.id, at, kind, None, None, detail or {})
+__all__ = ["NOTES", "TRANSITIONS", "IllegalTransition", "accepted", "iso", "note",
+           "transition"]
 
 
 def accepted(msg: Message, interface: str) -> Event:

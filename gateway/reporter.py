@@ -9,6 +9,7 @@ deliver_sm unanswered past its response timeout is unbound; its reports go to ot
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import math
 from collections import deque
@@ -20,17 +21,21 @@ import trio
 from gateway import metrics
 from gateway.acks import ReportAcks
 from gateway.clock import WallClock
-from gateway.model import Event, Report, ReportKind
+from gateway.model import Event, Message, Report, ReportKind, State
 from gateway.paging import Paging
 from gateway.store import Store, StoreError
+from gateway.webhooks import rfc3339, webhook_report
 from smpp.connection import Connection, ConnectionClosed, ResponseTimeout, Turns, WindowFull
 from smpp.constants import Tag
 from smpp.pdu import DeliverSm, Pdu, set_tlv_int, set_tlv_str
+from smpp.receipt import Receipt, format_receipt
 from smpp.session import SessionError
+from smpp.text import decode_text
 
 log = structlog.get_logger("gateway.reporter")
 
 ESM_RECEIPT = 0x04
+ESM_UDHI = 0x40
 MAX_SHORT_MESSAGE = 254
 RETRY_DELAY = 5.0  # seconds before a report refused or unanswered upstream is offered again
 MAX_IN_FLIGHT = 512  # per account; each bind's window limits further
@@ -43,6 +48,42 @@ _SMPP_STATE = {"DELIVERED": 2, "EXPIRED": 3, "CANCELLED": 4, "UNDELIVERABLE": 5,
 # A vendor-specific TLV (SMPP 3.4 leaves 0x1400-0x3FFF to SMSC vendors) on an MO that was an
 # opt-out keyword: "stop" or "start" (C-octet string). See README "Rules".
 TAG_OPTOUT = 0x1501
+
+
+STATE_TO_STAT = {
+    State.DELIVERED: "DELIVRD",
+    State.UNDELIVERABLE: "UNDELIV",
+    State.EXPIRED: "EXPIRED",
+    State.REJECTED: "REJECTD",
+    State.CANCELLED: "DELETED",  # cancelled before it reached an operator
+}
+
+
+def _utc(ts: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ts, tz=dt.UTC)
+
+
+def receipt_report(msg: Message, state: State, now: float) -> Report:
+    """The delivery receipt owed upstream for a message that reached a final state, as its
+    upstream face wants it (the dispatcher's receipt_of): the SMPP receipt text (its TLVs are
+    added by deliver_pdu), and for a message taken over HTTP the webhook's fields."""
+    text = decode_text(msg.body, msg.data_coding)[:20] if not msg.esm_class & ESM_UDHI else ""
+    receipt = Receipt(
+        id=msg.id, sub=1, dlvrd=1 if state is State.DELIVERED else 0,
+        submit_date=_utc(msg.created_at), done_date=_utc(msg.done_at or now),
+        stat=STATE_TO_STAT[state], err=f"{msg.error % 1000:03d}", text=text,
+    )
+    report = Report(
+        account=msg.account, kind=ReportKind.RECEIPT, message_id=msg.id,
+        source_addr=msg.dest_addr, source_ton=msg.dest_ton, source_npi=msg.dest_npi,
+        dest_addr=msg.source_addr, dest_ton=msg.source_ton, dest_npi=msg.source_npi,
+        data_coding=0, body=format_receipt(receipt), created_at=now, state=state,
+        error=msg.error,
+    )
+    if msg.origin == "http":  # a receipt goes back where its message came from: a webhook
+        webhook_report(report, callback_url=msg.callback_url, client_ref=msg.client_ref,
+                       submitted_at=rfc3339(msg.created_at), stat=receipt.stat)
+    return report
 
 
 def deliver_pdu(report: Report) -> DeliverSm:

@@ -21,7 +21,7 @@ from gateway import history, metrics, tls
 from gateway.auth import Authenticator, Verdict
 from gateway.clock import WallClock
 from gateway.config import AccountConfig, ListenerConfig
-from gateway.dispatcher import STATE_TO_SMPP, ChangeRefused, Dispatcher
+from gateway.dispatcher import ChangeRefused, Dispatcher
 from gateway.intake import (
     IntakeError,
     IntakePolicy,
@@ -31,12 +31,12 @@ from gateway.intake import (
     accept_replace,
     accept_submit,
 )
-from gateway.model import Event, Message
+from gateway.model import Event, Message, State
 from gateway.reporter import Reporter
 from gateway.screening import Screening
 from gateway.store import Store, StoreBusy, StoreError
 from smpp.connection import Connection, LogBudget, shorten
-from smpp.constants import CommandId, Status, Tag
+from smpp.constants import CommandId, MessageState, Status, Tag
 from smpp.pdu import (
     Bind,
     BindReceiver,
@@ -55,6 +55,19 @@ from smpp.session import BindState, Side
 from smpp.smpptime import format_absolute
 
 log = structlog.get_logger("gateway.server")
+
+# A message's state as query_sm tells it (SMPP 3.4 5.2.28).
+STATE_TO_SMPP = {
+    State.DELIVERED: MessageState.DELIVERED,
+    State.UNDELIVERABLE: MessageState.UNDELIVERABLE,
+    State.EXPIRED: MessageState.EXPIRED,
+    State.REJECTED: MessageState.REJECTED,
+    State.CANCELLED: MessageState.DELETED,
+    State.QUEUED: MessageState.ENROUTE,
+    State.SCHEDULED: MessageState.ENROUTE,
+    State.IN_FLIGHT: MessageState.ENROUTE,
+    State.ACCEPTED: MessageState.ACCEPTED,
+}
 
 
 _BATCHED = frozenset({CommandId.SUBMIT_SM, CommandId.DATA_SM})

@@ -159,7 +159,7 @@ class SmscConnector:
 
     channel = "sms"
 
-    def __init__(self, config: SmscConfig, on_deliver: DeliverHandler) -> None:
+    def __init__(self, config: SmscConfig, on_deliver: DeliverHandler | None = None) -> None:
         self.config = config
         self.name = config.name
         self.on_deliver = on_deliver
@@ -336,6 +336,9 @@ class SmscConnector:
         leaves unanswered (it failed, or forgot one) gets a temporary error: the SMSC resends."""
         replies = _Replies(conn, pdus)
         try:
+            if self.on_deliver is None:  # no channel attached yet: the SMSC sends them again
+                log.warning("smsc.deliver_unattached", smsc=self.name, pdus=len(pdus))
+                return
             await self.on_deliver(self, pdus, replies)
         except Exception:
             log.exception("smsc.deliver_handler_failed", smsc=self.name)

@@ -7,7 +7,7 @@ For virtual-time tests (MockClock with an autojump threshold that lets SQLite's 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,11 @@ from gateway.clock import WallClock
 from gateway.config import RetryConfig, SmscConfig
 from gateway.dispatcher import Dispatcher
 from gateway.model import Message, Report, State, new_message_id
+from gateway.reporter import receipt_report
 from gateway.store import PendingWrite, Store, StoreError
-from routing.core import PrefixRoute, PrefixRouter
+from routing.channel import Channel, ProviderReceipt
+from routing.core import PrefixRoute, PrefixRouter, Router
+from routing.sms import SmsChannel, stat_outcome
 from routing.smsc import Answer, DeliverHandler, SmscConnector, Submission, SubmitResult
 from smpp.pdu import Pdu, SubmitSm
 from smpp.text import encode_text
@@ -80,6 +83,25 @@ class Harness:
         await self.store.add_messages([msg], [history.accepted(msg, "smpp")])
         self.dispatcher.enqueue(msg)
 
+    async def receipts(self, connector: str, receipts: Sequence[tuple[str, str, int, bytes]],
+                       answered: Callable[[int, bool], None], *, hold: float,
+                       id_format: str = "auto") -> None:
+        """Hand the dispatcher operator receipts (smsc_id, stat, error, raw text) as the SMS
+        channel reads them."""
+        await self.dispatcher.on_receipts(
+            connector, [ProviderReceipt(smsc_id, stat_outcome(stat), stat.upper(), error, raw)
+                        for smsc_id, stat, error, raw in receipts],
+            answered, hold=hold, id_format=id_format)
+
+    async def receipt(self, connector: str, smsc_id: str, stat: str, error: int, *,
+                      hold: float, raw: bytes = b"", id_format: str = "auto") -> bool:
+        """One operator receipt (see receipts); whether its effect is stored."""
+        results: list[bool] = []
+        await self.receipts(connector, [(smsc_id, stat, error, raw)],
+                            lambda _i, ok: results.append(ok), hold=hold, id_format=id_format)
+        [stored] = results
+        return stored
+
     async def wait_final(self, msg_id: str, timeout: float = 2 * DAY) -> Message:
         step = 0.01  # grows: each virtual step costs the autojump threshold in real time
         with trio.fail_after(timeout):
@@ -99,16 +121,21 @@ class Harness:
 
 @contextlib.asynccontextmanager
 async def harness(tmp_path: Path, connectors: dict[str, SmscConnector],
-                  nursery: trio.Nursery) -> AsyncIterator[Harness]:
+                  nursery: trio.Nursery, *, others: Mapping[str, Channel] | None = None,
+                  router: Router | None = None) -> AsyncIterator[Harness]:
     """A store on tmp_path/db.sqlite3 (opened again by a second harness: a restart) and a
-    running dispatcher over `connectors`; `nursery` is cancelled when the block ends."""
+    running dispatcher over `connectors` (as SMS channels) and the `others` channels, routed
+    by `router` (default: every connector, in order); `nursery` is cancelled when the block
+    ends."""
     async with Store.open(tmp_path / "db.sqlite3") as store:
         clock = WallClock()
         reports: list[Report] = []
-        router = PrefixRouter([PrefixRoute("default", (), tuple(connectors))])
-        dispatcher = Dispatcher(store, router, connectors,
+        router = router or PrefixRouter([PrefixRoute("default", (), tuple(connectors))])
+        channels: dict[str, Channel] = {n: SmsChannel(c) for n, c in connectors.items()}
+        channels.update(others or {})
+        dispatcher = Dispatcher(store, router, channels,
                                 RetryConfig(initial_delay=5, max_delay=300, multiplier=2),
-                                clock, reports.append)
+                                clock, reports.append, receipt_of=receipt_report)
         for connector in connectors.values():
             await nursery.start(connector.run)
         await nursery.start(dispatcher.run)

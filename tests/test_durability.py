@@ -33,9 +33,9 @@ import smpplib.consts
 import smpplib.exceptions
 import trio
 
-from gateway.dispatcher import STATE_TO_STAT
 from gateway.model import Message, Part, Report
 from gateway.passwords import hash_password
+from gateway.reporter import STATE_TO_STAT
 from gateway.store import Store
 from smpp.receipt import parse_receipt
 from tests.procs import Proc, ProcessExited, free_port

@@ -79,7 +79,7 @@ async def test_an_attempt_its_operator_answer_and_the_receipt_are_recorded_with_
         row = await h.store.get_message(msg.id)
         assert row is not None and row.state is F
         await trio.sleep(30)
-        await h.dispatcher.on_receipt("opA", "opA-1", "DELIVRD", 0, hold=1)
+        await h.receipt("opA", "opA-1", "DELIVRD", 0, hold=1)
         await h.wait_final(msg.id, timeout=60)
         events = await h.store.events_of(msg.id)
     assert steps(events) == [("accepted", A, Q), ("attempt", Q, F),
@@ -159,8 +159,8 @@ async def test_each_parts_receipt_is_recorded_and_the_last_one_ends_the_message(
         msg = h.message("x" * 300)  # 2 GSM parts
         await h.submit(msg)
         await stored_events(h, msg.id, 2)
-        await h.dispatcher.on_receipt("opA", "opA-1", "DELIVRD", 0, hold=1)
-        await h.dispatcher.on_receipt("opA", "opA-2", "UNDELIV", 1, hold=1)
+        await h.receipt("opA", "opA-1", "DELIVRD", 0, hold=1)
+        await h.receipt("opA", "opA-2", "UNDELIV", 1, hold=1)
         await h.wait_final(msg.id, timeout=60)
         events = await h.store.events_of(msg.id)
     assert steps(events) == [("accepted", A, Q), ("attempt", Q, F),
@@ -189,11 +189,11 @@ async def test_an_answer_after_the_attempt_was_written_gets_a_row_of_its_own(
         msg = h.message("x" * 300)  # 2 GSM parts
         await h.submit(msg)
         await until(lambda: held and h.dispatcher.live[msg.id].parts[0].smsc_id)
-        await h.dispatcher.on_receipt("opA", "opA-1", "DELIVRD", 0, hold=1)
+        await h.receipt("opA", "opA-1", "DELIVRD", 0, hold=1)
         await stored_events(h, msg.id, 3)
         held[0].done(SubmitResult("opA-2", 0))
         await stored_events(h, msg.id, 4)
-        await h.dispatcher.on_receipt("opA", "opA-2", "DELIVRD", 0, hold=1)
+        await h.receipt("opA", "opA-2", "DELIVRD", 0, hold=1)
         await h.wait_final(msg.id, timeout=60)
         events = await h.store.events_of(msg.id)
     assert steps(events) == [("accepted", A, Q), ("attempt", Q, F), ("receipt", None, None),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.inbound import read_receipt
+from routing.sms import read_receipt
 from smpp.constants import Tag
 from smpp.pdu import DataSm, DeliverSm, set_tlv_int, set_tlv_str
 

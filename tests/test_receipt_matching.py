@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.dispatcher import _norm, receipt_keys
+from routing.sms import norm_id as _norm
+from routing.sms import receipt_keys
 
 
 @pytest.mark.parametrize(("submit_id", "receipt_id", "fmt"), [

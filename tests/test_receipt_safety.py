@@ -22,6 +22,7 @@ from gateway.dispatcher import SAVE_RETRY_MIN
 from gateway.inbound import Inbound
 from gateway.model import Message, PartState, State
 from gateway.store import Store, StoreError
+from routing.sms import SmsChannel
 from routing.smsc import Answer, SmscConnector, SubmitResult
 from smpp.connection import Connection
 from smpp.constants import CommandId, MessageState, Status, Tag
@@ -72,9 +73,9 @@ async def test_receipt_not_stored_is_refused_until_stored_even_across_a_restart(
     async with trio.open_nursery() as nursery, harness(tmp_path, {"opA": smsc}, nursery) as h:
         msg = await submitted(h, smsc)
         fail_writes(h.store, math.inf)  # disk full from now on
-        assert not await h.dispatcher.on_receipt("opA", "opA-1", "DELIVRD", 0, hold=1)
+        assert not await h.receipt("opA", "opA-1", "DELIVRD", 0, hold=1)
         # the operator's resend: its outcome is still not stored, so not OK either
-        assert not await h.dispatcher.on_receipt("opA", "opA-1", "DELIVRD", 0, hold=1)
+        assert not await h.receipt("opA", "opA-1", "DELIVRD", 0, hold=1)
         assert h.reports == []
         # then the process dies (SIGKILL): the store never took the outcome
     restarted = ScriptedSmsc("opA")
@@ -83,7 +84,7 @@ async def test_receipt_not_stored_is_refused_until_stored_even_across_a_restart(
         stored = await h.store.get_message(msg.id)
         assert stored is not None and stored.state is State.IN_FLIGHT
         orphans = record_orphans(h.store)
-        assert await h.dispatcher.on_receipt("opA", "opA-1", "DELIVRD", 0, hold=1)
+        assert await h.receipt("opA", "opA-1", "DELIVRD", 0, hold=1)
         final = await h.wait_final(msg.id, timeout=60)
         assert final.state is State.DELIVERED  # not EXPIRED a day later
         assert [p.state for p in await h.store.get_parts(msg.id)] == [PartState.DELIVERED]
@@ -92,7 +93,7 @@ async def test_receipt_not_stored_is_refused_until_stored_even_across_a_restart(
         assert receipt is not None and receipt.id == msg.id and receipt.stat == "DELIVRD"
         assert restarted.sent == []  # not submitted again
         # one more copy now: late (its outcome is stored), answered OK, not an orphan
-        assert await h.dispatcher.on_receipt("opA", "opA-1", "DELIVRD", 0, hold=1)
+        assert await h.receipt("opA", "opA-1", "DELIVRD", 0, hold=1)
         assert orphans == [] and len(h.reports) == 1
 
 
@@ -102,9 +103,9 @@ async def test_copy_of_a_receipt_waits_for_the_write_of_its_outcome_and_is_then_
     async with trio.open_nursery() as nursery, harness(tmp_path, {"opA": smsc}, nursery) as h:
         msg = await submitted(h, smsc)
         fail_writes(h.store, 1)  # the receipt's write fails; its retry will succeed
-        assert not await h.dispatcher.on_receipt("opA", "opA-1", "DELIVRD", 0, hold=1)
+        assert not await h.receipt("opA", "opA-1", "DELIVRD", 0, hold=1)
         start = trio.current_time()
-        assert await h.dispatcher.on_receipt("opA", "opA-1", "DELIVRD", 0, hold=5)
+        assert await h.receipt("opA", "opA-1", "DELIVRD", 0, hold=5)
         assert SAVE_RETRY_MIN <= trio.current_time() - start < 5  # answered at the retry
         stored = await h.store.get_message(msg.id)
         assert stored is not None and stored.state is State.DELIVERED
@@ -124,7 +125,7 @@ async def test_receipt_matching_only_in_a_spelling_its_id_format_excludes_is_an_
         msg = await submitted(h, smsc)
         orphans = record_orphans(h.store)
         before = orphan_count("opA")
-        assert await h.dispatcher.on_receipt("opA", receipt_id, "DELIVRD", 0, hold=1,
+        assert await h.receipt("opA", receipt_id, "DELIVRD", 0, hold=1,
                                              id_format=fmt)
         assert orphans == [("opA", receipt_id)]  # stored as an orphan, not "late"
         assert orphan_count("opA") == before + 1
@@ -187,7 +188,7 @@ async def test_receipt_held_for_matching_delays_only_its_own_answer(
     async with trio.open_nursery() as nursery, harness(tmp_path, {"opA": smsc}, nursery) as h:
         inbound = Inbound(h.dispatcher, h.store, h.clock, {"36111": "acme"},
                           h.reports.append)
-        smsc.on_deliver = inbound.on_deliver
+        SmsChannel(smsc, inbound)  # the channel reads the operator's deliveries for it
         msg = await submitted(h, smsc)
         operator = await _operator_link(nursery, smsc)
         before = orphan_count("opA")
@@ -251,7 +252,8 @@ async def test_mo_the_store_cannot_take_is_refused_while_its_read_companions_are
         h.store.add_reports = disk_full  # type: ignore[method-assign]
         mo, receipt = _mo_pdu(), _receipt_pdu("opA-1")
         answers: dict[int, int] = {}
-        await inbound.on_deliver(smsc, [mo, receipt], functools.partial(_first, answers))
+        await SmsChannel(smsc, inbound).on_deliver(smsc, [mo, receipt],
+                                                   functools.partial(_first, answers))
         assert answers == {id(mo): Status.ESME_RX_T_APPN, id(receipt): Status.ESME_ROK}
         assert (await h.wait_final(msg.id, timeout=HOUR)).state is State.DELIVERED
         assert [r.kind.value for r in h.reports] == ["RECEIPT"]
@@ -286,7 +288,7 @@ async def test_receipts_held_for_matching_do_not_stop_the_bind_reading_responses
     smsc = ScriptedSmsc("opA", receipt_hold=10.0)
     async with trio.open_nursery() as nursery, harness(tmp_path, {"opA": smsc}, nursery) as h:
         inbound = Inbound(h.dispatcher, h.store, h.clock, {}, h.reports.append)
-        smsc.on_deliver = inbound.on_deliver
+        SmsChannel(smsc, inbound)  # the channel reads the operator's deliveries for it
         gateway, operator = await _operator_pair(nursery, smsc, incoming_window=5)
         for i in range(20):  # receipts for ids nobody knows yet: all held
             operator.send_request(_receipt_pdu(f"{1000 + i}"), lambda _r, _e: None)
@@ -305,7 +307,7 @@ async def test_receipts_beyond_the_hold_limit_get_a_temporary_error(
     answers: list[int] = []
     async with trio.open_nursery() as nursery, harness(tmp_path, {"opA": smsc}, nursery) as h:
         inbound = Inbound(h.dispatcher, h.store, h.clock, {}, h.reports.append)
-        smsc.on_deliver = inbound.on_deliver
+        SmsChannel(smsc, inbound)  # the channel reads the operator's deliveries for it
         _gateway, operator = await _operator_pair(nursery, smsc, incoming_window=100)
         for i in range(5):
             operator.send_request(_receipt_pdu(f"{2000 + i}"),

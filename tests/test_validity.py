@@ -5,6 +5,7 @@ The operator is a scripted connector; the store is the real SQLite store.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -133,7 +134,7 @@ async def test_failure_only_receipt_request_gets_no_report_for_delivery(
         with trio.fail_after(60):
             while not smsc.sent:
                 await trio.sleep(0.01)
-        await h.dispatcher.on_receipt("opA", "opA-1", "DELIVRD", 0, hold=1)
+        await h.receipt("opA", "opA-1", "DELIVRD", 0, hold=1)
         final = await h.wait_final(msg.id, timeout=60)
         assert final.state is State.DELIVERED
         assert h.reports == []
@@ -149,9 +150,9 @@ async def test_long_message_is_delivered_only_when_every_part_is(
             while len(smsc.sent) < 2:
                 await trio.sleep(0.01)
         assert all(p.registered_delivery == 1 for _, p in smsc.sent)
-        await h.dispatcher.on_receipt("opA", "opA-1", "DELIVRD", 0, hold=1)
+        await h.receipt("opA", "opA-1", "DELIVRD", 0, hold=1)
         assert msg.id in h.dispatcher.live  # one part still unknown
-        await h.dispatcher.on_receipt("opA", "opA-2", "UNDELIV", 1, hold=1)
+        await h.receipt("opA", "opA-2", "UNDELIV", 1, hold=1)
         final = await h.wait_final(msg.id, timeout=60)
         assert final.state is State.UNDELIVERABLE
         parts = await h.store.get_parts(msg.id)
@@ -182,7 +183,8 @@ async def test_receipt_arriving_before_its_submit_resp_is_held_and_matched(
             while not smsc.sent:
                 await trio.sleep(0.01)
         async with trio.open_nursery() as inner:
-            inner.start_soon(h.dispatcher.on_receipt, "opA", "EARLY-1", "DELIVRD", 0, 10.0)
+            inner.start_soon(functools.partial(h.receipt, "opA", "EARLY-1", "DELIVRD", 0,
+                                               hold=10.0))
             await trio.sleep(1)
             gate.set()
         final = await h.wait_final(msg.id, timeout=60)
@@ -219,10 +221,8 @@ async def test_receipts_read_together_are_applied_in_one_commit(
         await trio.sleep(1)  # let the "submitted" writes commit
         commits = h.store.commits
         answers: dict[int, bool] = {}
-        await h.dispatcher.on_receipts("opA", [("opA-1", "DELIVRD", 0, b""),
-                                               ("OPA-2", "DELIVRD", 0, b""),
-                                               ("opA-3", "UNDELIV", 1, b"")], 1, "auto",
-                                       answers.__setitem__)
+        await h.receipts("opA", [("opA-1", "DELIVRD", 0, b""), ("OPA-2", "DELIVRD", 0, b""),
+                                 ("opA-3", "UNDELIV", 1, b"")], answers.__setitem__, hold=1)
         assert answers == {0: True, 1: True, 2: True}
         assert h.store.commits == commits + 1
         stored_long, stored_short = (await h.store.get_message(long.id),
@@ -249,11 +249,11 @@ async def test_auto_id_format_does_not_cross_match_before_the_smsc_is_seen_conve
     smsc = ScriptedSmsc("opA", lambda _p: SubmitResult(next(ids), 0))
     async with trio.open_nursery() as nursery, harness(tmp_path, {"opA": smsc}, nursery) as h:
         a, b = await _two_submitted(h, smsc)
-        await h.dispatcher.on_receipt("opA", "4096", "DELIVRD", 0, hold=1)
+        await h.receipt("opA", "4096", "DELIVRD", 0, hold=1)
         final_b = await h.wait_final(b.id, timeout=60)
         assert final_b.state is State.DELIVERED
         # a duplicate of B's receipt must not finish A (whose id "1000" is 4096 in hex)
-        await h.dispatcher.on_receipt("opA", "4096", "UNDELIV", 1, hold=1)
+        await h.receipt("opA", "4096", "UNDELIV", 1, hold=1)
         assert a.id in h.dispatcher.live and not a.state.final
 
 
@@ -263,10 +263,10 @@ async def test_auto_id_format_learns_an_smsc_that_writes_ids_in_decimal(
     smsc = ScriptedSmsc("opA", lambda _p: SubmitResult(next(ids), 0))
     async with trio.open_nursery() as nursery, harness(tmp_path, {"opA": smsc}, nursery) as h:
         a, b = await _two_submitted(h, smsc)
-        await h.dispatcher.on_receipt("opA", "31", "DELIVRD", 0, hold=2)  # held, then learnt
+        await h.receipt("opA", "31", "DELIVRD", 0, hold=2)  # held, then learnt
         assert (await h.wait_final(a.id, timeout=60)).state is State.DELIVERED
         start = trio.current_time()
-        await h.dispatcher.on_receipt("opA", "32", "DELIVRD", 0, hold=2)
+        await h.receipt("opA", "32", "DELIVRD", 0, hold=2)
         assert trio.current_time() == start  # matched at once now
         assert (await h.wait_final(b.id, timeout=60)).state is State.DELIVERED
 
@@ -297,12 +297,12 @@ async def test_receipt_whose_write_fails_is_written_again_and_reported_once_stor
         await h.wait_in_flight(msg, lambda: len(smsc.sent))
         refusals = fail_writes(h.store, 2)  # the receipt's write, then the first retry
         # not stored: the operator is told (a temporary error) and will send it again
-        assert not await h.dispatcher.on_receipt("opA", "opA-1", "DELIVRD", 0, hold=1)
+        assert not await h.receipt("opA", "opA-1", "DELIVRD", 0, hold=1)
         assert h.reports == []  # nothing reported while the final state is not stored
         final = await h.wait_final(msg.id, timeout=HOUR)
         assert refusals == [2]
         assert final.state is State.DELIVERED
         assert len(h.reports) == 1
         # the operator's second copy is recognised as late, not applied twice
-        assert await h.dispatcher.on_receipt("opA", "opA-1", "DELIVRD", 0, hold=1)
+        assert await h.receipt("opA", "opA-1", "DELIVRD", 0, hold=1)
         assert len(h.reports) == 1
