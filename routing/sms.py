@@ -172,13 +172,13 @@ class SmsEvents(ChannelEvents, Protocol):
                        answered: Answered, parked: Parked | None = None) -> None: ...
 
 
-def _send_result(result: SubmitResult) -> SendResult:
+def send_result(result: SubmitResult) -> SendResult:
     return SendResult(result.smsc_id, result.status, temporary=result.temporary,
                       rejected=result.rejected, expired=result.expired, detail=result.detail)
 
 
 def _relay(done: SendDone, result: SubmitResult) -> None:
-    done(_send_result(result))
+    done(send_result(result))
 
 
 class SmsChannel:

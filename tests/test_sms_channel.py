@@ -193,9 +193,9 @@ async def test_throttling_and_system_errors_are_temporary(
                                               (Status.ESME_RSUBMITFAIL, False)])
 def test_permanent_refusals_say_whether_the_message_is_at_fault(status: int,
                                                                  rejected: bool) -> None:
-    from routing.sms import _send_result
+    from routing.sms import send_result
 
-    result = _send_result(classify(status, None))
+    result = send_result(classify(status, None))
     assert not result.ok and not result.temporary and result.rejected is rejected
     assert result.status == status
 
