@@ -126,7 +126,8 @@ async def test_status_shows_binds_queues_rates_and_smsc_errors(
 
     throttling = SimulatorConfig(port=0, control_port=0, seed=7, throttle=1.0)
     async with running_stack(state_dir, sim=throttling,
-                             retry=RetryConfig(initial_delay=3600)) as (running, _sim):
+                             retry=RetryConfig(initial_delay=3600, max_delay=3600)) as (
+            running, _sim):
         sock = str(running.config.admin_socket)
         await submit(running.smpp_port, "33611111111", "33622222222", wait_receipts=False)
         await wait_for(lambda: len(running.connectors["sim"].errors) == 2)
