@@ -284,6 +284,9 @@ class RcsConfig:
     base_url: str = "https://rcsbusinessmessaging.googleapis.com"
     token_url: str = "https://oauth2.googleapis.com/token"
     sms_sender: str = ""
+    # The account its users' replies go to as MO (addressed to sms_sender, else the agent id);
+    # "" : replies are logged and dropped (mo.unowned).
+    mo_account: str = ""
     capability_ttl: float = 3600.0  # how long a phone's "RCS capable" answer is kept
     negative_capability_ttl: float = 600.0  # and its "not capable" answer
     request_timeout: float = 10.0  # one RBM API request
@@ -864,6 +867,7 @@ def _rcs(t: _Table) -> RcsConfig:
         base_url=t.get("base_url", _DEFAULT, url, _webhook_url),
         token_url=t.get("token_url", _DEFAULT, url, _webhook_url),
         sms_sender=t.string("sms_sender", max_len=20, pattern=_TEXT_RE),
+        mo_account=t.string("mo_account", max_len=15, pattern=_ID_RE),
         capability_ttl=t.duration("capability_ttl"),
         negative_capability_ttl=t.duration("negative_capability_ttl"),
         request_timeout=t.duration("request_timeout"),
@@ -1580,6 +1584,9 @@ def load_config(path: str | Path) -> GatewayConfig:
         rules=_rules(file, doc, accounts),
     )
     problems = _cross_check(file, config, accounts, smscs, routes)
+    problems += [f'{file}: rcs "{r.name}".mo_account: expected the system_id of an '
+                 f'[[account]], got unknown account "{r.mo_account}"'
+                 for r in rcs if r.mo_account and r.mo_account not in config.accounts]
     problems += _connector_names(file, [("smsc", s.name) for s in smscs]
                                  + [("rcs", r.name) for r in rcs]
                                  + [("voice", v.name) for v in voice])

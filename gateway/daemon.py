@@ -14,6 +14,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import httpx
 import structlog
 import trio
 
@@ -21,7 +22,7 @@ from gateway import lifecycle, metrics, reload, sdnotify
 from gateway.clock import WallClock
 from gateway.config import GatewayConfig
 from gateway.dispatcher import Dispatcher
-from gateway.http_api import HttpApi, serve_http
+from gateway.http_api import HttpApi, RcsEvents, VoiceStatus, serve_http
 from gateway.inbound import Inbound
 from gateway.model import Report
 from gateway.reporter import Reporter, receipt_report
@@ -31,12 +32,15 @@ from gateway.server import UPSTREAM_BIND_MODES, SmppServer, _AccountState, accou
 from gateway.store import Store, StoreError
 from gateway.webhooks import Webhooks, endpoints, mo_by_webhook
 from routing.channel import Channel
+from routing.rcs import RbmClient, RcsChannel, load_credentials
 from routing.sms import SmsChannel
 from routing.smsc import SmscConnector
+from routing.tts import VoiceChannel
 
 log = structlog.get_logger("gateway.daemon")
 
 HOUSEKEEPING_INTERVAL = 3600.0
+HTTP_TIMEOUT = 30.0  # outbound HTTP (RCS, voice) when a connector sets no shorter timeout
 
 
 @dataclass
@@ -123,6 +127,41 @@ async def _housekeeping(running: Running, clock: WallClock) -> None:
         await trio.sleep(HOUSEKEEPING_INTERVAL)
 
 
+def mo_owners(config: GatewayConfig) -> dict[str, str]:
+    """Who owns an MO by its destination: the accounts' mo_addresses, and the senders of the
+    RCS agents whose replies go to an account (mo_account)."""
+    owners = {addr: acc.system_id for acc in config.accounts.values()
+              for addr in acc.mo_addresses}
+    for agent in config.rcs.values():
+        if agent.mo_account:
+            owners[agent.sms_sender or agent.agent_id] = agent.mo_account
+    return owners
+
+
+def _http_channels(config: GatewayConfig, http: httpx.AsyncClient, nursery: trio.Nursery,
+                   ) -> tuple[dict[str, RcsChannel], dict[str, VoiceChannel]]:
+    """The channels over HTTP APIs: one RcsChannel per [[rcs]] agent, one VoiceChannel per
+    [[voice]] provider account; their sends run in `nursery` with `http`."""
+    rcs = {}
+    for agent in config.rcs.values():
+        client = RbmClient(http, base_url=agent.base_url, token_url=agent.token_url,
+                           agent_id=agent.agent_id,
+                           credentials=load_credentials(agent.credentials_file),
+                           capability_ttl=agent.capability_ttl,
+                           negative_ttl=agent.negative_capability_ttl,
+                           timeout=agent.request_timeout)
+        rcs[agent.name] = RcsChannel(agent.name, client, nursery, capacity=agent.max_in_flight,
+                                     sender=agent.sms_sender)
+
+    def language_of(account: str) -> str:
+        acc = config.accounts.get(account)
+        return acc.language if acc is not None else ""
+
+    voice = {settings.name: VoiceChannel(settings, http, nursery, language_of)
+             for settings in config.voice.values()}
+    return rcs, voice
+
+
 def _queued(connector: SmscConnector) -> int:
     return connector.queued
 
@@ -165,14 +204,12 @@ async def run(
         channels: dict[str, Channel] = {}  # by connector name: what the dispatcher speaks to
         dispatcher = Dispatcher(store, routing.router, channels, config.retry, clock, owed,
                                 receipt_of=receipt_report)
-        mo_owners = {addr: acc.system_id for acc in config.accounts.values()
-                     for addr in acc.mo_addresses}
         screening = Screening(config.rules)
         screening.load_optouts(await store.optouts())
         if screening.sent is not None:  # the duplicates rule remembers across restarts
             screening.load_sent(await store.fingerprints(clock.now() - screening.sent.window))
         dispatcher.recheck = screening.recheck
-        inbound = Inbound(dispatcher, store, clock, mo_owners, owed, screening,
+        inbound = Inbound(dispatcher, store, clock, mo_owners(config), owed, screening,
                           config.validity, mo_by_webhook(config.accounts.values()))
         for smsc in config.smscs.values():
             connector = connectors[smsc.name] = SmscConnector(smsc)
@@ -182,8 +219,13 @@ async def run(
         running = Running(config, store, dispatcher, reporter, connectors=connectors,
                           webhooks=webhooks, screening=screening, routing=routing, clock=clock,
                           inbound=inbound, account_states=states)
-        async with trio.open_nursery() as nursery:
+        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as http, \
+                trio.open_nursery() as nursery:
             running.nursery = nursery
+            # their providers' reports come in through the HTTP API (RcsEvents, VoiceStatus)
+            rcs, voice = _http_channels(config, http, nursery)
+            channels.update(rcs)
+            channels.update(voice)
             if config.simulator is not None:
                 from gateway.simulator import SmscSimulator
 
@@ -202,8 +244,12 @@ async def run(
                 await nursery.start(server.serve)
                 running.servers.append(server)
             if config.http.enabled:
-                api = HttpApi(config, store, dispatcher, clock, states, running.stopping,
-                              screening)
+                agents = {config.rcs[name].agent_id: channel for name, channel in rcs.items()}
+                api = HttpApi(
+                    config, store, dispatcher, clock, states, running.stopping, screening,
+                    rcs_events=RcsEvents(agents, inbound, push_tokens={
+                        r.agent_id: r.push_token for r in config.rcs.values()}) if rcs else None,
+                    voice_status=VoiceStatus(voice, inbound) if voice else None)
                 running.http_api = api
                 running.http_port = await nursery.start(serve_http, api.app, config.http.host,
                                                         config.http.port)

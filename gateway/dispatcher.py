@@ -12,6 +12,7 @@ written in one store call (no task or store call per message).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import heapq
@@ -30,7 +31,7 @@ from gateway.intake import Replacement
 from gateway.model import Event, Message, Part, PartState, Report, State
 from gateway.store import PendingWrite, Store, StoreError
 from routing.channel import Channel, ProviderReceipt, Revoked, SendResult, Unit, Unsendable
-from routing.core import Attempt, Router, RoutingContext
+from routing.core import Attempt, Router, RoutingContext, sender_ton_npi
 
 log = structlog.get_logger("gateway.dispatcher")
 
@@ -66,6 +67,9 @@ class Live:
     # (an attempt's event with its results, in the same commit).
     events: list[Event] = field(default_factory=list)
     waiting: bool = False  # its "waiting" (for a connector) event is recorded
+    # The message as the current attempt sends it, when the plan gave that attempt another
+    # sender (an RCS agent's SMS fallback); None: the message as stored.
+    sent_as: Message | None = None
 
 
 class _Round:
@@ -148,6 +152,12 @@ _AS_GIVEN = _AsGiven()
 
 def _utc(ts: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(ts, tz=dt.UTC)
+
+
+def _sent_under(msg: Message, sender: str) -> Message:
+    """The message as it goes out under another sender (its stored row keeps its own)."""
+    ton, npi = sender_ton_npi(sender)
+    return dataclasses.replace(msg, source_addr=sender, source_ton=ton, source_npi=npi)
 
 
 class HoldFull(Exception):
@@ -453,12 +463,16 @@ class Dispatcher:
             self._watch(live, msg.expires_at)
             return
         channel, planned = picked
+        if planned is not None:
+            live.sent_as = None if not planned.sender or planned.sender == msg.source_addr \
+                else _sent_under(msg, planned.sender)
+        out = live.sent_as or msg
         if live.parts and all(p.state is PartState.PENDING for p in live.parts) \
                 and live.parts[0].connector != channel.name:
             live.units, live.parts = None, []  # failed over: cut again for the new channel
         if live.units is None:
             try:
-                live.units = list(channel.prepare(msg))
+                live.units = list(channel.prepare(out))
             except Unsendable as exc:  # e.g. more than 255 parts for this SMSC
                 log.warning("message.unsplittable", message_id=msg.id, detail=exc.detail)
                 msg.error = exc.status
@@ -473,7 +487,8 @@ class Dispatcher:
         msg.connector, msg.channel = channel.name, channel.kind
         transitions.move(msg, "attempt", State.IN_FLIGHT, now, {
             "attempt": msg.attempts, "channel": channel.kind, "connector": channel.name,
-            "parts": sum(p.state is PartState.PENDING for p in live.parts)}, into=live.events)
+            "parts": sum(p.state is PartState.PENDING for p in live.parts),
+            **({"sender": out.source_addr} if out is not msg else {})}, into=live.events)
         live.refused, live.not_capable, live.late, live.waiting = None, None, False, False
         if planned is not None:  # a new attempt of the plan (not the rest of an earlier one)
             live.timeout_at = None if planned.timeout is None else now + planned.timeout
@@ -486,7 +501,7 @@ class Dispatcher:
             if not live.sending:
                 self._in_flight += 1  # counted once, when its first unit is handed over
             live.sending += 1
-            channel.submit_nowait(msg, unit, deadline,
+            channel.submit_nowait(out, unit, deadline,
                                   functools.partial(self._submitted, live, part))
         if not live.sending:  # nothing was pending (cannot happen when queued, but never hang)
             self._attempt_done(live, now, work)

@@ -641,22 +641,29 @@ class RcsEvents:
     agent it names. Answered 204 only once the sink says it is stored (the platform then
     forgets it), 503 when it could not be stored or the sink did not answer within
     `store_timeout` (the platform pushes it again), 400 for a malformed push, 404 for an
-    agent no RCS connector serves. With `push_token` set, the push URL must carry
-    ?token=<it> (the way to authenticate a Pub/Sub push endpoint without verifying Google's
-    OIDC tokens)."""
+    agent no RCS connector serves. An agent with a push token (`push_tokens`, by agent id)
+    takes only pushes whose URL carries ?token=<it> (the way to authenticate a Pub/Sub push
+    endpoint without verifying Google's OIDC tokens): 401 otherwise."""
 
     PATH = "/v1/rcs/events"
     MAX_BODY = 256 * 1024
 
     def __init__(self, channels: Mapping[str, RcsChannel], sink: ChannelEvents, *,
-                 push_token: str | None = None, store_timeout: float = 30.0) -> None:
+                 push_tokens: Mapping[str, str] | None = None,
+                 store_timeout: float = 30.0) -> None:
         self.channels = channels  # by RBM agent id
         self.sink = sink
-        self.push_token = push_token
+        self.push_tokens = {agent: token for agent, token in (push_tokens or {}).items()
+                            if token}
         self.store_timeout = store_timeout
 
     def route(self) -> Route:
         return Route(self.PATH, self.receive, methods=["POST"])
+
+    @staticmethod
+    def _unknown_pusher() -> Problem:
+        return Problem(401, "unauthenticated", "Unknown pusher",
+                       "the push URL's token is missing or wrong")
 
     async def receive(self, request: Request) -> Response:
         try:
@@ -667,10 +674,10 @@ class RcsEvents:
             return problem.response()
 
     async def _receive(self, request: Request) -> Response:
-        if self.push_token is not None and not hmac.compare_digest(
-                request.query_params.get("token", "").encode(), self.push_token.encode()):
-            raise Problem(401, "unauthenticated", "Unknown pusher",
-                          "the push URL's token is missing or wrong")
+        given = request.query_params.get("token", "").encode()
+        if self.push_tokens and not any(hmac.compare_digest(given, token.encode())
+                                        for token in self.push_tokens.values()):
+            raise self._unknown_pusher()  # before reading a body nobody vouches for
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
@@ -684,6 +691,9 @@ class RcsEvents:
             raise Problem(400, "bad-push", "Malformed RBM push", str(exc)) from None
         if push.item is None:
             return Response(status_code=204)  # nothing for the core (typing, launch events)
+        token = self.push_tokens.get(push.agent_id)
+        if token is not None and not hmac.compare_digest(given, token.encode()):
+            raise self._unknown_pusher()
         channel = self.channels.get(push.agent_id)
         if channel is None:
             raise Problem(404, "unknown-agent", "Unknown RBM agent",

@@ -124,10 +124,11 @@ def _apply(running: Running, new: GatewayConfig, routing: Routing) -> None:
     running.reporter.configure(new.accounts)
     if running.webhooks is not None:
         running.webhooks.configure(endpoints(new.accounts.values()))
-    mo_owners = {addr: acc.system_id for acc in new.accounts.values()
-                 for addr in acc.mo_addresses}
+    from gateway.daemon import mo_owners  # the daemon imports this module
+
     assert running.inbound is not None
-    running.inbound.configure(mo_owners, mo_by_webhook(new.accounts.values()), new.validity)
+    running.inbound.configure(mo_owners(new), mo_by_webhook(new.accounts.values()),
+                              new.validity)
     if running.http_api is not None:
         running.http_api.configure(new)
     running.config = new

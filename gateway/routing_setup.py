@@ -117,10 +117,12 @@ def build_routing(config: GatewayConfig, *, on_breaker_change: OnChange | None =
         {s.name: BreakerOptions(s.breaker.failures, s.breaker.cooldown, s.breaker.probes)
          for s in config.smscs.values() if s.breaker is not None},
         on_breaker_change or _log_breaker)
-    policies = {a.system_id: ChannelPolicy(frozenset(a.channels), a.voice)
+    policies = {a.system_id: ChannelPolicy(frozenset(a.channels), a.voice, a.rcs_wait)
                 for a in config.accounts.values()}
     chain = PolicyChain(routers, policies, default=ChannelPolicy(),
-                        breakers=breakers, on_error=_log_router_error)
+                        breakers=breakers, on_error=_log_router_error,
+                        rcs_senders={r.name: r.sms_sender for r in config.rcs.values()
+                                     if r.sms_sender})
     limiter = SenderLimiter([SenderLimit(s.sender, s.rate, s.burst, s.connector or None)
                              for s in config.sender_limits])
     retry = config.retry

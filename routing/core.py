@@ -20,6 +20,9 @@ class Attempt:
     channel: str
     connector: str
     timeout: float | None = None  # how long to wait for an outcome before the next attempt
+    # The sender this attempt goes out under, when not the message's own (the SMS fallback of
+    # an RCS agent goes out under the sender mapped to the agent); "" : the message's own.
+    sender: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +42,16 @@ class Router(Protocol):
     """Plan how to send a message; None means "no opinion" (the next router in the chain)."""
 
     def plan(self, message: Message, context: RoutingContext) -> RoutePlan | None: ...
+
+
+def sender_ton_npi(sender: str) -> tuple[int, int]:
+    """The SMPP TON/NPI of a sender set by routing: an international number (1/1) when it
+    is all digits (a leading '+' allowed) and longer than a short code, a short code (3/0)
+    when shorter, else alphanumeric (5/0)."""
+    digits = sender[1:] if sender.startswith("+") else sender
+    if digits.isdigit():
+        return (1, 1) if len(digits) > 6 else (3, 0)
+    return 5, 0
 
 
 def normalise_digits(address: str) -> str:

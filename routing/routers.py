@@ -9,6 +9,7 @@ account's allowed channels.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import random
@@ -259,6 +260,9 @@ class ChannelPolicy:
 
     channels: frozenset[str] = frozenset({SMS})
     voice: bool = False
+    # How long an RCS attempt waits for its outcome (delivered) before it is revoked and the
+    # plan goes on, when the router set no timeout and another attempt follows it.
+    rcs_wait: float | None = None
     allowed: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -290,12 +294,16 @@ class PolicyChain:
                  policies: Mapping[str, ChannelPolicy] | None = None,
                  default: ChannelPolicy | None = None,
                  breakers: Breakers | None = None,
-                 on_error: RouterError | None = None) -> None:
+                 on_error: RouterError | None = None,
+                 rcs_senders: Mapping[str, str] | None = None) -> None:
         self.routers = tuple(routers)
         self.policies = dict(policies or {})
         self.default = default
         self.breakers = breakers
         self.on_error = on_error
+        # RCS connector -> the SMS sender mapped to its agent: the SMS attempts of a plan that
+        # tries that agent first go out under it.
+        self.rcs_senders = dict(rcs_senders or {})
 
     def plan(self, message: Message, context: RoutingContext) -> RoutePlan | None:
         breakers = self.breakers
@@ -323,6 +331,25 @@ class PolicyChain:
                         break
                 if not attempts:
                     continue
+            if any(a.channel == RCS for a in attempts):
+                attempts = self._rcs_fallback(attempts, policy)
             attempts = up_first(attempts, context.is_up)
             return plan if attempts == plan.attempts else RoutePlan(attempts, plan.route)
         return None
+
+    def _rcs_fallback(self, attempts: tuple[Attempt, ...], policy: ChannelPolicy | None
+                      ) -> tuple[Attempt, ...]:
+        """A plan trying RCS first: the account's wait on the RCS attempts that have no
+        timeout and an attempt after them, and the agent's SMS sender on the SMS attempts."""
+        first = next(a for a in attempts if a.channel == RCS)
+        sender = self.rcs_senders.get(first.connector, "")
+        wait = policy.rcs_wait if policy is not None else None
+        out = []
+        for i, attempt in enumerate(attempts):
+            if attempt.channel == RCS and attempt.timeout is None and wait is not None \
+                    and i + 1 < len(attempts):
+                attempt = dataclasses.replace(attempt, timeout=wait)
+            elif attempt.channel == SMS and sender and not attempt.sender:
+                attempt = dataclasses.replace(attempt, sender=sender)
+            out.append(attempt)
+        return tuple(out)

@@ -101,7 +101,8 @@ async def gateway(sink: FakeSink | None = None, *, push_token: str | None = None
         client = RbmClient(http, base_url="http://127.0.0.1:9", token_url="http://127.0.0.1:9",
                            agent_id=AGENT, credentials=ClientSecret("a", "b"))
         channel = RcsChannel("rbm-demo", client, nursery, sender="ACME")
-        events = RcsEvents({AGENT: channel}, sink, push_token=push_token, store_timeout=5.0)
+        events = RcsEvents({AGENT: channel}, sink, store_timeout=5.0,
+                           push_tokens={AGENT: push_token} if push_token else None)
         port = await nursery.start(serve_http, Starlette(routes=[events.route()]),
                                    "127.0.0.1", 0)
         yield Gateway(f"http://127.0.0.1:{port}{RcsEvents.PATH}", sink, channel, http,
