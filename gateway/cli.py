@@ -145,11 +145,38 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     config = load_simulator_config(args.config) if args.config else SimulatorConfig()
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port),
-                                   ("control_port", args.control_port)) if v is not None}
+                                   ("control_port", args.control_port),
+                                   ("rcs_port", args.rcs_port)) if v is not None}
+    if args.rcs_port is not None:
+        overrides["rcs"] = True
     config = replace(config, **overrides)
+    if config.rcs and config.rcs_webhook_url is None:
+        config = replace(config, rcs_webhook_url=_gateway_events_url(args.config))
     logs.configure("info")
     trio.run(main_simulate, config)
     return 0
+
+
+def _gateway_events_url(path: str | None) -> str:
+    """Where a simulator run alone pushes RBM events when [simulator] names no
+    rcs_webhook_url: POST /v1/rcs/events on the gateway's [http] listener as the file
+    describes it (the file may be the gateway's config), else on [http]'s defaults."""
+    import tomllib
+
+    from gateway.config import HttpConfig
+    from gateway.simulator import events_url
+
+    http: object = {}
+    if path is not None:
+        with contextlib.suppress(OSError, ValueError), open(path, "rb") as file:
+            http = tomllib.load(file).get("http", {})
+    host, port = HttpConfig().host, HttpConfig().port
+    if isinstance(http, dict):
+        if isinstance(http.get("host"), str):
+            host = http["host"]
+        if isinstance(http.get("port"), int) and 0 < http["port"] < 65536:
+            port = http["port"]
+    return events_url(host, port)
 
 
 def _cmd_mo(args: argparse.Namespace) -> int:
@@ -229,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--host")
     sim.add_argument("--port", type=int)
     sim.add_argument("--control-port", type=int)
+    sim.add_argument("--rcs-port", type=int,
+                     help="serve the RBM platform and voice provider on this port "
+                          "(as rcs = true, rcs_port = N)")
     sim.set_defaults(func=_cmd_simulate)
 
     mo = sub.add_parser("simulate-smsc-mo", help="make the simulator deliver an MO (a reply)")

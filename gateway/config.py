@@ -59,6 +59,9 @@ ReceiptIdBase = Literal["same", "other"]  # simulator: receipts write ids in the
 # simulator: "batching" coalesces what is due together into one send; "independent" writes
 # every PDU (each submit_sm_resp, each receipt as it falls due) in a send of its own
 SimulatorPeer = Literal["batching", "independent"]
+# simulator: an RBM phone's fate (gateway.rbm_simulator), a voice number's (voice_simulator)
+RbmPhoneState = Literal["capable", "not_capable", "offline", "failing", "silent"]
+VoiceBehaviour = Literal["answer", "busy", "no-answer", "unreachable", "fail", "throttle", "hang"]
 Synchronous = Literal["full", "normal"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 TlsVersion = Literal["1.2", "1.3"]  # the lowest TLS version accepted
@@ -389,6 +392,25 @@ class SimulatorConfig:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     tls_min_version: TlsVersion = "1.2"
+    # The RBM platform (API at the root, token endpoint /token) and the voice provider (under
+    # /voice) on one HTTP listener; off unless rcs = true (gateway.simulator.RcsSimulator).
+    rcs: bool = False
+    rcs_host: str = "127.0.0.1"
+    rcs_port: int = 2778
+    rcs_webhook_url: str | None = None  # None: the gateway's own POST /v1/rcs/events
+    rcs_push_token: str | None = None  # sent as ?token= on every push
+    rcs_agent_ids: tuple[str, ...] = ("smsgw-demo-agent",)
+    rcs_client_id: str = "smsgw"
+    rcs_client_secret: str = "smsgw-secret"
+    rcs_deliver_delay: float = 1.0
+    rcs_read_delay: float = 2.0
+    rcs_default_state: RbmPhoneState = "capable"
+    rcs_phones: dict[str, RbmPhoneState] = field(default_factory=dict)  # E.164 -> state
+    voice_token: str | None = None  # the Bearer token the call API wants (None: any)
+    voice_answer_delay: float = 2.0
+    voice_talk_time: float = 10.0
+    voice_default: VoiceBehaviour = "answer"
+    voice_numbers: dict[str, VoiceBehaviour] = field(default_factory=dict)  # E.164 -> it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -1412,6 +1434,55 @@ def _simulator(t: _Table) -> SimulatorConfig:
         peer=t.choice("peer", get_args(SimulatorPeer)),
         seed=t.integer("seed"),
         **_server_tls(t),
+        **_simulator_rcs(t),
+    )
+
+
+_E164_RE = re.compile(r"\+[1-9][0-9]{5,14}")
+
+
+def _simulator_rcs(t: _Table) -> dict[str, Any]:
+    """The [simulator] keys of its RBM platform and voice provider (rcs, rcs_*, voice_*)."""
+
+    def fates(key: str, choices: tuple[str, ...], example: str) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for phone, value in _subtable(t, key, example).items():
+            if not _E164_RE.fullmatch(phone):
+                raise t.fail(f'{key}."{phone}"', "a phone number in E.164 (+ and 6 to 15 "
+                             "digits) as the key", got=json.dumps(phone))
+            if value not in choices:
+                raise t.fail(f'{key}."{phone}"',
+                             "one of " + ", ".join(json.dumps(c) for c in choices), value)
+            out[phone] = value
+        return out
+
+    def secret(key: str) -> str | None:
+        return t.get(key, None, "a non-empty string of printable ASCII",
+                     lambda v: v if isinstance(v, str) and v and _ID_RE.fullmatch(v) else None)
+
+    agents = t.strings("rcs_agent_ids", items="RBM agent ids", nonempty=True,
+                       item="an agent id (printable ASCII, no spaces)", pattern=_ID_RE)
+    return dict(
+        rcs=t.boolean("rcs"),
+        rcs_host=t.host("rcs_host"),
+        rcs_port=t.port("rcs_port"),
+        rcs_webhook_url=t.get("rcs_webhook_url", None,
+                              "an absolute http:// or https:// URL with a host", _webhook_url),
+        rcs_push_token=secret("rcs_push_token"),
+        rcs_agent_ids=agents,
+        rcs_client_id=t.string("rcs_client_id", empty=False, pattern=_ID_RE),
+        rcs_client_secret=t.string("rcs_client_secret", empty=False, pattern=_ID_RE),
+        rcs_deliver_delay=t.duration("rcs_deliver_delay", positive=False),
+        rcs_read_delay=t.duration("rcs_read_delay", positive=False),
+        rcs_default_state=t.choice("rcs_default_state", get_args(RbmPhoneState)),
+        rcs_phones=fates("rcs_phones", get_args(RbmPhoneState),
+                         '{"+33611111111" = "not_capable"}'),
+        voice_token=secret("voice_token"),
+        voice_answer_delay=t.duration("voice_answer_delay", positive=False),
+        voice_talk_time=t.duration("voice_talk_time", positive=False),
+        voice_default=t.choice("voice_default", get_args(VoiceBehaviour)),
+        voice_numbers=fates("voice_numbers", get_args(VoiceBehaviour),
+                            '{"+33611111111" = "busy"}'),
     )
 
 
@@ -1788,6 +1859,8 @@ def _port_clashes(file: str, config: GatewayConfig) -> list[str]:
     if sim is not None:
         sockets.append(("simulator.port", sim.host, sim.port))
         sockets.append(("simulator.control_port", sim.control_host, sim.control_port))
+        if sim.rcs:
+            sockets.append(("simulator.rcs_port", sim.rcs_host, sim.rcs_port))
     problems = []
     for i, (key, host, port) in enumerate(sockets):
         for other, ohost, oport in sockets[:i]:

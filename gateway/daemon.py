@@ -226,12 +226,19 @@ async def run(
             rcs, voice = _http_channels(config, http, nursery)
             channels.update(rcs)
             channels.update(voice)
+            rcs_sim = None  # the simulator's RBM platform: told where the gateway listens
             if config.simulator is not None:
                 from gateway.simulator import SmscSimulator
 
                 sim = SmscSimulator(config.simulator, window=config.simulator.window)
                 await nursery.start(sim.serve)
                 running.simulator = sim
+                if sim.rcs is not None and config.simulator.rcs_webhook_url is None:
+                    rcs_sim = sim.rcs
+                    if not config.http.enabled:
+                        log.warning("simulator.rcs_events_nowhere",
+                                    detail="[http] is disabled and [simulator] has no "
+                                           "rcs_webhook_url: RBM events are not pushed")
             await nursery.start(reporter.run)
             await nursery.start(webhooks.run)
             await nursery.start(dispatcher.run)
@@ -253,6 +260,8 @@ async def run(
                 running.http_api = api
                 running.http_port = await nursery.start(serve_http, api.app, config.http.host,
                                                         config.http.port)
+                if rcs_sim is not None:
+                    rcs_sim.gateway_listening(config.http.host, running.http_port)
             if config.admin.enabled:
                 from gateway import admin
 

@@ -14,6 +14,7 @@ import json
 import math
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import parse_qs
@@ -23,7 +24,7 @@ import trio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from routing.rcs import JWT_BEARER, encode_push
 
@@ -48,6 +49,7 @@ class SimMessage:
     phone: str
     text: str
     expires_at: float  # trio time
+    agent_id: str = ""  # the agent that sent it (its events name it)
     state: str = "PENDING"
     read: bool = False
 
@@ -59,6 +61,7 @@ class RbmSimConfig:
     host: str = "127.0.0.1"
     port: int = 2778
     agent_id: str = "smsgw-demo-agent"
+    other_agent_ids: tuple[str, ...] = ()  # more agents the platform serves
     webhook_url: str | None = None  # the gateway's POST /v1/rcs/events
     client_id: str = "smsgw"
     client_secret: str = "smsgw-secret"  # the simulator's own demo secret
@@ -107,6 +110,10 @@ class RbmSimulator:
         self._nursery: trio.Nursery | None = None
         self._http: httpx.AsyncClient | None = None
 
+    @property
+    def agent_ids(self) -> tuple[str, ...]:
+        return (self.config.agent_id, *self.config.other_agent_ids)
+
     # ---- phones
     def state_of(self, phone: str) -> str:
         return self.config.phones.get(phone, self.config.default_state)
@@ -121,25 +128,28 @@ class RbmSimulator:
                     self._spawn(self._deliver, msg, 0.0)
 
     # ---- the app
-    def app(self) -> Starlette:
+    def app(self, extra: Sequence[BaseRoute] = ()) -> Starlette:
+        """The platform's API and control endpoints, and `extra` routes (another app
+        mounted beside it: gateway.simulator's voice provider at /voice)."""
         return Starlette(routes=[
             Route("/token", self.token, methods=["POST"]),
             Route("/v1/phones/{phone}/capabilities", self.capabilities, methods=["GET"]),
             Route("/v1/phones/{phone}/agentMessages", self.send, methods=["POST"]),
             Route("/v1/phones/{phone}/agentMessages/{message_id}", self.revoke,
                   methods=["DELETE"]),
-            Route("/control/phones", self.control_phones, methods=["POST"]),
+            Route("/control/phones", self.control_phones, methods=["GET", "POST"]),
             Route("/control/replies", self.control_reply, methods=["POST"]),
             Route("/control/messages", self.control_messages, methods=["GET"]),
+            *extra,
         ])
 
-    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
-                    ) -> None:
+    async def serve(self, *, extra: Sequence[BaseRoute] = (),
+                    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         from gateway.http_api import serve_http
 
         async with httpx.AsyncClient(timeout=10) as http, trio.open_nursery() as nursery:
             self._http, self._nursery = http, nursery
-            self.port = await nursery.start(serve_http, self.app(), self.config.host,
+            self.port = await nursery.start(serve_http, self.app(extra), self.config.host,
                                             self.config.port)
             task_status.started(self.port)
 
@@ -211,7 +221,7 @@ class RbmSimulator:
         phone = request.path_params["phone"]
         if not self._authorized(request):
             return phone, _error(401, "UNAUTHENTICATED", "missing or expired access token")
-        if request.query_params.get("agentId") != self.config.agent_id:
+        if request.query_params.get("agentId") not in self.agent_ids:
             return phone, _error(403, "PERMISSION_DENIED", "unknown agentId")
         if not phone.startswith("+") or not phone[1:].isdigit():
             return phone, _error(400, "INVALID_ARGUMENT", f"{phone} is not E.164")
@@ -249,10 +259,11 @@ class RbmSimulator:
             return _error(400, "INVALID_ARGUMENT", f"bad AgentMessage: {exc}")
         if len(text) > MAX_TEXT:
             return _error(400, "INVALID_ARGUMENT", f"text longer than {MAX_TEXT} characters")
-        if ttl > MAX_TTL:
+        if "ttl" in body and ttl > MAX_TTL:  # without one, the platform keeps it 30 days
             return _error(400, "INVALID_ARGUMENT", "ttl beyond 15 days")
         if message_id not in self.messages:  # an id seen before is ignored, as RBM does
-            msg = SimMessage(message_id, phone, text, trio.current_time() + ttl)
+            msg = SimMessage(message_id, phone, text, trio.current_time() + ttl,
+                             agent_id=request.query_params["agentId"])
             self.messages[message_id] = msg
             self._spawn(self._expire, msg)
             if self.state_of(phone) == CAPABLE:
@@ -288,7 +299,7 @@ class RbmSimulator:
         if msg.state == "PENDING":
             msg.state = "EXPIRED"
             await self.push({"phoneNumber": msg.phone, "messageId": msg.id,
-                             "agentId": self.config.agent_id,
+                             "agentId": msg.agent_id or self.config.agent_id,
                              "eventType": "TTL_EXPIRATION_REVOKED",
                              "eventId": str(uuid.uuid4()),
                              "sendTime": _rfc3339(self.wall_clock())})
@@ -296,7 +307,7 @@ class RbmSimulator:
     async def _push_event(self, msg: SimMessage, kind: str) -> None:
         await self.push({"senderPhoneNumber": msg.phone, "eventType": kind,
                          "eventId": str(uuid.uuid4()), "messageId": msg.id,
-                         "agentId": self.config.agent_id,
+                         "agentId": msg.agent_id or self.config.agent_id,
                          "sendTime": _rfc3339(self.wall_clock())})
 
     async def push(self, event: dict[str, Any]) -> None:
@@ -323,7 +334,11 @@ class RbmSimulator:
 
     # ---- control endpoints
     async def control_phones(self, request: Request) -> Response:
-        """{"phone": "+336...", "state": "capable|not_capable|offline|failing"}"""
+        """POST {"phone": "+336...", "state": "capable|not_capable|offline|failing|silent"}
+        sets a phone's fate; GET: the default state and the phones given one."""
+        if request.method == "GET":
+            return JSONResponse({"default": self.config.default_state,
+                                 "phones": self.config.phones})
         try:
             body = await request.json()
             phone, state = str(body["phone"]), str(body["state"])
@@ -336,22 +351,29 @@ class RbmSimulator:
         return JSONResponse({"phone": phone, "state": state})
 
     async def control_reply(self, request: Request) -> Response:
-        """{"phone": "+336...", "text": "..."}: the phone sends the agent a message."""
+        """{"phone": "+336...", "text": "...", "agentId": optional}: the phone sends the
+        agent (the first configured one unless agentId names another) a message."""
         try:
             body = await request.json()
             phone, text = str(body["phone"]), str(body["text"])
-        except (ValueError, KeyError, TypeError) as exc:
+            agent = str(body.get("agentId", self.config.agent_id))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             return JSONResponse({"error": f"expected {{phone, text}}: {exc}"},
                                 status_code=400)
+        if agent not in self.agent_ids:
+            return JSONResponse({"error": f"agentId {agent!r} is not one of "
+                                 + ", ".join(self.agent_ids)}, status_code=400)
         if not phone.startswith("+"):
             phone = "+" + phone
-        event = self.user_message(phone, text)
+        event = self.user_message(phone, text, agent)
         self._spawn(self.push, event)
         return JSONResponse({"messageId": event["messageId"]})
 
-    def user_message(self, phone: str, text: str) -> dict[str, Any]:
+    def user_message(self, phone: str, text: str, agent_id: str | None = None
+                     ) -> dict[str, Any]:
         return {"senderPhoneNumber": phone, "messageId": str(uuid.uuid4()),
-                "sendTime": _rfc3339(self.wall_clock()), "agentId": self.config.agent_id,
+                "sendTime": _rfc3339(self.wall_clock()),
+                "agentId": agent_id or self.config.agent_id,
                 "text": text}
 
     async def control_messages(self, _request: Request) -> Response:

@@ -3,6 +3,7 @@
 It accepts SMPP binds, answers submit_sm/data_sm/submit_multi (with injectable failures), sends
 delivery receipts and MO messages as deliver_sm, and serves a small HTTP control interface.
 `peer = "independent"` makes it write each PDU in a send of its own, as a real SMSC may.
+With `rcs = true` it also plays an RBM platform and a voice provider (RcsSimulator).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Literal, get_args
+from urllib.parse import urlencode
 
 import httpx
 import hypercorn.trio
@@ -29,10 +31,12 @@ from hypercorn.config import Config as HypercornConfig
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from gateway import tls
 from gateway.config import MessageIdFormat, ReceiptIdBase, SimulatorConfig
+from gateway.rbm_simulator import RbmSimConfig, RbmSimulator
+from gateway.voice_simulator import VoiceSimulator
 from smpp.connection import Connection, ConnectionClosed, ResponseTimeout, Turns, WindowFull
 from smpp.constants import (
     ESM_DELIVERY_RECEIPT,
@@ -67,6 +71,7 @@ from smpp.text import TextEncodingError, alphabet, decode_text, encode_text, par
 
 __all__ = [
     "ControlError",
+    "RcsSimulator",
     "SimulatorStats",
     "SmscSimulator",
     "SubmitRecord",
@@ -223,7 +228,8 @@ class SmscSimulator:
     """An SMSC that listens for SMPP binds and serves an HTTP control interface.
 
     Run ``serve()`` in a nursery (``await nursery.start(sim.serve)``); ``port`` and
-    ``control_port`` are the bound ports once it has started.
+    ``control_port`` are the bound ports once it has started, ``rcs_port`` too when the
+    config has ``rcs = true`` (``rcs`` is then the RBM platform and voice provider).
     """
 
     def __init__(
@@ -240,6 +246,8 @@ class SmscSimulator:
         self.config = config
         self.port = config.port
         self.control_port = config.control_port
+        self.rcs: RcsSimulator | None = RcsSimulator(config) if config.rcs else None
+        self.rcs_port: int | None = config.rcs_port if config.rcs else None
         self.max_records = max_records
         self.window = config.window if window is None else window  # deliver_sm per receiver
         self.delivery_timeout = delivery_timeout
@@ -283,10 +291,13 @@ class SmscSimulator:
                 partial(hypercorn.trio.serve, app, self._hypercorn_config())
             )
             self.control_port = int(binds[0].rsplit(":", 1)[1])
+            if self.rcs is not None:
+                self.rcs_port = await nursery.start(self.rcs.serve)
             nursery.start_soon(self._timer_loop)
             log.info("simulator.listening", host=cfg.host, port=self.port,
                      tls=cfg.tls_cert is not None,
-                     control_host=cfg.control_host, control_port=self.control_port)
+                     control_host=cfg.control_host, control_port=self.control_port,
+                     rcs_host=cfg.rcs_host if cfg.rcs else None, rcs_port=self.rcs_port)
             task_status.started()
 
     def _hypercorn_config(self) -> HypercornConfig:
@@ -749,6 +760,8 @@ class SmscSimulator:
         out: dict[str, Any] = {key: getattr(cfg, key) for key in _CHANGEABLE}
         out.update(host=cfg.host, port=self.port, system_id=cfg.system_id,
                    control_host=cfg.control_host, control_port=self.control_port)
+        if self.rcs_port is not None:
+            out.update(rcs_host=cfg.rcs_host, rcs_port=self.rcs_port)
         return out
 
     def stats_json(self) -> dict[str, Any]:
@@ -883,6 +896,73 @@ def _problem(status: int, detail: str) -> Response:
     )
 
 
+# --------------------------------------------------------------------------- RBM and voice
+
+
+def events_url(host: str, port: int) -> str:
+    """The gateway's RBM push URL (POST /v1/rcs/events) on its HTTP listener host:port; a
+    wildcard host is reached on 127.0.0.1."""
+    if host in ("", "0.0.0.0", "*"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}/v1/rcs/events"
+
+
+class RcsSimulator:
+    """The RBM platform (gateway.rbm_simulator: its API, /token and /control/... at the root)
+    and the voice provider (gateway.voice_simulator, mounted at /voice) on one HTTP listener,
+    set up from the [simulator] rcs_* and voice_* keys. ``port`` is the bound port once
+    ``serve()`` has started. Its pushes go to ``rcs_webhook_url``, or when that is not set to
+    the URL given to ``gateway_listening()`` (the daemon's own listener); none before."""
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        first, *others = config.rcs_agent_ids
+        self.rbm = RbmSimulator(RbmSimConfig(
+            host=config.rcs_host, port=config.rcs_port, agent_id=first,
+            other_agent_ids=tuple(others), webhook_url=None,
+            client_id=config.rcs_client_id, client_secret=config.rcs_client_secret,
+            deliver_delay=config.rcs_deliver_delay, read_delay=config.rcs_read_delay,
+            default_state=config.rcs_default_state,
+            phones={phone: str(state) for phone, state in config.rcs_phones.items()}))
+        self.voice = VoiceSimulator(answer_delay=config.voice_answer_delay,
+                                    talk_time=config.voice_talk_time,
+                                    default=config.voice_default, token=config.voice_token)
+        self.voice.numbers.update(config.voice_numbers)
+        self.port = config.rcs_port
+        if config.rcs_webhook_url is not None:
+            self._push_to(config.rcs_webhook_url)
+
+    @property
+    def webhook_url(self) -> str | None:
+        """Where the RBM events are pushed (with the push token), None: nowhere yet."""
+        return self.rbm.config.webhook_url
+
+    def gateway_listening(self, host: str, port: int) -> None:
+        """The gateway's HTTP listener is up at host:port: push there, unless the config
+        names another rcs_webhook_url."""
+        if self.config.rcs_webhook_url is None:
+            self._push_to(events_url(host, port))
+
+    def _push_to(self, url: str) -> None:
+        token = self.config.rcs_push_token
+        if token is not None:
+            url += ("&" if "?" in url else "?") + urlencode({"token": token})
+        self.rbm.config.webhook_url = url
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        """Run both simulators and serve them; started() with the port."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.voice.run)
+            self.port = await nursery.start(
+                partial(self.rbm.serve, extra=[Mount("/voice", app=self.voice.app)]))
+            task_status.started(self.port)
+
+
 # --------------------------------------------------------------------------- CLI helpers
 
 
@@ -894,7 +974,8 @@ async def main_simulate(config: SimulatorConfig) -> None:
             await nursery.start(sim.serve)
             log.info("simulator.ready", host=config.host, port=sim.port,
                      control_host=config.control_host, control_port=sim.control_port,
-                     system_id=config.system_id)
+                     system_id=config.system_id, rcs_port=sim.rcs_port,
+                     rcs_events=sim.rcs.webhook_url if sim.rcs is not None else None)
             async for signum in signals:
                 log.info("simulator.stopping", signal=signal.Signals(signum).name)
                 break
