@@ -17,6 +17,7 @@ import datetime as dt
 import functools
 import heapq
 import itertools
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -41,6 +42,7 @@ NO_SMSC = "none"  # the smsc label of a message that never reached a connector
 NO_ROUTE_ERROR = 0x0B  # reported as err:011 (ESME_RINVDSTADR's code) when no route matches
 MAX_HELD_RECEIPTS = 10_000  # receipts waiting at once for their send's answer
 HOLD_LOG_PERIOD = 10.0  # seconds between two warnings that the receipt hold is full
+MAX_SUPERSEDED = 100_000  # units of left attempts remembered for their late receipts
 RECEIPT_HOLD = 10.0  # seconds a receipt of a channel that names none waits for its send
 RECEIPT_WORDS = 64  # distinct receipt words counted by name (per dispatcher); more: "OTHER"
 SAVE_RETRY_MIN, SAVE_RETRY_MAX = 1.0, 30.0  # seconds between attempts at a failed store write
@@ -202,6 +204,10 @@ class Dispatcher:
         self._results: list[tuple[Live, Part, SendResult]] = []
         self._revoked: list[tuple[Live, str, list[Revoked]]] = []  # revokes answered
         self._by_smsc: dict[tuple[str, str], tuple[Live, Part]] = {}
+        # Units of attempts a message left for the next one of its plan (timeout, failure):
+        # (connector, id key) -> (message id, its expiry). Their late receipts are recorded
+        # in the message's history, never turned into its outcome or an upstream receipt.
+        self._superseded: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
         # Receipts held for matching, by (connector, normalised id) they wait for: the events
         # of the receipts waiting for that key (a receipt may wait under several spellings).
         self._held: dict[tuple[str, str], list[trio.Event]] = {}
@@ -609,6 +615,7 @@ class Dispatcher:
             hit = self._by_smsc.get(key)
             if part.smsc_id and hit is not None and hit[1] is part:
                 del self._by_smsc[key]
+                self._supersede(key, msg)
         live.parts, live.units, msg.parts_total = [], None, 0
         if skip:  # (a connector that cannot reach the recipient leaves the plan instead)
             live.failover += 1
@@ -617,6 +624,31 @@ class Dispatcher:
         log.info("message.next_attempt", message_id=msg.id, why=kind, smsc=msg.connector)
         self._schedule(live, now)
         work.touch(live)
+
+    def _supersede(self, key: tuple[str, str], msg: Message) -> None:
+        """Remember a left attempt's unit until its message expires (at most
+        MAX_SUPERSEDED, the oldest forgotten first: a receipt for it is then an orphan)."""
+        superseded = self._superseded
+        superseded[key] = (msg.id, msg.expires_at)
+        superseded.move_to_end(key)
+        now = self.clock.now()
+        while superseded:
+            oldest, (_, expires_at) = next(iter(superseded.items()))
+            if expires_at > now and len(superseded) <= MAX_SUPERSEDED:
+                break
+            del superseded[oldest]
+
+    async def _after_fallback(self, connector: str, receipt: ProviderReceipt,
+                              message_id: str) -> None:
+        """A receipt for a unit of an attempt its message left (an RCS message delivered
+        after its revoke failed and the SMS went): recorded in its history, nothing else."""
+        outcome = receipt.outcome.value if receipt.outcome is not None else None
+        log.info("receipt.after_fallback", message_id=message_id, smsc=connector,
+                 smsc_id=receipt.provider_id, stat=receipt.word)
+        await self.store.add_events([Event(message_id, self.clock.now(), "late_receipt", None,
+                                           None, {"connector": connector,
+                                                  "provider_id": receipt.provider_id,
+                                                  "word": receipt.word, "outcome": outcome})])
 
     # -- attempt timeouts -----------------------------------------------------------------------
     def _revoke(self, live: Live, now: float) -> None:
@@ -888,6 +920,11 @@ class Dispatcher:
         another bind), or else an orphan."""
         smsc_id, word = receipt.provider_id, receipt.word
         try:
+            left = self._superseded.get((connector, self._key(connector, smsc_id)))
+            if left is not None:
+                await self._after_fallback(connector, receipt, left[0])
+                done(True)
+                return
             if await self._late(connector, self._keys(connector, smsc_id, "as-is"), smsc_id,
                                 word):
                 done(True)

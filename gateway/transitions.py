@@ -58,6 +58,7 @@ NOTES = frozenset({
     "error",  # a step failed on a bug, nothing changed
     "rule",  # a rule's decision at intake (rules/, gateway/screening.py)
     "webhook",  # what became of its receipt webhook (outcome, status, tries)
+    "late_receipt",  # a receipt for an attempt it left (RCS delivered after the SMS fallback)
 })
 
 

@@ -310,3 +310,28 @@ def test_a_router_that_raises_is_skipped_and_told_when_asked() -> None:
 def test_a_policy_naming_tts_as_a_channel_is_refused() -> None:
     with pytest.raises(ValueError, match="voice = true"):
         ChannelPolicy(frozenset({"tts"}))
+
+
+def test_a_plan_trying_rcs_first_waits_the_accounts_wait_then_sms_under_the_agents_sender(
+        ) -> None:
+    omni = StaticRouter("omni", [Target("rcs", "rbm"), SMS_A, SMS_B])
+    chain = PolicyChain([omni], {"omni": ChannelPolicy(frozenset({"rcs", "sms"}),
+                                                       rcs_wait=30.0)},
+                        rcs_senders={"rbm": "ACME"})
+    plan = chain.plan(message(account="omni", sender="SHOP"), CTX)
+    assert plan is not None
+    assert [(a.channel, a.connector, a.timeout, a.sender) for a in plan.attempts] == [
+        ("rcs", "rbm", 30.0, ""), ("sms", "opA", None, "ACME"), ("sms", "opB", None, "ACME")]
+
+
+def test_an_rcs_attempt_with_nothing_after_it_gets_no_wait_and_a_router_timeout_stays(
+        ) -> None:
+    policy = {"omni": ChannelPolicy(frozenset({"rcs", "sms"}), rcs_wait=30.0)}
+    alone = PolicyChain([StaticRouter("r", [Target("rcs", "rbm")])], policy)
+    plan = alone.plan(message(account="omni"), CTX)
+    assert plan is not None and plan.attempts[0].timeout is None
+    timed = PolicyChain([StaticRouter("r", [Target("rcs", "rbm"), SMS_A],
+                                      timeouts={"rcs": 5.0})], policy)
+    plan = timed.plan(message(account="omni"), CTX)
+    assert plan is not None and plan.attempts[0].timeout == 5.0
+    assert plan.attempts[1].sender == ""  # no sender mapped to this agent: the message's own

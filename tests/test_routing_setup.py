@@ -108,8 +108,8 @@ def test_router_options_reach_the_routers() -> None:
 def test_accounts_channels_become_policies() -> None:
     routing = build_routing(config())
     assert routing.router.policies == {
-        "acme": ChannelPolicy(frozenset({"sms"}), False),
-        "omni": ChannelPolicy(frozenset({"rcs", "sms"}), True)}
+        "acme": ChannelPolicy(frozenset({"sms"}), False, rcs_wait=60.0),
+        "omni": ChannelPolicy(frozenset({"rcs", "sms"}), True, rcs_wait=60.0)}
     assert routing.router.default == ChannelPolicy()
 
 
