@@ -13,100 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
-from gateway import daemon
-from gateway.config import (
-    AccountConfig,
-    HttpConfig,
-    RcsConfig,
-    RouterConfig,
-    SimulatorConfig,
-)
 from gateway.rbm_simulator import CAPABLE, FAILING, NOT_CAPABLE, OFFLINE
-from gateway.simulator import SmscSimulator
-from tests.stack import SmpplibEsme, gateway_config, password_hash, wait_for
-
-AGENT = "smsgw-demo-agent"
-PHONE = "33612345678"
-WAIT = 1.5  # the account's rcs_wait, seconds
-
-
-@dataclass
-class Omni:
-    gw: daemon.Running
-    sim: SmscSimulator
-
-    @property
-    def rbm(self):  # type: ignore[no-untyped-def]
-        assert self.sim.rcs is not None
-        return self.sim.rcs.rbm
-
-    def phone(self, state: str, number: str = PHONE) -> None:
-        self.rbm.set_state("+" + number, state)
-
-    def sms(self) -> list[tuple[str, str]]:
-        """(sender, destination) of each SMS the SMSC took."""
-        return [(r.source_addr, r.destination_addr) for r in self.sim.submitted]
-
-    async def send(self, text: bytes = b"Your parcel arrives today") -> SmpplibEsme:
-        """Submit one message as account omni (sender SHOP) and wait for its receipt."""
-        esme = SmpplibEsme(self.gw.smpp_port, system_id="omni", password="omnipass")
-
-        def session() -> None:
-            esme.bind()
-            esme.submit(PHONE, text, source_addr="SHOP")
-            esme.read_until(lambda: bool(esme.resps) and bool(esme.delivered), timeout=20)
-
-        await trio.to_thread.run_sync(session)
-        return esme
-
-    async def history(self, esme: SmpplibEsme) -> list[tuple[str, str | None]]:
-        message_id = esme.resps[0].message_id.decode()
-        return [(e.kind, e.detail.get("channel"))
-                for e in await self.gw.store.events_of(message_id)]
-
-
-@contextlib.asynccontextmanager
-async def omni_stack(tmp_path: Path, **sim: object) -> AsyncIterator[Omni]:
-    credentials = tmp_path / "rbm.json"
-    credentials.write_text(json.dumps({"client_id": "smsgw", "client_secret": "smsgw-secret"}))
-    sim_config = SimulatorConfig(port=0, control_port=0, receipt_delay=0.05, seed=7, rcs=True,
-                                 rcs_port=0, rcs_deliver_delay=0.2, rcs_read_delay=0.2,
-                                 **sim)  # type: ignore[arg-type]
-    async with trio.open_nursery() as nursery:
-        simulator = SmscSimulator(sim_config, window=sim_config.window)
-        await nursery.start(simulator.serve)
-        base = f"http://127.0.0.1:{simulator.rcs_port}"
-        accounts = gateway_config(tmp_path, simulator.port).accounts
-        config = gateway_config(
-            tmp_path, simulator.port, http=HttpConfig(host="127.0.0.1", port=0),
-            accounts={**accounts, "omni": AccountConfig(
-                "omni", password_hash("omnipass"), throughput=0, channels=("rcs", "sms"),
-                rcs_wait=WAIT)},
-            rcs={"rbm": RcsConfig(name="rbm", agent_id=AGENT, credentials_file=credentials,
-                                  base_url=base, token_url=base + "/token", sms_sender="ACME",
-                                  mo_account="omni", request_timeout=2.0)},
-            routers=(RouterConfig(name="omni", type="account", accounts=("omni",),
-                                  channels=(("rcs", "rbm"), ("sms", "sim"))),))
-        stop = trio.Event()
-        gw: daemon.Running = await nursery.start(functools.partial(daemon.run, config, stop.wait))
-        assert simulator.rcs is not None and gw.http_port is not None
-        simulator.rcs.gateway_listening("127.0.0.1", gw.http_port)
-        await wait_for(lambda: all(c.is_up() for c in gw.connectors.values()))
-        yield Omni(gw, simulator)
-        stop.set()
-        nursery.cancel_scope.cancel()
-
-
-def receipt_stat(esme: SmpplibEsme) -> str:
-    text = esme.delivered[0].short_message.decode()
-    return text.split("stat:")[1].split()[0]
+from tests.omni import PHONE, omni_stack, receipt_stat
+from tests.stack import SmpplibEsme, wait_for
 
 
 async def test_an_rcs_capable_phone_gets_rcs_only(tmp_path: Path) -> None:
