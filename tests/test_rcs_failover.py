@@ -113,3 +113,18 @@ async def test_a_delivered_event_after_the_sms_fallback_gives_no_second_receipt(
                 for e in await omni.gw.store.events_of(message_id) if e.kind == "late_receipt"]
         assert ("rbm", "DELIVERED") in late
         esme.client.disconnect()
+
+
+async def test_an_rcs_only_message_never_delivered_expires_at_its_deadline_with_one_receipt(
+        tmp_path: Path) -> None:
+    """Validity drives every channel: an account without SMS fallback, a phone that stays
+    offline: RBM is given the time left as the message's ttl, and at the deadline the
+    message is EXPIRED with one receipt upstream."""
+    async with omni_stack(tmp_path, channels=("rcs",)) as omni:
+        omni.phone(OFFLINE)
+        with trio.fail_after(20):
+            esme = await omni.send(validity_period="000000000004000R")  # 4 s, relative
+        assert receipt_stat(esme) == "EXPIRED" and len(esme.delivered) == 1
+        (held,) = omni.rbm.messages.values()
+        assert held.expires_at < trio.current_time() + 1.0  # its ttl was the validity left
+        assert omni.sms() == []
