@@ -128,3 +128,21 @@ async def test_an_rcs_only_message_never_delivered_expires_at_its_deadline_with_
         (held,) = omni.rbm.messages.values()
         assert held.expires_at < trio.current_time() + 1.0  # its ttl was the validity left
         assert omni.sms() == []
+
+
+async def test_an_rcs_user_reply_reaches_the_agents_account_as_mo(tmp_path: Path) -> None:
+    """A phone writes to the agent: the reply becomes an MO for the agent's mo_account,
+    addressed to its sms_sender (like an SMS reply to a short code)."""
+    async with omni_stack(tmp_path) as omni:
+        esme = SmpplibEsme(omni.gw.smpp_port, system_id="omni", password="omnipass")
+        await trio.to_thread.run_sync(esme.bind)
+        await omni.rbm.push(omni.rbm.user_message("+" + PHONE, "Merci !"))
+
+        def read_mo() -> None:
+            esme.read_until(lambda: bool(esme.delivered), timeout=10)
+
+        await trio.to_thread.run_sync(read_mo)
+        (mo,) = esme.delivered
+        assert mo.source_addr.decode() == PHONE and mo.destination_addr.decode() == "ACME"
+        assert mo.short_message == b"Merci !"
+        esme.client.disconnect()
