@@ -342,15 +342,17 @@ def _json_object(response: httpx.Response) -> dict[str, Any]:
 
 
 def send_failure(exc: Exception) -> SendResult:
-    """What an RBM error means for the core: 404 -> not capable (fall back at once), 400 ->
-    rejected (the content is at fault), 401/403/429/5xx or no answer -> temporary, other 4xx
-    -> permanent (undeliverable)."""
+    """What an RBM error means for the core: 404 -> not capable (fall back at once); 400 ->
+    not capable either (RBM refuses this content: the plan's next channel, SMS, may take it;
+    without one the message ends UNDELIVERABLE); 401/403/429/5xx or no answer -> temporary;
+    other 4xx -> permanent (undeliverable)."""
     if isinstance(exc, RbmError):
         detail = str(exc)
         if exc.code == 404:
             return SendResult(None, Status.ESME_RINVDSTADR, not_capable=True, detail=detail)
         if exc.code == 400:
-            return SendResult(None, Status.ESME_RSUBMITFAIL, rejected=True, detail=detail)
+            return SendResult(None, Status.ESME_RSUBMITFAIL, not_capable=True,
+                              detail=f"content RBM refuses: {detail}")
         if exc.code == 429:
             return SendResult(None, Status.ESME_RTHROTTLED, temporary=True, detail=detail)
         if exc.code in (401, 403) or exc.code >= 500:
