@@ -25,7 +25,7 @@ from gateway.http_api import HttpApi, serve_http
 from gateway.inbound import Inbound
 from gateway.model import Report
 from gateway.reporter import Reporter, receipt_report
-from gateway.routing_setup import Routing, build_routing
+from gateway.routing_setup import Routing, build_routing, export_breakers
 from gateway.screening import Screening
 from gateway.server import UPSTREAM_BIND_MODES, SmppServer, _AccountState, account_states
 from gateway.store import Store, StoreError
@@ -164,7 +164,8 @@ async def run(
         connectors: dict[str, SmscConnector] = {}
         channels: dict[str, Channel] = {}  # by connector name: what the dispatcher speaks to
         dispatcher = Dispatcher(store, routing.router, channels, config.retry, clock, owed,
-                                receipt_of=receipt_report)
+                                receipt_of=receipt_report, routing=routing)
+        export_breakers(routing, clock.now())
         mo_owners = {addr: acc.system_id for acc in config.accounts.values()
                      for addr in acc.mo_addresses}
         screening = Screening(config.rules)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from gateway import metrics
 from gateway.config import ConfigError, GatewayConfig, RouterConfig
 from routing.backoff import Backoff
 from routing.breaker import BreakerOptions, Breakers, BreakerState, OnChange
@@ -52,9 +53,20 @@ class Routing:
             tracker.observe(connector, destination, delivered, latency, now)
 
 
+BREAKER_GAUGE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
 def _log_breaker(name: str, old: BreakerState, new: BreakerState, now: float) -> None:
     event = log.warning if new is BreakerState.OPEN else log.info
     event("routing.breaker", connector=name, old=old.value, new=new.value)
+    metrics.child(metrics.BREAKER_STATE, name).set(BREAKER_GAUGE[new])
+
+
+def export_breakers(routing: Routing, now: float) -> None:
+    """Set the breaker gauge of every connector to its breaker's state (at start, and when a
+    reload puts new breakers in); their changes set it from then on."""
+    for name, breaker in routing.breakers.by_name.items():
+        metrics.child(metrics.BREAKER_STATE, name).set(BREAKER_GAUGE[breaker.state(now)])
 
 
 def _log_router_error(router: Router, exc: Exception) -> None:
