@@ -360,6 +360,8 @@ class Dispatcher:
         except Exception as exc:
             log.exception("dispatcher.step_failed", message_id=live.msg.id)
             msg = live.msg
+            if live.sending == 0:  # a probe slot it took must not stay taken
+                self._unjudged(live, self.clock.now())
             if not msg.state.final and live.sending == 0:
                 now = self.clock.now()
                 detail: dict[str, object] = {"detail": f"internal error ({type(exc).__name__}):"
