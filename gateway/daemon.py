@@ -164,14 +164,15 @@ async def run(
         connectors: dict[str, SmscConnector] = {}
         channels: dict[str, Channel] = {}  # by connector name: what the dispatcher speaks to
         dispatcher = Dispatcher(store, routing.router, channels, config.retry, clock, owed,
-                                receipt_of=receipt_report, routing=routing)
-        export_breakers(routing, clock.now())
+                                receipt_of=receipt_report)
         mo_owners = {addr: acc.system_id for acc in config.accounts.values()
                      for addr in acc.mo_addresses}
         screening = Screening(config.rules)
         screening.load_optouts(await store.optouts())
         if screening.sent is not None:  # the duplicates rule remembers across restarts
             screening.load_sent(await store.fingerprints(clock.now() - screening.sent.window))
+        dispatcher.routing = routing  # its breakers, sender limits, backoff, quality trackers
+        export_breakers(routing, clock.now())
         dispatcher.recheck = screening.recheck
         inbound = Inbound(dispatcher, store, clock, mo_owners, owed, screening,
                           config.validity, mo_by_webhook(config.accounts.values()))

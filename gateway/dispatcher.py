@@ -16,9 +16,9 @@ import datetime as dt
 import functools
 import heapq
 import itertools
-import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from random import Random
 from typing import Protocol, runtime_checkable
 
 import structlog
@@ -35,7 +35,6 @@ from routing.backoff import Backoff, retry_delay
 from routing.breaker import Breakers, BreakerState
 from routing.channel import Channel, ProviderReceipt, Revoked, SendResult, Unit, Unsendable
 from routing.core import Attempt, Router, RoutingContext
-from routing.limits import SenderLimiter
 
 log = structlog.get_logger("gateway.dispatcher")
 
@@ -65,15 +64,15 @@ class Live:
     timeout_at: float | None = None  # the current attempt's outcome is awaited until then
     revoking: bool = False  # its current attempt is being revoked (timeout)
     late: bool = False  # a part of the current attempt was not sent: validity over
+    started: float | None = None  # when its current attempt began
+    judging: str | None = None  # the half-open connector this attempt probes (a slot taken)
+    last_delay: float | None = None  # the delay before its last retry (decorrelated jitter)
     due: float | None = None  # time of this message's one valid heap entry, if any
     held: bool = False  # a cancel or replacement of it is being committed: not attempted
     # Its history not yet handed to the store: written with the next write of the message
     # (an attempt's event with its results, in the same commit).
     events: list[Event] = field(default_factory=list)
     waiting: bool = False  # its "waiting" (for a connector) event is recorded
-    started: float | None = None  # when its current attempt began
-    judging: str | None = None  # the half-open connector this attempt probes (a slot taken)
-    last_delay: float | None = None  # the delay before its last retry (decorrelated jitter)
 
 
 class _Round:
@@ -185,7 +184,7 @@ class Dispatcher:
         receipt_of: ReceiptOf,
         max_in_flight: int | None = None,
         routing: Routing | None = None,
-        rng: random.Random | None = None,
+        rng: Random | None = None,
     ) -> None:
         self.store = store
         self.router = router
@@ -194,11 +193,10 @@ class Dispatcher:
         # What the attempts report to and ask (gateway.routing_setup): without a Routing, no
         # breaker, no sender limit, no quality tracker, and the backoff of `retry`.
         self.breakers = Breakers(())
-        self.limiter = SenderLimiter()
         self.backoff: Backoff | None = None  # None: from self.retry (see _backoff)
         self.observe: Callable[[str, str, bool, float | None, float], None] | None = None
         self._routing: Routing | None = None
-        self.rng = rng or random.Random()  # the retry delays' jitter
+        self.rng = rng or Random()  # the retry delays' jitter
         self.clock = clock
         self.on_report = on_report
         self.receipt_of = receipt_of  # the upstream face's receipt for a final message
@@ -246,7 +244,6 @@ class Dispatcher:
         self._routing = routing
         self.router = routing.router
         self.breakers = routing.breakers
-        self.limiter = routing.limiter
         self.backoff = routing.backoff
         self.observe = routing.observe if routing.trackers else None
         self._unpark()  # a connector the new breakers admit may serve them now
@@ -548,11 +545,6 @@ class Dispatcher:
             self._watch(live, self._reopens(now) or msg.expires_at)
             return
         channel, planned = picked
-        if self.limiter:
-            wait = self.limiter.delay_for(channel.name, msg.source_addr, now)
-            if wait > 0:  # its sender's throughput limit: later, no attempt counted
-                self._watch(live, now + wait)
-                return
         if live.parts and all(p.state is PartState.PENDING for p in live.parts) \
                 and live.parts[0].connector != channel.name:
             live.units, live.parts = None, []  # failed over: cut again for the new channel
@@ -569,6 +561,12 @@ class Dispatcher:
         if not live.parts:
             live.parts = [Part(msg.id, unit.number, channel.name) for unit in live.units]
         msg.parts_total = len(live.parts)
+        limiter = self._routing.limiter if self._routing is not None else None
+        if limiter:  # the sender's throughput limit on this connector
+            wait = limiter.delay_for(channel.name, msg.source_addr, now)
+            if wait > 0:  # later: not an error, no attempt counted
+                self._watch(live, now + wait)
+                return
         msg.attempts += 1
         msg.connector, msg.channel = channel.name, channel.kind
         transitions.move(msg, "attempt", State.IN_FLIGHT, now, {
