@@ -1,6 +1,7 @@
 """Build the routing objects the daemon runs from its config: the router chain ([[router]],
 with [[route]] as the "routes" router), the per-account channel policies, a circuit breaker
-per connector, the sender limiter, the retry backoff and the quality trackers to feed.
+per connector (SMSC, RCS agent, voice provider), the sender limiter, the retry backoff and
+the quality trackers to feed.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def build_routing(config: GatewayConfig, *, on_breaker_change: OnChange | None =
         routers.append(prefix_router(config))
     default = config.breaker
     breakers = Breakers(
-        config.smscs,
+        [*config.smscs, *config.rcs, *config.voice],  # [breaker] for all; [[smsc]] may override
         BreakerOptions(default.failures, default.cooldown, default.probes),
         {s.name: BreakerOptions(s.breaker.failures, s.breaker.cooldown, s.breaker.probes)
          for s in config.smscs.values() if s.breaker is not None},
