@@ -129,6 +129,30 @@ async def test_a_message_waiting_only_for_an_open_breaker_goes_when_its_cooldown
         assert routing.breakers["opA"].state(h.clock.now()) is BreakerState.CLOSED
 
 
+async def test_refusals_caused_by_the_message_do_not_open_the_breaker(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    """Rule: a permanent refusal caused by the message itself (REJECTED: a bad address) is
+    not the connector's failure; other permanent refusals and temporary ones are."""
+    a = ScriptedSmsc("opA", lambda pdu: SubmitResult(None, Status.ESME_RINVDSTADR,
+                                                      rejected=True))
+    routing = make_routing(["opA"], breaker=BreakerOptions(failures=2, cooldown=60))
+    async with trio.open_nursery() as nursery, harness(tmp_path, {"opA": a}, nursery,
+                                                      routing=routing) as h:
+        for _ in range(4):
+            msg = h.message()
+            await h.submit(msg)
+            assert (await h.wait_final(msg.id)).state is State.REJECTED
+        breaker = routing.breakers["opA"]
+        assert breaker.state(h.clock.now()) is BreakerState.CLOSED
+        assert breaker.consecutive_failures == 0
+        a.answer = lambda pdu: SubmitResult(None, Status.ESME_RSUBMITFAIL)  # not its fault
+        for _ in range(2):
+            msg = h.message()
+            await h.submit(msg)
+            assert (await h.wait_final(msg.id)).state is State.UNDELIVERABLE
+        assert breaker.state(h.clock.now()) is BreakerState.OPEN
+
+
 # -- retries up to the deadline -------------------------------------------------------------------
 async def test_temporary_errors_retry_with_growing_jittered_delays_then_expire_with_one_receipt(
         tmp_path: Path, clock: trio.testing.MockClock) -> None:
