@@ -1,7 +1,9 @@
 """Dispatcher: owns every unfinished message from commit to final state.
 
 It schedules attempts (deferred, retried with backoff, failed over to the next attempt of the
-route plan, revoked and failed over when an attempt's timeout passes without an outcome),
+route plan, revoked and failed over when an attempt's timeout passes without an outcome;
+following its Routing: connectors' circuit breakers told every send result and asked before
+an attempt, sender limits, the [retry] backoff, quality trackers told every receipt),
 hands each message's units to the plan's channels (routing/channel.py: it speaks no
 protocol), applies the providers' receipts, expires messages at the end of their validity,
 and writes each final state with the report its upstream face makes of it (receipt_of: the
