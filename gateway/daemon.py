@@ -26,7 +26,7 @@ from gateway.http_api import HttpApi, RcsEvents, VoiceStatus, serve_http
 from gateway.inbound import Inbound
 from gateway.model import Report
 from gateway.reporter import Reporter, receipt_report
-from gateway.routing_setup import Routing, build_routing
+from gateway.routing_setup import Routing, build_routing, export_breakers
 from gateway.screening import Screening
 from gateway.server import UPSTREAM_BIND_MODES, SmppServer, _AccountState, account_states
 from gateway.store import Store, StoreError
@@ -208,6 +208,8 @@ async def run(
         screening.load_optouts(await store.optouts())
         if screening.sent is not None:  # the duplicates rule remembers across restarts
             screening.load_sent(await store.fingerprints(clock.now() - screening.sent.window))
+        dispatcher.routing = routing  # its breakers, sender limits, backoff, quality trackers
+        export_breakers(routing, clock.now())
         dispatcher.recheck = screening.recheck
         inbound = Inbound(dispatcher, store, clock, mo_owners(config), owed, screening,
                           config.validity, mo_by_webhook(config.accounts.values()))

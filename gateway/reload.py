@@ -16,7 +16,7 @@ import trio
 
 from gateway import metrics, sdnotify
 from gateway.config import ConfigError, GatewayConfig, connectors_by_kind, load_config
-from gateway.routing_setup import Routing, build_routing
+from gateway.routing_setup import Routing, build_routing, export_breakers
 from gateway.server import UPSTREAM_BIND_MODES, TokenBucket, account_state
 from gateway.webhooks import endpoints, mo_by_webhook
 
@@ -117,7 +117,8 @@ def _apply(running: Running, new: GatewayConfig, routing: Routing) -> None:
     """Swap the new config in; nothing here fails on a config that passed `_check`."""
     _apply_accounts(running, new)
     running.routing = routing
-    running.dispatcher.router = routing.router
+    running.dispatcher.routing = routing  # its router, breakers, limits, backoff, trackers
+    export_breakers(routing, running.clock.now())
     running.dispatcher.retry = new.retry
     for server in running.servers:
         server.validity = new.validity

@@ -212,6 +212,7 @@ async def test_reload_changes_the_route_without_dropping_smsc_binds(tmp_path: Pa
         sessions = {name: c.sessions for name, c in gw.connectors.items()}
         write_config(path, sim_port, {"demo": "demopass"}, smsc="b")
         assert await reload(gw) is Outcome.APPLIED
+        assert gw.dispatcher.routing is gw.routing  # its breakers, limits, backoff, trackers
         assert await submit(demo) == 0
         await wait_for(lambda: attempts("b") == b + 1)
         assert attempts("a") == a + 1
