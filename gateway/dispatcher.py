@@ -478,6 +478,14 @@ class Dispatcher:
         circuit breaker admits one (closed, or half-open with a probe slot free)."""
         return channel.is_up() and self.breakers.available(channel.name, now)
 
+    def _another_attempt(self, live: Live, now: float, connector: str) -> bool:
+        """Whether the message's plan has an attempt on another connector left to try."""
+        plan = self.router.plan(live.msg, RoutingContext(
+            now, functools.partial(self._is_up, now)))
+        return plan is not None and any(
+            a.connector != connector and a.connector not in live.incapable
+            for a in plan.attempts)
+
     def _is_up(self, now: float, name: str) -> bool:
         channel = self.channels.get(name)
         return channel is not None and self._up(channel, now)
@@ -574,6 +582,14 @@ class Dispatcher:
             try:
                 live.units = list(channel.prepare(out))
             except Unsendable as exc:  # e.g. more than 255 parts for this SMSC
+                if planned is not None and self._another_attempt(live, now, channel.name):
+                    # e.g. a message with a UDH cannot go over RCS: the plan's next channel
+                    transitions.note(msg, "unsendable", now, {
+                        "connector": channel.name, "detail": exc.detail}, into=live.events)
+                    live.incapable.add(channel.name)
+                    live.units, live.parts = None, []
+                    self._attempt(live, now, work)
+                    return
                 log.warning("message.unsplittable", message_id=msg.id, detail=exc.detail)
                 msg.error = exc.status
                 self._finish(live, State.REJECTED, now, work, {
@@ -585,7 +601,7 @@ class Dispatcher:
         msg.parts_total = len(live.parts)
         limiter = self._routing.limiter if self._routing is not None else None
         if limiter:  # the sender's throughput limit on this connector
-            wait = limiter.delay_for(channel.name, msg.source_addr, now)
+            wait = limiter.delay_for(channel.name, out.source_addr, now)
             if wait > 0:  # later: not an error, no attempt counted
                 self._watch(live, now + wait)
                 return

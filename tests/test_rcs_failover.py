@@ -146,3 +146,15 @@ async def test_an_rcs_user_reply_reaches_the_agents_account_as_mo(tmp_path: Path
         assert mo.source_addr.decode() == PHONE and mo.destination_addr.decode() == "ACME"
         assert mo.short_message == b"Merci !"
         esme.client.disconnect()
+
+
+async def test_a_message_rcs_cannot_carry_goes_as_sms(tmp_path: Path) -> None:
+    """A part the upstream segmented itself (UDH) has no text RCS could send: the plan's
+    SMS attempt takes it, under the agent's sender; its history says why."""
+    async with omni_stack(tmp_path) as omni:
+        omni.phone(CAPABLE)
+        udh = bytes([5, 0, 3, 0x42, 2, 1])  # concatenated message 0x42, part 1 of 2
+        esme = await omni.send(udh + b"first half", esm_class=0x40)
+        assert receipt_stat(esme) == "DELIVRD" and len(esme.delivered) == 1
+        assert omni.sms() == [("ACME", PHONE)] and omni.rbm.messages == {}
+        assert ("unsendable", None) in await omni.history(esme)
