@@ -651,6 +651,8 @@ class Dispatcher:
         if msg.state.final:  # finished meanwhile (expired, or failed on another part)
             return
         if result.ok:
+            if result.billing:
+                msg.billing = result.billing
             part.smsc_id = result.provider_id
             part.state = PartState.SUBMITTED
             part.submitted_at = now

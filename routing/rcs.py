@@ -44,7 +44,7 @@ from smpp.text import alphabet, decode_text, encode_text
 #                 24 h conversation window), whatever the message;
 #   basic         otherwise, text only and at most 160 characters (Unicode code points);
 #   single        otherwise (longer text; rich content would be single too, we send none).
-# The class of a sent message is in its SendResult.detail as "billing=<class>".
+# The class of a sent message is its SendResult.billing (the CDR's rcs_billing).
 BASIC, SINGLE, CONVERSATION = "basic", "single", "conversation"
 BASIC_MAX_CHARS: Final = 160
 CONVERSATION_WINDOW: Final = 24 * 3600.0
@@ -492,7 +492,7 @@ class RcsChannel:
                                      f"{await self._withdraw(payload, message_id)}")
         except (RbmError, TokenError, httpx.HTTPError) as exc:
             return send_failure(exc)
-        return SendResult(message_id, detail=f"billing={billing}")
+        return SendResult(message_id, detail=f"billing={billing}", billing=billing)
 
     async def _withdraw(self, payload: RcsPayload, message_id: str) -> str:
         try:

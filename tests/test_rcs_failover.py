@@ -30,6 +30,9 @@ async def test_an_rcs_capable_phone_gets_rcs_only(tmp_path: Path) -> None:
         assert omni.sms() == []
         assert [m.phone for m in omni.rbm.messages.values()] == ["+" + PHONE]
         assert ("attempt", "rcs") in await omni.history(esme)
+        # the RCS billing class is recorded for the CDR (a short text: "basic")
+        page = await omni.gw.store.cdr_page(0.0, 2e9)
+        assert [(r["channel"], r["billing"]) for r in page.records] == [("rcs", "basic")]
 
 
 async def test_a_phone_without_rcs_gets_sms_only_under_the_agents_sender(
