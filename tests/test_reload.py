@@ -252,21 +252,35 @@ async def test_a_config_that_does_not_load_is_refused_and_the_running_one_kept(
         demo.client.disconnect()
 
 
-async def test_a_route_to_an_smsc_that_is_not_running_is_refused(tmp_path: Path) -> None:
-    async with daemon_from_file(tmp_path, {"demo": "demopass"}) as (gw, path, sim_port):
-        write_config(path, sim_port, {"demo": "demopass"}, smsc="a")
-        text = path.read_text().replace('smscs = ["a"]', 'smscs = ["c"]') + """
-[[smsc]]
-name = "c"
-host = "127.0.0.1"
-port = 1
-system_id = "x"
-password = "y"
+_VOICE = """
+[[router]]
+name = "spoken"
+type = "account"
+accounts = ["demo"]
+channels = ["tts:voice", "sms:a"]
+
+[[voice]]
+name = "voice"
+caller_id = "+33100000000"
+voices = { fr = "Celine" }
+[voice.place]
+url = "http://127.0.0.1:1/calls"
+body = { to = "{to_e164}", text = "{text}" }
+[voice.status]
+status_field = "status"
+id_field = "id"
 """
-        path.write_text(text)
+
+
+async def test_a_router_naming_a_voice_connector_that_is_not_running_is_refused(
+        tmp_path: Path) -> None:
+    """[[voice]] and [[rcs]] are restart-only: a router naming a new one cannot be applied."""
+    async with daemon_from_file(tmp_path, {"demo": "demopass"}) as (gw, path, sim_port):
+        write_config(path, sim_port, {"demo": "demopass"}, extra=_VOICE)
         before = gw.config
         assert await reload(gw) is Outcome.REFUSED
         assert gw.config is before
+        assert set(gw.dispatcher.channels) == {"a", "b"}
 
 
 def test_sighup_reloads_a_running_daemon_and_tells_systemd(tmp_path: Path) -> None:
