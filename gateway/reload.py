@@ -95,14 +95,22 @@ class SmscChanges:
 
 
 def _smsc_changes(running: Running, new: GatewayConfig) -> SmscChanges:
-    """Build the connectors of the [[smsc]] added or changed (any field differs): raises
-    TlsFileError when one's TLS files cannot be used. Unchanged ones are left alone."""
+    """Build the connectors of the [[smsc]] added or changed (any field differs): a
+    ConfigError when one's TLS files cannot be used. Unchanged ones are left alone."""
     from gateway.daemon import sms_connector  # the daemon imports this module
 
     old = running.config.smscs
     assert running.inbound is not None
-    started = {name: sms_connector(cfg, running.inbound) for name, cfg in new.smscs.items()
-               if old.get(name) != cfg}
+    started = {}
+    for name, cfg in new.smscs.items():
+        if old.get(name) == cfg:
+            continue
+        try:
+            started[name] = sms_connector(cfg, running.inbound)
+        except TlsFileError as exc:  # readable when the file was checked, not any more
+            key = f'smsc "{name}".{exc.key}'
+            raise ConfigError(f"{new.source}: {key}: expected {exc.expected}, got {exc.got}",
+                              file=str(new.source), key=key) from None
     retired = [name for name, cfg in old.items() if new.smscs.get(name) != cfg]
     return SmscChanges(started, retired)
 
@@ -126,8 +134,6 @@ async def reload(running: Running) -> Outcome:
             index = screening.reconfigure(new.rules) if screening is not None else None
         except (ConfigError, OSError) as exc:
             return _refused(source, str(exc))
-        except TlsFileError as exc:
-            return _refused(source, f"{source}: [[smsc]] {exc}")
         if index is not None:
             assert screening is not None
             for key, at, message_id in await running.store.fingerprints(
