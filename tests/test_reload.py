@@ -283,9 +283,20 @@ async def test_a_router_naming_a_voice_connector_that_is_not_running_is_refused(
         assert set(gw.dispatcher.channels) == {"a", "b"}
 
 
+_SMSC_C = """
+[[smsc]]
+name = "c"
+host = "127.0.0.1"
+port = {port}
+system_id = "sim"
+password = "simpass"
+"""
+
+
 def test_sighup_reloads_a_running_daemon_and_tells_systemd(tmp_path: Path) -> None:
     """A real process: SIGHUP -> RELOADING=1 (with MONOTONIC_USEC) then READY=1 and the
-    `config.reloaded` log line; a broken file -> `config.reload_refused`, still running."""
+    `config.reloaded` log line (here with an SMSC added and the route moved to it); a broken
+    file -> `config.reload_refused`, still running."""
     notify = NotifySocket(tmp_path / "notify.sock")
     path = tmp_path / "gw.toml"
     closed = free_port()
@@ -294,12 +305,14 @@ def test_sighup_reloads_a_running_daemon_and_tells_systemd(tmp_path: Path) -> No
                 env={"NOTIFY_SOCKET": str(notify.path)})
     try:
         notify.wait_for("READY", "1")
-        write_config(path, closed, {"demo": "demopass", "newbie": "newpass"})
+        write_config(path, closed, {"demo": "demopass", "newbie": "newpass"}, smsc="c",
+                     extra=_SMSC_C.format(port=closed))
         os.kill(proc.pid, signal.SIGHUP)
         reloading = notify.wait_for("RELOADING", "1")
         assert int(reloading["MONOTONIC_USEC"]) > 0
         notify.wait_for("READY", "1")
         assert proc.wait_event("config.reloaded")["accounts"] == 2
+        assert proc.wait_event("config.smsc_started")["smsc"] == "c"
         path.write_text("this is not TOML [")
         os.kill(proc.pid, signal.SIGHUP)
         notify.wait_for("RELOADING", "1")
