@@ -725,10 +725,10 @@ class Dispatcher:
         if self._nursery is not None:
             self._start_following(channel)
 
-    def remove_channel(self, name: str) -> list[Part]:
+    def remove_channel(self, name: str) -> list[tuple[Live, Part]]:
         """No attempt goes to that channel any more (its receipts are still matched); the
-        parts of its messages that were submitted, or handed to it, through it: those
-        SUBMITTED wait for their receipts, the others are answered by it (or withdrawn)."""
+        parts (with their message) submitted, or handed to it, through it: those SUBMITTED
+        wait for their receipts, the others are answered by it (or withdrawn)."""
         if not isinstance(self.channels, dict):
             raise TypeError("the dispatcher was given a read-only channel mapping")
         channel = self.channels.pop(name)
@@ -737,7 +737,7 @@ class Dispatcher:
         if scope is not None:
             scope.cancel()
         open_parts = (PartState.PENDING, PartState.SUBMITTED)
-        return [part for live in self.live.values() if live.msg.connector == name
+        return [(live, part) for live in self.live.values() if live.msg.connector == name
                 for part in live.parts if part.connector == name and part.state in open_parts]
 
     def _start_following(self, channel: Channel) -> None:

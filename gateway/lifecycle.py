@@ -24,6 +24,7 @@ from smpp.constants import Status
 
 if TYPE_CHECKING:
     from gateway.daemon import Running
+    from gateway.dispatcher import Live
 
 log = structlog.get_logger("gateway.lifecycle")
 
@@ -121,12 +122,15 @@ async def drain(running: Running) -> None:
         await running.webhooks.drain()
 
 
-async def retire(running: Running, connector: SmscConnector, parts: Sequence[Part]) -> None:
+async def retire(running: Running, connector: SmscConnector,
+                 parts: Sequence[tuple[Live, Part]]) -> None:
     """Drain a connector a reload took out of the dispatcher (removed, or replaced by a changed
     one under its name): its queued submits are handed back (WITHDRAWN), those on the wire get
     their answers (each bounded by response_timeout), then it stays bound, taking receipts and
     MO, until none of `parts` (those submitted through it) waits for its receipt or
-    RECEIPT_DRAIN has passed; then it unbinds and its task ends."""
+    RECEIPT_DRAIN has passed; then it unbinds and its task ends. (A replaced connector also
+    waits for the receipts of the parts it handed back that its successor sent again: they
+    come to either, under the same name.)"""
     name = connector.name
     started = trio.current_time()
     try:
@@ -158,5 +162,8 @@ async def retire(running: Running, connector: SmscConnector, parts: Sequence[Par
                     gauge.remove(name)
 
 
-def _awaiting(parts: Sequence[Part]) -> int:
-    return sum(part.state is PartState.SUBMITTED for part in parts)
+def _awaiting(parts: Sequence[tuple[Live, Part]]) -> int:
+    """The parts still waiting for their receipt (not those of an attempt their message left
+    for another: their receipts are only noted in its history)."""
+    return sum(part.state is PartState.SUBMITTED and not live.msg.state.final
+               and any(p is part for p in live.parts) for live, part in parts)
