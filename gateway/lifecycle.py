@@ -145,6 +145,10 @@ async def retire(running: Running, connector: SmscConnector,
         with trio.move_on_after(RECEIPT_DRAIN):
             while _awaiting(parts):
                 await trio.sleep(DRAIN_POLL)
+        # the receipts' answers (sent once their effect is committed) go out before the unbind
+        with trio.move_on_after(connector.config.response_timeout):
+            await running.dispatcher.settle()
+            await connector.wait_delivered()
         left = _awaiting(parts)
         if left:
             log.warning("smsc.drain_cut_short", smsc=name, awaiting_receipts=left,

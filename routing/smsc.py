@@ -179,6 +179,8 @@ class SmscConnector:
         self._closing = False  # close() began: no more binds
         self._unanswered = 0  # submit_sm on the wire without their answer yet
         self._answer = trio.Event()  # set when one of them gets its answer
+        self._delivering = 0  # reads of deliver_sm / data_sm being handled
+        self._delivered = trio.Event()  # set when one of them is handled
         # The latest failures (connect, TLS, bind, submit), newest last, for `smsgw status`:
         # (trio time, what, detail).
         self.errors: deque[tuple[float, str, str]] = deque(maxlen=RECENT_ERRORS)
@@ -343,6 +345,14 @@ class SmscConnector:
     async def _handle_deliveries(self, conn: Connection, pdus: list[Pdu]) -> None:
         """Receipts and MO: the handler answers each once its effect is committed. What it
         leaves unanswered (it failed, or forgot one) gets a temporary error: the SMSC resends."""
+        self._delivering += 1
+        try:
+            await self._deliver(conn, pdus)
+        finally:
+            self._delivering -= 1
+            self._delivered.set()
+
+    async def _deliver(self, conn: Connection, pdus: list[Pdu]) -> None:
         replies = _Replies(conn, pdus)
         try:
             if self.on_deliver is None:  # no channel attached yet: the SMSC sends them again
@@ -503,6 +513,13 @@ class SmscConnector:
         while self._unanswered > 0:
             self._answer = trio.Event()
             await self._answer.wait()
+
+    async def wait_delivered(self) -> None:
+        """Return once no deliver_sm / data_sm read is being handled (each answered: its
+        answer is queued before anything this connector sends later, e.g. an unbind)."""
+        while self._delivering > 0:
+            self._delivered = trio.Event()
+            await self._delivered.wait()
 
     @property
     def sessions(self) -> int:

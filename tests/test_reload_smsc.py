@@ -203,12 +203,12 @@ async def test_reload_adds_an_smsc_and_routes_to_it_without_dropping_any_bind(
 
 async def test_a_removed_smsc_drains_its_receipts_then_unbinds_and_its_queue_fails_over(
         tmp_path: Path) -> None:
-    """"a" sends one submit a second: the first message is on it (accepted, receipt owed)
-    and the second queued, unsent, when the reload removes it: the second goes to "b", the
-    first's receipt still comes in through "a", the upstream gets one receipt for each, and
-    "a" unbinds once it owes none."""
-    async with gateway(tmp_path, {"a": "throughput = 1", "b": ""}, "a",
-                       receipt_delay=1.0) as (gw, path, sims):
+    """"a" sends one submit in 5 s: the first message is on it (accepted, receipt owed, the
+    simulator sends it 2 s later) and the second queued, unsent, when the reload removes it:
+    the second goes to "b", the first's receipt still comes in through "a" and is answered,
+    the upstream gets one receipt for each, and "a" unbinds once it owes none."""
+    async with gateway(tmp_path, {"a": "throughput = 0.2", "b": ""}, "a",
+                       receipt_delay=2.0) as (gw, path, sims):
         esme = await bound(gw)
         first = await submit(esme)
         await wait_for(lambda: sims.a.stats.accepted == 1)
