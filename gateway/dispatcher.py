@@ -241,6 +241,7 @@ class Dispatcher:
         self.max_in_flight = max_in_flight or max(64, 2 * total)
         self._in_flight = 0  # messages with submits not answered yet
         self._nursery: trio.Nursery | None = None
+        self._following: dict[str, trio.CancelScope] = {}  # each channel's _follow task
         self._stopped = False  # stop_attempts(): no attempt is started any more
         self._saving = 0  # round writes queued and not committed yet
         self._idle = trio.Event()  # set after each round and each round's commit
@@ -339,7 +340,7 @@ class Dispatcher:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for channel in self.channels.values():
-                nursery.start_soon(self._follow, channel)
+                self._start_following(channel)
             task_status.started()
             while True:
                 await self._wait_work()
@@ -837,6 +838,43 @@ class Dispatcher:
         if any(a is not Revoked.REVOKED for a in answers):
             detail["duplicate_risk"] = "not every unit could be withdrawn"
         self._next_attempt(live, now, work, "timeout", detail)
+
+    # -- connectors added and removed while running (gateway.reload) ------------------------
+    def add_channel(self, channel: Channel) -> None:
+        """Attempts may go to `channel` from now on, under its name (one removed under that
+        name may still be draining: its receipts are matched the new one's way)."""
+        if not isinstance(self.channels, dict):
+            raise TypeError("the dispatcher was given a read-only channel mapping")
+        if channel.name in self.channels:
+            raise ValueError(f"a channel named {channel.name!r} is running: remove it first")
+        self.channels[channel.name] = channel
+        self._ids.pop(channel.name, None)
+        if self._nursery is not None:
+            self._start_following(channel)
+
+    def remove_channel(self, name: str) -> list[tuple[Live, Part]]:
+        """No attempt goes to that channel any more (its receipts are still matched); the
+        parts (with their message) submitted, or handed to it, through it: those SUBMITTED
+        wait for their receipts, the others are answered by it (or withdrawn)."""
+        if not isinstance(self.channels, dict):
+            raise TypeError("the dispatcher was given a read-only channel mapping")
+        channel = self.channels.pop(name)
+        self._ids[name] = channel if isinstance(channel, ReceiptIds) else _AS_GIVEN
+        scope = self._following.pop(name, None)
+        if scope is not None:
+            scope.cancel()
+        open_parts = (PartState.PENDING, PartState.SUBMITTED)
+        return [(live, part) for live in self.live.values() if live.msg.connector == name
+                for part in live.parts if part.connector == name and part.state in open_parts]
+
+    def _start_following(self, channel: Channel) -> None:
+        assert self._nursery is not None
+        scope = self._following[channel.name] = trio.CancelScope()
+
+        async def follow() -> None:
+            with scope:
+                await self._follow(channel)
+        self._nursery.start_soon(follow)
 
     # -- graceful shutdown ----------------------------------------------------------------------
     def stop_attempts(self) -> None:
