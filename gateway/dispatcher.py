@@ -1222,7 +1222,9 @@ class Dispatcher:
                 transitions.note(live.msg, "receipt", now, detail, into=live.events)
                 work.touch(live)
                 continue
-            if error:
+            if final is State.DELIVERED:
+                live.msg.error = 0  # an earlier attempt's temporary error is not its outcome
+            elif error:
                 live.msg.error = error
             work.finish(live, self._finalize(live, final, now, detail, kind="receipt"))
         if work:
