@@ -11,7 +11,7 @@ import contextlib
 import functools
 import math
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import httpx
@@ -20,7 +20,7 @@ import trio
 
 from gateway import lifecycle, metrics, reload, sdnotify
 from gateway.clock import WallClock
-from gateway.config import GatewayConfig, SmscConfig
+from gateway.config import AccountConfig, GatewayConfig, SmscConfig
 from gateway.dispatcher import Dispatcher
 from gateway.http_api import HttpApi, RcsEvents, VoiceStatus, serve_http
 from gateway.inbound import Inbound
@@ -142,9 +142,11 @@ def mo_owners(config: GatewayConfig) -> dict[str, str]:
 
 
 def _http_channels(config: GatewayConfig, http: httpx.AsyncClient, nursery: trio.Nursery,
+                   accounts: Callable[[], Mapping[str, AccountConfig]],
                    ) -> tuple[dict[str, RcsChannel], dict[str, VoiceChannel]]:
     """The channels over HTTP APIs: one RcsChannel per [[rcs]] agent, one VoiceChannel per
-    [[voice]] provider account; their sends run in `nursery` with `http`."""
+    [[voice]] provider account; their sends run in `nursery` with `http`. `accounts`: the
+    running accounts (a reload changes them: an account's language is read at each call)."""
     rcs = {}
     for agent in config.rcs.values():
         client = RbmClient(http, base_url=agent.base_url, token_url=agent.token_url,
@@ -157,7 +159,7 @@ def _http_channels(config: GatewayConfig, http: httpx.AsyncClient, nursery: trio
                                      sender=agent.sms_sender)
 
     def language_of(account: str) -> str:
-        acc = config.accounts.get(account)
+        acc = accounts().get(account)
         return acc.language if acc is not None else ""
 
     voice = {settings.name: VoiceChannel(settings, http, nursery, language_of)
@@ -241,7 +243,8 @@ async def run(
                 trio.open_nursery() as nursery:
             running.nursery = nursery
             # their providers' reports come in through the HTTP API (RcsEvents, VoiceStatus)
-            rcs, voice = _http_channels(config, http, nursery)
+            rcs, voice = _http_channels(config, http, nursery,
+                                        lambda: running.config.accounts)
             channels.update(rcs)
             channels.update(voice)
             rcs_sim = None  # the simulator's RBM platform: told where the gateway listens

@@ -37,7 +37,15 @@ from gateway.routing_setup import Routing
 from gateway.store import PendingWrite, Store, StoreError
 from routing.backoff import Backoff, retry_delay
 from routing.breaker import Breakers, BreakerState
-from routing.channel import Channel, ProviderReceipt, Revoked, SendResult, Unit, Unsendable
+from routing.channel import (
+    RCS,
+    Channel,
+    ProviderReceipt,
+    Revoked,
+    SendResult,
+    Unit,
+    Unsendable,
+)
 from routing.core import Attempt, Router, RoutingContext, sender_ton_npi
 
 log = structlog.get_logger("gateway.dispatcher")
@@ -48,6 +56,9 @@ NO_SMSC = "none"  # the smsc label of a message that never reached a connector
 NO_ROUTE_ERROR = 0x0B  # reported as err:011 (ESME_RINVDSTADR's code) when no route matches
 MAX_HELD_RECEIPTS = 10_000  # receipts waiting at once for their send's answer
 HOLD_LOG_PERIOD = 10.0  # seconds between two warnings that the receipt hold is full
+# An attempt with a timeout gives its provider this long beyond the timeout (the time to
+# revoke it) as its deadline, so what a failed revoke leaves behind ends there.
+ATTEMPT_DEADLINE_MARGIN = 30.0
 MAX_SUPERSEDED = 100_000  # units of left attempts remembered for their late receipts
 RECEIPT_HOLD = 10.0  # seconds a receipt of a channel that names none waits for its send
 RECEIPT_WORDS = 64  # distinct receipt words counted by name (per dispatcher); more: "OTHER"
@@ -61,7 +72,12 @@ class Live:
     msg: Message
     parts: list[Part] = field(default_factory=list)
     units: list[Unit] | None = None  # what the current channel sends it as
-    failover: int = 0  # index into the route plan's attempts
+    # Connectors of its plan tried in this round and left (failure, timeout): the next
+    # attempt takes an untried one first; when all were tried, a new round starts.
+    tried: set[str] = field(default_factory=set)
+    # An attempt on another channel than RCS has started: RCS is never tried again for it
+    # (RCS or SMS, never both).
+    left_rcs: bool = False
     sending: int = 0  # submits of the current attempt not answered yet
     refused: SendResult | None = None  # a temporary refusal seen in the current attempt
     not_capable: SendResult | None = None  # the current channel cannot reach the recipient
@@ -430,6 +446,10 @@ class Dispatcher:
         if msg.state.final or live.held:
             return  # a held message is looked at again once its change is committed
         if now >= msg.expires_at:
+            if self.observe is not None:  # submitted, no receipt: the quality routers learn
+                for part in live.parts:
+                    if part.state is PartState.SUBMITTED:
+                        self.observe(part.connector, msg.dest_addr, False, None, now)
             self._finish(live, State.EXPIRED, now, work, {"reason": "validity over"})
         elif msg.state in (State.QUEUED, State.SCHEDULED, State.ACCEPTED) and \
                 now >= msg.next_attempt_at:
@@ -464,11 +484,15 @@ class Dispatcher:
         plan = self.router.plan(msg, RoutingContext(now, functools.partial(self._is_up, now)))
         if plan is None or not plan.attempts:
             raise NoRoute(msg.dest_addr)
-        attempts = [a for a in plan.attempts if a.connector not in live.incapable]
+        attempts = [a for a in plan.attempts if a.connector not in live.incapable
+                    and not (live.left_rcs and a.channel == RCS)]
         if not attempts:
             raise NotCapable(msg.dest_addr)
-        for i in range(len(attempts)):
-            attempt = attempts[(live.failover + i) % len(attempts)]
+        fresh = [a for a in attempts if a.connector not in live.tried]
+        if not fresh:  # every connector of the plan was tried: a new round, in plan order
+            live.tried.clear()
+            fresh = attempts
+        for attempt in fresh + [a for a in attempts if a not in fresh]:
             channel = self.channels.get(attempt.connector)
             if channel is not None and channel.kind == attempt.channel and self._up(channel, now):
                 return channel, attempt
@@ -615,6 +639,8 @@ class Dispatcher:
         live.refused, live.not_capable, live.late, live.waiting = None, None, False, False
         if planned is not None:  # a new attempt of the plan (not the rest of an earlier one)
             live.timeout_at = None if planned.timeout is None else now + planned.timeout
+        if channel.kind != RCS:
+            live.left_rcs = True
         metrics.child(metrics.ATTEMPTS, channel.name).inc()
         live.started = now
         breaker = self.breakers.by_name.get(channel.name)
@@ -622,7 +648,12 @@ class Dispatcher:
             probing = breaker.state(now) is BreakerState.HALF_OPEN
             if breaker.allow(now) and probing:  # a probe: it holds a slot until its verdict
                 live.judging = channel.name
-        deadline = self.clock.to_trio(msg.expires_at)
+        # The provider is given the validity left, or, for an attempt with a timeout, little
+        # more than the timeout: an RCS message the revoke could not withdraw still ends at
+        # the platform soon after its SMS fallback, not at the end of the validity.
+        until = msg.expires_at if live.timeout_at is None else \
+            min(msg.expires_at, live.timeout_at + ATTEMPT_DEADLINE_MARGIN)
+        deadline = self.clock.to_trio(until)
         for part, unit in zip(live.parts, live.units, strict=True):
             if part.state is not PartState.PENDING:
                 continue
@@ -659,6 +690,8 @@ class Dispatcher:
             part.submitted_at = now
             if result.provider_id:
                 self._register(live, part)
+        elif result.expired and now < msg.expires_at and live.timeout_at is not None:
+            live.refused = result  # its attempt's deadline, not the message's: the next one
         elif result.expired:
             live.late = True
         elif result.not_capable:
@@ -703,7 +736,7 @@ class Dispatcher:
         refused = live.refused or live.not_capable
         if refused is not None:
             if not any(p.state is not PartState.PENDING for p in live.parts):
-                live.failover += 1  # nothing sent yet: the next attempt may fail over
+                live.tried.add(msg.connector or "")  # nothing sent yet: it may fail over
             delay = self._backoff(live)
             transitions.move(msg, "retry", State.QUEUED, now, {
                 "attempt": msg.attempts, "connector": msg.connector,
@@ -746,7 +779,7 @@ class Dispatcher:
                 self._supersede(key, msg)
         live.parts, live.units, msg.parts_total = [], None, 0
         if skip:  # (a connector that cannot reach the recipient leaves the plan instead)
-            live.failover += 1
+            live.tried.add(msg.connector or "")
         live.timeout_at, live.revoking = None, False
         transitions.move(msg, kind, State.QUEUED, now, detail, into=live.events)
         log.info("message.next_attempt", message_id=msg.id, why=kind, smsc=msg.connector)

@@ -15,6 +15,7 @@ import pytest
 import trio
 import trio.testing
 
+from gateway.dispatcher import ATTEMPT_DEADLINE_MARGIN
 from gateway.model import Message, PartState, State
 from routing.channel import RCS, Revoked, SendDone, SendResult, Unit
 from routing.core import Attempt, RoutePlan, RoutingContext
@@ -90,7 +91,9 @@ async def test_an_attempt_without_outcome_within_its_timeout_is_revoked_then_the
             while not smsc.sent:
                 await trio.sleep(1)
         [(sent_at, _, deadline)] = rbm.sent
-        assert deadline == h.clock.to_trio(msg.expires_at)  # the channel gets the validity
+        # the channel gets its timeout and the time to revoke it, not the whole validity
+        assert deadline == sent_at + 60.0 + ATTEMPT_DEADLINE_MARGIN < h.clock.to_trio(
+            msg.expires_at)
         [(revoked_at, provider_id)] = rbm.revoked
         assert provider_id == "rbm-1" and 60 <= revoked_at - sent_at < 62
         assert smsc.sent[0][0] >= revoked_at  # the SMS only after the revoke

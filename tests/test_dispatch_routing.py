@@ -246,3 +246,20 @@ async def test_receipts_feed_the_quality_router_which_shifts_traffic_from_a_degr
         early, late = through[:20].count("opA") / 20, through[-30:].count("opA") / 30
         assert early >= 0.3, through[:20]
         assert late <= 0.25 and late < early, through
+
+
+async def test_a_message_that_expires_without_a_receipt_counts_against_its_connector(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    """Rule: an SMSC that takes messages and never sends their receipts loses quality: a
+    submitted part whose message expires without a receipt is fed to the trackers as not
+    delivered."""
+    a = ScriptedSmsc("opA")
+    tracker = QualityTracker(QualityOptions(window=HOUR, floor=0.05, prior=2.0))
+    routing = make_routing(["opA"], trackers=[tracker])
+    async with trio.open_nursery() as nursery, harness(
+            tmp_path, {"opA": a}, nursery, routing=routing) as h:
+        msg = h.message(validity=60)
+        await h.submit(msg)
+        await h.wait_final(msg.id)
+        assert h.dispatcher.live.get(msg.id) is None
+        assert tracker.counts("opA", "33612345678", h.clock.now()) == (0, 1)  # 0 of 1

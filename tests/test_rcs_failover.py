@@ -66,6 +66,9 @@ async def test_rcs_not_delivered_within_the_wait_is_revoked_then_sent_as_sms(
         assert omni.sms() == [("ACME", PHONE)]
         (held,) = omni.rbm.messages.values()
         assert held.state == "REVOKED"  # it will never reach the phone: no duplicate
+        # RBM was given little more than the wait as the message's ttl, not the validity: a
+        # revoke that failed would leave nothing for long
+        assert held.expires_at < trio.current_time() + 31
         omni.phone(CAPABLE)  # back online: nothing is delivered any more
         await trio.sleep(0.5)
         assert held.state == "REVOKED"
@@ -161,3 +164,17 @@ async def test_a_message_rcs_cannot_carry_goes_as_sms(tmp_path: Path) -> None:
         assert receipt_stat(esme) == "DELIVRD" and len(esme.delivered) == 1
         assert omni.sms() == [("ACME", PHONE)] and omni.rbm.messages == {}
         assert ("unsendable", None) in await omni.history(esme)
+
+
+async def test_after_an_sms_attempt_started_rcs_is_never_tried_again(tmp_path: Path) -> None:
+    """RCS times out and is revoked, the SMS goes, the SMSC drops the connection with it
+    unanswered: the next attempt is SMS again, never a second RCS message (never both)."""
+    async with omni_stack(tmp_path, disconnect=1.0) as omni:
+        omni.phone(OFFLINE)
+        with trio.fail_after(30):
+            esme = await omni.send(validity_period="000000000008000R")  # 8 s, relative
+        assert receipt_stat(esme) == "EXPIRED" and len(esme.delivered) == 1
+        assert len(omni.rbm.messages) == 1  # one RCS message, revoked
+        assert omni.sim.stats.disconnects >= 2  # SMS tried again, and again
+        attempts = [c for k, c in await omni.history(esme) if k == "attempt"]
+        assert attempts[0] == "rcs" and set(attempts[1:]) == {"sms"}, attempts
