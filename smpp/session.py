@@ -25,6 +25,10 @@ from smpp.pdu import (
 
 
 class BindState(enum.Enum):
+    # Members are singletons compared by identity: hashed by it too (Enum's own __hash__ is
+    # Python code, and these key the tables below, looked up several times per PDU).
+    __hash__ = object.__hash__
+
     OPEN = "OPEN"  # connected, not bound
     BINDING = "BINDING"  # bind_* sent or received, bind_*_resp pending
     BOUND_TX = "BOUND_TX"
@@ -36,6 +40,8 @@ class BindState(enum.Enum):
 
 class Side(enum.Enum):
     """Who sends a PDU: the ESME (client) or the SMSC (server)."""
+
+    __hash__ = object.__hash__  # as BindState's
 
     ESME = "ESME"
     SMSC = "SMSC"
