@@ -21,6 +21,7 @@ import trio
 
 from gateway import metrics, tls
 from gateway.config import SmscConfig
+from routing.channel import SendResult
 from smpp.connection import Connection, ConnectionClosed, ResponseTimeout, Turns, WindowFull
 from smpp.constants import CommandId, Status
 from smpp.pdu import (
@@ -56,20 +57,22 @@ _YIELD_EVERY = 64  # submits sent back to back before the sender lets other task
 RECENT_ERRORS = 5  # failures each connector remembers for `smsgw status`
 
 
-@dataclass(frozen=True, slots=True)
-class SubmitResult:
-    """What became of one submit_sm: accepted (smsc_id), or refused (temporary or not)."""
+class SubmitResult(SendResult):
+    """What became of one submit_sm: accepted (smsc_id), or refused (temporary or not). It is
+    the SendResult the SMS channel reports (provider_id is the SMSC's id), so the channel hands
+    it on as it is, with no copy per submit."""
 
-    smsc_id: str | None
-    status: int
-    temporary: bool = False
-    rejected: bool = False  # permanent and caused by the message itself
-    detail: str = ""
-    expired: bool = False  # not sent: the message's validity ran out while it waited
+    __slots__ = ()
+
+    def __init__(self, smsc_id: str | None, status: int, temporary: bool = False,
+                 rejected: bool = False, detail: str = "", expired: bool = False) -> None:
+        # rejected: permanent and caused by the message itself; expired: not sent, the
+        # message's validity ran out while it waited
+        SendResult.__init__(self, smsc_id, status, temporary, rejected, False, expired, detail)
 
     @property
-    def ok(self) -> bool:
-        return self.smsc_id is not None
+    def smsc_id(self) -> str | None:
+        return self.provider_id
 
 
 def classify(status: int, smsc_id: str | None) -> SubmitResult:
