@@ -74,21 +74,22 @@ def allowed(state: State, kind: str, to: State) -> bool:
     return to in TRANSITIONS.get((state, kind), ())
 
 
-# The bound logger last found to drop debug events. With loggers cached on first use (the
-# daemon's configuration) the transition log asks structlog's proxy only for that logger,
-# not for a `debug` method through its lazy __getattr__ (two moves per message); without
-# caching (tests) each move gets a fresh logger, so a reconfiguration takes effect at once.
-_quiet: object = None
+# The proxy's `bind` once it was found to give a logger that drops debug events. When
+# loggers are cached on first use (the daemon's configuration), structlog replaces the proxy's
+# bind by one returning its cached logger: move() then tells that it has nothing to log by one
+# identity test, without asking the proxy for a `debug` method through its lazy __getattr__
+# (two moves per message). Without caching (tests) each access gives a new bound method, so
+# every move asks, and a reconfiguration takes effect at once.
+_quiet_bind: object = None
 
 
 def _log_move(msg: Message, kind: str, from_state: State, to: State) -> None:
-    global _quiet
-    bound = log.bind()
-    if bound is _quiet:
-        return
+    global _quiet_bind
+    bind = log.bind
+    bound = bind()
     enabled = getattr(bound, "is_enabled_for", None)
     if enabled is not None and not enabled(logging.DEBUG):
-        _quiet = bound
+        _quiet_bind = bind
         return
     bound.debug("message.transition", message_id=msg.id, kind=kind, from_state=from_state,
                 to_state=to)
@@ -107,7 +108,8 @@ def move(msg: Message, kind: str, to: State, at: float,
     msg.state = to
     if into is not None:
         into.append(event)
-    _log_move(msg, kind, state, to)
+    if log.bind is not _quiet_bind:
+        _log_move(msg, kind, state, to)
     return event
 
 

@@ -224,6 +224,8 @@ class SmsChannel:
             segments = self._segments(message)
         except TextEncodingError as exc:  # e.g. more than 255 parts for this SMSC
             raise Unsendable(Status.ESME_RINVMSGLEN, str(exc)) from exc
+        if len(segments) == 1:  # the usual message
+            return [Unit(1, segments[0])]
         return [Unit(n, segment) for n, segment in enumerate(segments, 1)]
 
     def _segments(self, msg: Message) -> list[Segment]:

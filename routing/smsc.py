@@ -67,8 +67,16 @@ class SubmitResult(SendResult):
     def __init__(self, smsc_id: str | None, status: int, temporary: bool = False,
                  rejected: bool = False, detail: str = "", expired: bool = False) -> None:
         # rejected: permanent and caused by the message itself; expired: not sent, the
-        # message's validity ran out while it waited
-        SendResult.__init__(self, smsc_id, status, temporary, rejected, False, expired, detail)
+        # message's validity ran out while it waited. SendResult is frozen: its fields are set
+        # as its own __init__ sets them (one per submit: not through a second call).
+        setattr_ = object.__setattr__
+        setattr_(self, "provider_id", smsc_id)
+        setattr_(self, "status", status)
+        setattr_(self, "temporary", temporary)
+        setattr_(self, "rejected", rejected)
+        setattr_(self, "not_capable", False)
+        setattr_(self, "expired", expired)
+        setattr_(self, "detail", detail)
 
     @property
     def smsc_id(self) -> str | None:

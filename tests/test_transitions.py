@@ -92,7 +92,7 @@ def test_a_move_is_logged_at_debug_only_also_once_the_logger_is_cached(
         level: str, logged: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     # A fresh proxy: the one cached here must not outlive the test.
     monkeypatch.setattr(transitions, "log", structlog.get_logger("gateway.transitions"))
-    monkeypatch.setattr(transitions, "_quiet", None)
+    monkeypatch.setattr(transitions, "_quiet_bind", None)
     buffer = io.StringIO()
     logs.configure(level, file=buffer, cache=True)  # as the daemon configures it
     try:
@@ -108,7 +108,7 @@ def test_a_move_is_logged_at_debug_only_also_once_the_logger_is_cached(
 def test_a_reconfigured_level_applies_to_the_next_move_when_loggers_are_not_cached(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(transitions, "log", structlog.get_logger("gateway.transitions"))
-    monkeypatch.setattr(transitions, "_quiet", None)
+    monkeypatch.setattr(transitions, "_quiet_bind", None)
     buffer = io.StringIO()
     try:
         logs.configure("info", file=buffer, cache=False)
