@@ -158,7 +158,9 @@ class RateLimiter:
 
     def limited(self) -> bool:
         """Whether acquire() may have to wait (a rate is set, or a pause was asked for)."""
-        return self.interval > 0 or self.paused_until > trio.current_time()
+        paused_until = self.paused_until  # -inf until a pause: no clock read per submit then
+        return self.interval > 0 or (paused_until > -math.inf
+                                     and paused_until > trio.current_time())
 
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, trio.current_time() + seconds)
