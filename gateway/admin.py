@@ -203,6 +203,7 @@ def cdr_view(record: dict[str, Any]) -> dict[str, Any]:
         "error": f"0x{record['error']:08X}" if record["error"] else None,
         "origin": record["origin"], "traffic": record["traffic"],
         "client_ref": record["client_ref"],
+        "rcs_billing": record["billing"] or None,
     }
 
 

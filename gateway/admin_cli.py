@@ -26,7 +26,7 @@ EXIT_REFUSED, EXIT_UNREACHABLE = 1, 3
 CDR_FIELDS = (
     "id", "account", "sender", "recipient", "channel", "parts", "encoding", "smsc",
     "operator_message_id", "state", "accepted_at", "done_at", "attempts", "error", "origin",
-    "traffic", "client_ref",
+    "traffic", "client_ref", "rcs_billing",
 )  # fmt: skip
 
 

@@ -20,13 +20,13 @@ import trio
 
 from gateway import lifecycle, metrics, reload, sdnotify
 from gateway.clock import WallClock
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, SmscConfig
 from gateway.dispatcher import Dispatcher
 from gateway.http_api import HttpApi, RcsEvents, VoiceStatus, serve_http
 from gateway.inbound import Inbound
 from gateway.model import Report
 from gateway.reporter import Reporter, receipt_report
-from gateway.routing_setup import Routing, build_routing
+from gateway.routing_setup import Routing, build_routing, export_breakers
 from gateway.screening import Screening
 from gateway.server import UPSTREAM_BIND_MODES, SmppServer, _AccountState, account_states
 from gateway.store import Store, StoreError
@@ -53,6 +53,9 @@ class Running:
     reporter: Reporter
     servers: list[SmppServer] = field(default_factory=list)
     connectors: dict[str, SmscConnector] = field(default_factory=dict)
+    # SMSC connectors a reload removed or replaced, until their drain ends (gateway.lifecycle
+    # retire): they send nothing more, take their answers and receipts, then unbind.
+    draining: list[SmscConnector] = field(default_factory=list)
     webhooks: Webhooks | None = None  # receipts and MO owed by webhook (gateway.webhooks)
     simulator: object | None = None
     http_port: int | None = None  # the HTTP listener (API and /metrics), when enabled
@@ -166,12 +169,26 @@ def _queued(connector: SmscConnector) -> int:
     return connector.queued
 
 
+def sms_connector(smsc: SmscConfig, inbound: Inbound) -> tuple[SmscConnector, SmsChannel]:
+    """One [[smsc]]'s connector and the channel the dispatcher speaks to, not started (at
+    start-up, and for an SMSC a reload adds or changes). Raises tls.TlsFileError when its TLS
+    files cannot be used."""
+    connector = SmscConnector(smsc)
+    return connector, SmsChannel(connector, inbound)
+
+
+def export_connector_gauges(connector: SmscConnector) -> None:
+    """Its gauges from the start (binds at 0 until bound), so that an alert on "no bind" also
+    fires for a connection that never came up."""
+    metrics.SMSC_BINDS.labels(connector.name)
+    metrics.SMSC_QUEUE.labels(connector.name).set_function(
+        functools.partial(_queued, connector))
+
+
 def _export_gauges(config: GatewayConfig, connectors: dict[str, SmscConnector]) -> None:
-    """Every configured SMSC and account has its gauges from the start (at 0 until bound), so
-    that an alert on "no bind" also fires for a connection that never came up."""
-    for name, connector in connectors.items():
-        metrics.SMSC_BINDS.labels(name)
-        metrics.SMSC_QUEUE.labels(name).set_function(functools.partial(_queued, connector))
+    """Every configured SMSC and account has its gauges from the start."""
+    for connector in connectors.values():
+        export_connector_gauges(connector)
     for account in config.accounts:
         for mode in UPSTREAM_BIND_MODES.values():
             metrics.UPSTREAM_BINDS.labels(account, mode)
@@ -208,12 +225,13 @@ async def run(
         screening.load_optouts(await store.optouts())
         if screening.sent is not None:  # the duplicates rule remembers across restarts
             screening.load_sent(await store.fingerprints(clock.now() - screening.sent.window))
+        dispatcher.routing = routing  # its breakers, sender limits, backoff, quality trackers
+        export_breakers(routing, clock.now())
         dispatcher.recheck = screening.recheck
         inbound = Inbound(dispatcher, store, clock, mo_owners(config), owed, screening,
                           config.validity, mo_by_webhook(config.accounts.values()))
         for smsc in config.smscs.values():
-            connector = connectors[smsc.name] = SmscConnector(smsc)
-            channels[smsc.name] = SmsChannel(connector, inbound)
+            connectors[smsc.name], channels[smsc.name] = sms_connector(smsc, inbound)
         _export_gauges(config, connectors)
         states = account_states(config.accounts)  # one per account, for every listener
         running = Running(config, store, dispatcher, reporter, connectors=connectors,

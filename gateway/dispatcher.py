@@ -1,7 +1,9 @@
 """Dispatcher: owns every unfinished message from commit to final state.
 
 It schedules attempts (deferred, retried with backoff, failed over to the next attempt of the
-route plan, revoked and failed over when an attempt's timeout passes without an outcome),
+route plan, revoked and failed over when an attempt's timeout passes without an outcome;
+following its Routing: connectors' circuit breakers told every send result and asked before
+an attempt, sender limits, the [retry] backoff, quality trackers told every receipt),
 hands each message's units to the plan's channels (routing/channel.py: it speaks no
 protocol), applies the providers' receipts, expires messages at the end of their validity,
 and writes each final state with the report its upstream face makes of it (receipt_of: the
@@ -20,6 +22,7 @@ import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from random import Random
 from typing import Protocol, runtime_checkable
 
 import structlog
@@ -30,7 +33,10 @@ from gateway.clock import WallClock
 from gateway.config import RetryConfig
 from gateway.intake import Replacement
 from gateway.model import Event, Message, Part, PartState, Report, State
+from gateway.routing_setup import Routing
 from gateway.store import PendingWrite, Store, StoreError
+from routing.backoff import Backoff, retry_delay
+from routing.breaker import Breakers, BreakerState
 from routing.channel import Channel, ProviderReceipt, Revoked, SendResult, Unit, Unsendable
 from routing.core import Attempt, Router, RoutingContext, sender_ton_npi
 
@@ -63,6 +69,9 @@ class Live:
     timeout_at: float | None = None  # the current attempt's outcome is awaited until then
     revoking: bool = False  # its current attempt is being revoked (timeout)
     late: bool = False  # a part of the current attempt was not sent: validity over
+    started: float | None = None  # when its current attempt began
+    judging: str | None = None  # the half-open connector this attempt probes (a slot taken)
+    last_delay: float | None = None  # the delay before its last retry (decorrelated jitter)
     due: float | None = None  # time of this message's one valid heap entry, if any
     held: bool = False  # a cancel or replacement of it is being committed: not attempted
     # Its history not yet handed to the store: written with the next write of the message
@@ -188,11 +197,20 @@ class Dispatcher:
         *,
         receipt_of: ReceiptOf,
         max_in_flight: int | None = None,
+        routing: Routing | None = None,
+        rng: Random | None = None,
     ) -> None:
         self.store = store
         self.router = router
         self.channels = channels  # by connector name (Attempt.connector)
         self.retry = retry
+        # What the attempts report to and ask (gateway.routing_setup): without a Routing, no
+        # breaker, no sender limit, no quality tracker, and the backoff of `retry`.
+        self.breakers = Breakers(())
+        self.backoff: Backoff | None = None  # None: from self.retry (see _backoff)
+        self.observe: Callable[[str, str, bool, float | None, float], None] | None = None
+        self._routing: Routing | None = None
+        self.rng = rng or Random()  # the retry delays' jitter
         self.clock = clock
         self.on_report = on_report
         self.receipt_of = receipt_of  # the upstream face's receipt for a final message
@@ -223,12 +241,31 @@ class Dispatcher:
         self.max_in_flight = max_in_flight or max(64, 2 * total)
         self._in_flight = 0  # messages with submits not answered yet
         self._nursery: trio.Nursery | None = None
+        self._following: dict[str, trio.CancelScope] = {}  # each channel's _follow task
         self._stopped = False  # stop_attempts(): no attempt is started any more
         self._saving = 0  # round writes queued and not committed yet
         self._idle = trio.Event()  # set after each round and each round's commit
         # rules (gateway.screening): when a SCHEDULED message falls due, the status to refuse
         # it with (an opt-out that arrived meanwhile), or None to send it
         self.recheck: Callable[[Message], int | None] | None = None
+        if routing is not None:
+            self.routing = routing
+
+    @property
+    def routing(self) -> Routing | None:
+        return self._routing
+
+    @routing.setter
+    def routing(self, routing: Routing) -> None:
+        """Use this routing from now on (at start, and on a config reload): its router for
+        the plans, its breakers, sender limits, backoff and quality trackers for the attempts
+        and receipts that follow. Messages in flight keep their attempt."""
+        self._routing = routing
+        self.router = routing.router
+        self.breakers = routing.breakers
+        self.backoff = routing.backoff
+        self.observe = routing.observe if routing.trackers else None
+        self._unpark()  # a connector the new breakers admit may serve them now
 
     # -- intake side ------------------------------------------------------------------------
     def enqueue(self, msg: Message) -> None:
@@ -303,7 +340,7 @@ class Dispatcher:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for channel in self.channels.values():
-                nursery.start_soon(self._follow, channel)
+                self._start_following(channel)
             task_status.started()
             while True:
                 await self._wait_work()
@@ -339,6 +376,8 @@ class Dispatcher:
         except Exception as exc:
             log.exception("dispatcher.step_failed", message_id=live.msg.id)
             msg = live.msg
+            if live.sending == 0:  # a probe slot it took must not stay taken
+                self._unjudged(live, self.clock.now())
             if not msg.state.final and live.sending == 0:
                 now = self.clock.now()
                 detail: dict[str, object] = {"detail": f"internal error ({type(exc).__name__}):"
@@ -375,11 +414,16 @@ class Dispatcher:
             await channel.wait_changed()
             up = channel.is_up()
             came_up, was_up = up and not was_up, up
-            if came_up and self._parked:
-                parked, self._parked = self._parked, {}
-                now = self.clock.now()
-                for live in parked.values():
-                    self._watch(live, now)
+            if came_up:
+                self._unpark()
+
+    def _unpark(self) -> None:
+        """Look at the parked messages again now: a connector may serve them."""
+        if self._parked:
+            parked, self._parked = self._parked, {}
+            now = self.clock.now()
+            for live in parked.values():
+                self._watch(live, now)
 
     def _step(self, live: Live, now: float, work: _Round) -> None:
         msg = live.msg
@@ -416,8 +460,8 @@ class Dispatcher:
         msg = live.msg
         if any(p.state is not PartState.PENDING for p in live.parts) and msg.connector:
             channel = self.channels.get(msg.connector)  # parts must stay on one operator
-            return (channel, None) if channel is not None and channel.is_up() else None
-        plan = self.router.plan(msg, RoutingContext(now, self._is_up))
+            return (channel, None) if channel is not None and self._up(channel, now) else None
+        plan = self.router.plan(msg, RoutingContext(now, functools.partial(self._is_up, now)))
         if plan is None or not plan.attempts:
             raise NoRoute(msg.dest_addr)
         attempts = [a for a in plan.attempts if a.connector not in live.incapable]
@@ -426,17 +470,75 @@ class Dispatcher:
         for i in range(len(attempts)):
             attempt = attempts[(live.failover + i) % len(attempts)]
             channel = self.channels.get(attempt.connector)
-            if channel is not None and channel.kind == attempt.channel and channel.is_up():
+            if channel is not None and channel.kind == attempt.channel and self._up(channel, now):
                 return channel, attempt
         return None
 
-    def _is_up(self, name: str) -> bool:
-        channel = self.channels.get(name)
-        return channel is not None and channel.is_up()
+    def _up(self, channel: Channel, now: float) -> bool:
+        """Whether an attempt may start on this channel now: it is up and its connector's
+        circuit breaker admits one (closed, or half-open with a probe slot free)."""
+        return channel.is_up() and self.breakers.available(channel.name, now)
 
-    def _backoff(self, attempts: int) -> float:
-        r = self.retry
-        return float(min(r.max_delay, r.initial_delay * r.multiplier ** max(0, attempts - 1)))
+    def _another_attempt(self, live: Live, now: float, connector: str) -> bool:
+        """Whether the message's plan has an attempt on another connector left to try."""
+        plan = self.router.plan(live.msg, RoutingContext(
+            now, functools.partial(self._is_up, now)))
+        return plan is not None and any(
+            a.connector != connector and a.connector not in live.incapable
+            for a in plan.attempts)
+
+    def _is_up(self, now: float, name: str) -> bool:
+        channel = self.channels.get(name)
+        return channel is not None and self._up(channel, now)
+
+    def _reopens(self, now: float) -> float | None:
+        """The earliest time an open breaker's cool-down ends (it then admits a probe)."""
+        ends = [b.opened_at + b.options.cooldown for name in self.breakers.not_closed
+                if (b := self.breakers[name]).state(now) is BreakerState.OPEN
+                and b.opened_at is not None]
+        return min(ends, default=None)
+
+    def _judge(self, live: Live, connector: str, result: SendResult, now: float) -> None:
+        """Tell the connector's breaker what a send result says of the connector: taken is a
+        success; a temporary refusal (timeout, dropped bind, throttling, system error) or a
+        permanent one that is not the message's fault is a failure; a refusal caused by the
+        message itself (rejected), a recipient the channel cannot reach (not capable) or a
+        unit not sent for its validity (expired) says nothing of the connector."""
+        breaker = self.breakers.by_name.get(connector)
+        if breaker is None:
+            return
+        before = (breaker.state(now), breaker.probes_out)
+        if result.ok:
+            breaker.success(now, live.started)
+        elif result.temporary or not (result.rejected or result.not_capable or result.expired):
+            breaker.failure(now, live.started)
+        else:
+            return
+        if live.judging == connector:
+            live.judging = None
+        if before[0] is not BreakerState.CLOSED and (breaker.state(now), breaker.probes_out) \
+                != before:
+            self._unpark()  # closed again, or a probe slot freed: the parked may go
+
+    def _unjudged(self, live: Live, now: float) -> None:
+        """An attempt ended with no verdict on its connector: free its probe slot."""
+        if live.judging is not None:
+            breaker = self.breakers.by_name.get(live.judging)
+            live.judging = None
+            if breaker is not None and breaker.state(now) is BreakerState.HALF_OPEN:
+                breaker.release(now)
+                self._unpark()
+
+    def _backoff(self, live: Live) -> float:
+        """The delay before the message's next retry: [retry] backoff with its jitter."""
+        backoff = self.backoff
+        if backoff is None:
+            r = self.retry
+            backoff = Backoff(initial=r.initial_delay, cap=r.max_delay,
+                              multiplier=r.multiplier, jitter=r.jitter)
+        delay = retry_delay(max(1, live.msg.attempts), backoff, self.rng, live.last_delay)
+        live.last_delay = delay
+        return delay
 
     def _attempt(self, live: Live, now: float, work: _Round) -> None:
         """Hand the message's pending units to a channel; results come to _on_result."""
@@ -466,7 +568,8 @@ class Dispatcher:
                 live.waiting = True
                 transitions.note(msg, "waiting", now, {
                     "reason": "no connector of its route is up"}, into=live.events)
-            self._watch(live, msg.expires_at)
+            # a breaker whose cool-down ends admits a probe then: look again at that time
+            self._watch(live, self._reopens(now) or msg.expires_at)
             return
         channel, planned = picked
         if planned is not None:
@@ -480,6 +583,14 @@ class Dispatcher:
             try:
                 live.units = list(channel.prepare(out))
             except Unsendable as exc:  # e.g. more than 255 parts for this SMSC
+                if planned is not None and self._another_attempt(live, now, channel.name):
+                    # e.g. a message with a UDH cannot go over RCS: the plan's next channel
+                    transitions.note(msg, "unsendable", now, {
+                        "connector": channel.name, "detail": exc.detail}, into=live.events)
+                    live.incapable.add(channel.name)
+                    live.units, live.parts = None, []
+                    self._attempt(live, now, work)
+                    return
                 log.warning("message.unsplittable", message_id=msg.id, detail=exc.detail)
                 msg.error = exc.status
                 self._finish(live, State.REJECTED, now, work, {
@@ -489,6 +600,12 @@ class Dispatcher:
         if not live.parts:
             live.parts = [Part(msg.id, unit.number, channel.name) for unit in live.units]
         msg.parts_total = len(live.parts)
+        limiter = self._routing.limiter if self._routing is not None else None
+        if limiter:  # the sender's throughput limit on this connector
+            wait = limiter.delay_for(channel.name, out.source_addr, now)
+            if wait > 0:  # later: not an error, no attempt counted
+                self._watch(live, now + wait)
+                return
         msg.attempts += 1
         msg.connector, msg.channel = channel.name, channel.kind
         transitions.move(msg, "attempt", State.IN_FLIGHT, now, {
@@ -499,6 +616,12 @@ class Dispatcher:
         if planned is not None:  # a new attempt of the plan (not the rest of an earlier one)
             live.timeout_at = None if planned.timeout is None else now + planned.timeout
         metrics.child(metrics.ATTEMPTS, channel.name).inc()
+        live.started = now
+        breaker = self.breakers.by_name.get(channel.name)
+        if breaker is not None:
+            probing = breaker.state(now) is BreakerState.HALF_OPEN
+            if breaker.allow(now) and probing:  # a probe: it holds a slot until its verdict
+                live.judging = channel.name
         deadline = self.clock.to_trio(msg.expires_at)
         for part, unit in zip(live.parts, live.units, strict=True):
             if part.state is not PartState.PENDING:
@@ -510,6 +633,7 @@ class Dispatcher:
             channel.submit_nowait(out, unit, deadline,
                                   functools.partial(self._submitted, live, part))
         if not live.sending:  # nothing was pending (cannot happen when queued, but never hang)
+            self._unjudged(live, now)
             self._attempt_done(live, now, work)
 
     def _submitted(self, live: Live, part: Part, result: SendResult) -> None:
@@ -520,12 +644,16 @@ class Dispatcher:
     def _on_result(self, live: Live, part: Part, result: SendResult, now: float,
                    work: _Round) -> None:
         live.sending -= 1
+        self._judge(live, part.connector, result, now)
         if live.sending == 0:
             self._in_flight -= 1
+            self._unjudged(live, now)
         msg = live.msg
         if msg.state.final:  # finished meanwhile (expired, or failed on another part)
             return
         if result.ok:
+            if result.billing:
+                msg.billing = result.billing
             part.smsc_id = result.provider_id
             part.state = PartState.SUBMITTED
             part.submitted_at = now
@@ -576,7 +704,7 @@ class Dispatcher:
         if refused is not None:
             if not any(p.state is not PartState.PENDING for p in live.parts):
                 live.failover += 1  # nothing sent yet: the next attempt may fail over
-            delay = self._backoff(msg.attempts)
+            delay = self._backoff(live)
             transitions.move(msg, "retry", State.QUEUED, now, {
                 "attempt": msg.attempts, "connector": msg.connector,
                 "status": f"0x{refused.status:08X}", "detail": refused.detail or
@@ -710,6 +838,43 @@ class Dispatcher:
         if any(a is not Revoked.REVOKED for a in answers):
             detail["duplicate_risk"] = "not every unit could be withdrawn"
         self._next_attempt(live, now, work, "timeout", detail)
+
+    # -- connectors added and removed while running (gateway.reload) ------------------------
+    def add_channel(self, channel: Channel) -> None:
+        """Attempts may go to `channel` from now on, under its name (one removed under that
+        name may still be draining: its receipts are matched the new one's way)."""
+        if not isinstance(self.channels, dict):
+            raise TypeError("the dispatcher was given a read-only channel mapping")
+        if channel.name in self.channels:
+            raise ValueError(f"a channel named {channel.name!r} is running: remove it first")
+        self.channels[channel.name] = channel
+        self._ids.pop(channel.name, None)
+        if self._nursery is not None:
+            self._start_following(channel)
+
+    def remove_channel(self, name: str) -> list[tuple[Live, Part]]:
+        """No attempt goes to that channel any more (its receipts are still matched); the
+        parts (with their message) submitted, or handed to it, through it: those SUBMITTED
+        wait for their receipts, the others are answered by it (or withdrawn)."""
+        if not isinstance(self.channels, dict):
+            raise TypeError("the dispatcher was given a read-only channel mapping")
+        channel = self.channels.pop(name)
+        self._ids[name] = channel if isinstance(channel, ReceiptIds) else _AS_GIVEN
+        scope = self._following.pop(name, None)
+        if scope is not None:
+            scope.cancel()
+        open_parts = (PartState.PENDING, PartState.SUBMITTED)
+        return [(live, part) for live in self.live.values() if live.msg.connector == name
+                for part in live.parts if part.connector == name and part.state in open_parts]
+
+    def _start_following(self, channel: Channel) -> None:
+        assert self._nursery is not None
+        scope = self._following[channel.name] = trio.CancelScope()
+
+        async def follow() -> None:
+            with scope:
+                await self._follow(channel)
+        self._nursery.start_soon(follow)
 
     # -- graceful shutdown ----------------------------------------------------------------------
     def stop_attempts(self) -> None:
@@ -1046,6 +1211,10 @@ class Dispatcher:
             part.error = error
             part.done_at = now
             applied.append(done)
+            if self.observe is not None:  # the quality routers learn from every outcome
+                self.observe(connector, live.msg.dest_addr, outcome is PartState.DELIVERED,
+                             None if part.submitted_at is None else now - part.submitted_at,
+                             now)
             final = final_state_of(live.parts)
             detail: dict[str, object] = {"part": part.part_no, "connector": connector,
                                          "stat": word, "err": error}
@@ -1053,7 +1222,9 @@ class Dispatcher:
                 transitions.note(live.msg, "receipt", now, detail, into=live.events)
                 work.touch(live)
                 continue
-            if error:
+            if final is State.DELIVERED:
+                live.msg.error = 0  # an earlier attempt's temporary error is not its outcome
+            elif error:
                 live.msg.error = error
             work.finish(live, self._finalize(live, final, now, detail, kind="receipt"))
         if work:

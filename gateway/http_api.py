@@ -532,16 +532,9 @@ class VoiceStatus:
         if not channel.callback_allowed(request.query_params.get("token")):
             raise Problem(403, "forbidden", "Forbidden",
                           f"this callback lacks voice connector {name}'s callback token")
-        size, chunks = 0, []
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.BODY_LIMIT:
-                raise Problem(413, "too-large", "Request body too large",
-                              f"a status callback is at most {self.BODY_LIMIT} octets")
-            chunks.append(chunk)
+        body = await bounded_body(request, self.BODY_LIMIT, "a status callback")
         try:
-            receipts = channel.parse_status(b"".join(chunks),
-                                            request.headers.get("content-type", ""))
+            receipts = channel.parse_status(body, request.headers.get("content-type", ""))
         except StatusPayloadError as exc:
             raise Problem(400, "invalid-status", "Unreadable status callback",
                           f"voice connector {name}: {exc}") from None
@@ -550,6 +543,18 @@ class VoiceStatus:
                           "the gateway could not store this status: send it again",
                           headers={"Retry-After": str(BUSY_RETRY_AFTER)})
         return Response(status_code=204)
+
+
+async def bounded_body(request: Request, limit: int, what: str) -> bytes:
+    """A provider's request body, read up to `limit` octets: 413 beyond (never buffered)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Problem(413, "too-large", "Request body too large",
+                          f"{what} is at most {limit} octets")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def message_view(msg: Message, parts: list[Part], events: list[Event]) -> dict[str, Any]:
@@ -678,15 +683,9 @@ class RcsEvents:
         if self.push_tokens and not any(hmac.compare_digest(given, token.encode())
                                         for token in self.push_tokens.values()):
             raise self._unknown_pusher()  # before reading a body nobody vouches for
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.MAX_BODY:
-                raise Problem(413, "too-large", "Request body too large",
-                              f"an RBM push is at most {self.MAX_BODY} octets")
-            chunks.append(chunk)
+        body = await bounded_body(request, self.MAX_BODY, "an RBM push")
         try:
-            push = parse_push(b"".join(chunks))
+            push = parse_push(body)
         except PushError as exc:
             raise Problem(400, "bad-push", "Malformed RBM push", str(exc)) from None
         if push.item is None:

@@ -4,31 +4,46 @@ pings (all sent from the trio event loop), then STOPPING and the graceful drain 
 The drain stops intake and operator attempts, waits for the operators' answers and their
 commits, unbinds upstream and operator sessions concurrently, lets the webhook POSTs in flight
 be answered (none new) and commits report deletions, all within `[gateway] shutdown_timeout`;
-the store then commits what is queued and closes.
+the store then commits what is queued and closes. An SMSC connector a reload removes is
+drained the same way on its own (`retire`), while the daemon runs on.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import structlog
 import trio
 
-from gateway import sdnotify
+from gateway import metrics, sdnotify
+from gateway.model import Part, PartState
+from routing.smsc import SmscConnector, SubmitResult
+from smpp.constants import Status
 
 if TYPE_CHECKING:
     from gateway.daemon import Running
+    from gateway.dispatcher import Live
 
 log = structlog.get_logger("gateway.lifecycle")
 
 STATUS_INTERVAL = 5.0  # seconds between two STATUS= updates
+# A connector a reload removed keeps its binds (sending nothing) until every part submitted
+# through it has its receipt, at most this long; then it unbinds.
+RECEIPT_DRAIN = 300.0
+DRAIN_POLL = 0.5  # seconds between two looks at the receipts it still owes
+# What its queued, unsent submits are answered: temporary, so their messages are tried again
+# (on the next connector of their route, or later).
+WITHDRAWN = SubmitResult(None, Status.ESME_RINVBNDSTS, temporary=True,
+                         detail="not sent: its connector was removed by a reload")
 
 
 def status_line(running: Running) -> str:
     """The live counts systemctl status shows: binds, unfinished messages, reports owed."""
     upstream = {conn for server in running.servers
                 for state in server.accounts.values() for conn in state.binds}
-    smsc = sum(c.sessions for c in running.connectors.values())
+    smsc = sum(c.sessions for c in [*running.connectors.values(), *running.draining])
     return (f"upstream binds {len(upstream)}, SMSC binds {smsc}, "
             f"unfinished messages {running.store.unfinished}, "
             f"reports pending {running.reporter.pending_total()}"
@@ -69,7 +84,8 @@ async def stop(running: Running) -> None:
         await drain(running)
     if scope.cancelled_caught:
         log.warning("daemon.shutdown_timeout", timeout=timeout,
-                    operator_answers=sum(c.unanswered for c in running.connectors.values()),
+                    operator_answers=sum(c.unanswered for c in [*running.connectors.values(),
+                                                                 *running.draining]),
                     upstream_connections=sum(len(s.connections) for s in running.servers),
                     detail="the drain did not finish within [gateway] shutdown_timeout: "
                            "unanswered submits are sent again after the restart")
@@ -84,7 +100,7 @@ async def drain(running: Running) -> None:
     for server in running.servers:
         server.stop_accepting()
     running.dispatcher.stop_attempts()
-    connectors = list(running.connectors.values())
+    connectors = [*running.connectors.values(), *running.draining]
     for connector in connectors:
         connector.stop_sending()
     unanswered = sum(c.unanswered for c in connectors)
@@ -104,3 +120,54 @@ async def drain(running: Running) -> None:
     await running.reporter.flush_deletes()
     if running.webhooks is not None:  # POSTs in flight answered, their deletions committed
         await running.webhooks.drain()
+
+
+async def retire(running: Running, connector: SmscConnector,
+                 parts: Sequence[tuple[Live, Part]]) -> None:
+    """Drain a connector a reload took out of the dispatcher (removed, or replaced by a changed
+    one under its name): its queued submits are handed back (WITHDRAWN), those on the wire get
+    their answers (each bounded by response_timeout), then it stays bound, taking receipts and
+    MO, until none of `parts` (those submitted through it) waits for its receipt or
+    RECEIPT_DRAIN has passed; then it unbinds and its task ends. (A replaced connector also
+    waits for the receipts of the parts it handed back that its successor sent again: they
+    come to either, under the same name.)"""
+    name = connector.name
+    started = trio.current_time()
+    try:
+        withdrawn = await connector.withdraw(WITHDRAWN)
+        log.info("smsc.draining", smsc=name, withdrawn=withdrawn,
+                 unanswered=connector.unanswered, awaiting_receipts=_awaiting(parts))
+        await connector.wait_answered()
+        # their answers handled: the parts they accepted are SUBMITTED now (bounded: under
+        # load the dispatcher may always have a write to commit)
+        with trio.move_on_after(connector.config.response_timeout):
+            await running.dispatcher.settle()
+        with trio.move_on_after(RECEIPT_DRAIN):
+            while _awaiting(parts):
+                await trio.sleep(DRAIN_POLL)
+        # the receipts' answers (sent once their effect is committed) go out before the unbind
+        with trio.move_on_after(connector.config.response_timeout):
+            await running.dispatcher.settle()
+            await connector.wait_delivered()
+        left = _awaiting(parts)
+        if left:
+            log.warning("smsc.drain_cut_short", smsc=name, awaiting_receipts=left,
+                        seconds=RECEIPT_DRAIN,
+                        detail="unbound with receipts still owed: their messages stay in "
+                               "flight until their validity ends (or the connector is back)")
+        await connector.close()
+        log.info("smsc.retired", smsc=name, seconds=round(trio.current_time() - started, 3))
+    finally:
+        with contextlib.suppress(ValueError):
+            running.draining.remove(connector)
+        if name not in running.connectors:  # not replaced under the same name
+            for gauge in (metrics.SMSC_QUEUE, metrics.SMSC_BINDS):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(name)
+
+
+def _awaiting(parts: Sequence[tuple[Live, Part]]) -> int:
+    """The parts still waiting for their receipt (not those of an attempt their message left
+    for another: their receipts are only noted in its history)."""
+    return sum(part.state is PartState.SUBMITTED and not live.msg.state.final
+               and any(p is part for p in live.parts) for live, part in parts)

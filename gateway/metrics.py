@@ -59,6 +59,9 @@ CONFIG_RELOAD_OK = Gauge("smsgw_config_last_reload_successful",
                          "0 if it was refused")
 CONFIG_RELOAD_OK.set(1)
 SMSC_BINDS = Gauge("smsgw_smsc_binds", "Bound operator sessions", ["smsc"])
+BREAKER_STATE = Gauge("smsgw_smsc_breaker_state",
+                      "Circuit breaker of each operator SMSC: 0 closed (traffic flows), 1 "
+                      "half-open (probing), 2 open (skipped until its cool-down ends)", ["smsc"])
 CONNECTIONS_REFUSED = Counter("smsgw_connections_refused_total",
                               "Upstream connections closed at accept: over a limit",
                               ["listener", "reason"])

@@ -119,6 +119,9 @@ class Message:
     # The duplicates rule's fingerprint of it (account, recipient, text), None when the rule
     # did not run: the gateway finds earlier copies by it, also after a restart.
     fingerprint: bytes | None = None
+    # How the RCS platform bills it when it went over RCS ("basic", "single", "conversation":
+    # routing.rcs), for the CDR; "" otherwise.
+    billing: str = ""
 
 
 @dataclass(slots=True)

@@ -1,7 +1,8 @@
 """Configuration reload (SIGHUP, `systemctl reload`): read the config file again and apply,
-while running, what can change without a restart: accounts, routes, rules, retry and validity.
-A config that does not load, or that cannot be applied, is refused with a logged error and the
-running one is kept whole: nothing is applied until everything new has been built.
+while running, what can change without a restart: accounts, routes, routers, rules, retry,
+validity and the SMSC connectors (added ones bind, removed ones drain, unchanged ones keep their
+binds). A config that does not load, or that cannot be applied, is refused with a logged error
+and the running one is kept whole: nothing is applied until everything new has been built.
 """
 
 from __future__ import annotations
@@ -14,21 +15,24 @@ from typing import TYPE_CHECKING
 import structlog
 import trio
 
-from gateway import metrics, sdnotify
+from gateway import lifecycle, metrics, sdnotify
 from gateway.config import ConfigError, GatewayConfig, connectors_by_kind, load_config
-from gateway.routing_setup import Routing, build_routing
+from gateway.routing_setup import Routing, build_routing, export_breakers
 from gateway.server import UPSTREAM_BIND_MODES, TokenBucket, account_state
+from gateway.tls import TlsFileError
 from gateway.webhooks import endpoints, mo_by_webhook
 
 if TYPE_CHECKING:
     from gateway.daemon import Running
+    from routing.sms import SmsChannel
+    from routing.smsc import SmscConnector
     from smpp.connection import Connection
 
 log = structlog.get_logger("gateway.reload")
 
 # Sections that are read at start only: a reload keeps the running ones and says so.
 RESTART_ONLY = ("node", "log_level", "listeners", "store", "http", "admin", "simulator",
-                "smscs", "rcs", "voice")
+                "rcs", "voice")
 UNBIND_TIMEOUT = 2.0  # seconds an upstream session of a removed account has to unbind
 
 
@@ -73,9 +77,42 @@ def _check(config: GatewayConfig) -> str | None:
               for limit in config.sender_limits if limit.connector]
     for who, kind, name in named:
         if name not in running[kind]:
-            return (f"{who} names {kind} connector {name!r}, which is not running: adding a "
-                    "connector needs a restart")
+            return (f"{who} names {kind} connector {name!r}, which is not running: adding an "
+                    "RCS or voice connector needs a restart")
     return None
+
+
+@dataclasses.dataclass
+class SmscChanges:
+    """What a reload does to the SMSC connectors: `started` are built (not running yet) for
+    the [[smsc]] added or changed; `retired` names the running ones removed or changed."""
+
+    started: dict[str, tuple[SmscConnector, SmsChannel]]
+    retired: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.started or self.retired)
+
+
+def _smsc_changes(running: Running, new: GatewayConfig) -> SmscChanges:
+    """Build the connectors of the [[smsc]] added or changed (any field differs): a
+    ConfigError when one's TLS files cannot be used. Unchanged ones are left alone."""
+    from gateway.daemon import sms_connector  # the daemon imports this module
+
+    old = running.config.smscs
+    assert running.inbound is not None
+    started = {}
+    for name, cfg in new.smscs.items():
+        if old.get(name) == cfg:
+            continue
+        try:
+            started[name] = sms_connector(cfg, running.inbound)
+        except TlsFileError as exc:  # readable when the file was checked, not any more
+            key = f'smsc "{name}".{exc.key}'
+            raise ConfigError(f"{new.source}: {key}: expected {exc.expected}, got {exc.got}",
+                              file=str(new.source), key=key) from None
+    retired = [name for name, cfg in old.items() if new.smscs.get(name) != cfg]
+    return SmscChanges(started, retired)
 
 
 async def reload(running: Running) -> Outcome:
@@ -92,6 +129,7 @@ async def reload(running: Running) -> Outcome:
                 return _refused(source, problem)
             # Build everything that can fail before changing anything.
             routing = build_routing(new)
+            smscs = _smsc_changes(running, new)
             screening = running.screening
             index = screening.reconfigure(new.rules) if screening is not None else None
         except (ConfigError, OSError) as exc:
@@ -101,7 +139,7 @@ async def reload(running: Running) -> Outcome:
             for key, at, message_id in await running.store.fingerprints(
                     running.clock.now() - index.window):
                 index.add(key, at, message_id)
-        _apply(running, new, routing)
+        _apply(running, new, routing, smscs)
         if screening is not None:
             screening.apply()
         metrics.child(metrics.CONFIG_RELOADS, Outcome.APPLIED.value).inc()
@@ -113,11 +151,14 @@ async def reload(running: Running) -> Outcome:
         sdnotify.notify("READY=1")
 
 
-def _apply(running: Running, new: GatewayConfig, routing: Routing) -> None:
+def _apply(running: Running, new: GatewayConfig, routing: Routing,
+           smscs: SmscChanges) -> None:
     """Swap the new config in; nothing here fails on a config that passed `_check`."""
+    _apply_smscs(running, smscs)
     _apply_accounts(running, new)
     running.routing = routing
-    running.dispatcher.router = routing.router
+    running.dispatcher.routing = routing  # its router, breakers, limits, backoff, trackers
+    export_breakers(routing, running.clock.now())
     running.dispatcher.retry = new.retry
     for server in running.servers:
         server.validity = new.validity
@@ -132,6 +173,31 @@ def _apply(running: Running, new: GatewayConfig, routing: Routing) -> None:
     if running.http_api is not None:
         running.http_api.configure(new)
     running.config = new
+
+
+def _apply_smscs(running: Running, changes: SmscChanges) -> None:
+    """The connectors removed or changed leave the dispatcher first (no attempt goes to them
+    from now on) and drain in the background (lifecycle.retire); those added or changed are
+    started and join the dispatcher. Unchanged ones, and their binds, are not touched."""
+    if not changes:
+        return
+    from gateway.daemon import export_connector_gauges  # the daemon imports this module
+
+    nursery = running.nursery
+    assert nursery is not None
+    for name in changes.retired:
+        parts = running.dispatcher.remove_channel(name)
+        old = running.connectors.pop(name)
+        running.draining.append(old)
+        nursery.start_soon(lifecycle.retire, running, old, parts)
+        log.info("config.smsc_retired", smsc=name, replaced=name in changes.started,
+                 parts_open=len(parts))
+    for name, (connector, channel) in changes.started.items():
+        running.connectors[name] = connector
+        export_connector_gauges(connector)
+        running.dispatcher.add_channel(channel)
+        nursery.start_soon(connector.run)
+        log.info("config.smsc_started", smsc=name)
 
 
 def _apply_accounts(running: Running, new: GatewayConfig) -> None:

@@ -1,6 +1,7 @@
 """Build the routing objects the daemon runs from its config: the router chain ([[router]],
 with [[route]] as the "routes" router), the per-account channel policies, a circuit breaker
-per connector, the sender limiter, the retry backoff and the quality trackers to feed.
+per connector (SMSC, RCS agent, voice provider), the sender limiter, the retry backoff and
+the quality trackers to feed.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from gateway import metrics
 from gateway.config import ConfigError, GatewayConfig, RouterConfig
 from routing.backoff import Backoff
 from routing.breaker import BreakerOptions, Breakers, BreakerState, OnChange
@@ -52,9 +54,20 @@ class Routing:
             tracker.observe(connector, destination, delivered, latency, now)
 
 
+BREAKER_GAUGE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
 def _log_breaker(name: str, old: BreakerState, new: BreakerState, now: float) -> None:
     event = log.warning if new is BreakerState.OPEN else log.info
     event("routing.breaker", connector=name, old=old.value, new=new.value)
+    metrics.child(metrics.BREAKER_STATE, name).set(BREAKER_GAUGE[new])
+
+
+def export_breakers(routing: Routing, now: float) -> None:
+    """Set the breaker gauge of every connector to its breaker's state (at start, and when a
+    reload puts new breakers in); their changes set it from then on."""
+    for name, breaker in routing.breakers.by_name.items():
+        metrics.child(metrics.BREAKER_STATE, name).set(BREAKER_GAUGE[breaker.state(now)])
 
 
 def _log_router_error(router: Router, exc: Exception) -> None:
@@ -112,7 +125,7 @@ def build_routing(config: GatewayConfig, *, on_breaker_change: OnChange | None =
         routers.append(prefix_router(config))
     default = config.breaker
     breakers = Breakers(
-        config.smscs,
+        [*config.smscs, *config.rcs, *config.voice],  # [breaker] for all; [[smsc]] may override
         BreakerOptions(default.failures, default.cooldown, default.probes),
         {s.name: BreakerOptions(s.breaker.failures, s.breaker.cooldown, s.breaker.probes)
          for s in config.smscs.values() if s.breaker is not None},

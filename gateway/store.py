@@ -91,12 +91,12 @@ MESSAGE_COLUMNS = (
     "body", "created_at", "expires_at", "not_before", "state", "attempts", "next_attempt_at",
     "error", "done_at", "parts_total", "channel", "connector", "tlvs", "origin", "traffic",
     "callback_url", "client_ref", "service_type", "number_type", "country",
-    "fingerprint",
+    "fingerprint", "billing",
 )  # fmt: skip
 # What save_message may change on an existing row; everything else is fixed at intake.
 MESSAGE_MUTABLE = (
     "state", "attempts", "next_attempt_at", "error", "done_at", "parts_total", "connector",
-    "channel",
+    "channel", "billing",
 )  # fmt: skip
 PART_COLUMNS = (
     "message_id", "part_no", "connector", "smsc_id", "state", "error", "submitted_at", "done_at",
@@ -112,7 +112,7 @@ _FINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(FINAL_STATES)) + ")"
 _OPEN = f"state NOT IN {_FINAL_SQL}"
 _DONE = f"state IN {_FINAL_SQL}"
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 # MIGRATIONS[v] takes a database at user_version v to v + 1.
 MIGRATIONS: tuple[str, ...] = (
     f"""
@@ -290,6 +290,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE messages ADD COLUMN country TEXT NOT NULL DEFAULT '';
     ALTER TABLE messages ADD COLUMN fingerprint BLOB;
     CREATE INDEX messages_fingerprint ON messages (created_at) WHERE fingerprint IS NOT NULL;
+    """,
+    # 9: the RCS billing class of a message sent over RCS (basic, single, conversation), for
+    # the CDR; '' for the others.
+    """
+    ALTER TABLE messages ADD COLUMN billing TEXT NOT NULL DEFAULT '';
     """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -470,7 +475,7 @@ def _to_report(row: Row) -> Report:
 CDR_COLUMNS = (
     "id", "account", "source_addr", "dest_addr", "channel", "parts_total", "data_coding",
     "connector", "state", "created_at", "done_at", "attempts", "error", "origin", "traffic",
-    "client_ref",
+    "client_ref", "billing",
 )  # fmt: skip
 
 

@@ -61,6 +61,7 @@ NOTES = frozenset({
     "rule",  # a rule's decision at intake (rules/, gateway/screening.py)
     "webhook",  # what became of its receipt webhook (outcome, status, tries)
     "late_receipt",  # a receipt for an attempt it left (RCS delivered after the SMS fallback)
+    "unsendable",  # a channel of its plan cannot carry it (RCS: a UDH): the next one is tried
 })
 
 

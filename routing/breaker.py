@@ -3,6 +3,8 @@
 CLOSED -> OPEN after `failures` consecutive failures; OPEN -> HALF_OPEN once `cooldown` has
 passed; HALF_OPEN admits at most `probes` attempts at a time, closes on a success and opens
 again on a failure. Time is passed in (no clock reads); every change is told to `on_change`.
+Outcomes may carry their attempt's start time: attempts already under way when a failure was
+counted (e.g. every submit on a connection that dropped) add no further failure.
 """
 
 from __future__ import annotations
@@ -62,7 +64,12 @@ def _ignore(_name: str, _old: BreakerState, _new: BreakerState, _now: float) -> 
 class CircuitBreaker:
     """The breaker of one connector. The dispatcher asks `allow(now)` before an attempt and
     reports its outcome with `success(now)` or `failure(now)` (or `release(now)` when the attempt
-    ended with no verdict on the connector, e.g. cancelled, so that its probe slot frees)."""
+    ended with no verdict on the connector, e.g. cancelled, so that its probe slot frees).
+
+    `started`, when given, is when the reported attempt began. A failure counts only if its
+    attempt began at or after the last failure counted: N submits on the wire when a
+    connection drops are one failure, not N. While half-open, only the outcomes of attempts
+    begun since it became half-open (its probes) close or re-open it."""
 
     def __init__(self, name: str, options: BreakerOptions = BreakerOptions(),
                  on_change: OnChange | None = None) -> None:
@@ -72,6 +79,8 @@ class CircuitBreaker:
         self._state = BreakerState.CLOSED
         self.consecutive_failures = 0
         self.opened_at: float | None = None
+        self.changed_at: float | None = None  # when the current state began (None: never)
+        self.failed_at: float | None = None  # when the last failure counted was reported
         self.probes_out = 0  # probes admitted while half-open, outcome not known yet
 
     def _fire(self, event: BreakerEvent, now: float) -> None:
@@ -80,6 +89,7 @@ class CircuitBreaker:
         self._state = new
         if new is BreakerState.OPEN:
             self.opened_at = now
+        self.changed_at = now
         self.consecutive_failures = 0
         self.probes_out = 0
         self.on_change(self.name, old, new, now)
@@ -109,21 +119,29 @@ class CircuitBreaker:
             self.probes_out += 1
         return True
 
-    def success(self, now: float) -> None:
+    def _before_probing(self, started: float | None) -> bool:
+        """Whether an attempt begun at `started` is older than the current half-open spell."""
+        return started is not None and self.changed_at is not None \
+            and started < self.changed_at
+
+    def success(self, now: float, started: float | None = None) -> None:
         state = self.state(now)
         if state is BreakerState.CLOSED:
             self.consecutive_failures = 0
-        elif state is BreakerState.HALF_OPEN:
+        elif state is BreakerState.HALF_OPEN and not self._before_probing(started):
             self._fire(BreakerEvent.PROBE_OK, now)
         # OPEN: the outcome of an attempt admitted before it opened; the cool-down stands
 
-    def failure(self, now: float) -> None:
+    def failure(self, now: float, started: float | None = None) -> None:
         state = self.state(now)
         if state is BreakerState.CLOSED:
+            if started is not None and self.failed_at is not None and started < self.failed_at:
+                return  # under way when the last failure was counted: the same trouble
+            self.failed_at = now
             self.consecutive_failures += 1
             if self.consecutive_failures >= self.options.failures:
                 self._fire(BreakerEvent.TRIPPED, now)
-        elif state is BreakerState.HALF_OPEN:
+        elif state is BreakerState.HALF_OPEN and not self._before_probing(started):
             self._fire(BreakerEvent.PROBE_FAILED, now)
         # OPEN: already open; an older attempt's failure does not extend the cool-down
 

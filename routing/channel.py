@@ -59,6 +59,7 @@ class SendResult:
     not_capable: bool = False
     expired: bool = False
     detail: str = ""
+    billing: str = ""  # how the provider bills it, when it says (RCS: basic, single, ...)
 
     @property
     def ok(self) -> bool:

@@ -44,7 +44,7 @@ from smpp.text import alphabet, decode_text, encode_text
 #                 24 h conversation window), whatever the message;
 #   basic         otherwise, text only and at most 160 characters (Unicode code points);
 #   single        otherwise (longer text; rich content would be single too, we send none).
-# The class of a sent message is in its SendResult.detail as "billing=<class>".
+# The class of a sent message is its SendResult.billing (the CDR's rcs_billing).
 BASIC, SINGLE, CONVERSATION = "basic", "single", "conversation"
 BASIC_MAX_CHARS: Final = 160
 CONVERSATION_WINDOW: Final = 24 * 3600.0
@@ -342,15 +342,17 @@ def _json_object(response: httpx.Response) -> dict[str, Any]:
 
 
 def send_failure(exc: Exception) -> SendResult:
-    """What an RBM error means for the core: 404 -> not capable (fall back at once), 400 ->
-    rejected (the content is at fault), 401/403/429/5xx or no answer -> temporary, other 4xx
-    -> permanent (undeliverable)."""
+    """What an RBM error means for the core: 404 -> not capable (fall back at once); 400 ->
+    not capable either (RBM refuses this content: the plan's next channel, SMS, may take it;
+    without one the message ends UNDELIVERABLE); 401/403/429/5xx or no answer -> temporary;
+    other 4xx -> permanent (undeliverable)."""
     if isinstance(exc, RbmError):
         detail = str(exc)
         if exc.code == 404:
             return SendResult(None, Status.ESME_RINVDSTADR, not_capable=True, detail=detail)
         if exc.code == 400:
-            return SendResult(None, Status.ESME_RSUBMITFAIL, rejected=True, detail=detail)
+            return SendResult(None, Status.ESME_RSUBMITFAIL, not_capable=True,
+                              detail=f"content RBM refuses: {detail}")
         if exc.code == 429:
             return SendResult(None, Status.ESME_RTHROTTLED, temporary=True, detail=detail)
         if exc.code in (401, 403) or exc.code >= 500:
@@ -490,7 +492,7 @@ class RcsChannel:
                                      f"{await self._withdraw(payload, message_id)}")
         except (RbmError, TokenError, httpx.HTTPError) as exc:
             return send_failure(exc)
-        return SendResult(message_id, detail=f"billing={billing}")
+        return SendResult(message_id, detail=f"billing={billing}", billing=billing)
 
     async def _withdraw(self, payload: RcsPayload, message_id: str) -> str:
         try:

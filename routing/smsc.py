@@ -67,16 +67,10 @@ class SubmitResult(SendResult):
     def __init__(self, smsc_id: str | None, status: int, temporary: bool = False,
                  rejected: bool = False, detail: str = "", expired: bool = False) -> None:
         # rejected: permanent and caused by the message itself; expired: not sent, the
-        # message's validity ran out while it waited. SendResult is frozen: its fields are set
-        # as its own __init__ sets them (one per submit: not through a second call).
-        setattr_ = object.__setattr__
-        setattr_(self, "provider_id", smsc_id)
-        setattr_(self, "status", status)
-        setattr_(self, "temporary", temporary)
-        setattr_(self, "rejected", rejected)
-        setattr_(self, "not_capable", False)
-        setattr_(self, "expired", expired)
-        setattr_(self, "detail", detail)
+        # message's validity ran out while it waited. SendResult's other fields keep their
+        # defaults (not_capable, billing: nothing an SMSC says).
+        SendResult.__init__(self, smsc_id, status, temporary=temporary, rejected=rejected,
+                            expired=expired, detail=detail)
 
     @property
     def smsc_id(self) -> str | None:
@@ -186,9 +180,14 @@ class SmscConnector:
         self._queued = trio.Event()  # set when the queue gets an item
         self._slot = trio.Event()  # set when a window slot frees or the binds change
         self._sending = trio.CancelScope()  # the sender's: cancelled by stop_sending()
+        self._sender_done = trio.Event()  # the sender's task has ended
+        self._run_scope: trio.CancelScope | None = None  # run()'s: cancelled by close()
+        self._run_done = trio.Event()  # run() has returned
         self._closing = False  # close() began: no more binds
         self._unanswered = 0  # submit_sm on the wire without their answer yet
         self._answer = trio.Event()  # set when one of them gets its answer
+        self._delivering = 0  # reads of deliver_sm / data_sm being handled
+        self._delivered = trio.Event()  # set when one of them is handled
         # The latest failures (connect, TLS, bind, submit), newest last, for `smsgw status`:
         # (trio time, what, detail).
         self.errors: deque[tuple[float, str, str]] = deque(maxlen=RECENT_ERRORS)
@@ -237,11 +236,17 @@ class SmscConnector:
         if cfg.tls and not cfg.tls_verify:
             log.warning("smsc.tls_unverified", smsc=cfg.name,
                         detail=tls.UNVERIFIED.format(name=cfg.name))
-        async with trio.open_nursery() as nursery:
-            for index, kind in enumerate(kinds):
-                nursery.start_soon(self._bind_loop, kind, index)
-            nursery.start_soon(self._sender)
-            task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._run_scope = nursery.cancel_scope
+                if self._closing:  # closed before it ran
+                    nursery.cancel_scope.cancel()
+                for index, kind in enumerate(kinds):
+                    nursery.start_soon(self._bind_loop, kind, index)
+                nursery.start_soon(self._sender)
+                task_status.started()
+        finally:
+            self._run_done.set()
 
     async def _bind_loop(self, kind: BindKind, index: int) -> None:
         cfg = self.config
@@ -347,6 +352,14 @@ class SmscConnector:
     async def _handle_deliveries(self, conn: Connection, pdus: list[Pdu]) -> None:
         """Receipts and MO: the handler answers each once its effect is committed. What it
         leaves unanswered (it failed, or forgot one) gets a temporary error: the SMSC resends."""
+        self._delivering += 1
+        try:
+            await self._deliver(conn, pdus)
+        finally:
+            self._delivering -= 1
+            self._delivered.set()
+
+    async def _deliver(self, conn: Connection, pdus: list[Pdu]) -> None:
         replies = _Replies(conn, pdus)
         try:
             if self.on_deliver is None:  # no channel attached yet: the SMSC sends them again
@@ -383,8 +396,11 @@ class SmscConnector:
 
     async def _sender(self) -> None:
         """Send the queue in order until stop_sending()."""
-        with self._sending:
-            await self._send_queue()
+        try:
+            with self._sending:
+                await self._send_queue()
+        finally:
+            self._sender_done.set()
 
     async def _send_queue(self) -> None:
         """Send the queue in order: rate limit, a free window slot, validity check, wire."""
@@ -393,13 +409,17 @@ class SmscConnector:
             if not self._queue:
                 self._queued = trio.Event()
                 await self._queued.wait()
-            item = self._queue.popleft()
+            # left queued while it waits for its turn: stop_sending() leaves it there (and
+            # withdraw() hands it back)
+            item = self._queue[0]
             try:
                 if self.limiter.limited():
                     await self.limiter.acquire()
                 # A free transmitter now (the usual case) is what _wait_ready would find first,
                 # taking the same turn, without a coroutine per submit.
-                if self._free_transmitter() is None and not await self._wait_ready():
+                ready = self._free_transmitter() is not None or await self._wait_ready()
+                self._queue.popleft()
+                if not ready:
                     item.done(NOT_BOUND)
                     continue
                 remaining = item.deadline - trio.current_time()
@@ -410,6 +430,8 @@ class SmscConnector:
                 self._send(item)
             except Exception:  # a bug must not stop the queue: the message is retried
                 log.exception("smsc.submit_failed", smsc=self.name)
+                if self._queue and self._queue[0] is item:
+                    self._queue.popleft()
                 item.done(SubmitResult(None, Status.ESME_RSYSERR, temporary=True,
                                        detail="internal error"))
             sent += 1
@@ -476,6 +498,19 @@ class SmscConnector:
         messages are resumed from the store after the restart). Receipts are still taken."""
         self._sending.cancel()
 
+    async def withdraw(self, result: SubmitResult) -> int:
+        """Stop sending (see stop_sending) and hand every submit still queued back to its
+        `done` with `result` (a connector removed by a reload: its messages are retried or
+        fail over); how many were handed back. Submits on the wire keep their answers."""
+        self.stop_sending()
+        if self._run_scope is not None:  # its sender ran: wait until it let go of the queue
+            await self._sender_done.wait()
+        withdrawn = 0
+        while self._queue:
+            self._queue.popleft().done(result)
+            withdrawn += 1
+        return withdrawn
+
     @property
     def unanswered(self) -> int:
         """submit_sm sent and not answered yet (nor timed out, nor lost with their bind)."""
@@ -488,14 +523,25 @@ class SmscConnector:
             self._answer = trio.Event()
             await self._answer.wait()
 
+    async def wait_delivered(self) -> None:
+        """Return once no deliver_sm / data_sm read is being handled (each answered: its
+        answer is queued before anything this connector sends later, e.g. an unbind)."""
+        while self._delivering > 0:
+            self._delivered = trio.Event()
+            await self._delivered.wait()
+
     @property
     def sessions(self) -> int:
         """Sessions bound now (a transceiver counts once)."""
         return len(set(self._transmitters) | set(self._receivers))
 
     async def close(self) -> None:
-        """Unbind every session, all at once, and bind no more (graceful shutdown)."""
+        """Unbind every session, all at once, and bind no more (graceful shutdown, or a
+        connector removed by a reload): run() then returns."""
         self._closing = True
         async with trio.open_nursery() as nursery:
             for conn in set(self._transmitters) | set(self._receivers):
                 nursery.start_soon(conn.unbind, 2.0)
+        if self._run_scope is not None:  # its bind loops may be waiting to reconnect
+            self._run_scope.cancel()
+            await self._run_done.wait()

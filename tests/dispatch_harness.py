@@ -19,6 +19,7 @@ from gateway.config import RetryConfig, SmscConfig
 from gateway.dispatcher import Dispatcher
 from gateway.model import Message, Report, State, new_message_id
 from gateway.reporter import receipt_report
+from gateway.routing_setup import Routing
 from gateway.store import PendingWrite, Store, StoreError
 from routing.channel import Channel, ProviderReceipt
 from routing.core import PrefixRoute, PrefixRouter, Router
@@ -122,20 +123,24 @@ class Harness:
 @contextlib.asynccontextmanager
 async def harness(tmp_path: Path, connectors: dict[str, SmscConnector],
                   nursery: trio.Nursery, *, others: Mapping[str, Channel] | None = None,
-                  router: Router | None = None) -> AsyncIterator[Harness]:
+                  router: Router | None = None, routing: Routing | None = None
+                  ) -> AsyncIterator[Harness]:
     """A store on tmp_path/db.sqlite3 (opened again by a second harness: a restart) and a
     running dispatcher over `connectors` (as SMS channels) and the `others` channels, routed
-    by `router` (default: every connector, in order); `nursery` is cancelled when the block
+    by `router` (default: every connector, in order), or by `routing` (its router, breakers,
+    sender limits, backoff and quality trackers); `nursery` is cancelled when the block
     ends."""
     async with Store.open(tmp_path / "db.sqlite3") as store:
         clock = WallClock()
         reports: list[Report] = []
-        router = router or PrefixRouter([PrefixRoute("default", (), tuple(connectors))])
+        router = (routing.router if routing is not None else router) or PrefixRouter(
+            [PrefixRoute("default", (), tuple(connectors))])
         channels: dict[str, Channel] = {n: SmsChannel(c) for n, c in connectors.items()}
         channels.update(others or {})
         dispatcher = Dispatcher(store, router, channels,
                                 RetryConfig(initial_delay=5, max_delay=300, multiplier=2),
-                                clock, reports.append, receipt_of=receipt_report)
+                                clock, reports.append, receipt_of=receipt_report,
+                                routing=routing)
         for connector in connectors.values():
             await nursery.start(connector.run)
         await nursery.start(dispatcher.run)

@@ -53,14 +53,14 @@ class Omni:
         """(sender, destination) of each SMS the SMSC took."""
         return [(r.source_addr, r.destination_addr) for r in self.sim.submitted]
 
-    async def send(self, text: bytes = b"Your parcel arrives today", to: str = PHONE
-                   ) -> SmpplibEsme:
+    async def send(self, text: bytes = b"Your parcel arrives today", to: str = PHONE,
+                   **fields: Any) -> SmpplibEsme:
         """Submit one message as account omni (sender SHOP) and wait for its receipt."""
         esme = SmpplibEsme(self.gw.smpp_port, system_id="omni", password="omnipass")
 
         def session() -> None:
             esme.bind()
-            esme.submit(to, text, source_addr="SHOP")
+            esme.submit(to, text, source_addr="SHOP", **fields)
             esme.read_until(lambda: bool(esme.resps) and bool(esme.delivered), timeout=20)
 
         await trio.to_thread.run_sync(session)
@@ -91,7 +91,8 @@ def voice_settings(sim_port: int, http_port: int) -> VoiceSettings:
 
 @contextlib.asynccontextmanager
 async def omni_stack(tmp_path: Path, *, rules: dict[str, Any] | None = None,
-                     **sim: Any) -> AsyncIterator[Omni]:
+                     channels: tuple[str, ...] = ("rcs", "sms"), **sim: Any
+                     ) -> AsyncIterator[Omni]:
     """omni: channels rcs then sms (rcs_wait WAIT), voice allowed, language fr-FR; routers:
     French fixed lines -> tts:voice, then rcs:rbm -> sms:sim; `rules`: omni's [rules]."""
     credentials = tmp_path / "rbm.json"
@@ -110,7 +111,7 @@ async def omni_stack(tmp_path: Path, *, rules: dict[str, Any] | None = None,
         config = gateway_config(
             tmp_path, simulator.port, http=HttpConfig(host="127.0.0.1", port=http_port),
             accounts={**accounts, "omni": AccountConfig(
-                "omni", password_hash("omnipass"), throughput=0, channels=("rcs", "sms"),
+                "omni", password_hash("omnipass"), throughput=0, channels=channels,
                 rcs_wait=WAIT, voice=True, language="fr-FR")},
             rcs={"rbm": RcsConfig(name="rbm", agent_id=AGENT, credentials_file=credentials,
                                   base_url=base, token_url=base + "/token", sms_sender="ACME",

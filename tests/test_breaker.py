@@ -96,6 +96,33 @@ def test_outcomes_of_attempts_admitted_before_it_opened_change_nothing() -> None
     assert len(changes) == 2
 
 
+def test_failures_of_attempts_under_way_when_a_failure_was_counted_count_once() -> None:
+    """Rule: N submits on the wire when a connection drops are one failure, not N; an attempt
+    begun after the last counted failure counts again."""
+    b, changes = breaker(failures=3)
+    for _ in range(10):  # ten attempts begun at 1.0, all failing at 2.0
+        b.failure(2.0, started=1.0)
+    assert b.consecutive_failures == 1 and b.state(2.0) is CLOSED
+    b.failure(3.0, started=2.0)  # begun once that failure was known
+    b.failure(3.5, started=1.5)  # begun before it: the same trouble
+    b.failure(4.0, started=3.0)
+    assert b.state(4.0) is OPEN and len(changes) == 1
+
+
+def test_while_half_open_only_probes_decide() -> None:
+    """Rule: outcomes of attempts begun before the breaker became half-open neither close nor
+    re-open it; its probe's outcome does."""
+    b, changes = breaker(failures=1, cooldown=5.0)
+    b.failure(0.0, started=0.0)
+    assert b.state(5.0) is HALF and b.allow(5.0)
+    b.failure(5.5, started=0.5)  # an old attempt's late answer
+    b.success(5.6, started=0.6)
+    assert b.state(5.7) is HALF
+    b.success(6.0, started=5.0)  # the probe's
+    assert b.state(6.0) is CLOSED
+    assert [c[1:3] for c in changes] == [(CLOSED, OPEN), (OPEN, HALF), (HALF, CLOSED)]
+
+
 def test_every_state_change_goes_through_the_transition_table() -> None:
     assert set(TRANSITIONS.values()) == {CLOSED, OPEN, HALF}
     assert TRANSITIONS[(CLOSED, BreakerEvent.TRIPPED)] is OPEN

@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from gateway import daemon
-from gateway.config import AccountConfig, SimulatorConfig
+from gateway.config import AccountConfig, BreakerConfig, SimulatorConfig
 from gateway.model import State
 from gateway.store import StoreError
 from routing.smsc import SmscConnector
@@ -286,7 +286,11 @@ async def test_operator_dropping_connections_is_survived_by_reconnecting_and_ret
         tmp_path: Path) -> None:
     sim_cfg = SimulatorConfig(port=0, control_port=0, receipt_delay=0.05, disconnect=0.15,
                               seed=5)
-    async with running_stack(tmp_path, sim_cfg) as (gw, sim):
+    # The lone SMSC drops a connection every few submits: its circuit breaker would open and
+    # hold every message for its cool-down (tests/test_breaker_failover.py); here the rule is
+    # reconnecting and retrying, so the breaker is kept out of the way.
+    async with running_stack(tmp_path, sim_cfg, breaker=BreakerConfig(failures=1000)) as (
+            gw, sim):
         esme = SmpplibEsme(gw.smpp_port)
         count = 20
         await _roundtrip(esme, count, b"hello", prefix="336987654", timeout=40)

@@ -51,6 +51,8 @@ async def test_a_submit_lost_with_its_dropped_connection_is_sent_again_through_t
         assert a.stats.disconnects == 1 and not a.submitted
         assert [r.destination_addr for r in b.submitted] == ["33612345678"]
         assert len(esme.delivered) == 1  # one receipt upstream
+        # delivered: the dropped attempt's temporary error is not the receipt's
+        assert b"stat:DELIVRD err:000" in esme.delivered[0].short_message
         message_id = esme.delivered[0].receipted_message_id.rstrip(b"\0").decode()
         kinds = [(e.kind, e.detail.get("connector"))
                  for e in await gw.store.events_of(message_id)]

@@ -1,6 +1,6 @@
 """The RCS channel against the RBM platform simulator on real 127.0.0.1 sockets, in virtual
 time: token caching, capability cache (negative answers too), send with the validity's time
-left as ttl, the RBM error facts (404 not capable, 400 rejected, 5xx temporary), revoke (200
+left as ttl, the RBM error facts (404 and 400 not capable, 5xx temporary), revoke (200
 revoked, 404 delivered), offline phones held until revoked or expired, events and replies
 pushed back in Pub/Sub push format, and the billing class of each message."""
 
@@ -250,10 +250,12 @@ async def test_404_on_send_means_not_capable_at_once_and_is_remembered() -> None
         assert cached is not None and not cached.capable
 
 
-async def test_400_invalid_argument_rejects_the_message_itself() -> None:
+async def test_400_invalid_argument_leaves_the_message_to_the_plans_next_channel() -> None:
+    """Content RBM refuses (too long, unsupported) may still go as SMS: not capable, not
+    the message's own fault."""
     async with rig() as r:
         result = await r.send(message("x" * 4000))
-        assert result.rejected and not result.temporary and not result.not_capable
+        assert result.not_capable and not result.temporary and not result.rejected
         assert "INVALID_ARGUMENT" in result.detail
 
 

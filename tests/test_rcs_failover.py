@@ -30,6 +30,9 @@ async def test_an_rcs_capable_phone_gets_rcs_only(tmp_path: Path) -> None:
         assert omni.sms() == []
         assert [m.phone for m in omni.rbm.messages.values()] == ["+" + PHONE]
         assert ("attempt", "rcs") in await omni.history(esme)
+        # the RCS billing class is recorded for the CDR (a short text: "basic")
+        page = await omni.gw.store.cdr_page(0.0, 2e9)
+        assert [(r["channel"], r["billing"]) for r in page.records] == [("rcs", "basic")]
 
 
 async def test_a_phone_without_rcs_gets_sms_only_under_the_agents_sender(
@@ -113,3 +116,48 @@ async def test_a_delivered_event_after_the_sms_fallback_gives_no_second_receipt(
                 for e in await omni.gw.store.events_of(message_id) if e.kind == "late_receipt"]
         assert ("rbm", "DELIVERED") in late
         esme.client.disconnect()
+
+
+async def test_an_rcs_only_message_never_delivered_expires_at_its_deadline_with_one_receipt(
+        tmp_path: Path) -> None:
+    """Validity drives every channel: an account without SMS fallback, a phone that stays
+    offline: RBM is given the time left as the message's ttl, and at the deadline the
+    message is EXPIRED with one receipt upstream."""
+    async with omni_stack(tmp_path, channels=("rcs",)) as omni:
+        omni.phone(OFFLINE)
+        with trio.fail_after(20):
+            esme = await omni.send(validity_period="000000000004000R")  # 4 s, relative
+        assert receipt_stat(esme) == "EXPIRED" and len(esme.delivered) == 1
+        (held,) = omni.rbm.messages.values()
+        assert held.expires_at < trio.current_time() + 1.0  # its ttl was the validity left
+        assert omni.sms() == []
+
+
+async def test_an_rcs_user_reply_reaches_the_agents_account_as_mo(tmp_path: Path) -> None:
+    """A phone writes to the agent: the reply becomes an MO for the agent's mo_account,
+    addressed to its sms_sender (like an SMS reply to a short code)."""
+    async with omni_stack(tmp_path) as omni:
+        esme = SmpplibEsme(omni.gw.smpp_port, system_id="omni", password="omnipass")
+        await trio.to_thread.run_sync(esme.bind)
+        await omni.rbm.push(omni.rbm.user_message("+" + PHONE, "Merci !"))
+
+        def read_mo() -> None:
+            esme.read_until(lambda: bool(esme.delivered), timeout=10)
+
+        await trio.to_thread.run_sync(read_mo)
+        (mo,) = esme.delivered
+        assert mo.source_addr.decode() == PHONE and mo.destination_addr.decode() == "ACME"
+        assert mo.short_message == b"Merci !"
+        esme.client.disconnect()
+
+
+async def test_a_message_rcs_cannot_carry_goes_as_sms(tmp_path: Path) -> None:
+    """A part the upstream segmented itself (UDH) has no text RCS could send: the plan's
+    SMS attempt takes it, under the agent's sender; its history says why."""
+    async with omni_stack(tmp_path) as omni:
+        omni.phone(CAPABLE)
+        udh = bytes([5, 0, 3, 0x42, 2, 1])  # concatenated message 0x42, part 1 of 2
+        esme = await omni.send(udh + b"first half", esm_class=0x40)
+        assert receipt_stat(esme) == "DELIVRD" and len(esme.delivered) == 1
+        assert omni.sms() == [("ACME", PHONE)] and omni.rbm.messages == {}
+        assert ("unsendable", None) in await omni.history(esme)

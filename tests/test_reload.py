@@ -212,6 +212,7 @@ async def test_reload_changes_the_route_without_dropping_smsc_binds(tmp_path: Pa
         sessions = {name: c.sessions for name, c in gw.connectors.items()}
         write_config(path, sim_port, {"demo": "demopass"}, smsc="b")
         assert await reload(gw) is Outcome.APPLIED
+        assert gw.dispatcher.routing is gw.routing  # its breakers, limits, backoff, trackers
         assert await submit(demo) == 0
         await wait_for(lambda: attempts("b") == b + 1)
         assert attempts("a") == a + 1
@@ -252,26 +253,51 @@ async def test_a_config_that_does_not_load_is_refused_and_the_running_one_kept(
         demo.client.disconnect()
 
 
-async def test_a_route_to_an_smsc_that_is_not_running_is_refused(tmp_path: Path) -> None:
-    async with daemon_from_file(tmp_path, {"demo": "demopass"}) as (gw, path, sim_port):
-        write_config(path, sim_port, {"demo": "demopass"}, smsc="a")
-        text = path.read_text().replace('smscs = ["a"]', 'smscs = ["c"]') + """
-[[smsc]]
-name = "c"
-host = "127.0.0.1"
-port = 1
-system_id = "x"
-password = "y"
+_VOICE = """
+[[router]]
+name = "spoken"
+type = "account"
+accounts = ["demo"]
+channels = ["tts:voice", "sms:a"]
+
+[[voice]]
+name = "voice"
+caller_id = "+33100000000"
+voices = { fr = "Celine" }
+[voice.place]
+url = "http://127.0.0.1:1/calls"
+body = { to = "{to_e164}", text = "{text}" }
+[voice.status]
+status_field = "status"
+id_field = "id"
 """
-        path.write_text(text)
+
+
+async def test_a_router_naming_a_voice_connector_that_is_not_running_is_refused(
+        tmp_path: Path) -> None:
+    """[[voice]] and [[rcs]] are restart-only: a router naming a new one cannot be applied."""
+    async with daemon_from_file(tmp_path, {"demo": "demopass"}) as (gw, path, sim_port):
+        write_config(path, sim_port, {"demo": "demopass"}, extra=_VOICE)
         before = gw.config
         assert await reload(gw) is Outcome.REFUSED
         assert gw.config is before
+        assert set(gw.dispatcher.channels) == {"a", "b"}
+
+
+_SMSC_C = """
+[[smsc]]
+name = "c"
+host = "127.0.0.1"
+port = {port}
+system_id = "sim"
+password = "simpass"
+"""
 
 
 def test_sighup_reloads_a_running_daemon_and_tells_systemd(tmp_path: Path) -> None:
     """A real process: SIGHUP -> RELOADING=1 (with MONOTONIC_USEC) then READY=1 and the
-    `config.reloaded` log line; a broken file -> `config.reload_refused`, still running."""
+    `config.reloaded` log line (here with an SMSC added and the route moved to it); a broken
+    file -> `config.reload_refused`, still running."""
     notify = NotifySocket(tmp_path / "notify.sock")
     path = tmp_path / "gw.toml"
     closed = free_port()
@@ -280,12 +306,14 @@ def test_sighup_reloads_a_running_daemon_and_tells_systemd(tmp_path: Path) -> No
                 env={"NOTIFY_SOCKET": str(notify.path)})
     try:
         notify.wait_for("READY", "1")
-        write_config(path, closed, {"demo": "demopass", "newbie": "newpass"})
+        write_config(path, closed, {"demo": "demopass", "newbie": "newpass"}, smsc="c",
+                     extra=_SMSC_C.format(port=closed))
         os.kill(proc.pid, signal.SIGHUP)
         reloading = notify.wait_for("RELOADING", "1")
         assert int(reloading["MONOTONIC_USEC"]) > 0
         notify.wait_for("READY", "1")
         assert proc.wait_event("config.reloaded")["accounts"] == 2
+        assert proc.wait_event("config.smsc_started")["smsc"] == "c"
         path.write_text("this is not TOML [")
         os.kill(proc.pid, signal.SIGHUP)
         notify.wait_for("RELOADING", "1")
