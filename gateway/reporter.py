@@ -134,6 +134,7 @@ class _Account:
 
     def __init__(self, label: str, expiry: float) -> None:
         self.label = label  # its metric label
+        self.gauge = metrics.child(metrics.REPORTS_PENDING, label)  # set twice per report
         self.expiry = expiry
         self.next_expiry = math.inf  # wall time: the earliest a report in memory expires
         self.binds: list[Connection] = []
@@ -201,7 +202,7 @@ class Reporter:
     def _count(self, acc: _Account, delta: int) -> None:
         acc.count += delta
         total = self._label_counts[acc.label] = self._label_counts.get(acc.label, 0) + delta
-        metrics.child(metrics.REPORTS_PENDING, acc.label).set(total)
+        acc.gauge.set(total)
 
     # -- inputs -------------------------------------------------------------------------------
     def add(self, report: Report) -> None:
