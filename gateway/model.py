@@ -7,12 +7,23 @@ operator, and the Reports (receipts and MO) owed to an upstream account.
 from __future__ import annotations
 
 import enum
+import operator
 import os
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 
-class State(enum.StrEnum):
+class _StrEnum(enum.StrEnum):
+    """A StrEnum whose `.value` is read without running Python code: enum's own `value` is a
+    Python-level descriptor, and these values are read for every history row, report and
+    receipt written (the store, the reporter, the metrics)."""
+
+    if not TYPE_CHECKING:  # mypy keeps typing `.value` as enum's (the member's str)
+        value = property(operator.attrgetter("_value_"))
+
+
+class State(_StrEnum):
     """Message states; see DESIGN.md. The last five are final (CANCELLED: by its sender or
     an operator's admin, before any part reached an operator)."""
 
@@ -35,7 +46,7 @@ FINAL_STATES = frozenset({State.DELIVERED, State.UNDELIVERABLE, State.EXPIRED, S
                           State.CANCELLED})
 
 
-class PartState(enum.StrEnum):
+class PartState(_StrEnum):
     """Outcome of one operator-side segment of a message."""
 
     PENDING = "PENDING"  # not yet acknowledged by the operator (or to be resent)
@@ -47,7 +58,7 @@ class PartState(enum.StrEnum):
     CANCELLED = "CANCELLED"  # never sent: its message was cancelled
 
 
-class ReportKind(enum.StrEnum):
+class ReportKind(_StrEnum):
     RECEIPT = "RECEIPT"
     MO = "MO"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import logging
 import math
 from collections import deque
 from collections.abc import Collection, Iterable
@@ -57,6 +58,26 @@ STATE_TO_STAT = {
     State.REJECTED: "REJECTD",
     State.CANCELLED: "DELETED",  # cancelled before it reached an operator
 }
+
+
+# The proxy's `bind` once it was found to give a logger that drops info events: when loggers
+# are cached on first use (the daemon), structlog replaces the proxy's bind by one returning
+# its cached logger, so a delivered report tells that it has nothing to log by one identity
+# test instead of a proxy __getattr__ and a bind per report (as gateway.transitions does for
+# its debug line). Uncached (tests), each access is a new bound method: every report asks.
+_quiet_bind: object = None
+
+
+def _log_delivered(account: str, report: Report) -> None:
+    global _quiet_bind
+    bind = log.bind
+    bound = bind()
+    enabled = getattr(bound, "is_enabled_for", None)
+    if enabled is not None and not enabled(logging.INFO):
+        _quiet_bind = bind
+        return
+    bound.info("report.delivered", account=account, message_id=report.message_id,
+               kind=report.kind.value)
 
 
 def _utc(ts: float) -> dt.datetime:
@@ -113,6 +134,7 @@ class _Account:
 
     def __init__(self, label: str, expiry: float) -> None:
         self.label = label  # its metric label
+        self.gauge = metrics.child(metrics.REPORTS_PENDING, label)  # set twice per report
         self.expiry = expiry
         self.next_expiry = math.inf  # wall time: the earliest a report in memory expires
         self.binds: list[Connection] = []
@@ -180,7 +202,7 @@ class Reporter:
     def _count(self, acc: _Account, delta: int) -> None:
         acc.count += delta
         total = self._label_counts[acc.label] = self._label_counts.get(acc.label, 0) + delta
-        metrics.child(metrics.REPORTS_PENDING, acc.label).set(total)
+        acc.gauge.set(total)
 
     # -- inputs -------------------------------------------------------------------------------
     def add(self, report: Report) -> None:
@@ -357,8 +379,8 @@ class Reporter:
                 self._forget(acc, report, "report_delivered", self.clock.now(),
                              {"interface": "smpp", "bind": conn.name})
             metrics.child(metrics.REPORTS_SENT, name, report.kind.value).inc()
-            log.info("report.delivered", account=name, message_id=report.message_id,
-                     kind=report.kind.value)
+            if log.bind is not _quiet_bind:  # one line per report: see _log_delivered
+                _log_delivered(name, report)
             return
         if resp is not None:
             log.info("report.refused", account=name, message_id=report.message_id,

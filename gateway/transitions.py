@@ -9,6 +9,8 @@ store counts each move by (from, to) once that call commits) and logs it.
 
 from __future__ import annotations
 
+import logging
+
 import structlog
 
 from gateway.model import FINAL_STATES, Event, Message, State
@@ -73,20 +75,42 @@ def allowed(state: State, kind: str, to: State) -> bool:
     return to in TRANSITIONS.get((state, kind), ())
 
 
+# The proxy's `bind` once it was found to give a logger that drops debug events. When
+# loggers are cached on first use (the daemon's configuration), structlog replaces the proxy's
+# bind by one returning its cached logger: move() then tells that it has nothing to log by one
+# identity test, without asking the proxy for a `debug` method through its lazy __getattr__
+# (two moves per message). Without caching (tests) each access gives a new bound method, so
+# every move asks, and a reconfiguration takes effect at once.
+_quiet_bind: object = None
+
+
+def _log_move(msg: Message, kind: str, from_state: State, to: State) -> None:
+    global _quiet_bind
+    bind = log.bind
+    bound = bind()
+    enabled = getattr(bound, "is_enabled_for", None)
+    if enabled is not None and not enabled(logging.DEBUG):
+        _quiet_bind = bind
+        return
+    bound.debug("message.transition", message_id=msg.id, kind=kind, from_state=from_state,
+                to_state=to)
+
+
 def move(msg: Message, kind: str, to: State, at: float,
          detail: dict[str, object] | None = None, *, into: list[Event] | None = None) -> Event:
     """Move msg to state `to` by an event of this kind: the Event recording it, appended to
     `into` (the message's history not yet written, stored with its next write, where the
     store counts it). Raises IllegalTransition for a move the table does not allow."""
-    if not allowed(msg.state, kind, to):
+    state = msg.state
+    if to not in TRANSITIONS.get((state, kind), ()):  # allowed(), inlined: a hot path
         raise IllegalTransition(f"message {msg.id}: {kind!r} cannot move it from "
-                                f"{msg.state.value} to {to.value}")
-    event = Event(msg.id, at, kind, msg.state, to, detail or {})
+                                f"{state.value} to {to.value}")
+    event = Event(msg.id, at, kind, state, to, detail or {})
     msg.state = to
     if into is not None:
         into.append(event)
-    log.debug("message.transition", message_id=msg.id, kind=kind,
-              from_state=event.from_state, to_state=to)
+    if log.bind is not _quiet_bind:
+        _log_move(msg, kind, state, to)
     return event
 
 

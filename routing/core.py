@@ -103,10 +103,10 @@ class PrefixRouter:
             if len(digits) < length:
                 continue
             for route in self._by_prefix.get(digits[:length], ()):
-                if route.takes(number_type):
+                if not route.number_types or number_type in route.number_types:  # takes()
                     return route
         for route in self._defaults:
-            if route.takes(number_type):
+            if not route.number_types or number_type in route.number_types:
                 return route
         return None
 

@@ -26,6 +26,7 @@ from routing.limits import sender_key
 from routing.quality import QualityTracker
 
 CHANNELS: tuple[str, ...] = (SMS, RCS, TTS)
+PLAN_CACHE = 1024  # plans PolicyChain remembers as the account policies let them go
 
 
 @functools.lru_cache(maxsize=8192)
@@ -304,10 +305,15 @@ class PolicyChain:
         # RCS connector -> the SMS sender mapped to its agent: the SMS attempts of a plan that
         # tries that agent first go out under it.
         self.rcs_senders = dict(rcs_senders or {})
+        # (id(plan), id(policy)) -> (plan, policy, the plan as the policy lets it go)
+        self._plans: dict[tuple[int, int], tuple[RoutePlan, ChannelPolicy | None,
+                                                 RoutePlan | None]] = {}
 
     def plan(self, message: Message, context: RoutingContext) -> RoutePlan | None:
         breakers = self.breakers
-        if breakers is not None and breakers.not_closed:  # else nothing to ask them
+        guarded = breakers is not None and bool(breakers.not_closed)
+        if guarded:  # else nothing to ask the breakers
+            assert breakers is not None
             now, is_up = context.now, context.is_up
             context = RoutingContext(
                 now, lambda name: is_up(name) and breakers.available(name, now))
@@ -320,22 +326,49 @@ class PolicyChain:
                     raise
                 self.on_error(router, exc)
                 continue
-            if plan is None or not plan.attempts:
+            if plan is None:
                 continue
-            attempts = plan.attempts
-            if policy is not None:
-                allowed = policy.allowed
-                for attempt in attempts:
-                    if attempt.channel not in allowed:
-                        attempts = tuple(a for a in attempts if a.channel in allowed)
-                        break
-                if not attempts:
-                    continue
+            allowed = self._allowed(plan, policy)
+            if allowed is None:
+                continue
+            attempts = allowed.attempts
+            # One attempt cannot be reordered: is_up is not asked for it, unless breakers are
+            # (asking a breaker moves it from open to half-open once its cool-down is over).
+            if len(attempts) > 1 or guarded:
+                ordered = up_first(attempts, context.is_up)
+                if ordered is not attempts:
+                    return plan if ordered == plan.attempts else RoutePlan(ordered, plan.route)
+            return allowed
+        return None
+
+    def _allowed(self, plan: RoutePlan, policy: ChannelPolicy | None) -> RoutePlan | None:
+        """The plan as the policy lets it go (its channels only, the RCS fallback's wait and
+        sender), the same plan when nothing changes, None when no attempt is left.
+
+        Remembered per (plan, policy), both immutable: a static router gives every message
+        the same plan object, so this is worked out once, not per message (rcs_senders is
+        read when a plan is first seen). At most PLAN_CACHE entries (routers that draw a new
+        plan per message, weighted or by quality, only cycle through them)."""
+        key = (id(plan), id(policy))
+        hit = self._plans.get(key)
+        if hit is not None and hit[0] is plan and hit[1] is policy:
+            return hit[2]
+        attempts = plan.attempts
+        if policy is not None:
+            allowed = policy.allowed
+            for attempt in attempts:
+                if attempt.channel not in allowed:
+                    attempts = tuple(a for a in attempts if a.channel in allowed)
+                    break
+        result: RoutePlan | None = None
+        if attempts:
             if any(a.channel == RCS for a in attempts):
                 attempts = self._rcs_fallback(attempts, policy)
-            attempts = up_first(attempts, context.is_up)
-            return plan if attempts == plan.attempts else RoutePlan(attempts, plan.route)
-        return None
+            result = plan if attempts == plan.attempts else RoutePlan(attempts, plan.route)
+        if len(self._plans) >= PLAN_CACHE:
+            self._plans.clear()
+        self._plans[key] = (plan, policy, result)
+        return result
 
     def _rcs_fallback(self, attempts: tuple[Attempt, ...], policy: ChannelPolicy | None
                       ) -> tuple[Attempt, ...]:

@@ -120,6 +120,12 @@ def read_receipt(pdu: DeliverSm | DataSm) -> OperatorReceipt | None:
     The TLVs (receipted_message_id, message_state, network_error_code) are preferred; the
     receipt text is parsed only for what they leave unknown.
     """
+    read = _read(pdu)
+    return None if read is None else OperatorReceipt(*read)
+
+
+def _read(pdu: DeliverSm | DataSm) -> tuple[str, str, int] | None:
+    """read_receipt's (smsc_id, stat, error), without the OperatorReceipt around them."""
     tlv_id = tlv_str(pdu, Tag.RECEIPTED_MESSAGE_ID)
     if (pdu.esm_class & ESM_TYPE_MASK) not in (ESM_RECEIPT, ESM_INTERMEDIATE) and tlv_id is None:
         return None
@@ -136,18 +142,20 @@ def read_receipt(pdu: DeliverSm | DataSm) -> OperatorReceipt | None:
         stat = parsed.stat if parsed is not None else STATE_TO_STAT[MessageState.UNKNOWN]
     if (pdu.esm_class & ESM_TYPE_MASK) == ESM_INTERMEDIATE:
         stat = STATE_TO_STAT[MessageState.ENROUTE]  # a progress notification, never final
-    return OperatorReceipt(smsc_id, stat, _error_code(parsed.err if parsed else None, pdu))
+    return smsc_id, stat, _error_code(parsed.err if parsed else None, pdu)
 
 
 def provider_receipt(pdu: DeliverSm | DataSm) -> ProviderReceipt | None:
     """The channel-neutral receipt a deliver_sm/data_sm carries (provider_id "" when it names
     no id: an orphan), or None for an MO."""
-    receipt = read_receipt(pdu)
-    if receipt is None:
+    read = _read(pdu)
+    if read is None:
         return None
+    smsc_id, stat, error = read
     raw = pdu.short_message if isinstance(pdu, DeliverSm) else b""
-    word = receipt.stat.upper()
-    return ProviderReceipt(receipt.smsc_id, stat_outcome(word), word, receipt.error, raw)
+    word = stat.upper()
+    return ProviderReceipt(smsc_id, STAT_TO_PART.get(word, PartState.UNDELIVERABLE), word,
+                           error, raw)
 
 
 def mobile_originated(pdu: DeliverSm | DataSm) -> MobileOriginated:
@@ -173,12 +181,9 @@ class SmsEvents(ChannelEvents, Protocol):
 
 
 def send_result(result: SubmitResult) -> SendResult:
-    return SendResult(result.smsc_id, result.status, temporary=result.temporary,
-                      rejected=result.rejected, expired=result.expired, detail=result.detail)
-
-
-def _relay(done: SendDone, result: SubmitResult) -> None:
-    done(send_result(result))
+    """The SendResult a submit_sm's result is: itself (a SubmitResult is one, its
+    provider_id the SMSC's id), so the connector's results reach `done` as they are."""
+    return result
 
 
 class SmsChannel:
@@ -219,6 +224,8 @@ class SmsChannel:
             segments = self._segments(message)
         except TextEncodingError as exc:  # e.g. more than 255 parts for this SMSC
             raise Unsendable(Status.ESME_RINVMSGLEN, str(exc)) from exc
+        if len(segments) == 1:  # the usual message
+            return [Unit(1, segments[0])]
         return [Unit(n, segment) for n, segment in enumerate(segments, 1)]
 
     def _segments(self, msg: Message) -> list[Segment]:
@@ -264,16 +271,15 @@ class SmsChannel:
         segment = unit.payload
         if not isinstance(segment, Segment):
             raise TypeError(f"not a unit this SMS channel prepared: {unit!r}")
-        self.connector.submit_nowait(self.submit_pdu(message, segment), deadline,
-                                     functools.partial(_relay, done))
+        # done takes any SendResult, so the connector's SubmitResults go to it as they are
+        self.connector.submit_nowait(self.submit_pdu(message, segment), deadline, done)
 
     async def revoke(self, message: Message, provider_id: str) -> Revoked:
         return Revoked.UNSUPPORTED
 
     # -- receipt matching -----------------------------------------------------------------------
-    def receipt_key(self, provider_id: str) -> str:
-        """The id a submitted unit is found under (see norm_id)."""
-        return norm_id(provider_id)
+    # The id a submitted unit is found under: norm_id itself (asked three times per message).
+    receipt_key = staticmethod(norm_id)
 
     def receipt_keys(self, provider_id: str, id_format: str) -> list[str]:
         """Every key a receipt's id may match under (see receipt_keys)."""

@@ -21,6 +21,7 @@ import trio
 
 from gateway import metrics, tls
 from gateway.config import SmscConfig
+from routing.channel import SendResult
 from smpp.connection import Connection, ConnectionClosed, ResponseTimeout, Turns, WindowFull
 from smpp.constants import CommandId, Status
 from smpp.pdu import (
@@ -56,20 +57,24 @@ _YIELD_EVERY = 64  # submits sent back to back before the sender lets other task
 RECENT_ERRORS = 5  # failures each connector remembers for `smsgw status`
 
 
-@dataclass(frozen=True, slots=True)
-class SubmitResult:
-    """What became of one submit_sm: accepted (smsc_id), or refused (temporary or not)."""
+class SubmitResult(SendResult):
+    """What became of one submit_sm: accepted (smsc_id), or refused (temporary or not). It is
+    the SendResult the SMS channel reports (provider_id is the SMSC's id), so the channel hands
+    it on as it is, with no copy per submit."""
 
-    smsc_id: str | None
-    status: int
-    temporary: bool = False
-    rejected: bool = False  # permanent and caused by the message itself
-    detail: str = ""
-    expired: bool = False  # not sent: the message's validity ran out while it waited
+    __slots__ = ()
+
+    def __init__(self, smsc_id: str | None, status: int, temporary: bool = False,
+                 rejected: bool = False, detail: str = "", expired: bool = False) -> None:
+        # rejected: permanent and caused by the message itself; expired: not sent, the
+        # message's validity ran out while it waited. SendResult's other fields keep their
+        # defaults (not_capable, billing: nothing an SMSC says).
+        SendResult.__init__(self, smsc_id, status, temporary=temporary, rejected=rejected,
+                            expired=expired, detail=detail)
 
     @property
-    def ok(self) -> bool:
-        return self.smsc_id is not None
+    def smsc_id(self) -> str | None:
+        return self.provider_id
 
 
 def classify(status: int, smsc_id: str | None) -> SubmitResult:
@@ -147,7 +152,9 @@ class RateLimiter:
 
     def limited(self) -> bool:
         """Whether acquire() may have to wait (a rate is set, or a pause was asked for)."""
-        return self.interval > 0 or self.paused_until > trio.current_time()
+        paused_until = self.paused_until  # -inf until a pause: no clock read per submit then
+        return self.interval > 0 or (paused_until > -math.inf
+                                     and paused_until > trio.current_time())
 
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, trio.current_time() + seconds)
@@ -408,7 +415,9 @@ class SmscConnector:
             try:
                 if self.limiter.limited():
                     await self.limiter.acquire()
-                ready = await self._wait_ready()
+                # A free transmitter now (the usual case) is what _wait_ready would find first,
+                # taking the same turn, without a coroutine per submit.
+                ready = self._free_transmitter() is not None or await self._wait_ready()
                 self._queue.popleft()
                 if not ready:
                     item.done(NOT_BOUND)

@@ -60,12 +60,12 @@ class WindowFull(Exception):
 
 
 class _Waiter:
-    __slots__ = ("callback", "deadline", "name")
+    __slots__ = ("callback", "command", "deadline")
 
-    def __init__(self, deadline: float, callback: ResponseCallback, name: str) -> None:
+    def __init__(self, deadline: float, callback: ResponseCallback, command: CommandId) -> None:
         self.deadline = deadline
         self.callback = callback
-        self.name = name
+        self.command = command  # its name is read only if it times out (enum .name is slow)
 
 
 class _Reply:
@@ -234,7 +234,7 @@ class Connection:
         limit = self.response_timeout if timeout is None else timeout
         seq = self.session.send(pdu)
         deadline = trio.current_time() + limit
-        self._waiters[seq] = _Waiter(deadline, callback, pdu.command_id.name)
+        self._waiters[seq] = _Waiter(deadline, callback, pdu.command_id)
         self._arm(deadline)
         self._kick()
         return seq
@@ -584,7 +584,7 @@ class Connection:
             for seq in overdue:
                 waiter = self._waiters.get(seq)
                 if waiter is not None:
-                    self._finish(seq, None, ResponseTimeout(f"{waiter.name} seq {seq}"))
+                    self._finish(seq, None, ResponseTimeout(f"{waiter.command.name} seq {seq}"))
             if self.closed:
                 return
             if self._waiters:

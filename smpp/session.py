@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from smpp.constants import CommandId, Status
+from smpp.constants import RESPONSE_BIT, CommandId, Status
 from smpp.pdu import (
     PDU_CLASSES,
     FrameReader,
@@ -25,6 +25,10 @@ from smpp.pdu import (
 
 
 class BindState(enum.Enum):
+    # Members are singletons compared by identity: hashed by it too (Enum's own __hash__ is
+    # Python code, and these key the tables below, looked up several times per PDU).
+    __hash__ = object.__hash__
+
     OPEN = "OPEN"  # connected, not bound
     BINDING = "BINDING"  # bind_* sent or received, bind_*_resp pending
     BOUND_TX = "BOUND_TX"
@@ -36,6 +40,8 @@ class BindState(enum.Enum):
 
 class Side(enum.Enum):
     """Who sends a PDU: the ESME (client) or the SMSC (server)."""
+
+    __hash__ = object.__hash__  # as BindState's
 
     ESME = "ESME"
     SMSC = "SMSC"
@@ -93,6 +99,12 @@ TRANSITIONS: dict[tuple[BindState, CommandId, bool], BindState] = {
 }
 
 _BIND_REQUESTS = frozenset({C.BIND_TRANSMITTER, C.BIND_RECEIVER, C.BIND_TRANSCEIVER})
+# The commands that may move a session (bind, unbind and their answers): for any other PDU
+# (submit_sm, deliver_sm... the traffic) the TRANSITIONS lookup is skipped, it would miss.
+_MOVES = frozenset(cid for _state, cid, _ok in TRANSITIONS)
+# request command_id -> its response's CommandId (CommandId(x | RESPONSE_BIT) is Python code)
+_RESPONSE_OF = {C(c & ~RESPONSE_BIT): c for c in CommandId
+                if c & RESPONSE_BIT and (c & ~RESPONSE_BIT) in C._value2member_map_}
 MAX_SEQUENCE = 0x7FFFFFFF
 
 
@@ -182,9 +194,10 @@ class Session:
         Nothing changes if the PDU cannot be encoded (PduError) or is illegal (SessionError).
         """
         cid = pdu.command_id
-        if is_response(cid):
+        if cid & RESPONSE_BIT:  # is_response(), inlined: every PDU comes here
             data = encode(pdu)
-            self._transition(cid, pdu.status == 0)
+            if cid in _MOVES:
+                self._transition(cid, pdu.status == 0)
         else:
             allowed = LEGAL_REQUESTS.get((self.side, cid))
             if allowed is None or self.state not in allowed:
@@ -195,7 +208,8 @@ class Session:
             data = encode(pdu)
             self.next_sequence()
             self.outstanding[seq] = pdu
-            self._transition(cid, True)
+            if cid in _MOVES:
+                self._transition(cid, True)
         self._queue(data)
         return pdu.sequence
 
@@ -293,7 +307,7 @@ class Session:
                 self._queue_nack(exc.status, exc.sequence)
             return ProtocolViolation(exc.status, exc.detail)
         cid = pdu.command_id
-        if is_response(cid):
+        if cid & RESPONSE_BIT:
             request = self.outstanding.pop(pdu.sequence, None)
             if request is None or not _answers(request, pdu):
                 if request is not None:  # wrong kind of answer: keep waiting for the real one
@@ -303,7 +317,11 @@ class Session:
             # one whose command_status says 0 (it is handed up as ESME_RSYSERR)
             if cid == CommandId.GENERIC_NACK and pdu.status == 0:
                 pdu.status = Status.ESME_RSYSERR
-            self._transition(CommandId(request.command_id | 0x80000000), pdu.status == 0)
+            answered = _RESPONSE_OF.get(request.command_id)
+            if answered is None:
+                answered = CommandId(request.command_id | RESPONSE_BIT)
+            if answered in _MOVES:
+                self._transition(answered, pdu.status == 0)
             return ResponseReceived(request, pdu)
         allowed = LEGAL_REQUESTS.get((self.peer, cid))
         if allowed is None or self.state not in allowed:
@@ -318,7 +336,8 @@ class Session:
             self._reject(pdu, status)
             return ProtocolViolation(
                 status, f"{cid.name} from {self.peer.value} not allowed in {self.state.value}")
-        self._transition(cid, True)
+        if cid in _MOVES:
+            self._transition(cid, True)
         return RequestReceived(pdu)
 
     def _reject(self, pdu: Pdu, status: int) -> None:

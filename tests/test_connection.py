@@ -222,6 +222,17 @@ async def test_rate_limiter_spaces_submits_evenly(clock: trio.testing.MockClock)
     assert trio.current_time() - before == pytest.approx(1.0)
 
 
+async def test_an_unlimited_rate_is_limited_only_while_a_pause_lasts(
+        clock: trio.testing.MockClock) -> None:
+    limiter = RateLimiter(0)
+    assert not limiter.limited()
+    limiter.pause(1.0)  # e.g. the SMSC said ESME_RTHROTTLED
+    assert limiter.limited()
+    await trio.sleep(1.5)
+    assert not limiter.limited()
+    assert RateLimiter(10).limited()  # a rate: acquire() may always have to wait
+
+
 def test_turns_go_round_the_pool_skipping_connections_that_cannot_take_a_request() -> None:
     class Fake:
         def __init__(self, name: str, slots: int = 1, closed: bool = False,

@@ -7,14 +7,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from io import StringIO
 from pathlib import Path
 
 import pytest
+import structlog
 import trio
 import trio.testing
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
+from gateway import logs
+from gateway import reporter as reporter_module
 from gateway.clock import WallClock
 from gateway.model import Report, ReportKind, new_message_id
 from gateway.reporter import Reporter
@@ -267,3 +271,26 @@ async def test_a_refused_report_is_kept_and_sent_again(
         assert upstream.received == [reports[0].message_id] * 2
         await wait_until(lambda: reporter.pending_count("acme") == 0)
         assert upstream.gateway_side is not None and not upstream.gateway_side.closed
+
+
+@pytest.mark.parametrize("level, logged", [("info", True), ("warning", False)])
+async def test_each_delivered_report_is_logged_at_info_also_once_the_logger_is_cached(
+        level: str, logged: bool, tmp_path: Path, clock: trio.testing.MockClock,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fresh proxy: the one cached here must not outlive the test.
+    monkeypatch.setattr(reporter_module, "log", structlog.get_logger("gateway.reporter"))
+    monkeypatch.setattr(reporter_module, "_quiet_bind", None)
+    buffer = StringIO()
+    logs.configure(level, file=buffer, cache=True)  # as the daemon configures it
+    try:
+        async with running_reporter(tmp_path / "gw.sqlite") as (store, reporter, nursery):
+            reports = await store_reports(store, 3)
+            reporter.add_many(reports)
+            upstream = Upstream(lambda _pdu: 0)
+            await bind(nursery, reporter, upstream)
+            await wait_until(lambda: reporter.pending_count("acme") == 0)
+    finally:
+        structlog.reset_defaults()
+    delivered = [line for line in buffer.getvalue().splitlines() if "report.delivered" in line]
+    assert len(delivered) == (3 if logged else 0)
+    assert all(r.message_id in "".join(delivered) for r in reports) is logged

@@ -15,6 +15,7 @@ from routing.breaker import BreakerOptions, Breakers
 from routing.core import Attempt, RoutePlan, RoutingContext
 from routing.quality import QualityOptions, QualityTracker
 from routing.routers import (
+    PLAN_CACHE,
     ChannelPolicy,
     FilteredRouter,
     MessageFilter,
@@ -335,3 +336,47 @@ def test_an_rcs_attempt_with_nothing_after_it_gets_no_wait_and_a_router_timeout_
     plan = timed.plan(message(account="omni"), CTX)
     assert plan is not None and plan.attempts[0].timeout == 5.0
     assert plan.attempts[1].sender == ""  # no sender mapped to this agent: the message's own
+
+
+def test_the_same_router_plan_goes_under_each_accounts_own_policy_every_time() -> None:
+    # the chain remembers a plan as each policy lets it go: one account's must never leak
+    chain = PolicyChain([OMNI], {"a": ChannelPolicy(frozenset({"rcs", "sms"})),
+                                 "b": ChannelPolicy(frozenset({"sms"}), voice=True)},
+                        default=ChannelPolicy())
+    expected = {"a": ["rbm", "opA"], "b": ["voice", "opA"], "c": ["opA"]}
+    for account in ["a", "b", "c", "b", "a", "c", "a"]:
+        assert connectors(chain.plan(message(account=account), CTX)) == expected[account]
+
+
+def test_a_remembered_plan_still_puts_the_connectors_down_now_last() -> None:
+    chain = PolicyChain([StaticRouter("p", [SMS_A, SMS_B])], default=ChannelPolicy())
+    down: set[str] = set()
+    ctx = RoutingContext(0.0, lambda name: name not in down)
+    for now_down, order in [(set(), ["opA", "opB"]), ({"opA"}, ["opB", "opA"]),
+                            (set(), ["opA", "opB"]), ({"opB"}, ["opA", "opB"])]:
+        down.clear()
+        down.update(now_down)
+        assert connectors(chain.plan(message(), ctx)) == order
+
+
+def test_a_single_attempt_plan_still_asks_a_breaker_that_is_not_closed() -> None:
+    # asking an open breaker whose cool-down is over makes it half-open (and says so)
+    changes: list[str] = []
+    breakers = Breakers(["opA"], BreakerOptions(failures=1, cooldown=10.0),
+                        on_change=lambda name, old, new, now: changes.append(new.value))
+    breakers["opA"].failure(0.0)
+    chain = PolicyChain([DEFAULT], breakers=breakers)
+    assert connectors(chain.plan(message(), RoutingContext(20.0))) == ["opA"]
+    assert changes == ["open", "half_open"]
+
+
+def test_plans_drawn_per_message_keep_the_chains_memory_bounded() -> None:
+    router = WeightedRouter("w", [SMS_A, SMS_B], rng=random.Random(7))
+    chain = PolicyChain([router], default=ChannelPolicy())
+    seen = Counter()
+    for _ in range(2 * PLAN_CACHE + 10):
+        plan = chain.plan(message(), CTX)
+        assert plan is not None and sorted(connectors(plan) or []) == ["opA", "opB"]
+        seen[plan.attempts[0].connector] += 1
+        assert len(chain._plans) <= PLAN_CACHE
+    assert seen["opA"] > PLAN_CACHE // 2 and seen["opB"] > PLAN_CACHE // 2

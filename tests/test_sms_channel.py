@@ -26,7 +26,7 @@ from routing.channel import (
     Unsendable,
 )
 from routing.sms import Parked, SmsChannel, receipt_keys
-from routing.smsc import Answer, SmscConnector, classify
+from routing.smsc import Answer, SmscConnector, SubmitResult, classify
 from smpp.constants import Status
 from smpp.pdu import Pdu
 from smpp.smpptime import parse_smpp_time
@@ -198,6 +198,19 @@ def test_permanent_refusals_say_whether_the_message_is_at_fault(status: int,
     result = send_result(classify(status, None))
     assert not result.ok and not result.temporary and result.rejected is rejected
     assert result.status == status
+
+
+def test_a_submit_result_is_the_send_result_of_its_unit_field_for_field() -> None:
+    from routing.sms import send_result
+
+    accepted = classify(Status.ESME_ROK, "0A1B")
+    assert send_result(accepted) is accepted  # handed on as it is, no copy per submit
+    assert isinstance(accepted, SendResult) and accepted.ok
+    assert (accepted.provider_id, accepted.smsc_id, accepted.status) == ("0A1B", "0A1B", 0)
+    late = SubmitResult(None, Status.ESME_RINVEXPIRY, detail="validity over", expired=True)
+    assert not late.ok and late.expired and late.detail == "validity over"
+    assert not (late.temporary or late.rejected or late.not_capable)
+    assert SubmitResult("x", 0) == SubmitResult("x", 0) != SubmitResult("y", 0)
 
 
 async def test_receipts_become_provider_receipts_with_the_outcome_of_their_stat(

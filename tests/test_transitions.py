@@ -4,6 +4,7 @@ history (written with its next store call) and the store counts it once committe
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import trio
 import trio.testing
 from prometheus_client import REGISTRY
 
-from gateway import transitions
+from gateway import logs, transitions
 from gateway.model import FINAL_STATES, Event, Message, State
 from routing.channel import RCS
 from routing.core import Attempt
@@ -84,3 +85,37 @@ def test_a_move_is_logged() -> None:
         transitions.move(msg, "not_capable", Q, 1.0)
     assert {"event": "message.transition", "message_id": "m1", "kind": "not_capable",
             "from_state": F, "to_state": Q, "log_level": "debug"} in logs
+
+
+@pytest.mark.parametrize("level, logged", [("debug", True), ("info", False)])
+def test_a_move_is_logged_at_debug_only_also_once_the_logger_is_cached(
+        level: str, logged: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fresh proxy: the one cached here must not outlive the test.
+    monkeypatch.setattr(transitions, "log", structlog.get_logger("gateway.transitions"))
+    monkeypatch.setattr(transitions, "_quiet_bind", None)
+    buffer = io.StringIO()
+    logs.configure(level, file=buffer, cache=True)  # as the daemon configures it
+    try:
+        for n in range(3):  # the later moves use the logger cached by the first
+            transitions.move(a_message(F), "not_capable", Q, float(n))
+    finally:
+        structlog.reset_defaults()
+    lines = buffer.getvalue().splitlines()
+    assert len(lines) == (3 if logged else 0)
+    assert all('"message.transition"' in line and '"debug"' in line for line in lines)
+
+
+def test_a_reconfigured_level_applies_to_the_next_move_when_loggers_are_not_cached(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transitions, "log", structlog.get_logger("gateway.transitions"))
+    monkeypatch.setattr(transitions, "_quiet_bind", None)
+    buffer = io.StringIO()
+    try:
+        logs.configure("info", file=buffer, cache=False)
+        transitions.move(a_message(F), "not_capable", Q, 1.0)
+        logs.configure("debug", file=buffer, cache=False)
+        transitions.move(a_message(F), "not_capable", Q, 2.0)
+    finally:
+        structlog.reset_defaults()
+    [line] = buffer.getvalue().splitlines()
+    assert '"message.transition"' in line
