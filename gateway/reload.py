@@ -17,7 +17,7 @@ import trio
 
 from gateway import lifecycle, metrics, sdnotify
 from gateway.config import ConfigError, GatewayConfig, connectors_by_kind, load_config
-from gateway.routing_setup import Routing, build_routing, export_breakers
+from gateway.routing_setup import Routing, build_routing, carry_over, export_breakers
 from gateway.server import UPSTREAM_BIND_MODES, TokenBucket, account_state
 from gateway.tls import TlsFileError
 from gateway.webhooks import endpoints, mo_by_webhook
@@ -129,6 +129,8 @@ async def reload(running: Running) -> Outcome:
                 return _refused(source, problem)
             # Build everything that can fail before changing anything.
             routing = build_routing(new)
+            if running.routing is not None:
+                carry_over(running.routing, old, routing, new)
             smscs = _smsc_changes(running, new)
             screening = running.screening
             index = screening.reconfigure(new.rules) if screening is not None else None

@@ -142,3 +142,18 @@ def build_routing(config: GatewayConfig, *, on_breaker_change: OnChange | None =
     backoff = Backoff(initial=retry.initial_delay, cap=retry.max_delay,
                       multiplier=retry.multiplier, jitter=retry.jitter)
     return Routing(chain, breakers, limiter, backoff, tuple(trackers))
+
+
+def carry_over(old: Routing, old_config: GatewayConfig, new: Routing,
+               new_config: GatewayConfig) -> None:
+    """A reload's new routing keeps what the running one learnt where its settings did not
+    change: breaker states (an open breaker stays open), sender-limit tokens, and the
+    receipts a quality router of the same name measured."""
+    new.breakers.adopt(old.breakers)
+    new.limiter.adopt(old.limiter)
+    before = {rc.name: i for i, rc in enumerate(
+        rc for rc in old_config.routers if rc.type == "quality")}
+    now_quality = [rc.name for rc in new_config.routers if rc.type == "quality"]
+    for name, tracker in zip(now_quality, new.trackers, strict=True):
+        if name in before:
+            tracker.adopt(old.trackers[before[name]])

@@ -83,6 +83,13 @@ class CircuitBreaker:
         self.failed_at: float | None = None  # when the last failure counted was reported
         self.probes_out = 0  # probes admitted while half-open, outcome not known yet
 
+    def adopt(self, other: CircuitBreaker) -> None:
+        """Take over the state of the breaker this one replaces (a reload with the same
+        options): an open breaker stays open, its cool-down and counts stand."""
+        self._state, self.consecutive_failures = other._state, other.consecutive_failures
+        self.opened_at, self.changed_at = other.opened_at, other.changed_at
+        self.failed_at, self.probes_out = other.failed_at, other.probes_out
+
     def _fire(self, event: BreakerEvent, now: float) -> None:
         old = self._state
         new = TRANSITIONS[(old, event)]  # a missing transition is a bug: KeyError
@@ -176,6 +183,16 @@ class Breakers:
 
     def __getitem__(self, name: str) -> CircuitBreaker:
         return self.by_name[name]
+
+    def adopt(self, other: Breakers) -> None:
+        """Keep the state of `other`'s breakers (the running ones a reload replaces) for the
+        connectors whose options did not change; the others start closed."""
+        for name, breaker in self.by_name.items():
+            old = other.by_name.get(name)
+            if old is not None and old.options == breaker.options:
+                breaker.adopt(old)
+                if breaker._state is not BreakerState.CLOSED:
+                    self.not_closed.add(name)
 
     def available(self, name: str, now: float) -> bool:
         """False only for a known connector whose breaker refuses attempts now."""

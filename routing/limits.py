@@ -79,6 +79,14 @@ class SenderLimiter:
     def __bool__(self) -> bool:
         return bool(self._buckets)
 
+    def adopt(self, other: SenderLimiter) -> None:
+        """Keep the tokens of `other`'s buckets (the running limiter a reload replaces) for
+        the limits whose rate and burst did not change: a reload refills nobody's burst."""
+        for key, bucket in self._buckets.items():
+            old = other._buckets.get(key)
+            if old is not None and (old.rate, old.burst) == (bucket.rate, bucket.burst):
+                bucket.tokens, bucket.last = old.tokens, old.last
+
     def delay_for(self, connector: str, sender: str, now: float) -> float:
         """Seconds until a message of `sender` may go through `connector`; 0 means go now, and
         then one token is taken from each limit that applies."""

@@ -87,6 +87,12 @@ class QualityTracker:
         self._prefix_len = int(digits) if digits else 0
         self._samples: dict[tuple[str, str], deque[_Sample]] = {}
 
+    def adopt(self, other: QualityTracker) -> None:
+        """Keep the receipts `other` (the tracker a reload replaces) measured, when it
+        measured the same way (same options)."""
+        if other.options == self.options:
+            self._samples = other._samples
+
     def group(self, destination: str) -> str:
         """The destination group of an address: its calling code, or its first N digits."""
         digits = normalise_digits(destination)

@@ -29,7 +29,7 @@ from gateway.config import (
     check,
 )
 from gateway.model import Message, State
-from gateway.routing_setup import build_routing
+from gateway.routing_setup import build_routing, carry_over
 from gateway.simulator import SmscSimulator
 from routing.backoff import Backoff
 from routing.core import Attempt, RoutePlan, RoutingContext
@@ -140,6 +140,34 @@ def test_sender_limits_backoff_and_quality_trackers_are_built() -> None:
     routing.observe("opA", "33612345678", False, None, 0.0)
     assert tracker.counts("opA", "33000", 0.0) == (0, 1)
     assert tracker.options.floor == 0.2 and tracker.options.group_by == "prefix:2"
+
+
+def test_a_reload_keeps_what_the_routing_learnt_where_its_settings_did_not_change() -> None:
+    """Rule: a reload does not close an open breaker, refill a sender's burst or forget a
+    quality router's receipts, unless their own settings changed."""
+    routers = (RouterConfig("q", "quality", channels=(("sms", "opA"), ("sms", "opB"))),)
+    limits = (SenderLimitConfig("ACME", 1.0, 1, "opA"),)
+    before = config(routers=routers, sender_limits=limits)
+    running = build_routing(before)
+    running.breakers["opB"].failure(5.0)  # opB's breaker trips at its first failure
+    assert running.limiter.delay_for("opA", "ACME", 5.0) == 0.0  # its one token taken
+    running.observe("opA", "33612345678", False, None, 5.0)
+    # a reload changing only an account's channels
+    after = dataclasses.replace(before, accounts={
+        **before.accounts, "acme": AccountConfig("acme", HASH, channels=("sms", "rcs"))})
+    routing = build_routing(after)
+    carry_over(running, before, routing, after)
+    assert routing.breakers.available("opB", 6.0) is False  # still open
+    assert routing.limiter.delay_for("opA", "ACME", 5.0) > 0  # no new burst
+    assert routing.trackers[0].counts("opA", "33612345678", 6.0) == (0, 1)
+    # changed settings start afresh: opB's breaker options, the sender's rate
+    changed = config(routers=routers, smscs={"opA": smsc("opA"), "opB": smsc(
+        "opB", breaker=BreakerConfig(2, 10.0, 1))},
+        sender_limits=(SenderLimitConfig("ACME", 2.0, 1, "opA"),))
+    fresh = build_routing(changed)
+    carry_over(running, before, fresh, changed)
+    assert fresh.breakers.available("opB", 6.0) is True
+    assert fresh.limiter.delay_for("opA", "ACME", 5.0) == 0.0
 
 
 class EvenRouter:
