@@ -484,15 +484,18 @@ class Dispatcher:
         plan = self.router.plan(msg, RoutingContext(now, functools.partial(self._is_up, now)))
         if plan is None or not plan.attempts:
             raise NoRoute(msg.dest_addr)
-        attempts = [a for a in plan.attempts if a.connector not in live.incapable
-                    and not (live.left_rcs and a.channel == RCS)]
-        if not attempts:
-            raise NotCapable(msg.dest_addr)
-        fresh = [a for a in attempts if a.connector not in live.tried]
-        if not fresh:  # every connector of the plan was tried: a new round, in plan order
-            live.tried.clear()
-            fresh = attempts
-        for attempt in fresh + [a for a in attempts if a not in fresh]:
+        order: Sequence[Attempt] = plan.attempts  # the usual case: a message's first attempt
+        if live.incapable or live.tried or live.left_rcs:
+            attempts = [a for a in plan.attempts if a.connector not in live.incapable
+                        and not (live.left_rcs and a.channel == RCS)]
+            if not attempts:
+                raise NotCapable(msg.dest_addr)
+            fresh = [a for a in attempts if a.connector not in live.tried]
+            if not fresh:  # every connector of the plan was tried: a new round, in plan order
+                live.tried.clear()
+                fresh = attempts
+            order = fresh + [a for a in attempts if a not in fresh]
+        for attempt in order:
             channel = self.channels.get(attempt.connector)
             if channel is not None and channel.kind == attempt.channel and self._up(channel, now):
                 return channel, attempt
