@@ -337,9 +337,16 @@ class Dispatcher:
                 if part.state is PartState.SUBMITTED and part.smsc_id:
                     self._register(live, part)
             self._own(live)
+            if msg.channel and msg.channel != RCS and msg.attempts:
+                live.left_rcs = True  # another channel was tried: never RCS again
             if msg.state is State.IN_FLIGHT and live.parts and all(
                     p.state is not PartState.PENDING for p in live.parts):
-                self._watch(live, msg.expires_at)  # only its expiry is left to watch
+                # its receipts, or its expiry; an attempt with a timeout (RCS waiting for its
+                # delivered event) gets that timeout again from now: its fallback still goes
+                timeout = self._resumed_timeout(live)
+                if timeout is not None:
+                    live.timeout_at = self.clock.now() + timeout
+                self._watch(live, min(live.timeout_at or msg.expires_at, msg.expires_at))
             else:
                 if msg.state is State.IN_FLIGHT:  # interrupted attempt: its pending parts go again
                     transitions.move(
@@ -348,6 +355,18 @@ class Dispatcher:
                          or len(live.parts)}, into=live.events)
                 self._schedule(live, max(msg.next_attempt_at, msg.not_before))
         return len(messages)
+
+    def _resumed_timeout(self, live: Live) -> float | None:
+        """The timeout of the plan's attempt a resumed in-flight message was on, if any and
+        another attempt follows it (after a restart, its wait starts again)."""
+        msg = live.msg
+        plan = self.router.plan(msg, RoutingContext(self.clock.now()))
+        if plan is None:
+            return None
+        for i, attempt in enumerate(plan.attempts):
+            if attempt.connector == msg.connector and i + 1 < len(plan.attempts):
+                return attempt.timeout
+        return None
 
     # -- the scheduling loop ----------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -204,3 +204,29 @@ async def test_an_attempt_that_cannot_be_withdrawn_still_fails_over_with_its_ris
         [timeout] = [e for e in await h.store.events_of(msg.id) if e.kind == "timeout"]
     assert timeout.detail["revoked"] == ["unsupported"]
     assert timeout.detail["duplicate_risk"] == "not every unit could be withdrawn"
+
+
+async def test_after_a_restart_an_rcs_attempt_waiting_for_its_outcome_still_falls_back(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    """Rule: the RCS wait survives a restart: a message whose RCS attempt was in flight is
+    given its timeout again when the gateway starts, then revoked and sent as SMS (not left
+    waiting until its validity ends)."""
+    first_rbm = ScriptedChannel("rbm")
+    async with trio.open_nursery() as nursery, harness(
+            tmp_path, {"opA": ScriptedSmsc("opA")}, nursery, others={"rbm": first_rbm},
+            router=RCS_THEN_SMS) as h:
+        msg = h.message()
+        await h.submit(msg)
+        with trio.fail_after(HOUR):  # stored in flight, its RCS unit taken
+            while [p.state for p in await h.store.get_parts(msg.id)] != [PartState.SUBMITTED]:
+                await trio.sleep(1)
+    rbm, smsc = ScriptedChannel("rbm"), ScriptedSmsc("opA")
+    async with trio.open_nursery() as nursery, harness(
+            tmp_path, {"opA": smsc}, nursery, others={"rbm": rbm}, router=RCS_THEN_SMS) as h:
+        started = trio.current_time()
+        with trio.fail_after(HOUR):
+            while not smsc.sent:
+                await trio.sleep(1)
+        assert rbm.sent == []  # RCS is not sent again
+        assert [provider_id for _, provider_id in rbm.revoked] == ["rbm-1"]
+        assert 60.0 <= smsc.sent[0][0] - started < 120.0  # after the wait, not the validity
