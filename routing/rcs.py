@@ -21,6 +21,7 @@ from typing import Any, Final, Protocol
 from urllib.parse import quote
 
 import httpx
+import structlog
 import trio
 
 from gateway.model import Message, PartState
@@ -52,6 +53,8 @@ CONVERSATION_WINDOW: Final = 24 * 3600.0
 MAX_TTL: Final = 15 * 24 * 3600.0  # RBM refuses a ttl / expireTime beyond 15 days
 SCOPE: Final = "https://www.googleapis.com/auth/rcsbusinessmessaging"
 JWT_BEARER: Final = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+
+log = structlog.get_logger("routing.rcs")
 
 
 def billing_class(text: str, replied_at: float | None, now: float) -> str:
@@ -110,13 +113,28 @@ class ServiceAccount:
     def grant(self, token_url: str, now: float) -> dict[str, str]:
         return {"grant_type": JWT_BEARER, "assertion": self.assertion(token_url, now)}
 
-    def assertion(self, audience: str, now: float) -> str:
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import padding, rsa
+    def signing_key(self) -> Any:
+        """The private key (an RSAPrivateKey); ValueError when private_key is not an
+        unencrypted PEM RSA private key."""
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
 
-        key = serialization.load_pem_private_key(self.private_key_pem.encode(), password=None)
+        try:
+            key = serialization.load_pem_private_key(self.private_key_pem.encode(),
+                                                     password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            raise ValueError("the service account's private_key is not a usable PEM private "
+                             f"key (unencrypted RSA expected): {exc}") from None
         if not isinstance(key, rsa.RSAPrivateKey):
             raise ValueError("the service account's private_key is not an RSA key")
+        return key
+
+    def assertion(self, audience: str, now: float) -> str:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        key = self.signing_key()
         header: dict[str, str] = {"alg": "RS256", "typ": "JWT"}
         if self.key_id:
             header["kid"] = self.key_id
@@ -137,8 +155,8 @@ def _b64url_json(obj: dict[str, Any]) -> str:
 
 def load_credentials(path: str | Path) -> Credentials:
     """Read an agent's credentials file (JSON): a Google service-account key ("type":
-    "service_account", client_email, private_key), or {"client_id", "client_secret"}.
-    ValueError names the file and what is wrong."""
+    "service_account", client_email, private_key: its PEM RSA key is parsed here), or
+    {"client_id", "client_secret"}. ValueError names the file and what is wrong."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -151,7 +169,12 @@ def load_credentials(path: str | Path) -> Credentials:
             raise ValueError(f"{path}: a service account key needs client_email and "
                              "private_key (strings)")
         kid = data.get("private_key_id")
-        return ServiceAccount(email, key, key_id=kid if isinstance(kid, str) else None)
+        account = ServiceAccount(email, key, key_id=kid if isinstance(kid, str) else None)
+        try:
+            account.signing_key()  # a bad key is refused now, not at the first token request
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        return account
     cid, secret = data.get("client_id"), data.get("client_secret")
     if isinstance(cid, str) and isinstance(secret, str) and cid and secret:
         return ClientSecret(cid, secret)
@@ -464,12 +487,24 @@ class RcsChannel:
         self.nursery.start_soon(self._send, payload, deadline, done)
 
     async def _send(self, payload: RcsPayload, deadline: float, done: SendDone) -> None:
-        result = SendResult(None, Status.ESME_RINVEXPIRY, expired=True,
-                            detail="validity ran out before RBM took it")
+        """One send task: `done` is called exactly once, whatever happens; an unexpected
+        error fails this send (temporary), never the channel or the gateway."""
+        result: SendResult | None = None
         message_id = str(uuid.uuid4())
-        with trio.move_on_at(deadline):
-            result = await self._attempt(payload, deadline, message_id)
-        done(result)
+        try:
+            with trio.move_on_at(deadline) as scope:
+                result = await self._attempt(payload, deadline, message_id)
+            if scope.cancelled_caught:
+                result = SendResult(None, Status.ESME_RINVEXPIRY, expired=True,
+                                    detail="validity ran out before RBM took it")
+        except Exception as exc:  # a bug or a bad credential fails this send only
+            log.exception("rcs.send_error", connector=self.name, rbm_message_id=message_id)
+            result = SendResult(None, Status.ESME_RSYSERR, temporary=True,
+                                detail=f"RCS channel error: {type(exc).__name__}: {exc}")
+        finally:
+            done(result if result is not None else SendResult(
+                None, Status.ESME_RSYSERR, temporary=True,
+                detail=f"stopped while sending {message_id} (RBM may have taken it)"))
 
     async def _attempt(self, payload: RcsPayload, deadline: float,
                        message_id: str) -> SendResult:

@@ -87,6 +87,39 @@ def test_rcs_needs_readable_credentials(tmp_path: Path) -> None:
     assert "expected a Google service account key" in msg
 
 
+def service_account(tmp_path: Path, private_key: str) -> Path:
+    path = tmp_path / "sa.json"
+    path.write_text(json.dumps({"type": "service_account", "private_key": private_key,
+                                "client_email": "agent@example.iam.gserviceaccount.com"}))
+    return path
+
+
+def test_a_service_account_key_is_parsed_at_load_and_a_bad_one_refused(tmp_path: Path) -> None:
+    """Rule: a private key that does not parse is a config error naming the file and key,
+    not a crash at the first send."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    def pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption()).decode()
+
+    def group(path: Path) -> str:
+        return f'[[rcs]]\nname = "rbm"\nagent_id = "a"\ncredentials_file = "{path}"\n'
+
+    good = service_account(tmp_path, pem(rsa.generate_private_key(65537, 2048)))
+    assert load_config(write(tmp_path, MINIMAL + group(good))).rcs["rbm"].credentials_file \
+        == good
+    bad = service_account(tmp_path, "-----BEGIN PRIVATE KEY-----\nbm9wZQ==\n"
+                                    "-----END PRIVATE KEY-----\n")
+    msg = error_of(tmp_path, MINIMAL + group(bad))
+    assert f'rcs "rbm".credentials_file: {bad}: the service account\'s private_key is not a ' \
+        'usable PEM private key' in msg
+    not_rsa = service_account(tmp_path, pem(ec.generate_private_key(ec.SECP256R1())))
+    msg = error_of(tmp_path, MINIMAL + group(not_rsa))
+    assert f"{not_rsa}: the service account's private_key is not an RSA key" in msg
+
+
 def test_rcs_refuses_a_base_url_that_is_not_an_http_url(tmp_path: Path) -> None:
     msg = error_of(tmp_path, MINIMAL + rcs(tmp_path, 'base_url = "ftp://x"\n'))
     assert 'rcs "rbm".base_url: expected an absolute http:// or https:// URL' in msg

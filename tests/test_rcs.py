@@ -22,6 +22,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from structlog.testing import capture_logs
 
 from gateway.http_api import serve_http
 from gateway.model import Message, PartState
@@ -181,6 +182,28 @@ async def test_a_service_account_signs_a_jwt_bearer_grant_the_platform_verifies(
             await r.client.token()
         result = await r.send(message())
         assert result.temporary and not result.ok
+
+
+async def test_an_unexpected_error_in_a_send_fails_that_send_once_not_the_gateway() -> None:
+    """Rule: a send task lets no exception escape into the nursery it runs in (the daemon's
+    root one): a service-account key that does not parse (ValueError when the JWT is signed)
+    gives one temporary failure, logged with its traceback, and the channel goes on."""
+    broken = ServiceAccount("agent@example.iam.gserviceaccount.com", "not a PEM key")
+    async with rig(broken) as r:
+        results: list[SendResult] = []
+        msg = message()
+        with capture_logs() as logs:
+            r.channel.submit_nowait(msg, r.channel.prepare(msg)[0], trio.current_time() + 60,
+                                    results.append)
+            await until(lambda: bool(results))
+            await trio.sleep(1)
+        assert len(results) == 1  # done() exactly once
+        assert results[0].temporary and not results[0].ok
+        assert "ValueError" in results[0].detail and "private_key" in results[0].detail
+        errors = [e for e in logs if e["event"] == "rcs.send_error"]
+        assert errors and errors[0]["log_level"] == "error" and errors[0]["exc_info"]
+        r.client.credentials = ClientSecret("smsgw", "smsgw-secret")
+        assert (await r.send(message())).ok  # the channel (and its nursery) still works
 
 
 async def test_wrong_client_credentials_make_sends_temporary_failures() -> None:
