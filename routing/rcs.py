@@ -206,7 +206,8 @@ class RbmError(Exception):
 
 
 class TokenError(Exception):
-    """The token URL refused the credentials or answered something that is not a token."""
+    """The token URL refused the credentials, answered something that is not a token, or did
+    not answer (the API call that wanted the token was then not made)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +251,12 @@ class RbmClient:
             if self._token is not None and trio.current_time() < self._token_until:
                 return self._token
             form = self.credentials.grant(self.token_url, self.wall_clock())
-            response = await self.http.post(self.token_url, data=form, timeout=self.timeout)
+            try:
+                response = await self.http.post(self.token_url, data=form,
+                                                timeout=self.timeout)
+            except httpx.HTTPError as exc:  # not the API call's own failure: nothing was sent
+                raise TokenError(f"no answer from the token URL: {type(exc).__name__}: "
+                                 f"{exc}") from None
             if response.status_code != 200:
                 raise TokenError(f"token URL answered {response.status_code}: "
                                  f"{response.text[:200]}")
@@ -388,6 +394,10 @@ def send_failure(exc: Exception) -> SendResult:
 
 
 # --------------------------------------------------------------------------- the channel
+# Transport errors that mean the request never left: no connection was made (refused, no
+# route, timed out connecting, no free connection in the pool). RBM cannot have that send.
+NOT_SENT: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
 @dataclass(frozen=True, slots=True)
 class RcsPayload:
     """A Unit's payload on this channel: the phone (E.164) and the text to send."""
@@ -519,29 +529,38 @@ class RcsChannel:
         try:
             await self.client.send(payload.msisdn, message_id, payload.text,
                                    deadline - trio.current_time())
+        except NOT_SENT as exc:
+            return send_failure(exc)  # no connection: RBM cannot have it
         except httpx.TransportError as exc:
-            # No answer: RBM may have taken it. Revoke that id so it cannot arrive after the
-            # core falls back; a 404 here means RBM never had it or already delivered it.
-            return SendResult(None, Status.ESME_RSYSERR, temporary=True,
-                              detail=f"no answer from RBM ({type(exc).__name__}); "
-                                     f"{await self._withdraw(payload, message_id)}")
+            return await self._unanswered(payload, message_id, billing, exc)
         except (RbmError, TokenError, httpx.HTTPError) as exc:
             return send_failure(exc)
         return SendResult(message_id, detail=f"billing={billing}", billing=billing)
 
-    async def _withdraw(self, payload: RcsPayload, message_id: str) -> str:
+    async def _unanswered(self, payload: RcsPayload, message_id: str, billing: str,
+                          exc: Exception) -> SendResult:
+        """No answer to the send: RBM may have taken it. Its id is revoked at once; only a
+        revoke answered 200 (REVOKED: it can never arrive) is a temporary failure the core
+        may fall back from. Answered 404 (delivered already, or never taken: RBM does not
+        say which) or not at all, it is taken under its id: its DELIVERED event is matched,
+        and the core's own wait and revoke decide on a fallback, as for an answered send."""
+        outcome, said = await self._revoke(payload.msisdn, message_id)
+        note = f"no answer from RBM to the send ({type(exc).__name__}); {said}"
+        if outcome is Revoked.REVOKED:
+            return SendResult(None, Status.ESME_RSYSERR, temporary=True, detail=note)
+        return SendResult(message_id, detail=f"billing={billing}; {note}", billing=billing)
+
+    async def _revoke(self, msisdn: str, message_id: str) -> tuple[Revoked, str]:
         try:
-            revoked = await self.client.revoke(payload.msisdn, message_id)
-        except (RbmError, TokenError, httpx.HTTPError) as exc:
-            return f"revoke of {message_id} failed: {exc}"
-        return f"revoke of {message_id}: {'revoked' if revoked else 'not found'}"
+            revoked = await self.client.revoke(msisdn, message_id)
+        except (RbmError, TokenError, httpx.HTTPError, ValueError) as exc:
+            return Revoked.FAILED, f"revoke of {message_id} failed: {exc}"
+        if revoked:
+            return Revoked.REVOKED, f"revoke of {message_id}: revoked"
+        return Revoked.DELIVERED, f"revoke of {message_id}: not found (delivered)"
 
     async def revoke(self, message: Message, provider_id: str) -> Revoked:
-        try:
-            revoked = await self.client.revoke(message.dest_addr, provider_id)
-        except (RbmError, TokenError, httpx.HTTPError, ValueError):
-            return Revoked.FAILED
-        return Revoked.REVOKED if revoked else Revoked.DELIVERED
+        return (await self._revoke(message.dest_addr, provider_id))[0]
 
 
 # --------------------------------------------------------------------------- the webhook

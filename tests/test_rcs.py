@@ -41,6 +41,7 @@ from routing.rcs import (
     BASIC,
     CONVERSATION,
     SINGLE,
+    Capability,
     ClientSecret,
     Credentials,
     RbmClient,
@@ -318,6 +319,69 @@ async def test_a_send_left_unanswered_is_revoked_then_temporary_so_it_cannot_arr
         r.sim.set_state("+33612345678", CAPABLE)
         await trio.sleep(10)
         assert r.webhook.items == []
+
+
+async def test_a_send_left_unanswered_that_reached_the_phone_is_taken_not_a_failure(
+        clock: trio.testing.MockClock) -> None:
+    """Rule: no answer to the send and its revoke answered 404 (delivered meanwhile): the send
+    is taken under its id, so its DELIVERED event is matched and the core does not fall back
+    to SMS (the phone would get the message twice)."""
+    async with rig(phones={"+33612345678": SILENT}) as r:
+        results: list[SendResult] = []
+        msg = message()
+        r.channel.submit_nowait(msg, r.channel.prepare(msg)[0], trio.current_time() + 3600,
+                                results.append)
+        await until(lambda: bool(r.sim.messages))
+        r.sim.set_state("+33612345678", CAPABLE)  # delivered while the send's answer is lost
+        await until(lambda: bool(results))
+        (result,), (held,) = results, r.sim.messages.values()
+        assert held.state == "DELIVERED"
+        assert result.ok and result.provider_id == held.id and not result.temporary
+        assert result.billing == BASIC and "not found (delivered)" in result.detail
+        await until(lambda: bool(r.webhook.receipts(held.id)))
+        assert r.webhook.receipts(held.id)[0].outcome == PartState.DELIVERED
+
+
+async def test_a_send_left_unanswered_whose_revoke_fails_is_taken_for_the_core_to_decide(
+        clock: trio.testing.MockClock) -> None:
+    """Rule: no answer to the send and no answer to its revoke either: RBM may hold it, so it
+    is taken under its id (the core's wait, then its own revoke, decide on a fallback), not a
+    temporary failure that would send the SMS at once beside a message that may arrive."""
+    async with rig(phones={"+33612345678": SILENT}) as r:
+        results: list[SendResult] = []
+        msg = message()
+        r.channel.submit_nowait(msg, r.channel.prepare(msg)[0], trio.current_time() + 3600,
+                                results.append)
+        await until(lambda: bool(r.sim.messages))
+        r.sim.set_state("+33612345678", FAILING)  # the revoke gets 503
+        await until(lambda: bool(results))
+        (result,), (held,) = results, r.sim.messages.values()
+        assert held.state == "PENDING"
+        assert result.ok and result.provider_id == held.id and not result.temporary
+        assert f"revoke of {held.id} failed" in result.detail
+        r.sim.set_state("+33612345678", OFFLINE)
+        assert await r.channel.revoke(msg, held.id) == Revoked.REVOKED  # the core's revoke
+
+
+async def test_a_token_url_that_does_not_answer_fails_the_send_without_taking_it(
+        clock: trio.testing.MockClock) -> None:
+    """Rule: a send never made (its token did not come) is a temporary failure, never taken
+    as a send RBM may hold."""
+    async with rig() as r, trio.open_nursery() as nursery:
+        listener, = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        accepted: list[trio.SocketStream] = []
+
+        async def mute() -> None:  # accepts, never answers
+            while True:
+                accepted.append(await listener.accept())
+
+        nursery.start_soon(mute)
+        r.client.token_url = f"http://127.0.0.1:{listener.socket.getsockname()[1]}/token"
+        r.client.remember(CAPABLE_PHONE, Capability(True))
+        result = await r.send(message())
+        assert result.temporary and not result.ok and "token" in result.detail
+        assert r.sim.messages == {}
+        nursery.cancel_scope.cancel()
 
 
 async def test_the_control_endpoints_set_a_phones_fate_and_list_what_the_platform_holds(
