@@ -422,8 +422,9 @@ def message_text(message: Message) -> str:
 
 
 class RcsChannel:
-    """One RBM agent as a Channel. Sends run in the nursery given at construction; each checks
-    the phone's capability (cached), then sends with the time left until the deadline as the
+    """One RBM agent as a Channel. Sends run in the nursery given at construction, at most
+    `capacity` at once (the others wait for a slot, until their deadline); each checks the
+    phone's capability (cached), then sends with the time left until the deadline as the
     message's ttl, so RBM stops retrying an offline phone when the validity ends."""
 
     kind = RCS
@@ -436,6 +437,7 @@ class RcsChannel:
         self.client = client
         self.nursery = nursery
         self._capacity = capacity
+        self._limiter = trio.CapacityLimiter(capacity)  # sends unanswered at once, at most
         self.wall_clock = wall_clock
         self._open = True
         self._changed = trio.Event()
@@ -502,8 +504,9 @@ class RcsChannel:
         result: SendResult | None = None
         message_id = str(uuid.uuid4())
         try:
-            with trio.move_on_at(deadline) as scope:
-                result = await self._attempt(payload, deadline, message_id)
+            with trio.move_on_at(deadline) as scope:  # a free slot too is waited for until then
+                async with self._limiter:
+                    result = await self._attempt(payload, deadline, message_id)
             if scope.cancelled_caught:
                 result = SendResult(None, Status.ESME_RINVEXPIRY, expired=True,
                                     detail="validity ran out before RBM took it")

@@ -384,6 +384,31 @@ async def test_a_token_url_that_does_not_answer_fails_the_send_without_taking_it
         nursery.cancel_scope.cancel()
 
 
+async def test_max_in_flight_bounds_the_sends_unanswered_at_once(
+        clock: trio.testing.MockClock) -> None:
+    """Rule: the channel's capacity ([[rcs]] max_in_flight) is enforced: past it, a send waits
+    for a slot (until its deadline: then it is expired, never sent)."""
+    async with rig(phones={"+33612345678": SILENT}) as r:  # sends answered only by timeout
+        r.client.timeout = 1.0  # each unanswered send holds its slot 1 s (virtual)
+        channel = RcsChannel("rbm-demo", r.client, r.nursery, capacity=2)
+        assert channel.capacity == 2
+        results: list[SendResult] = []
+        for _ in range(5):
+            msg = message()
+            channel.submit_nowait(msg, channel.prepare(msg)[0], trio.current_time() + 3600,
+                                  results.append)
+        await until(lambda: len(r.sim.messages) >= 2)
+        hurried: list[SendResult] = []
+        msg = message()
+        channel.submit_nowait(msg, channel.prepare(msg)[0], trio.current_time() + 0.3,
+                              hurried.append)
+        await trio.sleep(r.client.timeout / 2)  # both slots still taken by unanswered sends
+        assert len(r.sim.messages) == 2 and results == []
+        assert [h.expired for h in hurried] == [True]  # its deadline came first
+        await until(lambda: len(results) == 5, timeout=600)
+        assert len(r.sim.messages) == 5  # the others went as slots freed
+
+
 async def test_the_control_endpoints_set_a_phones_fate_and_list_what_the_platform_holds(
         ) -> None:
     async with rig() as r, httpx.AsyncClient(
