@@ -14,6 +14,7 @@ import json
 import math
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,11 @@ CONVERSATION_WINDOW: Final = 24 * 3600.0
 MAX_TTL: Final = 15 * 24 * 3600.0  # RBM refuses a ttl / expireTime beyond 15 days
 SCOPE: Final = "https://www.googleapis.com/auth/rcsbusinessmessaging"
 JWT_BEARER: Final = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+# Phones remembered per agent, least recently used forgotten first (bounded memory, O(1) per
+# insert): capability answers (a forgotten one is asked again) and last replies (a forgotten
+# one bills its next message outside a conversation, an estimate only).
+CAPABILITY_CACHE_MAX: Final = 100_000
+REPLIED_MAX: Final = 100_000
 
 log = structlog.get_logger("routing.rcs")
 
@@ -223,13 +229,15 @@ class RbmClient:
 
     base_url: the API root ("https://rcsbusinessmessaging.googleapis.com", or a simulator);
     token_url: where tokens come from ("https://oauth2.googleapis.com/token"); capability
-    answers are kept `capability_ttl` seconds when positive, `negative_ttl` when negative.
+    answers are kept `capability_ttl` seconds when positive, `negative_ttl` when negative,
+    for `cache_max` phones at most (the least recently used forgotten first).
     """
 
     def __init__(self, http: httpx.AsyncClient, *, base_url: str, token_url: str,
                  agent_id: str, credentials: Credentials, capability_ttl: float = 3600.0,
                  negative_ttl: float | None = None, timeout: float = 10.0,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time,
+                 cache_max: int = CAPABILITY_CACHE_MAX) -> None:
         self.http = http
         self.base_url = base_url.rstrip("/")
         self.token_url = token_url
@@ -242,7 +250,9 @@ class RbmClient:
         self._token: str | None = None
         self._token_until = -math.inf
         self._token_lock = trio.Lock()
-        self._capabilities: dict[str, tuple[float, Capability]] = {}
+        self.cache_max = cache_max
+        # E.164 -> (trio time it expires, answer), least recently used first
+        self._capabilities: OrderedDict[str, tuple[float, Capability]] = OrderedDict()
 
     # ---- token
     async def token(self) -> str:
@@ -296,17 +306,23 @@ class RbmClient:
     # ---- capability
     def cached_capability(self, msisdn: str) -> Capability | None:
         """The cached answer for this phone if still fresh, else None (no request made)."""
-        hit = self._capabilities.get(e164(msisdn))
-        if hit is None or trio.current_time() >= hit[0]:
+        phone = e164(msisdn)
+        hit = self._capabilities.get(phone)
+        if hit is None:
             return None
+        if trio.current_time() >= hit[0]:
+            del self._capabilities[phone]
+            return None
+        self._capabilities.move_to_end(phone)
         return hit[1]
 
     def remember(self, msisdn: str, capability: Capability) -> None:
         ttl = self.capability_ttl if capability.capable else self.negative_ttl
-        now = trio.current_time()
-        if len(self._capabilities) > 100_000:  # bound the cache: drop what is stale
-            self._capabilities = {k: v for k, v in self._capabilities.items() if v[0] > now}
-        self._capabilities[e164(msisdn)] = (now + ttl, capability)
+        phone = e164(msisdn)
+        self._capabilities[phone] = (trio.current_time() + ttl, capability)
+        self._capabilities.move_to_end(phone)
+        while len(self._capabilities) > self.cache_max:
+            self._capabilities.popitem(last=False)
 
     async def capabilities(self, msisdn: str) -> Capability:
         """Whether this agent can reach the phone with RCS (cached; a 404 is a negative
@@ -431,7 +447,8 @@ class RcsChannel:
 
     def __init__(self, name: str, client: RbmClient, nursery: trio.Nursery, *,
                  capacity: int = 100, sender: str = "",
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time,
+                 replied_max: int = REPLIED_MAX) -> None:
         self.name = name
         self.sender = sender  # the SMS sender mapped to this agent: its users' replies go to it
         self.client = client
@@ -441,7 +458,9 @@ class RcsChannel:
         self.wall_clock = wall_clock
         self._open = True
         self._changed = trio.Event()
-        self._replied: dict[str, float] = {}  # E.164 -> UNIX time of its last message to us
+        self.replied_max = replied_max
+        # E.164 -> UNIX time of its last message to us, least recently noted first
+        self._replied: OrderedDict[str, float] = OrderedDict()
 
     def is_up(self) -> bool:
         return self._open
@@ -464,10 +483,10 @@ class RcsChannel:
     def note_reply(self, msisdn: str, at: float) -> None:
         """A phone sent this agent a message at `at` (UNIX seconds): a conversation window."""
         phone = e164(msisdn)
-        if len(self._replied) > 100_000:
-            horizon = self.wall_clock() - CONVERSATION_WINDOW
-            self._replied = {k: v for k, v in self._replied.items() if v > horizon}
         self._replied[phone] = max(at, self._replied.get(phone, at))
+        self._replied.move_to_end(phone)
+        while len(self._replied) > self.replied_max:  # the phone quiet the longest goes
+            self._replied.popitem(last=False)
 
     def reply(self, mo: MobileOriginated) -> MobileOriginated:
         """A user's reply as the core takes it: noted for the conversation window, addressed

@@ -39,7 +39,9 @@ from gateway.rbm_simulator import (
 from routing.channel import Channel, MobileOriginated, ProviderReceipt, Revoked, SendResult
 from routing.rcs import (
     BASIC,
+    CAPABILITY_CACHE_MAX,
     CONVERSATION,
+    REPLIED_MAX,
     SINGLE,
     Capability,
     ClientSecret,
@@ -243,6 +245,48 @@ async def test_a_failing_capability_check_raises_and_is_not_cached() -> None:
             await r.client.capabilities(CAPABLE_PHONE)
         assert info.value.code == 503
         assert r.client.cached_capability(CAPABLE_PHONE) is None
+
+
+def phones(count: int, start: int = 0) -> list[str]:
+    return [f"336{n:08d}" for n in range(start, start + count)]
+
+
+async def test_the_capability_cache_is_a_bounded_lru() -> None:
+    """Rule: the capability cache holds CAPABILITY_CACHE_MAX phones at most, however fresh
+    their answers: past it the least recently used is forgotten (O(1), no copy of the
+    cache), so memory stays bounded and the trio loop is never stalled."""
+    async with httpx.AsyncClient() as http:
+        client = RbmClient(http, base_url="http://127.0.0.1:9", token_url="http://127.0.0.1:9",
+                           agent_id="a", credentials=ClientSecret("a", "b"))
+        assert client.cache_max == CAPABILITY_CACHE_MAX == 100_000
+        first, *others = phones(CAPABILITY_CACHE_MAX + 10)
+        client.remember(first, Capability(True))
+        for n, phone in enumerate(others):
+            client.remember(phone, Capability(False))
+            if n == 100:
+                assert client.cached_capability(first) is not None  # used: kept longer
+        assert len(client._capabilities) == CAPABILITY_CACHE_MAX
+        assert client.cached_capability(first) == Capability(True)
+        assert client.cached_capability(others[0]) is None  # the least recently used: gone
+        assert client.cached_capability(others[-1]) == Capability(False)
+
+
+async def test_the_conversation_windows_kept_are_a_bounded_lru() -> None:
+    """Rule: the phones whose last reply the channel keeps (conversation billing) are at most
+    REPLIED_MAX, the one quiet the longest forgotten first."""
+    async with rig() as r:
+        assert r.channel.replied_max == REPLIED_MAX == 100_000
+        now = r.channel.wall_clock()
+        first, *others = phones(REPLIED_MAX + 10)
+        r.channel.note_reply(first, now)
+        for n, phone in enumerate(others):
+            r.channel.note_reply(phone, now)
+            if n == 100:
+                r.channel.note_reply(first, now)  # it wrote again: kept longer
+        assert len(r.channel._replied) == REPLIED_MAX
+        assert r.channel.billing_class(RcsPayload("+" + first, "hi")) == CONVERSATION
+        assert r.channel.billing_class(RcsPayload("+" + others[0], "hi")) == BASIC
+        assert r.channel.billing_class(RcsPayload("+" + others[-1], "hi")) == CONVERSATION
 
 
 # --------------------------------------------------------------------------- send
