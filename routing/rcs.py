@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import quote
 
 import httpx
@@ -38,6 +38,9 @@ from routing.channel import (
 )
 from smpp.constants import Status
 from smpp.text import alphabet, decode_text, encode_text
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 # --------------------------------------------------------------------------- billing classes
 # How RBM bills an agent message (see DOMAIN.md "RCS specifics"). Our rule, applied when the
@@ -119,8 +122,8 @@ class ServiceAccount:
     def grant(self, token_url: str, now: float) -> dict[str, str]:
         return {"grant_type": JWT_BEARER, "assertion": self.assertion(token_url, now)}
 
-    def signing_key(self) -> Any:
-        """The private key (an RSAPrivateKey); ValueError when private_key is not an
+    def signing_key(self) -> RSAPrivateKey:
+        """The private key; ValueError when private_key is not an
         unencrypted PEM RSA private key."""
         from cryptography.exceptions import UnsupportedAlgorithm
         from cryptography.hazmat.primitives import serialization
