@@ -295,7 +295,8 @@ class RcsConfig:
     request_timeout: float = 10.0  # one RBM API request
     max_in_flight: int = 100  # sends unanswered at once
     # The secret the push endpoint (POST /v1/rcs/events) requires as ?token=...: set it on
-    # the Pub/Sub push subscription's URL. "" : pushes are not authenticated.
+    # the Pub/Sub push subscription's URL. Required in a config file; "" (programmatic use,
+    # tests): pushes are not authenticated.
     push_token: str = ""
 
 
@@ -894,10 +895,9 @@ def _rcs(t: _Table) -> RcsConfig:
         negative_capability_ttl=t.duration("negative_capability_ttl"),
         request_timeout=t.duration("request_timeout"),
         max_in_flight=t.integer("max_in_flight", low=1, high=10_000),
-        push_token=t.string(
-            "push_token", pattern=_SECRET_RE,
-            expected=f"a string of {SECRET_MIN} to 256 printable ASCII characters without spaces "
-                     "(make one with `openssl rand -hex 32`)"),
+        push_token=_required_secret(
+            t, "push_token", "the secret POST /v1/rcs/events requires as ?token= (without it "
+            "anyone reaching the HTTP listener could forge user messages and delivery events)"),
     )
 
 
@@ -967,10 +967,9 @@ def _voice(t: _Table) -> VoiceSettings:
             outcomes=outcomes,
         ),
         callback_url=t.string("callback_url"),
-        callback_token=t.string(
-            "callback_token", pattern=_SECRET_RE,
-            expected=f"a string of {SECRET_MIN} to 256 printable ASCII characters without spaces "
-                     "(make one with `openssl rand -hex 32`)"),
+        callback_token=_required_secret(
+            t, "callback_token", "the secret POST /v1/voice/status/<name> requires as ?token= "
+            "(without it anyone reaching the HTTP listener could forge call outcomes)"),
         caller_id=t.string("caller_id", max_len=20, pattern=_TEXT_RE),
         default_language=t.string("default_language", pattern=_LANGUAGE_RE,
                                   expected='a BCP 47 language tag such as "fr-FR" or "en"'),
@@ -986,7 +985,20 @@ def _voice(t: _Table) -> VoiceSettings:
         check_settings(settings)
     except VoiceConfigError as exc:
         raise t.fail(exc.key, str(exc).split(": ", 1)[-1]) from None
+    if settings.callback_url and "{callback_token}" not in settings.callback_url \
+            and settings.callback_token not in settings.callback_url:
+        raise t.fail("callback_url", "a URL carrying the token, e.g. "
+                     "https://sms.example.com/v1/voice/status/{connector}?token={callback_token} "
+                     "(its callbacks would all be refused)", settings.callback_url)
     return settings
+
+
+def _required_secret(t: _Table, key: str, what: str) -> str:
+    """A secret an endpoint of the public HTTP listener requires: a required key."""
+    return t.string(
+        key, _MISSING, empty=False, pattern=_SECRET_RE,
+        expected=f"{what}: a string of {SECRET_MIN} to 256 printable ASCII characters without "
+                 "spaces; make one with `openssl rand -hex 32`")
 
 
 _AGENT_ID_RE = re.compile(r"[A-Za-z0-9_.@\-]+")

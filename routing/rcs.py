@@ -14,13 +14,15 @@ import json
 import math
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import quote
 
 import httpx
+import structlog
 import trio
 
 from gateway.model import Message, PartState
@@ -37,6 +39,9 @@ from routing.channel import (
 from smpp.constants import Status
 from smpp.text import alphabet, decode_text, encode_text
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
 # --------------------------------------------------------------------------- billing classes
 # How RBM bills an agent message (see DOMAIN.md "RCS specifics"). Our rule, applied when the
 # message is sent (the platform decides for itself; this is our estimate for the CDR):
@@ -52,6 +57,13 @@ CONVERSATION_WINDOW: Final = 24 * 3600.0
 MAX_TTL: Final = 15 * 24 * 3600.0  # RBM refuses a ttl / expireTime beyond 15 days
 SCOPE: Final = "https://www.googleapis.com/auth/rcsbusinessmessaging"
 JWT_BEARER: Final = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+# Phones remembered per agent, least recently used forgotten first (bounded memory, O(1) per
+# insert): capability answers (a forgotten one is asked again) and last replies (a forgotten
+# one bills its next message outside a conversation, an estimate only).
+CAPABILITY_CACHE_MAX: Final = 100_000
+REPLIED_MAX: Final = 100_000
+
+log = structlog.get_logger("routing.rcs")
 
 
 def billing_class(text: str, replied_at: float | None, now: float) -> str:
@@ -110,13 +122,28 @@ class ServiceAccount:
     def grant(self, token_url: str, now: float) -> dict[str, str]:
         return {"grant_type": JWT_BEARER, "assertion": self.assertion(token_url, now)}
 
-    def assertion(self, audience: str, now: float) -> str:
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import padding, rsa
+    def signing_key(self) -> RSAPrivateKey:
+        """The private key; ValueError when private_key is not an
+        unencrypted PEM RSA private key."""
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
 
-        key = serialization.load_pem_private_key(self.private_key_pem.encode(), password=None)
+        try:
+            key = serialization.load_pem_private_key(self.private_key_pem.encode(),
+                                                     password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            raise ValueError("the service account's private_key is not a usable PEM private "
+                             f"key (unencrypted RSA expected): {exc}") from None
         if not isinstance(key, rsa.RSAPrivateKey):
             raise ValueError("the service account's private_key is not an RSA key")
+        return key
+
+    def assertion(self, audience: str, now: float) -> str:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        key = self.signing_key()
         header: dict[str, str] = {"alg": "RS256", "typ": "JWT"}
         if self.key_id:
             header["kid"] = self.key_id
@@ -137,8 +164,8 @@ def _b64url_json(obj: dict[str, Any]) -> str:
 
 def load_credentials(path: str | Path) -> Credentials:
     """Read an agent's credentials file (JSON): a Google service-account key ("type":
-    "service_account", client_email, private_key), or {"client_id", "client_secret"}.
-    ValueError names the file and what is wrong."""
+    "service_account", client_email, private_key: its PEM RSA key is parsed here), or
+    {"client_id", "client_secret"}. ValueError names the file and what is wrong."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -151,7 +178,12 @@ def load_credentials(path: str | Path) -> Credentials:
             raise ValueError(f"{path}: a service account key needs client_email and "
                              "private_key (strings)")
         kid = data.get("private_key_id")
-        return ServiceAccount(email, key, key_id=kid if isinstance(kid, str) else None)
+        account = ServiceAccount(email, key, key_id=kid if isinstance(kid, str) else None)
+        try:
+            account.signing_key()  # a bad key is refused now, not at the first token request
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        return account
     cid, secret = data.get("client_id"), data.get("client_secret")
     if isinstance(cid, str) and isinstance(secret, str) and cid and secret:
         return ClientSecret(cid, secret)
@@ -183,7 +215,8 @@ class RbmError(Exception):
 
 
 class TokenError(Exception):
-    """The token URL refused the credentials or answered something that is not a token."""
+    """The token URL refused the credentials, answered something that is not a token, or did
+    not answer (the API call that wanted the token was then not made)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,13 +232,15 @@ class RbmClient:
 
     base_url: the API root ("https://rcsbusinessmessaging.googleapis.com", or a simulator);
     token_url: where tokens come from ("https://oauth2.googleapis.com/token"); capability
-    answers are kept `capability_ttl` seconds when positive, `negative_ttl` when negative.
+    answers are kept `capability_ttl` seconds when positive, `negative_ttl` when negative,
+    for `cache_max` phones at most (the least recently used forgotten first).
     """
 
     def __init__(self, http: httpx.AsyncClient, *, base_url: str, token_url: str,
                  agent_id: str, credentials: Credentials, capability_ttl: float = 3600.0,
                  negative_ttl: float | None = None, timeout: float = 10.0,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time,
+                 cache_max: int = CAPABILITY_CACHE_MAX) -> None:
         self.http = http
         self.base_url = base_url.rstrip("/")
         self.token_url = token_url
@@ -218,7 +253,9 @@ class RbmClient:
         self._token: str | None = None
         self._token_until = -math.inf
         self._token_lock = trio.Lock()
-        self._capabilities: dict[str, tuple[float, Capability]] = {}
+        self.cache_max = cache_max
+        # E.164 -> (trio time it expires, answer), least recently used first
+        self._capabilities: OrderedDict[str, tuple[float, Capability]] = OrderedDict()
 
     # ---- token
     async def token(self) -> str:
@@ -227,7 +264,12 @@ class RbmClient:
             if self._token is not None and trio.current_time() < self._token_until:
                 return self._token
             form = self.credentials.grant(self.token_url, self.wall_clock())
-            response = await self.http.post(self.token_url, data=form, timeout=self.timeout)
+            try:
+                response = await self.http.post(self.token_url, data=form,
+                                                timeout=self.timeout)
+            except httpx.HTTPError as exc:  # not the API call's own failure: nothing was sent
+                raise TokenError(f"no answer from the token URL: {type(exc).__name__}: "
+                                 f"{exc}") from None
             if response.status_code != 200:
                 raise TokenError(f"token URL answered {response.status_code}: "
                                  f"{response.text[:200]}")
@@ -267,17 +309,23 @@ class RbmClient:
     # ---- capability
     def cached_capability(self, msisdn: str) -> Capability | None:
         """The cached answer for this phone if still fresh, else None (no request made)."""
-        hit = self._capabilities.get(e164(msisdn))
-        if hit is None or trio.current_time() >= hit[0]:
+        phone = e164(msisdn)
+        hit = self._capabilities.get(phone)
+        if hit is None:
             return None
+        if trio.current_time() >= hit[0]:
+            del self._capabilities[phone]
+            return None
+        self._capabilities.move_to_end(phone)
         return hit[1]
 
     def remember(self, msisdn: str, capability: Capability) -> None:
         ttl = self.capability_ttl if capability.capable else self.negative_ttl
-        now = trio.current_time()
-        if len(self._capabilities) > 100_000:  # bound the cache: drop what is stale
-            self._capabilities = {k: v for k, v in self._capabilities.items() if v[0] > now}
-        self._capabilities[e164(msisdn)] = (now + ttl, capability)
+        phone = e164(msisdn)
+        self._capabilities[phone] = (trio.current_time() + ttl, capability)
+        self._capabilities.move_to_end(phone)
+        while len(self._capabilities) > self.cache_max:
+            self._capabilities.popitem(last=False)
 
     async def capabilities(self, msisdn: str) -> Capability:
         """Whether this agent can reach the phone with RCS (cached; a 404 is a negative
@@ -365,6 +413,10 @@ def send_failure(exc: Exception) -> SendResult:
 
 
 # --------------------------------------------------------------------------- the channel
+# Transport errors that mean the request never left: no connection was made (refused, no
+# route, timed out connecting, no free connection in the pool). RBM cannot have that send.
+NOT_SENT: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
 @dataclass(frozen=True, slots=True)
 class RcsPayload:
     """A Unit's payload on this channel: the phone (E.164) and the text to send."""
@@ -389,24 +441,29 @@ def message_text(message: Message) -> str:
 
 
 class RcsChannel:
-    """One RBM agent as a Channel. Sends run in the nursery given at construction; each checks
-    the phone's capability (cached), then sends with the time left until the deadline as the
+    """One RBM agent as a Channel. Sends run in the nursery given at construction, at most
+    `capacity` at once (the others wait for a slot, until their deadline); each checks the
+    phone's capability (cached), then sends with the time left until the deadline as the
     message's ttl, so RBM stops retrying an offline phone when the validity ends."""
 
     kind = RCS
 
     def __init__(self, name: str, client: RbmClient, nursery: trio.Nursery, *,
                  capacity: int = 100, sender: str = "",
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time,
+                 replied_max: int = REPLIED_MAX) -> None:
         self.name = name
         self.sender = sender  # the SMS sender mapped to this agent: its users' replies go to it
         self.client = client
         self.nursery = nursery
         self._capacity = capacity
+        self._limiter = trio.CapacityLimiter(capacity)  # sends unanswered at once, at most
         self.wall_clock = wall_clock
         self._open = True
         self._changed = trio.Event()
-        self._replied: dict[str, float] = {}  # E.164 -> UNIX time of its last message to us
+        self.replied_max = replied_max
+        # E.164 -> UNIX time of its last message to us, least recently noted first
+        self._replied: OrderedDict[str, float] = OrderedDict()
 
     def is_up(self) -> bool:
         return self._open
@@ -429,10 +486,10 @@ class RcsChannel:
     def note_reply(self, msisdn: str, at: float) -> None:
         """A phone sent this agent a message at `at` (UNIX seconds): a conversation window."""
         phone = e164(msisdn)
-        if len(self._replied) > 100_000:
-            horizon = self.wall_clock() - CONVERSATION_WINDOW
-            self._replied = {k: v for k, v in self._replied.items() if v > horizon}
         self._replied[phone] = max(at, self._replied.get(phone, at))
+        self._replied.move_to_end(phone)
+        while len(self._replied) > self.replied_max:  # the phone quiet the longest goes
+            self._replied.popitem(last=False)
 
     def reply(self, mo: MobileOriginated) -> MobileOriginated:
         """A user's reply as the core takes it: noted for the conversation window, addressed
@@ -464,12 +521,25 @@ class RcsChannel:
         self.nursery.start_soon(self._send, payload, deadline, done)
 
     async def _send(self, payload: RcsPayload, deadline: float, done: SendDone) -> None:
-        result = SendResult(None, Status.ESME_RINVEXPIRY, expired=True,
-                            detail="validity ran out before RBM took it")
+        """One send task: `done` is called exactly once, whatever happens; an unexpected
+        error fails this send (temporary), never the channel or the gateway."""
+        result: SendResult | None = None
         message_id = str(uuid.uuid4())
-        with trio.move_on_at(deadline):
-            result = await self._attempt(payload, deadline, message_id)
-        done(result)
+        try:
+            with trio.move_on_at(deadline) as scope:  # a free slot too is waited for until then
+                async with self._limiter:
+                    result = await self._attempt(payload, deadline, message_id)
+            if scope.cancelled_caught:
+                result = SendResult(None, Status.ESME_RINVEXPIRY, expired=True,
+                                    detail="validity ran out before RBM took it")
+        except Exception as exc:  # a bug or a bad credential fails this send only
+            log.exception("rcs.send_error", connector=self.name, rbm_message_id=message_id)
+            result = SendResult(None, Status.ESME_RSYSERR, temporary=True,
+                                detail=f"RCS channel error: {type(exc).__name__}: {exc}")
+        finally:
+            done(result if result is not None else SendResult(
+                None, Status.ESME_RSYSERR, temporary=True,
+                detail=f"stopped while sending {message_id} (RBM may have taken it)"))
 
     async def _attempt(self, payload: RcsPayload, deadline: float,
                        message_id: str) -> SendResult:
@@ -484,29 +554,38 @@ class RcsChannel:
         try:
             await self.client.send(payload.msisdn, message_id, payload.text,
                                    deadline - trio.current_time())
+        except NOT_SENT as exc:
+            return send_failure(exc)  # no connection: RBM cannot have it
         except httpx.TransportError as exc:
-            # No answer: RBM may have taken it. Revoke that id so it cannot arrive after the
-            # core falls back; a 404 here means RBM never had it or already delivered it.
-            return SendResult(None, Status.ESME_RSYSERR, temporary=True,
-                              detail=f"no answer from RBM ({type(exc).__name__}); "
-                                     f"{await self._withdraw(payload, message_id)}")
+            return await self._unanswered(payload, message_id, billing, exc)
         except (RbmError, TokenError, httpx.HTTPError) as exc:
             return send_failure(exc)
         return SendResult(message_id, detail=f"billing={billing}", billing=billing)
 
-    async def _withdraw(self, payload: RcsPayload, message_id: str) -> str:
+    async def _unanswered(self, payload: RcsPayload, message_id: str, billing: str,
+                          exc: Exception) -> SendResult:
+        """No answer to the send: RBM may have taken it. Its id is revoked at once; only a
+        revoke answered 200 (REVOKED: it can never arrive) is a temporary failure the core
+        may fall back from. Answered 404 (delivered already, or never taken: RBM does not
+        say which) or not at all, it is taken under its id: its DELIVERED event is matched,
+        and the core's own wait and revoke decide on a fallback, as for an answered send."""
+        outcome, said = await self._revoke(payload.msisdn, message_id)
+        note = f"no answer from RBM to the send ({type(exc).__name__}); {said}"
+        if outcome is Revoked.REVOKED:
+            return SendResult(None, Status.ESME_RSYSERR, temporary=True, detail=note)
+        return SendResult(message_id, detail=f"billing={billing}; {note}", billing=billing)
+
+    async def _revoke(self, msisdn: str, message_id: str) -> tuple[Revoked, str]:
         try:
-            revoked = await self.client.revoke(payload.msisdn, message_id)
-        except (RbmError, TokenError, httpx.HTTPError) as exc:
-            return f"revoke of {message_id} failed: {exc}"
-        return f"revoke of {message_id}: {'revoked' if revoked else 'not found'}"
+            revoked = await self.client.revoke(msisdn, message_id)
+        except (RbmError, TokenError, httpx.HTTPError, ValueError) as exc:
+            return Revoked.FAILED, f"revoke of {message_id} failed: {exc}"
+        if revoked:
+            return Revoked.REVOKED, f"revoke of {message_id}: revoked"
+        return Revoked.DELIVERED, f"revoke of {message_id}: not found (delivered)"
 
     async def revoke(self, message: Message, provider_id: str) -> Revoked:
-        try:
-            revoked = await self.client.revoke(message.dest_addr, provider_id)
-        except (RbmError, TokenError, httpx.HTTPError, ValueError):
-            return Revoked.FAILED
-        return Revoked.REVOKED if revoked else Revoked.DELIVERED
+        return (await self._revoke(message.dest_addr, provider_id))[0]
 
 
 # --------------------------------------------------------------------------- the webhook

@@ -1,6 +1,7 @@
 """Test helpers: the gateway with an account "omni" that prefers RCS with SMS fallback and
 allows voice, the built-in simulator as RBM platform, voice provider (HTTP) and SMSC (SMPP)
-on 127.0.0.1, and smpplib as omni's upstream ESME (tests/test_rcs_failover.py,
+on 127.0.0.1 (its pushes and call statuses carrying the tokens the gateway requires, as in
+conf/demo.toml), and smpplib as omni's upstream ESME (tests/test_rcs_failover.py,
 tests/test_tts_e2e.py).
 """
 
@@ -32,6 +33,8 @@ from tests.procs import free_port
 from tests.stack import SmpplibEsme, gateway_config, password_hash, wait_for
 
 AGENT = "smsgw-demo-agent"
+PUSH_TOKEN = "omni-rcs-push-token"  # the agent's push_token; the simulator pushes with it
+CALLBACK_TOKEN = "omni-voice-callback-token"  # the voice connector's callback_token
 PHONE = "33612345678"
 WAIT = 1.5  # the account's rcs_wait, seconds
 
@@ -85,7 +88,9 @@ def voice_settings(sim_port: int, http_port: int) -> VoiceSettings:
         call_id_field="call.id",
         status=StatusFormat(id_field="call.id", status_field="call.status",
                             error_field="error.code"),
-        callback_url=f"http://127.0.0.1:{http_port}/v1/voice/status/{{connector}}",
+        callback_url=f"http://127.0.0.1:{http_port}/v1/voice/status/{{connector}}"
+                     "?token={callback_token}",
+        callback_token=CALLBACK_TOKEN,
         caller_id="+33100000000", voices={"fr": "Celine"}, request_timeout=5)
 
 
@@ -100,7 +105,7 @@ async def omni_stack(tmp_path: Path, *, rules: dict[str, Any] | None = None,
     settings: dict[str, Any] = {"rcs_deliver_delay": 0.2, "rcs_read_delay": 0.2,
                                 "voice_answer_delay": 0.2, "voice_talk_time": 0.2, **sim}
     sim_config = SimulatorConfig(port=0, control_port=0, receipt_delay=0.05, seed=7, rcs=True,
-                                 rcs_port=0, **settings)
+                                 rcs_port=0, rcs_push_token=PUSH_TOKEN, **settings)
     async with trio.open_nursery() as nursery:
         simulator = SmscSimulator(sim_config, window=sim_config.window)
         await nursery.start(simulator.serve)
@@ -115,7 +120,8 @@ async def omni_stack(tmp_path: Path, *, rules: dict[str, Any] | None = None,
                 rcs_wait=WAIT, voice=True, language="fr-FR")},
             rcs={"rbm": RcsConfig(name="rbm", agent_id=AGENT, credentials_file=credentials,
                                   base_url=base, token_url=base + "/token", sms_sender="ACME",
-                                  mo_account="omni", request_timeout=2.0)},
+                                  mo_account="omni", request_timeout=2.0,
+                                  push_token=PUSH_TOKEN)},
             voice={"voice": voice_settings(simulator.rcs_port, http_port)},
             routers=(RouterConfig(name="fixed-lines", type="destination", accounts=("omni",),
                                   countries=("FR",), number_types=("fixed_line",),

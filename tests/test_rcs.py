@@ -22,6 +22,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from structlog.testing import capture_logs
 
 from gateway.http_api import serve_http
 from gateway.model import Message, PartState
@@ -38,8 +39,11 @@ from gateway.rbm_simulator import (
 from routing.channel import Channel, MobileOriginated, ProviderReceipt, Revoked, SendResult
 from routing.rcs import (
     BASIC,
+    CAPABILITY_CACHE_MAX,
     CONVERSATION,
+    REPLIED_MAX,
     SINGLE,
+    Capability,
     ClientSecret,
     Credentials,
     RbmClient,
@@ -183,6 +187,28 @@ async def test_a_service_account_signs_a_jwt_bearer_grant_the_platform_verifies(
         assert result.temporary and not result.ok
 
 
+async def test_an_unexpected_error_in_a_send_fails_that_send_once_not_the_gateway() -> None:
+    """Rule: a send task lets no exception escape into the nursery it runs in (the daemon's
+    root one): a service-account key that does not parse (ValueError when the JWT is signed)
+    gives one temporary failure, logged with its traceback, and the channel goes on."""
+    broken = ServiceAccount("agent@example.iam.gserviceaccount.com", "not a PEM key")
+    async with rig(broken) as r:
+        results: list[SendResult] = []
+        msg = message()
+        with capture_logs() as logs:
+            r.channel.submit_nowait(msg, r.channel.prepare(msg)[0], trio.current_time() + 60,
+                                    results.append)
+            await until(lambda: bool(results))
+            await trio.sleep(1)
+        assert len(results) == 1  # done() exactly once
+        assert results[0].temporary and not results[0].ok
+        assert "ValueError" in results[0].detail and "private_key" in results[0].detail
+        errors = [e for e in logs if e["event"] == "rcs.send_error"]
+        assert errors and errors[0]["log_level"] == "error" and errors[0]["exc_info"]
+        r.client.credentials = ClientSecret("smsgw", "smsgw-secret")
+        assert (await r.send(message())).ok  # the channel (and its nursery) still works
+
+
 async def test_wrong_client_credentials_make_sends_temporary_failures() -> None:
     async with rig(ClientSecret("smsgw", "wrong")) as r:
         result = await r.send(message())
@@ -219,6 +245,48 @@ async def test_a_failing_capability_check_raises_and_is_not_cached() -> None:
             await r.client.capabilities(CAPABLE_PHONE)
         assert info.value.code == 503
         assert r.client.cached_capability(CAPABLE_PHONE) is None
+
+
+def phones(count: int, start: int = 0) -> list[str]:
+    return [f"336{n:08d}" for n in range(start, start + count)]
+
+
+async def test_the_capability_cache_is_a_bounded_lru() -> None:
+    """Rule: the capability cache holds CAPABILITY_CACHE_MAX phones at most, however fresh
+    their answers: past it the least recently used is forgotten (O(1), no copy of the
+    cache), so memory stays bounded and the trio loop is never stalled."""
+    async with httpx.AsyncClient() as http:
+        client = RbmClient(http, base_url="http://127.0.0.1:9", token_url="http://127.0.0.1:9",
+                           agent_id="a", credentials=ClientSecret("a", "b"))
+        assert client.cache_max == CAPABILITY_CACHE_MAX == 100_000
+        first, *others = phones(CAPABILITY_CACHE_MAX + 10)
+        client.remember(first, Capability(True))
+        for n, phone in enumerate(others):
+            client.remember(phone, Capability(False))
+            if n == 100:
+                assert client.cached_capability(first) is not None  # used: kept longer
+        assert len(client._capabilities) == CAPABILITY_CACHE_MAX
+        assert client.cached_capability(first) == Capability(True)
+        assert client.cached_capability(others[0]) is None  # the least recently used: gone
+        assert client.cached_capability(others[-1]) == Capability(False)
+
+
+async def test_the_conversation_windows_kept_are_a_bounded_lru() -> None:
+    """Rule: the phones whose last reply the channel keeps (conversation billing) are at most
+    REPLIED_MAX, the one quiet the longest forgotten first."""
+    async with rig() as r:
+        assert r.channel.replied_max == REPLIED_MAX == 100_000
+        now = r.channel.wall_clock()
+        first, *others = phones(REPLIED_MAX + 10)
+        r.channel.note_reply(first, now)
+        for n, phone in enumerate(others):
+            r.channel.note_reply(phone, now)
+            if n == 100:
+                r.channel.note_reply(first, now)  # it wrote again: kept longer
+        assert len(r.channel._replied) == REPLIED_MAX
+        assert r.channel.billing_class(RcsPayload("+" + first, "hi")) == CONVERSATION
+        assert r.channel.billing_class(RcsPayload("+" + others[0], "hi")) == BASIC
+        assert r.channel.billing_class(RcsPayload("+" + others[-1], "hi")) == CONVERSATION
 
 
 # --------------------------------------------------------------------------- send
@@ -295,6 +363,94 @@ async def test_a_send_left_unanswered_is_revoked_then_temporary_so_it_cannot_arr
         r.sim.set_state("+33612345678", CAPABLE)
         await trio.sleep(10)
         assert r.webhook.items == []
+
+
+async def test_a_send_left_unanswered_that_reached_the_phone_is_taken_not_a_failure(
+        clock: trio.testing.MockClock) -> None:
+    """Rule: no answer to the send and its revoke answered 404 (delivered meanwhile): the send
+    is taken under its id, so its DELIVERED event is matched and the core does not fall back
+    to SMS (the phone would get the message twice)."""
+    async with rig(phones={"+33612345678": SILENT}) as r:
+        results: list[SendResult] = []
+        msg = message()
+        r.channel.submit_nowait(msg, r.channel.prepare(msg)[0], trio.current_time() + 3600,
+                                results.append)
+        await until(lambda: bool(r.sim.messages))
+        r.sim.set_state("+33612345678", CAPABLE)  # delivered while the send's answer is lost
+        await until(lambda: bool(results))
+        (result,), (held,) = results, r.sim.messages.values()
+        assert held.state == "DELIVERED"
+        assert result.ok and result.provider_id == held.id and not result.temporary
+        assert result.billing == BASIC and "not found (delivered)" in result.detail
+        await until(lambda: bool(r.webhook.receipts(held.id)))
+        assert r.webhook.receipts(held.id)[0].outcome == PartState.DELIVERED
+
+
+async def test_a_send_left_unanswered_whose_revoke_fails_is_taken_for_the_core_to_decide(
+        clock: trio.testing.MockClock) -> None:
+    """Rule: no answer to the send and no answer to its revoke either: RBM may hold it, so it
+    is taken under its id (the core's wait, then its own revoke, decide on a fallback), not a
+    temporary failure that would send the SMS at once beside a message that may arrive."""
+    async with rig(phones={"+33612345678": SILENT}) as r:
+        results: list[SendResult] = []
+        msg = message()
+        r.channel.submit_nowait(msg, r.channel.prepare(msg)[0], trio.current_time() + 3600,
+                                results.append)
+        await until(lambda: bool(r.sim.messages))
+        r.sim.set_state("+33612345678", FAILING)  # the revoke gets 503
+        await until(lambda: bool(results))
+        (result,), (held,) = results, r.sim.messages.values()
+        assert held.state == "PENDING"
+        assert result.ok and result.provider_id == held.id and not result.temporary
+        assert f"revoke of {held.id} failed" in result.detail
+        r.sim.set_state("+33612345678", OFFLINE)
+        assert await r.channel.revoke(msg, held.id) == Revoked.REVOKED  # the core's revoke
+
+
+async def test_a_token_url_that_does_not_answer_fails_the_send_without_taking_it(
+        clock: trio.testing.MockClock) -> None:
+    """Rule: a send never made (its token did not come) is a temporary failure, never taken
+    as a send RBM may hold."""
+    async with rig() as r, trio.open_nursery() as nursery:
+        listener, = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        accepted: list[trio.SocketStream] = []
+
+        async def mute() -> None:  # accepts, never answers
+            while True:
+                accepted.append(await listener.accept())
+
+        nursery.start_soon(mute)
+        r.client.token_url = f"http://127.0.0.1:{listener.socket.getsockname()[1]}/token"
+        r.client.remember(CAPABLE_PHONE, Capability(True))
+        result = await r.send(message())
+        assert result.temporary and not result.ok and "token" in result.detail
+        assert r.sim.messages == {}
+        nursery.cancel_scope.cancel()
+
+
+async def test_max_in_flight_bounds_the_sends_unanswered_at_once(
+        clock: trio.testing.MockClock) -> None:
+    """Rule: the channel's capacity ([[rcs]] max_in_flight) is enforced: past it, a send waits
+    for a slot (until its deadline: then it is expired, never sent)."""
+    async with rig(phones={"+33612345678": SILENT}) as r:  # sends answered only by timeout
+        r.client.timeout = 1.0  # each unanswered send holds its slot 1 s (virtual)
+        channel = RcsChannel("rbm-demo", r.client, r.nursery, capacity=2)
+        assert channel.capacity == 2
+        results: list[SendResult] = []
+        for _ in range(5):
+            msg = message()
+            channel.submit_nowait(msg, channel.prepare(msg)[0], trio.current_time() + 3600,
+                                  results.append)
+        await until(lambda: len(r.sim.messages) >= 2)
+        hurried: list[SendResult] = []
+        msg = message()
+        channel.submit_nowait(msg, channel.prepare(msg)[0], trio.current_time() + 0.3,
+                              hurried.append)
+        await trio.sleep(r.client.timeout / 2)  # both slots still taken by unanswered sends
+        assert len(r.sim.messages) == 2 and results == []
+        assert [h.expired for h in hurried] == [True]  # its deadline came first
+        await until(lambda: len(results) == 5, timeout=600)
+        assert len(r.sim.messages) == 5  # the others went as slots freed
 
 
 async def test_the_control_endpoints_set_a_phones_fate_and_list_what_the_platform_holds(

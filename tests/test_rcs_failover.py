@@ -17,7 +17,7 @@ from pathlib import Path
 
 import trio
 
-from gateway.rbm_simulator import CAPABLE, FAILING, NOT_CAPABLE, OFFLINE
+from gateway.rbm_simulator import CAPABLE, FAILING, NOT_CAPABLE, OFFLINE, SILENT
 from tests.omni import PHONE, omni_stack, receipt_stat
 from tests.stack import SmpplibEsme, wait_for
 
@@ -83,6 +83,28 @@ async def test_a_revoke_that_finds_the_message_delivered_sends_no_sms(tmp_path: 
         assert omni.sms() == []
         (sent,) = omni.rbm.messages.values()
         assert sent.state == "DELIVERED"
+
+
+async def test_an_unanswered_rcs_send_that_reached_the_phone_sends_no_sms(
+        tmp_path: Path) -> None:
+    """The platform takes the message and delivers it, but its answer to the send is lost:
+    the channel's revoke finds it delivered (404), so the send counts as taken, its
+    DELIVERED event completes the message, and no SMS goes."""
+    async with omni_stack(tmp_path) as omni:
+        omni.phone(SILENT)
+        esme = SmpplibEsme(omni.gw.smpp_port, system_id="omni", password="omnipass")
+        await trio.to_thread.run_sync(esme.bind)
+        await trio.to_thread.run_sync(
+            functools.partial(esme.submit, PHONE, b"hello", source_addr="SHOP"))
+        await wait_for(lambda: bool(omni.rbm.messages))
+        omni.phone(CAPABLE)  # delivered now; the send's answer never comes
+        await trio.to_thread.run_sync(
+            functools.partial(esme.read_until, lambda: bool(esme.delivered), 20))
+        assert receipt_stat(esme) == "DELIVRD"
+        (sent,) = omni.rbm.messages.values()
+        assert sent.state == "DELIVERED"
+        assert omni.sms() == [] and len(esme.delivered) == 1  # a fallback's SMS goes first
+        esme.client.disconnect()
 
 
 async def test_a_delivered_event_after_the_sms_fallback_gives_no_second_receipt(

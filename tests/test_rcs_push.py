@@ -161,12 +161,23 @@ def test_ttl_is_a_protobuf_duration_in_seconds() -> None:
 
 
 def test_credentials_file_is_a_service_account_or_a_client_secret(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    pem = rsa.generate_private_key(65537, 2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()).decode()
     sa = tmp_path / "sa.json"
     sa.write_text(json.dumps({"type": "service_account", "client_email": "a@b",
-                              "private_key": "PEM", "private_key_id": "k1"}))
+                              "private_key": pem, "private_key_id": "k1"}))
     cs = tmp_path / "cs.json"
     cs.write_text(json.dumps({"client_id": "smsgw", "client_secret": "s"}))
-    assert load_credentials(sa) == ServiceAccount("a@b", "PEM", key_id="k1")
+    assert load_credentials(sa) == ServiceAccount("a@b", pem, key_id="k1")
+    sa.write_text(json.dumps({"type": "service_account", "client_email": "a@b",
+                              "private_key": "PEM"}))
+    with pytest.raises(ValueError, match=r"sa\.json: the service account's private_key is "
+                                         "not a usable PEM"):
+        load_credentials(sa)  # parsed when read, not at the first token request
     assert load_credentials(cs) == ClientSecret("smsgw", "s")
     bad = tmp_path / "bad.json"
     bad.write_text('{"type": "service_account"}')

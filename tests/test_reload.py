@@ -263,6 +263,7 @@ channels = ["tts:voice", "sms:a"]
 [[voice]]
 name = "voice"
 caller_id = "+33100000000"
+callback_token = "voice-callback-token-1"
 voices = { fr = "Celine" }
 [voice.place]
 url = "http://127.0.0.1:1/calls"
