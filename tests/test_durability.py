@@ -623,10 +623,12 @@ def test_acked_messages_survive_five_sigkills_with_one_outcome_each(tmp_path: Pa
     owed = sorted(r.message_id for r in stored.owed if r.message_id in ledger.receipts)
     assert not owed, (f"{len(owed)} receipts answered upstream are still owed, e.g. {owed[:5]} "
                       f"{replay}")
-    # The recovery kills came while there was something to recover (reloaded by that life or,
-    # if it was killed before it logged it, by the next one that did).
-    for life in lives:
-        if life.kill is not None and life.kill.kind == "recovery":
-            work = next(reloaded[n] for n in range(life.number, KILLS + 2) if n in reloaded)
-            assert work > 0, f"life {life.number}: nothing to recover {replay}"
+    # The recovery kills tested recovery: at least one came while there was something to
+    # recover (reloaded by that life or, if it was killed before it logged it, by the next one
+    # that did). One alone may find nothing: a recovering life before it may have finished
+    # every message before its own kill (seed 395921771: 326 reloaded and done in 261 ms).
+    works = {life.number: next(reloaded[n] for n in range(life.number, KILLS + 2)
+                               if n in reloaded)
+             for life in lives if life.kill is not None and life.kill.kind == "recovery"}
+    assert any(works.values()), f"no recovery kill had anything to recover {works} {replay}"
     assert elapsed < RUN_DEADLINE, f"the kill test took {elapsed:.0f}s {replay}"
