@@ -21,12 +21,12 @@ from urllib.parse import urlsplit
 
 import phonenumbers
 
-from gateway import tls
 from gateway.passwords import SMPP_PASSWORD_MAX, is_password_hash
 from gateway.tokens import HASH_RE as _TOKEN_HASH_RE
 from routing.tts import VoiceSettings
 from rules.recipient import NUMBER_TYPES
 from rules.settings import RULES_KEYS, RulesConfig, RulesConfigError, parse_rules
+from smpp import tls
 
 _NUMBER_TYPE_RE = re.compile("|".join(NUMBER_TYPES))
 
@@ -122,7 +122,7 @@ class ListenerConfig:
     max_connections_per_address: int = 50  # open connections from one source address
     max_unbound_connections: int = 200  # connections not bound yet (TLS handshake included)
     max_unbound_per_address: int = 10  # of those, from one source address (group)
-    # TLS (gateway.tls): with tls_cert and tls_key (PEM files) the listener speaks SMPP over
+    # TLS (smpp.tls): with tls_cert and tls_key (PEM files) the listener speaks SMPP over
     # TLS only; with tls_client_ca, clients must present a certificate that CA signed. The
     # handshake counts against bind_timeout.
     tls_cert: Path | None = None
@@ -215,7 +215,7 @@ class SmscConfig:
     udh_ref16: bool = False
     receipt_hold: float = 10.0  # seconds an unmatched receipt is held and matched again
     receipt_id_format: ReceiptIdFormat = "auto"
-    # TLS (gateway.tls): verify the SMSC's certificate (against tls_ca, else the system's trust
+    # TLS (smpp.tls): verify the SMSC's certificate (against tls_ca, else the system's trust
     # store) and its name (tls_server_name, else host); optional client certificate.
     tls: bool = False
     tls_ca: Path | None = None
@@ -1940,3 +1940,21 @@ def check(path: str | Path) -> GatewayConfig:
     if problems:
         raise _problems_error(file, problems)
     return config
+
+
+# -- TLS warnings (a valid config, but exposed) -------------------------------------------------
+
+def cleartext_listener(listener: ListenerConfig) -> str | None:
+    """The warning due for a listener reachable from the network without TLS."""
+    if listener.tls_cert is not None or tls.is_loopback(listener.host):
+        return None
+    return (f"listener {listener.host}:{listener.port} has no TLS (tls_cert, tls_key): phone "
+            "numbers, texts and passwords cross the network in clear")
+
+
+def tls_warnings(config: GatewayConfig) -> list[str]:
+    """What check-config warns about TLS (the daemon logs the same when it starts)."""
+    found = [w for w in map(cleartext_listener, config.listeners) if w is not None]
+    found += [tls.UNVERIFIED.format(name=s.name) for s in config.smscs.values()
+              if s.tls and not s.tls_verify]
+    return found

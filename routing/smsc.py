@@ -19,9 +19,10 @@ from typing import Protocol
 import structlog
 import trio
 
-from gateway import metrics, tls
+from gateway import metrics
 from gateway.config import SmscConfig
 from routing.channel import SendResult
+from smpp import tls
 from smpp.connection import Connection, ConnectionClosed, ResponseTimeout, Turns, WindowFull
 from smpp.constants import CommandId, Status
 from smpp.pdu import (

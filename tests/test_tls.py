@@ -22,7 +22,7 @@ import trio
 import trustme
 from prometheus_client import REGISTRY
 
-from gateway import cli, tls
+from gateway import cli
 from gateway.config import (
     ConfigError,
     ListenerConfig,
@@ -31,11 +31,13 @@ from gateway.config import (
     check,
     load_config,
     load_simulator_config,
+    tls_warnings,
 )
 from gateway.model import State
 from gateway.server import SmppServer
 from gateway.simulator import SmscSimulator
 from routing.smsc import Answer, SmscConnector
+from smpp import tls
 from smpp.connection import Connection, ConnectionClosed
 from smpp.pdu import BindTransceiver, Pdu, SubmitSm, encode
 from smpp.session import Side
@@ -467,7 +469,7 @@ def test_check_config_warns_of_a_cleartext_listener_off_loopback_and_unverified_
         f'host = "0.0.0.0"\ntls_cert = "{pki.server[0]}"\ntls_key = "{pki.server[1]}"\n'
     ).replace('path = "var/test.sqlite3"', state), "tls.toml")
     secured.chmod(0o600)
-    assert tls.warnings(check(secured)) == []
+    assert tls_warnings(check(secured)) == []
 
 
 @pytest.mark.parametrize(("host", "loopback"), [
