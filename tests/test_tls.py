@@ -22,7 +22,7 @@ import trio
 import trustme
 from prometheus_client import REGISTRY
 
-from gateway import cli
+from gateway import cli, metrics
 from gateway.config import (
     ConfigError,
     ListenerConfig,
@@ -285,7 +285,7 @@ async def _try_connector(sim: SmscSimulator, name: str, patience: float = 3.0,
     config = SmscConfig(name=name, host="127.0.0.1", port=sim.port, system_id="sim",
                         password="simpass", reconnect_delay=0.05, reconnect_delay_max=0.1,
                         response_timeout=2, tls=True, **tls_keys)
-    connector = SmscConnector(config, _noop_deliver)
+    connector = SmscConnector(config, _noop_deliver, metrics.SmscMetrics(name))
 
     def failures() -> float:
         return _count("smsgw_smsc_tls_failures_total", smsc=name, reason="certificate")
