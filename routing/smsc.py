@@ -19,8 +19,8 @@ from typing import Protocol
 import structlog
 import trio
 
-from gateway.config import SmscConfig
 from routing.channel import SendResult
+from routing.settings import SmscConfig
 from smpp import tls
 from smpp.connection import Connection, ConnectionClosed, ResponseTimeout, Turns, WindowFull
 from smpp.constants import CommandId, Status
