@@ -23,13 +23,14 @@ from typing import NamedTuple
 import structlog
 import trio
 
-from gateway import logs, tls
+from gateway import logs
 from gateway.config import (
     ConfigError,
     GatewayConfig,
     SimulatorConfig,
     check,
     load_simulator_config,
+    tls_warnings,
 )
 from gateway.passwords import hash_password
 from gateway.tokens import hash_token, new_token
@@ -192,7 +193,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     exposure = exposed_secrets(config)
     if exposure is not None:
         print(f"warning: {exposure.message}", file=sys.stderr)
-    for warning in tls.warnings(config):  # the daemon logs these when it starts
+    for warning in tls_warnings(config):  # the daemon logs these when it starts
         print(f"warning: {warning}", file=sys.stderr)
     print(f"{config.source}: OK ({len(config.accounts)} accounts, {len(config.smscs)} smscs, "
           f"{len(config.routes)} routes, {len(config.listeners)} listeners)")

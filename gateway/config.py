@@ -21,12 +21,20 @@ from urllib.parse import urlsplit
 
 import phonenumbers
 
-from gateway import tls
 from gateway.passwords import SMPP_PASSWORD_MAX, is_password_hash
 from gateway.tokens import HASH_RE as _TOKEN_HASH_RE
+from routing.settings import (
+    BindMode,
+    BreakerConfig,
+    ReceiptIdFormat,
+    Segmentation,
+    SmscConfig,
+    TlsVersion,
+)
 from routing.tts import VoiceSettings
 from rules.recipient import NUMBER_TYPES
 from rules.settings import RULES_KEYS, RulesConfig, RulesConfigError, parse_rules
+from smpp import tls
 
 _NUMBER_TYPE_RE = re.compile("|".join(NUMBER_TYPES))
 
@@ -51,9 +59,6 @@ __all__ = [
     "parse_duration",
 ]
 
-BindMode = Literal["transceiver", "transmitter+receiver"]
-Segmentation = Literal["udh", "sar", "payload"]
-ReceiptIdFormat = Literal["auto", "as-is", "hex", "decimal"]
 MessageIdFormat = Literal["hex", "decimal"]
 ReceiptIdBase = Literal["same", "other"]  # simulator: receipts write ids in the same/other base
 # simulator: "batching" coalesces what is due together into one send; "independent" writes
@@ -64,7 +69,6 @@ RbmPhoneState = Literal["capable", "not_capable", "offline", "failing", "silent"
 VoiceBehaviour = Literal["answer", "busy", "no-answer", "unreachable", "fail", "throttle", "hang"]
 Synchronous = Literal["full", "normal"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
-TlsVersion = Literal["1.2", "1.3"]  # the lowest TLS version accepted
 # Where an account's MO goes: "auto" = its webhook_url when it has one, else its SMPP binds
 MoVia = Literal["auto", "smpp", "webhook"]
 # [retry] jitter (routing.backoff): how a retry delay is spread around its exponential value
@@ -76,6 +80,7 @@ CHANNEL_KINDS = ("sms", "rcs", "tts")  # Attempt.channel: the kind of connector 
 ACCOUNT_CHANNELS = ("sms", "rcs")  # [[account]] channels (tts: voice = true)
 
 DAY = 86400.0
+_BREAKER = BreakerConfig()  # [breaker] when the file has none
 
 
 class ConfigError(Exception):
@@ -122,7 +127,7 @@ class ListenerConfig:
     max_connections_per_address: int = 50  # open connections from one source address
     max_unbound_connections: int = 200  # connections not bound yet (TLS handshake included)
     max_unbound_per_address: int = 10  # of those, from one source address (group)
-    # TLS (gateway.tls): with tls_cert and tls_key (PEM files) the listener speaks SMPP over
+    # TLS (smpp.tls): with tls_cert and tls_key (PEM files) the listener speaks SMPP over
     # TLS only; with tls_client_ca, clients must present a certificate that CA signed. The
     # handshake counts against bind_timeout.
     tls_cert: Path | None = None
@@ -172,59 +177,6 @@ class AccountConfig:
     def mo_by_webhook(self) -> bool:
         """Its MO go to its webhook_url (else over deliver_sm to its receiver binds)."""
         return self.mo_via == "webhook" or (self.mo_via == "auto" and self.webhook_url is not None)
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerConfig:
-    """A circuit breaker per connector (``[breaker]``, and ``breaker = {...}`` of an [[smsc]]):
-    after `failures` consecutive failures the connector is skipped for `cooldown`, then
-    `probes` attempts at a time test it; a success closes the breaker, a failure re-opens it."""
-
-    failures: int = 5
-    cooldown: float = 30.0
-    probes: int = 1
-
-
-@dataclass(frozen=True, slots=True)
-class SmscConfig:
-    """One operator SMSC connection (``[[smsc]]``)."""
-
-    name: str
-    host: str
-    port: int
-    system_id: str
-    password: str
-    system_type: str = ""
-    bind_mode: BindMode = "transceiver"
-    binds: int = 1  # transceiver: N trx binds; transmitter+receiver: N tx and N rx
-    window: int = 10  # outstanding submit_sm per bind
-    throughput: float = 0.0  # submit_sm/s over the whole connection; 0 = unlimited
-    response_timeout: float = 10.0
-    enquire_link_interval: float = 30.0
-    incoming_window: int = 1000  # deliver_sm unanswered before we stop reading the bind
-    write_timeout: float = 30.0  # a write making no progress this long drops the bind
-    reconnect_delay: float = 1.0
-    reconnect_delay_max: float = 60.0
-    interface_version: int = 0x34
-    address_range: str = ""
-    source_ton: int | None = None  # None = keep the upstream's
-    source_npi: int | None = None
-    dest_ton: int | None = None
-    dest_npi: int | None = None
-    segmentation: Segmentation = "udh"
-    udh_ref16: bool = False
-    receipt_hold: float = 10.0  # seconds an unmatched receipt is held and matched again
-    receipt_id_format: ReceiptIdFormat = "auto"
-    # TLS (gateway.tls): verify the SMSC's certificate (against tls_ca, else the system's trust
-    # store) and its name (tls_server_name, else host); optional client certificate.
-    tls: bool = False
-    tls_ca: Path | None = None
-    tls_verify: bool = True
-    tls_server_name: str = ""  # empty: host
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_min_version: TlsVersion = "1.2"
-    breaker: BreakerConfig | None = None  # None: the [breaker] defaults
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,7 +380,7 @@ class GatewayConfig:
     smscs: dict[str, SmscConfig] = field(default_factory=dict)  # by name
     routes: tuple[RouteConfig, ...] = ()
     routers: tuple[RouterConfig, ...] = ()  # [[router]]: the chain ([[route]]: "routes" last)
-    breaker: BreakerConfig = BreakerConfig()  # defaults of every connector's breaker
+    breaker: BreakerConfig = _BREAKER  # defaults of every connector's breaker
     sender_limits: tuple[SenderLimitConfig, ...] = ()
     rcs: dict[str, RcsConfig] = field(default_factory=dict)  # [[rcs]] by name: RBM agents
     voice: dict[str, VoiceSettings] = field(default_factory=dict)  # [[voice]] by name
@@ -1021,7 +973,7 @@ def _webhook_url(value: Any) -> str | None:
     return value
 
 
-def _smsc(t: _Table, breaker: BreakerConfig = BreakerConfig()) -> SmscConfig:
+def _smsc(t: _Table, breaker: BreakerConfig = _BREAKER) -> SmscConfig:
     cfg = SmscConfig(
         name=t.name("name"),
         host=t.host("host"),
@@ -1093,7 +1045,7 @@ def _account_channels(t: _Table) -> tuple[str, ...]:
     return channels
 
 
-def _breaker(t: _Table, defaults: BreakerConfig = BreakerConfig()) -> BreakerConfig:
+def _breaker(t: _Table, defaults: BreakerConfig = _BREAKER) -> BreakerConfig:
     return BreakerConfig(failures=t.integer("failures", defaults.failures, low=1),
                          cooldown=t.duration("cooldown", defaults.cooldown),
                          probes=t.integer("probes", defaults.probes, low=1))
@@ -1940,3 +1892,21 @@ def check(path: str | Path) -> GatewayConfig:
     if problems:
         raise _problems_error(file, problems)
     return config
+
+
+# -- TLS warnings (a valid config, but exposed) -------------------------------------------------
+
+def cleartext_listener(listener: ListenerConfig) -> str | None:
+    """The warning due for a listener reachable from the network without TLS."""
+    if listener.tls_cert is not None or tls.is_loopback(listener.host):
+        return None
+    return (f"listener {listener.host}:{listener.port} has no TLS (tls_cert, tls_key): phone "
+            "numbers, texts and passwords cross the network in clear")
+
+
+def tls_warnings(config: GatewayConfig) -> list[str]:
+    """What check-config warns about TLS (the daemon logs the same when it starts)."""
+    found = [w for w in map(cleartext_listener, config.listeners) if w is not None]
+    found += [tls.UNVERIFIED.format(name=s.name) for s in config.smscs.values()
+              if s.tls and not s.tls_verify]
+    return found

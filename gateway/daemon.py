@@ -175,7 +175,7 @@ def sms_connector(smsc: SmscConfig, inbound: Inbound) -> tuple[SmscConnector, Sm
     """One [[smsc]]'s connector and the channel the dispatcher speaks to, not started (at
     start-up, and for an SMSC a reload adds or changes). Raises tls.TlsFileError when its TLS
     files cannot be used."""
-    connector = SmscConnector(smsc)
+    connector = SmscConnector(smsc, observer=metrics.SmscMetrics(smsc.name))
     return connector, SmsChannel(connector, inbound)
 
 

@@ -161,3 +161,23 @@ STORE_COMMIT_SECONDS = Histogram("smsgw_store_commit_latency_seconds",
                                           0.25, 0.5, 1.0, 2.5, 5.0))
 STORE_BATCH_ROWS = Histogram("smsgw_store_batch_rows", "Rows written per store transaction",
                              buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000))
+
+
+class SmscMetrics:
+    """One [[smsc]] connector's reports (routing.smsc.SmscObserver) as this module's series:
+    SMSC_BINDS, OPERATOR_SUBMIT_SECONDS and SMSC_TLS_FAILURES, labelled with its name."""
+
+    __slots__ = ("_latency", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._latency = child(OPERATOR_SUBMIT_SECONDS, name)
+
+    def bound(self, delta: int) -> None:
+        SMSC_BINDS.labels(self.name).inc(delta)
+
+    def submit_latency(self, seconds: float) -> None:
+        self._latency.observe(seconds)
+
+    def tls_failed(self, reason: str) -> None:
+        child(SMSC_TLS_FAILURES, self.name, reason).inc()

@@ -19,8 +19,8 @@ from gateway import lifecycle, metrics, sdnotify
 from gateway.config import ConfigError, GatewayConfig, connectors_by_kind, load_config
 from gateway.routing_setup import Routing, build_routing, carry_over, export_breakers
 from gateway.server import UPSTREAM_BIND_MODES, TokenBucket, account_state
-from gateway.tls import TlsFileError
 from gateway.webhooks import endpoints, mo_by_webhook
+from smpp.tls import TlsFileError
 
 if TYPE_CHECKING:
     from gateway.daemon import Running

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 import structlog
 import trio
 
-from gateway import history, metrics, tls
+from gateway import history, metrics
 from gateway.auth import Authenticator, Verdict
 from gateway.clock import WallClock
-from gateway.config import AccountConfig, ListenerConfig
+from gateway.config import AccountConfig, ListenerConfig, cleartext_listener
 from gateway.dispatcher import ChangeRefused, Dispatcher
 from gateway.intake import (
     IntakeError,
@@ -35,6 +35,7 @@ from gateway.model import Event, Message, State
 from gateway.reporter import Reporter
 from gateway.screening import Screening
 from gateway.store import Store, StoreBusy, StoreError
+from smpp import tls
 from smpp.connection import Connection, LogBudget, shorten
 from smpp.constants import CommandId, MessageState, Status, Tag
 from smpp.pdu import (
@@ -216,7 +217,7 @@ class SmppServer:
         self.port = int(sock.getsockname()[1])
         log.info("listener.ready", host=cfg.host, port=self.port,
                  tls=self.tls_context is not None)
-        cleartext = tls.cleartext_listener(cfg)
+        cleartext = cleartext_listener(cfg)
         if cleartext is not None:
             log.warning("listener.cleartext", listener=self._label, detail=cleartext)
         async with trio.open_nursery() as nursery:

@@ -33,10 +33,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from gateway import tls
 from gateway.config import MessageIdFormat, ReceiptIdBase, SimulatorConfig
 from gateway.rbm_simulator import RbmSimConfig, RbmSimulator
 from gateway.voice_simulator import VoiceSimulator
+from smpp import tls
 from smpp.connection import Connection, ConnectionClosed, ResponseTimeout, Turns, WindowFull
 from smpp.constants import (
     ESM_DELIVERY_RECEIPT,

@@ -19,9 +19,9 @@ from typing import Protocol
 import structlog
 import trio
 
-from gateway import metrics, tls
-from gateway.config import SmscConfig
 from routing.channel import SendResult
+from routing.settings import SmscConfig
+from smpp import tls
 from smpp.connection import Connection, ConnectionClosed, ResponseTimeout, Turns, WindowFull
 from smpp.constants import CommandId, Status
 from smpp.pdu import (
@@ -135,6 +135,38 @@ class _Replies:
             self.conn.defer(pdu)
 
 
+class SmscObserver(Protocol):
+    """What one connector reports as it runs, for monitoring (the daemon exports it as its
+    metrics). Each call is cheap and must not raise."""
+
+    def bound(self, delta: int) -> None:
+        """A session bound (+1), or a bound session ended (-1)."""
+
+    def submit_latency(self, seconds: float) -> None:
+        """A submit_sm got its submit_sm_resp `seconds` after it went on the wire."""
+
+    def tls_failed(self, reason: str) -> None:
+        """A TLS handshake with the SMSC failed, for one of smpp.tls.REASONS."""
+
+
+class _Unobserved:
+    """The SmscObserver of a connector given none: its reports go nowhere."""
+
+    __slots__ = ()
+
+    def bound(self, delta: int) -> None:
+        pass
+
+    def submit_latency(self, seconds: float) -> None:
+        pass
+
+    def tls_failed(self, reason: str) -> None:
+        pass
+
+
+UNOBSERVED: SmscObserver = _Unobserved()
+
+
 class RateLimiter:
     """Evenly spaced slots at `rate` per second (0 or less: unlimited)."""
 
@@ -166,12 +198,13 @@ class SmscConnector:
 
     channel = "sms"
 
-    def __init__(self, config: SmscConfig, on_deliver: DeliverHandler | None = None) -> None:
+    def __init__(self, config: SmscConfig, on_deliver: DeliverHandler | None = None,
+                 observer: SmscObserver = UNOBSERVED) -> None:
         self.config = config
         self.name = config.name
         self.on_deliver = on_deliver
         self.limiter = RateLimiter(config.throughput)
-        self._latency = metrics.child(metrics.OPERATOR_SUBMIT_SECONDS, config.name)
+        self.observer = observer  # binds, submit latencies, TLS failures (the daemon's metrics)
         self._transmitters: list[Connection] = []
         self._receivers: list[Connection] = []
         self._turns = Turns()  # which transmitter sends next
@@ -307,7 +340,7 @@ class SmscConnector:
                     await conn.aclose()
                     return False
                 bound = True
-                metrics.SMSC_BINDS.labels(cfg.name).inc()
+                self.observer.bound(1)
                 log.info("smsc.bound", smsc=cfg.name, bind=name, mode=kind.__name__)
                 if conn.state in (BindState.BOUND_TX, BindState.BOUND_TRX):
                     self._transmitters.append(conn)
@@ -323,7 +356,7 @@ class SmscConnector:
                 with trio.CancelScope(shield=True):
                     await conn.unbind(timeout=2)
             if bound:
-                metrics.SMSC_BINDS.labels(cfg.name).dec()
+                self.observer.bound(-1)
                 log.info("smsc.unbound", smsc=cfg.name, bind=name)
         return bound
 
@@ -342,7 +375,7 @@ class SmscConnector:
             raise
         if failed is None:
             return secured
-        metrics.child(metrics.SMSC_TLS_FAILURES, cfg.name, failed.reason).inc()
+        self.observer.tls_failed(failed.reason)
         log.warning("smsc.tls_failed", smsc=cfg.name, bind=name, reason=failed.reason,
                     detail=failed.detail)
         self._error("tls", f"{failed.reason}: {failed.detail}")
@@ -480,7 +513,7 @@ class SmscConnector:
                 result = SubmitResult(None, Status.ESME_RINVBNDSTS, temporary=True,
                                       detail=repr(error))
         else:
-            self._latency.observe(trio.current_time() - item.sent_at)
+            self.observer.submit_latency(trio.current_time() - item.sent_at)
             if resp.status == Status.ESME_RTHROTTLED:
                 self.limiter.pause(THROTTLE_PAUSE)
             message_id = getattr(resp, "message_id", None)

@@ -22,7 +22,7 @@ import trio
 import trustme
 from prometheus_client import REGISTRY
 
-from gateway import cli, tls
+from gateway import cli, metrics
 from gateway.config import (
     ConfigError,
     ListenerConfig,
@@ -31,11 +31,13 @@ from gateway.config import (
     check,
     load_config,
     load_simulator_config,
+    tls_warnings,
 )
 from gateway.model import State
 from gateway.server import SmppServer
 from gateway.simulator import SmscSimulator
 from routing.smsc import Answer, SmscConnector
+from smpp import tls
 from smpp.connection import Connection, ConnectionClosed
 from smpp.pdu import BindTransceiver, Pdu, SubmitSm, encode
 from smpp.session import Side
@@ -283,7 +285,7 @@ async def _try_connector(sim: SmscSimulator, name: str, patience: float = 3.0,
     config = SmscConfig(name=name, host="127.0.0.1", port=sim.port, system_id="sim",
                         password="simpass", reconnect_delay=0.05, reconnect_delay_max=0.1,
                         response_timeout=2, tls=True, **tls_keys)
-    connector = SmscConnector(config, _noop_deliver)
+    connector = SmscConnector(config, _noop_deliver, metrics.SmscMetrics(name))
 
     def failures() -> float:
         return _count("smsgw_smsc_tls_failures_total", smsc=name, reason="certificate")
@@ -467,7 +469,7 @@ def test_check_config_warns_of_a_cleartext_listener_off_loopback_and_unverified_
         f'host = "0.0.0.0"\ntls_cert = "{pki.server[0]}"\ntls_key = "{pki.server[1]}"\n'
     ).replace('path = "var/test.sqlite3"', state), "tls.toml")
     secured.chmod(0o600)
-    assert tls.warnings(check(secured)) == []
+    assert tls_warnings(check(secured)) == []
 
 
 @pytest.mark.parametrize(("host", "loopback"), [

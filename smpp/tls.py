@@ -1,4 +1,4 @@
-"""TLS for SMPP links: the stdlib ssl contexts the configuration asks for, bounded handshakes.
+"""TLS for SMPP sessions: the stdlib ssl contexts a link asks for, bounded handshakes.
 
 A listener wraps each accepted TCP stream in a server-side trio.SSLStream (optionally asking
 for a client certificate); an operator connection wraps its stream in a client-side one that
@@ -11,12 +11,9 @@ import ipaddress
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import trio
-
-if TYPE_CHECKING:
-    from gateway.config import GatewayConfig, ListenerConfig
 
 MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 # Why a handshake failed (metric label values: a fixed set, whatever the peer sends):
@@ -162,19 +159,3 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def cleartext_listener(listener: ListenerConfig) -> str | None:
-    """The warning due for a listener reachable from the network without TLS."""
-    if listener.tls_cert is not None or is_loopback(listener.host):
-        return None
-    return (f"listener {listener.host}:{listener.port} has no TLS (tls_cert, tls_key): phone "
-            "numbers, texts and passwords cross the network in clear")
-
-
-def warnings(config: GatewayConfig) -> list[str]:
-    """What check-config warns about TLS (the daemon logs the same when it starts)."""
-    found = [w for w in map(cleartext_listener, config.listeners) if w is not None]
-    found += [UNVERIFIED.format(name=s.name) for s in config.smscs.values()
-              if s.tls and not s.tls_verify]
-    return found
