@@ -62,6 +62,34 @@ def configure(level: str = "info", *, file: TextIO | None = None, cache: bool = 
     )
 
 
+class LevelGate:
+    """Whether a module's logger logs `level` at all, told cheaply on a hot path: when loggers
+    are cached on first use (the daemon's configuration), structlog replaces the lazy proxy's
+    `bind` by one returning its cached logger, so once that logger was found to drop the level,
+    an identity test on `bind` says so without the proxy's __getattr__ and a bind per call.
+    Uncached (tests) every access is a new bound method: each call asks, and a
+    reconfiguration takes effect at once."""
+
+    __slots__ = ("level", "logger", "quiet")
+
+    def __init__(self, logger: Any, level: int) -> None:
+        self.logger = logger
+        self.level = level
+        self.quiet: object = None  # the proxy's bind once it gave a logger dropping `level`
+
+    def bound(self) -> Any | None:
+        """The bound logger to log with, or None when the level is dropped."""
+        bind = self.logger.bind
+        if bind is self.quiet:
+            return None
+        bound = bind()
+        enabled = getattr(bound, "is_enabled_for", None)
+        if enabled is not None and not enabled(self.level):
+            self.quiet = bind
+            return None
+        return bound
+
+
 def redact(logger: object, method: str, event_dict: MutableMapping[str, Any]
            ) -> MutableMapping[str, Any]:
     """The structlog processor: phone number fields masked (see `mask_number`), message text

@@ -22,6 +22,7 @@ import trio
 from gateway import metrics
 from gateway.acks import ReportAcks
 from gateway.clock import WallClock
+from gateway.logs import LevelGate
 from gateway.model import Event, Message, Report, ReportKind, State
 from gateway.paging import Paging
 from gateway.store import Store, StoreError
@@ -60,24 +61,9 @@ STATE_TO_STAT = {
 }
 
 
-# The proxy's `bind` once it was found to give a logger that drops info events: when loggers
-# are cached on first use (the daemon), structlog replaces the proxy's bind by one returning
-# its cached logger, so a delivered report tells that it has nothing to log by one identity
-# test instead of a proxy __getattr__ and a bind per report (as gateway.transitions does for
-# its debug line). Uncached (tests), each access is a new bound method: every report asks.
-_quiet_bind: object = None
-
-
-def _log_delivered(account: str, report: Report) -> None:
-    global _quiet_bind
-    bind = log.bind
-    bound = bind()
-    enabled = getattr(bound, "is_enabled_for", None)
-    if enabled is not None and not enabled(logging.INFO):
-        _quiet_bind = bind
-        return
-    bound.info("report.delivered", account=account, message_id=report.message_id,
-               kind=report.kind.value)
+# One info line per delivered report: asked of the gate (gateway.logs.LevelGate) only while
+# the logger may log info at all.
+_INFO = LevelGate(log, logging.INFO)
 
 
 def _utc(ts: float) -> dt.datetime:
@@ -379,8 +365,9 @@ class Reporter:
                 self._forget(acc, report, "report_delivered", self.clock.now(),
                              {"interface": "smpp", "bind": conn.name})
             metrics.child(metrics.REPORTS_SENT, name, report.kind.value).inc()
-            if log.bind is not _quiet_bind:  # one line per report: see _log_delivered
-                _log_delivered(name, report)
+            if log.bind is not _INFO.quiet and (bound := _INFO.bound()) is not None:
+                bound.info("report.delivered", account=name, message_id=report.message_id,
+                           kind=report.kind.value)
             return
         if resp is not None:
             log.info("report.refused", account=name, message_id=report.message_id,

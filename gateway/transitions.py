@@ -13,6 +13,7 @@ import logging
 
 import structlog
 
+from gateway.logs import LevelGate
 from gateway.model import FINAL_STATES, Event, Message, State
 
 log = structlog.get_logger("gateway.transitions")
@@ -75,25 +76,9 @@ def allowed(state: State, kind: str, to: State) -> bool:
     return to in TRANSITIONS.get((state, kind), ())
 
 
-# The proxy's `bind` once it was found to give a logger that drops debug events. When
-# loggers are cached on first use (the daemon's configuration), structlog replaces the proxy's
-# bind by one returning its cached logger: move() then tells that it has nothing to log by one
-# identity test, without asking the proxy for a `debug` method through its lazy __getattr__
-# (two moves per message). Without caching (tests) each access gives a new bound method, so
-# every move asks, and a reconfiguration takes effect at once.
-_quiet_bind: object = None
-
-
-def _log_move(msg: Message, kind: str, from_state: State, to: State) -> None:
-    global _quiet_bind
-    bind = log.bind
-    bound = bind()
-    enabled = getattr(bound, "is_enabled_for", None)
-    if enabled is not None and not enabled(logging.DEBUG):
-        _quiet_bind = bind
-        return
-    bound.debug("message.transition", message_id=msg.id, kind=kind, from_state=from_state,
-                to_state=to)
+# move() logs each transition at debug: on a hot path (two moves per message), so it asks
+# the gate (gateway.logs.LevelGate) only while the logger may log debug at all.
+_DEBUG = LevelGate(log, logging.DEBUG)
 
 
 def move(msg: Message, kind: str, to: State, at: float,
@@ -109,8 +94,9 @@ def move(msg: Message, kind: str, to: State, at: float,
     msg.state = to
     if into is not None:
         into.append(event)
-    if log.bind is not _quiet_bind:
-        _log_move(msg, kind, state, to)
+    if log.bind is not _DEBUG.quiet and (bound := _DEBUG.bound()) is not None:
+        bound.debug("message.transition", message_id=msg.id, kind=kind, from_state=state,
+                    to_state=to)
     return event
 
 

@@ -5,6 +5,7 @@ unbound. Real store and SMPP connections over in-memory streams, in virtual time
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from io import StringIO
@@ -278,8 +279,9 @@ async def test_each_delivered_report_is_logged_at_info_also_once_the_logger_is_c
         level: str, logged: bool, tmp_path: Path, clock: trio.testing.MockClock,
         monkeypatch: pytest.MonkeyPatch) -> None:
     # A fresh proxy: the one cached here must not outlive the test.
-    monkeypatch.setattr(reporter_module, "log", structlog.get_logger("gateway.reporter"))
-    monkeypatch.setattr(reporter_module, "_quiet_bind", None)
+    fresh = structlog.get_logger("gateway.reporter")
+    monkeypatch.setattr(reporter_module, "log", fresh)
+    monkeypatch.setattr(reporter_module, "_INFO", logs.LevelGate(fresh, logging.INFO))
     buffer = StringIO()
     logs.configure(level, file=buffer, cache=True)  # as the daemon configures it
     try:

@@ -5,6 +5,7 @@ history (written with its next store call) and the store counts it once committe
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 
 import pytest
@@ -91,8 +92,9 @@ def test_a_move_is_logged() -> None:
 def test_a_move_is_logged_at_debug_only_also_once_the_logger_is_cached(
         level: str, logged: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     # A fresh proxy: the one cached here must not outlive the test.
-    monkeypatch.setattr(transitions, "log", structlog.get_logger("gateway.transitions"))
-    monkeypatch.setattr(transitions, "_quiet_bind", None)
+    fresh = structlog.get_logger("gateway.transitions")
+    monkeypatch.setattr(transitions, "log", fresh)
+    monkeypatch.setattr(transitions, "_DEBUG", logs.LevelGate(fresh, logging.DEBUG))
     buffer = io.StringIO()
     logs.configure(level, file=buffer, cache=True)  # as the daemon configures it
     try:
@@ -107,8 +109,9 @@ def test_a_move_is_logged_at_debug_only_also_once_the_logger_is_cached(
 
 def test_a_reconfigured_level_applies_to_the_next_move_when_loggers_are_not_cached(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(transitions, "log", structlog.get_logger("gateway.transitions"))
-    monkeypatch.setattr(transitions, "_quiet_bind", None)
+    fresh = structlog.get_logger("gateway.transitions")
+    monkeypatch.setattr(transitions, "log", fresh)
+    monkeypatch.setattr(transitions, "_DEBUG", logs.LevelGate(fresh, logging.DEBUG))
     buffer = io.StringIO()
     try:
         logs.configure("info", file=buffer, cache=False)
