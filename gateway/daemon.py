@@ -20,7 +20,7 @@ import trio
 
 from gateway import lifecycle, metrics, reload, sdnotify
 from gateway.clock import WallClock
-from gateway.config import AccountConfig, GatewayConfig, SmscConfig
+from gateway.config import AccountConfig, GatewayConfig, RcsConfig, SmscConfig
 from gateway.dispatcher import Dispatcher
 from gateway.http_api import HttpApi, RcsEvents, VoiceStatus, serve_http
 from gateway.inbound import Inbound
@@ -35,7 +35,7 @@ from routing.channel import Channel
 from routing.rcs import RbmClient, RcsChannel, load_credentials
 from routing.sms import SmsChannel
 from routing.smsc import SmscConnector
-from routing.tts import VoiceChannel
+from routing.tts import VoiceChannel, VoiceSettings
 
 log = structlog.get_logger("gateway.daemon")
 
@@ -67,6 +67,11 @@ class Running:
     # API; a reload changes it in place.
     account_states: dict[str, _AccountState] = field(default_factory=dict)
     nursery: trio.Nursery | None = None  # the root nursery, once started
+    http: httpx.AsyncClient | None = None  # the RCS and voice channels' client, once started
+    # The provider endpoints of the HTTP API (when [http] is enabled): a reload changes their
+    # maps of agents and voice connectors.
+    rcs_events: RcsEvents | None = None
+    voice_status: VoiceStatus | None = None
     routing: Routing | None = None  # the router chain, breakers, limits (gateway.routing_setup)
     # Set when the graceful drain begins: a front end (e.g. an HTTP server's shutdown_trigger)
     # stops taking requests on it.
@@ -141,30 +146,31 @@ def mo_owners(config: GatewayConfig) -> dict[str, str]:
     return owners
 
 
-def _http_channels(config: GatewayConfig, http: httpx.AsyncClient, nursery: trio.Nursery,
-                   accounts: Callable[[], Mapping[str, AccountConfig]],
-                   ) -> tuple[dict[str, RcsChannel], dict[str, VoiceChannel]]:
-    """The channels over HTTP APIs: one RcsChannel per [[rcs]] agent, one VoiceChannel per
-    [[voice]] provider account; their sends run in `nursery` with `http`. `accounts`: the
-    running accounts (a reload changes them: an account's language is read at each call)."""
-    rcs = {}
-    for agent in config.rcs.values():
-        client = RbmClient(http, base_url=agent.base_url, token_url=agent.token_url,
-                           agent_id=agent.agent_id,
-                           credentials=load_credentials(agent.credentials_file),
-                           capability_ttl=agent.capability_ttl,
-                           negative_ttl=agent.negative_capability_ttl,
-                           timeout=agent.request_timeout)
-        rcs[agent.name] = RcsChannel(agent.name, client, nursery, capacity=agent.max_in_flight,
-                                     sender=agent.sms_sender)
+def rcs_channel(agent: RcsConfig, http: httpx.AsyncClient, nursery: trio.Nursery
+                ) -> RcsChannel:
+    """One [[rcs]] agent's channel (at start-up, and for an agent a reload adds or changes);
+    its sends run in `nursery` with `http`. Raises ValueError when its credentials cannot be
+    read."""
+    client = RbmClient(http, base_url=agent.base_url, token_url=agent.token_url,
+                       agent_id=agent.agent_id,
+                       credentials=load_credentials(agent.credentials_file),
+                       capability_ttl=agent.capability_ttl,
+                       negative_ttl=agent.negative_capability_ttl,
+                       timeout=agent.request_timeout)
+    return RcsChannel(agent.name, client, nursery, capacity=agent.max_in_flight,
+                      sender=agent.sms_sender)
+
+
+def voice_channel(settings: VoiceSettings, http: httpx.AsyncClient, nursery: trio.Nursery,
+                  accounts: Callable[[], Mapping[str, AccountConfig]]) -> VoiceChannel:
+    """One [[voice]] provider account's channel. `accounts`: the running accounts (a reload
+    changes them: an account's language is read at each call)."""
 
     def language_of(account: str) -> str:
         acc = accounts().get(account)
         return acc.language if acc is not None else ""
 
-    voice = {settings.name: VoiceChannel(settings, http, nursery, language_of)
-             for settings in config.voice.values()}
-    return rcs, voice
+    return VoiceChannel(settings, http, nursery, language_of)
 
 
 def _queued(connector: SmscConnector) -> int:
@@ -243,8 +249,10 @@ async def run(
                 trio.open_nursery() as nursery:
             running.nursery = nursery
             # their providers' reports come in through the HTTP API (RcsEvents, VoiceStatus)
-            rcs, voice = _http_channels(config, http, nursery,
-                                        lambda: running.config.accounts)
+            running.http = http
+            rcs = {a.name: rcs_channel(a, http, nursery) for a in config.rcs.values()}
+            voice = {v.name: voice_channel(v, http, nursery, lambda: running.config.accounts)
+                     for v in config.voice.values()}
             channels.update(rcs)
             channels.update(voice)
             rcs_sim = None  # the simulator's RBM platform: told where the gateway listens
@@ -272,12 +280,16 @@ async def run(
                 await nursery.start(server.serve)
                 running.servers.append(server)
             if config.http.enabled:
-                agents = {config.rcs[name].agent_id: channel for name, channel in rcs.items()}
-                api = HttpApi(
-                    config, store, dispatcher, clock, states, running.stopping, screening,
-                    rcs_events=RcsEvents(agents, inbound, push_tokens={
-                        r.agent_id: r.push_token for r in config.rcs.values()}) if rcs else None,
-                    voice_status=VoiceStatus(voice, inbound) if voice else None)
+                # the provider endpoints are served even with no connector yet (a reload
+                # may add one): a push for an unknown agent or connector gets 404
+                running.rcs_events = RcsEvents(
+                    {config.rcs[name].agent_id: channel for name, channel in rcs.items()},
+                    inbound, push_tokens={r.agent_id: r.push_token
+                                          for r in config.rcs.values()})
+                running.voice_status = VoiceStatus(dict(voice), inbound)
+                api = HttpApi(config, store, dispatcher, clock, states, running.stopping,
+                              screening, rcs_events=running.rcs_events,
+                              voice_status=running.voice_status)
                 running.http_api = api
                 running.http_port = await nursery.start(serve_http, api.app, config.http.host,
                                                         config.http.port)

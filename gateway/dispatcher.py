@@ -46,7 +46,7 @@ from routing.channel import (
     Unit,
     Unsendable,
 )
-from routing.core import Attempt, Router, RoutingContext, sender_ton_npi
+from routing.core import Attempt, RoutePlan, Router, RoutingContext, sender_ton_npi
 
 log = structlog.get_logger("gateway.dispatcher")
 
@@ -94,6 +94,7 @@ class Live:
     # (an attempt's event with its results, in the same commit).
     events: list[Event] = field(default_factory=list)
     waiting: bool = False  # its "waiting" (for a connector) event is recorded
+    plan: RoutePlan | None = None  # its plan, made at its first attempt (see Dispatcher._plan)
     # The message as the current attempt sends it, when the plan gave that attempt another
     # sender (an RCS agent's SMS fallback); None: the message as stored.
     sent_as: Message | None = None
@@ -242,6 +243,9 @@ class Dispatcher:
         # (connector, id key) -> (message id, its expiry). Their late receipts are recorded
         # in the message's history, never turned into its outcome or an upstream receipt.
         self._superseded: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
+        # Channels a reload removed, by name, until one of that name is added again: their
+        # timed-out attempts are still revoked through them.
+        self._retired: dict[str, Channel] = {}
         # Receipts held for matching, by (connector, normalised id) they wait for: the events
         # of the receipts waiting for that key (a receipt may wait under several spellings).
         self._held: dict[tuple[str, str], list[trio.Event]] = {}
@@ -500,7 +504,7 @@ class Dispatcher:
         if any(p.state is not PartState.PENDING for p in live.parts) and msg.connector:
             channel = self.channels.get(msg.connector)  # parts must stay on one operator
             return (channel, None) if channel is not None and self._up(channel, now) else None
-        plan = self.router.plan(msg, RoutingContext(now, functools.partial(self._is_up, now)))
+        plan = self._plan(live, now)
         if plan is None or not plan.attempts:
             raise NoRoute(msg.dest_addr)
         order: Sequence[Attempt] = plan.attempts  # the usual case: a message's first attempt
@@ -527,11 +531,21 @@ class Dispatcher:
 
     def _another_attempt(self, live: Live, now: float, connector: str) -> bool:
         """Whether the message's plan has an attempt on another connector left to try."""
-        plan = self.router.plan(live.msg, RoutingContext(
-            now, functools.partial(self._is_up, now)))
+        plan = self._plan(live, now)
         return plan is not None and any(
             a.connector != connector and a.connector not in live.incapable
             for a in plan.attempts)
+
+    def _plan(self, live: Live, now: float) -> RoutePlan | None:
+        """The message's plan: made by the routers at its first attempt and kept for the next
+        ones (a reload's new routes do not change a message in flight, e.g. the SMS fallback
+        of an RCS attempt keeps the agent's sender), unless none of its connectors runs any
+        more (then the routers are asked again)."""
+        plan = live.plan
+        if plan is None or not any(a.connector in self.channels for a in plan.attempts):
+            plan = live.plan = self.router.plan(
+                live.msg, RoutingContext(now, functools.partial(self._is_up, now)))
+        return plan
 
     def _is_up(self, now: float, name: str) -> bool:
         channel = self.channels.get(name)
@@ -838,7 +852,7 @@ class Dispatcher:
         """The attempt's timeout passed without an outcome: withdraw what the channel holds
         (the answers come to _on_revoked), then the next attempt."""
         msg = live.msg
-        channel = self.channels.get(msg.connector or "")
+        channel = self.channels.get(msg.connector or "") or self._retired.get(msg.connector or "")
         live.timeout_at = None
         self._watch(live, msg.expires_at)  # it still expires while the revoke is answered
         if channel is None:
@@ -903,6 +917,7 @@ class Dispatcher:
         if channel.name in self.channels:
             raise ValueError(f"a channel named {channel.name!r} is running: remove it first")
         self.channels[channel.name] = channel
+        self._retired.pop(channel.name, None)
         self._ids.pop(channel.name, None)
         if self._nursery is not None:
             self._start_following(channel)
@@ -914,6 +929,7 @@ class Dispatcher:
         if not isinstance(self.channels, dict):
             raise TypeError("the dispatcher was given a read-only channel mapping")
         channel = self.channels.pop(name)
+        self._retired[name] = channel  # a timed-out attempt on it is still revoked through it
         self._ids[name] = channel if isinstance(channel, ReceiptIds) else _AS_GIVEN
         scope = self._following.pop(name, None)
         if scope is not None:
@@ -921,6 +937,10 @@ class Dispatcher:
         open_parts = (PartState.PENDING, PartState.SUBMITTED)
         return [(live, part) for live in self.live.values() if live.msg.connector == name
                 for part in live.parts if part.connector == name and part.state in open_parts]
+
+    def retired(self, name: str) -> Channel | None:
+        """The channel remove_channel took out under that name (until one is added again)."""
+        return self._retired.get(name)
 
     def _start_following(self, channel: Channel) -> None:
         assert self._nursery is not None

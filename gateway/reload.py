@@ -1,8 +1,8 @@
 """Configuration reload (SIGHUP, `systemctl reload`): read the config file again and apply,
 while running, what can change without a restart: accounts, routes, routers, rules, retry,
-validity and the SMSC connectors (added ones bind, removed ones drain, unchanged ones keep their
-binds). A config that does not load, or that cannot be applied, is refused with a logged error
-and the running one is kept whole: nothing is applied until everything new has been built.
+validity and the connectors (SMSCs added bind, removed ones drain, unchanged ones keep their
+binds; RCS agents and voice providers are added and replaced). A config that does not load or
+cannot be applied is refused with a logged error, the running one kept whole.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from gateway.config import ConfigError, GatewayConfig, connectors_by_kind, load_
 from gateway.routing_setup import Routing, build_routing, carry_over, export_breakers
 from gateway.server import UPSTREAM_BIND_MODES, TokenBucket, account_state
 from gateway.webhooks import endpoints, mo_by_webhook
+from routing.rcs import RcsChannel
+from routing.tts import VoiceChannel
 from smpp.tls import TlsFileError
 
 if TYPE_CHECKING:
@@ -31,8 +33,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("gateway.reload")
 
 # Sections that are read at start only: a reload keeps the running ones and says so.
-RESTART_ONLY = ("node", "log_level", "listeners", "store", "http", "admin", "simulator",
-                "rcs", "voice")
+RESTART_ONLY = ("node", "log_level", "listeners", "store", "http", "admin", "simulator")
 UNBIND_TIMEOUT = 2.0  # seconds an upstream session of a removed account has to unbind
 
 
@@ -94,6 +95,73 @@ class SmscChanges:
         return bool(self.started or self.retired)
 
 
+@dataclasses.dataclass
+class HttpChanges:
+    """What a reload does to the RCS agents and voice connectors: the channels `started` (built
+    for the [[rcs]] / [[voice]] added or changed, by name) and the names `retired`."""
+
+    rcs: dict[str, RcsChannel]
+    voice: dict[str, VoiceChannel]
+    retired: list[str]
+
+
+def _http_changes(running: Running, new: GatewayConfig) -> HttpChanges:
+    """Build the channels of the [[rcs]] and [[voice]] added or changed (any key differs); a
+    credentials file that cannot be read any more refuses the reload (ConfigError)."""
+    from gateway.daemon import rcs_channel, voice_channel  # the daemon imports this module
+
+    old = running.config
+    changes = HttpChanges({}, {}, [])
+    if running.http is None or running.nursery is None:
+        return changes
+    for name, agent in new.rcs.items():
+        if old.rcs.get(name) != agent:
+            try:
+                changes.rcs[name] = rcs_channel(agent, running.http, running.nursery)
+            except ValueError as exc:
+                key = f'rcs "{name}".credentials_file'
+                raise ConfigError(f"{new.source}: {key}: {exc}", file=str(new.source),
+                                  key=key) from None
+    for name, settings in new.voice.items():
+        if old.voice.get(name) != settings:
+            changes.voice[name] = voice_channel(settings, running.http, running.nursery,
+                                                lambda: running.config.accounts)
+    changes.retired = [name for name, cfg in old.rcs.items() if new.rcs.get(name) != cfg]
+    changes.retired += [name for name, v in old.voice.items() if new.voice.get(name) != v]
+    return changes
+
+
+def _apply_http(running: Running, new: GatewayConfig, changes: HttpChanges) -> None:
+    """Agents and voice connectors removed or changed leave the dispatcher (no new attempt;
+    a timed-out one is still revoked through them) and take no more sends; their providers'
+    late reports are still taken (RBM events by agent id, voice callbacks by name) until a
+    connector of that id or name replaces them. Those added or changed join the dispatcher."""
+    for name in changes.retired:
+        running.dispatcher.remove_channel(name)
+        channel = running.dispatcher.retired(name)
+        if isinstance(channel, RcsChannel | VoiceChannel):
+            channel.close()
+        log.info("config.connector_retired", connector=name)
+    for name, rcs in changes.rcs.items():
+        running.dispatcher.add_channel(rcs)
+        log.info("config.connector_started", connector=name, channel="rcs")
+    for name, voice in changes.voice.items():
+        running.dispatcher.add_channel(voice)
+        log.info("config.connector_started", connector=name, channel="tts")
+    events = running.rcs_events
+    if events is not None:
+        agents = dict(events.channels)  # removed agents stay: their late events are taken
+        tokens = dict(events.push_tokens)
+        for agent in new.rcs.values():
+            if agent.name in changes.rcs:
+                agents[agent.agent_id] = changes.rcs[agent.name]
+                tokens[agent.agent_id] = agent.push_token
+        events.channels, events.push_tokens = agents, {a: t for a, t in tokens.items() if t}
+    status = running.voice_status
+    if status is not None:
+        status.channels = {**status.channels, **changes.voice}
+
+
 def _smsc_changes(running: Running, new: GatewayConfig) -> SmscChanges:
     """Build the connectors of the [[smsc]] added or changed (any field differs): a
     ConfigError when one's TLS files cannot be used. Unchanged ones are left alone."""
@@ -132,6 +200,7 @@ async def reload(running: Running) -> Outcome:
             if running.routing is not None:
                 carry_over(running.routing, old, routing, new)
             smscs = _smsc_changes(running, new)
+            http = _http_changes(running, new)
             screening = running.screening
             index = screening.reconfigure(new.rules) if screening is not None else None
         except (ConfigError, OSError) as exc:
@@ -141,6 +210,7 @@ async def reload(running: Running) -> Outcome:
             for key, at, message_id in await running.store.fingerprints(
                     running.clock.now() - index.window):
                 index.add(key, at, message_id)
+        _apply_http(running, new, http)
         _apply(running, new, routing, smscs)
         if screening is not None:
             screening.apply()

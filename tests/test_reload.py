@@ -274,15 +274,16 @@ id_field = "id"
 """
 
 
-async def test_a_router_naming_a_voice_connector_that_is_not_running_is_refused(
+async def test_a_voice_connector_added_by_a_reload_joins_and_a_router_may_name_it(
         tmp_path: Path) -> None:
-    """[[voice]] and [[rcs]] are restart-only: a router naming a new one cannot be applied."""
+    """[[voice]] (like [[rcs]], tests/test_reload_channels.py) is applied by a reload: the
+    new connector joins the dispatcher, the SMSC binds stay as they were."""
     async with daemon_from_file(tmp_path, {"demo": "demopass"}) as (gw, path, sim_port):
+        sessions = {name: c.sessions for name, c in gw.connectors.items()}
         write_config(path, sim_port, {"demo": "demopass"}, extra=_VOICE)
-        before = gw.config
-        assert await reload(gw) is Outcome.REFUSED
-        assert gw.config is before
-        assert set(gw.dispatcher.channels) == {"a", "b"}
+        assert await reload(gw) is Outcome.APPLIED
+        assert set(gw.dispatcher.channels) == {"a", "b", "voice"}
+        assert {name: c.sessions for name, c in gw.connectors.items()} == sessions
 
 
 _SMSC_C = """
