@@ -258,6 +258,10 @@ class Dispatcher:
         self._parked: dict[str, Live] = {}  # waiting for a connector of their route to come up
         self._converting: set[str] = set()  # connectors seen writing receipt ids converted
         total = sum(c.capacity for c in channels.values())
+        # messages with units unanswered at once, at most: given, or twice what the channels
+        # can have unanswered (sized again when a channel joins or leaves: the daemon adds
+        # its channels after making the dispatcher, a reload adds and removes some)
+        self._max_given = max_in_flight
         self.max_in_flight = max_in_flight or max(64, 2 * total)
         self._in_flight = 0  # messages with submits not answered yet
         self._nursery: trio.Nursery | None = None
@@ -374,6 +378,7 @@ class Dispatcher:
 
     # -- the scheduling loop ----------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._size_in_flight()  # the channels given to it were filled in since
         count = await self.load()
         log.info("dispatcher.loaded", unfinished=count)
         async with trio.open_nursery() as nursery:
@@ -917,6 +922,7 @@ class Dispatcher:
         if channel.name in self.channels:
             raise ValueError(f"a channel named {channel.name!r} is running: remove it first")
         self.channels[channel.name] = channel
+        self._size_in_flight()
         self._retired.pop(channel.name, None)
         self._ids.pop(channel.name, None)
         if self._nursery is not None:
@@ -929,6 +935,7 @@ class Dispatcher:
         if not isinstance(self.channels, dict):
             raise TypeError("the dispatcher was given a read-only channel mapping")
         channel = self.channels.pop(name)
+        self._size_in_flight()
         self._retired[name] = channel  # a timed-out attempt on it is still revoked through it
         self._ids[name] = channel if isinstance(channel, ReceiptIds) else _AS_GIVEN
         scope = self._following.pop(name, None)
@@ -941,6 +948,10 @@ class Dispatcher:
     def retired(self, name: str) -> Channel | None:
         """The channel remove_channel took out under that name (until one is added again)."""
         return self._retired.get(name)
+
+    def _size_in_flight(self) -> None:
+        if not self._max_given:
+            self.max_in_flight = max(64, 2 * sum(c.capacity for c in self.channels.values()))
 
     def _start_following(self, channel: Channel) -> None:
         assert self._nursery is not None

@@ -20,6 +20,7 @@ from gateway.model import Message, PartState, State
 from routing.channel import RCS, Revoked, SendDone, SendResult, Unit
 from routing.core import Attempt, RoutePlan, RoutingContext
 from tests.dispatch_harness import HOUR, ScriptedSmsc, harness
+from tests.stack import running_stack
 
 NOT_CAPABLE = 0x0B  # as the RCS channel would report "no RCS phone" (an SMPP-like status)
 
@@ -230,3 +231,24 @@ async def test_after_a_restart_an_rcs_attempt_waiting_for_its_outcome_still_fall
         assert rbm.sent == []  # RCS is not sent again
         assert [provider_id for _, provider_id in rbm.revoked] == ["rbm-1"]
         assert 60.0 <= smsc.sent[0][0] - started < 120.0  # after the wait, not the validity
+
+
+async def test_the_in_flight_limit_follows_the_channels_the_dispatcher_speaks_to(
+        tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    """Rule: the number of messages with units unanswered at once is sized from the channels
+    (twice what they can have unanswered, at least 64), also those given after the dispatcher
+    was made (the daemon's) and those a reload adds or removes."""
+    big = ScriptedSmsc("opA", window=50, binds=4)  # capacity 200
+    async with trio.open_nursery() as nursery, harness(
+            tmp_path, {"opA": big}, nursery) as h:
+        assert h.dispatcher.max_in_flight == 400
+        h.dispatcher.add_channel(ScriptedChannel("rbm"))  # capacity 10
+        assert h.dispatcher.max_in_flight == 420
+        h.dispatcher.remove_channel("opA")
+        assert h.dispatcher.max_in_flight == 64
+
+
+async def test_the_daemons_dispatcher_is_sized_from_the_smscs_it_was_given_after(
+        tmp_path: Path) -> None:
+    async with running_stack(tmp_path) as (gw, _sim):  # one SMSC: 2 binds x window 50
+        assert gw.dispatcher.max_in_flight == 2 * 100
