@@ -24,6 +24,8 @@ from gateway.model import Message
 from gateway.routing_setup import Routing, build_routing
 from routing.backoff import retry_delay
 from routing.core import Attempt, RoutePlan, RoutingContext
+from tests.test_routers import CTX
+from tests.test_routers import message as routers_message
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 HASH = "scrypt$16384$8$1$tZL1pV5J7HRHO1nCzJ0b1w==$9WcHfOtnUIe1vAec0Pi0Bl+WNEICT+QnFELF2Ukumgg="
@@ -113,14 +115,8 @@ def load(heading: str, tmp_path: Path) -> tuple[GatewayConfig, Routing]:
 
 def message(dest: str = "33612345678", account: str = "bank-otp", sender: str = "ACME",
             number_type: str = "", country: str = "") -> Message:
-    return Message(id="m1", account=account, source_addr=sender, source_ton=5, source_npi=0,
-                   dest_addr=dest, dest_ton=1, dest_npi=1, data_coding=0, esm_class=0,
-                   protocol_id=0, priority=0, registered_delivery=1, body=b"hi",
-                   created_at=0.0, expires_at=86400.0, not_before=0.0,
-                   number_type=number_type, country=country)
-
-
-CTX = RoutingContext(0.0)
+    """A message of the README's example account (tests/test_routers.py's, otherwise)."""
+    return routers_message(dest, account, sender, number_type, country)
 
 
 def targets(plan: RoutePlan | None) -> list[str]:
