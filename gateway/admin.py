@@ -33,7 +33,8 @@ from gateway.clock import WallClock
 from gateway.config import parse_duration
 from gateway.dispatcher import ChangeRefused, RetryRefused
 from gateway.model import FINAL_STATES, Event, Message, OptOut, Part, State
-from gateway.store import StoreError, _make_private_dirs
+from gateway.store import StoreError
+from gateway.store_sqlite import make_private_dirs
 from smpp.session import BindState
 
 log = structlog.get_logger("gateway.admin")
@@ -69,7 +70,7 @@ def open_socket(path: Path) -> socket.socket:
     """A Unix stream socket bound at path, mode 0600, not listening yet. Missing directories
     are created mode 0700. A stale socket (nobody listening: a daemon that died) is replaced;
     a live one, or another kind of file, is an error."""
-    _make_private_dirs(path.parent)
+    make_private_dirs(path.parent)
     try:
         mode = path.lstat().st_mode
     except FileNotFoundError:

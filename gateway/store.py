@@ -1,35 +1,27 @@
-"""The durable store: every Message, Part, Report and orphan receipt, in SQLite (WAL).
-
-The only module that touches the database (through aiosqlite, hosted in trio by trio-asyncio).
+"""The durable store: every Message, Part, Report and orphan receipt, in SQLite (WAL, the
+embedded default) or PostgreSQL, behind one API (gateway/store_sql.py's Backend).
 One writer task group-commits all queued writes; a write call returns after its COMMIT (with
-synchronous=full, after the fsync of that COMMIT). Admission of new messages is bounded.
+synchronous=full, after that COMMIT is on disk). Admission of new messages is bounded.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import operator
 import os
-import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import astuple, dataclass, field
-from pathlib import Path
 from typing import Any, NoReturn, TypeVar
-from urllib.parse import quote
 
-import aiosqlite
 import structlog
 import trio
-import trio_asyncio
 from prometheus_client import Counter
 
 from gateway import metrics
 from gateway.config import Synchronous
 from gateway.model import (
-    FINAL_STATES,
     Event,
     Message,
     OptOut,
@@ -39,6 +31,43 @@ from gateway.model import (
     ReportKind,
     State,
 )
+from gateway.store_sql import (
+    COUNT_RETIRED,
+    DELETE_OPTOUT,
+    DELETE_ORPHAN,
+    DELETE_PARTS,
+    DELETE_REPORT,
+    DONE_SQL,
+    INSERT_EVENT,
+    INSERT_EVENT_IF_MESSAGE,
+    INSERT_IDEMPOTENCY,
+    INSERT_MESSAGE,
+    INSERT_ORPHAN,
+    INSERT_REPORT,
+    MESSAGE_COLUMNS,
+    MESSAGE_MUTABLE,
+    OPEN_SQL,
+    PART_COLUMNS,
+    PURGE_EVENTS,
+    PURGE_IDEMPOTENCY,
+    PURGE_MESSAGES,
+    PURGE_ORPHANS,
+    PURGE_PARTS,
+    REDACT_EVENT,
+    REPLACE_MESSAGE,
+    REPORT_COLUMNS,
+    UPDATE_MESSAGE,
+    UPSERT_MESSAGE,
+    UPSERT_OPTOUT,
+    UPSERT_PART,
+    Backend,
+    ConstraintError,
+    Row,
+    SchemaError,
+    StoreBusy,
+    StoreError,
+    placeholders,
+)
 
 __all__ = ["CdrPage", "ConstraintError", "Erasure", "IdempotencyRecord", "SchemaError", "Store",
            "StoreBusy", "StoreError", "Synchronous"]
@@ -46,20 +75,6 @@ __all__ = ["CdrPage", "ConstraintError", "Erasure", "IdempotencyRecord", "Schema
 log = structlog.get_logger("gateway.store")
 
 T = TypeVar("T")
-Row = tuple[Any, ...]
-
-
-class StoreError(Exception):
-    """A write or read the store could not carry out; the message says why."""
-
-
-class ConstraintError(StoreError):
-    """A write broke a constraint (e.g. a message id that already exists). Nothing of it was
-    written."""
-
-
-class SchemaError(StoreError):
-    """The database file has a schema this version does not know (newer, or foreign)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,310 +89,8 @@ class IdempotencyRecord:
     created_at: float
 
 
-class StoreBusy(StoreError):
-    """New messages refused for now, nothing written: the write queue is over its bound (the
-    disk lags) or the unfinished messages have reached their cap. A temporary condition: the
-    upstream should submit again later (ESME_RMSGQFUL)."""
-
-
 FAILURE_LOG_INTERVAL = 10.0  # seconds: at most one line per interval about failures, refusals
 
-
-# --------------------------------------------------------------------------- schema
-
-MESSAGE_COLUMNS = (
-    "id", "account", "source_addr", "source_ton", "source_npi", "dest_addr", "dest_ton",
-    "dest_npi", "data_coding", "esm_class", "protocol_id", "priority", "registered_delivery",
-    "body", "created_at", "expires_at", "not_before", "state", "attempts", "next_attempt_at",
-    "error", "done_at", "parts_total", "channel", "connector", "tlvs", "origin", "traffic",
-    "callback_url", "client_ref", "service_type", "number_type", "country",
-    "fingerprint", "billing",
-)  # fmt: skip
-# What save_message may change on an existing row; everything else is fixed at intake.
-MESSAGE_MUTABLE = (
-    "state", "attempts", "next_attempt_at", "error", "done_at", "parts_total", "connector",
-    "channel", "billing",
-)  # fmt: skip
-PART_COLUMNS = (
-    "message_id", "part_no", "connector", "smsc_id", "state", "error", "submitted_at", "done_at",
-)  # fmt: skip
-REPORT_COLUMNS = (
-    "account", "kind", "message_id", "source_addr", "source_ton", "source_npi", "dest_addr",
-    "dest_ton", "dest_npi", "data_coding", "body", "created_at", "state", "error", "id", "extra",
-    "via",
-)  # fmt: skip
-
-_FINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(FINAL_STATES)) + ")"
-# Written identically in the partial indexes and in the queries, so SQLite uses the indexes.
-_OPEN = f"state NOT IN {_FINAL_SQL}"
-_DONE = f"state IN {_FINAL_SQL}"
-
-SCHEMA_VERSION = 9
-# MIGRATIONS[v] takes a database at user_version v to v + 1.
-MIGRATIONS: tuple[str, ...] = (
-    f"""
-    CREATE TABLE messages (
-        id TEXT PRIMARY KEY NOT NULL,
-        account TEXT NOT NULL,
-        source_addr TEXT NOT NULL,
-        source_ton INTEGER NOT NULL,
-        source_npi INTEGER NOT NULL,
-        dest_addr TEXT NOT NULL,
-        dest_ton INTEGER NOT NULL,
-        dest_npi INTEGER NOT NULL,
-        data_coding INTEGER NOT NULL,
-        esm_class INTEGER NOT NULL,
-        protocol_id INTEGER NOT NULL,
-        priority INTEGER NOT NULL,
-        registered_delivery INTEGER NOT NULL,
-        body BLOB NOT NULL,
-        created_at REAL NOT NULL,
-        expires_at REAL NOT NULL,
-        not_before REAL NOT NULL,
-        state TEXT NOT NULL,
-        attempts INTEGER NOT NULL,
-        next_attempt_at REAL NOT NULL,
-        error INTEGER NOT NULL,
-        done_at REAL,
-        parts_total INTEGER NOT NULL,
-        channel TEXT NOT NULL,
-        connector TEXT,
-        tlvs BLOB NOT NULL
-    );
-    CREATE INDEX messages_open ON messages (expires_at) WHERE {_OPEN};
-    CREATE INDEX messages_done ON messages (done_at) WHERE {_DONE};
-
-    CREATE TABLE parts (
-        message_id TEXT NOT NULL,
-        part_no INTEGER NOT NULL,
-        connector TEXT NOT NULL,
-        smsc_id TEXT,
-        state TEXT NOT NULL,
-        error INTEGER NOT NULL,
-        submitted_at REAL,
-        done_at REAL,
-        PRIMARY KEY (message_id, part_no)
-    ) WITHOUT ROWID;
-    CREATE INDEX parts_smsc_id ON parts (connector, smsc_id) WHERE smsc_id IS NOT NULL;
-
-    CREATE TABLE reports (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        account TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        message_id TEXT NOT NULL,
-        source_addr TEXT NOT NULL,
-        source_ton INTEGER NOT NULL,
-        source_npi INTEGER NOT NULL,
-        dest_addr TEXT NOT NULL,
-        dest_ton INTEGER NOT NULL,
-        dest_npi INTEGER NOT NULL,
-        data_coding INTEGER NOT NULL,
-        body BLOB NOT NULL,
-        created_at REAL NOT NULL,
-        state TEXT,
-        error INTEGER NOT NULL,
-        extra TEXT
-    );
-    CREATE INDEX reports_account ON reports (account, id);
-
-    CREATE TABLE orphan_receipts (
-        id INTEGER PRIMARY KEY,
-        connector TEXT NOT NULL,
-        smsc_id TEXT NOT NULL,
-        body BLOB NOT NULL,
-        received_at REAL NOT NULL
-    );
-    CREATE INDEX orphan_receipts_received_at ON orphan_receipts (received_at);
-
-    -- Messages per state, kept by triggers so stats() need not scan months of messages.
-    CREATE TABLE state_counts (state TEXT PRIMARY KEY NOT NULL, n INTEGER NOT NULL)
-        WITHOUT ROWID;
-    INSERT INTO state_counts (state, n) VALUES {", ".join(f"('{s.value}', 0)" for s in State)};
-    CREATE TRIGGER messages_count_insert AFTER INSERT ON messages BEGIN
-        UPDATE state_counts SET n = n + 1 WHERE state = NEW.state;
-    END;
-    CREATE TRIGGER messages_count_update AFTER UPDATE OF state ON messages
-        WHEN NEW.state IS NOT OLD.state BEGIN
-        UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
-        UPDATE state_counts SET n = n + 1 WHERE state = NEW.state;
-    END;
-    CREATE TRIGGER messages_count_delete AFTER DELETE ON messages BEGIN
-        UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
-    END;
-    """,
-    # 2: where a message came from and what kind of traffic it is; its history (events).
-    """
-    ALTER TABLE messages ADD COLUMN origin TEXT NOT NULL DEFAULT 'smpp';
-    ALTER TABLE messages ADD COLUMN traffic TEXT NOT NULL DEFAULT 'alert';
-    ALTER TABLE messages ADD COLUMN callback_url TEXT;
-    ALTER TABLE messages ADD COLUMN client_ref TEXT;
-
-    CREATE TABLE events (
-        id INTEGER PRIMARY KEY,
-        message_id TEXT NOT NULL,
-        at REAL NOT NULL,
-        kind TEXT NOT NULL,
-        from_state TEXT,
-        to_state TEXT,
-        detail TEXT
-    );
-    CREATE INDEX events_message ON events (message_id, id);
-    """,
-    # 3: HTTP Idempotency-Key: the first answer to a key, kept for the key's lifetime.
-    """
-    CREATE TABLE idempotency_keys (
-        account TEXT NOT NULL,
-        key TEXT NOT NULL,
-        fingerprint TEXT NOT NULL,
-        response TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        PRIMARY KEY (account, key)
-    ) WITHOUT ROWID;
-    CREATE INDEX idempotency_keys_created_at ON idempotency_keys (created_at);
-    """,
-    # 4: what retention and erasure keep of the messages they delete: counts per day (UTC, of
-    # acceptance), account, SMSC, channel and final state, with no number and no text.
-    """
-    CREATE TABLE cdr_daily (
-        day TEXT NOT NULL,
-        account TEXT NOT NULL,
-        smsc TEXT NOT NULL,
-        channel TEXT NOT NULL,
-        state TEXT NOT NULL,
-        messages INTEGER NOT NULL,
-        parts INTEGER NOT NULL,
-        PRIMARY KEY (day, account, smsc, channel, state)
-    ) WITHOUT ROWID;
-    """,
-    # 5: the final state CANCELLED (cancel_sm, DELETE /v1/messages/{id}, `smsgw message
-    # cancel`): its row of state_counts, and the partial indexes built again over the final
-    # list that now names it (SQLite uses a partial index only for a query whose WHERE is
-    # written as the index's, and unfinished_page names messages_open); and the service_type
-    # of SMPP submits, which cancel_sm matches.
-    f"""
-    INSERT OR IGNORE INTO state_counts (state, n) VALUES ('{State.CANCELLED.value}', 0);
-    DROP INDEX IF EXISTS messages_open;
-    DROP INDEX IF EXISTS messages_done;
-    CREATE INDEX messages_open ON messages (expires_at) WHERE {_OPEN};
-    CREATE INDEX messages_done ON messages (done_at) WHERE {_DONE};
-    ALTER TABLE messages ADD COLUMN service_type TEXT NOT NULL DEFAULT '';
-    """,
-    # 6: how each report reaches its account: "smpp" (deliver_sm) or "http" (a webhook); the
-    # reporter and the webhook deliverer each page through their own (account, via) range.
-    """
-    ALTER TABLE reports ADD COLUMN via TEXT NOT NULL DEFAULT 'smpp';
-    DROP INDEX reports_account;
-    CREATE INDEX reports_account_via ON reports (account, via, id);
-    """,
-    # 7: each account's opt-out list (STOP): one row per number ever opted out; opted_out 0
-    # once it opted in again (START), so that the last word wins whatever the batching.
-    """
-    CREATE TABLE optouts (
-        account TEXT NOT NULL,
-        msisdn TEXT NOT NULL,
-        opted_out INTEGER NOT NULL,
-        at REAL NOT NULL,
-        source TEXT NOT NULL,
-        PRIMARY KEY (account, msisdn)
-    ) WITHOUT ROWID;
-    """,
-    # 8: what the rules found out about the recipient, for routing: its number type
-    # ("mobile", "fixed_line", ...) and country (ISO 3166 alpha-2); '' when no rule said. And
-    # the duplicates rule's fingerprint of the message (NULL when it did not run), indexed by
-    # time for the daemon's start, which reads those of the rule's window.
-    """
-    ALTER TABLE messages ADD COLUMN number_type TEXT NOT NULL DEFAULT '';
-    ALTER TABLE messages ADD COLUMN country TEXT NOT NULL DEFAULT '';
-    ALTER TABLE messages ADD COLUMN fingerprint BLOB;
-    CREATE INDEX messages_fingerprint ON messages (created_at) WHERE fingerprint IS NOT NULL;
-    """,
-    # 9: the RCS billing class of a message sent over RCS (basic, single, conversation), for
-    # the CDR; '' for the others.
-    """
-    ALTER TABLE messages ADD COLUMN billing TEXT NOT NULL DEFAULT '';
-    """,
-)
-assert len(MIGRATIONS) == SCHEMA_VERSION
-
-
-def _placeholders(n: int) -> str:
-    return ", ".join("?" * n)
-
-
-# Write statements. A batch runs them in this order (each as one executemany), which is also
-# the order within every call, so grouping concurrent calls never reorders one call's writes.
-# Across calls, a message's insert always comes before its updates; upsert and update of one
-# message should not be mixed (the gateway updates; the upsert is for tools and tests).
-_INSERT_MESSAGE = 0
-_UPSERT_MESSAGE = 1
-_UPDATE_MESSAGE = 2
-_UPSERT_PART = 3
-_INSERT_REPORT = 4
-_DELETE_REPORT = 5
-_INSERT_ORPHAN = 6
-_PURGE_MESSAGES = 7
-_PURGE_PARTS = 8
-_PURGE_ORPHANS = 9
-_INSERT_EVENT = 10
-_PURGE_EVENTS = 11
-_INSERT_IDEMPOTENCY = 12
-_PURGE_IDEMPOTENCY = 13
-_COUNT_RETIRED = 14
-_DELETE_ORPHAN = 15
-_REDACT_EVENT = 16
-_REPLACE_MESSAGE = 17
-_DELETE_PARTS = 18
-_INSERT_EVENT_IF_MESSAGE = 19  # events of messages that may be gone (erased) meanwhile
-_UPSERT_OPTOUT = 20
-_DELETE_OPTOUT = 21
-_WRITE_SQL: tuple[str, ...] = (
-    f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)})"
-    f" VALUES ({_placeholders(len(MESSAGE_COLUMNS))})",
-    f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)})"
-    f" VALUES ({_placeholders(len(MESSAGE_COLUMNS))})"
-    f" ON CONFLICT (id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in MESSAGE_MUTABLE)}",
-    f"UPDATE messages SET {', '.join(f'{c} = ?' for c in MESSAGE_MUTABLE)} WHERE id = ?",
-    f"INSERT INTO parts ({', '.join(PART_COLUMNS)}) VALUES ({_placeholders(len(PART_COLUMNS))})"
-    " ON CONFLICT (message_id, part_no) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in PART_COLUMNS[2:]),
-    f"INSERT INTO reports ({', '.join(REPORT_COLUMNS)})"
-    f" VALUES ({_placeholders(len(REPORT_COLUMNS))})",
-    "DELETE FROM reports WHERE id = ?",
-    "INSERT INTO orphan_receipts (connector, smsc_id, body, received_at) VALUES (?, ?, ?, ?)",
-    f"DELETE FROM messages WHERE id = ? AND {_DONE}",
-    "DELETE FROM parts WHERE message_id = ?1 AND NOT EXISTS (SELECT 1 FROM messages WHERE id = ?1)",
-    "DELETE FROM orphan_receipts WHERE id IN"
-    " (SELECT id FROM orphan_receipts WHERE received_at < ? LIMIT ?)",
-    "INSERT INTO events (message_id, at, kind, from_state, to_state, detail)"
-    " VALUES (?, ?, ?, ?, ?, ?)",
-    "DELETE FROM events WHERE message_id = ?1"
-    " AND NOT EXISTS (SELECT 1 FROM messages WHERE id = ?1)",
-    "INSERT INTO idempotency_keys (account, key, fingerprint, response, created_at)"
-    " VALUES (?, ?, ?, ?, ?)",
-    "DELETE FROM idempotency_keys WHERE (account, key) IN"
-    " (SELECT account, key FROM idempotency_keys WHERE created_at < ? LIMIT ?)",
-    # Before a final message is deleted (retention, erasure): counted in its day's totals.
-    "INSERT INTO cdr_daily (day, account, smsc, channel, state, messages, parts)"
-    " SELECT date(created_at, 'unixepoch'), account, coalesce(connector, ''), channel, state,"
-    f" 1, parts_total FROM messages WHERE id = ? AND {_DONE}"
-    " ON CONFLICT (day, account, smsc, channel, state) DO UPDATE SET"
-    " messages = messages + excluded.messages, parts = parts + excluded.parts",
-    "DELETE FROM orphan_receipts WHERE id = ?",
-    "UPDATE events SET detail = replace(detail, ?2, ?3) WHERE id = ?1",
-    # replace_sm: what intake fixed and a replacement changes (after _UPDATE_MESSAGE).
-    "UPDATE messages SET body = ?, registered_delivery = ?, not_before = ?, expires_at = ?"
-    " WHERE id = ?",
-    # replace_sm: the parts cut from the old text go (none was sent: see Dispatcher.replace).
-    # After _UPSERT_PART: a batch holding an older write of that message's parts ends without
-    # them.
-    "DELETE FROM parts WHERE message_id = ?",
-    "INSERT INTO events (message_id, at, kind, from_state, to_state, detail)"
-    " SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM messages WHERE id = ?1)",
-    "INSERT INTO optouts (account, msisdn, opted_out, at, source) VALUES (?, ?, ?, ?, ?)"
-    " ON CONFLICT (account, msisdn) DO UPDATE SET opted_out = excluded.opted_out,"
-    " at = excluded.at, source = excluded.source",
-    "DELETE FROM optouts WHERE msisdn = ?",
-)
 
 _MESSAGE_SELECT = f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages"
 _PART_SELECT = f"SELECT {', '.join(PART_COLUMNS)} FROM parts"
@@ -391,8 +104,6 @@ _report_fields: Callable[[Report], Row] = operator.attrgetter(*REPORT_COLUMNS[:-
 _PURGE_CHUNK = 2000
 _SCAN_WINDOW = 5000  # rowids examined per read by scans over whole tables (erasure, CDR)
 ERASED = "<erased>"  # what replaces an erased number in the history of other messages
-# Messages per state, as the triggers keep them (read inside each write's transaction).
-_STATE_COUNTS_SQL = "SELECT state, n FROM state_counts"
 _OPEN_STATES = tuple(s for s in State if not s.final)
 _detail_json = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
@@ -564,84 +275,6 @@ class _Episode:
             self.next_log = -math.inf
 
 
-def _wrap_error(exc: BaseException) -> BaseException:
-    if isinstance(exc, StoreError):
-        return exc
-    if isinstance(exc, sqlite3.IntegrityError):
-        err: StoreError = ConstraintError(str(exc))
-    else:
-        err = StoreError(f"{type(exc).__name__}: {exc}")
-    err.__cause__ = exc
-    return err
-
-
-async def _aio_connect(uri: str, isolation_level: str | None) -> aiosqlite.Connection:
-    return await aiosqlite.connect(uri, uri=True, isolation_level=isolation_level)
-
-
-_Committed = tuple[list[int], dict[str, int]]  # rowcounts, messages per state
-
-
-def _transaction(db: sqlite3.Connection, groups: list[tuple[str, list[Row]]]) -> _Committed:
-    """Run in the database thread: each group (one executemany) in one transaction; their
-    rowcounts and the messages per state as committed. Rolled back entirely if any
-    statement fails."""
-    if db.in_transaction:  # left open by a failed ROLLBACK: never build on it
-        db.rollback()
-    try:
-        rowcounts = [db.executemany(sql, rows).rowcount for sql, rows in groups]
-        counts = dict(db.execute(_STATE_COUNTS_SQL).fetchall())
-        db.commit()
-    except BaseException:
-        with contextlib.suppress(Exception):
-            db.rollback()
-        raise
-    return rowcounts, counts
-
-
-# aiosqlite runs every call as a function on its thread (Connection._execute); handing it the
-# whole transaction as one function costs one thread round trip instead of one per statement
-# plus the commit, each of which waits for the busy event loop. Public API if that is gone.
-_ONE_CALL = hasattr(aiosqlite.Connection, "_execute")
-
-
-async def _aio_transaction(
-    conn: aiosqlite.Connection, groups: list[tuple[str, list[Row]]]
-) -> _Committed:
-    """asyncio side: _transaction (each group one executemany, all in one transaction).
-
-    The writer connection opens the transaction itself (isolation_level="IMMEDIATE": sqlite3
-    issues BEGIN IMMEDIATE before the first write), which saves a thread round trip.
-    """
-    if _ONE_CALL:
-        result: _Committed = await conn._execute(  # type: ignore[no-untyped-call]
-            _transaction, conn._conn, groups)
-        return result
-    if conn.in_transaction:  # left open by a failed ROLLBACK: never build on it
-        await conn.rollback()
-    try:
-        rowcounts = []
-        for sql, rows in groups:
-            cur = await conn.executemany(sql, rows)
-            rowcounts.append(cur.rowcount)
-        counts: dict[str, int] = dict(await _aio_fetchall(conn, _STATE_COUNTS_SQL, ()))
-        await conn.commit()
-    except BaseException:
-        with contextlib.suppress(Exception):
-            await conn.rollback()
-        raise
-    return rowcounts, counts
-
-
-async def _aio_script(conn: aiosqlite.Connection, script: str) -> None:
-    await conn.executescript(script)
-
-
-async def _aio_fetchall(conn: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> list[Row]:
-    rows: Iterable[Any] = await conn.execute_fetchall(sql, params)  # tuples: no row_factory
-    return list(rows)
-
-
 class PendingWrite:
     """A write already queued; `await wait()` returns after its commit or raises StoreError.
     Cancelling the wait does not cancel the write."""
@@ -685,29 +318,24 @@ class Store:
     never for a failed write; ``smsgw_unfinished_messages{state}`` is set from the messages per
     state that commit leaves; its duration and rows go to the commit histograms.
 
-    Limits: one process per database file (a lock file enforces it; report ids are allocated
-    in memory). Reads share one connection, so they run one at a time. A lone caller pays a
+    Limits: one process per database (SQLite: a lock file enforces it; PostgreSQL: an advisory
+    lock; report ids are allocated in memory). Reads share one connection, so they run one at
+    a time. A lone caller pays a
     full commit per call (about 0.6 ms, more with synchronous=full); throughput comes from
     concurrent callers sharing commits (see bench/bench_store.py).
     """
 
     def __init__(
         self,
-        loop: Any,
-        writer: aiosqlite.Connection,
-        reader: aiosqlite.Connection,
-        next_report_id: int,
-        state_counts: dict[str, int],
+        backend: Backend,
         *,
         batch_max: int,
         batch_linger: float,
         queue_max: int,
         unfinished_max: int,
     ) -> None:
-        self._loop = loop
-        self._writer_conn = writer
-        self._reader = reader
-        self._next_report_id = next_report_id
+        self._db = backend
+        self._next_report_id = backend.next_report_id
         self._batch_max = batch_max
         self._batch_linger = batch_linger
         self.queue_max = queue_max
@@ -718,7 +346,7 @@ class Store:
         self._queued_rows = 0  # rows of calls queued and not yet done
         self._state_counts: dict[str, int] = {}  # messages per state, as of the last commit
         self._unfinished = 0  # unfinished messages as of the last commit
-        self._counted(state_counts)
+        self._counted(backend.state_counts)
         self._admitting = 0  # new messages queued by add_messages, not yet done
         self._failures = _Episode(metrics.STORE_FAILURES, "store.failed", "store.recovered",
                                   "error")
@@ -755,7 +383,7 @@ class Store:
     @contextlib.asynccontextmanager
     async def open(
         cls,
-        path: str | os.PathLike[str],
+        where: str | os.PathLike[str],
         *,
         batch_max: int = 512,
         batch_linger: float = 0.0,
@@ -763,21 +391,22 @@ class Store:
         queue_max: int = 20_000,
         unfinished_max: int = 100_000,
     ) -> AsyncIterator[Store]:
-        """Open (creating if needed) the database at ``path`` and run its writer task.
+        """Open the store and run its writer task. ``where`` is an SQLite database file
+        (created if needed, see gateway.store_sqlite.open_sqlite) or a PostgreSQL URI
+        (``postgresql://...``, see gateway.store_pg.open_postgresql); the schema is created or
+        migrated either way.
 
-        Creates the missing directories (mode 0700), the database file (mode 0600; SQLite
-        gives its -wal and -shm files the same mode) and the schema (versioned by PRAGMA
-        user_version), and takes an exclusive lock file (``path + ".lock"``) so two daemons
-        never share one file.
-
-        Durability, WAL in both modes:
-        - ``synchronous="full"`` (the default): every COMMIT is fsynced before the write call
-          returns. Nothing acknowledged is lost on a process crash (SIGKILL included), a
-          kernel crash or a power loss (given a disk that honours fsync).
-        - ``synchronous="normal"``: a COMMIT is in the WAL file (the OS page cache) before
-          the call returns, so a process crash loses nothing acknowledged; a kernel crash or
-          power loss may roll back the transactions committed since the last WAL sync (at
-          a checkpoint); the database stays consistent. Faster: no fsync per commit.
+        Durability:
+        - ``synchronous="full"`` (the default): every COMMIT is on disk before the write call
+          returns (SQLite: fsync of the WAL; PostgreSQL: synchronous_commit=on). Nothing
+          acknowledged is lost on a process crash (SIGKILL included), a kernel crash or a
+          power loss (given a disk that honours fsync).
+        - ``synchronous="normal"``: SQLite: a COMMIT is in the WAL file (the OS page cache)
+          before the call returns, so a process crash loses nothing acknowledged; a kernel
+          crash or power loss may roll back the transactions committed since the last WAL
+          sync. PostgreSQL: synchronous_commit=off: a crash of the database server (not of the
+          gateway) may roll back the last fraction of a second of commits. The database stays
+          consistent. Faster: no flush per commit.
 
         ``batch_max`` bounds the rows written per transaction (one call is never split);
         ``batch_linger`` (seconds) lets the writer wait that long for more calls before
@@ -790,20 +419,10 @@ class Store:
                              "batch_linger >= 0")
         if synchronous not in ("full", "normal"):
             raise ValueError(f'synchronous must be "full" or "normal", not {synchronous!r}')
-        db = Path(path)
-        if str(path) == ":memory:" or not db.name:
-            raise ValueError(f"the store needs a file path, not {str(path)!r}")
-        db = db.absolute()
-        _make_private_dirs(db.parent)
-        with _file_lock(db), _sole_exception():
-            _create_private_file(db)
-            async with (
-                trio_asyncio.open_loop() as loop,
-                _connections(loop, db, synchronous) as (writer, reader, next_id, counts),
-            ):
-                store = cls(loop, writer, reader, next_id, counts, batch_max=batch_max,
-                            batch_linger=batch_linger, queue_max=queue_max,
-                            unfinished_max=unfinished_max)
+        with _sole_exception():
+            async with _open_backend(where, synchronous) as backend:
+                store = cls(backend, batch_max=batch_max, batch_linger=batch_linger,
+                            queue_max=queue_max, unfinished_max=unfinished_max)
                 try:
                     async with trio.open_nursery() as nursery:
                         await nursery.start(store._write_loop)
@@ -885,15 +504,14 @@ class Store:
         if len(batch) == 1:
             await self._run_alone(batch[0])
             return
-        buckets: list[list[Row]] = [[] for _ in _WRITE_SQL]
+        buckets: dict[int, list[Row]] = {}
         for call in batch:
             for stmt, rows in call.groups:
-                buckets[stmt].extend(rows)
-        groups = [(_WRITE_SQL[i], rows) for i, rows in enumerate(buckets) if rows]
+                buckets.setdefault(stmt, []).extend(rows)
+        groups = [(i, buckets[i]) for i in sorted(buckets) if buckets[i]]
         started = trio.current_time()
         try:
-            _, counts = await self._loop.run_aio_coroutine(
-                _aio_transaction(self._writer_conn, groups))
+            _, counts = await self._db.transaction(groups)
         except Exception:
             # Some call broke the transaction: retry each alone, so only that one fails.
             self.failed_batches += 1
@@ -905,14 +523,13 @@ class Store:
             self._settle(call)
 
     async def _run_alone(self, call: _Call) -> None:
-        groups = [(_WRITE_SQL[stmt], rows) for stmt, rows in call.groups if rows]
+        groups = [(stmt, rows) for stmt, rows in call.groups if rows]
         started = trio.current_time()
         try:
-            call.rowcounts, counts = await self._loop.run_aio_coroutine(
-                _aio_transaction(self._writer_conn, groups)
-            )
+            call.rowcounts, counts = await self._db.transaction(groups)
         except Exception as exc:
-            call.error = _wrap_error(exc)
+            call.error = exc if isinstance(exc, StoreError) else StoreError(
+                f"{type(exc).__name__}: {exc}")
             self._failures.occurred("write", str(call.error))
         else:
             self._committed(call.size, counts, started)
@@ -978,13 +595,13 @@ class Store:
             self._refuse("unfinished", f"{self.unfinished} messages unfinished "
                                        f"(unfinished_max {self.unfinished_max})")
         self._busy.over()
-        groups: list[tuple[int, list[Row]]] = [(_INSERT_MESSAGE, [_message_row(m) for m in msgs])]
+        groups: list[tuple[int, list[Row]]] = [(INSERT_MESSAGE, [_message_row(m) for m in msgs])]
         moves: dict[tuple[str, str], int] = {}
         if events:
             rows, moves = _event_rows(events)
-            groups.append((_INSERT_EVENT, rows))
+            groups.append((INSERT_EVENT, rows))
         if idempotency is not None:
-            groups.append((_INSERT_IDEMPOTENCY, [astuple(idempotency)]))
+            groups.append((INSERT_IDEMPOTENCY, [astuple(idempotency)]))
         call = _Call(groups)
         call.admitted = len(msgs)
         call.moves = moves
@@ -1023,23 +640,23 @@ class Store:
         """
         if existing:
             msgs = [_message_update_row(msg) for msg, _, _ in items]
-            stmt = _UPDATE_MESSAGE
+            stmt = UPDATE_MESSAGE
         else:
             msgs = [_message_row(msg) for msg, _, _ in items]
-            stmt = _UPSERT_MESSAGE
+            stmt = UPSERT_MESSAGE
         part_rows = [_part_row(p) for _, parts, _ in items for p in parts]
         reports = [r for _, _, reps in items for r in reps]
         groups: list[tuple[int, list[Row]]] = [(stmt, msgs)]
         if part_rows:
-            groups.append((_UPSERT_PART, part_rows))
+            groups.append((UPSERT_PART, part_rows))
         ids: list[int] = []
         if reports:
             ids, rows = self._report_rows(reports)
-            groups.append((_INSERT_REPORT, rows))
+            groups.append((INSERT_REPORT, rows))
         moves: dict[tuple[str, str], int] = {}
         if events:
             rows, moves = _event_rows(events)
-            groups.append((_INSERT_EVENT, rows))
+            groups.append((INSERT_EVENT, rows))
         call = _Call(groups)
         call.moves = moves
         self._queue(call)
@@ -1050,13 +667,13 @@ class Store:
         registered_delivery, not_before and expires_at as they are now, its parts deleted (the
         text is cut again at its next attempt), and the events, in one commit."""
         groups: list[tuple[int, list[Row]]] = [
-            (_UPDATE_MESSAGE, [_message_update_row(msg)]),
-            (_REPLACE_MESSAGE, [(msg.body, msg.registered_delivery, msg.not_before,
+            (UPDATE_MESSAGE, [_message_update_row(msg)]),
+            (REPLACE_MESSAGE, [(msg.body, msg.registered_delivery, msg.not_before,
                                  msg.expires_at, msg.id)]),
-            (_DELETE_PARTS, [(msg.id,)]),
+            (DELETE_PARTS, [(msg.id,)]),
         ]
         if events:
-            groups.append((_INSERT_EVENT, [_event_row(e) for e in events]))
+            groups.append((INSERT_EVENT, [_event_row(e) for e in events]))
         call = _Call(groups)
         self._queue(call)
         return PendingWrite(call, [], [])
@@ -1065,13 +682,13 @@ class Store:
         """Append events to their messages' histories (events of a purged message are
         dropped with it by the next purge)."""
         rows, moves = _event_rows(events)
-        call = _Call([(_INSERT_EVENT, rows)])
+        call = _Call([(INSERT_EVENT, rows)])
         call.moves = moves
         await self._write(call)
 
     async def save_parts(self, parts: Sequence[Part]) -> None:
         """Upsert parts by (message_id, part_no)."""
-        await self._write(_Call([(_UPSERT_PART, [_part_row(p) for p in parts])]))
+        await self._write(_Call([(UPSERT_PART, [_part_row(p) for p in parts])]))
 
     async def add_reports(self, reports: Sequence[Report],
                           optouts: Sequence[OptOut] = ()) -> None:
@@ -1080,9 +697,9 @@ class Store:
         if not reports:
             return
         ids, rows = self._report_rows(reports)
-        groups = [(_INSERT_REPORT, rows)]
+        groups = [(INSERT_REPORT, rows)]
         if optouts:
-            groups.append((_UPSERT_OPTOUT, [_optout_row(o) for o in optouts]))
+            groups.append((UPSERT_OPTOUT, [_optout_row(o) for o in optouts]))
         await self._write(_Call(groups))
         for r, rid in zip(reports, ids, strict=True):
             r.id = rid
@@ -1091,7 +708,7 @@ class Store:
         """Put numbers on their account's opt-out list, or take them off (opted_out False),
         in the given order (the last entry for a number wins)."""
         if optouts:
-            await self._write(_Call([(_UPSERT_OPTOUT, [_optout_row(o) for o in optouts])]))
+            await self._write(_Call([(UPSERT_OPTOUT, [_optout_row(o) for o in optouts])]))
 
     async def fingerprints(self, since: float) -> list[tuple[bytes, float, str]]:
         """(fingerprint, created_at, id) of the messages accepted since that time with a
@@ -1137,16 +754,16 @@ class Store:
         """Delete reports (delivered upstream, or expired), and append the events saying so
         to the histories of their messages that are still stored (none is written for a
         message erased meanwhile). Unknown ids are ignored."""
-        groups: list[tuple[int, list[Row]]] = [(_DELETE_REPORT, [(i,) for i in report_ids])]
+        groups: list[tuple[int, list[Row]]] = [(DELETE_REPORT, [(i,) for i in report_ids])]
         if events:  # they record no state transition
-            groups.append((_INSERT_EVENT_IF_MESSAGE, [_event_row(e) for e in events]))
+            groups.append((INSERT_EVENT_IF_MESSAGE, [_event_row(e) for e in events]))
         await self._write(_Call(groups))
 
     async def record_orphan_receipt(
         self, connector: str, smsc_id: str, body: bytes, received_at: float
     ) -> None:
         """Keep a receipt no part matched, for inspection (purged with the messages)."""
-        await self._write(_Call([(_INSERT_ORPHAN, [(connector, smsc_id, body, received_at)])]))
+        await self._write(_Call([(INSERT_ORPHAN, [(connector, smsc_id, body, received_at)])]))
 
     async def purge(self, finished_before: float) -> int:
         """Retention: delete final messages done before that time, their parts and history,
@@ -1156,7 +773,7 @@ class Store:
         deleted = 0
         while True:
             rows = await self._read(
-                f"SELECT id FROM messages WHERE {_DONE} AND done_at < ? LIMIT ?",
+                f"SELECT id FROM messages WHERE {DONE_SQL} AND done_at < ? LIMIT ?",
                 (finished_before, _PURGE_CHUNK),
             )
             if not rows:
@@ -1164,7 +781,7 @@ class Store:
             deleted += (await self._retire([r[0] for r in rows]))[0]
             if len(rows) < _PURGE_CHUNK:
                 break
-        orphans = _Call([(_PURGE_ORPHANS, [(finished_before, _PURGE_CHUNK)])], exclusive=True)
+        orphans = _Call([(PURGE_ORPHANS, [(finished_before, _PURGE_CHUNK)])], exclusive=True)
         while (await self._write(orphans))[0] >= _PURGE_CHUNK:
             orphans = _Call(orphans.groups, exclusive=True)
         return deleted
@@ -1174,7 +791,7 @@ class Store:
         of a few thousand rows, so other writers wait at most one chunk."""
         forgotten = 0
         while True:
-            call = _Call([(_PURGE_IDEMPOTENCY, [(created_before, _PURGE_CHUNK)])],
+            call = _Call([(PURGE_IDEMPOTENCY, [(created_before, _PURGE_CHUNK)])],
                          exclusive=True)
             deleted = (await self._write(call))[0]
             forgotten += deleted
@@ -1185,19 +802,20 @@ class Store:
         """Delete these messages if final, with their parts and history, each counted in
         cdr_daily first, in one transaction; (messages, parts, events) deleted."""
         ids: list[Row] = [(i,) for i in message_ids]
-        # Counted before deleted: out of _WRITE_SQL's order, which an exclusive call may be
+        # Counted before deleted: out of the write statements' order, which an exclusive call may be
         # (it runs alone, its groups in the order given).
         counts = await self._write(_Call(
-            [(_COUNT_RETIRED, ids), (_PURGE_MESSAGES, ids), (_PURGE_PARTS, ids),
-             (_PURGE_EVENTS, ids)], exclusive=True))
+            [(COUNT_RETIRED, ids), (PURGE_MESSAGES, ids), (PURGE_PARTS, ids),
+             (PURGE_EVENTS, ids)], exclusive=True))
         return counts[1], counts[2], counts[3]
 
     async def _scan(self, table: str, columns: str, where: str,
                     params: Sequence[Any] = ()) -> AsyncIterator[list[Row]]:
-        """The rows of a table matching `where`, in rowid order, a window of _SCAN_WINDOW
-        rowids per read (bounded memory and read time, however big the table); each row
-        starts with its rowid."""
-        bounds = await self._read(f"SELECT min(rowid), max(rowid) FROM {table}")
+        """The rows of a table matching `where`, in the order of its integer key (messages:
+        rowid, the others: id), a window of _SCAN_WINDOW keys per read (bounded memory and
+        read time, however big the table); each row starts with its key."""
+        rowid = "rowid" if table == "messages" else "id"
+        bounds = await self._read(f"SELECT min({rowid}), max({rowid}) FROM {table}")
         low, high = bounds[0]
         if low is None:
             return
@@ -1205,8 +823,8 @@ class Store:
         while after < high:
             upto = min(after + _SCAN_WINDOW, high)
             rows = await self._read(
-                f"SELECT rowid, {columns} FROM {table} WHERE rowid > ? AND rowid <= ?"
-                f" AND ({where}) ORDER BY rowid", (after, upto, *params))
+                f"SELECT {rowid}, {columns} FROM {table} WHERE {rowid} > ? AND {rowid} <= ?"
+                f" AND ({where}) ORDER BY {rowid}", (after, upto, *params))
             if rows:
                 yield rows
             after = upto
@@ -1223,7 +841,7 @@ class Store:
         forms = list(dict.fromkeys(a for a in addresses if a))
         if not forms:
             return result
-        marks = _placeholders(len(forms))
+        marks = placeholders(len(forms))
         match = f"source_addr IN ({marks}) OR dest_addr IN ({marks})"
         done: list[str] = []
         async for rows in self._scan("messages", "id, state", match, (*forms, *forms)):
@@ -1238,39 +856,33 @@ class Store:
         if done:
             result.add(await self._retire(done))
         async for rows in self._scan("reports", "id", match, (*forms, *forms)):
-            counts = await self._write(_Call([(_DELETE_REPORT, [(r[1],) for r in rows])]))
+            counts = await self._write(_Call([(DELETE_REPORT, [(r[1],) for r in rows])]))
             result.reports += counts[0]
-        quoted = " OR ".join("instr(body, ?) > 0" for _ in forms)
+        quoted = " OR ".join(self._db.dialect.has("body") for _ in forms)
         async for rows in self._scan("orphan_receipts", "id", quoted,
                                      [f.encode() for f in forms]):
-            counts = await self._write(_Call([(_DELETE_ORPHAN, [(r[1],) for r in rows])]))
+            counts = await self._write(_Call([(DELETE_ORPHAN, [(r[1],) for r in rows])]))
             result.orphan_receipts += counts[0]
         # In history details, a number is a JSON string value: "33612345678".
         named = [json.dumps(f) for f in forms]
-        mentions = " OR ".join("instr(detail, ?) > 0" for _ in named)
+        mentions = " OR ".join(self._db.dialect.has("detail") for _ in named)
         async for rows in self._scan("events", "id", mentions, named):
             redactions = [(r[1], n, json.dumps(ERASED)) for r in rows for n in named]
-            await self._write(_Call([(_REDACT_EVENT, redactions)]))
+            await self._write(_Call([(REDACT_EVENT, redactions)]))
             result.events_redacted += len(rows)
         listed = await self._read(
             f"SELECT DISTINCT account FROM optouts WHERE msisdn IN ({marks})", forms)
         if listed:
-            await self._write(_Call([(_DELETE_OPTOUT, [(f,) for f in forms])]))
+            await self._write(_Call([(DELETE_OPTOUT, [(f,) for f in forms])]))
             result.optouts = sorted(r[0] for r in listed)
         result.wal_cleared = await self.checkpoint()
         return result
 
     async def checkpoint(self) -> bool:
-        """Copy the WAL into the database and empty it (the WAL keeps old copies of pages,
-        deleted rows included, until then); False if readers kept it from finishing (it is
-        then done by SQLite's automatic checkpoints later)."""
-        try:
-            rows = await self._call_aio(_aio_fetchall(self._writer_conn,
-                                                      "PRAGMA wal_checkpoint(TRUNCATE)", ()))
-        except sqlite3.Error as exc:
-            log.warning("store.checkpoint_failed", error=str(exc))
-            return False
-        return not rows[0][0]
+        """Make the old copies of deleted rows go where the engine keeps them (SQLite: copy
+        the WAL into the database and empty it); False if that could not finish now (it is
+        then done by the engine's own housekeeping later)."""
+        return await self._db.checkpoint()
 
     # ----------------------------------------------------------------- reads
 
@@ -1278,17 +890,12 @@ class Store:
         if self._closed:
             raise StoreError("the store is closed")
         try:
-            rows = await self._call_aio(_aio_fetchall(self._reader, sql, params))
-        except sqlite3.Error as exc:
-            err = _wrap_error(exc)
-            self._failures.occurred("read", str(err))
-            raise err from exc
+            rows = await self._db.read(sql, params)
+        except StoreError as exc:
+            self._failures.occurred("read", str(exc))
+            raise
         self._failures.over()
         return rows
-
-    async def _call_aio(self, coro: Awaitable[T]) -> T:
-        result: T = await self._loop.run_aio_coroutine(coro)
-        return result
 
     async def get_message(self, message_id: str) -> Message | None:
         rows = await self._read(f"{_MESSAGE_SELECT} WHERE id = ?", (message_id,))
@@ -1327,7 +934,7 @@ class Store:
         if not variants:
             return None
         rows = await self._read(
-            f"{_PART_SELECT} WHERE connector = ? AND smsc_id IN ({_placeholders(len(variants))})"
+            f"{_PART_SELECT} WHERE connector = ? AND smsc_id IN ({placeholders(len(variants))})"
             " LIMIT 1",
             (connector, *variants),
         )
@@ -1335,7 +942,7 @@ class Store:
 
     async def unfinished_messages(self) -> list[Message]:
         """Every message not in a final state (the dispatcher's work at startup)."""
-        rows = await self._read(f"{_MESSAGE_SELECT} WHERE {_OPEN}")
+        rows = await self._read(f"{_MESSAGE_SELECT} WHERE {OPEN_SQL}")
         return [_to_message(r) for r in rows]
 
     async def pending_reports(self, account: str, limit: int = 1000, *,
@@ -1365,17 +972,14 @@ class Store:
         return {account: n for account, n, _ in rows}, max((r[2] for r in rows), default=0)
 
     async def durability(self) -> tuple[str, str]:
-        """The writer connection's (journal_mode, synchronous), as SQLite reports them."""
-        conn = self._writer_conn
-        mode = (await self._call_aio(_aio_fetchall(conn, "PRAGMA journal_mode", ())))[0][0]
-        sync = (await self._call_aio(_aio_fetchall(conn, "PRAGMA synchronous", ())))[0][0]
-        names = {0: "off", 1: "normal", 2: "full", 3: "extra"}
-        return str(mode).lower(), names.get(int(sync), str(sync))
+        """(journal, synchronous) as the engine reports them: SQLite's journal_mode and
+        synchronous pragmas, PostgreSQL's ("postgresql", synchronous_commit)."""
+        return await self._db.durability()
 
     async def expired_candidates(self, now: float, limit: int = 1000) -> list[Message]:
         """Non-final messages whose expires_at <= now, earliest expiry first."""
         rows = await self._read(
-            f"{_MESSAGE_SELECT} WHERE {_OPEN} AND expires_at <= ? ORDER BY expires_at LIMIT ?",
+            f"{_MESSAGE_SELECT} WHERE {OPEN_SQL} AND expires_at <= ? ORDER BY expires_at LIMIT ?",
             (now, limit),
         )
         return [_to_message(r) for r in rows]
@@ -1398,7 +1002,7 @@ class Store:
         """One page of the unfinished messages matching the filters, soonest to expire first,
         each with its cursor: pass the last one as ``after`` for the next page. Reads the
         unfinished messages' index only, never the finished ones."""
-        where = [_OPEN, "(expires_at, rowid) > (?, ?)"]
+        where = [OPEN_SQL, "(expires_at, rowid) > (?, ?)"]
         params: list[Any] = list(after or (-math.inf, -1))
         for clause, value in (("account = ?", account), ("state = ?", state),
                               ("connector = ?", connector), ("created_at < ?", created_before)):
@@ -1407,7 +1011,7 @@ class Store:
                 params.append(value)
         rows = await self._read(
             f"SELECT expires_at, rowid, {', '.join(MESSAGE_COLUMNS)} FROM messages"
-            f" INDEXED BY messages_open WHERE {' AND '.join(where)}"
+            f"{self._db.dialect.open_index_hint} WHERE {' AND '.join(where)}"
             " ORDER BY expires_at, rowid LIMIT ?", (*params, limit))
         return [((r[0], r[1]), _to_message(r[2:])) for r in rows]
 
@@ -1423,8 +1027,8 @@ class Store:
         after = start if after is None else max(after, start)
         upto = min(after + _SCAN_WINDOW, high)
         rows = await self._read(
-            f"SELECT {', '.join('m.' + c for c in CDR_COLUMNS)}, (SELECT group_concat(smsc_id,"
-            " ' ') FROM parts WHERE message_id = m.id) FROM messages m"
+            f"SELECT {', '.join('m.' + c for c in CDR_COLUMNS)},"
+            f" {self._db.dialect.operator_ids} FROM messages m"
             " WHERE m.rowid > ? AND m.rowid <= ? AND m.created_at >= ? AND m.created_at < ?"
             " ORDER BY m.rowid", (after, upto, since, until))
         names = (*CDR_COLUMNS, "operator_ids")
@@ -1439,73 +1043,6 @@ class Store:
             "SELECT day, account, smsc, channel, state, messages, parts FROM cdr_daily"
             " WHERE day >= ? AND day < ? ORDER BY day, account, smsc, channel, state",
             (since_day, until_day))
-
-
-def _make_private_dirs(directory: Path) -> None:
-    """Create the missing directories down to ``directory``, each mode 0700 (the store's
-    state is nobody else's business); existing ones are left as they are."""
-    missing: list[Path] = []
-    while not directory.exists():
-        missing.append(directory)
-        directory = directory.parent
-    for d in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            d.mkdir(mode=0o700)
-
-
-def _create_private_file(db: Path) -> None:
-    """Create the database file mode 0600 if it does not exist, so that SQLite (which gives
-    the -wal and -shm files the database file's mode) never creates any of them readable by
-    others. An existing file readable by others is left as it is, with a warning."""
-    fd = os.open(db, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        mode = os.fstat(fd).st_mode & 0o777
-    finally:
-        os.close(fd)
-    if mode & 0o077:
-        log.warning("store.file_mode", path=str(db), mode=f"{mode:04o}",
-                    detail="the database is readable by others; chmod 600 it (and its -wal, "
-                           "-shm files) unless that is intended")
-
-
-@contextlib.contextmanager
-def _file_lock(db: Path) -> Iterator[None]:
-    """Hold an exclusive lock on db + ".lock": one process (one writer) per database."""
-    fd = os.open(f"{db}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StoreError(f"{db}: in use by another process (lock {db}.lock)") from None
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-@contextlib.asynccontextmanager
-async def _connections(
-    loop: Any, db: Path, synchronous: str
-) -> AsyncIterator[tuple[aiosqlite.Connection, aiosqlite.Connection, int, dict[str, int]]]:
-    """The writer connection (schema ready) and a read-only one; the next free report id and
-    the messages per state."""
-    uri = "file:" + quote(str(db))
-    writer: aiosqlite.Connection | None = None
-    reader: aiosqlite.Connection | None = None
-    try:
-        try:
-            writer = await loop.run_aio_coroutine(_aio_connect(uri, "IMMEDIATE"))
-            next_id, counts = await _prepare(loop, writer, synchronous)
-            reader = await loop.run_aio_coroutine(_aio_connect(uri + "?mode=ro", None))
-            await loop.run_aio_coroutine(_aio_fetchall(reader, "PRAGMA busy_timeout = 5000", ()))
-        except sqlite3.Error as exc:
-            raise StoreError(f"{db}: {exc}") from exc
-        yield writer, reader, next_id, counts
-    finally:
-        with trio.CancelScope(shield=True):
-            if reader is not None:
-                await loop.run_aio_coroutine(reader.close())
-            if writer is not None:  # the last connection out checkpoints the WAL
-                await loop.run_aio_coroutine(writer.close())
 
 
 @contextlib.contextmanager
@@ -1537,33 +1074,16 @@ def _drain(recv: trio.MemoryReceiveChannel[_Call]) -> list[_Call]:
             return out
 
 
-async def _prepare(loop: Any, conn: aiosqlite.Connection,
-                   synchronous: str) -> tuple[int, dict[str, int]]:
-    """Set the pragmas, create or migrate the schema; return the next free report id and the
-    messages per state."""
+@contextlib.asynccontextmanager
+async def _open_backend(where: str | os.PathLike[str], synchronous: str) -> AsyncIterator[Backend]:
+    """The backend ``where`` names: a postgresql:// (or postgres://) URI, else a file."""
+    if isinstance(where, str) and where.startswith(("postgresql://", "postgres://")):
+        from gateway.store_pg import open_postgresql
 
-    async def q(sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        rows: list[Row] = await loop.run_aio_coroutine(_aio_fetchall(conn, sql, params))
-        return rows
+        async with open_postgresql(where, synchronous) as pg:
+            yield pg
+    else:
+        from gateway.store_sqlite import open_sqlite
 
-    await q("PRAGMA busy_timeout = 5000")
-    mode = await q("PRAGMA journal_mode = WAL")
-    if mode[0][0].lower() != "wal":
-        raise StoreError(f"could not switch the database to WAL (journal_mode={mode[0][0]})")
-    await q(f"PRAGMA synchronous = {synchronous.upper()}")
-    # Deleted rows are overwritten with zeros (Debian's SQLite does it by default; this makes
-    # it so everywhere): what retention and erasure delete does not linger in the file.
-    await q("PRAGMA secure_delete = ON")
-    version = (await q("PRAGMA user_version"))[0][0]
-    if version > SCHEMA_VERSION:
-        raise SchemaError(
-            f"database schema version {version} is newer than this gateway's ({SCHEMA_VERSION})"
-        )
-    if version == 0 and (await q("SELECT count(*) FROM sqlite_master"))[0][0]:
-        raise SchemaError("the file holds an SQLite database that is not a gateway store")
-    for v in range(version, SCHEMA_VERSION):
-        script = f"BEGIN IMMEDIATE; {MIGRATIONS[v]}; PRAGMA user_version = {v + 1}; COMMIT;"
-        await loop.run_aio_coroutine(_aio_script(conn, script))
-    seq = await q("SELECT seq FROM sqlite_sequence WHERE name = 'reports'")
-    counts: dict[str, int] = dict(await q(_STATE_COUNTS_SQL))
-    return (int(seq[0][0]) + 1 if seq else 1), counts
+        async with open_sqlite(where, synchronous) as lite:
+            yield lite

@@ -19,6 +19,7 @@ from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from gateway import store as store_module
+from gateway import store_sqlite
 from gateway.model import (
     Event,
     Message,
@@ -113,7 +114,7 @@ async def test_save_message_is_atomic_and_sets_report_ids(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_call: bool) -> None:
     # Both ways of running a transaction: one function on aiosqlite's thread, or statement
     # by statement through the public API (used if aiosqlite ever drops _execute).
-    monkeypatch.setattr(store_module, "_ONE_CALL", one_call)
+    monkeypatch.setattr(store_sqlite, "_ONE_CALL", one_call)
     async with Store.open(tmp_path / "gw.sqlite") as store:
         m = make_message()
         await store.add_messages([m])
@@ -298,7 +299,7 @@ async def test_history_events_keep_their_order_commit_with_the_message_and_purge
 async def test_a_version_1_store_is_migrated_and_keeps_its_messages(tmp_path: Path) -> None:
     path = tmp_path / "gw.sqlite"
     conn = sqlite3.connect(path)  # a store as the previous release left it
-    conn.executescript(store_module.MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+    conn.executescript(store_sqlite.MIGRATIONS[0] + "; PRAGMA user_version = 1;")
     m = make_message()
     v1_columns = store_module.MESSAGE_COLUMNS[:26]
     row = dataclasses.astuple(m)[:26]
@@ -468,7 +469,7 @@ def test_module_is_the_only_sqlite_user() -> None:
          "gateway", "routing", "smpp", "rules"],
         cwd=REPO, capture_output=True, text=True, check=False,
     )  # fmt: skip
-    assert out.stdout.split() == [os.path.join("gateway", "store.py")]
+    assert out.stdout.split() == [os.path.join("gateway", "store_sqlite.py")]
 
 
 def sample(name: str, **labels: str) -> float:
@@ -477,8 +478,9 @@ def sample(name: str, **labels: str) -> float:
 
 async def writer_pragma(store: Store, sql: str) -> list[tuple[object, ...]]:
     """Run a PRAGMA on the store's writer connection (to inject a fault)."""
-    conn = store._writer_conn
-    return await store._call_aio(store_module._aio_fetchall(conn, sql, ()))
+    db = store._db
+    assert isinstance(db, store_sqlite.SqliteBackend)
+    return await db._loop.run_aio_coroutine(store_sqlite._aio_fetchall(db._writer, sql, ()))
 
 
 async def test_synchronous_full_is_the_default_and_normal_must_be_asked_for(

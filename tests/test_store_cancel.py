@@ -10,6 +10,7 @@ import sqlite3
 from pathlib import Path
 
 from gateway import store as store_module
+from gateway import store_sql, store_sqlite
 from gateway.model import Event, Part, State
 from gateway.store import Store
 from tests.test_store import T0, make_message
@@ -20,11 +21,11 @@ V4 = 4  # the schema before CANCELLED
 def _previous_release(path: Path) -> None:
     """A store as the release before CANCELLED left it: its four migrations, with the final
     list and state counts that release wrote."""
-    old_final = store_module._FINAL_SQL.replace(f"'{State.CANCELLED.value}', ", "")
-    assert old_final != store_module._FINAL_SQL
+    old_final = store_sql._FINAL_SQL.replace(f"'{State.CANCELLED.value}', ", "")
+    assert old_final != store_sql._FINAL_SQL
     conn = sqlite3.connect(path)
-    for script in store_module.MIGRATIONS[:V4]:
-        script = script.replace(store_module._FINAL_SQL, old_final)
+    for script in store_sqlite.MIGRATIONS[:V4]:
+        script = script.replace(store_sql._FINAL_SQL, old_final)
         script = script.replace(f", ('{State.CANCELLED.value}', 0)", "")
         conn.executescript(script)
     conn.execute(f"PRAGMA user_version = {V4}")
@@ -65,8 +66,8 @@ async def test_a_previous_store_gets_the_cancelled_state_and_keeps_using_its_ind
         assert await store.unfinished_messages() == []
         assert await store.unfinished_page() == []  # INDEXED BY messages_open still plans
     # The queries' WHERE (with CANCELLED) matches the rebuilt indexes': SQLite uses them.
-    assert "messages_open" in _plan(path, store_module._OPEN + " AND expires_at < 1e12")
-    assert "messages_done" in _plan(path, store_module._DONE + " AND done_at < 1e12")
+    assert "messages_open" in _plan(path, store_sql.OPEN_SQL + " AND expires_at < 1e12")
+    assert "messages_done" in _plan(path, store_sql.DONE_SQL + " AND done_at < 1e12")
     async with Store.open(path) as store:  # and a cancelled message is final for good
         assert await store.unfinished_messages() == []
         assert await store.purge(T0 + 10) == 2

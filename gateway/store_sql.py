@@ -1,0 +1,194 @@
+"""What the store's backends share: the tables' columns, the write statements (one list, in
+the order a group commit runs them), the errors, and the Backend protocol that SQLite
+(gateway/store_sqlite.py) and PostgreSQL (gateway/store_pg.py) implement for gateway/store.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gateway.model import FINAL_STATES
+
+Row = tuple[Any, ...]
+Committed = tuple[list[int], dict[str, int]]  # rowcount of each group, messages per state
+
+
+class StoreError(Exception):
+    """A write or read the store could not carry out; the message says why."""
+
+
+class ConstraintError(StoreError):
+    """A write broke a constraint (e.g. a message id that already exists). Nothing of it was
+    written."""
+
+
+class SchemaError(StoreError):
+    """The database file has a schema this version does not know (newer, or foreign)."""
+
+
+class StoreBusy(StoreError):
+    """New messages refused for now, nothing written: the write queue is over its bound (the
+    disk lags) or the unfinished messages have reached their cap. A temporary condition: the
+    upstream should submit again later (ESME_RMSGQFUL)."""
+
+
+# --------------------------------------------------------------------------- schema
+
+
+MESSAGE_COLUMNS = (
+    "id", "account", "source_addr", "source_ton", "source_npi", "dest_addr", "dest_ton",
+    "dest_npi", "data_coding", "esm_class", "protocol_id", "priority", "registered_delivery",
+    "body", "created_at", "expires_at", "not_before", "state", "attempts", "next_attempt_at",
+    "error", "done_at", "parts_total", "channel", "connector", "tlvs", "origin", "traffic",
+    "callback_url", "client_ref", "service_type", "number_type", "country",
+    "fingerprint", "billing",
+)  # fmt: skip
+# What save_message may change on an existing row; everything else is fixed at intake.
+MESSAGE_MUTABLE = (
+    "state", "attempts", "next_attempt_at", "error", "done_at", "parts_total", "connector",
+    "channel", "billing",
+)  # fmt: skip
+PART_COLUMNS = (
+    "message_id", "part_no", "connector", "smsc_id", "state", "error", "submitted_at", "done_at",
+)  # fmt: skip
+REPORT_COLUMNS = (
+    "account", "kind", "message_id", "source_addr", "source_ton", "source_npi", "dest_addr",
+    "dest_ton", "dest_npi", "data_coding", "body", "created_at", "state", "error", "id", "extra",
+    "via",
+)  # fmt: skip
+
+_FINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(FINAL_STATES)) + ")"
+# Written identically in the partial indexes and in the queries, so SQLite uses the indexes.
+OPEN_SQL = f"state NOT IN {_FINAL_SQL}"
+DONE_SQL = f"state IN {_FINAL_SQL}"
+
+def placeholders(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+# Write statements. A batch runs them in this order (each as one executemany), which is also
+# the order within every call, so grouping concurrent calls never reorders one call's writes.
+# Across calls, a message's insert always comes before its updates; upsert and update of one
+# message should not be mixed (the gateway updates; the upsert is for tools and tests).
+INSERT_MESSAGE = 0
+UPSERT_MESSAGE = 1
+UPDATE_MESSAGE = 2
+UPSERT_PART = 3
+INSERT_REPORT = 4
+DELETE_REPORT = 5
+INSERT_ORPHAN = 6
+PURGE_MESSAGES = 7
+PURGE_PARTS = 8
+PURGE_ORPHANS = 9
+INSERT_EVENT = 10
+PURGE_EVENTS = 11
+INSERT_IDEMPOTENCY = 12
+PURGE_IDEMPOTENCY = 13
+COUNT_RETIRED = 14
+DELETE_ORPHAN = 15
+REDACT_EVENT = 16
+REPLACE_MESSAGE = 17
+DELETE_PARTS = 18
+INSERT_EVENT_IF_MESSAGE = 19  # events of messages that may be gone (erased) meanwhile
+UPSERT_OPTOUT = 20
+DELETE_OPTOUT = 21
+
+
+def write_statements(day_of_created: str) -> tuple[str, ...]:
+    """The write statements, in the order of their indexes above; ``day_of_created`` is the
+    dialect's expression of a message's day of acceptance (UTC, "YYYY-MM-DD")."""
+    return (
+        f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)})"
+        f" VALUES ({placeholders(len(MESSAGE_COLUMNS))})",
+        f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)})"
+        f" VALUES ({placeholders(len(MESSAGE_COLUMNS))})"
+        " ON CONFLICT (id) DO UPDATE SET "
+        + ", ".join(f"{c} = excluded.{c}" for c in MESSAGE_MUTABLE),
+        f"UPDATE messages SET {', '.join(f'{c} = ?' for c in MESSAGE_MUTABLE)} WHERE id = ?",
+        f"INSERT INTO parts ({', '.join(PART_COLUMNS)}) VALUES ({placeholders(len(PART_COLUMNS))})"
+        " ON CONFLICT (message_id, part_no) DO UPDATE SET "
+        + ", ".join(f"{c} = excluded.{c}" for c in PART_COLUMNS[2:]),
+        f"INSERT INTO reports ({', '.join(REPORT_COLUMNS)})"
+        f" VALUES ({placeholders(len(REPORT_COLUMNS))})",
+        "DELETE FROM reports WHERE id = ?",
+        "INSERT INTO orphan_receipts (connector, smsc_id, body, received_at) VALUES (?, ?, ?, ?)",
+        f"DELETE FROM messages WHERE id = ? AND {DONE_SQL}",
+        "DELETE FROM parts WHERE message_id = ?1"
+        " AND NOT EXISTS (SELECT 1 FROM messages WHERE id = ?1)",
+        "DELETE FROM orphan_receipts WHERE id IN"
+        " (SELECT id FROM orphan_receipts WHERE received_at < ? LIMIT ?)",
+        "INSERT INTO events (message_id, at, kind, from_state, to_state, detail)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        "DELETE FROM events WHERE message_id = ?1"
+        " AND NOT EXISTS (SELECT 1 FROM messages WHERE id = ?1)",
+        "INSERT INTO idempotency_keys (account, key, fingerprint, response, created_at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        "DELETE FROM idempotency_keys WHERE (account, key) IN"
+        " (SELECT account, key FROM idempotency_keys WHERE created_at < ? LIMIT ?)",
+        # Before a final message is deleted (retention, erasure): counted in its day's totals.
+        "INSERT INTO cdr_daily (day, account, smsc, channel, state, messages, parts)"
+        f" SELECT {day_of_created}, account, coalesce(connector, ''), channel, state,"
+        f" 1, parts_total FROM messages WHERE id = ? AND {DONE_SQL}"
+        " ON CONFLICT (day, account, smsc, channel, state) DO UPDATE SET"
+        " messages = messages + excluded.messages, parts = parts + excluded.parts",
+        "DELETE FROM orphan_receipts WHERE id = ?",
+        "UPDATE events SET detail = replace(detail, ?2, ?3) WHERE id = ?1",
+        # replace_sm: what intake fixed and a replacement changes (after UPDATE_MESSAGE).
+        "UPDATE messages SET body = ?, registered_delivery = ?, not_before = ?, expires_at = ?"
+        " WHERE id = ?",
+        # replace_sm: the parts cut from the old text go (none was sent: see Dispatcher.replace).
+        # After UPSERT_PART: a batch holding an older write of that message's parts ends without
+        # them.
+        "DELETE FROM parts WHERE message_id = ?",
+        "INSERT INTO events (message_id, at, kind, from_state, to_state, detail)"
+        " SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM messages WHERE id = ?1)",
+        "INSERT INTO optouts (account, msisdn, opted_out, at, source) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT (account, msisdn) DO UPDATE SET opted_out = excluded.opted_out,"
+        " at = excluded.at, source = excluded.source",
+        "DELETE FROM optouts WHERE msisdn = ?",
+    )
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """The few places where the store's SQL differs between engines. Statements are written
+    with ``?`` placeholders (``?N`` where one value is used twice); a backend translates them
+    to its driver's style."""
+
+    name: str  # "sqlite" or "postgresql"
+    day_of_created: str  # a message's day of acceptance, UTC, "YYYY-MM-DD"
+    contains: str  # "{col} contains the ? value" (bytes in bytes, text in text)
+    operator_ids: str  # the parts' smsc_id values of message m, space-separated
+    open_index_hint: str  # appended to "FROM messages" where the open-messages index is meant
+
+    def has(self, column: str) -> str:
+        return self.contains.format(col=column)
+
+
+class Backend(Protocol):
+    """One open database, as gateway/store.py drives it. The Store serialises writes (one
+    transaction at a time) and reads (one at a time); both methods raise StoreError (or
+    ConstraintError) and nothing else for a database failure."""
+
+    dialect: Dialect
+    next_report_id: int  # the first report id never used in this database
+    state_counts: dict[str, int]  # messages per state at opening
+
+    async def transaction(self, groups: Sequence[tuple[int, list[Row]]]) -> Committed:
+        """Run each (statement index, rows) group as one executemany, all in one transaction,
+        committed durably; the rowcount of each group and the messages per state as committed.
+        Rolled back entirely if any statement fails."""
+        ...
+
+    async def read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """The rows of one query (``?`` placeholders), seeing every committed write."""
+        ...
+
+    async def checkpoint(self) -> bool:
+        """Make deleted rows' old copies go (SQLite: empty the WAL); True if done now."""
+        ...
+
+    async def durability(self) -> tuple[str, str]:
+        """(journal, synchronous) as the engine reports them, for the start-up log and tests."""
+        ...
