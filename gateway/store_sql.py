@@ -132,7 +132,8 @@ def write_statements(day_of_created: str) -> tuple[str, ...]:
         f" SELECT {day_of_created}, account, coalesce(connector, ''), channel, state,"
         f" 1, parts_total FROM messages WHERE id = ? AND {DONE_SQL}"
         " ON CONFLICT (day, account, smsc, channel, state) DO UPDATE SET"
-        " messages = messages + excluded.messages, parts = parts + excluded.parts",
+        " messages = cdr_daily.messages + excluded.messages,"
+        " parts = cdr_daily.parts + excluded.parts",
         "DELETE FROM orphan_receipts WHERE id = ?",
         "UPDATE events SET detail = replace(detail, ?2, ?3) WHERE id = ?1",
         # replace_sm: what intake fixed and a replacement changes (after UPDATE_MESSAGE).

@@ -13,6 +13,7 @@ from gateway import store as store_module
 from gateway import store_sql, store_sqlite
 from gateway.model import Event, Part, State
 from gateway.store import Store
+from tests.conftest import StoreAt
 from tests.test_store import T0, make_message
 
 V4 = 4  # the schema before CANCELLED
@@ -74,8 +75,8 @@ async def test_a_previous_store_gets_the_cancelled_state_and_keeps_using_its_ind
         assert (await store.stats())["CANCELLED"] == 0
 
 
-async def test_a_new_store_counts_cancelled_and_keeps_the_service_type(tmp_path: Path) -> None:
-    async with Store.open(tmp_path / "gw.sqlite") as store:
+async def test_a_new_store_counts_cancelled_and_keeps_the_service_type(store_at: StoreAt) -> None:
+    async with Store.open(store_at) as store:
         m = make_message(service_type="CMT")
         await store.add_messages([m])
         got = await store.get_message(m.id)
@@ -84,8 +85,8 @@ async def test_a_new_store_counts_cancelled_and_keeps_the_service_type(tmp_path:
 
 
 async def test_a_replacement_changes_text_times_and_receipt_request_and_drops_old_parts(
-        tmp_path: Path) -> None:
-    async with Store.open(tmp_path / "gw.sqlite") as store:
+        store_at: StoreAt) -> None:
+    async with Store.open(store_at) as store:
         m = make_message(state=State.QUEUED, attempts=1, parts_total=2)
         other = make_message()
         await store.add_messages([m, other])

@@ -1,0 +1,414 @@
+"""The PostgreSQL backend of the store: its schema (versioned in smsgw_schema), a writer and a
+reader connection (psycopg 3, each driven from trio in a worker thread, one call at a time, the
+way aiosqlite drives SQLite), the translation of the store's ``?`` placeholders to psycopg's, and
+reconnection after the server went away."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg.errors
+import structlog
+import trio
+
+from gateway.model import State
+from gateway.store_sql import (
+    DONE_SQL,
+    INSERT_REPORT,
+    OPEN_SQL,
+    REPORT_COLUMNS,
+    Committed,
+    ConstraintError,
+    Dialect,
+    Row,
+    SchemaError,
+    StoreError,
+    write_statements,
+)
+
+log = structlog.get_logger("gateway.store")
+
+T = TypeVar("T")
+
+DIALECT = Dialect(
+    name="postgresql",
+    day_of_created="to_char(to_timestamp(created_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+    contains="position(? in {col}) > 0",
+    operator_ids="(SELECT string_agg(smsc_id, ' ' ORDER BY part_no) FROM parts"
+                 " WHERE message_id = m.id)",
+    open_index_hint="",
+)
+WRITE_SQL = write_statements(DIALECT.day_of_created)
+_STATE_COUNTS_SQL = "SELECT state, n FROM state_counts"
+_REPORT_ID = REPORT_COLUMNS.index("id")
+
+# One gateway process per database until nodes share the work (it is taken with the writer
+# connection and held for the process's life). And schema changes, one process at a time.
+SINGLE_NODE_LOCK = 0x736D_7367_0001
+MIGRATION_LOCK = 0x736D_7367_0002
+
+# Session settings of the gateway's connections (item "database health" of the cluster work):
+# a statement or an idle transaction that hangs is cut, never left holding locks and snapshots.
+STATEMENT_TIMEOUT_MS = 60_000
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
+CONNECT_TIMEOUT = 10  # seconds
+
+SCHEMA_VERSION = 1
+# MIGRATIONS[v] takes a database at schema version v to v + 1 (0: an empty database).
+MIGRATIONS: tuple[str, ...] = (
+    f"""
+    CREATE TABLE smsgw_schema (version integer NOT NULL);
+    INSERT INTO smsgw_schema (version) VALUES (0);
+
+    CREATE TABLE messages (
+        rowid bigint GENERATED ALWAYS AS IDENTITY UNIQUE,  -- scan and paging order
+        id text PRIMARY KEY,
+        account text NOT NULL,
+        source_addr text NOT NULL,
+        source_ton bigint NOT NULL,
+        source_npi bigint NOT NULL,
+        dest_addr text NOT NULL,
+        dest_ton bigint NOT NULL,
+        dest_npi bigint NOT NULL,
+        data_coding bigint NOT NULL,
+        esm_class bigint NOT NULL,
+        protocol_id bigint NOT NULL,
+        priority bigint NOT NULL,
+        registered_delivery bigint NOT NULL,
+        body bytea NOT NULL,
+        created_at double precision NOT NULL,
+        expires_at double precision NOT NULL,
+        not_before double precision NOT NULL,
+        state text NOT NULL,
+        attempts bigint NOT NULL,
+        next_attempt_at double precision NOT NULL,
+        error bigint NOT NULL,
+        done_at double precision,
+        parts_total bigint NOT NULL,
+        channel text NOT NULL,
+        connector text,
+        tlvs bytea NOT NULL,
+        origin text NOT NULL DEFAULT 'smpp',
+        traffic text NOT NULL DEFAULT 'alert',
+        callback_url text,
+        client_ref text,
+        service_type text NOT NULL DEFAULT '',
+        number_type text NOT NULL DEFAULT '',
+        country text NOT NULL DEFAULT '',
+        fingerprint bytea,
+        billing text NOT NULL DEFAULT ''
+    );
+    CREATE INDEX messages_open ON messages (expires_at, rowid) WHERE {OPEN_SQL};
+    CREATE INDEX messages_done ON messages (done_at) WHERE {DONE_SQL};
+    CREATE INDEX messages_fingerprint ON messages (created_at) WHERE fingerprint IS NOT NULL;
+
+    CREATE TABLE parts (
+        message_id text NOT NULL,
+        part_no bigint NOT NULL,
+        connector text NOT NULL,
+        smsc_id text,
+        state text NOT NULL,
+        error bigint NOT NULL,
+        submitted_at double precision,
+        done_at double precision,
+        PRIMARY KEY (message_id, part_no)
+    );
+    CREATE INDEX parts_smsc_id ON parts (connector, smsc_id) WHERE smsc_id IS NOT NULL;
+
+    CREATE TABLE reports (
+        id bigint PRIMARY KEY,  -- given by the gateway, from report_ids
+        account text NOT NULL,
+        kind text NOT NULL,
+        message_id text NOT NULL,
+        source_addr text NOT NULL,
+        source_ton bigint NOT NULL,
+        source_npi bigint NOT NULL,
+        dest_addr text NOT NULL,
+        dest_ton bigint NOT NULL,
+        dest_npi bigint NOT NULL,
+        data_coding bigint NOT NULL,
+        body bytea NOT NULL,
+        created_at double precision NOT NULL,
+        state text,
+        error bigint NOT NULL,
+        extra text,
+        via text NOT NULL DEFAULT 'smpp'
+    );
+    CREATE INDEX reports_account_via ON reports (account, via, id);
+    -- The highest report id ever given (ids are never reused, even once every report is
+    -- acknowledged and deleted).
+    CREATE SEQUENCE report_ids;
+
+    CREATE TABLE orphan_receipts (
+        id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+        connector text NOT NULL,
+        smsc_id text NOT NULL,
+        body bytea NOT NULL,
+        received_at double precision NOT NULL
+    );
+    CREATE INDEX orphan_receipts_received_at ON orphan_receipts (received_at);
+
+    CREATE TABLE events (
+        id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+        message_id text NOT NULL,
+        at double precision NOT NULL,
+        kind text NOT NULL,
+        from_state text,
+        to_state text,
+        detail text
+    );
+    CREATE INDEX events_message ON events (message_id, id);
+
+    CREATE TABLE idempotency_keys (
+        account text NOT NULL,
+        key text NOT NULL,
+        fingerprint text NOT NULL,
+        response text NOT NULL,
+        created_at double precision NOT NULL,
+        PRIMARY KEY (account, key)
+    );
+    CREATE INDEX idempotency_keys_created_at ON idempotency_keys (created_at);
+
+    CREATE TABLE cdr_daily (
+        day text NOT NULL,
+        account text NOT NULL,
+        smsc text NOT NULL,
+        channel text NOT NULL,
+        state text NOT NULL,
+        messages bigint NOT NULL,
+        parts bigint NOT NULL,
+        PRIMARY KEY (day, account, smsc, channel, state)
+    );
+
+    CREATE TABLE optouts (
+        account text NOT NULL,
+        msisdn text NOT NULL,
+        opted_out bigint NOT NULL,
+        at double precision NOT NULL,
+        source text NOT NULL,
+        PRIMARY KEY (account, msisdn)
+    );
+    CREATE INDEX optouts_msisdn ON optouts (msisdn);
+
+    -- Messages per state, kept by a trigger so that stats() need not scan months of messages.
+    CREATE TABLE state_counts (state text PRIMARY KEY, n bigint NOT NULL);
+    INSERT INTO state_counts (state, n) VALUES {", ".join(f"('{s.value}', 0)" for s in State)};
+    CREATE FUNCTION smsgw_count_states() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'UPDATE' AND NEW.state IS NOT DISTINCT FROM OLD.state THEN
+            RETURN NULL;
+        END IF;
+        IF TG_OP IN ('UPDATE', 'DELETE') THEN
+            UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
+        END IF;
+        IF TG_OP IN ('UPDATE', 'INSERT') THEN
+            UPDATE state_counts SET n = n + 1 WHERE state = NEW.state;
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER messages_count AFTER INSERT OR DELETE OR UPDATE OF state ON messages
+        FOR EACH ROW EXECUTE FUNCTION smsgw_count_states();
+    """,
+)
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+_NUMBERED = re.compile(r"\?(\d+)")
+
+
+@functools.lru_cache(maxsize=4096)
+def translate(sql: str) -> tuple[str, tuple[int, ...] | None]:
+    """The store's SQL in psycopg's style: ``?`` -> ``%s`` (a literal ``%`` doubled), and
+    ``?N`` -> ``%s`` with the order in which to pick each row's values (None: as given)."""
+    sql = sql.replace("%", "%%")
+    order = tuple(int(n) - 1 for n in _NUMBERED.findall(sql))
+    if order:
+        return _NUMBERED.sub("%s", sql), order
+    return sql.replace("?", "%s"), None
+
+
+def _params(order: tuple[int, ...] | None, row: Sequence[Any]) -> Sequence[Any]:
+    return row if order is None else tuple(row[i] for i in order)
+
+
+def _wrap_error(exc: BaseException) -> StoreError:
+    if isinstance(exc, StoreError):
+        return exc
+    if isinstance(exc, psycopg.IntegrityError):
+        err: StoreError = ConstraintError(str(exc).strip())
+    else:
+        err = StoreError(f"postgresql: {type(exc).__name__}: {str(exc).strip()}")
+    err.__cause__ = exc
+    return err
+
+
+class _Connection:
+    """One psycopg connection used from worker threads, one call at a time; reconnected at
+    the next call once broken (the server restarted, the network dropped it)."""
+
+    def __init__(self, dsn: str, role: str, setup: Callable[[psycopg.Connection[Any]], None]
+                 ) -> None:
+        self._dsn = dsn
+        self._role = role
+        self._setup = setup
+        self._conn: psycopg.Connection[Any] | None = None
+        self._lock = trio.Lock()
+        self._thread_lock = threading.Lock()  # close() may come from another thread
+
+    def _connected(self) -> psycopg.Connection[Any]:
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+                self._conn = None
+                log.warning("store.reconnecting", backend="postgresql", connection=self._role)
+            conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                                   application_name=f"smsgw {self._role}")
+            try:
+                self._setup(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return conn
+
+    def _run(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        with self._thread_lock:
+            return fn(self._connected())
+
+    async def call(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """fn(connection) in a worker thread; psycopg's errors come out as StoreError."""
+        async with self._lock:
+            try:
+                return await trio.to_thread.run_sync(self._run, fn)
+            except (psycopg.Error, OSError) as exc:
+                raise _wrap_error(exc) from exc
+
+    def close(self) -> None:
+        with self._thread_lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def _transaction(groups: list[tuple[int, list[Row]]],
+                 conn: psycopg.Connection[Any]) -> Committed:
+    """Run in a worker thread: each group one executemany, all in one transaction (psycopg
+    pipelines an executemany: one round trip for all its rows)."""
+    rowcounts: list[int] = []
+    with conn.transaction(), conn.cursor() as cur:
+        high_report = 0
+        for stmt, rows in groups:
+            sql, order = translate(WRITE_SQL[stmt])
+            cur.executemany(sql, rows if order is None else [_params(order, r) for r in rows])
+            rowcounts.append(cur.rowcount)
+            if stmt == INSERT_REPORT:
+                high_report = max(r[_REPORT_ID] for r in rows)
+        if high_report:
+            cur.execute("SELECT setval('report_ids', greatest(%s, (SELECT last_value FROM"
+                        " report_ids)))", (high_report,))
+        cur.execute(_STATE_COUNTS_SQL)
+        counts = {state: int(n) for state, n in cur.fetchall()}
+    return rowcounts, counts
+
+
+def _fetch(sql: str, params: Sequence[Any], conn: psycopg.Connection[Any]) -> list[Row]:
+    text, order = translate(sql)
+    cur = conn.execute(text, _params(order, params))  # even (): a doubled % is read as %
+    return [tuple(r) for r in cur.fetchall()]
+
+
+class PostgresBackend:
+    """An open PostgreSQL store (see gateway.store_sql.Backend)."""
+
+    dialect = DIALECT
+
+    def __init__(self, writer: _Connection, reader: _Connection, next_report_id: int,
+                 state_counts: dict[str, int]) -> None:
+        self._writer = writer
+        self._reader = reader
+        self.next_report_id = next_report_id
+        self.state_counts = state_counts
+
+    async def transaction(self, groups: Sequence[tuple[int, list[Row]]]) -> Committed:
+        return await self._writer.call(functools.partial(_transaction, list(groups)))
+
+    async def read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return await self._reader.call(functools.partial(_fetch, sql, params))
+
+    async def checkpoint(self) -> bool:
+        """PostgreSQL keeps the old versions of deleted rows until VACUUM reuses their space
+        (autovacuum does it in the background): nothing to do now, and not done (False)."""
+        return False
+
+    async def durability(self) -> tuple[str, str]:
+        rows = await self._writer.call(
+            functools.partial(_fetch, "SHOW synchronous_commit", ()))
+        return "postgresql", str(rows[0][0])
+
+
+def _session(synchronous: str, *, writer: bool) -> Callable[[psycopg.Connection[Any]], None]:
+    """What every new connection of the gateway sets, and the writer's single-node lock."""
+
+    def setup(conn: psycopg.Connection[Any]) -> None:
+        conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+        conn.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_TIMEOUT_MS}")
+        if writer:
+            conn.execute("SET synchronous_commit = " + ("on" if synchronous == "full" else "off"))
+            got = conn.execute("SELECT pg_try_advisory_lock(%s)", (SINGLE_NODE_LOCK,)).fetchone()
+            if not (got and got[0]):
+                raise StoreError(
+                    "postgresql: another gateway process uses this database (it holds the "
+                    "single-node advisory lock); one gateway per database for now")
+
+    return setup
+
+
+def _prepare(conn: psycopg.Connection[Any]) -> tuple[int, dict[str, int]]:
+    """Create or migrate the schema (one process at a time); the next free report id and the
+    messages per state."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        row = conn.execute("SELECT to_regclass('smsgw_schema') IS NOT NULL").fetchone()
+        if row and row[0]:
+            got = conn.execute("SELECT version FROM smsgw_schema").fetchone()
+            version = int(got[0]) if got else 0
+        else:
+            tables = conn.execute("SELECT count(*) FROM pg_tables"
+                                  " WHERE schemaname = current_schema()").fetchone()
+            if tables and tables[0]:
+                raise SchemaError("the database holds tables that are not a gateway store "
+                                  "(give the gateway a database of its own)")
+            version = 0
+        if version > SCHEMA_VERSION:
+            raise SchemaError(f"database schema version {version} is newer than this "
+                              f"gateway's ({SCHEMA_VERSION})")
+        for v in range(version, SCHEMA_VERSION):
+            conn.execute(MIGRATIONS[v])
+            conn.execute("UPDATE smsgw_schema SET version = %s", (v + 1,))
+    high = conn.execute(
+        "SELECT greatest((SELECT coalesce(max(id), 0) FROM reports),"
+        " (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM report_ids))").fetchone()
+    counts = {state: int(n) for state, n in conn.execute(_STATE_COUNTS_SQL).fetchall()}
+    return (int(high[0]) if high else 0) + 1, counts
+
+
+@contextlib.asynccontextmanager
+async def open_postgresql(dsn: str, synchronous: str) -> AsyncIterator[PostgresBackend]:
+    """Connect to the database ``dsn`` names (a libpq URI), create or migrate its schema, and
+    take the single-node lock; the connections are closed on exit."""
+    writer = _Connection(dsn, "writer", _session(synchronous, writer=True))
+    reader = _Connection(dsn, "reader", _session(synchronous, writer=False))
+    try:
+        next_id, counts = await writer.call(_prepare)
+        yield PostgresBackend(writer, reader, next_id, counts)
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(reader.close)
+            await trio.to_thread.run_sync(writer.close)
