@@ -68,6 +68,7 @@ SimulatorPeer = Literal["batching", "independent"]
 RbmPhoneState = Literal["capable", "not_capable", "offline", "failing", "silent"]
 VoiceBehaviour = Literal["answer", "busy", "no-answer", "unreachable", "fail", "throttle", "hang"]
 Synchronous = Literal["full", "normal"]
+StoreBackend = Literal["sqlite", "postgresql"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 # Where an account's MO goes: "auto" = its webhook_url when it has one, else its SMPP binds
 MoVia = Literal["auto", "smpp", "webhook"]
@@ -276,15 +277,25 @@ class RetryConfig:
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
-    """The durable message store (``[store]``)."""
+    """The durable message store (``[store]``): an SQLite file (``path``, the embedded
+    default) or a PostgreSQL database (``backend = "postgresql"``, ``dsn``)."""
 
-    path: Path
+    path: Path | None = None  # backend "sqlite": the database file
+    backend: StoreBackend = "sqlite"
+    dsn: str | None = None  # backend "postgresql": a libpq URI, postgresql://user@host:port/db
     batch_max: int = 512  # rows per group commit at most
     retention: float = 180 * DAY  # finished messages older than this are purged
     synchronous: Synchronous = "full"  # full: fsync every commit; normal: WAL syncs only
     queue_max: int = 20_000  # rows waiting for a commit beyond which new submits are refused
     unfinished_max: int = 100_000  # unfinished messages beyond which new submits are refused
     report_expiry: float = 3 * DAY  # receipts/MO undelivered upstream this long are deleted
+
+    @property
+    def where(self) -> str | Path:
+        """What Store.open takes: the SQLite file, or the PostgreSQL URI."""
+        where = self.dsn if self.backend == "postgresql" else self.path
+        assert where is not None  # load_config requires the backend's key
+        return where
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,8 +404,12 @@ class GatewayConfig:
 
     @property
     def admin_socket(self) -> Path:
-        """Where the admin socket is: [admin] socket, else admin.sock next to the store."""
-        return self.admin.socket or self.store.path.parent / ADMIN_SOCKET_NAME
+        """Where the admin socket is: [admin] socket, else admin.sock next to the SQLite
+        store (load_config requires [admin] socket with a PostgreSQL store)."""
+        if self.admin.socket is not None:
+            return self.admin.socket
+        assert self.store.path is not None
+        return self.store.path.parent / ADMIN_SOCKET_NAME
 
 
 # --------------------------------------------------------------------------------------------
@@ -1308,9 +1323,28 @@ def _smsc_tls(t: _Table) -> dict[str, Any]:
             "tls_cert": cert, "tls_key": key, "tls_min_version": version}
 
 
+_DSN_RE = re.compile(r"postgres(ql)?://\S+")
+
+
 def _store(t: _Table) -> StoreConfig:
+    backend = t.choice("backend", get_args(StoreBackend))
+    path = dsn = None
+    if backend == "sqlite":
+        if "dsn" in t.data:
+            raise t.fail("dsn", 'no dsn with backend = "sqlite" (the store is the file at path)')
+        path = _resolve(t.string("path", empty=False, expected="a file path"))
+    else:
+        if "path" in t.data:
+            raise t.fail("path", 'no path with backend = "postgresql" (the store is the '
+                                 "database at dsn)")
+        expected = "a PostgreSQL URI, postgresql://user@host:port/database"
+        if "dsn" not in t.data:
+            raise t.fail("dsn", f"required key missing (expected {expected})")
+        dsn = t.string("dsn", empty=False, pattern=_DSN_RE, expected=expected)
     return StoreConfig(
-        path=_resolve(t.string("path", empty=False, expected="a file path")),
+        path=path,
+        backend=backend,
+        dsn=dsn,
         batch_max=t.integer("batch_max", low=1),
         retention=t.duration("retention"),
         synchronous=t.choice("synchronous", get_args(Synchronous)),
@@ -1328,6 +1362,11 @@ def _http(t: _Table) -> HttpConfig:
 
 def _admin(t: _Table, store: StoreConfig) -> AdminConfig:
     admin = AdminConfig(socket=t.path("socket"), enabled=t.boolean("enabled"))
+    if store.path is None:
+        if admin.socket is None and admin.enabled:
+            raise t.fail("socket", 'required with [store] backend = "postgresql" (no store '
+                                   "directory to put admin.sock in): a path, one per node")
+        return admin
     where = admin.socket or store.path.parent / ADMIN_SOCKET_NAME
     if len(os.fsencode(where)) > SOCKET_PATH_MAX:
         raise t.fail("socket", f"a path of at most {SOCKET_PATH_MAX} octets (a Unix socket "
@@ -1572,7 +1611,8 @@ def load_config(path: str | Path) -> GatewayConfig:
     shutdown_timeout = _table(file, doc, "gateway").duration("shutdown_timeout")
     if "store" not in doc:
         raise ConfigError(
-            f"{file}: store: required table missing ([store] with path = ...)",
+            f"{file}: store: required table missing ([store] with path = ..., or backend ="
+            ' "postgresql" with dsn = ...)',
             file=file,
             key="store",
         )
@@ -1865,16 +1905,17 @@ def check(path: str | Path) -> GatewayConfig:
     build_routing(config)  # plug-in routers made with their options
     file = str(path)
     problems: list[str] = []
-    directory = config.store.path.parent
-    probe = directory
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        verb = "write in" if probe == directory else "create"
-        problems.append(
-            f"{file}: store.path: expected a file in a writable directory, cannot {verb} "
-            f"{directory}"
-        )
+    if config.store.path is not None:  # PostgreSQL: checked when the daemon connects
+        directory = config.store.path.parent
+        probe = directory
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+            verb = "write in" if probe == directory else "create"
+            problems.append(
+                f"{file}: store.path: expected a file in a writable directory, cannot {verb} "
+                f"{directory}"
+            )
     sim = config.simulator
     if sim is not None:
         for smsc in config.smscs.values():

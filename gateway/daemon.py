@@ -210,7 +210,7 @@ async def run(
 ) -> None:
     sc = config.store
     routing = build_routing(config)  # before the store: a plug-in refusing its options stops here
-    async with Store.open(sc.path, batch_max=sc.batch_max, synchronous=sc.synchronous,
+    async with Store.open(sc.where, batch_max=sc.batch_max, synchronous=sc.synchronous,
                           queue_max=sc.queue_max, unfinished_max=sc.unfinished_max) as store:
         clock = WallClock()
         metrics.STORE_QUEUE.set_function(lambda: store.queued_rows)

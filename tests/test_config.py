@@ -143,6 +143,28 @@ def test_store_durability_and_bounds_are_read_and_checked(tmp_path: Path) -> Non
     assert "store.unfinished_max: expected a positive integer, got 0" in msg
 
 
+def test_a_postgresql_store_needs_a_dsn_and_an_admin_socket_and_no_path(tmp_path: Path) -> None:
+    pg = '[store]\nbackend = "postgresql"\ndsn = "postgresql://smsgw@127.0.0.1:5433/smsgw"\n'
+    admin = f'[admin]\nsocket = "{tmp_path / "node-a.sock"}"\n'
+    config = load_config(write(tmp_path, MINIMAL.replace(STORE, pg) + admin))
+    assert config.store.backend == "postgresql" and config.store.path is None
+    assert config.store.where == "postgresql://smsgw@127.0.0.1:5433/smsgw"
+    assert config.admin_socket == tmp_path / "node-a.sock"
+    msg = error_of(tmp_path, MINIMAL.replace(STORE, pg))
+    assert 'admin.socket: required with [store] backend = "postgresql"' in msg
+    msg = error_of(tmp_path, MINIMAL.replace(STORE, '[store]\nbackend = "postgresql"\n') + admin)
+    assert "store.dsn: required key missing (expected a PostgreSQL URI" in msg
+    msg = error_of(tmp_path, MINIMAL.replace(STORE, pg + 'path = "x.sqlite"\n') + admin)
+    assert 'store.path: no path with backend = "postgresql"' in msg
+    msg = error_of(tmp_path, MINIMAL.replace(STORE, pg.replace("postgresql://", "mysql://"))
+                   + admin)
+    assert "store.dsn: expected a PostgreSQL URI" in msg
+    msg = error_of(tmp_path, MINIMAL.replace(STORE, STORE + 'dsn = "postgresql://x/y"\n'))
+    assert 'store.dsn: no dsn with backend = "sqlite"' in msg
+    msg = error_of(tmp_path, MINIMAL.replace(STORE, STORE + 'backend = "mysql"\n'))
+    assert 'store.backend: expected one of "sqlite", "postgresql", got "mysql"' in msg
+
+
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [
