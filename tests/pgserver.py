@@ -438,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     fresh = not (args.data / "PG_VERSION").exists()
     try:
         server.start(args.data, args.port, detach=True)
-    except (PgFailed, PgNotFound) as exc:
+    except (PgFailed, PgNotFound, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"{'initialised and started' if fresh else 'started'} PostgreSQL "
