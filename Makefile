@@ -4,7 +4,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench clean
+.PHONY: run test lint typecheck pytest pg-server cluster-db cluster-db-stop bench clean
+
+# PostgreSQL's server binaries (tests/pgserver.py looks in the same places): Debian's, else
+# pg_config's, else PATH. Installed with apt-get when missing (as root directly, else sudo).
+PG_FOUND := ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 \
+	|| { command -v pg_config >/dev/null && test -x "$$(pg_config --bindir)/postgres"; } \
+	|| command -v postgres >/dev/null
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,18 +30,43 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) pg-server
 	$(BIN)/pytest -q
+
+# Quiet when the binaries are there. Debian's package also makes and starts its own cluster on
+# port 5432; the tests and the demo run their own servers and do not use it.
+pg-server:
+	@if ! { $(PG_FOUND); }; then \
+		echo "PostgreSQL server binaries not found: installing Debian's postgresql"; \
+		if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+		$$sudo apt-get update -q && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql; \
+	fi
+
+# A PostgreSQL server for the demo and for trying several nodes by hand: 127.0.0.1:5433, data
+# and log in var/pg, left running (fsync on) until `make cluster-db-stop`.
+cluster-db: $(STAMP) pg-server
+	$(BIN)/python -m tests.pgserver start --data var/pg --port 5433
+
+cluster-db-stop: $(STAMP)
+	$(BIN)/python -m tests.pgserver stop --data var/pg
 
 test: lint typecheck pytest
 
-bench: $(STAMP)
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP) pg-server
 	$(BIN)/python bench/bench_codec.py
 	$(BIN)/python bench/bench_logs.py
 	$(BIN)/python bench/bench_e2e.py
 	$(BIN)/python bench/bench_bindflood.py
 	$(BIN)/python bench/bench_idle.py
 	$(BIN)/python bench/compare.py --no-install
+	$(BIN)/python bench/bench_pg_driver.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache var
