@@ -234,7 +234,7 @@ class _Call:
     def __init__(self, groups: list[tuple[int, list[Row]]], exclusive: bool = False) -> None:
         self.groups = groups
         self.size = sum(len(rows) for _, rows in groups)
-        self.exclusive = exclusive  # run alone in its own transaction (rowcounts are its own)
+        self.exclusive = exclusive  # run alone in its own transaction; rowcounts exact, its own
         self.admitted = 0  # new messages it inserts, counted as unfinished until it is done
         self.done = trio.Event()
         self.error: BaseException | None = None
@@ -526,7 +526,7 @@ class Store:
         groups = [(stmt, rows) for stmt, rows in call.groups if rows]
         started = trio.current_time()
         try:
-            call.rowcounts, counts = await self._db.transaction(groups)
+            call.rowcounts, counts = await self._db.transaction(groups, counted=call.exclusive)
         except Exception as exc:
             call.error = exc if isinstance(exc, StoreError) else StoreError(
                 f"{type(exc).__name__}: {exc}")
@@ -565,7 +565,8 @@ class Store:
         self._admitting += call.admitted
 
     async def _write(self, call: _Call) -> list[int]:
-        """Queue a call and wait for its commit; the rowcount of each of its statements."""
+        """Queue a call and wait for its commit; the rows each of its statements changed (only
+        an exclusive call is told: the others may share their transaction)."""
         if not call.size:
             return [0] * len(call.groups)
         self._queue(call)
@@ -856,12 +857,14 @@ class Store:
         if done:
             result.add(await self._retire(done))
         async for rows in self._scan("reports", "id", match, (*forms, *forms)):
-            counts = await self._write(_Call([(DELETE_REPORT, [(r[1],) for r in rows])]))
+            counts = await self._write(_Call([(DELETE_REPORT, [(r[1],) for r in rows])],
+                                             exclusive=True))
             result.reports += counts[0]
         quoted = " OR ".join(self._db.dialect.has("body") for _ in forms)
         async for rows in self._scan("orphan_receipts", "id", quoted,
                                      [f.encode() for f in forms]):
-            counts = await self._write(_Call([(DELETE_ORPHAN, [(r[1],) for r in rows])]))
+            counts = await self._write(_Call([(DELETE_ORPHAN, [(r[1],) for r in rows])],
+                                             exclusive=True))
             result.orphan_receipts += counts[0]
         # In history details, a number is a JSON string value: "33612345678".
         named = [json.dumps(f) for f in forms]

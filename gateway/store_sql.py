@@ -176,10 +176,12 @@ class Backend(Protocol):
     next_report_id: int  # the first report id never used in this database
     state_counts: dict[str, int]  # messages per state at opening
 
-    async def transaction(self, groups: Sequence[tuple[int, list[Row]]]) -> Committed:
+    async def transaction(self, groups: Sequence[tuple[int, list[Row]]],
+                          counted: bool = False) -> Committed:
         """Run each (statement index, rows) group as one executemany, all in one transaction,
-        committed durably; the rowcount of each group and the messages per state as committed.
-        Rolled back entirely if any statement fails."""
+        committed durably; the rows each group changed (exact when ``counted``, else as the
+        engine tells cheaply) and the messages per state as committed. Rolled back entirely if
+        any statement fails."""
         ...
 
     async def read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:

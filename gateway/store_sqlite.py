@@ -326,7 +326,8 @@ class SqliteBackend:
         self.next_report_id = next_report_id
         self.state_counts = state_counts
 
-    async def transaction(self, groups: Sequence[tuple[int, list[Row]]]) -> Committed:
+    async def transaction(self, groups: Sequence[tuple[int, list[Row]]],
+                          counted: bool = False) -> Committed:  # SQLite: always exact
         try:
             result: Committed = await self._loop.run_aio_coroutine(_aio_transaction(
                 self._writer, [(WRITE_SQL[stmt], rows) for stmt, rows in groups]))
