@@ -66,11 +66,12 @@ from gateway.store_sql import (
     SchemaError,
     StoreBusy,
     StoreError,
+    StoreUnavailable,
     placeholders,
 )
 
 __all__ = ["CdrPage", "ConstraintError", "Erasure", "IdempotencyRecord", "SchemaError", "Store",
-           "StoreBusy", "StoreError", "Synchronous"]
+           "StoreBusy", "StoreError", "StoreUnavailable", "Synchronous"]
 
 log = structlog.get_logger("gateway.store")
 

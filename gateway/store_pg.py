@@ -29,6 +29,7 @@ from gateway.store_sql import (
     Row,
     SchemaError,
     StoreError,
+    StoreUnavailable,
     write_statements,
 )
 
@@ -232,11 +233,21 @@ def translate(sql: str) -> str:
     return _MARK.sub(lambda _: f"${next(numbers)}", sql)
 
 
+# Errors that say the server is not there (now): down, restarting, shutting down, the
+# connection lost or refused.
+_UNREACHABLE = (OSError, TimeoutError, asyncpg.PostgresConnectionError,
+                asyncpg.exceptions.OperatorInterventionError,
+                asyncpg.exceptions.ConnectionDoesNotExistError)
+
+
 def _wrap_error(exc: BaseException) -> StoreError:
     if isinstance(exc, StoreError):
         return exc
     if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
         err: StoreError = ConstraintError(str(exc).strip())
+    elif isinstance(exc, _UNREACHABLE):
+        err = StoreUnavailable(f"postgresql unreachable: {type(exc).__name__}: "
+                               f"{str(exc).strip()}")
     else:
         err = StoreError(f"postgresql: {type(exc).__name__}: {str(exc).strip()}")
     err.__cause__ = exc
@@ -287,7 +298,11 @@ class _Connection:
         async with self._lock:
             try:
                 result: T = await self._loop.run_aio_coroutine(self._run(fn))
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError,
+                    TimeoutError) as exc:
+                if self._conn is None or self._conn.is_closed():  # the connection went with it
+                    raise StoreUnavailable(f"postgresql unreachable: {type(exc).__name__}: "
+                                           f"{str(exc).strip()}") from exc
                 raise _wrap_error(exc) from exc
             return result
 

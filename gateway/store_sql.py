@@ -34,6 +34,13 @@ class StoreBusy(StoreError):
     upstream should submit again later (ESME_RMSGQFUL)."""
 
 
+class StoreUnavailable(StoreBusy):
+    """The database could not be reached (a PostgreSQL server down or restarting, the
+    connection lost): temporary, like StoreBusy; the store reconnects by itself at its next
+    call. A write that fails so may still have been committed just before the connection
+    went (nothing is acknowledged that was not committed; the reverse can happen)."""
+
+
 # --------------------------------------------------------------------------- schema
 
 
