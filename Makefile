@@ -46,7 +46,7 @@ pg-server:
 # A PostgreSQL server for the demo and for trying several nodes by hand: 127.0.0.1:5433, data
 # and log in var/pg, left running (fsync on) until `make cluster-db-stop`.
 cluster-db: $(STAMP) pg-server
-	$(BIN)/python -m tests.pgserver start --data var/pg --port 5433
+	$(BIN)/python -m tests.pgserver start --data var/pg --port 5433 --database smsgw
 
 cluster-db-stop: $(STAMP)
 	$(BIN)/python -m tests.pgserver stop --data var/pg

@@ -113,11 +113,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     release_large_blocks()
     gc.freeze()  # what start-up loaded (modules, config) is never garbage: never walk it
     from gateway.admin import AdminSocketError
+    from gateway.store import StoreError
 
     refused: list[BaseException] = []
     try:
         trio.run(daemon.run, config)
     except* AdminSocketError as group:  # e.g. another daemon serves that socket
+        refused.extend(group.exceptions)
+    except* StoreError as group:  # the store would not open (in use, unreachable, foreign)
         refused.extend(group.exceptions)
     for exc in refused[:1]:
         print(f"error: {exc}", file=sys.stderr)

@@ -377,6 +377,14 @@ class PgServer:
         self._admin(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return self.dsn(name)
 
+    def ensure_database(self, name: str) -> bool:
+        """Create the database ``name`` unless it exists; True if it was created."""
+        with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+                return False
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return True
+
     def drop_database(self, name: str) -> None:
         """Drop ``name``, disconnecting its clients; nothing if it does not exist."""
         self._admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
@@ -417,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     start = sub.add_parser("start", help="start a detached server over --data (initdb if empty)")
     start.add_argument("--data", type=Path, required=True)
     start.add_argument("--port", type=int, default=5433)
+    start.add_argument("--database", action="append", default=[], metavar="NAME",
+                       help="create this database if missing (repeatable)")
     stop = sub.add_parser("stop", help="stop the server running over --data")
     stop.add_argument("--data", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -427,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"127.0.0.1:{server.port}: {server.dsn()}")
             if server.port != args.port:
                 print(f"note: on port {server.port}, not {args.port}", file=sys.stderr)
+            _databases(server, args.database)
             return 0
         pid = server.pid
         server.stop()
@@ -444,7 +455,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'initialised and started' if fresh else 'started'} PostgreSQL "
           f"({server.bindir}) over {args.data} (pid {server.pid}) on "
           f"127.0.0.1:{server.port}, log {server.log_path}: {server.dsn()}")
+    _databases(server, args.database)
     return 0
+
+
+def _databases(server: PgServer, names: list[str]) -> None:
+    for name in names:
+        made = server.ensure_database(name)
+        print(f"database {name} {'created' if made else 'exists'}: {server.dsn(name)}")
 
 
 if __name__ == "__main__":

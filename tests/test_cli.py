@@ -238,3 +238,26 @@ def test_run_raises_the_open_files_limit_to_the_hard_limit(tmp_path: Path) -> No
         assert wanted >= config.listeners[0].max_connections
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_store_another_gateway_holds_stops_run_with_an_error_not_a_traceback(
+        tmp_path: Path, pg_dsn: str) -> None:
+    import psycopg
+
+    from gateway.store_pg import SINGLE_NODE_LOCK
+    from tests.test_config import ACCOUNT, LISTENER, ROUTE, SMSC
+
+    config = tmp_path / "gw.toml"
+    config.write_text(f'[store]\nbackend = "postgresql"\ndsn = "{pg_dsn}"\n'
+                      f'[admin]\nsocket = "{tmp_path / "admin.sock"}"\n'
+                      + LISTENER.replace("2775", str(free_port())) + ACCOUNT + SMSC + ROUTE)
+    config.chmod(0o600)
+    with psycopg.connect(pg_dsn, autocommit=True) as other:  # as the other gateway would
+        other.execute("SELECT pg_advisory_lock(%s)", (SINGLE_NODE_LOCK,))
+        out = subprocess.run([smsgw_command(), "run", "--config", str(config)],
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        "error: postgresql: another gateway process uses this database (it holds the "
+        "single-node advisory lock); one gateway per database for now")
+    assert "Traceback" not in out.stderr
