@@ -211,7 +211,8 @@ async def run(
     sc = config.store
     routing = build_routing(config)  # before the store: a plug-in refusing its options stops here
     async with Store.open(sc.where, batch_max=sc.batch_max, synchronous=sc.synchronous,
-                          queue_max=sc.queue_max, unfinished_max=sc.unfinished_max) as store:
+                          queue_max=sc.queue_max, unfinished_max=sc.unfinished_max,
+                          node=config.node) as store:
         clock = WallClock()
         metrics.STORE_QUEUE.set_function(lambda: store.queued_rows)
         reporter = Reporter(store, clock, expiry=sc.report_expiry, accounts=config.accounts)

@@ -62,6 +62,7 @@ from gateway.store_sql import (
     UPSERT_PART,
     Backend,
     ConstraintError,
+    NodeFenced,
     Row,
     SchemaError,
     StoreBusy,
@@ -70,8 +71,8 @@ from gateway.store_sql import (
     placeholders,
 )
 
-__all__ = ["CdrPage", "ConstraintError", "Erasure", "IdempotencyRecord", "SchemaError", "Store",
-           "StoreBusy", "StoreError", "StoreUnavailable", "Synchronous"]
+__all__ = ["CdrPage", "ConstraintError", "Erasure", "IdempotencyRecord", "NodeFenced",
+           "SchemaError", "Store", "StoreBusy", "StoreError", "StoreUnavailable", "Synchronous"]
 
 log = structlog.get_logger("gateway.store")
 
@@ -374,6 +375,16 @@ class Store:
         return self._unfinished + self._admitting
 
     @property
+    def epoch(self) -> int | None:
+        """This process's epoch as a node of a shared (PostgreSQL) database; None: SQLite."""
+        return self._db.epoch
+
+    async def adopt(self) -> list[str]:
+        """Take over the unfinished messages no live node works on (PostgreSQL; done at
+        opening too); their ids. SQLite: none (the one process has them all)."""
+        return await self._db.adopt()
+
+    @property
     def queued_rows(self) -> int:
         """Rows queued for the writer and not yet committed (the store's lag)."""
         return self._queued_rows
@@ -391,6 +402,8 @@ class Store:
         synchronous: Synchronous = "full",
         queue_max: int = 20_000,
         unfinished_max: int = 100_000,
+        node: str = "smsgw",
+        shared: bool = False,
     ) -> AsyncIterator[Store]:
         """Open the store and run its writer task. ``where`` is an SQLite database file
         (created if needed, see gateway.store_sqlite.open_sqlite) or a PostgreSQL URI
@@ -414,6 +427,11 @@ class Store:
         committing a batch that is not full. ``queue_max`` (rows) and ``unfinished_max``
         (messages) bound admissions (see the class docstring). On exit, queued writes are
         committed, then the connections are closed.
+
+        PostgreSQL: this process registers as a node named ``node`` (an epoch, held for its
+        life; see gateway.store_pg) and takes over the unfinished messages of dead nodes.
+        Unless ``shared``, a second process on the database is refused (several nodes do not
+        share the work yet: ``shared`` is for the tests of what exists of it).
         """
         if batch_max < 1 or not batch_linger >= 0 or queue_max < 1 or unfinished_max < 1:
             raise ValueError("batch_max, queue_max and unfinished_max must be >= 1 and "
@@ -421,7 +439,7 @@ class Store:
         if synchronous not in ("full", "normal"):
             raise ValueError(f'synchronous must be "full" or "normal", not {synchronous!r}')
         with _sole_exception():
-            async with _open_backend(where, synchronous) as backend:
+            async with _open_backend(where, synchronous, node, shared) as backend:
                 store = cls(backend, batch_max=batch_max, batch_linger=batch_linger,
                             queue_max=queue_max, unfinished_max=unfinished_max)
                 try:
@@ -945,8 +963,10 @@ class Store:
         return _to_part(rows[0]) if rows else None
 
     async def unfinished_messages(self) -> list[Message]:
-        """Every message not in a final state (the dispatcher's work at startup)."""
-        rows = await self._read(f"{_MESSAGE_SELECT} WHERE {OPEN_SQL}")
+        """Every message not in a final state that this node works on (the dispatcher's work
+        at startup): all of them, but where several nodes share a PostgreSQL database."""
+        mine, params = self._db.owned()
+        rows = await self._read(f"{_MESSAGE_SELECT} WHERE {OPEN_SQL}{mine}", params)
         return [_to_message(r) for r in rows]
 
     async def pending_reports(self, account: str, limit: int = 1000, *,
@@ -1079,12 +1099,13 @@ def _drain(recv: trio.MemoryReceiveChannel[_Call]) -> list[_Call]:
 
 
 @contextlib.asynccontextmanager
-async def _open_backend(where: str | os.PathLike[str], synchronous: str) -> AsyncIterator[Backend]:
+async def _open_backend(where: str | os.PathLike[str], synchronous: str, node: str,
+                        shared: bool) -> AsyncIterator[Backend]:
     """The backend ``where`` names: a postgresql:// (or postgres://) URI, else a file."""
     if isinstance(where, str) and where.startswith(("postgresql://", "postgres://")):
         from gateway.store_pg import open_postgresql
 
-        async with open_postgresql(where, synchronous) as pg:
+        async with open_postgresql(where, synchronous, node=node, shared=shared) as pg:
             yield pg
     else:
         from gateway.store_sqlite import open_sqlite

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import re
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -20,12 +22,14 @@ import trio_asyncio
 from gateway.model import State
 from gateway.store_sql import (
     DONE_SQL,
+    FINAL_SQL,
     INSERT_REPORT,
     OPEN_SQL,
     REPORT_COLUMNS,
     Committed,
     ConstraintError,
     Dialect,
+    NodeFenced,
     Row,
     SchemaError,
     StoreError,
@@ -53,6 +57,13 @@ _REPORT_ID = REPORT_COLUMNS.index("id")
 # connection and held for the process's life). And schema changes, one process at a time.
 SINGLE_NODE_LOCK = 0x736D_7367_0001
 MIGRATION_LOCK = 0x736D_7367_0002
+# A node's epoch lock, (NODE_LOCK_CLASS, epoch): held by its writer session for its life.
+# Another node takes over a node's work only once it can take that lock (the session is gone:
+# the process died, or its connection did), so two nodes never work on one message, and a node
+# that lost its session finds its work gone when it reconnects (NodeFenced), not half of it.
+NODE_LOCK_CLASS = 0x736D_7367
+HEARTBEAT_INTERVAL = 1.0  # seconds between the updates of a node's heartbeat_at
+ADOPT_BATCH = 1000  # due rows claimed per (short) transaction
 
 # Session settings of the gateway's connections (item "database health" of the cluster work):
 # a statement or an idle transaction that hangs is cut, never left holding locks and snapshots.
@@ -60,7 +71,7 @@ STATEMENT_TIMEOUT_MS = 60_000
 IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
 CONNECT_TIMEOUT = 10.0  # seconds
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # MIGRATIONS[v] takes a database at schema version v to v + 1 (0: an empty database).
 MIGRATIONS: tuple[str, ...] = (
     f"""
@@ -216,6 +227,49 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER messages_count AFTER INSERT OR DELETE OR UPDATE OF state ON messages
         FOR EACH ROW EXECUTE FUNCTION smsgw_count_states();
     """,
+    # 2: the nodes (gateway processes) sharing the database, and the due work: one row per
+    # unfinished message, naming the node working on it (its epoch; NULL: nobody), kept by the
+    # trigger (inserted with an unfinished message, deleted when it becomes final), so that
+    # this hot table holds the unfinished messages only, apart from the history.
+    f"""
+    CREATE SEQUENCE node_epochs;
+    CREATE TABLE nodes (
+        epoch bigint PRIMARY KEY,
+        name text NOT NULL,
+        host text NOT NULL,
+        pid integer NOT NULL,
+        backend_pid integer NOT NULL,  -- its writer session (the one holding its epoch lock)
+        started_at timestamptz NOT NULL DEFAULT now(),
+        heartbeat_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE TABLE due (
+        message_id text PRIMARY KEY,
+        owner bigint,
+        since timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX due_owner ON due (owner);
+    INSERT INTO due (message_id) SELECT id FROM messages WHERE {OPEN_SQL};
+    CREATE OR REPLACE FUNCTION smsgw_count_states() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'UPDATE' AND NEW.state IS NOT DISTINCT FROM OLD.state THEN
+            RETURN NULL;
+        END IF;
+        IF TG_OP IN ('UPDATE', 'DELETE') THEN
+            UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
+        END IF;
+        IF TG_OP IN ('UPDATE', 'INSERT') THEN
+            UPDATE state_counts SET n = n + 1 WHERE state = NEW.state;
+        END IF;
+        IF TG_OP = 'INSERT' AND NEW.state NOT IN {FINAL_SQL} THEN
+            INSERT INTO due (message_id, owner)
+                VALUES (NEW.id, nullif(current_setting('smsgw.epoch', true), '')::bigint);
+        ELSIF TG_OP <> 'INSERT' AND OLD.state NOT IN {FINAL_SQL}
+                AND (TG_OP = 'DELETE' OR NEW.state IN {FINAL_SQL}) THEN
+            DELETE FROM due WHERE message_id = OLD.id;
+        END IF;
+        RETURN NULL;
+    END $$;
+    """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -269,6 +323,7 @@ class _Connection:
         self._settings = {"application_name": f"smsgw {role}", **settings}
         self._setup = setup
         self._conn: asyncpg.Connection[Any] | None = None
+        self._ever = False  # connected once: a new connection is a reconnection
         self._lock = trio.Lock()
 
     async def _connected(self) -> asyncpg.Connection[Any]:  # on the asyncio side
@@ -278,6 +333,7 @@ class _Connection:
         if conn is not None:
             conn.terminate()
             self._conn = None
+        if self._ever:
             log.warning("store.reconnecting", backend="postgresql", connection=self._role)
         conn = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT,
                                      server_settings=self._settings)
@@ -288,6 +344,7 @@ class _Connection:
             conn.terminate()
             raise
         self._conn = conn
+        self._ever = True
         return conn
 
     async def _run(self, fn: Callable[[asyncpg.Connection[Any]], Awaitable[T]]) -> T:
@@ -298,9 +355,14 @@ class _Connection:
         async with self._lock:
             try:
                 result: T = await self._loop.run_aio_coroutine(self._run(fn))
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError,
-                    TimeoutError) as exc:
-                if self._conn is None or self._conn.is_closed():  # the connection went with it
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+                    OSError, TimeoutError) as exc:
+                conn = self._conn
+                if conn is None or conn.is_closed() or isinstance(
+                        exc, (asyncpg.InterfaceError, asyncpg.InternalClientError)):
+                    # The connection went (or its protocol state is lost): made again next call.
+                    if conn is not None:
+                        conn.terminate()
                     raise StoreUnavailable(f"postgresql unreachable: {type(exc).__name__}: "
                                            f"{str(exc).strip()}") from exc
                 raise _wrap_error(exc) from exc
@@ -345,10 +407,11 @@ class PostgresBackend:
 
     dialect = DIALECT
 
-    def __init__(self, writer: _Connection, reader: _Connection, next_report_id: int,
-                 state_counts: dict[str, int]) -> None:
+    def __init__(self, writer: _Connection, reader: _Connection, node: _Node,
+                 next_report_id: int, state_counts: dict[str, int]) -> None:
         self._writer = writer
         self._reader = reader
+        self._node = node
         self.next_report_id = next_report_id
         self.state_counts = state_counts
 
@@ -368,6 +431,17 @@ class PostgresBackend:
         rows = await self._writer.call(functools.partial(_fetch, "SHOW synchronous_commit", ()))
         return "postgresql", str(rows[0][0])
 
+    @property
+    def epoch(self) -> int | None:
+        return self._node.epoch
+
+    def owned(self) -> tuple[str, tuple[Any, ...]]:
+        return " AND id IN (SELECT message_id FROM due WHERE owner = ?)", (self._node.epoch,)
+
+    async def adopt(self) -> list[str]:
+        """Take over the work of dead nodes and of none (see _Node.adopt); the message ids."""
+        return await self._writer.call(self._node.adopt)
+
 
 def _settings(synchronous: str | None) -> dict[str, str]:
     """What every connection of the gateway sets (a statement or an idle transaction that
@@ -379,10 +453,106 @@ def _settings(synchronous: str | None) -> dict[str, str]:
     return settings
 
 
-async def _single_node(conn: asyncpg.Connection[Any]) -> None:
-    if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", SINGLE_NODE_LOCK):
-        raise StoreError("postgresql: another gateway process uses this database (it holds the "
-                         "single-node advisory lock); one gateway per database for now")
+class _Node:
+    """This process as a node of the database: its name, epoch (None before it registered)
+    and whether other nodes may share the database."""
+
+    def __init__(self, name: str, shared: bool) -> None:
+        self.name = name
+        self.shared = shared
+        self.epoch: int | None = None
+
+    async def setup(self, conn: asyncpg.Connection[Any]) -> None:
+        """On each (re)connection of the writer: the single-node lock (unless shared), and
+        after a reconnection the node's epoch lock again and proof that its work is still its
+        own (else NodeFenced)."""
+        if not self.shared and not await conn.fetchval("SELECT pg_try_advisory_lock($1)",
+                                                       SINGLE_NODE_LOCK):
+            raise StoreError("postgresql: another gateway process uses this database (it "
+                             "holds the single-node advisory lock); one gateway per database "
+                             "for now")
+        if self.epoch is None:
+            return
+        await conn.execute("SELECT set_config('smsgw.epoch', $1, false)", str(self.epoch))
+        locked = await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", NODE_LOCK_CLASS,
+                                     self.epoch)
+        alive = locked and await conn.fetchval(
+            "UPDATE nodes SET backend_pid = pg_backend_pid(), heartbeat_at = now()"
+            " WHERE epoch = $1 RETURNING 1", self.epoch)
+        if not alive:
+            raise NodeFenced(f"postgresql: node {self.name} (epoch {self.epoch}) lost its "
+                             "session and another node took its work over; it must restart")
+
+    async def register(self, conn: asyncpg.Connection[Any]) -> None:
+        epoch = int(await conn.fetchval("SELECT nextval('node_epochs')"))
+        if epoch >= 2**31:
+            raise StoreError("postgresql: node_epochs is past 2^31 (the epoch locks' range)")
+        await conn.execute("SELECT pg_advisory_lock($1, $2)", NODE_LOCK_CLASS, epoch)
+        await conn.execute("SELECT set_config('smsgw.epoch', $1, false)", str(epoch))
+        await conn.execute(
+            "INSERT INTO nodes (epoch, name, host, pid, backend_pid)"
+            " VALUES ($1, $2, $3, $4, pg_backend_pid())",
+            epoch, self.name, socket.gethostname(), os.getpid())
+        self.epoch = epoch
+        log.info("store.node_registered", backend="postgresql", node=self.name, epoch=epoch)
+
+    async def adopt(self, conn: asyncpg.Connection[Any]) -> list[str]:
+        """Take over the due work nobody works on: of no node, or of nodes whose session is
+        gone (their epoch lock is free); in short transactions of ADOPT_BATCH rows (FOR UPDATE
+        SKIP LOCKED: adopters never wait for each other). The ids of the messages taken."""
+        taken: list[str] = []
+        while True:
+            async with conn.transaction():
+                dead = [epoch for (epoch,) in await conn.fetch(
+                    "SELECT epoch FROM nodes WHERE epoch <> $1", self.epoch)
+                    if await conn.fetchval("SELECT pg_try_advisory_xact_lock($1, $2)",
+                                           NODE_LOCK_CLASS, epoch)]
+                rows = await conn.fetch(
+                    "UPDATE due SET owner = $1, since = now() WHERE message_id IN"
+                    " (SELECT message_id FROM due"
+                    " WHERE owner IS NULL OR owner = ANY($2::bigint[])"
+                    " LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING message_id",
+                    self.epoch, dead, ADOPT_BATCH)
+                taken.extend(r[0] for r in rows)
+                if len(rows) < ADOPT_BATCH:
+                    gone = await conn.fetch(
+                        "DELETE FROM nodes n WHERE epoch = ANY($1::bigint[]) AND NOT EXISTS"
+                        " (SELECT 1 FROM due WHERE owner = n.epoch) RETURNING name, epoch", dead)
+                    for name, epoch in gone:
+                        log.warning("store.node_taken_over", backend="postgresql", node=name,
+                                    epoch=epoch, by=self.epoch)
+                    break
+        if taken:
+            log.info("store.work_adopted", backend="postgresql", node=self.name,
+                     messages=len(taken))
+        return taken
+
+    async def leave(self, conn: asyncpg.Connection[Any]) -> None:
+        """A clean stop: the node's unfinished messages are nobody's (any node adopts them at
+        once), and its row goes."""
+        async with conn.transaction():
+            await conn.execute("UPDATE due SET owner = NULL WHERE owner = $1", self.epoch)
+            await conn.execute("DELETE FROM nodes WHERE epoch = $1", self.epoch)
+
+    async def beat(self, conn: asyncpg.Connection[Any]) -> None:
+        if not await conn.fetchval("UPDATE nodes SET heartbeat_at = now() WHERE epoch = $1"
+                                   " RETURNING 1", self.epoch):
+            raise NodeFenced(f"postgresql: node {self.name} (epoch {self.epoch}) is no longer "
+                             "registered: another node took its work over; it must restart")
+
+
+async def _heartbeat(writer: _Connection, node: _Node) -> None:
+    """Keep heartbeat_at fresh (an operator, and later the other nodes, see a hung node by
+    it). NodeFenced ends the store, and so the daemon; an unreachable database is tried
+    again at the next beat."""
+    while True:
+        await trio.sleep(HEARTBEAT_INTERVAL)
+        try:
+            await writer.call(node.beat)
+        except NodeFenced:
+            raise
+        except StoreError:
+            continue
 
 
 async def _prepare(conn: asyncpg.Connection[Any]) -> tuple[int, dict[str, int]]:
@@ -412,15 +582,27 @@ async def _prepare(conn: asyncpg.Connection[Any]) -> tuple[int, dict[str, int]]:
 
 
 @contextlib.asynccontextmanager
-async def open_postgresql(dsn: str, synchronous: str) -> AsyncIterator[PostgresBackend]:
-    """Connect to the database ``dsn`` names (a libpq URI), create or migrate its schema, and
-    take the single-node lock; the connections are closed on exit."""
+async def open_postgresql(dsn: str, synchronous: str, *, node: str = "smsgw",
+                          shared: bool = False) -> AsyncIterator[PostgresBackend]:
+    """Connect to the database ``dsn`` names (a libpq URI), create or migrate its schema,
+    register this process as a node (an epoch, its lock, a heartbeat) and take over the work
+    of dead nodes. Unless ``shared``, take the single-node lock first: a second process is
+    refused. The connections are closed on exit."""
+    me = _Node(node, shared)
     async with trio_asyncio.open_loop() as loop:
-        writer = _Connection(loop, dsn, "writer", _settings(synchronous), _single_node)
+        writer = _Connection(loop, dsn, "writer", _settings(synchronous), me.setup)
         reader = _Connection(loop, dsn, "reader", _settings(None))
         try:
             next_id, counts = await writer.call(_prepare)
-            yield PostgresBackend(writer, reader, next_id, counts)
+            await writer.call(me.register)
+            backend = PostgresBackend(writer, reader, me, next_id, counts)
+            await backend.adopt()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_heartbeat, writer, me)
+                yield backend
+                nursery.cancel_scope.cancel()
+            with trio.CancelScope(shield=True), contextlib.suppress(StoreError):
+                await writer.call(me.leave)
         finally:
             with trio.CancelScope(shield=True):
                 for conn in (reader, writer):

@@ -34,6 +34,12 @@ class StoreBusy(StoreError):
     upstream should submit again later (ESME_RMSGQFUL)."""
 
 
+class NodeFenced(StoreError):
+    """This gateway node's work was taken over by another node (its database session was gone:
+    the other node found its epoch lock free). Nothing it writes is committed any more; the
+    process must stop (and start again as a new node)."""
+
+
 class StoreUnavailable(StoreBusy):
     """The database could not be reached (a PostgreSQL server down or restarting, the
     connection lost): temporary, like StoreBusy; the store reconnects by itself at its next
@@ -66,10 +72,10 @@ REPORT_COLUMNS = (
     "via",
 )  # fmt: skip
 
-_FINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(FINAL_STATES)) + ")"
+FINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(FINAL_STATES)) + ")"
 # Written identically in the partial indexes and in the queries, so SQLite uses the indexes.
-OPEN_SQL = f"state NOT IN {_FINAL_SQL}"
-DONE_SQL = f"state IN {_FINAL_SQL}"
+OPEN_SQL = f"state NOT IN {FINAL_SQL}"
+DONE_SQL = f"state IN {FINAL_SQL}"
 
 def placeholders(n: int) -> str:
     return ", ".join("?" * n)
@@ -183,6 +189,11 @@ class Backend(Protocol):
     next_report_id: int  # the first report id never used in this database
     state_counts: dict[str, int]  # messages per state at opening
 
+    @property
+    def epoch(self) -> int | None:
+        """This process as a node of a shared database (None: SQLite)."""
+        ...
+
     async def transaction(self, groups: Sequence[tuple[int, list[Row]]],
                           counted: bool = False) -> Committed:
         """Run each (statement index, rows) group as one executemany, all in one transaction,
@@ -201,4 +212,13 @@ class Backend(Protocol):
 
     async def durability(self) -> tuple[str, str]:
         """(journal, synchronous) as the engine reports them, for the start-up log and tests."""
+        ...
+
+    def owned(self) -> tuple[str, tuple[Any, ...]]:
+        """The condition (`` AND ...`` on messages, and its parameters) that keeps the messages
+        this node works on: all of them where one process has the database."""
+        ...
+
+    async def adopt(self) -> list[str]:
+        """Take over the unfinished messages no live node works on; their ids."""
         ...

@@ -317,6 +317,7 @@ class SqliteBackend:
     """An open SQLite store (see gateway.store_sql.Backend)."""
 
     dialect = DIALECT
+    epoch: int | None = None  # one process per file: no nodes
 
     def __init__(self, loop: Any, writer: aiosqlite.Connection, reader: aiosqlite.Connection,
                  next_report_id: int, state_counts: dict[str, int]) -> None:
@@ -354,6 +355,12 @@ class SqliteBackend:
             log.warning("store.checkpoint_failed", error=str(exc))
             return False
         return not rows[0][0]
+
+    def owned(self) -> tuple[str, tuple[Any, ...]]:
+        return "", ()  # one process per file: every message is its own
+
+    async def adopt(self) -> list[str]:
+        return []
 
     async def durability(self) -> tuple[str, str]:
         """The writer connection's (journal_mode, synchronous), as SQLite reports them."""

@@ -22,11 +22,11 @@ V4 = 4  # the schema before CANCELLED
 def _previous_release(path: Path) -> None:
     """A store as the release before CANCELLED left it: its four migrations, with the final
     list and state counts that release wrote."""
-    old_final = store_sql._FINAL_SQL.replace(f"'{State.CANCELLED.value}', ", "")
-    assert old_final != store_sql._FINAL_SQL
+    old_final = store_sql.FINAL_SQL.replace(f"'{State.CANCELLED.value}', ", "")
+    assert old_final != store_sql.FINAL_SQL
     conn = sqlite3.connect(path)
     for script in store_sqlite.MIGRATIONS[:V4]:
-        script = script.replace(store_sql._FINAL_SQL, old_final)
+        script = script.replace(store_sql.FINAL_SQL, old_final)
         script = script.replace(f", ('{State.CANCELLED.value}', 0)", "")
         conn.executescript(script)
     conn.execute(f"PRAGMA user_version = {V4}")

@@ -1,0 +1,121 @@
+"""Rules of the gateway nodes on a PostgreSQL store (gateway/store_pg.py): a node owns the
+messages it accepts, the due table holds the unfinished ones only, a node's work is taken over
+only once its database session is gone (then it is fenced: it writes nothing more), each due
+row goes to one adopter, a clean stop hands its work back, heartbeats move."""
+
+from __future__ import annotations
+
+import contextlib
+
+import psycopg
+import pytest
+import trio
+
+from gateway.model import State
+from gateway.store import NodeFenced, Store, StoreUnavailable
+from tests.test_store import make_message
+
+
+def rows(dsn: str, sql: str, *params: object) -> list[tuple[object, ...]]:
+    """Read the database apart from the store."""
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def terminate_writer(dsn: str, node: str) -> None:
+    """End a node's writer session, as a dead process or a dropped connection would."""
+    [(pid,)] = rows(dsn, "SELECT backend_pid FROM nodes WHERE name = %s", node)
+    rows(dsn, "SELECT pg_terminate_backend(%s)", pid)
+
+
+async def test_a_node_owns_what_it_accepts_and_the_due_table_holds_only_unfinished_messages(
+        pg_dsn: str) -> None:
+    async with Store.open(pg_dsn, node="a") as store:
+        done, *waiting = [make_message() for _ in range(3)]
+        await store.add_messages([done, *waiting])
+        done.state = State.DELIVERED
+        await store.save_message(done)
+        assert store.epoch is not None
+        assert sorted(rows(pg_dsn, "SELECT message_id, owner FROM due")) == sorted(
+            (m.id, store.epoch) for m in waiting)
+        assert rows(pg_dsn, "SELECT name FROM nodes") == [("a",)]
+        assert {m.id for m in await store.unfinished_messages()} == {m.id for m in waiting}
+
+
+async def test_a_restarted_node_takes_over_the_work_of_the_one_before_it(pg_dsn: str) -> None:
+    waiting = [make_message() for _ in range(3)]
+    async with Store.open(pg_dsn, node="a") as first:
+        await first.add_messages(waiting)
+        first_epoch = first.epoch
+    assert rows(pg_dsn, "SELECT owner FROM due") == [(None,)] * 3  # a clean stop hands it back
+    assert rows(pg_dsn, "SELECT count(*) FROM nodes") == [(0,)]
+    async with Store.open(pg_dsn, node="a") as second:
+        assert second.epoch != first_epoch
+        assert {m.id for m in await second.unfinished_messages()} == {m.id for m in waiting}
+        assert rows(pg_dsn, "SELECT DISTINCT owner FROM due") == [(second.epoch,)]
+
+
+async def test_a_live_nodes_work_is_not_taken_and_a_node_whose_session_went_is_fenced(
+        pg_dsn: str) -> None:
+    mine = [make_message() for _ in range(4)]
+    late = make_message()
+    async with Store.open(pg_dsn, node="b", shared=True) as b:
+        with pytest.raises(NodeFenced, match="took its work over"):
+            async with Store.open(pg_dsn, node="a", shared=True) as a:
+                await a.add_messages(mine)
+                assert await b.adopt() == []  # a is alive: its session holds its epoch lock
+                assert await b.unfinished_messages() == []
+                terminate_writer(pg_dsn, "a")
+                assert sorted(await b.adopt()) == sorted(m.id for m in mine)
+                await a.add_messages([late])  # a reconnects, finds its work gone: refused
+        assert {m.id for m in await b.unfinished_messages()} == {m.id for m in mine}
+        assert await b.get_message(late.id) is None  # the fenced node wrote nothing
+        assert rows(pg_dsn, "SELECT name FROM nodes") == [("b",)]
+
+
+async def test_a_node_that_only_lost_its_connection_keeps_its_work(pg_dsn: str) -> None:
+    async with Store.open(pg_dsn, node="a") as a:
+        first, second = make_message(), make_message()
+        await a.add_messages([first])
+        terminate_writer(pg_dsn, "a")  # nobody adopted meanwhile
+        with contextlib.suppress(StoreUnavailable):  # the write that finds the connection gone
+            await a.add_messages([second])
+        await a.add_messages([second])  # reconnected, its epoch lock taken again
+        assert {m.id for m in await a.unfinished_messages()} == {first.id, second.id}
+        assert rows(pg_dsn, "SELECT DISTINCT owner FROM due") == [(a.epoch,)]
+
+
+async def test_each_due_row_of_a_dead_node_goes_to_exactly_one_adopter(
+        pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway import store_pg
+
+    monkeypatch.setattr(store_pg, "ADOPT_BATCH", 7)  # many short transactions, interleaved
+    work = [make_message() for _ in range(300)]
+    async with Store.open(pg_dsn, node="b", shared=True) as b, \
+            Store.open(pg_dsn, node="c", shared=True) as c:
+        with pytest.raises(NodeFenced):
+            async with Store.open(pg_dsn, node="a", shared=True) as a:
+                await a.add_messages(work)
+                terminate_writer(pg_dsn, "a")
+                taken: dict[str, list[str]] = {}
+
+                async def adopt(name: str, store: Store) -> None:
+                    taken[name] = await store.adopt()
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(adopt, "b", b)
+                    nursery.start_soon(adopt, "c", c)
+                await a.add_messages([make_message()])
+        assert sorted(taken["b"] + taken["c"]) == sorted(m.id for m in work)
+        assert not set(taken["b"]) & set(taken["c"])
+        owners = dict(rows(pg_dsn, "SELECT owner, count(*) FROM due GROUP BY owner"))
+        assert owners == {k: v for k, v in {b.epoch: len(taken["b"]),
+                                              c.epoch: len(taken["c"])}.items() if v}
+
+
+async def test_a_nodes_heartbeat_moves(pg_dsn: str) -> None:
+    async with Store.open(pg_dsn, node="a"):
+        [(started,)] = rows(pg_dsn, "SELECT heartbeat_at FROM nodes")
+        with trio.fail_after(10):
+            while rows(pg_dsn, "SELECT heartbeat_at FROM nodes") == [(started,)]:
+                await trio.sleep(0.1)
