@@ -1,8 +1,9 @@
 """End-to-end benchmark: upstream SMPP sessions -> gateway -> SMSC simulator -> receipts back.
 
 Starts `smsgw simulate-smsc` and `smsgw run` as separate processes on free 127.0.0.1 ports
-(temporary configs and store), drives K transceiver sessions each keeping W submit_sm
-outstanding with our own trio Connection, and prints throughput and latency figures.
+(temporary configs and store; `--store postgresql`: the store in a fresh database on a throwaway
+PostgreSQL server), drives K transceiver sessions each keeping W submit_sm outstanding with our
+own trio Connection, and prints throughput, latency and CPU figures.
 A script, not a test: exits 1 if an accepted message got no receipt, 2 if setup failed.
 """
 
@@ -21,12 +22,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 import trio
@@ -96,6 +98,26 @@ peer = {q(peer)}
     return sim
 
 
+def store_config(tmp: Path, args: argparse.Namespace) -> str:
+    """The [store] table (and [admin] with a PostgreSQL store: no store directory for its
+    socket): SQLite in `tmp`, or the database at args.store_dsn with args.store postgresql."""
+    if getattr(args, "store", "sqlite") == "postgresql":
+        return f"""\
+[store]
+backend = "postgresql"
+dsn = {q(args.store_dsn)}
+synchronous = {q(args.synchronous)}
+
+[admin]
+socket = {q(str(tmp / "admin.sock"))}
+"""
+    return f"""\
+[store]
+path = {q(str(tmp / "store" / "smsgw.sqlite3"))}
+synchronous = {q(args.synchronous)}
+"""
+
+
 def write_configs(tmp: Path, ports: Ports, args: argparse.Namespace) -> tuple[Path, Path]:
     sim = write_simulator_config(tmp, ports, window=args.smsc_window,
                                  receipt_delay=args.receipt_delay,
@@ -106,10 +128,7 @@ def write_configs(tmp: Path, ports: Ports, args: argparse.Namespace) -> tuple[Pa
 node = "bench"
 log_level = {q(args.log_level)}
 
-[store]
-path = {q(str(tmp / "store" / "smsgw.sqlite3"))}
-synchronous = {q(args.synchronous)}
-
+{store_config(tmp, args)}
 [http]
 enabled = false
 
@@ -229,6 +248,93 @@ def proc_cpu(pid: int) -> float:
     except OSError:
         return math.nan
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class PgStore:
+    """The database of a `--store postgresql` run: on a throwaway server of our own (fsync on,
+    in a scratch directory) or, given `--dsn`, on that server; a fresh database either way.
+    cpu(): the server's CPU seconds so far (NaN when it does not run on this machine)."""
+
+    def __init__(self, dsn: str | None) -> None:
+        self.given = dsn
+        self.name = f"smsgw_bench_{os.getpid()}_{int(time.time())}"
+        self.dsn = ""
+        self.scratch: Path | None = None
+        self.server: Any = None  # tests.pgserver.PgServer, imported only for this store
+        self.postmaster: int | None = None
+        self.created = False
+
+    def open(self) -> None:
+        """Start the server (or reach --dsn's), create the database; SetupError if not."""
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        import psycopg
+
+        from tests.pgserver import PgFailed, PgNotFound, PgServer, scratch_dir
+
+        try:
+            if self.given is None:
+                self.scratch = scratch_dir("smsgw-bench-pg-")
+                self.server = PgServer()
+                self.server.start(self.scratch / "data")  # fsync on, as in production
+                self.dsn = self.server.create_database(self.name)
+                self.postmaster = self.server.pid
+            else:
+                with psycopg.connect(self.given, autocommit=True) as conn:
+                    conn.execute(f'CREATE DATABASE "{self.name}"'.encode())
+                    self.created = True
+                    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+                url = urllib.parse.urlsplit(self.given)
+                self.dsn = urllib.parse.urlunsplit(url._replace(path="/" + self.name))
+                if url.hostname in (None, "", "127.0.0.1", "localhost", "::1") and row:
+                    self.postmaster = local_postmaster(int(row[0]))
+            # Not to pay for earlier dirty pages in the run (needs a superuser: else skipped).
+            with psycopg.connect(self.dsn, autocommit=True) as conn, \
+                    contextlib.suppress(psycopg.Error):
+                conn.execute("CHECKPOINT")
+        except (PgFailed, PgNotFound, psycopg.Error, OSError) as exc:
+            raise SetupError(f"PostgreSQL: {exc}") from exc
+
+    def where(self) -> str:
+        return (f"own server, pid {self.postmaster}, fsync on" if self.given is None
+                else "server at --dsn" + ("" if self.postmaster else ", its CPU not measured"))
+
+    def cpu(self) -> float:
+        if self.postmaster is None:
+            return math.nan
+        from tests.pgserver import tree_cpu_seconds
+
+        return float(tree_cpu_seconds(self.postmaster))
+
+    def close(self, keep: bool) -> None:
+        """Stop our server and remove its directory (kept with --keep), or drop the database
+        created at --dsn."""
+        if self.server is not None:
+            self.server.stop()
+        if self.scratch is not None:
+            if keep:
+                print(f"kept {self.scratch} (PostgreSQL data, server stopped)")
+            else:
+                shutil.rmtree(self.scratch, ignore_errors=True)
+        if self.created and keep:
+            print(f"kept database {self.name}")
+        elif self.created:
+            import psycopg
+
+            try:
+                with psycopg.connect(self.given or "", autocommit=True) as conn:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'.encode())
+            except psycopg.Error as exc:
+                print(f"warning: could not drop database {self.name}: {exc}", file=sys.stderr)
+
+
+def local_postmaster(backend_pid: int) -> int | None:
+    """The postmaster (parent) of a backend, if that is a postgres process of this machine."""
+    try:
+        ppid = int(Path(f"/proc/{backend_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        name = Path(f"/proc/{ppid}/cmdline").read_bytes().split(b"\0")[0]
+    except (OSError, IndexError, ValueError):
+        return None
+    return ppid if name.endswith(b"postgres") else None
 
 
 # --------------------------------------------------------------------------- load generator
@@ -435,10 +541,13 @@ def report(res: Results, args: argparse.Namespace, gw_pid: int, sim_pid: int,
     missing = accepted - len(receipt_lat)
     ms = 1000.0
     offered = f"offered {args.rate:,.0f} msg/s" if args.rate else "closed loop"
+    pg = "postgresql" in cpu
+    store = (f"store on PostgreSQL ({args.pg_where}; synchronous={args.synchronous}: "
+             f"synchronous_commit={'on' if args.synchronous == 'full' else 'off'})" if pg
+             else f"store on disk (WAL, synchronous={args.synchronous})")
     print(f"setup: {args.messages:,} messages, {args.sessions} sessions x window {args.window} "
           f"({offered}); smsc binds {args.smsc_binds} window {args.smsc_window} (simulator "
-          f"deliver_sm window the same); receipt_delay {args.receipt_delay} s; store on disk (WAL, "
-          f"synchronous={args.synchronous}); peers "
+          f"deliver_sm window the same); receipt_delay {args.receipt_delay} s; {store}; peers "
           f"{'independent (one PDU per send)' if args.independent else 'batching'}")
     print(f"accepted: {accepted / submit_wall:,.0f} msg/s ({accepted:,} submit_sm_resp OK in "
           f"{submit_wall:.2f} s)")
@@ -453,9 +562,14 @@ def report(res: Results, args: argparse.Namespace, gw_pid: int, sim_pid: int,
           + ("; HIT DURATION CAP" if res.timed_out else ""))
     print(f"gateway: peak RSS {proc_status(gw_pid, 'VmHWM')}, CPU {cpu['gateway']:.1f} s; "
           f"simulator: peak RSS {proc_status(sim_pid, 'VmHWM')}, CPU {cpu['simulator']:.1f} s; "
-          f"load generator CPU {cpu['loadgen']:.1f} s (2 cores shared; wall {e2e_wall:.1f} s)")
-    per_msg = ", ".join(f"{name} {cpu[name] / max(accepted, 1) * ms:.3f} ms"
-                        for name in ("gateway", "simulator", "loadgen"))
+          f"load generator CPU {cpu['loadgen']:.1f} s"
+          + (f"; PostgreSQL CPU {cpu['postgresql']:.1f} s" if pg else "")
+          + f" (2 cores shared; wall {e2e_wall:.1f} s)")
+    names = ("gateway", "simulator", "loadgen", *(("postgresql",) if pg else ()))
+    per_msg = ", ".join(f"{name} {cpu[name] / max(accepted, 1) * ms:.3f} ms" for name in names)
+    if pg:
+        both = (cpu["gateway"] + cpu["postgresql"]) / max(accepted, 1) * ms
+        per_msg += f"; gateway + PostgreSQL {both:.3f} ms"
     print(f"CPU per accepted message: {per_msg}")
     keys = ("submits", "accepted", "throttled", "errors", "receipts_scheduled", "receipts_sent",
             "deliver_retried", "deliver_abandoned", "queued", "bound_sessions")
@@ -494,12 +608,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--deliver-window", type=int, default=64, help="gateway listener window")
     p.add_argument("--synchronous", default="full", choices=["full", "normal"],
                    help="[store] synchronous: full fsyncs every group commit")
+    p.add_argument("--store", default="sqlite", choices=["sqlite", "postgresql"],
+                   help="[store] backend; postgresql: a fresh database on a throwaway server "
+                        "of our own (fsync on), or on the server at --dsn")
+    p.add_argument("--dsn", help="with --store postgresql: a server to create the database on "
+                                 "(postgresql://user@host:port/db, a role that may CREATE "
+                                 "DATABASE) instead of our own")
     p.add_argument("--independent", action="store_true",
                    help="no batching by the peers: the simulator (peer = \"independent\") and the "
                         "load generator write every PDU in a send of their own")
     p.add_argument("--progress", action="store_true", help="print progress once a second")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.dsn is not None and args.store != "postgresql":
+        p.error("--dsn goes with --store postgresql")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -507,10 +630,14 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="smsgw-bench-"))
     ports = Ports()
     args.control_port = ports.sim_control
-    gw_conf, sim_conf = write_configs(tmp, ports, args)
     sim_log, gw_log = tmp / "simulator.log", tmp / "gateway.log"
     sim = gw = None
+    pg = PgStore(args.dsn) if args.store == "postgresql" else None
     try:
+        if pg is not None:
+            pg.open()
+            args.store_dsn, args.pg_where = pg.dsn, pg.where()
+        gw_conf, sim_conf = write_configs(tmp, ports, args)
         with sim_log.open("wb") as slog, gw_log.open("wb") as glog:
             sim = start([*smsgw_command(), "simulate-smsc", "--config", str(sim_conf)], slog)
             wait_ready("simulator", sim, sim_log, lambda: sim_stats(ports.sim_control), 20)
@@ -524,11 +651,15 @@ def main(argv: list[str] | None = None) -> int:
             wait_ready("gateway", gw, gw_log, gateway_ready, 30)
             cpu0 = {"gateway": proc_cpu(gw.pid), "simulator": proc_cpu(sim.pid),
                     "loadgen": time.process_time()}
+            if pg is not None:
+                cpu0["postgresql"] = pg.cpu()
             res = Results(total=args.messages)
             trio.run(load, ports.gateway, args, res)
             cpu = {"gateway": proc_cpu(gw.pid) - cpu0["gateway"],
                    "simulator": proc_cpu(sim.pid) - cpu0["simulator"],
                    "loadgen": time.process_time() - cpu0["loadgen"]}
+            if pg is not None:
+                cpu["postgresql"] = pg.cpu() - cpu0["postgresql"]
             stats = sim_stats(ports.sim_control)
             status = report(res, args, gw.pid, sim.pid, stats, cpu)
             return exited_early(gw, gw_log, status)
@@ -537,6 +668,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         clean_up((gw, sim), tmp, args.keep)
+        if pg is not None:
+            pg.close(args.keep)
 
 
 if __name__ == "__main__":
