@@ -161,6 +161,21 @@ STORE_COMMIT_SECONDS = Histogram("smsgw_store_commit_latency_seconds",
                                           0.25, 0.5, 1.0, 2.5, 5.0))
 STORE_BATCH_ROWS = Histogram("smsgw_store_batch_rows", "Rows written per store transaction",
                              buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000))
+# PostgreSQL store only (gateway/store_pg.py), read from its statistics every DB_HEALTH_INTERVAL.
+DB_OLDEST_SNAPSHOT = Gauge("smsgw_db_oldest_snapshot_seconds",
+                           "PostgreSQL: age of the oldest transaction holding a snapshot in the "
+                           "gateway's database (any client; it keeps VACUUM from removing dead "
+                           "rows)")
+DB_ROWS = Gauge("smsgw_db_rows", "PostgreSQL: live rows of the gateway's hot tables, as the "
+                "statistics estimate them", ["table"])
+DB_DEAD_ROWS = Gauge("smsgw_db_dead_rows", "PostgreSQL: dead row versions of the gateway's hot "
+                     "tables (what VACUUM has yet to remove)", ["table"])
+DB_NODES = Gauge("smsgw_db_nodes", "PostgreSQL: gateway nodes registered in the database")
+DB_ADOPT_SECONDS = Histogram("smsgw_db_adopt_latency_seconds",
+                             "PostgreSQL: taking over the due work of dead nodes (and of none), "
+                             "all its claim transactions",
+                             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                      1.0, 2.5, 5.0, 10.0))
 
 
 class SmscMetrics:

@@ -19,6 +19,7 @@ import structlog
 import trio
 import trio_asyncio
 
+from gateway import metrics
 from gateway.model import State
 from gateway.store_sql import (
     DONE_SQL,
@@ -63,6 +64,8 @@ MIGRATION_LOCK = 0x736D_7367_0002
 # that lost its session finds its work gone when it reconnects (NodeFenced), not half of it.
 NODE_LOCK_CLASS = 0x736D_7367
 HEARTBEAT_INTERVAL = 1.0  # seconds between the updates of a node's heartbeat_at
+HEALTH_INTERVAL = 10.0  # seconds between two readings of the database's health (metrics)
+HOT_TABLES = ("due", "nodes", "reports", "state_counts")
 ADOPT_BATCH = 1000  # due rows claimed per (short) transaction
 
 # Session settings of the gateway's connections (item "database health" of the cluster work):
@@ -501,6 +504,7 @@ class _Node:
         gone (their epoch lock is free); in short transactions of ADOPT_BATCH rows (FOR UPDATE
         SKIP LOCKED: adopters never wait for each other). The ids of the messages taken."""
         taken: list[str] = []
+        started = trio.current_time()
         while True:
             async with conn.transaction():
                 dead = [epoch for (epoch,) in await conn.fetch(
@@ -522,6 +526,7 @@ class _Node:
                         log.warning("store.node_taken_over", backend="postgresql", node=name,
                                     epoch=epoch, by=self.epoch)
                     break
+        metrics.DB_ADOPT_SECONDS.observe(trio.current_time() - started)
         if taken:
             log.info("store.work_adopted", backend="postgresql", node=self.name,
                      messages=len(taken))
@@ -539,6 +544,29 @@ class _Node:
                                    " RETURNING 1", self.epoch):
             raise NodeFenced(f"postgresql: node {self.name} (epoch {self.epoch}) is no longer "
                              "registered: another node took its work over; it must restart")
+
+
+async def _health(conn: asyncpg.Connection[Any]) -> None:
+    """Read the database's health into the DB_* gauges (gateway/metrics.py)."""
+    oldest = await conn.fetchval(
+        "SELECT coalesce(extract(epoch FROM now() - min(xact_start)), 0)::float8"
+        " FROM pg_stat_activity WHERE datname = current_database()"
+        " AND backend_xmin IS NOT NULL AND pid <> pg_backend_pid()")
+    metrics.DB_OLDEST_SNAPSHOT.set(float(oldest or 0.0))
+    for table, live, dead in await conn.fetch(
+            "SELECT relname::text, n_live_tup, n_dead_tup FROM pg_stat_user_tables"
+            " WHERE schemaname = current_schema() AND relname = ANY($1::text[])",
+            list(HOT_TABLES)):
+        metrics.DB_ROWS.labels(table).set(live)
+        metrics.DB_DEAD_ROWS.labels(table).set(dead)
+    metrics.DB_NODES.set(await conn.fetchval("SELECT count(*) FROM nodes"))
+
+
+async def _watch_health(reader: _Connection) -> None:
+    while True:
+        with contextlib.suppress(StoreError):  # unreachable: read again next time
+            await reader.call(_health)
+        await trio.sleep(HEALTH_INTERVAL)
 
 
 async def _heartbeat(writer: _Connection, node: _Node) -> None:
@@ -599,6 +627,7 @@ async def open_postgresql(dsn: str, synchronous: str, *, node: str = "smsgw",
             await backend.adopt()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_heartbeat, writer, me)
+                nursery.start_soon(_watch_health, reader)
                 yield backend
                 nursery.cancel_scope.cancel()
             with trio.CancelScope(shield=True), contextlib.suppress(StoreError):

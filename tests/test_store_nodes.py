@@ -119,3 +119,30 @@ async def test_a_nodes_heartbeat_moves(pg_dsn: str) -> None:
         with trio.fail_after(10):
             while rows(pg_dsn, "SELECT heartbeat_at FROM nodes") == [(started,)]:
                 await trio.sleep(0.1)
+
+
+async def test_database_health_shows_the_oldest_snapshot_the_hot_tables_and_the_nodes(
+        pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prometheus_client import REGISTRY
+
+    from gateway import store_pg
+
+    def value(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, labels)
+
+    monkeypatch.setattr(store_pg, "HEALTH_INTERVAL", 0.1)
+    with psycopg.connect(pg_dsn) as other:  # a client that keeps a snapshot open
+        other.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        other.execute("SELECT 1")
+        async with Store.open(pg_dsn, node="a") as store:
+            await store.add_messages([make_message()])
+            with trio.fail_after(10):
+                while (value("smsgw_db_oldest_snapshot_seconds") or 0) < 0.5:
+                    await trio.sleep(0.05)
+            assert value("smsgw_db_nodes") == 1
+            with trio.fail_after(10):  # the statistics lag the writes a little
+                while value("smsgw_db_rows", table="due") != 1:
+                    await trio.sleep(0.05)
+            assert value("smsgw_db_dead_rows", table="nodes") is not None
+            assert (value("smsgw_db_adopt_latency_seconds_count") or 0) >= 1
+        other.rollback()
