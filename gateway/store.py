@@ -789,7 +789,12 @@ class Store:
         """Retention: delete final messages done before that time, their parts and history,
         and orphan receipts received before it, keeping each deleted message counted in
         cdr_daily (see daily_totals). Returns the number of messages deleted. Works in chunks
-        of a few thousand rows so other writers wait at most one chunk."""
+        of a few thousand rows so other writers wait at most one chunk. Where several nodes
+        share the database, one does it at a time: the others return 0 at once."""
+        async with self._db.singleton("purge") as mine:
+            return await self._purge(finished_before) if mine else 0
+
+    async def _purge(self, finished_before: float) -> int:
         deleted = 0
         while True:
             rows = await self._read(
@@ -808,15 +813,18 @@ class Store:
 
     async def purge_idempotency(self, created_before: float) -> int:
         """Forget the Idempotency-Keys recorded before that time; returns how many. In chunks
-        of a few thousand rows, so other writers wait at most one chunk."""
+        of a few thousand rows, so other writers wait at most one chunk; one node at a time
+        (see purge)."""
         forgotten = 0
-        while True:
-            call = _Call([(PURGE_IDEMPOTENCY, [(created_before, _PURGE_CHUNK)])],
-                         exclusive=True)
-            deleted = (await self._write(call))[0]
-            forgotten += deleted
-            if deleted < _PURGE_CHUNK:
-                return forgotten
+        async with self._db.singleton("purge_idempotency") as mine:
+            while mine:
+                call = _Call([(PURGE_IDEMPOTENCY, [(created_before, _PURGE_CHUNK)])],
+                             exclusive=True)
+                deleted = (await self._write(call))[0]
+                forgotten += deleted
+                if deleted < _PURGE_CHUNK:
+                    break
+        return forgotten
 
     async def _retire(self, message_ids: Sequence[str]) -> tuple[int, int, int]:
         """Delete these messages if final, with their parts and history, each counted in

@@ -11,6 +11,7 @@ import functools
 import os
 import re
 import socket
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -63,6 +64,8 @@ MIGRATION_LOCK = 0x736D_7367_0002
 # the process died, or its connection did), so two nodes never work on one message, and a node
 # that lost its session finds its work gone when it reconnects (NodeFenced), not half of it.
 NODE_LOCK_CLASS = 0x736D_7367
+# A job one node at a time does (retention...): (SINGLETON_CLASS, crc32 of its name).
+SINGLETON_CLASS = 0x736D_7368
 HEARTBEAT_INTERVAL = 1.0  # seconds between the updates of a node's heartbeat_at
 HEALTH_INTERVAL = 10.0  # seconds between two readings of the database's health (metrics)
 HOT_TABLES = ("due", "nodes", "reports", "state_counts")
@@ -444,6 +447,22 @@ class PostgresBackend:
     async def adopt(self) -> list[str]:
         """Take over the work of dead nodes and of none (see _Node.adopt); the message ids."""
         return await self._writer.call(self._node.adopt)
+
+    @contextlib.asynccontextmanager
+    async def singleton(self, job: str) -> AsyncIterator[bool]:
+        """A session advisory lock on the writer connection for the job (its writes go through
+        that connection; if it reconnects meanwhile, the lock is gone and another node may
+        start the job too: the jobs are idempotent)."""
+        key = zlib.crc32(job.encode()) & 0x7FFF_FFFF
+        [(got,)] = await self._writer.call(functools.partial(
+            _fetch, "SELECT pg_try_advisory_lock(?, ?)", (SINGLETON_CLASS, key)))
+        try:
+            yield got
+        finally:
+            if got:
+                with trio.CancelScope(shield=True), contextlib.suppress(StoreError):
+                    await self._writer.call(functools.partial(
+                        _fetch, "SELECT pg_advisory_unlock(?, ?)", (SINGLETON_CLASS, key)))
 
 
 def _settings(synchronous: str | None) -> dict[str, str]:

@@ -6,6 +6,7 @@ the order a group commit runs them), the errors, and the Backend protocol that S
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -221,4 +222,9 @@ class Backend(Protocol):
 
     async def adopt(self) -> list[str]:
         """Take over the unfinished messages no live node works on; their ids."""
+        ...
+
+    def singleton(self, job: str) -> AbstractAsyncContextManager[bool]:
+        """While inside: True if this process is the one node doing ``job`` now (retention,
+        ...), False if another node is at it (then skip it this time)."""
         ...

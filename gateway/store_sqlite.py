@@ -362,6 +362,10 @@ class SqliteBackend:
     async def adopt(self) -> list[str]:
         return []
 
+    @contextlib.asynccontextmanager
+    async def singleton(self, job: str) -> AsyncIterator[bool]:
+        yield True  # one process per file
+
     async def durability(self) -> tuple[str, str]:
         """The writer connection's (journal_mode, synchronous), as SQLite reports them."""
         conn = self._writer

@@ -146,3 +146,15 @@ async def test_database_health_shows_the_oldest_snapshot_the_hot_tables_and_the_
             assert value("smsgw_db_dead_rows", table="nodes") is not None
             assert (value("smsgw_db_adopt_latency_seconds_count") or 0) >= 1
         other.rollback()
+
+
+async def test_retention_runs_on_one_node_at_a_time(pg_dsn: str) -> None:
+    old = make_message(state=State.DELIVERED, done_at=1.0)
+    async with Store.open(pg_dsn, node="a", shared=True) as a, \
+            Store.open(pg_dsn, node="b", shared=True) as b:
+        await a.add_messages([old])
+        async with a._db.singleton("purge") as mine:  # a is purging
+            assert mine
+            assert await b.purge(2.0) == 0  # b skips its turn
+            assert await b.get_message(old.id) is not None
+        assert await b.purge(2.0) == 1  # a is done: b's next turn purges
