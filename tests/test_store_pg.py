@@ -6,17 +6,23 @@ daemon over PostgreSQL end to end (receipts, history across a restart, a databas
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import shutil
-from collections.abc import Iterator
+import signal
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import psycopg
 import pytest
 import trio
+from prometheus_client import REGISTRY
 
-from gateway.config import AdminConfig, StoreConfig
+from gateway import store_pg
+from gateway.config import AdminConfig, SimulatorConfig, StoreConfig
 from gateway.model import State
 from gateway.store import SchemaError, Store, StoreError, StoreUnavailable
 from smpp.constants import Status
@@ -31,6 +37,11 @@ CALLS_MAX = 4000  # per submitter: the load is bounded in count ...
 LOAD_SECONDS = 45.0  # ... and in time
 RETRY_PAUSE = 0.02  # seconds a submitter pauses after a refusal, as a client backs off
 UNAVAILABLE_WITHIN = 10.0  # seconds: a call to a dead server fails by then, it does not hang
+# A silent server (frozen): the store's timeouts made short for the test, and the slack given
+# on top of them (a crowded machine).
+SHORT_STATEMENT_TIMEOUT_MS = 1000
+SHORT_CONNECT_TIMEOUT = 2.0
+SLACK = 3.0
 
 
 @pytest.fixture
@@ -58,6 +69,48 @@ def _sql(dsn: str, statement: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(dsn, connect_timeout=10, autocommit=True) as conn:
         cur = conn.execute(statement.encode())
         return cur.fetchall() if cur.description is not None else []
+
+
+def _writer_pids(dsn: str) -> list[int]:
+    """The server PIDs of the store writer connections to ``dsn``'s database."""
+    rows = _sql(dsn, "SELECT pid FROM pg_stat_activity WHERE application_name = 'smsgw writer'"
+                     " AND datname = current_database()")
+    return [int(r[0]) for r in rows]
+
+
+@contextlib.contextmanager
+def _frozen(server: PgServer) -> Iterator[None]:
+    """Every process of the server stopped (SIGSTOP): its connections stay open and it answers
+    nothing, as a network partition looks from the gateway; resumed (SIGCONT) on exit."""
+    pids = server.pids()
+    assert pids
+    try:
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+async def _outcome(call: Callable[[], Awaitable[object]], bound: float) -> str:
+    """How ``call`` ended within ``bound`` seconds: "ok", its exception's class name, or
+    "no answer" (still waiting at the bound; a write stays queued)."""
+    with trio.move_on_after(bound):
+        try:
+            await call()
+        except Exception as exc:
+            return type(exc).__name__
+        return "ok"
+    return "no answer"
+
+
+def _short_timeouts(monkeypatch: pytest.MonkeyPatch) -> float:
+    """The store's statement and connect timeouts made short; one attempt's bound (both)."""
+    monkeypatch.setattr(store_pg, "STATEMENT_TIMEOUT_MS", SHORT_STATEMENT_TIMEOUT_MS)
+    monkeypatch.setattr(store_pg, "CONNECT_TIMEOUT", SHORT_CONNECT_TIMEOUT)
+    return SHORT_STATEMENT_TIMEOUT_MS / 1000 + SHORT_CONNECT_TIMEOUT
 
 
 @dataclasses.dataclass
@@ -143,6 +196,87 @@ async def test_store_rides_out_a_postgresql_crash_under_load_and_loses_nothing_a
     lost = set(load.acked) - stored
     assert not lost, f"{len(lost)} acknowledged messages of {len(load.acked)} lost"
     assert {probe.id, after.id} <= stored
+
+
+async def test_a_call_to_a_server_that_stopped_answering_fails_unavailable_and_does_not_hang(
+        own_pg: PgServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: a server that stops answering without closing its connections (frozen, as a
+    network partition looks) makes each write and read fail with StoreUnavailable within the
+    statement timeout plus the connect timeout, never wait for ever (the server cannot apply
+    its own statement_timeout then); once it answers again the same Store works."""
+    attempt = _short_timeouts(monkeypatch)
+    dsn = own_pg.create_database("frozen")
+    async with Store.open(dsn) as store:
+        m = make_message()
+        await store.add_messages([m])
+        assert await store.get_message(m.id) == m  # the reader is connected too
+        with _frozen(own_pg):
+            write = await _outcome(lambda: store.add_messages([make_message()]), attempt + SLACK)
+            read = await _outcome(lambda: store.get_message(m.id), attempt + SLACK)
+        assert (write, read) == ("StoreUnavailable", "StoreUnavailable")
+        after = make_message()
+        with trio.fail_after(attempt + SLACK):
+            while await _outcome(lambda: store.add_messages([after]), attempt + SLACK) != "ok":
+                await trio.sleep(RETRY_PAUSE)
+        assert await store.get_message(after.id) == after
+
+
+async def test_callers_queued_behind_a_silent_server_are_answered_by_the_next_attempt(
+        own_pg: PgServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: the calls queued while the server is silent are answered (StoreUnavailable)
+    together by the writer's next attempt, not retried one by one at a connect timeout each:
+    every caller has its answer within two attempts' time."""
+    attempt = _short_timeouts(monkeypatch)
+    dsn = own_pg.create_database("queued")
+    callers = 20
+    outcomes: list[str] = []
+    async with Store.open(dsn) as store:
+        await store.add_messages([make_message()])
+
+        async def submit() -> None:
+            outcomes.append(await _outcome(lambda: store.add_messages([make_message()]),
+                                           2 * attempt + SLACK))
+
+        with _frozen(own_pg):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(submit)  # the writer waits on this one's transaction
+                await wait_for(lambda: store.queued_rows == 1)
+                for _ in range(callers - 1):
+                    nursery.start_soon(submit)
+    answered = [o for o in outcomes if o != "no answer"]
+    assert len(answered) == callers, (
+        f"{len(answered)} of {callers} callers answered within {2 * attempt + SLACK:.0f} s: "
+        f"{sorted(set(outcomes))}")
+    assert set(answered) == {"StoreUnavailable"}
+
+
+async def test_a_connection_in_an_unknown_state_is_dropped_and_the_call_is_unavailable(
+        pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule: asyncpg's InternalClientError (its protocol state confused, seen when the server
+    was killed mid-transaction) is a lost connection like the others: the call fails with
+    StoreUnavailable (temporary), that connection is not used again, the next call works on a
+    new one."""
+    real = store_pg._transaction
+    confused = [True]
+
+    async def once_confused(groups: list[tuple[int, list[Any]]], counted: bool,
+                            conn: Any) -> Any:
+        if confused.pop() if confused else False:
+            raise asyncpg.InternalClientError(
+                "cannot switch to state 15; another operation (2) is in progress")
+        return await real(groups, counted, conn)
+
+    async with Store.open(pg_dsn) as store:
+        await store.add_messages([make_message()])
+        [before] = await trio.to_thread.run_sync(_writer_pids, pg_dsn)
+        monkeypatch.setattr(store_pg, "_transaction", once_confused)
+        with pytest.raises(StoreError) as failed:
+            await store.add_messages([make_message()])
+        assert isinstance(failed.value, StoreUnavailable), repr(failed.value)
+        m = make_message()
+        await store.add_messages([m])
+        assert await store.get_message(m.id) == m
+        assert await trio.to_thread.run_sync(_writer_pids, pg_dsn) != [before]
 
 
 async def test_a_second_store_on_one_database_is_refused_while_the_first_is_open(
@@ -267,3 +401,80 @@ async def test_daemon_answers_rmsgqful_while_postgresql_is_down_then_takes_submi
         stored = await gw.store.get_message(message_id)
         assert stored is not None and stored.state is State.DELIVERED
     assert await trio.to_thread.run_sync(_stored_ids, dsn) == {message_id}
+
+
+SLOW_RECEIPTS = SimulatorConfig(port=0, control_port=0, receipt_delay=0.3, seed=7)
+# The stop at the end of those tests: nothing is left to drain by then, so a drain held up (see
+# test_a_graceful_stop_after_receipts_failed_to_be_stored_is_not_held_up) costs 2 s, not 10.
+SHORT_DRAIN = 2.0
+
+
+async def _crash_while_receipts_come_in(gw: Any, sim: Any, server: PgServer,
+                                        count: int) -> SmpplibEsme:
+    """Submit ``count`` messages, SIGKILL the database once all are acknowledged (their
+    receipts come in meanwhile: not stored, so refused, and the SMSC sends them again), start it
+    again, wait until the upstream has every receipt; the ESME (closed)."""
+    failures = REGISTRY.get_sample_value("smsgw_store_failures_total",
+                                         {"operation": "write"}) or 0.0
+    esme = SmpplibEsme(gw.smpp_port)
+
+    def submit_all() -> None:
+        esme.bind()
+        for i in range(count):
+            esme.submit(f"336555000{i:02d}", b"hello")
+        esme.read_until(lambda: len(esme.resps) == count)
+
+    try:
+        with trio.fail_after(30):
+            await trio.to_thread.run_sync(submit_all)
+        assert [r.status for r in esme.resps] == [0] * count
+        await trio.to_thread.run_sync(server.kill)
+        await wait_for(lambda: sim.stats.deliver_retried > 0)
+        assert (REGISTRY.get_sample_value(
+            "smsgw_store_failures_total", {"operation": "write"}) or 0.0) > failures
+        await trio.to_thread.run_sync(server.restart)
+        with trio.fail_after(45):
+            await trio.to_thread.run_sync(
+                lambda: esme.read_until(lambda: len(esme.delivered) >= count, timeout=40))
+    finally:
+        await trio.to_thread.run_sync(esme.close)
+    return esme
+
+
+async def test_messages_in_flight_when_postgresql_crashes_are_all_delivered_once_it_is_back(
+        tmp_path: Path, own_pg: PgServer) -> None:
+    """Rule: a crash of the database while acknowledged messages are being sent and their
+    receipts come in loses none of them: the daemon retries its writes, and once the database
+    is back every message is stored DELIVERED and its receipt reaches the upstream."""
+    dsn = own_pg.create_database("gw")
+    count = 30
+    async with running_stack(tmp_path, SLOW_RECEIPTS, shutdown_timeout=SHORT_DRAIN,
+                             **_on_postgresql(tmp_path, dsn)) as (gw, sim):
+        esme = await _crash_while_receipts_come_in(gw, sim, own_pg, count)
+        acked = sorted(r.message_id.decode() for r in esme.resps)
+        receipted = sorted(p.receipted_message_id.rstrip(b"\0").decode()
+                           for p in esme.delivered)
+        assert receipted == acked
+        for message_id in acked:
+            stored = await gw.store.get_message(message_id)
+            assert stored is not None and stored.state is State.DELIVERED, message_id
+        await wait_for(lambda: not gw.dispatcher.live)
+        assert len(sim.submitted) == count  # each sent once
+        assert sim.stats.deliver_abandoned == 0
+
+
+async def test_a_graceful_stop_after_receipts_failed_to_be_stored_is_not_held_up(
+        tmp_path: Path, own_pg: PgServer) -> None:
+    """Rule: once the database is back and every receipt is stored, the dispatcher is settled:
+    the graceful drain (Dispatcher.settle) returns at once, not after [gateway]
+    shutdown_timeout with a warning about work left."""
+    dsn = own_pg.create_database("gw")
+    async with running_stack(tmp_path, SLOW_RECEIPTS, shutdown_timeout=SHORT_DRAIN,
+                             **_on_postgresql(tmp_path, dsn)) as (gw, sim):
+        await _crash_while_receipts_come_in(gw, sim, own_pg, 10)
+        await wait_for(lambda: not gw.dispatcher.live)
+        with trio.move_on_after(5) as waited:
+            await gw.dispatcher.settle()
+        assert not waited.cancelled_caught, (
+            "Dispatcher.settle() still waiting 5 s after every message was stored DELIVERED "
+            f"(its count of round writes not committed: {gw.dispatcher._saving})")
