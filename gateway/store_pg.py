@@ -280,6 +280,7 @@ class _Connection:
             self._conn = None
             log.warning("store.reconnecting", backend="postgresql", connection=self._role)
         conn = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT,
+                                     command_timeout=STATEMENT_TIMEOUT_MS / 1000 + CONNECT_TIMEOUT,
                                      server_settings=self._settings)
         try:
             if self._setup is not None:
@@ -298,8 +299,10 @@ class _Connection:
         async with self._lock:
             try:
                 result: T = await self._loop.run_aio_coroutine(self._run(fn))
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError,
-                    TimeoutError) as exc:
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+                    OSError, TimeoutError) as exc:
+                if isinstance(exc, asyncpg.InternalClientError) and self._conn is not None:
+                    self._conn.terminate()  # its protocol state is unknown: made again next call
                 if self._conn is None or self._conn.is_closed():  # the connection went with it
                     raise StoreUnavailable(f"postgresql unreachable: {type(exc).__name__}: "
                                            f"{str(exc).strip()}") from exc
