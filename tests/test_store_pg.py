@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import psycopg
 import pytest
 import trio
 from prometheus_client import REGISTRY
 
 from gateway import store_pg
-from gateway.config import AdminConfig, SimulatorConfig, StoreConfig
+from gateway.config import AdminConfig, HttpConfig, SimulatorConfig, StoreConfig
 from gateway.model import State
 from gateway.store import SchemaError, Store, StoreError, StoreUnavailable
 from smpp.constants import Status
@@ -364,13 +365,17 @@ async def test_daemon_on_postgresql_delivers_with_receipt_and_keeps_history_acro
         assert message_id not in gw.dispatcher.live  # final: not taken up again
 
 
-async def test_daemon_answers_rmsgqful_while_postgresql_is_down_then_takes_submits_again(
+async def test_daemon_answers_rmsgqful_and_503_while_postgresql_is_down_then_takes_submits_again(
         tmp_path: Path, own_pg: PgServer) -> None:
-    """Rule: with its database down, the daemon answers a submit ESME_RMSGQFUL (0x14: try
-    again later), keeps the upstream's bind, and takes submits again once the database is
-    back, without a restart."""
+    """Rule: with its database down, the daemon answers an SMPP submit ESME_RMSGQFUL (0x14) and
+    an HTTP POST 503 with Retry-After (both: try again later), keeps the upstream's bind, and
+    takes submits again once the database is back, without a restart."""
     dsn = own_pg.create_database("gw")
-    async with running_stack(tmp_path, **_on_postgresql(tmp_path, dsn)) as (gw, _sim):
+    async with running_stack(tmp_path, http=HttpConfig(port=0),
+                             **_on_postgresql(tmp_path, dsn)) as (gw, _sim), \
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.http_port}", timeout=10,
+                              headers={"Authorization": "Bearer demo-token"}) as http:
+        hello = {"to": "33612345678", "from": "ACME", "text": "Hello"}
         esme = SmpplibEsme(gw.smpp_port)
         await trio.to_thread.run_sync(esme.bind, "transceiver")
         try:
@@ -382,7 +387,9 @@ async def test_daemon_answers_rmsgqful_while_postgresql_is_down_then_takes_submi
 
             with trio.fail_after(30):
                 await trio.to_thread.run_sync(submit_while_down)
+                refused = await http.post("/v1/messages", json=hello)
             assert esme.resps[0].status == Status.ESME_RMSGQFUL
+            assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
 
             await trio.to_thread.run_sync(own_pg.restart)
 
@@ -392,6 +399,7 @@ async def test_daemon_answers_rmsgqful_while_postgresql_is_down_then_takes_submi
 
             with trio.fail_after(30):
                 await trio.to_thread.run_sync(submit_when_back)
+                taken = await http.post("/v1/messages", json=hello)
         finally:
             await trio.to_thread.run_sync(esme.close)
         assert esme.resps[1].status == 0
@@ -400,7 +408,9 @@ async def test_daemon_answers_rmsgqful_while_postgresql_is_down_then_takes_submi
         assert parsed is not None and parsed.id == message_id and parsed.stat == "DELIVRD"
         stored = await gw.store.get_message(message_id)
         assert stored is not None and stored.state is State.DELIVERED
-    assert await trio.to_thread.run_sync(_stored_ids, dsn) == {message_id}
+        assert taken.status_code == 202, taken.text
+        [posted] = [m["id"] for m in taken.json()["messages"]]
+    assert await trio.to_thread.run_sync(_stored_ids, dsn) == {message_id, posted}
 
 
 SLOW_RECEIPTS = SimulatorConfig(port=0, control_port=0, receipt_delay=0.3, seed=7)
