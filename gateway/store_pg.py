@@ -344,8 +344,12 @@ class _Connection:
             self._conn = None
         if self._ever:
             log.warning("store.reconnecting", backend="postgresql", connection=self._role)
-        conn = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT,
-                                     server_settings=self._settings)
+        # command_timeout: a server that stops answering (a partition, a frozen host) fails
+        # the call after the server-side statement_timeout plus a margin, not never.
+        conn = await asyncpg.connect(
+            self._dsn, timeout=CONNECT_TIMEOUT,
+            command_timeout=STATEMENT_TIMEOUT_MS / 1000 + CONNECT_TIMEOUT,
+            server_settings=self._settings)
         try:
             if self._setup is not None:
                 await self._setup(conn)
@@ -368,8 +372,9 @@ class _Connection:
                     OSError, TimeoutError) as exc:
                 conn = self._conn
                 if conn is None or conn.is_closed() or isinstance(
-                        exc, (asyncpg.InterfaceError, asyncpg.InternalClientError)):
-                    # The connection went (or its protocol state is lost): made again next call.
+                        exc, (asyncpg.InterfaceError, asyncpg.InternalClientError, TimeoutError)):
+                    # The connection went, its protocol state is lost, or the server stopped
+                    # answering on it: made again at the next call.
                     if conn is not None:
                         conn.terminate()
                     raise StoreUnavailable(f"postgresql unreachable: {type(exc).__name__}: "
