@@ -1326,6 +1326,7 @@ class Dispatcher:
             except StoreError as exc:
                 log.warning("receipt.not_stored", smsc=connector, receipts=len(applied),
                             error=str(exc))
+                self._saving += 1  # _committed counts it down, as for a round's write
                 self._nursery.start_soon(self._committed, work, None, [])
                 for done in applied:
                     done(False)

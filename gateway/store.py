@@ -531,6 +531,13 @@ class Store:
         started = trio.current_time()
         try:
             _, counts = await self._db.transaction(groups)
+        except StoreUnavailable as exc:
+            # The database cannot be reached: each call alone would wait as long again.
+            self._failures.occurred("write", str(exc))
+            for call in batch:
+                call.error = exc
+                self._settle(call)
+            return
         except Exception:
             # Some call broke the transaction: retry each alone, so only that one fails.
             self.failed_batches += 1

@@ -372,9 +372,10 @@ class _Connection:
                     OSError, TimeoutError) as exc:
                 conn = self._conn
                 if conn is None or conn.is_closed() or isinstance(
-                        exc, (asyncpg.InterfaceError, asyncpg.InternalClientError, TimeoutError)):
-                    # The connection went, its protocol state is lost, or the server stopped
-                    # answering on it: made again at the next call.
+                        exc, (asyncpg.InterfaceError, asyncpg.InternalClientError)):
+                    # The connection went, or its protocol state is lost: made again at the
+                    # next call. (After a timeout asyncpg cancels the statement itself and
+                    # the connection stays usable.)
                     if conn is not None:
                         conn.terminate()
                     raise StoreUnavailable(f"postgresql unreachable: {type(exc).__name__}: "
