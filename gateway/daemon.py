@@ -202,6 +202,12 @@ def _export_gauges(config: GatewayConfig, connectors: dict[str, SmscConnector]) 
             metrics.UPSTREAM_BINDS.labels(account, mode)
 
 
+# Several gateway processes on one PostgreSQL store: not complete yet (issue 11: reports owed
+# upstream and rate limits are not shared between nodes), so a second process is refused. The
+# tests of what exists of it (receipts handed between nodes) set it.
+SHARED_STORE = False
+
+
 async def run(
     config: GatewayConfig,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
@@ -212,7 +218,7 @@ async def run(
     routing = build_routing(config)  # before the store: a plug-in refusing its options stops here
     async with Store.open(sc.where, batch_max=sc.batch_max, synchronous=sc.synchronous,
                           queue_max=sc.queue_max, unfinished_max=sc.unfinished_max,
-                          node=config.node) as store:
+                          node=config.node, shared=SHARED_STORE) as store:
         clock = WallClock()
         metrics.STORE_QUEUE.set_function(lambda: store.queued_rows)
         reporter = Reporter(store, clock, expiry=sc.report_expiry, accounts=config.accounts)

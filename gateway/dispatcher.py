@@ -14,6 +14,7 @@ written in one store call (no task or store call per message).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import functools
@@ -34,7 +35,7 @@ from gateway.config import RetryConfig
 from gateway.intake import Replacement
 from gateway.model import Event, Message, Part, PartState, Report, State
 from gateway.routing_setup import Routing
-from gateway.store import PendingWrite, Store, StoreError
+from gateway.store import Forwarded, PendingWrite, Store, StoreError
 from routing.backoff import Backoff, retry_delay
 from routing.breaker import Breakers, BreakerState
 from routing.channel import (
@@ -61,6 +62,9 @@ HOLD_LOG_PERIOD = 10.0  # seconds between two warnings that the receipt hold is 
 ATTEMPT_DEADLINE_MARGIN = 30.0
 MAX_SUPERSEDED = 100_000  # units of left attempts remembered for their late receipts
 RECEIPT_HOLD = 10.0  # seconds a receipt of a channel that names none waits for its send
+INBOX_BATCH = 1000  # receipts handed over by other nodes, read and applied at a time
+INBOX_POLL = 1.0  # seconds: the inbox is read this often even if no notification came
+ADOPT_INTERVAL = 1.0  # seconds between two looks for the work of dead nodes
 RECEIPT_WORDS = 64  # distinct receipt words counted by name (per dispatcher); more: "OTHER"
 SAVE_RETRY_MIN, SAVE_RETRY_MAX = 1.0, 30.0  # seconds between attempts at a failed store write
 
@@ -338,6 +342,23 @@ class Dispatcher:
     async def load(self) -> int:
         """Resume every unfinished message from the store (at start-up)."""
         messages = await self.store.unfinished_messages()
+        await self._resume(messages)
+        return len(messages)
+
+    async def adopt(self) -> int:
+        """Take over the unfinished messages of nodes that died (several nodes share a
+        PostgreSQL store) and resume them as at start-up: the parts they had not had
+        answered are sent again (duplicates at the SMSC at most that node's in-flight
+        windows), the others wait for their receipts, which reach this node. How many."""
+        ids = await self.store.adopt()
+        messages = [m for m in [await self.store.get_message(i) for i in ids]
+                    if m is not None and m.id not in self.live]
+        await self._resume(messages)
+        if messages:
+            self._wake.set()
+        return len(messages)
+
+    async def _resume(self, messages: Sequence[Message]) -> None:
         for msg in messages:
             live = Live(msg)
             live.parts = await self.store.get_parts(msg.id)
@@ -362,7 +383,6 @@ class Dispatcher:
                         {"parts_pending": sum(p.state is PartState.PENDING for p in live.parts)
                          or len(live.parts)}, into=live.events)
                 self._schedule(live, max(msg.next_attempt_at, msg.not_before))
-        return len(messages)
 
     def _resumed_timeout(self, live: Live) -> float | None:
         """The timeout of the plan's attempt a resumed in-flight message was on, if any and
@@ -385,6 +405,9 @@ class Dispatcher:
             self._nursery = nursery
             for channel in self.channels.values():
                 self._start_following(channel)
+            if self.store.epoch is not None:  # a node of a shared database
+                nursery.start_soon(self._follow_inbox)
+                nursery.start_soon(self._adopt_orphans)
             task_status.started()
             while True:
                 await self._wait_work()
@@ -1180,6 +1203,10 @@ class Dispatcher:
                                 word):
                 done(True)
                 return
+            if self.store.epoch is not None and await self._handed_over(
+                    connector, receipt, self._keys(connector, smsc_id, "as-is")):
+                done(True)
+                return
             hit = self._match(connector, smsc_id, id_format) or \
                 await self._hold(connector, smsc_id, hold, id_format, parked)
             if hit is not None:
@@ -1187,6 +1214,9 @@ class Dispatcher:
             elif await self._late(connector, self._keys(connector, smsc_id, id_format), smsc_id,
                                   word):
                 done(True)
+            elif self.store.epoch is not None and await self._handed_over(
+                    connector, receipt, self._keys(connector, smsc_id, id_format)):
+                done(True)  # its part was committed by another node during the hold
             else:
                 done(await self.record_orphan(connector, smsc_id, word, receipt.raw))
         except StoreError as exc:
@@ -1237,12 +1267,80 @@ class Dispatcher:
             log.info("receipt.id_conversion_learnt", smsc=connector)
         return hit
 
+    @staticmethod
+    def _spellings(smsc_id: str, keys: Sequence[str]) -> list[str]:
+        """The ways a stored part's id may be written for a receipt's id and its keys."""
+        given = smsc_id.strip("\x00 \t\r\n")
+        return list(dict.fromkeys(
+            [given, given.lower(), given.upper(), *keys, *(k.upper() for k in keys)]))
+
+    async def _handed_over(self, connector: str, receipt: ProviderReceipt,
+                           keys: Sequence[str]) -> bool:
+        """A receipt for a part of a message another node works on (several nodes share a
+        PostgreSQL store; the SMSC sent it on this node's bind): stored in that node's inbox,
+        which it reads on notification. Whether it was (StoreError if it could not be)."""
+        found = await self.store.find_part_owner(
+            connector, self._spellings(receipt.provider_id, keys))
+        if found is None:
+            return False
+        part, owner = found
+        if owner is None or owner == self.store.epoch or part.state in _FINAL_PARTS:
+            return False  # final (a late receipt), or this node's own
+        await self.store.forward_receipts([Forwarded(
+            part.message_id, part.part_no, connector, receipt.provider_id, receipt.outcome,
+            receipt.word, receipt.error, receipt.raw, self.clock.now())])
+        metrics.child(metrics.RECEIPTS_HANDED_OVER, connector).inc()
+        log.debug("receipt.handed_over", smsc=connector, smsc_id=receipt.provider_id,
+                  message_id=part.message_id, node=owner or None)
+        return True
+
+    async def _adopt_orphans(self) -> None:
+        """Every ADOPT_INTERVAL seconds, take over the work of dead nodes (Store.adopt)."""
+        while True:
+            await trio.sleep(ADOPT_INTERVAL)
+            try:
+                count = await self.adopt()
+            except StoreError:  # counted and logged by the store; tried again next time
+                continue
+            if count:
+                log.warning("dispatcher.adopted", messages=count)
+
+    async def _follow_inbox(self) -> None:
+        """Apply the receipts other nodes took for the messages this node works on, as its
+        own (then delete them; one applied twice after a crash is a late receipt): on each
+        notification of a commit that handed some over, and every INBOX_POLL seconds."""
+        while True:
+            try:
+                forwarded = await self.store.inbox(INBOX_BATCH)
+            except StoreError:  # counted and logged by the store; read again at the next poll
+                forwarded = []
+            if forwarded:
+                await self._apply_handed_over(forwarded)
+            if len(forwarded) < INBOX_BATCH:
+                await self.store.inbox_notified(INBOX_POLL)
+
+    async def _apply_handed_over(self, forwarded: Sequence[Forwarded]) -> None:
+        by_connector: dict[str, list[Forwarded]] = {}
+        for f in forwarded:
+            by_connector.setdefault(f.connector, []).append(f)
+        applied: list[int] = []
+        for connector, items in by_connector.items():
+            receipts = [ProviderReceipt(f.provider_id, f.outcome, f.word, f.error, f.raw)
+                        for f in items]
+
+            def answered(i: int, stored: bool, items: list[Forwarded] = items) -> None:
+                rid = items[i].id
+                if stored and rid is not None:
+                    applied.append(rid)
+
+            await self.on_receipts(connector, receipts, answered, hold=0.0)
+        with contextlib.suppress(StoreError):  # else applied again next time: late receipts
+            await self.store.drop_inbox(applied)
+
     async def _late(self, connector: str, keys: Sequence[str], smsc_id: str, word: str) -> bool:
         """Whether the store holds a part under one of these ids (normalised, see
         ReceiptIds) whose outcome is stored: the receipt is a duplicate or came late."""
-        given = smsc_id.strip("\x00 \t\r\n")
-        spellings = [given, given.lower(), given.upper(), *keys, *(k.upper() for k in keys)]
-        part = await self.store.find_part(connector, list(dict.fromkeys(spellings)))
+        part = await self.store.find_part(connector, self._spellings(smsc_id, keys))
         if part is None or part.state not in _FINAL_PARTS:
             return False
         log.info("receipt.late", smsc=connector, smsc_id=smsc_id, stat=word,

@@ -31,6 +31,10 @@ RECEIPTS = Counter("smsgw_operator_receipts_total", "Receipts received from oper
 ORPHAN_RECEIPTS = Counter("smsgw_orphan_receipts_total",
                           "Operator receipts that matched no submitted part (stored as orphans)",
                           ["smsc"])
+RECEIPTS_HANDED_OVER = Counter("smsgw_receipts_handed_over_total",
+                               "Operator receipts taken on this node's binds for messages "
+                               "another node works on, handed to it through the store",
+                               ["smsc"])
 RECEIPTS_HELD = Counter("smsgw_receipts_held_total",
                         "Receipts that arrived before their submit_sm_resp was processed")
 RULE_DECISIONS = Counter("smsgw_rule_decisions_total",

@@ -33,14 +33,18 @@ from gateway.model import (
 )
 from gateway.store_sql import (
     COUNT_RETIRED,
+    DELETE_INBOX,
     DELETE_OPTOUT,
     DELETE_ORPHAN,
     DELETE_PARTS,
     DELETE_REPORT,
     DONE_SQL,
+    INBOX_CHANNEL,
+    INBOX_COLUMNS,
     INSERT_EVENT,
     INSERT_EVENT_IF_MESSAGE,
     INSERT_IDEMPOTENCY,
+    INSERT_INBOX,
     INSERT_MESSAGE,
     INSERT_ORPHAN,
     INSERT_REPORT,
@@ -71,7 +75,7 @@ from gateway.store_sql import (
     placeholders,
 )
 
-__all__ = ["CdrPage", "ConstraintError", "Erasure", "IdempotencyRecord", "NodeFenced",
+__all__ = ["CdrPage", "ConstraintError", "Erasure", "Forwarded", "IdempotencyRecord", "NodeFenced",
            "SchemaError", "Store", "StoreBusy", "StoreError", "StoreUnavailable", "Synchronous"]
 
 log = structlog.get_logger("gateway.store")
@@ -201,6 +205,36 @@ class CdrPage:
     next: int | None
     start: int
     end: int
+
+
+@dataclass(slots=True)
+class Forwarded:
+    """A receipt for a part of a message another node works on, handed to that node through
+    the store (the inbox): which part, and what the provider said (as a ProviderReceipt of
+    routing/channel.py has it). ``id``: its row, as Store.inbox reads it back."""
+
+    message_id: str
+    part_no: int
+    connector: str
+    provider_id: str
+    outcome: PartState | None
+    word: str
+    error: int
+    raw: bytes
+    received_at: float
+    id: int | None = None
+
+    def row(self) -> Row:
+        return (self.message_id, self.part_no, self.connector, self.provider_id,
+                None if self.outcome is None else self.outcome.value, self.word, self.error,
+                self.raw, self.received_at)
+
+
+def _to_forwarded(row: Row) -> Forwarded:
+    rid, message_id, part_no, connector, provider_id, outcome, word, error, raw, at = row
+    return Forwarded(message_id, part_no, connector, provider_id,
+                     None if outcome is None else PartState(outcome), word, error, bytes(raw),
+                     at, rid)
 
 
 @dataclass(slots=True)
@@ -976,6 +1010,49 @@ class Store:
             (connector, *variants),
         )
         return _to_part(rows[0]) if rows else None
+
+    async def find_part_owner(self, connector: str,
+                              smsc_ids: Sequence[str]) -> tuple[Part, int | None] | None:
+        """find_part, with the epoch of the node working on the part's message: 0 if it is
+        unfinished and no node has it yet (a dead node's, not adopted yet), None if it is
+        final or the store has no nodes (SQLite)."""
+        variants = list(dict.fromkeys(smsc_ids))
+        if not variants:
+            return None
+        rows = await self._read(
+            f"SELECT {', '.join('p.' + c for c in PART_COLUMNS)},"
+            f" {self._db.owner_of('p.message_id')} FROM parts p"
+            f" WHERE p.connector = ? AND p.smsc_id IN ({placeholders(len(variants))}) LIMIT 1",
+            (connector, *variants))
+        return (_to_part(rows[0][:-1]), rows[0][-1]) if rows else None
+
+    async def forward_receipts(self, receipts: Sequence[Forwarded]) -> None:
+        """Hand receipts to the nodes working on their messages: stored in one commit (group
+        committed with other writes), which notifies those nodes."""
+        if not receipts:
+            return
+        call = _Call([(INSERT_INBOX, [r.row() for r in receipts])])
+        await self._write(call)
+
+    async def inbox(self, limit: int = 1000) -> list[Forwarded]:
+        """The receipts other nodes handed over for the messages this node works on, oldest
+        first (drop them once applied: applying one again is harmless, a late receipt)."""
+        mine, params = self._db.owned("message_id")
+        rows = await self._read(
+            f"SELECT {', '.join(INBOX_COLUMNS)} FROM inbox WHERE true{mine} ORDER BY id LIMIT ?",
+            (*params, limit))
+        return [_to_forwarded(r) for r in rows]
+
+    async def drop_inbox(self, ids: Sequence[int]) -> None:
+        """Delete handed-over receipts (applied)."""
+        if ids:
+            await self._write(_Call([(DELETE_INBOX, [(i,) for i in ids])]))
+
+    async def inbox_notified(self, timeout: float) -> None:
+        """Return when another node has handed receipts over (its commit notified), or after
+        ``timeout`` seconds: wake-ups are one notification per commit, and the poll covers a
+        notification lost while the listening connection was down."""
+        await self._db.notified(INBOX_CHANNEL, timeout)
 
     async def unfinished_messages(self) -> list[Message]:
         """Every message not in a final state that this node works on (the dispatcher's work

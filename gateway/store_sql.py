@@ -67,6 +67,11 @@ MESSAGE_MUTABLE = (
 PART_COLUMNS = (
     "message_id", "part_no", "connector", "smsc_id", "state", "error", "submitted_at", "done_at",
 )  # fmt: skip
+# A receipt handed from the node whose bind it arrived on to the node working on its message.
+INBOX_COLUMNS = (
+    "id", "message_id", "part_no", "connector", "provider_id", "outcome", "word", "error",
+    "raw", "received_at",
+)  # fmt: skip
 REPORT_COLUMNS = (
     "account", "kind", "message_id", "source_addr", "source_ton", "source_npi", "dest_addr",
     "dest_ton", "dest_npi", "data_coding", "body", "created_at", "state", "error", "id", "extra",
@@ -108,6 +113,8 @@ DELETE_PARTS = 18
 INSERT_EVENT_IF_MESSAGE = 19  # events of messages that may be gone (erased) meanwhile
 UPSERT_OPTOUT = 20
 DELETE_OPTOUT = 21
+INSERT_INBOX = 22  # a receipt for a message another node works on (see Store.forward_receipts)
+DELETE_INBOX = 23
 
 
 def write_statements(day_of_created: str) -> tuple[str, ...]:
@@ -163,7 +170,13 @@ def write_statements(day_of_created: str) -> tuple[str, ...]:
         " ON CONFLICT (account, msisdn) DO UPDATE SET opted_out = excluded.opted_out,"
         " at = excluded.at, source = excluded.source",
         "DELETE FROM optouts WHERE msisdn = ?",
+        f"INSERT INTO inbox ({', '.join(INBOX_COLUMNS[1:])})"
+        f" VALUES ({placeholders(len(INBOX_COLUMNS) - 1)})",
+        "DELETE FROM inbox WHERE id = ?",
     )
+
+
+INBOX_CHANNEL = "smsgw_inbox"  # NOTIFY'd once by each commit that forwards receipts
 
 @dataclass(frozen=True, slots=True)
 class Dialect:
@@ -215,9 +228,21 @@ class Backend(Protocol):
         """(journal, synchronous) as the engine reports them, for the start-up log and tests."""
         ...
 
-    def owned(self) -> tuple[str, tuple[Any, ...]]:
-        """The condition (`` AND ...`` on messages, and its parameters) that keeps the messages
-        this node works on: all of them where one process has the database."""
+    def owned(self, column: str = "id") -> tuple[str, tuple[Any, ...]]:
+        """The condition (`` AND ...``, and its parameters) that keeps the rows whose message
+        id (in ``column``) is one this node works on: all of them where one process has the
+        database."""
+        ...
+
+    def owner_of(self, column: str) -> str:
+        """An SQL expression: the epoch of the node working on the message whose id is in
+        ``column`` (qualify it: the expression is a subquery); 0 if it is unfinished and no
+        node has it yet; NULL if it is final (or the store has no nodes)."""
+        ...
+
+    async def notified(self, channel: str, timeout: float) -> None:
+        """Return when another node notified ``channel`` (a NOTIFY committed), or after
+        ``timeout`` seconds (SQLite: no other node, always the timeout)."""
         ...
 
     async def adopt(self) -> list[str]:

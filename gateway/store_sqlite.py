@@ -46,7 +46,7 @@ _STATE_COUNTS_SQL = "SELECT state, n FROM state_counts"
 
 
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 # MIGRATIONS[v] takes a database at user_version v to v + 1.
 MIGRATIONS: tuple[str, ...] = (
     f"""
@@ -230,6 +230,24 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE messages ADD COLUMN billing TEXT NOT NULL DEFAULT '';
     """,
+    # 10: receipts handed between gateway nodes (PostgreSQL stores only; one process uses an
+    # SQLite file, so this table stays empty here: it exists so that both backends run the
+    # same statements).
+    """
+    CREATE TABLE inbox (
+        id INTEGER PRIMARY KEY,
+        message_id TEXT NOT NULL,
+        part_no INTEGER NOT NULL,
+        connector TEXT NOT NULL,
+        provider_id TEXT NOT NULL,
+        outcome TEXT,
+        word TEXT NOT NULL,
+        error INTEGER NOT NULL,
+        raw BLOB NOT NULL,
+        received_at REAL NOT NULL
+    );
+    CREATE INDEX inbox_message ON inbox (message_id);
+    """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -356,8 +374,14 @@ class SqliteBackend:
             return False
         return not rows[0][0]
 
-    def owned(self) -> tuple[str, tuple[Any, ...]]:
+    def owned(self, column: str = "id") -> tuple[str, tuple[Any, ...]]:
         return "", ()  # one process per file: every message is its own
+
+    def owner_of(self, column: str) -> str:
+        return "NULL"  # no nodes
+
+    async def notified(self, channel: str, timeout: float) -> None:
+        await trio.sleep(timeout)  # nobody else to notify
 
     async def adopt(self) -> list[str]:
         return []

@@ -6,6 +6,8 @@ row goes to one adopter, a clean stop hands its work back, heartbeats move."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -158,3 +160,99 @@ async def test_retention_runs_on_one_node_at_a_time(pg_dsn: str) -> None:
             assert await b.purge(2.0) == 0  # b skips its turn
             assert await b.get_message(old.id) is not None
         assert await b.purge(2.0) == 1  # a is done: b's next turn purges
+
+
+async def test_a_receipt_for_another_nodes_message_is_handed_over_and_wakes_that_node(
+        pg_dsn: str) -> None:
+    from gateway.model import Part, PartState
+    from gateway.store import Forwarded
+
+    msg = make_message(state=State.IN_FLIGHT)
+    async with Store.open(pg_dsn, node="a", shared=True) as a, \
+            Store.open(pg_dsn, node="b", shared=True) as b:
+        await a.add_messages([msg])
+        await a.save_parts([Part(msg.id, 1, "sim", smsc_id="op1", state=PartState.SUBMITTED)])
+        found = await b.find_part_owner("sim", ["OP1", "op1"])  # the receipt is on b's bind
+        assert found is not None
+        part, owner = found
+        assert (part.message_id, owner) == (msg.id, a.epoch)
+        receipt = Forwarded(msg.id, 1, "sim", "op1", PartState.DELIVERED, "DELIVRD", 0,
+                            b"id:op1 stat:DELIVRD", 1000.0)
+        woken = trio.Event()
+
+        async def owner_waits() -> None:
+            await a.inbox_notified(30.0)
+            woken.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(owner_waits)
+            await trio.sleep(0.2)  # a is listening
+            started = trio.current_time()
+            await b.forward_receipts([receipt])
+            with trio.fail_after(5):
+                await woken.wait()
+            assert trio.current_time() - started < 1.0  # the notification, not the poll
+        [got] = await a.inbox()
+        assert dataclasses.replace(got, id=None) == receipt
+        assert await b.inbox() == []  # b does not work on that message
+        await a.drop_inbox([got.id or 0])
+        assert await a.inbox() == []
+
+
+async def test_the_inbox_of_a_dead_node_goes_with_its_work_to_the_adopter(pg_dsn: str) -> None:
+    from gateway.model import PartState
+    from gateway.store import Forwarded
+
+    msg = make_message(state=State.IN_FLIGHT)
+    async with Store.open(pg_dsn, node="b", shared=True) as b:
+        with pytest.raises(NodeFenced):
+            async with Store.open(pg_dsn, node="a", shared=True) as a:
+                await a.add_messages([msg])
+                await b.forward_receipts([Forwarded(msg.id, 1, "sim", "op1",
+                                                    PartState.DELIVERED, "DELIVRD", 0, b"",
+                                                    1000.0)])
+                terminate_writer(pg_dsn, "a")
+                assert await b.adopt() == [msg.id]
+                [got] = await b.inbox()  # a never applied it: b, working on it now, does
+                assert got.message_id == msg.id
+                await a.add_messages([make_message()])
+
+
+async def test_with_sqlite_every_part_is_the_processs_own_and_the_inbox_stays_empty(
+        tmp_path: Path) -> None:
+    from gateway.model import Part, PartState
+
+    msg = make_message(state=State.IN_FLIGHT)
+    async with Store.open(tmp_path / "gw.sqlite") as store:
+        await store.add_messages([msg])
+        await store.save_parts([Part(msg.id, 1, "sim", smsc_id="op1",
+                                     state=PartState.SUBMITTED)])
+        found = await store.find_part_owner("sim", ["op1"])
+        assert found is not None and found[1] is None
+        assert await store.inbox() == []
+        with trio.move_on_after(0.05) as waited:
+            await store.inbox_notified(1.0)  # nobody to notify: the poll's timeout
+        assert waited.cancelled_caught
+
+
+async def test_a_hung_node_loses_its_session_after_the_lease_and_its_work_is_adopted(
+        pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway import store_pg
+
+    work = [make_message() for _ in range(3)]
+    async with Store.open(pg_dsn, node="b", shared=True) as b:
+        monkeypatch.setattr(store_pg, "HEARTBEAT_INTERVAL", 3600.0)  # a will not beat
+        with pytest.raises(NodeFenced):
+            async with Store.open(pg_dsn, node="a", shared=True) as a:
+                await a.add_messages(work)
+                assert await b.adopt() == []  # a is alive
+                with psycopg.connect(pg_dsn, autocommit=True) as conn:  # a hung long ago
+                    conn.execute("UPDATE nodes SET heartbeat_at = now() - interval '1 hour'"
+                                 " WHERE name = 'a'")
+                adopted: list[str] = []
+                with trio.fail_after(10):
+                    while len(adopted) < len(work):  # its session ended, then its work taken
+                        adopted += await b.adopt()
+                        await trio.sleep(0.05)
+                assert sorted(adopted) == sorted(m.id for m in work)
+                await a.add_messages([make_message()])  # a wakes up: fenced
