@@ -24,7 +24,7 @@ from gateway.config import AccountConfig, GatewayConfig, RcsConfig, SmscConfig
 from gateway.dispatcher import Dispatcher
 from gateway.http_api import HttpApi, RcsEvents, VoiceStatus, serve_http
 from gateway.inbound import Inbound
-from gateway.model import Report
+from gateway.model import OptOut, Report
 from gateway.reporter import Reporter, receipt_report
 from gateway.routing_setup import Routing, build_routing, export_breakers
 from gateway.screening import Screening
@@ -114,6 +114,27 @@ async def _on_signal(fired: trio.Event, reloads: trio.MemorySendChannel[None], *
     fired.set()
 
 
+
+
+def follow_optouts(store: Store, screening: Screening, nursery: trio.Nursery) -> None:
+    """Keep this node's opt-out lists in step with the commits of every node sharing the
+    store (a STOP taken on another node refuses marketing here within a second)."""
+
+    async def reload() -> None:
+        while True:
+            try:
+                screening.replace_optouts(await store.optouts())
+                return
+            except StoreError:  # counted and logged by the store
+                await trio.sleep(1.0)
+
+    def changed(entries: list[OptOut] | None) -> None:
+        if entries is None:
+            nursery.start_soon(reload)
+        else:
+            screening.load_optouts(entries)
+
+    store.follow_optouts(changed)
 
 
 async def _housekeeping(running: Running, clock: WallClock) -> None:
@@ -255,6 +276,8 @@ async def run(
         async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as http, \
                 trio.open_nursery() as nursery:
             running.nursery = nursery
+            if store.epoch is not None:  # the other nodes change the opt-out lists too
+                follow_optouts(store, screening, nursery)
             # their providers' reports come in through the HTTP API (RcsEvents, VoiceStatus)
             running.http = http
             rcs = {a.name: rcs_channel(a, http, nursery) for a in config.rcs.values()}

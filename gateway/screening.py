@@ -159,6 +159,14 @@ class Screening:
         for entry in entries:
             self.optouts.set(entry.account, entry.msisdn, entry.opted_out)
 
+    def replace_optouts(self, entries: Sequence[OptOut]) -> None:
+        """Every list read again from the store (another node's changes may have been
+        missed): what it holds replaces what is in memory."""
+        fresh = OptOutList()
+        for entry in entries:
+            fresh.set(entry.account, entry.msisdn, entry.opted_out)
+        self.optouts = fresh
+
     def check(self, msg: Message, now: float, interface: str, service_type: str = "",
               traffic: str | None = None) -> Verdict:
         """Apply the account's rules to ``msg`` (changed in place); nothing is logged or

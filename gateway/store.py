@@ -51,6 +51,7 @@ from gateway.store_sql import (
     MESSAGE_COLUMNS,
     MESSAGE_MUTABLE,
     OPEN_SQL,
+    OPTOUTS_CHANNEL,
     PART_COLUMNS,
     PURGE_EVENTS,
     PURGE_IDEMPOTENCY,
@@ -1047,6 +1048,24 @@ class Store:
         """Delete handed-over receipts (applied)."""
         if ids:
             await self._write(_Call([(DELETE_INBOX, [(i,) for i in ids])]))
+
+    def follow_optouts(self, changed: Callable[[list[OptOut] | None], None]) -> None:
+        """Have changed(entries) called with the opt-out list entries each commit of any node
+        sharing the store writes (this one's too), soon after it; changed(None) when some may
+        have been missed (read every list again). SQLite: never called (one process)."""
+
+        def handler(payload: str | None) -> None:
+            if payload is None:
+                changed(None)
+                return
+            data = json.loads(payload)
+            if data.get("reload"):
+                changed(None)
+                return
+            changed([OptOut(account, msisdn, bool(flag), at, source)
+                     for account, msisdn, flag, at, source in data["set"]])
+
+        self._db.subscribe(OPTOUTS_CHANNEL, handler)
 
     async def inbox_notified(self, timeout: float) -> None:
         """Return when another node has handed receipts over (its commit notified), or after

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import re
 import socket
@@ -23,6 +24,7 @@ import trio_asyncio
 from gateway import metrics
 from gateway.model import State
 from gateway.store_sql import (
+    DELETE_OPTOUT,
     DONE_SQL,
     FINAL_SQL,
     INBOX_CHANNEL,
@@ -32,7 +34,9 @@ from gateway.store_sql import (
     INSERT_REPORT,
     MESSAGE_COLUMNS,
     OPEN_SQL,
+    OPTOUTS_CHANNEL,
     REPORT_COLUMNS,
+    UPSERT_OPTOUT,
     Committed,
     ConstraintError,
     Dialect,
@@ -447,8 +451,28 @@ async def _transaction(groups: list[tuple[int, list[Row]]], counted: bool,
                                " FROM report_ids)))", high_report)
         if any(stmt == INSERT_INBOX for stmt, _ in groups):  # one NOTIFY per commit
             await conn.execute("SELECT pg_notify($1, '')", INBOX_CHANNEL)
+        changed = _optout_changes(groups)
+        if changed is not None:
+            await conn.execute("SELECT pg_notify($1, $2)", OPTOUTS_CHANNEL, changed)
         counts = {state: int(n) for state, n in await conn.fetch(_STATE_COUNTS_SQL)}
     return rowcounts, counts
+
+
+NOTIFY_PAYLOAD_MAX = 7000  # bytes (PostgreSQL's limit is 8000)
+
+
+def _optout_changes(groups: Sequence[tuple[int, list[Row]]]) -> str | None:
+    """The OPTOUTS_CHANNEL payload of a transaction's opt-out list changes (None: none)."""
+    entries: list[list[Any]] = []
+    for stmt, rows in groups:
+        if stmt == DELETE_OPTOUT:  # erasure of a number, from every list: reload them
+            return '{"reload": true}'
+        if stmt == UPSERT_OPTOUT:
+            entries.extend([r[0], r[1], int(r[2]), r[3], r[4]] for r in rows)
+    if not entries:
+        return None
+    text = json.dumps({"set": entries}, separators=(",", ":"))
+    return text if len(text.encode()) <= NOTIFY_PAYLOAD_MAX else '{"reload": true}'
 
 
 async def _fetch(sql: str, params: Sequence[Any], conn: asyncpg.Connection[Any]) -> list[Row]:
@@ -500,6 +524,9 @@ class PostgresBackend:
     async def notified(self, channel: str, timeout: float) -> None:
         with trio.move_on_after(timeout):
             await self._listener.wait(channel)
+
+    def subscribe(self, channel: str, handler: Callable[[str | None], None]) -> None:
+        self._listener.subscribe(channel, handler)
 
     async def adopt(self) -> list[str]:
         """Take over the work of dead nodes and of none (see _Node.adopt); the message ids."""
@@ -646,12 +673,23 @@ class _Listener:
         self._dsn = dsn
         self._events: dict[str, trio.Event] = {}
         self._pending: set[str] = set()
+        self._handlers: dict[str, list[Callable[[str | None], None]]] = {}
 
-    def _notify(self, _conn: Any, _pid: int, channel: str, _payload: str) -> None:
-        self._pending.add(channel)  # on the asyncio loop: trio's thread, within a trio task
+    def subscribe(self, channel: str, handler: Callable[[str | None], None]) -> None:
+        self._handlers.setdefault(channel, []).append(handler)
+
+    def _notify(self, _conn: Any, _pid: int, channel: str, payload: str | None) -> None:
+        """A notification (payload None: some may have been missed), on the asyncio loop:
+        trio's thread, within a trio task."""
+        self._pending.add(channel)
         event = self._events.pop(channel, None)
         if event is not None:
             event.set()
+        for handler in self._handlers.get(channel, ()):
+            try:
+                handler(payload)
+            except Exception:
+                log.exception("store.notification_failed", channel=channel)
 
     async def wait(self, channel: str) -> None:
         if channel not in self._pending:
@@ -680,7 +718,7 @@ class _Listener:
                 if conn is not None:
                     conn.terminate()
             for channel in channels:  # what was sent meanwhile is lost: look now
-                self._notify(None, 0, channel, "")
+                self._notify(None, 0, channel, None)
             if not started:
                 task_status.started()
                 started = True
@@ -770,7 +808,7 @@ async def open_postgresql(dsn: str, synchronous: str, *, node: str = "smsgw",
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_heartbeat, writer, me)
                 nursery.start_soon(_watch_health, reader)
-                await nursery.start(listener.run, [INBOX_CHANNEL])
+                await nursery.start(listener.run, [INBOX_CHANNEL, OPTOUTS_CHANNEL])
                 yield backend
                 nursery.cancel_scope.cancel()
             with trio.CancelScope(shield=True), contextlib.suppress(StoreError):

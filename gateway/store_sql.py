@@ -5,7 +5,7 @@ the order a group commit runs them), the errors, and the Backend protocol that S
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -177,6 +177,10 @@ def write_statements(day_of_created: str) -> tuple[str, ...]:
 
 
 INBOX_CHANNEL = "smsgw_inbox"  # NOTIFY'd once by each commit that forwards receipts
+# NOTIFY'd by each commit that changes opt-out lists, with the changes as JSON:
+# {"set": [[account, msisdn, opted_out 0 or 1, at, source], ...]}, or {"reload": true} when
+# they do not fit (or a number was erased from every list).
+OPTOUTS_CHANNEL = "smsgw_optouts"
 
 @dataclass(frozen=True, slots=True)
 class Dialect:
@@ -243,6 +247,12 @@ class Backend(Protocol):
     async def notified(self, channel: str, timeout: float) -> None:
         """Return when another node notified ``channel`` (a NOTIFY committed), or after
         ``timeout`` seconds (SQLite: no other node, always the timeout)."""
+        ...
+
+    def subscribe(self, channel: str, handler: Callable[[str | None], None]) -> None:
+        """Call handler(payload) for each notification of ``channel`` committed by any node
+        (this one too), and handler(None) when notifications may have been missed (the
+        listening connection was made again). SQLite: never called."""
         ...
 
     async def adopt(self) -> list[str]:

@@ -9,7 +9,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -382,6 +382,9 @@ class SqliteBackend:
 
     async def notified(self, channel: str, timeout: float) -> None:
         await trio.sleep(timeout)  # nobody else to notify
+
+    def subscribe(self, channel: str, handler: Callable[[str | None], None]) -> None:
+        pass  # nobody else to notify
 
     async def adopt(self) -> list[str]:
         return []

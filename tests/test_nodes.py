@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -36,7 +37,7 @@ class Nodes:
 
 @contextlib.asynccontextmanager
 async def nodes(state_dir: Path, dsn: str, names: tuple[str, ...],
-                receipt_delay: float = 0.05) -> AsyncIterator[Nodes]:
+                receipt_delay: float = 0.05, **changes: Any) -> AsyncIterator[Nodes]:
     """One SMSC simulator and a gateway node per name, all on the database ``dsn``."""
     sim_config = SimulatorConfig(port=0, control_port=0, receipt_delay=receipt_delay, seed=7)
     async with trio.open_nursery() as nursery:
@@ -47,7 +48,7 @@ async def nodes(state_dir: Path, dsn: str, names: tuple[str, ...],
             config = gateway_config(
                 state_dir, simulator.port, node=name,
                 store=StoreConfig(backend="postgresql", dsn=dsn),
-                admin=AdminConfig(socket=state_dir / f"{name}.sock"))
+                admin=AdminConfig(socket=state_dir / f"{name}.sock"), **changes)
             stop, done = trio.Event(), trio.Event()
 
             async def node(config: GatewayConfig = config, stop: trio.Event = stop,
@@ -143,3 +144,38 @@ async def test_the_work_of_a_stopped_node_goes_on_at_another_and_its_receipts_re
         receipts = [parse_receipt(d.short_message) for d in receiver.delivered]
         assert sorted(r.id for r in receipts if r is not None) == ids  # each once
         assert len(sim.submitted) == count  # nothing sent twice: all had been answered
+
+
+async def test_a_stop_taken_on_one_node_refuses_marketing_through_every_node_within_a_second(
+        tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.config import load_config
+    from smpp.constants import Status
+
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    monkeypatch.chdir(conf.parent)  # the demo rules name conf/senders.toml
+    monkeypatch.setattr(daemon, "SHARED_STORE", True)
+    phone = "33612345678"
+    async with nodes(tmp_path, pg_dsn, ("a", "b"),
+                     rules=load_config(conf / "demo.toml").rules) as cluster:
+        a, b = cluster.running
+        await cluster.simulator.inject_mo(phone, "36111", "Stop")  # to a's or b's bind
+
+        def knows(node: daemon.Running) -> bool:
+            return node.screening is not None and node.screening.optouts.contains("demo", phone)
+
+        await wait_for(lambda: knows(a) or knows(b))
+        first = trio.current_time()
+        await wait_for(lambda: knows(a) and knows(b))
+        assert trio.current_time() - first < 1.0
+        for node in (a, b):
+            esme = SmpplibEsme(node.smpp_port)
+
+            def submit(esme: SmpplibEsme = esme) -> None:
+                esme.bind("transmitter")
+                esme.submit(phone, b"Promo -20%", service_type="MKT")
+                esme.read_until(lambda: bool(esme.resps))
+                esme.close()
+
+            with trio.fail_after(20):
+                await trio.to_thread.run_sync(submit)
+            assert [r.status for r in esme.resps] == [Status.ESME_RX_R_APPN]

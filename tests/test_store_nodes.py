@@ -256,3 +256,26 @@ async def test_a_hung_node_loses_its_session_after_the_lease_and_its_work_is_ado
                         await trio.sleep(0.05)
                 assert sorted(adopted) == sorted(m.id for m in work)
                 await a.add_messages([make_message()])  # a wakes up: fenced
+
+
+async def test_an_optout_written_on_one_node_reaches_the_others_within_a_second(
+        pg_dsn: str) -> None:
+    from gateway.model import OptOut
+
+    seen: list[list[OptOut] | None] = []
+    async with Store.open(pg_dsn, node="a", shared=True) as a, \
+            Store.open(pg_dsn, node="b", shared=True) as b:
+        a.follow_optouts(seen.append)
+        stop = OptOut("demo", "33611111111", True, 1000.0, "mo")
+        started = trio.current_time()
+        await b.set_optouts([stop])
+        with trio.fail_after(5):
+            while not seen:
+                await trio.sleep(0.01)
+        assert trio.current_time() - started < 1.0
+        assert seen == [[stop]]
+        await b.erase_addresses(["33611111111"])  # gone from every list: read them again
+        with trio.fail_after(5):
+            while len(seen) < 2:
+                await trio.sleep(0.01)
+        assert seen[1] is None
