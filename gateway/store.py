@@ -1121,7 +1121,8 @@ class Store:
 
     async def stats(self) -> dict[str, int]:
         """Messages per state (every State value is a key) and "pending_reports"."""
-        rows = await self._read("SELECT state, n FROM state_counts")
+        rows = await self._read(
+            "SELECT state, CAST(sum(n) AS BIGINT) FROM state_counts GROUP BY state")
         out = {s.value: 0 for s in State}
         out.update((state, n) for state, n in rows)
         pending = await self._read("SELECT count(*) FROM reports")

@@ -61,7 +61,13 @@ DIALECT = Dialect(
     open_index_hint="",
 )
 WRITE_SQL = write_statements(DIALECT.day_of_created)
-_STATE_COUNTS_SQL = "SELECT state, n FROM state_counts"
+_STATE_COUNTS_SQL = "SELECT state, sum(n)::bigint FROM state_counts GROUP BY state"
+# A node's rows of state_counts, when it goes, added to `into`'s (0: no node's).
+_FOLD_COUNTS_SQL = (
+    "WITH gone AS (DELETE FROM state_counts WHERE node = ANY($1::bigint[]) AND node <> $2"
+    " RETURNING state, n) UPDATE state_counts s SET n = s.n + g.n"
+    " FROM (SELECT state, sum(n) AS n FROM gone GROUP BY state) g"
+    " WHERE s.node = $2 AND s.state = g.state")
 _REPORT_ID = REPORT_COLUMNS.index("id")
 
 # One gateway process per database until nodes share the work (it is taken with the writer
@@ -90,7 +96,7 @@ STATEMENT_TIMEOUT_MS = 60_000
 IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
 CONNECT_TIMEOUT = 10.0  # seconds
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # MIGRATIONS[v] takes a database at schema version v to v + 1 (0: an empty database).
 MIGRATIONS: tuple[str, ...] = (
     f"""
@@ -305,6 +311,35 @@ MIGRATIONS: tuple[str, ...] = (
         received_at double precision NOT NULL
     );
     CREATE INDEX inbox_message ON inbox (message_id);
+    """,
+    # 4: the messages per state counted per node (rows (node, state); node 0: no node's),
+    # so that nodes never update the same rows (no waits, no deadlocks between them); a
+    # node's rows are folded into another's when it goes.
+    f"""
+    ALTER TABLE state_counts ADD COLUMN node bigint NOT NULL DEFAULT 0;
+    ALTER TABLE state_counts DROP CONSTRAINT state_counts_pkey;
+    ALTER TABLE state_counts ADD PRIMARY KEY (node, state);
+    CREATE OR REPLACE FUNCTION smsgw_count_states() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        me bigint := coalesce(nullif(current_setting('smsgw.epoch', true), '')::bigint, 0);
+    BEGIN
+        IF TG_OP = 'UPDATE' AND NEW.state IS NOT DISTINCT FROM OLD.state THEN
+            RETURN NULL;
+        END IF;
+        IF TG_OP IN ('UPDATE', 'DELETE') THEN
+            UPDATE state_counts SET n = n - 1 WHERE node = me AND state = OLD.state;
+        END IF;
+        IF TG_OP IN ('UPDATE', 'INSERT') THEN
+            UPDATE state_counts SET n = n + 1 WHERE node = me AND state = NEW.state;
+        END IF;
+        IF TG_OP = 'INSERT' AND NEW.state NOT IN {FINAL_SQL} THEN
+            INSERT INTO due (message_id, owner) VALUES (NEW.id, nullif(me, 0));
+        ELSIF TG_OP <> 'INSERT' AND OLD.state NOT IN {FINAL_SQL}
+                AND (TG_OP = 'DELETE' OR NEW.state IN {FINAL_SQL}) THEN
+            DELETE FROM due WHERE message_id = OLD.id;
+        END IF;
+        RETURN NULL;
+    END $$;
     """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -595,10 +630,14 @@ class _Node:
             raise StoreError("postgresql: node_epochs is past 2^31 (the epoch locks' range)")
         await conn.execute("SELECT pg_advisory_lock($1, $2)", NODE_LOCK_CLASS, epoch)
         await conn.execute("SELECT set_config('smsgw.epoch', $1, false)", str(epoch))
-        await conn.execute(
-            "INSERT INTO nodes (epoch, name, host, pid, backend_pid)"
-            " VALUES ($1, $2, $3, $4, pg_backend_pid())",
-            epoch, self.name, socket.gethostname(), os.getpid())
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO nodes (epoch, name, host, pid, backend_pid)"
+                " VALUES ($1, $2, $3, $4, pg_backend_pid())",
+                epoch, self.name, socket.gethostname(), os.getpid())
+            await conn.execute("INSERT INTO state_counts (node, state, n)"
+                               " SELECT $1, unnest($2::text[]), 0", epoch,
+                               [s.value for s in State])
         self.epoch = epoch
         log.info("store.node_registered", backend="postgresql", node=self.name, epoch=epoch)
 
@@ -638,6 +677,7 @@ class _Node:
                     gone = await conn.fetch(
                         "DELETE FROM nodes n WHERE epoch = ANY($1::bigint[]) AND NOT EXISTS"
                         " (SELECT 1 FROM due WHERE owner = n.epoch) RETURNING name, epoch", dead)
+                    await conn.execute(_FOLD_COUNTS_SQL, [e for _, e in gone], self.epoch)
                     for name, epoch in gone:
                         log.warning("store.node_taken_over", backend="postgresql", node=name,
                                     epoch=epoch, by=self.epoch)
@@ -654,6 +694,7 @@ class _Node:
         async with conn.transaction():
             await conn.execute("UPDATE due SET owner = NULL WHERE owner = $1", self.epoch)
             await conn.execute("DELETE FROM nodes WHERE epoch = $1", self.epoch)
+            await conn.execute(_FOLD_COUNTS_SQL, [self.epoch], 0)
 
     async def beat(self, conn: asyncpg.Connection[Any]) -> None:
         if not await conn.fetchval("UPDATE nodes SET heartbeat_at = now() WHERE epoch = $1"

@@ -279,3 +279,27 @@ async def test_an_optout_written_on_one_node_reaches_the_others_within_a_second(
             while len(seen) < 2:
                 await trio.sleep(0.01)
         assert seen[1] is None
+
+
+async def test_messages_per_state_are_counted_per_node_and_survive_a_nodes_death(
+        pg_dsn: str) -> None:
+    async with Store.open(pg_dsn, node="b", shared=True) as b:
+        await b.add_messages([make_message() for _ in range(2)])
+        with pytest.raises(NodeFenced):
+            async with Store.open(pg_dsn, node="a", shared=True) as a:
+                mine = [make_message() for _ in range(3)]
+                await a.add_messages(mine)
+                mine[0].state = State.DELIVERED
+                await a.save_message(mine[0])
+                assert (await a.stats())["QUEUED"] == 4 == (await b.stats())["QUEUED"]
+                assert a.state_counts["DELIVERED"] == 1  # as of its own last commit
+                per_node = dict(rows(pg_dsn, "SELECT node, sum(n) FROM state_counts"
+                                             " GROUP BY node"))
+                assert per_node[a.epoch] == 3 and per_node[b.epoch] == 2  # rows apart
+                terminate_writer(pg_dsn, "a")
+                assert len(await b.adopt()) == 2
+                await a.add_messages([make_message()])
+        stats = await b.stats()
+        assert (stats["QUEUED"], stats["DELIVERED"]) == (4, 1)  # a's counts folded into b's
+        assert {node for (node,) in rows(pg_dsn, "SELECT DISTINCT node FROM state_counts")} \
+            == {0, b.epoch}
