@@ -35,6 +35,10 @@ RECEIPTS_HANDED_OVER = Counter("smsgw_receipts_handed_over_total",
                                "Operator receipts taken on this node's binds for messages "
                                "another node works on, handed to it through the store",
                                ["smsc"])
+REPORTS_CLAIMED = Counter("smsgw_reports_claimed_total",
+                          "Reports owed upstream this node took over from another node (left "
+                          "free there: no receiver bind of the account, or that node died)",
+                          ["account", "via"])
 RECEIPTS_HELD = Counter("smsgw_receipts_held_total",
                         "Receipts that arrived before their submit_sm_resp was processed")
 RULE_DECISIONS = Counter("smsgw_rule_decisions_total",

@@ -43,6 +43,13 @@ RETRY_DELAY = 5.0  # seconds before a report refused or unanswered upstream is o
 MAX_IN_FLIGHT = 512  # per account; each bind's window limits further
 REPORTS_IN_MEMORY = 2048  # per account; more wait in the store and are paged in as these go
 EXPIRY_SWEEP = 60.0  # seconds at least between two looks for expired reports in memory
+# Several nodes sharing a PostgreSQL store: a node that has had no receiver bind of an account
+# for RELEASE_AFTER seconds makes that account's reports free for the nodes that have one;
+# those claim free reports when told, when a bind comes, and every CLAIM_POLL seconds.
+RELEASE_AFTER = 2.0
+RELEASE_AGAIN = 0.2  # seconds: reports stored here since the last release are released then
+CLAIM_POLL = 1.0
+CLAIM_BATCH = 500
 UNBIND_TIMEOUT = 2.0  # seconds an unanswering bind gets to answer its unbind
 OTHER_ACCOUNT = "other"  # metric label of reports for accounts no longer configured
 # message_state TLV of a receipt (SMPP 3.4 5.2.28); a cancelled message's is DELETED (4).
@@ -132,6 +139,8 @@ class _Account:
         self.turns = Turns()  # which bind sends next
         self.count = 0  # stored and not yet delivered or expired (the gauge)
         self.paging = Paging()
+        self.unbound_since = -math.inf  # trio time its last bind here went (never bound: -inf)
+        self.release_after = -math.inf  # trio time: no release tried before (after a failure)
 
     def kick(self) -> None:
         self.wake.set()
@@ -169,6 +178,7 @@ class Reporter:
         self._acks = ReportAcks(store, RETRY_DELAY)  # delivered or expired: deleted in batches
         self._counted_below = 0  # reports with ids <= this were counted from the store
         self._label_counts: dict[str, int] = {}
+        self._shared = store.epoch is not None  # other nodes deliver reports too
 
     def _account(self, name: str) -> _Account:
         acc = self._accounts.get(name)
@@ -191,12 +201,15 @@ class Reporter:
         acc.gauge.set(total)
 
     # -- inputs -------------------------------------------------------------------------------
-    def add(self, report: Report) -> None:
+    def add(self, report: Report, *, claimed: bool = False) -> None:
         """Take a committed report (it has its store id): in memory if there is room,
-        otherwise it waits in the store for its page."""
+        otherwise it waits in the store for its page. ``claimed``: taken over from the free
+        reports other nodes left (never counted here before)."""
         assert report.id is not None
         acc = self._account(report.account)
-        if report.id > self._counted_below:
+        if claimed and report.id in acc.pending:
+            return
+        if claimed or report.id > self._counted_below:
             self._count(acc, 1)
         if report.id in acc.pending:
             return
@@ -212,11 +225,16 @@ class Reporter:
         acc.binds.append(conn)
         conn.on_slot_freed = acc.slot_freed
         acc.wake.set()
+        if self._shared and self._nursery is not None:
+            self._nursery.start_soon(self._claim)  # the reports others left free for it
 
     def bind_removed(self, account: str, conn: Connection) -> None:
         acc = self._accounts.get(account)  # never made here: this may run at shutdown
         if acc is not None and conn in acc.binds:
             acc.binds.remove(conn)
+            if not acc.binds:
+                acc.unbound_since = trio.current_time()
+                acc.wake.set()
 
     def pending_count(self, account: str) -> int:
         """Reports of that account stored and not yet delivered or expired."""
@@ -242,7 +260,7 @@ class Reporter:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         for name in self._configured or ():
             metrics.child(metrics.REPORTS_PENDING, name).set(0)
-        counts, self._counted_below = await self.store.pending_report_counts("smpp")
+        counts, self._counted_below = await self.store.pending_report_counts("smpp", mine=True)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for name, n in counts.items():
@@ -250,8 +268,49 @@ class Reporter:
                 acc.paging.backlog = True  # all of them are in the store only, for now
                 self._count(acc, n)
             nursery.start_soon(self._acks.run)
+            if self._shared:
+                nursery.start_soon(self._claim_loop)
             task_status.started()
             await trio.sleep_forever()  # keeps the nursery open for accounts seen later
+
+    async def _claim_loop(self) -> None:
+        while True:
+            await self._claim()
+            await self.store.reports_notified("smpp", CLAIM_POLL)
+
+    async def _claim(self) -> None:
+        """Take the free reports of the accounts bound here (several nodes share the store)."""
+        while names := [name for name, acc in self._accounts.items() if acc.binds]:
+            try:
+                reports = await self.store.claim_reports(names, "smpp", CLAIM_BATCH)
+            except StoreError:  # counted and logged by the store: at the next poll
+                return
+            for report in reports:
+                self.add(report, claimed=True)
+                metrics.child(metrics.REPORTS_CLAIMED, self._account(report.account).label,
+                              "smpp").inc()
+            if reports:
+                log.info("reports.claimed", reports=len(reports))
+            if len(reports) < CLAIM_BATCH:
+                return
+
+    async def _release(self, name: str, acc: _Account) -> None:
+        """No receiver bind of the account here for RELEASE_AFTER: its reports held here
+        (but those being sent) become free for the nodes that have one."""
+        acc.release_after = trio.current_time() + RELEASE_AGAIN
+        try:
+            released = await self.store.release_reports(name, "smpp", list(acc.sending))
+        except StoreError:  # counted and logged by the store
+            acc.release_after = trio.current_time() + RETRY_DELAY
+            return
+        for rid in [rid for rid in acc.pending if rid not in acc.sending]:
+            del acc.pending[rid]
+        acc.ready.clear()
+        acc.later = deque(e for e in acc.later if e[1] in acc.pending)
+        acc.paging = Paging()  # none of its reports is left here (but those added since)
+        self._count(acc, -released)
+        if released:
+            log.info("reports.released", account=name, reports=released)
 
     async def _serve_account(self, name: str, acc: _Account) -> None:
         last_sweep = -math.inf
@@ -261,6 +320,12 @@ class Reporter:
             if self.clock.now() >= acc.next_expiry and now >= last_sweep + EXPIRY_SWEEP:
                 self._sweep(name, acc)
                 last_sweep = now
+            release_at = math.inf
+            if self._shared and not acc.binds and acc.count > 0:
+                release_at = max(acc.unbound_since + RELEASE_AFTER, acc.release_after)
+                if now >= release_at:
+                    await self._release(name, acc)
+                    continue
             page_again = math.inf
             while acc.paging.backlog and len(acc.pending) <= self.memory // 2:
                 if not await self._page_in(name, acc):
@@ -282,7 +347,8 @@ class Reporter:
                 else:
                     self._send(name, acc, report, conn)
             sweep_at = max(self.clock.to_trio(acc.next_expiry), last_sweep + EXPIRY_SWEEP)
-            wake_at = min(sweep_at, page_again, acc.later[0][0] if acc.later else math.inf)
+            wake_at = min(sweep_at, page_again, acc.later[0][0] if acc.later else math.inf,
+                          release_at)
             with trio.move_on_at(wake_at):
                 await acc.wake.wait()
 

@@ -74,6 +74,7 @@ from gateway.store_sql import (
     StoreError,
     StoreUnavailable,
     placeholders,
+    reports_channel,
 )
 
 __all__ = ["CdrPage", "ConstraintError", "Erasure", "Forwarded", "IdempotencyRecord", "NodeFenced",
@@ -372,7 +373,12 @@ class Store:
         unfinished_max: int,
     ) -> None:
         self._db = backend
-        self._next_report_id = backend.next_report_id
+        # Report ids come in blocks (several nodes share a PostgreSQL store): the current one,
+        # and the next one, fetched in the background once half of the current one is used.
+        self._next_report_id = self._report_ids_end = 0
+        self._spare_report_ids: tuple[int, int] | None = None
+        self._fetching_report_ids = False
+        self._nursery: trio.Nursery | None = None
         self._batch_max = batch_max
         self._batch_linger = batch_linger
         self.queue_max = queue_max
@@ -477,8 +483,10 @@ class Store:
             async with _open_backend(where, synchronous, node, shared) as backend:
                 store = cls(backend, batch_max=batch_max, batch_linger=batch_linger,
                             queue_max=queue_max, unfinished_max=unfinished_max)
+                store._next_report_id, store._report_ids_end = await backend.report_ids()
                 try:
                     async with trio.open_nursery() as nursery:
+                        store._nursery = nursery
                         await nursery.start(store._write_loop)
                         try:
                             yield store
@@ -789,18 +797,43 @@ class Store:
                                 f" WHERE {where} ORDER BY account, msisdn", params)
         return [OptOut(r[0], r[1], bool(r[2]), r[3], r[4]) for r in rows]
 
+    def _report_id(self) -> int:
+        """The next report id of this process's block (see Backend.report_ids)."""
+        if self._next_report_id >= self._report_ids_end:
+            if self._spare_report_ids is None:
+                self._fetch_report_ids()
+                raise StoreError("no report ids: the next block is still being fetched")
+            (self._next_report_id, self._report_ids_end), self._spare_report_ids = \
+                self._spare_report_ids, None
+        rid = self._next_report_id
+        self._next_report_id += 1
+        if self._spare_report_ids is None and \
+                self._report_ids_end - self._next_report_id < (1 << 19):
+            self._fetch_report_ids()
+        return rid
+
+    def _fetch_report_ids(self) -> None:
+        if self._fetching_report_ids or self._nursery is None or self._closed:
+            return
+        self._fetching_report_ids = True
+
+        async def fetch() -> None:
+            try:
+                self._spare_report_ids = await self._db.report_ids()
+            except StoreError:
+                pass  # counted and logged by the store; fetched at the next report
+            finally:
+                self._fetching_report_ids = False
+
+        self._nursery.start_soon(fetch)
+
     def _report_rows(self, reports: Sequence[Report]) -> tuple[list[int], list[Row]]:
-        # Ids are allocated here (one writer per file, see the lock), so a batch can insert
-        # with executemany and still tell every caller its ids. A failed call leaves a gap.
+        # Ids are allocated here, from this process's block, so a batch can insert with
+        # executemany and still tell every caller its ids. A failed call leaves a gap.
         ids: list[int] = []
         rows: list[Row] = []
         for r in reports:
-            if r.id is None:
-                rid = self._next_report_id
-                self._next_report_id += 1
-            else:
-                rid = r.id
-                self._next_report_id = max(self._next_report_id, rid + 1)
+            rid = self._report_id() if r.id is None else r.id
             ids.append(rid)
             rows.append(
                 (
@@ -1083,27 +1116,50 @@ class Store:
     async def pending_reports(self, account: str, limit: int = 1000, *,
                               after: int = 0, via: str = "smpp") -> list[Report]:
         """Reports of that account not yet acked whose id is above ``after`` and that go
-        ``via`` ("smpp" or "http"), oldest (first stored) first. Report ids grow in commit
-        order: every report committed later has a larger id than any returned, so ``after`` =
-        the last id returned pages through."""
+        ``via`` ("smpp" or "http"), oldest (first stored) first; only those this node delivers
+        where several share the store. Report ids grow in this node's commit order: every
+        report it commits later has a larger id than any returned, so ``after`` = the last id
+        returned pages through (one a node claims from another is handed over as it is)."""
+        held, params = self._db.held()
         rows = await self._read(
-            f"{_REPORT_SELECT} WHERE account = ? AND via = ? AND id > ? ORDER BY id LIMIT ?",
-            (account, via, after, limit),
-        )
+            f"{_REPORT_SELECT} WHERE account = ? AND via = ? AND id > ?{held} ORDER BY id"
+            " LIMIT ?", (account, via, after, *params, limit))
         return [_to_report(r) for r in rows]
+
+    async def claim_reports(self, accounts: Sequence[str], via: str,
+                            limit: int = 1000) -> list[Report]:
+        """Several nodes share the store: free reports of these accounts going ``via``, now
+        this node's to deliver, oldest first (SQLite: none, every report is the process's)."""
+        if not accounts:
+            return []
+        return [_to_report(r) for r in await self._db.claim_reports(accounts, via, limit)]
+
+    async def release_reports(self, account: str, via: str, keep: Sequence[int] = ()) -> int:
+        """Several nodes share the store: this node's reports of the account going ``via``
+        (but ``keep``, those being sent) are free for the nodes that have its binds, which
+        are notified; how many."""
+        return await self._db.release_reports(account, via, keep)
+
+    async def reports_notified(self, via: str, timeout: float) -> None:
+        """Return when another node made reports going ``via`` free (or a node died), or after
+        ``timeout`` seconds."""
+        await self._db.notified(reports_channel(via), timeout)
 
     async def accounts_with_pending_reports(self) -> list[str]:
         rows = await self._read("SELECT DISTINCT account FROM reports ORDER BY account")
         return [r[0] for r in rows]
 
-    async def pending_report_counts(self, via: str | None = None) -> tuple[dict[str, int], int]:
-        """Reports not yet acked (those going ``via`` "smpp" or "http"; None: all), per account,
-        and the highest id among them (0 if none): every report committed later has a higher
-        id."""
-        where = "" if via is None else " WHERE via = ?"
+    async def pending_report_counts(self, via: str | None = None, *,
+                                    mine: bool = False) -> tuple[dict[str, int], int]:
+        """Reports not yet acked (those going ``via`` "smpp" or "http"; None: all; ``mine``:
+        those this node delivers), per account, and the highest id among them (0 if none):
+        every report this node commits later has a higher id."""
+        where, params = ("WHERE true", ()) if via is None else ("WHERE via = ?", (via,))
+        if mine:
+            held, of_mine = self._db.held()
+            where, params = where + held, (*params, *of_mine)
         rows = await self._read(
-            f"SELECT account, count(*), max(id) FROM reports{where} GROUP BY account",
-            () if via is None else (via,))
+            f"SELECT account, count(*), max(id) FROM reports {where} GROUP BY account", params)
         return {account: n for account, n, _ in rows}, max((r[2] for r in rows), default=0)
 
     async def durability(self) -> tuple[str, str]:

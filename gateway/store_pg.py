@@ -45,6 +45,7 @@ from gateway.store_sql import (
     SchemaError,
     StoreError,
     StoreUnavailable,
+    reports_channel,
     write_statements,
 )
 
@@ -96,7 +97,8 @@ STATEMENT_TIMEOUT_MS = 60_000
 IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
 CONNECT_TIMEOUT = 10.0  # seconds
 
-SCHEMA_VERSION = 4
+REPORT_ID_BLOCK = 1 << 20  # report ids a node takes at a time
+SCHEMA_VERSION = 5
 # MIGRATIONS[v] takes a database at schema version v to v + 1 (0: an empty database).
 MIGRATIONS: tuple[str, ...] = (
     f"""
@@ -341,6 +343,23 @@ MIGRATIONS: tuple[str, ...] = (
         RETURN NULL;
     END $$;
     """,
+    # 5: the reports owed upstream are held by a node (the one that delivers them: by default
+    # the node that stored them; NULL: free, for a node with a receiver bind of the account to
+    # claim); and report ids come in blocks of REPORT_ID_BLOCK per node (ids grow in each
+    # node's commit order, and never collide between nodes).
+    f"""
+    ALTER TABLE reports ADD COLUMN holder bigint
+        DEFAULT nullif(current_setting('smsgw.epoch', true), '')::bigint;
+    CREATE INDEX reports_free ON reports (account, via, id) WHERE holder IS NULL;
+    CREATE INDEX reports_held ON reports (holder, account, via, id);
+    DO $$ BEGIN
+        EXECUTE format('CREATE SEQUENCE report_id_blocks INCREMENT BY {REPORT_ID_BLOCK}'
+                       ' START WITH %s', greatest(
+            (SELECT coalesce(max(id), 0) FROM reports),
+            (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM report_ids)) + 1);
+    END $$;
+    DROP SEQUENCE report_ids;
+    """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -466,7 +485,6 @@ async def _transaction(groups: list[tuple[int, list[Row]]], counted: bool,
     """Each group one executemany (asyncpg pipelines its rows: one round trip), all in one
     transaction. ``counted``: the rows each group changed are counted (RETURNING 1)."""
     rowcounts: list[int] = []
-    high_report = 0
     async with conn.transaction():
         for stmt, rows in groups:
             sql = translate(WRITE_SQL[stmt])
@@ -479,11 +497,6 @@ async def _transaction(groups: list[tuple[int, list[Row]]], counted: bool,
             else:
                 await conn.executemany(sql, rows)
                 rowcounts.append(len(rows))
-            if stmt == INSERT_REPORT:
-                high_report = max(r[_REPORT_ID] for r in rows)
-        if high_report:
-            await conn.execute("SELECT setval('report_ids', greatest($1, (SELECT last_value"
-                               " FROM report_ids)))", high_report)
         if any(stmt == INSERT_INBOX for stmt, _ in groups):  # one NOTIFY per commit
             await conn.execute("SELECT pg_notify($1, '')", INBOX_CHANNEL)
         changed = _optout_changes(groups)
@@ -491,6 +504,43 @@ async def _transaction(groups: list[tuple[int, list[Row]]], counted: bool,
             await conn.execute("SELECT pg_notify($1, $2)", OPTOUTS_CHANNEL, changed)
         counts = {state: int(n) for state, n in await conn.fetch(_STATE_COUNTS_SQL)}
     return rowcounts, counts
+
+
+_REPORT_COLUMNS_SQL = ", ".join(REPORT_COLUMNS)
+
+
+async def _free_reports(conn: asyncpg.Connection[Any], holders: list[int]) -> None:
+    """The reports these nodes held are free: the nodes with binds of their accounts (any
+    node, for webhooks) are told to claim them."""
+    for account, via in await conn.fetch(
+            "WITH f AS (UPDATE reports SET holder = NULL WHERE holder = ANY($1::bigint[])"
+            " RETURNING account, via) SELECT DISTINCT account, via FROM f", holders):
+        await conn.execute("SELECT pg_notify($1, $2)", reports_channel(via), account)
+
+
+async def _claim_reports(epoch: int | None, accounts: list[str], via: str, limit: int,
+                         conn: asyncpg.Connection[Any]) -> list[Row]:
+    """Free reports of these accounts going ``via``, oldest first, now held by this node."""
+    rows = await conn.fetch(
+        f"UPDATE reports SET holder = $1 WHERE id IN (SELECT id FROM reports"
+        f" WHERE holder IS NULL AND account = ANY($2::text[]) AND via = $3 ORDER BY id"
+        f" LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING {_REPORT_COLUMNS_SQL}",
+        epoch, accounts, via, limit)
+    return sorted((tuple(r) for r in rows), key=lambda r: r[_REPORT_ID])
+
+
+async def _release_reports(epoch: int | None, account: str, via: str, keep: list[int],
+                           conn: asyncpg.Connection[Any]) -> int:
+    """This node's reports of the account going ``via`` made free (but ``keep``), and the
+    other nodes told; how many."""
+    async with conn.transaction():
+        status = await conn.execute(
+            "UPDATE reports SET holder = NULL WHERE holder = $1 AND account = $2 AND via = $3"
+            " AND NOT (id = ANY($4::bigint[]))", epoch, account, via, keep)
+        released = int(status.split()[-1])
+        if released:
+            await conn.execute("SELECT pg_notify($1, $2)", reports_channel(via), account)
+    return released
 
 
 NOTIFY_PAYLOAD_MAX = 7000  # bytes (PostgreSQL's limit is 8000)
@@ -520,13 +570,11 @@ class PostgresBackend:
     dialect = DIALECT
 
     def __init__(self, writer: _Connection, reader: _Connection, node: _Node,
-                 listener: _Listener, next_report_id: int, state_counts: dict[str, int]
-                 ) -> None:
+                 listener: _Listener, state_counts: dict[str, int]) -> None:
         self._writer = writer
         self._reader = reader
         self._node = node
         self._listener = listener
-        self.next_report_id = next_report_id
         self.state_counts = state_counts
 
     async def transaction(self, groups: Sequence[tuple[int, list[Row]]],
@@ -566,6 +614,23 @@ class PostgresBackend:
     async def adopt(self) -> list[str]:
         """Take over the work of dead nodes and of none (see _Node.adopt); the message ids."""
         return await self._writer.call(self._node.adopt)
+
+    async def report_ids(self) -> tuple[int, int]:
+        rows = await self._writer.call(functools.partial(
+            _fetch, "SELECT nextval('report_id_blocks')", ()))
+        start = int(rows[0][0])
+        return start, start + REPORT_ID_BLOCK
+
+    def held(self) -> tuple[str, tuple[Any, ...]]:
+        return " AND holder = ?", (self._node.epoch,)
+
+    async def claim_reports(self, accounts: Sequence[str], via: str, limit: int) -> list[Row]:
+        return await self._writer.call(functools.partial(
+            _claim_reports, self._node.epoch, list(accounts), via, limit))
+
+    async def release_reports(self, account: str, via: str, keep: Sequence[int]) -> int:
+        return await self._writer.call(functools.partial(
+            _release_reports, self._node.epoch, account, via, list(keep)))
 
     @contextlib.asynccontextmanager
     async def singleton(self, job: str) -> AsyncIterator[bool]:
@@ -678,10 +743,14 @@ class _Node:
                         "DELETE FROM nodes n WHERE epoch = ANY($1::bigint[]) AND NOT EXISTS"
                         " (SELECT 1 FROM due WHERE owner = n.epoch) RETURNING name, epoch", dead)
                     await conn.execute(_FOLD_COUNTS_SQL, [e for _, e in gone], self.epoch)
+                    await _free_reports(conn, [e for _, e in gone])
                     for name, epoch in gone:
                         log.warning("store.node_taken_over", backend="postgresql", node=name,
                                     epoch=epoch, by=self.epoch)
                     break
+        if not self.shared:  # the one process: every report owed upstream is its to deliver
+            await conn.execute("UPDATE reports SET holder = $1"
+                               " WHERE holder IS DISTINCT FROM $1", self.epoch)
         metrics.DB_ADOPT_SECONDS.observe(trio.current_time() - started)
         if taken:
             log.info("store.work_adopted", backend="postgresql", node=self.name,
@@ -695,6 +764,7 @@ class _Node:
             await conn.execute("UPDATE due SET owner = NULL WHERE owner = $1", self.epoch)
             await conn.execute("DELETE FROM nodes WHERE epoch = $1", self.epoch)
             await conn.execute(_FOLD_COUNTS_SQL, [self.epoch], 0)
+            await _free_reports(conn, [self.epoch or 0])
 
     async def beat(self, conn: asyncpg.Connection[Any]) -> None:
         if not await conn.fetchval("UPDATE nodes SET heartbeat_at = now() WHERE epoch = $1"
@@ -803,9 +873,8 @@ async def _heartbeat(writer: _Connection, node: _Node) -> None:
             continue
 
 
-async def _prepare(conn: asyncpg.Connection[Any]) -> tuple[int, dict[str, int]]:
-    """Create or migrate the schema (one process at a time); the next free report id and the
-    messages per state."""
+async def _prepare(conn: asyncpg.Connection[Any]) -> dict[str, int]:
+    """Create or migrate the schema (one process at a time); the messages per state."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
         if await conn.fetchval("SELECT to_regclass('smsgw_schema') IS NOT NULL"):
@@ -822,11 +891,7 @@ async def _prepare(conn: asyncpg.Connection[Any]) -> tuple[int, dict[str, int]]:
         for v in range(version, SCHEMA_VERSION):
             await conn.execute(MIGRATIONS[v])
             await conn.execute("UPDATE smsgw_schema SET version = $1", v + 1)
-    high = await conn.fetchval(
-        "SELECT greatest((SELECT coalesce(max(id), 0) FROM reports),"
-        " (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM report_ids))")
-    counts = {state: int(n) for state, n in await conn.fetch(_STATE_COUNTS_SQL)}
-    return int(high or 0) + 1, counts
+    return {state: int(n) for state, n in await conn.fetch(_STATE_COUNTS_SQL)}
 
 
 @contextlib.asynccontextmanager
@@ -841,15 +906,17 @@ async def open_postgresql(dsn: str, synchronous: str, *, node: str = "smsgw",
         writer = _Connection(loop, dsn, "writer", _settings(synchronous), me.setup)
         reader = _Connection(loop, dsn, "reader", _settings(None))
         try:
-            next_id, counts = await writer.call(_prepare)
+            counts = await writer.call(_prepare)
             await writer.call(me.register)
             listener = _Listener(loop, dsn)
-            backend = PostgresBackend(writer, reader, me, listener, next_id, counts)
+            backend = PostgresBackend(writer, reader, me, listener, counts)
             await backend.adopt()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_heartbeat, writer, me)
                 nursery.start_soon(_watch_health, reader)
-                await nursery.start(listener.run, [INBOX_CHANNEL, OPTOUTS_CHANNEL])
+                await nursery.start(listener.run, [
+                    INBOX_CHANNEL, OPTOUTS_CHANNEL, reports_channel("smpp"),
+                    reports_channel("http")])
                 yield backend
                 nursery.cancel_scope.cancel()
             with trio.CancelScope(shield=True), contextlib.suppress(StoreError):

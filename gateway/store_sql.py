@@ -182,6 +182,12 @@ INBOX_CHANNEL = "smsgw_inbox"  # NOTIFY'd once by each commit that forwards rece
 # they do not fit (or a number was erased from every list).
 OPTOUTS_CHANNEL = "smsgw_optouts"
 
+
+def reports_channel(via: str) -> str:
+    """NOTIFY'd (payload: the account) when reports going ``via`` ("smpp", "http") are made
+    free for another node to claim."""
+    return f"smsgw_reports_{via}"
+
 @dataclass(frozen=True, slots=True)
 class Dialect:
     """The few places where the store's SQL differs between engines. Statements are written
@@ -204,7 +210,6 @@ class Backend(Protocol):
     ConstraintError) and nothing else for a database failure."""
 
     dialect: Dialect
-    next_report_id: int  # the first report id never used in this database
     state_counts: dict[str, int]  # messages per state at opening
 
     @property
@@ -257,6 +262,25 @@ class Backend(Protocol):
 
     async def adopt(self) -> list[str]:
         """Take over the unfinished messages no live node works on; their ids."""
+        ...
+
+    async def report_ids(self) -> tuple[int, int]:
+        """A block [start, end) of report ids no other process will use."""
+        ...
+
+    def held(self) -> tuple[str, tuple[Any, ...]]:
+        """The condition (`` AND ...`` on reports, and its parameters) that keeps the reports
+        this node delivers: all of them where one process has the database."""
+        ...
+
+    async def claim_reports(self, accounts: Sequence[str], via: str, limit: int) -> list[Row]:
+        """Free reports of these accounts going ``via`` (REPORT_COLUMNS rows, oldest first),
+        now held by this node: none where one process has the database."""
+        ...
+
+    async def release_reports(self, account: str, via: str, keep: Sequence[int]) -> int:
+        """This node's reports of the account going ``via`` (but ``keep``) made free for
+        others to claim; how many (none where one process has the database)."""
         ...
 
     def singleton(self, job: str) -> AbstractAsyncContextManager[bool]:

@@ -342,7 +342,7 @@ class SqliteBackend:
         self._loop = loop
         self._writer = writer
         self._reader = reader
-        self.next_report_id = next_report_id
+        self._next_report_id = next_report_id
         self.state_counts = state_counts
 
     async def transaction(self, groups: Sequence[tuple[int, list[Row]]],
@@ -388,6 +388,18 @@ class SqliteBackend:
 
     async def adopt(self) -> list[str]:
         return []
+
+    async def report_ids(self) -> tuple[int, int]:
+        return self._next_report_id, 2**62  # one process: all of them
+
+    def held(self) -> tuple[str, tuple[Any, ...]]:
+        return "", ()
+
+    async def claim_reports(self, accounts: Sequence[str], via: str, limit: int) -> list[Row]:
+        return []
+
+    async def release_reports(self, account: str, via: str, keep: Sequence[int]) -> int:
+        return 0
 
     @contextlib.asynccontextmanager
     async def singleton(self, job: str) -> AsyncIterator[bool]:

@@ -44,6 +44,8 @@ PAGE_RETRY = 5.0  # seconds before a failed page read is tried again
 ANSWER_READ_MAX = 64 * 1024  # octets of an answer's body read (and dropped) at most
 DELETE_RETRY = 5.0  # seconds before a failed deletion commit is tried again
 OTHER_ACCOUNT = "other"  # metric label of events for accounts no longer configured
+CLAIM_POLL = 1.0  # seconds: nodes sharing a store look this often for events left free
+CLAIM_BATCH = 500
 
 
 # -- signing ----------------------------------------------------------------------------------
@@ -221,11 +223,14 @@ class Webhooks:
         return sum(acc.in_flight for acc in self._outboxes.values())
 
     # -- inputs ---------------------------------------------------------------------------------
-    def add(self, report: Report) -> None:
-        """Take a committed report: in memory if there is room, else it waits for its page."""
+    def add(self, report: Report, *, claimed: bool = False) -> None:
+        """Take a committed report: in memory if there is room, else it waits for its page.
+        ``claimed``: taken over from a node that died (never counted here before)."""
         assert report.id is not None and report.via == "http"
         acc = self._outbox(report.account)
-        if report.id > self._counted_below:
+        if claimed and report.id in acc.pending:
+            return
+        if claimed or report.id > self._counted_below:
             self._count(acc, 1)
         if report.id in acc.pending:
             return
@@ -274,7 +279,7 @@ class Webhooks:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         for name in self.endpoints:
             metrics.child(metrics.WEBHOOKS_PENDING, name).set(0)
-        counts, self._counted_below = await self.store.pending_report_counts("http")
+        counts, self._counted_below = await self.store.pending_report_counts("http", mine=True)
         async with httpx.AsyncClient(transport=self._transport, follow_redirects=False,
                                      trust_env=False, headers={"User-Agent": USER_AGENT},
                                      limits=httpx.Limits(max_connections=None,
@@ -287,8 +292,30 @@ class Webhooks:
                 acc.paging.backlog = True  # all of them are in the store only, for now
                 self._count(acc, n)
             nursery.start_soon(self._acks.run)
+            if self.store.epoch is not None:  # several nodes share the store
+                nursery.start_soon(self._claim_loop)
             task_status.started()
             await trio.sleep_forever()
+
+    async def _claim_loop(self) -> None:
+        """Take the webhook events a dead node left free (any node may post them): when told,
+        and every CLAIM_POLL seconds."""
+        while True:
+            while self.endpoints:
+                try:
+                    reports = await self.store.claim_reports(list(self.endpoints), "http",
+                                                             CLAIM_BATCH)
+                except StoreError:  # counted and logged by the store: at the next poll
+                    break
+                for report in reports:
+                    self.add(report, claimed=True)
+                    metrics.child(metrics.REPORTS_CLAIMED, self._outbox(report.account).label,
+                                  "http").inc()
+                if reports:
+                    log.info("webhooks.claimed", events=len(reports))
+                if len(reports) < CLAIM_BATCH:
+                    break
+            await self.store.reports_notified("http", CLAIM_POLL)
 
     async def drain(self) -> None:
         """Graceful stop: start no new POST, wait for those in flight to be answered, commit

@@ -179,3 +179,52 @@ async def test_a_stop_taken_on_one_node_refuses_marketing_through_every_node_wit
             with trio.fail_after(20):
                 await trio.to_thread.run_sync(submit)
             assert [r.status for r in esme.resps] == [Status.ESME_RX_R_APPN]
+
+
+async def test_a_receipt_crossing_three_nodes_reaches_the_upstream_within_a_second(
+        tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Submitted on a, the SMSC's receipt on any node's bind (b's for some), the upstream's
+    receiver bound on c only: each receipt reaches it within a second of its submit_sm_resp
+    (plus the simulator's 50 ms), once."""
+    import time
+
+    monkeypatch.setattr(daemon, "SHARED_STORE", True)
+    count = 30
+    before = REGISTRY.get_sample_value("smsgw_reports_claimed_total",
+                                       {"account": "demo", "via": "smpp"}) or 0
+    async with nodes(tmp_path, pg_dsn, ("a", "b", "c")) as cluster:
+        a, _, c = cluster.running
+        receiver = SmpplibEsme(c.smpp_port)
+        got: dict[str, float] = {}
+
+        def received(pdu: Any, **kw: Any) -> None:  # what it returns is the deliver_sm_resp's
+            got.setdefault(pdu.receipted_message_id.rstrip(b"\0").decode(), time.monotonic())
+
+        receiver.client.set_message_received_handler(received)
+        await trio.to_thread.run_sync(receiver.bind, "receiver")
+        sender = SmpplibEsme(a.smpp_port)
+        answered: dict[str, float] = {}
+        sender.client.set_message_sent_handler(
+            lambda pdu, **kw: answered.setdefault(pdu.message_id.decode(), time.monotonic()))
+
+        def submit_all() -> None:
+            sender.bind("transmitter")
+            for i in range(count):
+                sender.submit(f"336{i:08d}", b"code 1234")
+            sender.read_until(lambda: len(answered) == count)
+            sender.close()
+
+        def receive_all() -> None:
+            receiver.read_until(lambda: len(got) == count, timeout=30)
+            receiver.close()
+
+        with trio.fail_after(40):
+            await trio.to_thread.run_sync(submit_all)
+            await trio.to_thread.run_sync(receive_all)
+        assert set(got) == set(answered)
+        slowest = max(got[m] - answered[m] for m in answered)
+        assert slowest < 1.05, f"slowest receipt {slowest:.3f} s after its submit_sm_resp"
+        claimed = (REGISTRY.get_sample_value("smsgw_reports_claimed_total",
+                                             {"account": "demo", "via": "smpp"}) or 0) - before
+        assert claimed == count  # all made on a, delivered by c
+        assert len(cluster.simulator.submitted) == count

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 import trio
 
-from gateway.model import State
+from gateway.model import State, new_message_id
 from gateway.store import NodeFenced, Store, StoreUnavailable
 from tests.test_store import make_message
 
@@ -22,6 +22,15 @@ def rows(dsn: str, sql: str, *params: object) -> list[tuple[object, ...]]:
     """Read the database apart from the store."""
     with psycopg.connect(dsn) as conn:
         return conn.execute(sql, params).fetchall()
+
+
+@pytest.fixture
+def no_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nodes that do not beat: one whose session a test ends stays without one until it
+    writes (a beat would reconnect it first, keeping its work, and the adopter find none)."""
+    from gateway import store_pg
+
+    monkeypatch.setattr(store_pg, "HEARTBEAT_INTERVAL", 3600.0)
 
 
 def terminate_writer(dsn: str, node: str) -> None:
@@ -58,7 +67,7 @@ async def test_a_restarted_node_takes_over_the_work_of_the_one_before_it(pg_dsn:
 
 
 async def test_a_live_nodes_work_is_not_taken_and_a_node_whose_session_went_is_fenced(
-        pg_dsn: str) -> None:
+        pg_dsn: str, no_heartbeat: None) -> None:
     mine = [make_message() for _ in range(4)]
     late = make_message()
     async with Store.open(pg_dsn, node="b", shared=True) as b:
@@ -88,7 +97,7 @@ async def test_a_node_that_only_lost_its_connection_keeps_its_work(pg_dsn: str) 
 
 
 async def test_each_due_row_of_a_dead_node_goes_to_exactly_one_adopter(
-        pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        pg_dsn: str, no_heartbeat: None, monkeypatch: pytest.MonkeyPatch) -> None:
     from gateway import store_pg
 
     monkeypatch.setattr(store_pg, "ADOPT_BATCH", 7)  # many short transactions, interleaved
@@ -199,7 +208,8 @@ async def test_a_receipt_for_another_nodes_message_is_handed_over_and_wakes_that
         assert await a.inbox() == []
 
 
-async def test_the_inbox_of_a_dead_node_goes_with_its_work_to_the_adopter(pg_dsn: str) -> None:
+async def test_the_inbox_of_a_dead_node_goes_with_its_work_to_the_adopter(
+        pg_dsn: str, no_heartbeat: None) -> None:
     from gateway.model import PartState
     from gateway.store import Forwarded
 
@@ -282,7 +292,7 @@ async def test_an_optout_written_on_one_node_reaches_the_others_within_a_second(
 
 
 async def test_messages_per_state_are_counted_per_node_and_survive_a_nodes_death(
-        pg_dsn: str) -> None:
+        pg_dsn: str, no_heartbeat: None) -> None:
     async with Store.open(pg_dsn, node="b", shared=True) as b:
         await b.add_messages([make_message() for _ in range(2)])
         with pytest.raises(NodeFenced):
@@ -303,3 +313,60 @@ async def test_messages_per_state_are_counted_per_node_and_survive_a_nodes_death
         assert (stats["QUEUED"], stats["DELIVERED"]) == (4, 1)  # a's counts folded into b's
         assert {node for (node,) in rows(pg_dsn, "SELECT DISTINCT node FROM state_counts")} \
             == {0, b.epoch}
+
+
+async def test_reports_are_delivered_by_their_holder_left_free_and_claimed_by_another(
+        pg_dsn: str) -> None:
+    from tests.test_store import make_report
+
+    async with Store.open(pg_dsn, node="a", shared=True) as a, \
+            Store.open(pg_dsn, node="b", shared=True) as b:
+        made = [make_report(new_message_id()) for _ in range(3)]
+        await a.add_reports(made)
+        assert [r.id for r in await a.pending_reports("acme")] == [r.id for r in made]
+        assert await b.pending_reports("acme") == []  # a holds them
+        assert await b.claim_reports(["acme"], "smpp") == []
+        woken = trio.Event()
+
+        async def b_waits() -> None:
+            await b.reports_notified("smpp", 30.0)
+            woken.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(b_waits)
+            await trio.sleep(0.2)
+            assert await a.release_reports("acme", "smpp", keep=[made[0].id or 0]) == 2
+            with trio.fail_after(5):
+                await woken.wait()
+        claimed = await b.claim_reports(["acme"], "smpp")
+        assert [r.id for r in claimed] == [r.id for r in made[1:]]
+        assert [r.id for r in await b.pending_reports("acme")] == [r.id for r in made[1:]]
+        assert [r.id for r in await a.pending_reports("acme")] == [made[0].id]
+
+
+async def test_report_ids_of_two_nodes_never_collide(pg_dsn: str) -> None:
+    from tests.test_store import make_report
+
+    async with Store.open(pg_dsn, node="a", shared=True) as a, \
+            Store.open(pg_dsn, node="b", shared=True) as b:
+        ra = [make_report(new_message_id()) for _ in range(5)]
+        rb = [make_report(new_message_id()) for _ in range(5)]
+        await a.add_reports(ra)
+        await b.add_reports(rb)  # would be a ConstraintError if both counted from one place
+        ids = [r.id for r in ra + rb]
+        assert len(set(ids)) == 10
+
+
+async def test_the_reports_a_dead_node_held_are_free_for_the_others(
+        pg_dsn: str, no_heartbeat: None) -> None:
+    from tests.test_store import make_report
+
+    async with Store.open(pg_dsn, node="b", shared=True) as b:
+        with pytest.raises(NodeFenced):
+            async with Store.open(pg_dsn, node="a", shared=True) as a:
+                made = [make_report(new_message_id(), via="http", extra={"event_id": "e"})]
+                await a.add_reports(made)
+                terminate_writer(pg_dsn, "a")
+                await b.adopt()
+                assert [r.id for r in await b.claim_reports(["acme"], "http")] == [made[0].id]
+                await a.add_reports([make_report(new_message_id())])
