@@ -276,7 +276,7 @@ async def run(
         async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as http, \
                 trio.open_nursery() as nursery:
             running.nursery = nursery
-            if store.epoch is not None:  # the other nodes change the opt-out lists too
+            if store.shared:  # the other nodes change the opt-out lists too
                 follow_optouts(store, screening, nursery)
             # their providers' reports come in through the HTTP API (RcsEvents, VoiceStatus)
             running.http = http

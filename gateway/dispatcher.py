@@ -405,7 +405,7 @@ class Dispatcher:
             self._nursery = nursery
             for channel in self.channels.values():
                 self._start_following(channel)
-            if self.store.epoch is not None:  # a node of a shared database
+            if self.store.shared:  # other nodes hand receipts over; some may die
                 nursery.start_soon(self._follow_inbox)
                 nursery.start_soon(self._adopt_orphans)
             task_status.started()
@@ -1203,7 +1203,7 @@ class Dispatcher:
                                 word):
                 done(True)
                 return
-            if self.store.epoch is not None and await self._handed_over(
+            if self.store.shared and await self._handed_over(
                     connector, receipt, self._keys(connector, smsc_id, "as-is")):
                 done(True)
                 return
@@ -1214,7 +1214,7 @@ class Dispatcher:
             elif await self._late(connector, self._keys(connector, smsc_id, id_format), smsc_id,
                                   word):
                 done(True)
-            elif self.store.epoch is not None and await self._handed_over(
+            elif self.store.shared and await self._handed_over(
                     connector, receipt, self._keys(connector, smsc_id, id_format)):
                 done(True)  # its part was committed by another node during the hold
             else:

@@ -178,7 +178,7 @@ class Reporter:
         self._acks = ReportAcks(store, RETRY_DELAY)  # delivered or expired: deleted in batches
         self._counted_below = 0  # reports with ids <= this were counted from the store
         self._label_counts: dict[str, int] = {}
-        self._shared = store.epoch is not None  # other nodes deliver reports too
+        self._shared = store.shared  # other nodes deliver reports too
 
     def _account(self, name: str) -> _Account:
         acc = self._accounts.get(name)

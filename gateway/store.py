@@ -417,8 +417,13 @@ class Store:
 
     @property
     def epoch(self) -> int | None:
-        """This process's epoch as a node of a shared (PostgreSQL) database; None: SQLite."""
+        """This process's epoch as a node of a PostgreSQL database; None: SQLite."""
         return self._db.epoch
+
+    @property
+    def shared(self) -> bool:
+        """Other gateway processes (nodes) work on the same database."""
+        return self._db.shared
 
     async def adopt(self) -> list[str]:
         """Take over the unfinished messages no live node works on (PostgreSQL; done at

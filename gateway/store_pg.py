@@ -597,6 +597,10 @@ class PostgresBackend:
     def epoch(self) -> int | None:
         return self._node.epoch
 
+    @property
+    def shared(self) -> bool:
+        return self._node.shared
+
     def owned(self, column: str = "id") -> tuple[str, tuple[Any, ...]]:
         return (f" AND {column} IN (SELECT message_id FROM due WHERE owner = ?)",
                 (self._node.epoch,))

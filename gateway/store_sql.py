@@ -214,7 +214,12 @@ class Backend(Protocol):
 
     @property
     def epoch(self) -> int | None:
-        """This process as a node of a shared database (None: SQLite)."""
+        """This process as a node of a database (None: SQLite)."""
+        ...
+
+    @property
+    def shared(self) -> bool:
+        """Other nodes may work on the database at the same time."""
         ...
 
     async def transaction(self, groups: Sequence[tuple[int, list[Row]]],

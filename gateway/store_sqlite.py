@@ -336,6 +336,7 @@ class SqliteBackend:
 
     dialect = DIALECT
     epoch: int | None = None  # one process per file: no nodes
+    shared = False
 
     def __init__(self, loop: Any, writer: aiosqlite.Connection, reader: aiosqlite.Connection,
                  next_report_id: int, state_counts: dict[str, int]) -> None:

@@ -292,7 +292,7 @@ class Webhooks:
                 acc.paging.backlog = True  # all of them are in the store only, for now
                 self._count(acc, n)
             nursery.start_soon(self._acks.run)
-            if self.store.epoch is not None:  # several nodes share the store
+            if self.store.shared:  # several nodes share the store
                 nursery.start_soon(self._claim_loop)
             task_status.started()
             await trio.sleep_forever()
