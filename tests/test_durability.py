@@ -38,6 +38,7 @@ from gateway.passwords import hash_password
 from gateway.reporter import STATE_TO_STAT
 from gateway.store import Store
 from smpp.receipt import parse_receipt
+from tests.conftest import StoreAt
 from tests.procs import Proc, ProcessExited, free_port
 
 KILLS = 5
@@ -82,7 +83,7 @@ node = "durability"
 log_level = "info"
 
 [store]
-path = "{store}"
+{store}
 
 [http]
 enabled = false
@@ -336,7 +337,7 @@ class Harness:
     """The simulator, the gateway's lives and their upstream sessions; close() stops every
     process it started, by PID."""
 
-    def __init__(self, directory: Path, seed: int) -> None:
+    def __init__(self, directory: Path, seed: int, where: StoreAt) -> None:
         self.directory = directory
         self.procs: list[Proc] = []
         self.ledger = Ledger()
@@ -349,7 +350,9 @@ class Harness:
         self.control = f"http://127.0.0.1:{sim_ready['control_port']}"
         self.sim_port = int(sim_ready["port"])
         self.config = directory / "gw.toml"
-        self.store = directory / "store" / "smsgw.sqlite3"
+        # The store: an SQLite file, or a PostgreSQL database (where).
+        self.store: StoreAt = where if isinstance(where, str) else directory / "store" / \
+            "smsgw.sqlite3"
         self.port = 0
 
     def close(self) -> None:
@@ -360,8 +363,13 @@ class Harness:
 
     def _write_config(self) -> None:
         self.port = free_port()
+        if isinstance(self.store, str):
+            store = (f'backend = "postgresql"\ndsn = "{self.store}"\n'
+                     f'[admin]\nsocket = "{self.directory / "admin.sock"}"')
+        else:
+            store = f'path = "{self.store}"'
         self.config.write_text(_GW_TOML.format(
-            store=self.store, port=self.port, listener_window=LISTENER_WINDOW,
+            store=store, port=self.port, listener_window=LISTENER_WINDOW,
             password_hash=hash_password("demopass"), sim_port=self.sim_port, binds=SMSC_BINDS,
             window=SMSC_WINDOW))
 
@@ -420,7 +428,9 @@ class Harness:
         kill = life.kill
         assert kill is not None
         if kill.kind == "recovery":
-            if kill.trigger == "store":
+            if kill.trigger == "store" and isinstance(self.store, str):  # PostgreSQL
+                life.proc.wait_event("store.node_registered", timeout=START_DEADLINE)
+            elif kill.trigger == "store":
                 life.proc.wait_open(self.store, timeout=START_DEADLINE)
             else:
                 life.proc.wait_event(kill.trigger, timeout=START_DEADLINE)
@@ -463,7 +473,7 @@ class Stored:
     owed: list[Report]
 
 
-def _read_store(path: Path, ids: Iterable[str]) -> Stored:
+def _read_store(path: StoreAt, ids: Iterable[str]) -> Stored:
     async def read() -> Stored:
         async with Store.open(path) as store:
             messages = {i: (await store.get_message(i), await store.get_parts(i)) for i in ids}
@@ -506,12 +516,13 @@ def _charge(copies: Mapping[str, list[int]], lives: list[Life], event: str) -> C
     return charges
 
 
-def test_acked_messages_survive_five_sigkills_with_one_outcome_each(tmp_path: Path) -> None:
+def test_acked_messages_survive_five_sigkills_with_one_outcome_each(
+        tmp_path: Path, store_at: StoreAt) -> None:
     started = time.monotonic()
     seed = int(os.environ.get("SMSGW_KILL_SEED") or random.SystemRandom().randrange(10**9))
     print(f"\nkill test seed {seed} (replay: SMSGW_KILL_SEED={seed}); logs in {tmp_path}")
     replay = f"(seed {seed}, logs in {tmp_path})"
-    harness = Harness(tmp_path, seed)
+    harness = Harness(tmp_path, seed, store_at)
     try:
         for number, kill in enumerate(plan_kills(random.Random(seed)), start=1):
             harness.run_to_kill(harness.start(number, kill))
