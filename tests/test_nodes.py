@@ -37,9 +37,11 @@ class Nodes:
 
 @contextlib.asynccontextmanager
 async def nodes(state_dir: Path, dsn: str, names: tuple[str, ...],
-                receipt_delay: float = 0.05, **changes: Any) -> AsyncIterator[Nodes]:
+                receipt_delay: float = 0.05, sim: SimulatorConfig | None = None,
+                **changes: Any) -> AsyncIterator[Nodes]:
     """One SMSC simulator and a gateway node per name, all on the database ``dsn``."""
-    sim_config = SimulatorConfig(port=0, control_port=0, receipt_delay=receipt_delay, seed=7)
+    sim_config = sim or SimulatorConfig(port=0, control_port=0, receipt_delay=receipt_delay,
+                                        seed=7)
     async with trio.open_nursery() as nursery:
         simulator = SmscSimulator(sim_config, window=sim_config.window)
         await nursery.start(simulator.serve)
@@ -228,3 +230,56 @@ async def test_a_receipt_crossing_three_nodes_reaches_the_upstream_within_a_seco
                                              {"account": "demo", "via": "smpp"}) or 0) - before
         assert claimed == count  # all made on a, delivered by c
         assert len(cluster.simulator.submitted) == count
+
+
+async def test_messages_an_smsc_never_answers_for_expire_once_each_on_three_nodes(
+        tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """1,000 messages with 10 s validity through three nodes toward an SMSC that sends no
+    receipt: each expires once, on the node working on it, and its EXPIRED receipt reaches
+    the upstream (bound on one node) once."""
+    monkeypatch.setattr(daemon, "SHARED_STORE", True)
+    count, validity = 1000, 10.0
+    silent = SimulatorConfig(port=0, control_port=0, delivered=0.0, no_receipt=1.0, seed=7,
+                             window=100)
+    async with nodes(tmp_path, pg_dsn, ("a", "b", "c"), sim=silent,
+                     validity=validity) as cluster:
+        receiver = SmpplibEsme(cluster.running[2].smpp_port)
+        got: dict[str, str] = {}
+
+        def received(pdu: Any, **kw: Any) -> None:
+            parsed = parse_receipt(pdu.short_message)
+            assert parsed is not None
+            assert parsed.id not in got, f"{parsed.id}: a second receipt"
+            got[parsed.id] = parsed.stat
+
+        receiver.client.set_message_received_handler(received)
+        await trio.to_thread.run_sync(receiver.bind, "receiver")
+        senders = [SmpplibEsme(node.smpp_port) for node in cluster.running]
+
+        def submit(esme: SmpplibEsme, first: int, n: int) -> None:
+            esme.bind("transmitter")
+            for i in range(first, first + n):
+                esme.submit(f"336{i:08d}", b"code 1234")
+            esme.read_until(lambda: len(esme.resps) == n, timeout=60)
+            esme.close()
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for k, esme in enumerate(senders):
+                    n = count // 3 + (1 if k < count % 3 else 0)
+                    nursery.start_soon(trio.to_thread.run_sync, submit, esme,
+                                       k * (count // 3 + 1), n)
+
+        def receive_all() -> None:
+            receiver.read_until(lambda: len(got) == count, timeout=60)
+            receiver.close()
+
+        with trio.fail_after(validity + 60):
+            await trio.to_thread.run_sync(receive_all)
+        acked = {r.message_id.decode() for esme in senders for r in esme.resps
+                 if r.status == 0}
+        assert len(acked) == count and set(got) == acked
+        assert set(got.values()) == {"EXPIRED"}
+        assert len(cluster.simulator.submitted) == count  # each sent once
+        stats = await cluster.running[0].store.stats()
+        assert stats["EXPIRED"] == count
