@@ -1,10 +1,38 @@
-"""Where one account's stored reports stand between memory and the store's pages.
+"""Where one account's stored reports stand between memory and the store's pages, and the
+taking of reports other nodes left free.
 
 Shared by the reporter (SMPP) and the webhook deliverer (HTTP), which each keep at most
 `memory` reports of an account in memory and read the rest from the store by pages.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from gateway.model import Report
+from gateway.store import Store, StoreError
+
+CLAIM_BATCH = 500  # free reports claimed per transaction
+
+
+async def claim_free(store: Store, accounts: Sequence[str], via: str,
+                     take: Callable[[Report], None]) -> int:
+    """Several nodes share the store: claim the free reports of these accounts going ``via``
+    (left by a node without a receiver bind of the account, or by a dead node), batch after
+    batch, handing each to ``take``; how many. A store failure (counted and logged by the
+    store) ends it: the next poll tries again."""
+    claimed = 0
+    while accounts:
+        try:
+            reports = await store.claim_reports(accounts, via, CLAIM_BATCH)
+        except StoreError:
+            break
+        for report in reports:
+            take(report)
+        claimed += len(reports)
+        if len(reports) < CLAIM_BATCH:
+            break
+    return claimed
 
 
 class Paging:

@@ -24,7 +24,7 @@ from gateway.acks import ReportAcks
 from gateway.clock import WallClock
 from gateway.logs import LevelGate
 from gateway.model import Event, Message, Report, ReportKind, State
-from gateway.paging import Paging
+from gateway.paging import Paging, claim_free
 from gateway.store import Store, StoreError
 from gateway.webhooks import rfc3339, webhook_report
 from smpp.connection import Connection, ConnectionClosed, ResponseTimeout, Turns, WindowFull
@@ -49,7 +49,6 @@ EXPIRY_SWEEP = 60.0  # seconds at least between two looks for expired reports in
 RELEASE_AFTER = 2.0
 RELEASE_AGAIN = 0.2  # seconds: reports stored here since the last release are released then
 CLAIM_POLL = 1.0
-CLAIM_BATCH = 500
 UNBIND_TIMEOUT = 2.0  # seconds an unanswering bind gets to answer its unbind
 OTHER_ACCOUNT = "other"  # metric label of reports for accounts no longer configured
 # message_state TLV of a receipt (SMPP 3.4 5.2.28); a cancelled message's is DELETED (4).
@@ -280,19 +279,14 @@ class Reporter:
 
     async def _claim(self) -> None:
         """Take the free reports of the accounts bound here (several nodes share the store)."""
-        while names := [name for name, acc in self._accounts.items() if acc.binds]:
-            try:
-                reports = await self.store.claim_reports(names, "smpp", CLAIM_BATCH)
-            except StoreError:  # counted and logged by the store: at the next poll
-                return
-            for report in reports:
-                self.add(report, claimed=True)
-                metrics.child(metrics.REPORTS_CLAIMED, self._account(report.account).label,
-                              "smpp").inc()
-            if reports:
-                log.info("reports.claimed", reports=len(reports))
-            if len(reports) < CLAIM_BATCH:
-                return
+        def take(report: Report) -> None:
+            self.add(report, claimed=True)
+            metrics.child(metrics.REPORTS_CLAIMED, self._account(report.account).label,
+                          "smpp").inc()
+
+        names = [name for name, acc in self._accounts.items() if acc.binds]
+        if claimed := await claim_free(self.store, names, "smpp", take):
+            log.info("reports.claimed", reports=claimed)
 
     async def _release(self, name: str, acc: _Account) -> None:
         """No receiver bind of the account here for RELEASE_AFTER: its reports held here

@@ -29,7 +29,7 @@ from gateway.acks import ReportAcks
 from gateway.clock import WallClock
 from gateway.config import AccountConfig
 from gateway.model import Event, Report, ReportKind, new_message_id
-from gateway.paging import Paging
+from gateway.paging import Paging, claim_free
 from gateway.store import Store, StoreError
 from smpp.text import decode_text
 
@@ -45,7 +45,6 @@ ANSWER_READ_MAX = 64 * 1024  # octets of an answer's body read (and dropped) at 
 DELETE_RETRY = 5.0  # seconds before a failed deletion commit is tried again
 OTHER_ACCOUNT = "other"  # metric label of events for accounts no longer configured
 CLAIM_POLL = 1.0  # seconds: nodes sharing a store look this often for events left free
-CLAIM_BATCH = 500
 
 
 # -- signing ----------------------------------------------------------------------------------
@@ -300,21 +299,14 @@ class Webhooks:
     async def _claim_loop(self) -> None:
         """Take the webhook events a dead node left free (any node may post them): when told,
         and every CLAIM_POLL seconds."""
+        def take(report: Report) -> None:
+            self.add(report, claimed=True)
+            metrics.child(metrics.REPORTS_CLAIMED, self._outbox(report.account).label,
+                          "http").inc()
+
         while True:
-            while self.endpoints:
-                try:
-                    reports = await self.store.claim_reports(list(self.endpoints), "http",
-                                                             CLAIM_BATCH)
-                except StoreError:  # counted and logged by the store: at the next poll
-                    break
-                for report in reports:
-                    self.add(report, claimed=True)
-                    metrics.child(metrics.REPORTS_CLAIMED, self._outbox(report.account).label,
-                                  "http").inc()
-                if reports:
-                    log.info("webhooks.claimed", events=len(reports))
-                if len(reports) < CLAIM_BATCH:
-                    break
+            if claimed := await claim_free(self.store, list(self.endpoints), "http", take):
+                log.info("webhooks.claimed", events=claimed)
             await self.store.reports_notified("http", CLAIM_POLL)
 
     async def drain(self) -> None:

@@ -5,31 +5,30 @@ backends (an SQLite file, a PostgreSQL database).
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.pgserver import PgServer, scratch_dir
+from tests.pgserver import PgServer, throwaway
 
 StoreAt = str | Path  # what Store.open takes: an SQLite file or a postgresql:// URI
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
-    """A PostgreSQL server for the session, in a new directory under /tmp (fsync on; initdb
-    without its sync, which only a crash of the machine would need), stopped and deleted at the
-    end. Fails, not skips, without the server binaries: `make test` installs them."""
-    tmp = scratch_dir()
-    server = PgServer()
-    try:
-        server.start(tmp / "data", initdb_sync=False)
+    """A PostgreSQL server for the session (tests/pgserver.py's throwaway()). Fails, not
+    skips, without the server binaries: `make test` installs them."""
+    with throwaway() as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def own_pg() -> Iterator[PgServer]:
+    """A PostgreSQL server of this test alone (the test kills, freezes or stops it)."""
+    with throwaway() as server:
+        yield server
 
 
 @pytest.fixture

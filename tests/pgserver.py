@@ -419,6 +419,20 @@ def scratch_dir(prefix: str = "smsgw-pg-") -> Path:
     return path
 
 
+@contextlib.contextmanager
+def throwaway() -> Iterator[PgServer]:
+    """A server started in a new scratch_dir (fsync on; initdb without its sync, which only a
+    crash of the machine would need), stopped by PID and its directory deleted afterwards."""
+    tmp = scratch_dir()
+    server = PgServer()
+    try:
+        server.start(tmp / "data", initdb_sync=False)
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.pgserver", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)

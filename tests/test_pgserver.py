@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -19,19 +18,6 @@ from tests.pgserver import INSTALL_HINT, PgNotFound, PgServer, find_bindir, pid_
 from tests.procs import free_port
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def own_server() -> Iterator[PgServer]:
-    """A server of this test alone (the test kills or stops it), in its own /tmp directory."""
-    tmp = scratch_dir()
-    server = PgServer()
-    try:
-        server.start(tmp / "data", initdb_sync=False)
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_server_takes_connections_with_the_test_settings(pg_dsn: str) -> None:
@@ -58,31 +44,31 @@ def test_each_test_has_its_own_database(pg_dsn: str, pg_server: PgServer) -> Non
     assert name is not None and name[0].startswith("test_")
 
 
-def test_kill_and_restart_keeps_committed_data(own_server: PgServer) -> None:
+def test_kill_and_restart_keeps_committed_data(own_pg: PgServer) -> None:
     """Rule: a crash of the server (SIGKILL to all its processes) loses nothing committed:
     restart() runs crash recovery and the row is there, on the same port."""
-    dsn = own_server.create_database("crash")
+    dsn = own_pg.create_database("crash")
     with psycopg.connect(dsn) as conn:
         conn.execute("CREATE TABLE t (id int PRIMARY KEY, body bytea NOT NULL)")
         conn.execute("INSERT INTO t VALUES (1, %s)", (b"committed",))
         conn.commit()
-    port, pids = own_server.port, own_server.pids()
+    port, pids = own_pg.port, own_pg.pids()
     assert len(pids) > 1  # the postmaster and its auxiliary processes
-    own_server.kill()
+    own_pg.kill()
     assert not any(pid_alive(p) for p in pids)
-    own_server.restart()
-    assert own_server.port == port
+    own_pg.restart()
+    assert own_pg.port == port
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT body FROM t WHERE id = 1").fetchone() == (b"committed",)
 
 
-def test_stop_leaves_no_process(own_server: PgServer) -> None:
+def test_stop_leaves_no_process(own_pg: PgServer) -> None:
     """Rule: stop() ends the postmaster and every process it started (checked by PID)."""
-    pids = own_server.pids()
+    pids = own_pg.pids()
     assert pids and all(pid_alive(p) for p in pids)
-    own_server.stop()
+    own_pg.stop()
     assert not any(pid_alive(p) for p in pids)
-    assert not own_server.running and own_server.pids() == []
+    assert not own_pg.running and own_pg.pids() == []
 
 
 def test_cli_start_is_idempotent_and_stop_ends_it() -> None:

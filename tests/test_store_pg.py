@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import shutil
 import signal
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -28,7 +27,7 @@ from gateway.model import State
 from gateway.store import SchemaError, Store, StoreError, StoreUnavailable
 from smpp.constants import Status
 from smpp.receipt import parse_receipt
-from tests.pgserver import PgServer, scratch_dir
+from tests.pgserver import PgServer
 from tests.stack import SmpplibEsme, running_stack, wait_for
 from tests.test_store import make_message
 
@@ -43,20 +42,6 @@ UNAVAILABLE_WITHIN = 10.0  # seconds: a call to a dead server fails by then, it 
 SHORT_STATEMENT_TIMEOUT_MS = 1000
 SHORT_CONNECT_TIMEOUT = 2.0
 SLACK = 3.0
-
-
-@pytest.fixture
-def own_pg() -> Iterator[PgServer]:
-    """A PostgreSQL server of this test alone (the test kills it), in its own /tmp directory;
-    stopped (by PID) and deleted afterwards."""
-    tmp = scratch_dir()
-    server = PgServer()
-    try:
-        server.start(tmp / "data", initdb_sync=False)
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _stored_ids(dsn: str) -> set[str]:
