@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -191,6 +191,10 @@ class RateLimiter:
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, trio.current_time() + seconds)
 
+    def set_rate(self, rate: float) -> None:
+        """From now on `rate` per second (0 or less: unlimited); the next slot keeps its place."""
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+
 
 class SmscConnector:
     """All binds to one operator. `run()` keeps them up and sends what `submit_nowait()`
@@ -217,6 +221,11 @@ class SmscConnector:
         self._run_scope: trio.CancelScope | None = None  # run()'s: cancelled by close()
         self._run_done = trio.Event()  # run() has returned
         self._closing = False  # close() began: no more binds
+        # The bind slots this process may use (several gateway nodes share the SMSC's binds
+        # and throughput, see set_slots); None: all its configured binds.
+        self._slots: frozenset[int] | None = None
+        self._bind_scopes: dict[int, trio.CancelScope] = {}  # by index in _kinds()
+        self._binds_nursery: trio.Nursery | None = None
         self._unanswered = 0  # submit_sm on the wire without their answer yet
         self._answer = trio.Event()  # set when one of them gets its answer
         self._delivering = 0  # reads of deliver_sm / data_sm being handled
@@ -259,13 +268,50 @@ class SmscConnector:
         self._slot.set()
 
     # -- binds ----------------------------------------------------------------------------
+    def _kinds(self) -> list[BindKind]:
+        """The binds to run, by index; slot i is index i (and binds + i for its receiver)."""
+        cfg = self.config
+        if cfg.bind_mode == "transceiver":
+            return [BindTransceiver] * cfg.binds
+        return [*([BindTransmitter] * cfg.binds), *([BindReceiver] * cfg.binds)]
+
+    def set_slots(self, slots: Collection[int]) -> None:
+        """Run only the binds of these slots (0 to binds - 1), at their share of the
+        configured throughput (throughput / binds each): several gateway nodes share the
+        SMSC's binds and contract this way. Binds of slots taken away are unbound at once."""
+        cfg = self.config
+        allowed = frozenset(s for s in slots if 0 <= s < cfg.binds)
+        if allowed == self._slots:
+            return
+        self._slots = allowed
+        if cfg.throughput > 0:
+            self.limiter.set_rate(cfg.throughput * len(allowed) / cfg.binds)
+        log.info("smsc.slots", smsc=cfg.name, slots=sorted(allowed), of=cfg.binds)
+        if self._binds_nursery is not None:
+            self._start_binds(self._binds_nursery)
+
+    def _start_binds(self, nursery: trio.Nursery) -> None:
+        """Bind loops for the allowed slots not running, and an end to the others'."""
+        binds = self.config.binds
+        for index, kind in enumerate(self._kinds()):
+            wanted = self._slots is None or index % binds in self._slots
+            scope = self._bind_scopes.get(index)
+            if wanted and scope is None and not self._closing:
+                nursery.start_soon(self._run_bind, kind, index)
+            elif not wanted and scope is not None:
+                scope.cancel()
+
+    async def _run_bind(self, kind: BindKind, index: int) -> None:
+        with trio.CancelScope() as scope:
+            self._bind_scopes[index] = scope
+            try:
+                await self._bind_loop(kind, index)
+            finally:
+                if self._bind_scopes.get(index) is scope:
+                    del self._bind_scopes[index]
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
-        kinds: list[BindKind]
-        if cfg.bind_mode == "transceiver":
-            kinds = [BindTransceiver] * cfg.binds
-        else:
-            kinds = [*([BindTransmitter] * cfg.binds), *([BindReceiver] * cfg.binds)]
         if cfg.tls and not cfg.tls_verify:
             log.warning("smsc.tls_unverified", smsc=cfg.name,
                         detail=tls.UNVERIFIED.format(name=cfg.name))
@@ -274,8 +320,8 @@ class SmscConnector:
                 self._run_scope = nursery.cancel_scope
                 if self._closing:  # closed before it ran
                     nursery.cancel_scope.cancel()
-                for index, kind in enumerate(kinds):
-                    nursery.start_soon(self._bind_loop, kind, index)
+                self._binds_nursery = nursery
+                self._start_binds(nursery)
                 nursery.start_soon(self._sender)
                 task_status.started()
         finally:
