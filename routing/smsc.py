@@ -449,10 +449,13 @@ class SmscConnector:
                 if self.limiter.limited():
                     await self.limiter.acquire()
                 # A free transmitter now (the usual case) is what _wait_ready would find first,
-                # taking the same turn, without a coroutine per submit.
-                ready = self._free_transmitter() is not None or await self._wait_ready()
+                # without a coroutine per submit. One pick per submit: each pick takes a turn,
+                # and two would send every submit over the same one of two binds.
+                conn = self._free_transmitter()
+                if conn is None:
+                    conn = await self._wait_ready()
                 self._queue.popleft()
-                if not ready:
+                if conn is None:
                     item.done(NOT_BOUND)
                     continue
                 remaining = item.deadline - trio.current_time()
@@ -460,7 +463,7 @@ class SmscConnector:
                     item.done(EXPIRED)
                     continue
                 item.pdu.validity_period = format_relative(max(1.0, remaining))
-                self._send(item)
+                self._send(item, conn)
             except Exception:  # a bug must not stop the queue: the message is retried
                 log.exception("smsc.submit_failed", smsc=self.name)
                 if self._queue and self._queue[0] is item:
@@ -474,23 +477,20 @@ class SmscConnector:
     def _free_transmitter(self) -> Connection | None:
         return self._turns.pick(self._transmitters)
 
-    async def _wait_ready(self) -> bool:
-        """Wait until a bound transmitter has a free window slot; False if none is bound."""
-        while self._free_transmitter() is None:
+    async def _wait_ready(self) -> Connection | None:
+        """Wait until a bound transmitter has a free window slot: that transmitter, its turn
+        taken; None if none is bound."""
+        while (conn := self._free_transmitter()) is None:
             if not self._transmitters:
-                return False
+                return None
             if self._slot.is_set():
                 self._slot = trio.Event()
             await self._slot.wait()
-        return True
+        return conn
 
-    def _send(self, item: Submission) -> None:
-        """Put one submit_sm on the wire (a slot is free: see _wait_ready); its answer
-        reaches item.done through _answered."""
-        conn = self._free_transmitter()
-        if conn is None:
-            item.done(NOT_BOUND)
-            return
+    def _send(self, item: Submission, conn: Connection) -> None:
+        """Put one submit_sm on the wire over `conn` (picked with a free slot, its turn taken:
+        see _wait_ready); its answer reaches item.done through _answered."""
         try:
             item.sent_at = trio.current_time()
             conn.send_request(item.pdu, functools.partial(self._answered, item))
