@@ -449,13 +449,11 @@ class SmscConnector:
                 if self.limiter.limited():
                     await self.limiter.acquire()
                 # A free transmitter now (the usual case) is what _wait_ready would find first,
-                # without a coroutine per submit. One pick per submit: each pick takes a turn,
-                # and two would send every submit over the same one of two binds.
-                conn = self._free_transmitter()
-                if conn is None:
-                    conn = await self._wait_ready()
+                # without a coroutine per submit. Neither takes a turn: _send takes the one turn
+                # of the submit (two per submit sent every submit over the same one of two binds).
+                ready = self._ready_now() or await self._wait_ready()
                 self._queue.popleft()
-                if conn is None:
+                if not ready:
                     item.done(NOT_BOUND)
                     continue
                 remaining = item.deadline - trio.current_time()
@@ -463,7 +461,7 @@ class SmscConnector:
                     item.done(EXPIRED)
                     continue
                 item.pdu.validity_period = format_relative(max(1.0, remaining))
-                self._send(item, conn)
+                self._send(item)
             except Exception:  # a bug must not stop the queue: the message is retried
                 log.exception("smsc.submit_failed", smsc=self.name)
                 if self._queue and self._queue[0] is item:
@@ -475,22 +473,30 @@ class SmscConnector:
                 await trio.lowlevel.checkpoint()
 
     def _free_transmitter(self) -> Connection | None:
+        """The transmitter whose turn it is to send (a free window slot); its turn taken."""
         return self._turns.pick(self._transmitters)
 
-    async def _wait_ready(self) -> Connection | None:
-        """Wait until a bound transmitter has a free window slot: that transmitter, its turn
-        taken; None if none is bound."""
-        while (conn := self._free_transmitter()) is None:
+    def _ready_now(self) -> bool:
+        """Whether a bound transmitter has a free window slot now; no turn taken."""
+        return self._turns.can_pick(self._transmitters)
+
+    async def _wait_ready(self) -> bool:
+        """Wait until a bound transmitter has a free window slot; False if none is bound."""
+        while not self._ready_now():
             if not self._transmitters:
-                return None
+                return False
             if self._slot.is_set():
                 self._slot = trio.Event()
             await self._slot.wait()
-        return conn
+        return True
 
-    def _send(self, item: Submission, conn: Connection) -> None:
-        """Put one submit_sm on the wire over `conn` (picked with a free slot, its turn taken:
-        see _wait_ready); its answer reaches item.done through _answered."""
+    def _send(self, item: Submission) -> None:
+        """Put one submit_sm on the wire (a slot is free: see _wait_ready); its answer
+        reaches item.done through _answered."""
+        conn = self._free_transmitter()
+        if conn is None:
+            item.done(NOT_BOUND)
+            return
         try:
             item.sent_at = trio.current_time()
             conn.send_request(item.pdu, functools.partial(self._answered, item))
