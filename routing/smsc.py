@@ -495,8 +495,9 @@ class SmscConnector:
                 if self.limiter.limited():
                     await self.limiter.acquire()
                 # A free transmitter now (the usual case) is what _wait_ready would find first,
-                # taking the same turn, without a coroutine per submit.
-                ready = self._free_transmitter() is not None or await self._wait_ready()
+                # without a coroutine per submit. Neither takes a turn: _send takes the one turn
+                # of the submit (two per submit sent every submit over the same one of two binds).
+                ready = self._ready_now() or await self._wait_ready()
                 self._queue.popleft()
                 if not ready:
                     item.done(NOT_BOUND)
@@ -518,11 +519,16 @@ class SmscConnector:
                 await trio.lowlevel.checkpoint()
 
     def _free_transmitter(self) -> Connection | None:
+        """The transmitter whose turn it is to send (a free window slot); its turn taken."""
         return self._turns.pick(self._transmitters)
+
+    def _ready_now(self) -> bool:
+        """Whether a bound transmitter has a free window slot now; no turn taken."""
+        return self._turns.can_pick(self._transmitters)
 
     async def _wait_ready(self) -> bool:
         """Wait until a bound transmitter has a free window slot; False if none is bound."""
-        while self._free_transmitter() is None:
+        while not self._ready_now():
             if not self._transmitters:
                 return False
             if self._slot.is_set():

@@ -124,10 +124,18 @@ class Turns:
         count = len(pool)
         for k in range(count):
             conn = pool[(self._next + k) % count]
-            if conn.free_slots() > 0 and not conn.closed and conn.session.bound:
+            if self._can_take(conn):
                 self._next = (self._next + k + 1) % count
                 return conn
         return None
+
+    def can_pick(self, pool: Sequence[Connection]) -> bool:
+        """Whether pick() would find a connection now, without taking a turn."""
+        return any(self._can_take(conn) for conn in pool)
+
+    @staticmethod
+    def _can_take(conn: Connection) -> bool:
+        return conn.free_slots() > 0 and not conn.closed and conn.session.bound
 
 
 class Connection:

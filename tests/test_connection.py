@@ -248,8 +248,11 @@ def test_turns_go_round_the_pool_skipping_connections_that_cannot_take_a_request
     pool = cast(list[Connection], [a, full, gone, unbound, b])
     turns = Turns()
     assert [cast(Fake, turns.pick(pool)).name for _ in range(4)] == ["a", "b", "a", "b"]
+    # asking whether one could take a request takes no turn
+    assert turns.can_pick(pool) and cast(Fake, turns.pick(pool)).name == "a"
     a.slots = b.slots = 0
     assert turns.pick(pool) is None and turns.pick([]) is None
+    assert not turns.can_pick(pool) and not turns.can_pick([])
 
 
 async def _peer_binds(peer: trio.abc.Stream) -> None:

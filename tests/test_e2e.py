@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 from gateway import daemon
 from gateway.config import AccountConfig, BreakerConfig, SimulatorConfig
 from gateway.model import State
+from gateway.simulator import SmscSimulator
 from gateway.store import StoreError
 from routing.smsc import SmscConnector
 from smpp.connection import Connection
@@ -442,6 +443,33 @@ async def test_a_full_disk_gives_esme_rsyserr_counted_and_logged_once_not_per_su
         assert [e["event"] for e in logs if e["event"].startswith("store.")] == ["store.failed"]
         assert not [e for e in logs if "exc_info" in e or (e["log_level"] == "error"
                     and e["event"] != "store.failed")]
+
+
+async def test_submits_take_the_binds_in_turn_so_none_carries_them_all(tmp_path: Path) -> None:
+    """The rule: a connector's submits go round-robin over its bound transmitters, one turn
+    per submit. (Taking two turns per submit sent every submit over the same one of two binds:
+    a dropped bind then failed them all at once, and they were all retried together.)"""
+    sim = SmscSimulator(SimulatorConfig(port=0, control_port=0, slow=1.0, slow_delay=60,
+                                        seed=1))
+    cfg = dataclasses.replace(gateway_config(tmp_path, 1).smscs["sim"], binds=2, window=50)
+
+    async def ignore(*_args: object) -> None:
+        return None
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sim.serve)
+        connector = SmscConnector(dataclasses.replace(cfg, port=sim.port), ignore)
+        await nursery.start(connector.run)
+        await wait_for(lambda: connector.bound() == (2, 2))
+        for i in range(20):  # answered after slow_delay: all still on the wire when counted
+            pdu = SubmitSm(source_addr="ACME", source_addr_ton=5, dest_addr_ton=1,
+                           dest_addr_npi=1, destination_addr=f"336120000{i:02d}",
+                           short_message=b"hello")
+            connector.submit_nowait(pdu, trio.current_time() + 60, lambda _result: None)
+        await wait_for(lambda: connector.unanswered == 20)
+        per_bind = [len(conn.session.outstanding) for conn in connector._transmitters]
+        nursery.cancel_scope.cancel()
+    assert per_bind == [10, 10]
 
 
 async def test_a_connect_to_an_smsc_that_never_answers_is_cut_and_retried(
