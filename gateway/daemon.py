@@ -29,6 +29,7 @@ from gateway.reporter import Reporter, receipt_report
 from gateway.routing_setup import Routing, build_routing, export_breakers
 from gateway.screening import Screening
 from gateway.server import UPSTREAM_BIND_MODES, SmppServer, _AccountState, account_states
+from gateway.slots import share_bind_slots
 from gateway.store import Store, StoreError
 from gateway.webhooks import Webhooks, endpoints, mo_by_webhook
 from routing.channel import Channel
@@ -298,6 +299,10 @@ async def run(
                         log.warning("simulator.rcs_events_nowhere",
                                     detail="[http] is disabled and [simulator] has no "
                                            "rcs_webhook_url: RBM events are not pushed")
+            if store.shared:  # the nodes share each SMSC's binds and throughput
+                for connector in connectors.values():
+                    connector.set_slots(())  # no bind before its slots are leased
+                await nursery.start(share_bind_slots, store, lambda: running.connectors)
             await nursery.start(reporter.run)
             await nursery.start(webhooks.run)
             await nursery.start(dispatcher.run)

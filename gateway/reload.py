@@ -265,6 +265,8 @@ def _apply_smscs(running: Running, changes: SmscChanges) -> None:
         log.info("config.smsc_retired", smsc=name, replaced=name in changes.started,
                  parts_open=len(parts))
     for name, (connector, channel) in changes.started.items():
+        if running.store.shared:  # no bind before its slots are leased (gateway/slots.py)
+            connector.set_slots(())
         running.connectors[name] = connector
         export_connector_gauges(connector)
         running.dispatcher.add_channel(channel)

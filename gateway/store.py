@@ -1145,6 +1145,17 @@ class Store:
         are notified; how many."""
         return await self._db.release_reports(account, via, keep)
 
+    async def live_nodes(self, lease: float) -> int:
+        """The gateway nodes sharing the store whose heartbeat is younger than ``lease``
+        seconds (this one included: at least 1)."""
+        return await self._db.live_nodes(lease)
+
+    async def lease_slots(self, smsc: str, total: int, want: int, lease: float) -> list[int]:
+        """Several nodes share the store: hold up to ``want`` of the SMSC's ``total`` bind
+        slots for ``lease`` seconds (renewing those held, giving back those beyond ``want``,
+        taking free or expired ones); the slots this node holds now."""
+        return await self._db.lease_slots(smsc, total, want, lease)
+
     async def reports_notified(self, via: str, timeout: float) -> None:
         """Return when another node made reports going ``via`` free (or a node died), or after
         ``timeout`` seconds."""

@@ -261,6 +261,17 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX due_owner ON due (owner);
 
+    -- An SMSC's binds and its contract throughput as slots (one bind and throughput / binds
+    -- each), leased by the nodes: a node runs the binds of the slots it holds, until its
+    -- lease ends unless renewed; a dead node's slots are free once their lease has ended.
+    CREATE TABLE bind_slots (
+        smsc text NOT NULL,
+        slot integer NOT NULL,
+        holder bigint,
+        lease_until timestamptz NOT NULL DEFAULT '-infinity',
+        PRIMARY KEY (smsc, slot)
+    );
+
     -- Receipts handed from the node whose SMSC bind took them to the node working on their
     -- message (the owner of its due row), which applies them and deletes them.
     CREATE TABLE inbox (
@@ -460,6 +471,35 @@ async def _transaction(groups: list[tuple[int, list[Row]]], counted: bool,
 _REPORT_COLUMNS_SQL = ", ".join(REPORT_COLUMNS)
 
 
+async def _lease_slots(epoch: int | None, smsc: str, total: int, want: int, lease: float,
+                       conn: asyncpg.Connection[Any]) -> list[int]:
+    """In one transaction: the SMSC's slots 0..total-1 exist (others go); this node's are
+    renewed for ``lease`` seconds, those beyond ``want`` given back, and free or expired
+    ones taken up to ``want``. This node's slots, in order."""
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO bind_slots (smsc, slot) SELECT $1, generate_series(0, $2 - 1)"
+            " ON CONFLICT DO NOTHING", smsc, total)
+        await conn.execute("DELETE FROM bind_slots WHERE smsc = $1 AND slot >= $2", smsc, total)
+        until = "now() + make_interval(secs => $3)"
+        mine = sorted(r[0] for r in await conn.fetch(
+            f"UPDATE bind_slots SET lease_until = {until} WHERE smsc = $1 AND holder = $2"
+            " RETURNING slot", smsc, epoch, lease))
+        if len(mine) > want:
+            await conn.execute(
+                "UPDATE bind_slots SET holder = NULL, lease_until = '-infinity'"
+                " WHERE smsc = $1 AND slot = ANY($2::integer[])", smsc, mine[want:])
+            mine = mine[:want]
+        elif len(mine) < want:
+            mine += [r[0] for r in await conn.fetch(
+                f"UPDATE bind_slots SET holder = $2, lease_until = {until}"
+                " WHERE smsc = $1 AND slot IN (SELECT slot FROM bind_slots WHERE smsc = $1"
+                " AND (holder IS NULL OR lease_until < now()) ORDER BY slot LIMIT $4"
+                " FOR UPDATE SKIP LOCKED) RETURNING slot", smsc, epoch, lease,
+                want - len(mine))]
+    return sorted(mine)
+
+
 async def _free_reports(conn: asyncpg.Connection[Any], holders: list[int]) -> None:
     """The reports these nodes held are free: the nodes with binds of their accounts (any
     node, for webhooks) are told to claim them."""
@@ -569,6 +609,16 @@ class PostgresBackend:
     async def adopt(self) -> list[str]:
         """Take over the work of dead nodes and of none (see _Node.adopt); the message ids."""
         return await self._writer.call(self._node.adopt)
+
+    async def live_nodes(self, lease: float) -> int:
+        rows = await self._reader.call(functools.partial(
+            _fetch, "SELECT count(*) FROM nodes WHERE heartbeat_at > now() - ? * interval '1 s'",
+            (lease,)))
+        return max(1, int(rows[0][0]))
+
+    async def lease_slots(self, smsc: str, total: int, want: int, lease: float) -> list[int]:
+        return await self._writer.call(functools.partial(
+            _lease_slots, self._node.epoch, smsc, total, want, lease))
 
     async def report_ids(self) -> tuple[int, int]:
         rows = await self._writer.call(functools.partial(
@@ -720,6 +770,9 @@ class _Node:
             await conn.execute("DELETE FROM nodes WHERE epoch = $1", self.epoch)
             await conn.execute(_FOLD_COUNTS_SQL, [self.epoch], 0)
             await _free_reports(conn, [self.epoch or 0])
+            # its binds are closed by now (the store closes last): its slots are free at once
+            await conn.execute("UPDATE bind_slots SET holder = NULL, lease_until = '-infinity'"
+                               " WHERE holder = $1", self.epoch)
 
     async def beat(self, conn: asyncpg.Connection[Any]) -> None:
         if not await conn.fetchval("UPDATE nodes SET heartbeat_at = now() WHERE epoch = $1"

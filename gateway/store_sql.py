@@ -273,6 +273,15 @@ class Backend(Protocol):
         """A block [start, end) of report ids no other process will use."""
         ...
 
+    async def live_nodes(self, lease: float) -> int:
+        """The nodes whose heartbeat is younger than ``lease`` seconds (at least 1)."""
+        ...
+
+    async def lease_slots(self, smsc: str, total: int, want: int, lease: float) -> list[int]:
+        """Hold up to ``want`` of the SMSC's ``total`` bind slots for ``lease`` seconds (those
+        held already renewed first); the slots held. One process: all of them."""
+        ...
+
     def held(self) -> tuple[str, tuple[Any, ...]]:
         """The condition (`` AND ...`` on reports, and its parameters) that keeps the reports
         this node delivers: all of them where one process has the database."""

@@ -393,6 +393,12 @@ class SqliteBackend:
     async def report_ids(self) -> tuple[int, int]:
         return self._next_report_id, 2**62  # one process: all of them
 
+    async def live_nodes(self, lease: float) -> int:
+        return 1
+
+    async def lease_slots(self, smsc: str, total: int, want: int, lease: float) -> list[int]:
+        return list(range(total))
+
     def held(self) -> tuple[str, tuple[Any, ...]]:
         return "", ()
 

@@ -370,3 +370,26 @@ async def test_the_reports_a_dead_node_held_are_free_for_the_others(
                 await b.adopt()
                 assert [r.id for r in await b.claim_reports(["acme"], "http")] == [made[0].id]
                 await a.add_reports([make_report(new_message_id())])
+
+
+async def test_bind_slots_are_shared_held_by_one_node_each_and_taken_over_after_the_lease(
+        pg_dsn: str) -> None:
+    async with Store.open(pg_dsn, node="a", shared=True) as a, \
+            Store.open(pg_dsn, node="b", shared=True) as b, \
+            Store.open(pg_dsn, node="c", shared=True) as c:
+        assert await a.live_nodes(10.0) == 3
+        assert await a.lease_slots("sim", 3, 3, 10.0) == [0, 1, 2]  # alone so far: all
+        assert await b.lease_slots("sim", 3, 1, 10.0) == []  # held by a, not expired
+        assert await a.lease_slots("sim", 3, 1, 10.0) == [0]  # its share now: gives two back
+        assert await b.lease_slots("sim", 3, 1, 10.0) == [1]
+        assert await c.lease_slots("sim", 3, 1, 10.0) == [2]
+        assert await c.lease_slots("sim", 3, 1, 0.5) == [2]  # renewed, for half a second
+        assert await b.lease_slots("sim", 3, 2, 10.0) == [1]  # c's lease runs yet
+        with trio.fail_after(5):
+            while await b.lease_slots("sim", 3, 2, 10.0) != [1, 2]:  # c did not renew
+                await trio.sleep(0.1)
+        assert await c.lease_slots("sim", 3, 1, 10.0) == []  # none free: it waits
+        held = rows(pg_dsn, "SELECT slot, holder FROM bind_slots ORDER BY slot")
+        assert [h for _, h in held] == [a.epoch, b.epoch, b.epoch]
+        assert await a.lease_slots("sim", 2, 1, 10.0) == [0]  # the SMSC has two binds now
+        assert rows(pg_dsn, "SELECT count(*) FROM bind_slots") == [(2,)]
