@@ -337,7 +337,7 @@ class Harness:
     """The simulator, the gateway's lives and their upstream sessions; close() stops every
     process it started, by PID."""
 
-    def __init__(self, directory: Path, seed: int, where: StoreAt) -> None:
+    def __init__(self, directory: Path, seed: int, where: StoreAt | None = None) -> None:
         self.directory = directory
         self.procs: list[Proc] = []
         self.ledger = Ledger()
