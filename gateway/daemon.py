@@ -29,7 +29,7 @@ from gateway.reporter import Reporter, receipt_report
 from gateway.routing_setup import Routing, build_routing, export_breakers
 from gateway.screening import Screening
 from gateway.server import UPSTREAM_BIND_MODES, SmppServer, _AccountState, account_states
-from gateway.slots import share_bind_slots
+from gateway.slots import share_account_throughput, share_bind_slots
 from gateway.store import Store, StoreError
 from gateway.webhooks import Webhooks, endpoints, mo_by_webhook
 from routing.channel import Channel
@@ -303,6 +303,8 @@ async def run(
                 for connector in connectors.values():
                     connector.set_slots(())  # no bind before its slots are leased
                 await nursery.start(share_bind_slots, store, lambda: running.connectors)
+                await nursery.start(share_account_throughput, store,
+                                    lambda: running.account_states)
             await nursery.start(reporter.run)
             await nursery.start(webhooks.run)
             await nursery.start(dispatcher.run)

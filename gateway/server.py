@@ -103,6 +103,14 @@ class TokenBucket:
             return True
         return False
 
+    def set_rate(self, rate: float) -> None:
+        """From now on `rate` per second (several nodes share the account's throughput: this
+        node's share); the tokens held stay, up to the new burst."""
+        self.take(0)  # the tokens earned so far at the old rate
+        self.rate = rate
+        self.capacity = max(1.0, rate)
+        self.tokens = min(self.tokens, self.capacity)
+
     def retry_after(self, count: int = 1) -> float:
         """Seconds until take(count) would admit (0.0 when it would now)."""
         if self.rate <= 0:

@@ -11,7 +11,7 @@ import json
 import math
 import operator
 import os
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import astuple, dataclass, field
 from typing import Any, NoReturn, TypeVar
 
@@ -1155,6 +1155,13 @@ class Store:
         slots for ``lease`` seconds (renewing those held, giving back those beyond ``want``,
         taking free or expired ones); the slots this node holds now."""
         return await self._db.lease_slots(smsc, total, want, lease)
+
+    async def account_binds(self, mine: Mapping[str, int],
+                            lease: float) -> tuple[dict[str, int], int]:
+        """Several nodes share the store: record this node's upstream binds per account; the
+        binds per account of the nodes alive (heartbeat younger than ``lease``), and their
+        number."""
+        return await self._db.account_binds(mine, lease)
 
     async def reports_notified(self, via: str, timeout: float) -> None:
         """Return when another node made reports going ``via`` free (or a node died), or after

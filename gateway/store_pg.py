@@ -13,7 +13,7 @@ import os
 import re
 import socket
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
@@ -272,6 +272,14 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (smsc, slot)
     );
 
+    -- Each node's upstream binds per account, for sharing the accounts' throughput.
+    CREATE TABLE account_binds (
+        node bigint NOT NULL,
+        account text NOT NULL,
+        binds integer NOT NULL,
+        PRIMARY KEY (node, account)
+    );
+
     -- Receipts handed from the node whose SMSC bind took them to the node working on their
     -- message (the owner of its due row), which applies them and deletes them.
     CREATE TABLE inbox (
@@ -500,6 +508,24 @@ async def _lease_slots(epoch: int | None, smsc: str, total: int, want: int, leas
     return sorted(mine)
 
 
+async def _account_binds(epoch: int | None, mine: dict[str, int], lease: float,
+                         conn: asyncpg.Connection[Any]) -> tuple[dict[str, int], int]:
+    """Record this node's upstream binds per account; the binds per account of the live nodes
+    (heartbeat younger than ``lease``) and their number."""
+    live_nodes = "SELECT epoch FROM nodes WHERE heartbeat_at > now() - make_interval(secs => $1)"
+    async with conn.transaction():
+        await conn.execute("DELETE FROM account_binds WHERE node = $1", epoch)
+        held = [(a, n) for a, n in mine.items() if n > 0]
+        if held:
+            await conn.executemany("INSERT INTO account_binds (node, account, binds)"
+                                   " VALUES ($1, $2, $3)", [(epoch, a, n) for a, n in held])
+        totals = {a: int(n) for a, n in await conn.fetch(
+            f"SELECT account, sum(binds) FROM account_binds WHERE node IN ({live_nodes})"
+            " GROUP BY account", lease)}
+        live = int(await conn.fetchval(f"SELECT count(*) FROM ({live_nodes}) l", lease))
+    return totals, max(1, live)
+
+
 async def _free_reports(conn: asyncpg.Connection[Any], holders: list[int]) -> None:
     """The reports these nodes held are free: the nodes with binds of their accounts (any
     node, for webhooks) are told to claim them."""
@@ -619,6 +645,11 @@ class PostgresBackend:
     async def lease_slots(self, smsc: str, total: int, want: int, lease: float) -> list[int]:
         return await self._writer.call(functools.partial(
             _lease_slots, self._node.epoch, smsc, total, want, lease))
+
+    async def account_binds(self, mine: Mapping[str, int],
+                            lease: float) -> tuple[dict[str, int], int]:
+        return await self._writer.call(functools.partial(
+            _account_binds, self._node.epoch, dict(mine), lease))
 
     async def report_ids(self) -> tuple[int, int]:
         rows = await self._writer.call(functools.partial(
@@ -749,6 +780,8 @@ class _Node:
                         " (SELECT 1 FROM due WHERE owner = n.epoch) RETURNING name, epoch", dead)
                     await conn.execute(_FOLD_COUNTS_SQL, [e for _, e in gone], self.epoch)
                     await _free_reports(conn, [e for _, e in gone])
+                    await conn.execute("DELETE FROM account_binds WHERE node = ANY($1::bigint[])",
+                                       [e for _, e in gone])
                     for name, epoch in gone:
                         log.warning("store.node_taken_over", backend="postgresql", node=name,
                                     epoch=epoch, by=self.epoch)
@@ -773,6 +806,7 @@ class _Node:
             # its binds are closed by now (the store closes last): its slots are free at once
             await conn.execute("UPDATE bind_slots SET holder = NULL, lease_until = '-infinity'"
                                " WHERE holder = $1", self.epoch)
+            await conn.execute("DELETE FROM account_binds WHERE node = $1", self.epoch)
 
     async def beat(self, conn: asyncpg.Connection[Any]) -> None:
         if not await conn.fetchval("UPDATE nodes SET heartbeat_at = now() WHERE epoch = $1"

@@ -5,7 +5,7 @@ the order a group commit runs them), the errors, and the Backend protocol that S
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -280,6 +280,12 @@ class Backend(Protocol):
     async def lease_slots(self, smsc: str, total: int, want: int, lease: float) -> list[int]:
         """Hold up to ``want`` of the SMSC's ``total`` bind slots for ``lease`` seconds (those
         held already renewed first); the slots held. One process: all of them."""
+        ...
+
+    async def account_binds(self, mine: Mapping[str, int],
+                            lease: float) -> tuple[dict[str, int], int]:
+        """Record this node's upstream binds per account; the binds per account of all live
+        nodes and how many nodes live. One process: its own, and 1."""
         ...
 
     def held(self) -> tuple[str, tuple[Any, ...]]:

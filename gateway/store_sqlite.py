@@ -9,7 +9,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -398,6 +398,10 @@ class SqliteBackend:
 
     async def lease_slots(self, smsc: str, total: int, want: int, lease: float) -> list[int]:
         return list(range(total))
+
+    async def account_binds(self, mine: Mapping[str, int],
+                            lease: float) -> tuple[dict[str, int], int]:
+        return dict(mine), 1
 
     def held(self) -> tuple[str, tuple[Any, ...]]:
         return "", ()

@@ -372,3 +372,26 @@ async def test_an_smsc_contract_holds_across_nodes_and_recovers_after_one_goes(
         assert recovered and recovered[0] <= gone_at + slots.LEASE + 10.0
         tail = [t for t in after if ended_at - 5.0 <= t < ended_at]
         assert len(tail) / 5.0 >= 285, f"{len(tail) / 5.0:.0f}/s over the last 5 s"
+
+
+async def test_an_accounts_throughput_is_shared_by_its_binds_on_each_node(
+        tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Account "other" (5 msg/s) bound on node a only: a's share (1 + 1) / (1 bind + 2 nodes)
+    of 5, b's (0 + 1) / 3: together 5, following the binds."""
+    monkeypatch.setattr(daemon, "SHARED_STORE", True)
+    async with nodes(tmp_path, pg_dsn, ("a", "b")) as cluster:
+        a, b = cluster.running
+
+        def rates() -> tuple[float, float]:
+            return (a.account_states["other"].bucket.rate,
+                    b.account_states["other"].bucket.rate)
+
+        await wait_for(lambda: rates() == (2.5, 2.5))  # no bind anywhere: half each
+        esme = SmpplibEsme(a.smpp_port, "other", "otherpw")
+        await trio.to_thread.run_sync(esme.bind, "transmitter")
+        try:
+            await wait_for(lambda: abs(rates()[0] - 10 / 3) < 1e-6
+                           and abs(rates()[1] - 5 / 3) < 1e-6)
+        finally:
+            await trio.to_thread.run_sync(esme.close)
+        await wait_for(lambda: rates() == (2.5, 2.5))  # the bind went
