@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest pg-server cluster-db cluster-db-stop bench clean
+.PHONY: run test lint typecheck pytest pg-server cluster-db cluster-db-stop run-cluster bench clean
 
 # PostgreSQL's server binaries (tests/pgserver.py looks in the same places): Debian's, else
 # pg_config's, else PATH. Installed with apt-get when missing (as root directly, else sudo).
@@ -50,6 +50,16 @@ cluster-db: $(STAMP) pg-server
 
 cluster-db-stop: $(STAMP)
 	$(BIN)/python -m tests.pgserver stop --data var/pg
+
+# The demo cluster in the foreground (Ctrl-C stops it all): the SMSC simulator on its own and
+# three gateway nodes sharing the PostgreSQL store of `make cluster-db` (README "Running
+# several nodes"). The database keeps running: `make cluster-db-stop`.
+run-cluster: $(STAMP) cluster-db
+	@chmod go-rwx conf/cluster/*.toml
+	@trap 'kill $$(jobs -p) 2>/dev/null; wait' INT TERM EXIT; \
+	$(BIN)/smsgw simulate-smsc --config conf/cluster/simulator.toml & \
+	for node in a b c; do $(BIN)/smsgw run --config conf/cluster/node-$$node.toml & done; \
+	wait
 
 test: lint typecheck pytest
 

@@ -283,6 +283,7 @@ class StoreConfig:
     path: Path | None = None  # backend "sqlite": the database file
     backend: StoreBackend = "sqlite"
     dsn: str | None = None  # backend "postgresql": a libpq URI, postgresql://user@host:port/db
+    shared: bool = False  # backend "postgresql": several gateway nodes share the database
     batch_max: int = 512  # rows per group commit at most
     retention: float = 180 * DAY  # finished messages older than this are purged
     synchronous: Synchronous = "full"  # full: fsync every commit; normal: WAL syncs only
@@ -307,6 +308,7 @@ class HttpConfig:
     enabled: bool = True
     max_batch: int = 100  # messages one POST /v1/messages may carry
     idempotency_lifetime: float = DAY  # an Idempotency-Key is remembered this long
+    metrics_port: int | None = None  # a second listener (on host) serving /metrics only
 
 
 @dataclass(frozen=True, slots=True)
@@ -1341,10 +1343,15 @@ def _store(t: _Table) -> StoreConfig:
         if "dsn" not in t.data:
             raise t.fail("dsn", f"required key missing (expected {expected})")
         dsn = t.string("dsn", empty=False, pattern=_DSN_RE, expected=expected)
+    shared = t.boolean("shared")
+    if shared and backend != "postgresql":
+        raise t.fail("shared", 'true only with backend = "postgresql" (one process uses an '
+                               "SQLite file)")
     return StoreConfig(
         path=path,
         backend=backend,
         dsn=dsn,
+        shared=shared,
         batch_max=t.integer("batch_max", low=1),
         retention=t.duration("retention"),
         synchronous=t.choice("synchronous", get_args(Synchronous)),
@@ -1357,7 +1364,8 @@ def _store(t: _Table) -> StoreConfig:
 def _http(t: _Table) -> HttpConfig:
     return HttpConfig(host=t.host("host"), port=t.port("port"), enabled=t.boolean("enabled"),
                       max_batch=t.integer("max_batch", low=1, high=1000),
-                      idempotency_lifetime=t.duration("idempotency_lifetime"))
+                      idempotency_lifetime=t.duration("idempotency_lifetime"),
+                      metrics_port=t.port("metrics_port", None))
 
 
 def _admin(t: _Table, store: StoreConfig) -> AdminConfig:

@@ -22,7 +22,7 @@ from gateway import lifecycle, metrics, reload, sdnotify
 from gateway.clock import WallClock
 from gateway.config import AccountConfig, GatewayConfig, RcsConfig, SmscConfig
 from gateway.dispatcher import Dispatcher
-from gateway.http_api import HttpApi, RcsEvents, VoiceStatus, serve_http
+from gateway.http_api import HttpApi, RcsEvents, VoiceStatus, metrics_app, serve_http
 from gateway.inbound import Inbound
 from gateway.model import OptOut, Report
 from gateway.reporter import Reporter, receipt_report
@@ -60,6 +60,7 @@ class Running:
     webhooks: Webhooks | None = None  # receipts and MO owed by webhook (gateway.webhooks)
     simulator: object | None = None
     http_port: int | None = None  # the HTTP listener (API and /metrics), when enabled
+    metrics_port: int | None = None  # [http] metrics_port's listener (/metrics only), if any
     screening: Screening | None = None  # the rules, and the opt-out lists
     clock: WallClock = field(default_factory=WallClock)
     inbound: Inbound | None = None  # MO and receipts from operators
@@ -224,12 +225,6 @@ def _export_gauges(config: GatewayConfig, connectors: dict[str, SmscConnector]) 
             metrics.UPSTREAM_BINDS.labels(account, mode)
 
 
-# Several gateway processes on one PostgreSQL store: not complete yet (issue 11: reports owed
-# upstream and rate limits are not shared between nodes), so a second process is refused. The
-# tests of what exists of it (receipts handed between nodes) set it.
-SHARED_STORE = False
-
-
 async def run(
     config: GatewayConfig,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
@@ -240,7 +235,7 @@ async def run(
     routing = build_routing(config)  # before the store: a plug-in refusing its options stops here
     async with Store.open(sc.where, batch_max=sc.batch_max, synchronous=sc.synchronous,
                           queue_max=sc.queue_max, unfinished_max=sc.unfinished_max,
-                          node=config.node, shared=SHARED_STORE) as store:
+                          node=config.node, shared=sc.shared) as store:
         clock = WallClock()
         metrics.STORE_QUEUE.set_function(lambda: store.queued_rows)
         reporter = Reporter(store, clock, expiry=sc.report_expiry, accounts=config.accounts)
@@ -332,6 +327,9 @@ async def run(
                                                         config.http.port)
                 if rcs_sim is not None:
                     rcs_sim.gateway_listening(config.http.host, running.http_port)
+            if config.http.metrics_port is not None:
+                running.metrics_port = await nursery.start(
+                    serve_http, metrics_app(), config.http.host, config.http.metrics_port)
             if config.admin.enabled:
                 from gateway import admin
 

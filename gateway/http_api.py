@@ -721,6 +721,15 @@ class RcsEvents:
         return Response(status_code=204)
 
 
+def metrics_app() -> Starlette:
+    """GET /metrics alone: [http] metrics_port's listener (Prometheus apart from the API)."""
+
+    async def scrape(_request: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(routes=[Route("/metrics", scrape, methods=["GET"])])
+
+
 async def serve_http(app: Starlette, host: str, port: int, *,
                      task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve ``app`` with hypercorn (trio worker); started() with the port it listens on."""

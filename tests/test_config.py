@@ -163,6 +163,11 @@ def test_a_postgresql_store_needs_a_dsn_and_an_admin_socket_and_no_path(tmp_path
     assert 'store.dsn: no dsn with backend = "sqlite"' in msg
     msg = error_of(tmp_path, MINIMAL.replace(STORE, STORE + 'backend = "mysql"\n'))
     assert 'store.backend: expected one of "sqlite", "postgresql", got "mysql"' in msg
+    assert not config.store.shared  # one gateway process unless the file says several
+    shared = load_config(write(tmp_path, MINIMAL.replace(STORE, pg + "shared = true\n") + admin))
+    assert shared.store.shared
+    msg = error_of(tmp_path, MINIMAL.replace(STORE, STORE + "shared = true\n"))
+    assert 'store.shared: true only with backend = "postgresql"' in msg
 
 
 @pytest.mark.parametrize(
@@ -664,3 +669,28 @@ def test_check_refuses_an_smsc_with_other_credentials_than_the_simulator(tmp_pat
         f'{path}: smsc "opA".password: expected the password of [simulator] (this smsc points '
         'at it), got "secret"',
     )
+
+
+def test_the_demo_cluster_is_three_nodes_on_one_store_with_the_documented_ports() -> None:
+    """README "Running several nodes": nodes a, b, c on SMPP 2775/2785/2795, HTTP
+    8080/8090/8100, metrics 9775/9785/9795, one shared PostgreSQL store on 127.0.0.1:5433,
+    account demo / demopass; the simulator alone on 2776 (control 2777)."""
+    cluster = CONF / "cluster"
+    ports = {"a": (2775, 8080, 9775), "b": (2785, 8090, 9785), "c": (2795, 8100, 9795)}
+    configs = {n: load_config(cluster / f"node-{n}.toml") for n in ports}
+    for name, config in configs.items():
+        assert (config.listeners[0].port, config.http.port, config.http.metrics_port) == \
+            ports[name]
+        assert config.store.shared and config.store.dsn == \
+            "postgresql://postgres@127.0.0.1:5433/smsgw"
+        assert verify_password("demopass", config.accounts["demo"].password_hash)
+        assert config.smscs["sim"].binds >= len(ports)  # a bind slot for each node
+        assert config.smscs["sim"].port == 2776
+    assert len({c.node for c in configs.values()}) == 3
+    assert len({c.admin_socket for c in configs.values()}) == 3
+    shared = [dataclasses.replace(c, node="", listeners=(), http=configs["a"].http,
+                                  admin=configs["a"].admin, source=configs["a"].source)
+              for c in configs.values()]
+    assert shared[0] == shared[1] == shared[2]  # the same accounts, routes and SMSCs
+    sim = load_simulator_config(cluster / "simulator.toml")
+    assert (sim.port, sim.control_port) == (2776, 2777)

@@ -51,7 +51,7 @@ async def nodes(state_dir: Path, dsn: str, names: tuple[str, ...],
         for name in names:
             config = gateway_config(
                 state_dir, simulator.port, {"binds": len(names), **smsc}, node=name,
-                store=StoreConfig(backend="postgresql", dsn=dsn),
+                store=StoreConfig(backend="postgresql", dsn=dsn, shared=True),
                 admin=AdminConfig(socket=state_dir / f"{name}.sock"), **changes)
             stop, done = trio.Event(), trio.Event()
 
@@ -76,8 +76,7 @@ async def nodes(state_dir: Path, dsn: str, names: tuple[str, ...],
 
 
 async def test_receipts_taken_on_another_nodes_bind_reach_the_upstream_through_the_owner(
-        tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(daemon, "SHARED_STORE", True)
+        tmp_path: Path, pg_dsn: str) -> None:
     count = 40
     before = REGISTRY.get_sample_value("smsgw_receipts_handed_over_total", {"smsc": "sim"})
     async with nodes(tmp_path, pg_dsn, ("a", "b")) as cluster:
@@ -110,14 +109,8 @@ async def test_receipts_taken_on_another_nodes_bind_reach_the_upstream_through_t
         await wait_for(lambda: a.reporter.pending_count("demo") == 0)
 
 
-def test_only_tests_share_the_store_for_now() -> None:
-    assert daemon.SHARED_STORE is False  # several nodes are not complete: a second is refused
-    assert dataclasses.fields(StoreConfig)  # (the config has no switch for it)
-
-
 async def test_the_work_of_a_stopped_node_goes_on_at_another_and_its_receipts_reach_upstream(
-        tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(daemon, "SHARED_STORE", True)
+        tmp_path: Path, pg_dsn: str) -> None:
     count = 20
     async with nodes(tmp_path, pg_dsn, ("a", "b"), receipt_delay=2.0) as cluster:
         (a, b), sim = cluster.running, cluster.simulator
@@ -157,7 +150,6 @@ async def test_a_stop_taken_on_one_node_refuses_marketing_through_every_node_wit
 
     conf = Path(__file__).resolve().parent.parent / "conf"
     monkeypatch.chdir(conf.parent)  # the demo rules name conf/senders.toml
-    monkeypatch.setattr(daemon, "SHARED_STORE", True)
     phone = "33612345678"
     async with nodes(tmp_path, pg_dsn, ("a", "b"),
                      rules=load_config(conf / "demo.toml").rules) as cluster:
@@ -186,13 +178,12 @@ async def test_a_stop_taken_on_one_node_refuses_marketing_through_every_node_wit
 
 
 async def test_a_receipt_crossing_three_nodes_reaches_the_upstream_within_a_second(
-        tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, pg_dsn: str) -> None:
     """Submitted on a, the SMSC's receipt on any node's bind (b's for some), the upstream's
     receiver bound on c only: each receipt reaches it within a second of its submit_sm_resp
     (plus the simulator's 50 ms), once."""
     import time
 
-    monkeypatch.setattr(daemon, "SHARED_STORE", True)
     count = 30
     before = REGISTRY.get_sample_value("smsgw_reports_claimed_total",
                                        {"account": "demo", "via": "smpp"}) or 0
@@ -235,11 +226,10 @@ async def test_a_receipt_crossing_three_nodes_reaches_the_upstream_within_a_seco
 
 
 async def test_messages_an_smsc_never_answers_for_expire_once_each_on_three_nodes(
-        tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, pg_dsn: str) -> None:
     """1,000 messages with 10 s validity through three nodes toward an SMSC that sends no
     receipt: each expires once, on the node working on it, and its EXPIRED receipt reaches
     the upstream (bound on one node) once."""
-    monkeypatch.setattr(daemon, "SHARED_STORE", True)
     count, validity = 1000, 10.0
     silent = SimulatorConfig(port=0, control_port=0, delivered=0.0, no_receipt=1.0, seed=7,
                              window=100)
@@ -325,7 +315,6 @@ async def test_an_smsc_contract_holds_across_nodes_and_recovers_after_one_goes(
 
     from gateway import slots
 
-    monkeypatch.setattr(daemon, "SHARED_STORE", True)
     monkeypatch.setattr(slots, "LEASE", 5.0)  # a shorter wait for the takeover
     monkeypatch.setattr(slots, "RENEW", 1.25)
     rate, per_node = 300.0, 260.0  # the contract; offered per node (twice and more)
@@ -375,10 +364,9 @@ async def test_an_smsc_contract_holds_across_nodes_and_recovers_after_one_goes(
 
 
 async def test_an_accounts_throughput_is_shared_by_its_binds_on_each_node(
-        tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, pg_dsn: str) -> None:
     """Account "other" (5 msg/s) bound on node a only: a's share (1 + 1) / (1 bind + 2 nodes)
     of 5, b's (0 + 1) / 3: together 5, following the binds."""
-    monkeypatch.setattr(daemon, "SHARED_STORE", True)
     async with nodes(tmp_path, pg_dsn, ("a", "b")) as cluster:
         a, b = cluster.running
 
