@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 from pathlib import Path
 
 import psycopg
@@ -34,9 +35,14 @@ def no_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def terminate_writer(dsn: str, node: str) -> None:
-    """End a node's writer session, as a dead process or a dropped connection would."""
+    """End a node's writer session, as a dead process or a dropped connection would, and wait
+    until it is gone (pg_terminate_backend only signals it; its locks go when it exits)."""
     [(pid,)] = rows(dsn, "SELECT backend_pid FROM nodes WHERE name = %s", node)
     rows(dsn, "SELECT pg_terminate_backend(%s)", pid)
+    deadline = time.monotonic() + 10
+    while rows(dsn, "SELECT 1 FROM pg_stat_activity WHERE pid = %s", pid):
+        assert time.monotonic() < deadline, f"backend {pid} still there"
+        time.sleep(0.01)
 
 
 async def test_a_node_owns_what_it_accepts_and_the_due_table_holds_only_unfinished_messages(
