@@ -353,9 +353,13 @@ class Dispatcher:
         ids = await self.store.adopt()
         messages = [m for m in [await self.store.get_message(i) for i in ids]
                     if m is not None and m.id not in self.live]
+        for msg in messages:  # IN_FLIGHT ones may reach the SMSC twice: counted apart
+            metrics.child(metrics.ADOPTED, msg.state.value).inc()
         await self._resume(messages)
         if messages:
             self._wake.set()
+            log.warning("dispatcher.adopted", messages=len(messages),
+                        in_flight=sum(m.state is State.IN_FLIGHT for m in messages))
         return len(messages)
 
     async def _resume(self, messages: Sequence[Message]) -> None:
@@ -1298,12 +1302,8 @@ class Dispatcher:
         """Every ADOPT_INTERVAL seconds, take over the work of dead nodes (Store.adopt)."""
         while True:
             await trio.sleep(ADOPT_INTERVAL)
-            try:
-                count = await self.adopt()
-            except StoreError:  # counted and logged by the store; tried again next time
-                continue
-            if count:
-                log.warning("dispatcher.adopted", messages=count)
+            with contextlib.suppress(StoreError):  # counted and logged by the store
+                await self.adopt()
 
     async def _follow_inbox(self) -> None:
         """Apply the receipts other nodes took for the messages this node works on, as its

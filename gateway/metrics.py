@@ -35,6 +35,9 @@ RECEIPTS_HANDED_OVER = Counter("smsgw_receipts_handed_over_total",
                                "Operator receipts taken on this node's binds for messages "
                                "another node works on, handed to it through the store",
                                ["smsc"])
+ADOPTED = Counter("smsgw_messages_adopted_total",
+                  "Unfinished messages this node took over from a dead node, by the state they "
+                  "had (those IN_FLIGHT may reach the SMSC twice)", ["state"])
 REPORTS_CLAIMED = Counter("smsgw_reports_claimed_total",
                           "Reports owed upstream this node took over from another node (left "
                           "free there: no receiver bind of the account, or that node died)",

@@ -126,8 +126,12 @@ async def test_the_work_of_a_stopped_node_goes_on_at_another_and_its_receipts_re
         with trio.fail_after(20):
             await trio.to_thread.run_sync(submit_all)
         await wait_for(lambda: len(sim.submitted) == count)  # all with the SMSC, receipts due
+        adopted = REGISTRY.get_sample_value("smsgw_messages_adopted_total",
+                                            {"state": "IN_FLIGHT"}) or 0
         await cluster.stop(0)  # a stops: its unfinished messages are nobody's
         await wait_for(lambda: len(b.dispatcher.live) == count)  # b adopted them
+        assert REGISTRY.get_sample_value("smsgw_messages_adopted_total",
+                                         {"state": "IN_FLIGHT"}) == adopted + count
         receiver = SmpplibEsme(b.smpp_port)
 
         def receive_all() -> None:
