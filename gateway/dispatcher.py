@@ -272,6 +272,7 @@ class Dispatcher:
         self._following: dict[str, trio.CancelScope] = {}  # each channel's _follow task
         self._stopped = False  # stop_attempts(): no attempt is started any more
         self._saving = 0  # round writes queued and not committed yet
+        self._adopting: set[str] = set()  # messages taken from dead nodes, not loaded yet
         self._idle = trio.Event()  # set after each round and each round's commit
         # rules (gateway.screening): when a SCHEDULED message falls due, the status to refuse
         # it with (an opt-out that arrived meanwhile), or None to send it
@@ -342,7 +343,7 @@ class Dispatcher:
     async def load(self) -> int:
         """Resume every unfinished message from the store (at start-up)."""
         messages = await self.store.unfinished_messages()
-        await self._resume(messages)
+        await self._resume(messages, await self.store.get_parts_of([m.id for m in messages]))
         return len(messages)
 
     async def adopt(self) -> int:
@@ -350,22 +351,24 @@ class Dispatcher:
         PostgreSQL store) and resume them as at start-up: the parts they had not had
         answered are sent again (duplicates at the SMSC at most that node's in-flight
         windows), the others wait for their receipts, which reach this node. How many."""
-        ids = await self.store.adopt()
-        messages = [m for m in [await self.store.get_message(i) for i in ids]
-                    if m is not None and m.id not in self.live]
+        self._adopting.update(await self.store.adopt())
+        ids = list(self._adopting)  # taken, not loaded yet (a failed load: tried again)
+        messages = [m for m in await self.store.get_messages(ids) if m.id not in self.live]
         for msg in messages:  # IN_FLIGHT ones may reach the SMSC twice: counted apart
             metrics.child(metrics.ADOPTED, msg.state.value).inc()
-        await self._resume(messages)
+        await self._resume(messages, await self.store.get_parts_of([m.id for m in messages]))
+        self._adopting.difference_update(ids)
         if messages:
             self._wake.set()
             log.warning("dispatcher.adopted", messages=len(messages),
                         in_flight=sum(m.state is State.IN_FLIGHT for m in messages))
         return len(messages)
 
-    async def _resume(self, messages: Sequence[Message]) -> None:
+    async def _resume(self, messages: Sequence[Message],
+                      parts: Mapping[str, list[Part]]) -> None:
         for msg in messages:
             live = Live(msg)
-            live.parts = await self.store.get_parts(msg.id)
+            live.parts = parts.get(msg.id, [])
             for part in live.parts:
                 if part.state is PartState.SUBMITTED and part.smsc_id:
                     self._register(live, part)
@@ -1288,8 +1291,12 @@ class Dispatcher:
         if found is None:
             return False
         part, owner = found
-        if owner is None or owner == self.store.epoch or part.state in _FINAL_PARTS:
-            return False  # final (a late receipt), or this node's own
+        if owner is None or part.state in _FINAL_PARTS:
+            return False  # final: a late receipt
+        if owner == self.store.epoch and part.message_id in self.live:
+            return False  # this node's own (its part may be on its way: the hold)
+        # Another node's, or one this node is taking over (not loaded yet): to the inbox of
+        # whoever works on it, applied there once it is loaded.
         await self.store.forward_receipts([Forwarded(
             part.message_id, part.part_no, connector, receipt.provider_id, receipt.outcome,
             receipt.word, receipt.error, receipt.raw, self.clock.now())])

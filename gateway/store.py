@@ -110,6 +110,7 @@ _part_row: Callable[[Part], Row] = operator.attrgetter(*PART_COLUMNS)
 _report_fields: Callable[[Report], Row] = operator.attrgetter(*REPORT_COLUMNS[:-3])
 
 _PURGE_CHUNK = 2000
+_BULK_READ = 500  # ids per read of get_messages / get_parts_of
 _SCAN_WINDOW = 5000  # rowids examined per read by scans over whole tables (erasure, CDR)
 ERASED = "<erased>"  # what replaces an erased number in the history of other messages
 _OPEN_STATES = tuple(s for s in State if not s.final)
@@ -1023,6 +1024,29 @@ class Store:
             f"{_PART_SELECT} WHERE message_id = ? ORDER BY part_no", (message_id,)
         )
         return [_to_part(r) for r in rows]
+
+    async def get_messages(self, ids: Sequence[str]) -> list[Message]:
+        """The messages with these ids (those that exist), with a read per 500 ids."""
+        found: list[Message] = []
+        for i in range(0, len(ids), _BULK_READ):
+            chunk = ids[i:i + _BULK_READ]
+            rows = await self._read(
+                f"{_MESSAGE_SELECT} WHERE id IN ({placeholders(len(chunk))})", chunk)
+            found.extend(_to_message(r) for r in rows)
+        return found
+
+    async def get_parts_of(self, ids: Sequence[str]) -> dict[str, list[Part]]:
+        """The parts of these messages by message id (in part order; those with none
+        left out), with a read per 500 ids."""
+        parts: dict[str, list[Part]] = {}
+        for i in range(0, len(ids), _BULK_READ):
+            chunk = ids[i:i + _BULK_READ]
+            for row in await self._read(
+                    f"{_PART_SELECT} WHERE message_id IN ({placeholders(len(chunk))})"
+                    " ORDER BY message_id, part_no", chunk):
+                part = _to_part(row)
+                parts.setdefault(part.message_id, []).append(part)
+        return parts
 
     async def events_of(self, message_id: str) -> list[Event]:
         """The message's history, oldest first (empty if it has none or is unknown)."""
