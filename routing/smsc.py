@@ -275,6 +275,11 @@ class SmscConnector:
             return [BindTransceiver] * cfg.binds
         return [*([BindTransmitter] * cfg.binds), *([BindReceiver] * cfg.binds)]
 
+    @property
+    def slots(self) -> frozenset[int] | None:
+        """The bind slots this process may use (set_slots); None: all its binds."""
+        return self._slots
+
     def set_slots(self, slots: Collection[int]) -> None:
         """Run only the binds of these slots (0 to binds - 1), at their share of the
         configured throughput (throughput / binds each): several gateway nodes share the

@@ -47,7 +47,15 @@ async def test_message_cancel_cancels_a_waiting_message_and_refuses_a_sent_one(
             return [r.message_id.decode() for r in esme.resps]
 
         with trio.fail_after(30):
-            first, second, sent = await trio.to_thread.run_sync(submit)
+            ids = await trio.to_thread.run_sync(submit)
+        # the answers may come in any order (the commits): which id is which, from the store
+        by_dest = {}
+        for message_id in ids:
+            stored = await running.store.get_message(message_id)
+            assert stored is not None
+            by_dest[stored.dest_addr] = message_id
+        first, second, sent = (by_dest[d] for d in ("33611111111", "33622222222",
+                                                     "33633333333"))
         status, out, _ = await smsgw(capsys, "message", "cancel", first, "--socket", sock)
         assert status == 0 and out.strip() == (f"{first}: cancelled: it will not be sent; its "
                                                "DELETED receipt is owed to its sender")
