@@ -16,9 +16,11 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import trio
 from bench_e2e import (
     ACCOUNT,
@@ -64,7 +66,7 @@ class Row:
     pg_cpu: float = math.nan
     sim_submits: object = None
     timed_out: bool = False
-    per_node_binds: list[int] = field(default_factory=list)
+    receipts_in: Counter[str] = field(default_factory=Counter)  # METRICS, all nodes
 
     def per_msg(self, cpu: float) -> float:
         return cpu / max(self.accepted, 1) * 1000.0
@@ -74,8 +76,28 @@ class Row:
         return self.accepted - self.receipts
 
 
+METRICS = {"handed_over": "smsgw_receipts_handed_over_total",
+           "held": "smsgw_receipts_held_total", "orphan": "smsgw_orphan_receipts_total"}
+
+
+def scrape(port: int) -> Counter[str]:
+    """The receipt counters of one node's /metrics (summed over their labels; empty if it
+    does not answer)."""
+    found: Counter[str] = Counter()
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5.0).text
+    except httpx.HTTPError:
+        return found
+    for line in text.splitlines():
+        for key, name in METRICS.items():
+            if line.startswith(name) and not line.startswith("#"):
+                with contextlib.suppress(ValueError, IndexError):
+                    found[key] += int(float(line.split()[-1]))
+    return found
+
+
 def node_config(tmp: Path, name: str, port: int, ports: Ports, args: argparse.Namespace,
-                dsn: str | None) -> Path:
+                dsn: str | None, metrics_port: int) -> Path:
     """One node's configuration: SQLite in `tmp` (dsn None) or the shared PostgreSQL store."""
     if dsn is None:
         store = f"""\
@@ -103,6 +125,7 @@ log_level = "warning"
 {store}
 [http]
 enabled = false
+metrics_port = {metrics_port}
 
 [[listener]]
 host = "127.0.0.1"
@@ -124,7 +147,7 @@ password = "simpass"
 bind_mode = "transceiver"
 binds = {args.smsc_binds}
 window = {args.smsc_window}
-
+{f"receipt_hold = {q(args.receipt_hold)}" if args.receipt_hold else ""}
 [[route]]
 name = "default"
 smscs = ["sim"]
@@ -139,6 +162,7 @@ def run_config(label: str, nodes: int, dsn: str | None, pg: PgStore | None,
     ports = Ports()
     args.control_port = ports.sim_control
     node_ports = [ports.gateway] + [free_port() for _ in range(nodes - 1)]
+    metrics_ports = [free_port() for _ in range(nodes)]
     sim = None
     gws = []
     row = Row(label)
@@ -153,7 +177,7 @@ def run_config(label: str, nodes: int, dsn: str | None, pg: PgStore | None,
         logs = []
         for i, port in enumerate(node_ports):
             name = f"node-{'abc'[i]}" if dsn else "sqlite"
-            conf = node_config(tmp, name, port, ports, args, dsn)
+            conf = node_config(tmp, name, port, ports, args, dsn, metrics_ports[i])
             log = tmp / f"{name}.log"
             logs.append(log)
             gws.append(start([*smsgw_command(), "run", "--config", str(conf)],
@@ -188,12 +212,15 @@ def run_config(label: str, nodes: int, dsn: str | None, pg: PgStore | None,
         row.receipt_p99 = pct(receipt_lat, 99) * 1000
         row.timed_out = res.timed_out
         row.sim_submits = sim_stats(ports.sim_control).get("submits")
+        for mport in metrics_ports:
+            row.receipts_in.update(scrape(mport))
         for gw, log in zip(gws, logs, strict=True):
             if gw.poll() is not None:
                 raise SetupError(f"{log.stem} exited early ({gw.returncode}):\n{tail(log)}")
         print(f"{label}: {row.e2e_rate:,.0f} msg/s with receipts, {row.accepted:,} accepted, "
               f"{row.receipts:,} receipts, duplicates {row.duplicates}, errors {row.errors}, "
-              f"simulator submits {row.sim_submits}; gateways CPU {row.gw_cpu:.1f} s, "
+              f"simulator submits {row.sim_submits}; receipts at the nodes "
+              f"{dict(row.receipts_in)}; gateways CPU {row.gw_cpu:.1f} s, "
               f"PostgreSQL CPU {row.pg_cpu:.1f} s", flush=True)
         return row
     finally:
@@ -210,8 +237,8 @@ def run_config(label: str, nodes: int, dsn: str | None, pg: PgStore | None,
 def table(rows: list[Row], args: argparse.Namespace) -> str:
     head = ("| configuration | msg/s with receipts | submit p50 / p99 ms | receipt p50 / p99 ms "
             "| CPU ms/msg gateways | CPU ms/msg PostgreSQL | CPU ms/msg sum "
-            "| receipts (lost / duplicate) |")
-    lines = [head, "|" + "---|" * 8]
+            "| receipts (lost / duplicate) | handed over / held |")
+    lines = [head, "|" + "---|" * 9]
     for r in rows:
         pg = "-" if r.label.startswith("SQLite") else f"{r.per_msg(r.pg_cpu):.3f}"
         lines.append(
@@ -219,7 +246,8 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
             f"| {r.receipt_p50:.1f} / {r.receipt_p99:.1f} | {r.per_msg(r.gw_cpu):.3f} | {pg} "
             f"| {r.per_msg(r.gw_cpu + r.pg_cpu):.3f} "
             f"| {r.receipts:,} of {r.accepted:,} ({r.lost} / {r.duplicates})"
-            + (" CAP" if r.timed_out else "") + " |")
+            + (" CAP" if r.timed_out else "")
+            + f" | {r.receipts_in['handed_over']:,} / {r.receipts_in['held']:,} |")
     return "\n".join(lines)
 
 
@@ -233,6 +261,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the SMSC's binds, shared by the nodes (at least the node count)")
     p.add_argument("--smsc-window", type=int, default=50)
     p.add_argument("--receipt-delay", type=float, default=0.05)
+    p.add_argument("--receipt-hold", help="[[smsc]] receipt_hold (e.g. \"1s\"; default the "
+                                          "gateway's, 10 s): how long a receipt that overtook "
+                                          "its submit_sm_resp waits")
     p.add_argument("--duration-cap", type=float, default=90.0,
                    help="hard cap per configuration, seconds")
     p.add_argument("--nodes", type=int, nargs="+", default=[1, 2, 3],
@@ -270,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{args.messages:,} messages per configuration, {args.sessions} transceivers x window "
           f"{args.window} (round-robin over the nodes), SMSC binds {args.smsc_binds} (shared by "
           f"the nodes) window {args.smsc_window}, receipt_delay {args.receipt_delay} s, "
-          f"synchronous full; {pg.where()}\n")
+          f"synchronous full; receipt_hold {args.receipt_hold or 'default'}; {pg.where()}\n")
     print(table(rows, args))
     bad = [r.label for r in rows if r.lost or r.duplicates or r.timed_out]
     if bad:
