@@ -73,6 +73,7 @@ bench: $(BENCH_STAMP) pg-server
 	$(BIN)/python bench/bench_codec.py
 	$(BIN)/python bench/bench_logs.py
 	$(BIN)/python bench/bench_e2e.py
+	$(BIN)/python bench/bench_nodes.py
 	$(BIN)/python bench/bench_bindflood.py
 	$(BIN)/python bench/bench_idle.py
 	$(BIN)/python bench/compare.py --no-install
