@@ -1206,24 +1206,24 @@ class Dispatcher:
                 await self._after_fallback(connector, receipt, left[0])
                 done(True)
                 return
-            if await self._late(connector, self._keys(connector, smsc_id, "as-is"), smsc_id,
-                                word):
-                done(True)
-                return
-            if self.store.shared and await self._handed_over(
-                    connector, receipt, self._keys(connector, smsc_id, "as-is")):
+            as_is = self._keys(connector, smsc_id, "as-is")
+            if self.store.shared:  # one read tells late, another node's, or this node's
+                if await self._handed_over(connector, receipt, as_is):
+                    done(True)
+                    return
+            elif await self._late(connector, as_is, smsc_id, word):
                 done(True)
                 return
             hit = self._match(connector, smsc_id, id_format) or \
                 await self._hold(connector, smsc_id, hold, id_format, parked)
             if hit is not None:
                 await self._apply_receipts(connector, [(*hit, receipt, done)], hold)
-            elif await self._late(connector, self._keys(connector, smsc_id, id_format), smsc_id,
-                                  word):
-                done(True)
             elif self.store.shared and await self._handed_over(
                     connector, receipt, self._keys(connector, smsc_id, id_format)):
-                done(True)  # its part was committed by another node during the hold
+                done(True)  # late, or its part was committed by another node meanwhile
+            elif not self.store.shared and await self._late(
+                    connector, self._keys(connector, smsc_id, id_format), smsc_id, word):
+                done(True)
             else:
                 done(await self.record_orphan(connector, smsc_id, word, receipt.raw))
         except StoreError as exc:
@@ -1283,16 +1283,22 @@ class Dispatcher:
 
     async def _handed_over(self, connector: str, receipt: ProviderReceipt,
                            keys: Sequence[str]) -> bool:
-        """A receipt for a part of a message another node works on (several nodes share a
-        PostgreSQL store; the SMSC sent it on this node's bind): stored in that node's inbox,
-        which it reads on notification. Whether it was (StoreError if it could not be)."""
+        """Several nodes share a PostgreSQL store: a receipt whose part's outcome is stored
+        already (late, or a duplicate: taken, True), or whose part belongs to a message
+        another node works on (the SMSC sent it on this node's bind): stored in that node's
+        inbox, which it reads on notification (True); False if neither (this node's own, or
+        no part yet). StoreError if it could not be read or stored."""
         found = await self.store.find_part_owner(
             connector, self._spellings(receipt.provider_id, keys))
         if found is None:
             return False
         part, owner = found
-        if owner is None or part.state in _FINAL_PARTS:
-            return False  # final: a late receipt
+        if part.state in _FINAL_PARTS:
+            log.info("receipt.late", smsc=connector, smsc_id=receipt.provider_id,
+                     stat=receipt.word, part_state=part.state.value)
+            return True
+        if owner is None:
+            return False  # its message is final, this part not: as a lone node would
         if owner == self.store.epoch and part.message_id in self.live:
             return False  # this node's own (its part may be on its way: the hold)
         # Another node's, or one this node is taking over (not loaded yet): to the inbox of
