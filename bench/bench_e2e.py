@@ -98,65 +98,79 @@ peer = {q(peer)}
     return sim
 
 
-def store_config(tmp: Path, args: argparse.Namespace) -> str:
+def store_config(tmp: Path, synchronous: str, dsn: str | None = None, *, shared: bool = False,
+                 admin: str = "admin.sock") -> str:
     """The [store] table (and [admin] with a PostgreSQL store: no store directory for its
-    socket): SQLite in `tmp`, or the database at args.store_dsn with args.store postgresql."""
-    if getattr(args, "store", "sqlite") == "postgresql":
+    socket): SQLite in `tmp`, or the database at `dsn` (`shared`: several nodes on it)."""
+    if dsn is not None:
         return f"""\
 [store]
 backend = "postgresql"
-dsn = {q(args.store_dsn)}
-synchronous = {q(args.synchronous)}
+dsn = {q(dsn)}
+synchronous = {q(synchronous)}
+{"shared = true" if shared else ""}
 
 [admin]
-socket = {q(str(tmp / "admin.sock"))}
+socket = {q(str(tmp / admin))}
 """
     return f"""\
 [store]
 path = {q(str(tmp / "store" / "smsgw.sqlite3"))}
-synchronous = {q(args.synchronous)}
+synchronous = {q(synchronous)}
 """
 
 
-def write_configs(tmp: Path, ports: Ports, args: argparse.Namespace) -> tuple[Path, Path]:
-    sim = write_simulator_config(tmp, ports, window=args.smsc_window,
-                                 receipt_delay=args.receipt_delay,
-                                 peer="independent" if args.independent else "batching")
-    gw = tmp / "gateway.toml"
-    gw.write_text(f"""\
+def gateway_config(path: Path, *, node: str, log_level: str, store: str, port: int,
+                   window: int, sim_port: int, args: argparse.Namespace, password_hash: str,
+                   http: str = "", smsc: str = "") -> Path:
+    """A gateway's configuration at `path`: one listener, the bench account, the simulator as
+    its one SMSC (`http`, `smsc`: more keys for those tables)."""
+    path.write_text(f"""\
 [gateway]
-node = "bench"
-log_level = {q(args.log_level)}
+node = {q(node)}
+log_level = {q(log_level)}
 
-{store_config(tmp, args)}
+{store}
 [http]
 enabled = false
-
+{http}
 [[listener]]
 host = "127.0.0.1"
-port = {ports.gateway}
-window = {args.deliver_window}
+port = {port}
+window = {window}
 
 [[account]]
 system_id = {q(ACCOUNT)}
-password_hash = {q(hash_password(PASSWORD))}
+password_hash = {q(password_hash)}
 max_binds = {max(args.sessions, 1)}
 throughput = 0
 
 [[smsc]]
 name = "sim"
 host = "127.0.0.1"
-port = {ports.sim}
+port = {sim_port}
 system_id = "sim"
 password = "simpass"
 bind_mode = "transceiver"
 binds = {args.smsc_binds}
 window = {args.smsc_window}
-
+{smsc}
 [[route]]
 name = "default"
 smscs = ["sim"]
 """)
+    return path
+
+
+def write_configs(tmp: Path, ports: Ports, args: argparse.Namespace) -> tuple[Path, Path]:
+    sim = write_simulator_config(tmp, ports, window=args.smsc_window,
+                                 receipt_delay=args.receipt_delay,
+                                 peer="independent" if args.independent else "batching")
+    dsn = args.store_dsn if getattr(args, "store", "sqlite") == "postgresql" else None
+    gw = gateway_config(tmp / "gateway.toml", node="bench", log_level=args.log_level,
+                        store=store_config(tmp, args.synchronous, dsn), port=ports.gateway,
+                        window=args.deliver_window, sim_port=ports.sim, args=args,
+                        password_hash=hash_password(PASSWORD))
     return gw, sim
 
 

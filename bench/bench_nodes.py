@@ -23,13 +23,13 @@ from pathlib import Path
 import httpx
 import trio
 from bench_e2e import (
-    ACCOUNT,
     PASSWORD,
     PgStore,
     Ports,
     Results,
     SetupError,
     free_port,
+    gateway_config,
     load,
     pct,
     proc_cpu,
@@ -38,6 +38,7 @@ from bench_e2e import (
     smsgw_command,
     start,
     stop,
+    store_config,
     tail,
     tcp_open,
     wait_ready,
@@ -99,60 +100,12 @@ def scrape(port: int) -> Counter[str]:
 def node_config(tmp: Path, name: str, port: int, ports: Ports, args: argparse.Namespace,
                 dsn: str | None, metrics_port: int) -> Path:
     """One node's configuration: SQLite in `tmp` (dsn None) or the shared PostgreSQL store."""
-    if dsn is None:
-        store = f"""\
-[store]
-path = {q(str(tmp / "store" / "smsgw.sqlite3"))}
-synchronous = "full"
-"""
-    else:
-        store = f"""\
-[store]
-backend = "postgresql"
-dsn = {q(dsn)}
-synchronous = "full"
-shared = true
-
-[admin]
-socket = {q(str(tmp / f"{name}.sock"))}
-"""
-    conf = tmp / f"{name}.toml"
-    conf.write_text(f"""\
-[gateway]
-node = {q(name)}
-log_level = "warning"
-
-{store}
-[http]
-enabled = false
-metrics_port = {metrics_port}
-
-[[listener]]
-host = "127.0.0.1"
-port = {port}
-window = 64
-
-[[account]]
-system_id = {q(ACCOUNT)}
-password_hash = {q(args.password_hash)}
-max_binds = {max(args.sessions, 1)}
-throughput = 0
-
-[[smsc]]
-name = "sim"
-host = "127.0.0.1"
-port = {ports.sim}
-system_id = "sim"
-password = "simpass"
-bind_mode = "transceiver"
-binds = {args.smsc_binds}
-window = {args.smsc_window}
-{f"receipt_hold = {q(args.receipt_hold)}" if args.receipt_hold else ""}
-[[route]]
-name = "default"
-smscs = ["sim"]
-""")
-    return conf
+    hold = f"receipt_hold = {q(args.receipt_hold)}" if args.receipt_hold else ""
+    return gateway_config(
+        tmp / f"{name}.toml", node=name, log_level="warning",
+        store=store_config(tmp, "full", dsn, shared=True, admin=f"{name}.sock"), port=port,
+        window=64, sim_port=ports.sim, args=args, password_hash=args.password_hash,
+        http=f"metrics_port = {metrics_port}", smsc=hold)
 
 
 def run_config(label: str, nodes: int, dsn: str | None, pg: PgStore | None,
