@@ -61,7 +61,7 @@ QUIET = 1.5  # the last life ends once no receipt came for this long (> COMMIT_M
 _UPSTREAM_LOGGER = "tests.durability.upstream"
 logging.getLogger(_UPSTREAM_LOGGER).setLevel(logging.ERROR)  # "disconnecting in bound state"
 
-_SIM_TOML = """\
+SIMULATOR_TOML = """\
 [simulator]
 host = "127.0.0.1"
 port = 0
@@ -77,9 +77,9 @@ expired = 0.1
 seed = {seed}
 """
 
-_GW_TOML = """\
+GATEWAY_TOML = """\
 [gateway]
-node = "durability"
+node = "{node}"
 log_level = "info"
 
 [store]
@@ -343,7 +343,7 @@ class Harness:
         self.ledger = Ledger()
         self.lives: list[Life] = []
         sim_toml = directory / "sim.toml"
-        sim_toml.write_text(_SIM_TOML.format(seed=seed))
+        sim_toml.write_text(SIMULATOR_TOML.format(seed=seed))
         sim = Proc("simulator", ["simulate-smsc", "--config", str(sim_toml)], directory)
         self.procs.append(sim)
         sim_ready = sim.wait_event("simulator.ready", timeout=START_DEADLINE)
@@ -368,8 +368,8 @@ class Harness:
                      f'[admin]\nsocket = "{self.directory / "admin.sock"}"')
         else:
             store = f'path = "{self.store}"'
-        self.config.write_text(_GW_TOML.format(
-            store=store, port=self.port, listener_window=LISTENER_WINDOW,
+        self.config.write_text(GATEWAY_TOML.format(
+            node="durability", store=store, port=self.port, listener_window=LISTENER_WINDOW,
             password_hash=hash_password("demopass"), sim_port=self.sim_port, binds=SMSC_BINDS,
             window=SMSC_WINDOW))
 

@@ -16,77 +16,16 @@ from typing import Any
 import httpx
 import psycopg
 
+from gateway.model import FINAL_STATES
 from gateway.passwords import hash_password
 from smpp.receipt import parse_receipt
 from tests.procs import Proc, free_port
 from tests.stack import SmpplibEsme
+from tests.test_durability import GATEWAY_TOML, SIMULATOR_TOML
 
 KILLS = 5
 WINDOW, BINDS = 10, 3  # per SMSC bind; the SMSC's binds, one slot per node
-FINAL = ("DELIVERED", "UNDELIVERABLE", "EXPIRED", "REJECTED", "CANCELLED")
-
-_SIM = """\
-[simulator]
-host = "127.0.0.1"
-port = 0
-system_id = "sim"
-password = "simpass"
-control_host = "127.0.0.1"
-control_port = 0
-window = 100
-receipt_delay = "300ms"
-delivered = 0.8
-undeliverable = 0.2
-seed = {seed}
-"""
-
-_NODE = """\
-[gateway]
-node = "{name}"
-log_level = "info"
-
-[store]
-backend = "postgresql"
-dsn = "{dsn}"
-shared = true
-
-[http]
-enabled = false
-
-[admin]
-socket = "{directory}/{name}.sock"
-
-[retry]
-initial_delay = "200ms"
-max_delay = "1s"
-
-[[listener]]
-host = "127.0.0.1"
-port = {port}
-auth_failure_delay = "10ms"
-
-[[account]]
-system_id = "demo"
-password_hash = "{password_hash}"
-throughput = 0
-
-[[smsc]]
-name = "sim"
-host = "127.0.0.1"
-port = {sim_port}
-system_id = "sim"
-password = "simpass"
-binds = {binds}
-window = {window}
-reconnect_delay = "50ms"
-reconnect_delay_max = "500ms"
-response_timeout = "5s"
-receipt_hold = "2s"
-
-[[route]]
-name = "default"
-smscs = ["sim"]
-"""
+FINAL = {state.value for state in FINAL_STATES}
 
 
 class Upstream:
@@ -154,7 +93,7 @@ def test_a_node_killed_five_times_under_load_loses_nothing_acknowledged(
     seed = int(os.environ.get("SMSGW_KILL_SEED") or random.SystemRandom().randrange(10**9))
     print(f"\nthree-node kill test seed {seed}; logs in {tmp_path}")
     rnd = random.Random(seed)
-    (tmp_path / "sim.toml").write_text(_SIM.format(seed=seed))
+    (tmp_path / "sim.toml").write_text(SIMULATOR_TOML.format(seed=seed))
     procs: list[Proc] = []
     upstream = Upstream()
     stop_receiving = threading.Event()
@@ -168,9 +107,11 @@ def test_a_node_killed_five_times_under_load_loses_nothing_acknowledged(
         password = hash_password("demopass")
         ports = {name: free_port() for name in "abc"}
         for name, port in ports.items():
-            (tmp_path / f"{name}.toml").write_text(_NODE.format(
-                name=name, dsn=pg_dsn, directory=tmp_path, port=port, password_hash=password,
-                sim_port=ready["port"], binds=BINDS, window=WINDOW))
+            store = (f'backend = "postgresql"\ndsn = "{pg_dsn}"\nshared = true\n'
+                     f'[admin]\nsocket = "{tmp_path / f"{name}.sock"}"')
+            (tmp_path / f"{name}.toml").write_text(GATEWAY_TOML.format(
+                node=name, store=store, port=port, listener_window=20,
+                password_hash=password, sim_port=ready["port"], binds=BINDS, window=WINDOW))
             (tmp_path / f"{name}.toml").chmod(0o600)
 
         def start(name: str, life: int) -> Proc:
