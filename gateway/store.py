@@ -1064,15 +1064,8 @@ class Store:
 
     async def find_part(self, connector: str, smsc_ids: Sequence[str]) -> Part | None:
         """The Part of that connector whose smsc_id is any of smsc_ids (variants of one id)."""
-        variants = list(dict.fromkeys(smsc_ids))
-        if not variants:
-            return None
-        rows = await self._read(
-            f"{_PART_SELECT} WHERE connector = ? AND smsc_id IN ({placeholders(len(variants))})"
-            " LIMIT 1",
-            (connector, *variants),
-        )
-        return _to_part(rows[0]) if rows else None
+        found = await self.find_part_owner(connector, smsc_ids)
+        return found[0] if found else None
 
     async def find_part_owner(self, connector: str,
                               smsc_ids: Sequence[str]) -> tuple[Part, int | None] | None:
