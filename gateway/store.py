@@ -1020,10 +1020,7 @@ class Store:
         return _to_message(rows[0]) if rows else None
 
     async def get_parts(self, message_id: str) -> list[Part]:
-        rows = await self._read(
-            f"{_PART_SELECT} WHERE message_id = ? ORDER BY part_no", (message_id,)
-        )
-        return [_to_part(r) for r in rows]
+        return (await self.get_parts_of([message_id])).get(message_id, [])
 
     async def get_messages(self, ids: Sequence[str]) -> list[Message]:
         """The messages with these ids (those that exist), with a read per 500 ids."""
