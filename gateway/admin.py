@@ -1,7 +1,8 @@
 """The admin endpoint: a small JSON-over-HTTP app on a Unix socket that `smsgw status`,
-`queue`, `message`, `cdr` and `erase` talk to. Who may use it is decided by the socket file's
-permissions (mode 0600: the daemon's user, and root); it reads the running daemon's state and
-the store, and asks the dispatcher to retry or cancel a message.
+`queue`, `message`, `cdr`, `erase`, `optout` and `config` talk to. Who may use it is decided
+by the socket file's permissions (mode 0600: the daemon's user, and root); it reads the
+running daemon's state and the store, asks the dispatcher to retry or cancel a message, and
+takes pushes of the nodes' shared configuration.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+import json
 import os
 import re
 import socket
@@ -28,12 +30,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import metrics
+from gateway import metrics, shared_config
 from gateway.clock import WallClock
-from gateway.config import parse_duration
+from gateway.config import SHARED_SECTIONS, ConfigError, parse_duration, shared_json
 from gateway.dispatcher import ChangeRefused, RetryRefused
 from gateway.model import FINAL_STATES, Event, Message, OptOut, Part, State
 from gateway.store import StoreError
+from gateway.store_sql import SHARED_CONFIG_KEPT
 from gateway.store_sqlite import make_private_dirs
 from smpp.session import BindState
 
@@ -209,7 +212,8 @@ def cdr_view(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def problem(status: int, detail: str) -> Response:
-    titles = {400: "Bad request", 404: "Not found", 409: "Conflict", 503: "Unavailable"}
+    titles = {400: "Bad request", 404: "Not found", 409: "Conflict",
+              422: "Unprocessable content", 503: "Unavailable"}
     return JSONResponse({"title": titles.get(status, "Error"), "status": status,
                          "detail": detail}, status_code=status,
                         media_type="application/problem+json")
@@ -272,6 +276,8 @@ class AdminApp:
             Route("/v1/erase", guarded(self.erase), methods=["POST"]),
             Route("/v1/optouts", guarded(self.optouts)),
             Route("/v1/optouts", guarded(self.set_optouts), methods=["POST"]),
+            Route("/v1/config", guarded(self.shared_config)),
+            Route("/v1/config", guarded(self.push_config), methods=["POST"]),
         ])
 
     async def status(self, _request: Request) -> Response:
@@ -524,6 +530,58 @@ class AdminApp:
         screening.optouts_stored(entries)
         return JSONResponse({"account": account, "done": [e.msisdn for e in entries],
                              "refused": refused})
+
+    async def shared_config(self, request: Request) -> Response:
+        """The shared configuration of the nodes of this database: the version this node
+        runs, the latest (or ?version=N) with its document, and the versions kept."""
+        running = self.running
+        if not shared_config.follows(running.store, running.config):
+            return problem(409, "this node does not share its store with other nodes: its "
+                                f"configuration is its file, {running.config.source}")
+        raw = request.query_params.get("version")
+        if raw is not None and not raw.isdigit():
+            raise BadRequest(f"version: expected a number, got {raw!r}")
+        version = int(raw) if raw is not None else None
+        found = await running.store.shared_config(version)
+        if found is None and version is not None:
+            return problem(404, f"no shared configuration version {version} (the latest "
+                                f"{SHARED_CONFIG_KEPT} are kept)")
+        versions = await running.store.shared_config_versions()
+        return JSONResponse({
+            "node": running.config.node, "running_version": running.config.shared_version,
+            "config": None if found is None else {
+                "version": found.version, "pushed_at": iso(found.pushed_at),
+                "pushed_by": found.pushed_by, "document": json.loads(found.document)},
+            "versions": [{"version": v.version, "pushed_at": iso(v.pushed_at),
+                          "pushed_by": v.pushed_by} for v in versions]})
+
+    async def push_config(self, request: Request) -> Response:
+        """{"document": {the shared sections}, "by": who, "if_version": N or null}: stored as
+        the next version once it makes a usable configuration with this node's file; every
+        node applies it within a second."""
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or set(body) != {"document", "by", "if_version"} \
+                or not isinstance(body["document"], dict) or not isinstance(body["by"], str) \
+                or not (body["if_version"] is None or type(body["if_version"]) is int):
+            raise BadRequest('expected a JSON object {"document": {...}, "by": "...", '
+                             '"if_version": a number or null}')
+        unknown = sorted(set(body["document"]) - set(SHARED_SECTIONS))
+        if unknown:
+            return problem(422, f"document: {', '.join(unknown)}: not shared sections (a "
+                                f"node's own sections stay in its file; shared: "
+                                f"{', '.join(SHARED_SECTIONS)})")
+        try:
+            document = shared_json("document", body["document"])
+            version, stored = await shared_config.push(self.running, document, body["by"],
+                                                       body["if_version"])
+        except shared_config.PushRefused as exc:
+            return problem(exc.status, str(exc))
+        except ConfigError as exc:
+            return problem(422, str(exc))
+        return JSONResponse({"version": version, "stored": stored})
 
 
 @contextlib.asynccontextmanager

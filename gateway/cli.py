@@ -301,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.rules_cli import add_rules_commands  # rules check (the dry run)
 
     add_rules_commands(sub, DEFAULT_CONFIG)
+    from gateway.config_cli import add_config_commands  # config push|show|versions (nodes)
+
+    add_config_commands(sub, DEFAULT_CONFIG)
     return parser
 
 

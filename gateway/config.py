@@ -39,6 +39,7 @@ from smpp import tls
 _NUMBER_TYPE_RE = re.compile("|".join(NUMBER_TYPES))
 
 __all__ = [
+    "SHARED_SECTIONS",
     "AccountConfig",
     "AdminConfig",
     "BreakerConfig",
@@ -57,6 +58,8 @@ __all__ = [
     "load_config",
     "load_simulator_config",
     "parse_duration",
+    "shared_document",
+    "shared_json",
 ]
 
 MessageIdFormat = Literal["hex", "decimal"]
@@ -82,6 +85,10 @@ ACCOUNT_CHANNELS = ("sms", "rcs")  # [[account]] channels (tts: voice = true)
 
 DAY = 86400.0
 _BREAKER = BreakerConfig()  # [breaker] when the file has none
+# The sections every node of one shared database runs alike: with [store] shared = true they
+# come from the database (gateway/shared_config.py), the node's file giving the rest.
+SHARED_SECTIONS = ("account", "smsc", "route", "router", "breaker", "sender_limit", "rcs",
+                   "voice", "retry", "rules")
 
 
 class ConfigError(Exception):
@@ -403,6 +410,11 @@ class GatewayConfig:
     simulator: SimulatorConfig | None = None  # present: run the simulator in-process
     admin: AdminConfig = AdminConfig()
     rules: RulesConfig = field(default_factory=RulesConfig)  # [rules]: none by default
+    # The SHARED_SECTIONS as loaded, canonical JSON (shared_document()): the file's own, or
+    # the database's version shared_version (None: the file's). A config built in code has
+    # none: it neither seeds nor follows a database's shared configuration.
+    shared_document: str | None = None
+    shared_version: int | None = None
 
     @property
     def admin_socket(self) -> Path:
@@ -1604,7 +1616,33 @@ def _top_keys(file: str, doc: Mapping[str, Any]) -> None:
             raise ConfigError(f"{file}: {key}: unknown table or key ({hint})", file=file, key=key)
 
 
-def load_config(path: str | Path) -> GatewayConfig:
+def shared_json(file: str, doc: Mapping[str, Any]) -> str:
+    """The SHARED_SECTIONS of a parsed file as canonical JSON (the same sections give the
+    same text, whatever their order or comments in the file)."""
+
+    def refuse(value: object) -> object:
+        raise ConfigError(f"{file}: expected strings, numbers, booleans, arrays and tables in "
+                          f"the shared sections, got {_show(value)}", file=file)
+
+    part = {key: doc[key] for key in SHARED_SECTIONS if key in doc}
+    return json.dumps(part, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      default=refuse)
+
+
+def shared_document(path: str | Path) -> str:
+    """The shared sections of the TOML file at ``path`` as canonical JSON (what `smsgw config
+    push` sends); ConfigError when the file cannot be read or holds none of them. Only read
+    here: the node that takes them checks them with its own sections (load_config)."""
+    file, doc = _read(path)
+    _top_keys(file, doc)
+    if not any(key in doc for key in SHARED_SECTIONS):
+        names = ", ".join(_GROUPS[key][0] for key in SHARED_SECTIONS)
+        raise ConfigError(f"{file}: holds none of the shared sections ({names})", file=file)
+    return shared_json(file, doc)
+
+
+def load_config(path: str | Path, shared: str | None = None,
+                shared_version: int | None = None) -> GatewayConfig:
     """Load and validate the gateway configuration at ``path``; raise ConfigError if invalid.
 
     Beyond each key's own type and range, the references between groups are checked too
@@ -1612,9 +1650,22 @@ def load_config(path: str | Path) -> GatewayConfig:
     Relative paths in the file (``store.path``, TLS files) are resolved against the current
     working directory, not the config file's directory. TLS files are loaded into an SSLContext
     here, so that one that cannot serve is reported now, not when a peer connects.
+
+    ``shared``: the SHARED_SECTIONS as a JSON document (the database's version
+    ``shared_version``), taken instead of the file's own. A file with a shared PostgreSQL
+    store may hold none of them: the config then has no account, SMSC or route until the
+    daemon takes the database's (gateway/shared_config.py).
     """
     file, doc = _read(path)
     _top_keys(file, doc)
+    if shared is not None:
+        file = f"{file} with the shared configuration version {shared_version}"
+        own = {key: value for key, value in doc.items() if key not in SHARED_SECTIONS}
+        doc = {**own, **json.loads(shared)}
+        _top_keys(file, doc)
+    document = shared_json(file, doc)
+    awaiting = shared is None and document == "{}" and _table(file, doc, "store").data.get(
+        "shared") is True  # the database will give the shared sections
     node, validity, log_level = _gateway(_table(file, doc, "gateway"))
     shutdown_timeout = _table(file, doc, "gateway").duration("shutdown_timeout")
     if "store" not in doc:
@@ -1632,11 +1683,12 @@ def load_config(path: str | Path) -> GatewayConfig:
         ]
 
     listeners = groups("listener", None, _listener)
-    accounts = groups("account", "system_id", _account)
+    accounts = [] if awaiting else groups("account", "system_id", _account)
     breaker = _breaker(_table(file, doc, "breaker"))
-    smscs = groups("smsc", "name", lambda t: _smsc(t, breaker))
+    smscs = [] if awaiting else groups("smsc", "name", lambda t: _smsc(t, breaker))
     # with [[router]] groups, [[route]] is optional (the routers may route every message)
-    routes = groups("route", "name", _route) if "route" in doc or "router" not in doc else []
+    routes = groups("route", "name", _route) if not awaiting and (
+        "route" in doc or "router" not in doc) else []
     routers = groups("router", "name", _router) if "router" in doc else []
     sender_limits = groups("sender_limit", "sender", _sender_limit) if "sender_limit" in doc \
         else []
@@ -1665,6 +1717,8 @@ def load_config(path: str | Path) -> GatewayConfig:
         admin=_admin(_table(file, doc, "admin"), store),
         simulator=simulator,
         rules=_rules(file, doc, accounts),
+        shared_document=document,
+        shared_version=shared_version if shared is not None else None,
     )
     problems = _cross_check(file, config, accounts, smscs, routes)
     problems += [f'{file}: rcs "{r.name}".mo_account: expected the system_id of an '

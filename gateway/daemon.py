@@ -18,7 +18,7 @@ import httpx
 import structlog
 import trio
 
-from gateway import lifecycle, metrics, reload, sdnotify
+from gateway import lifecycle, metrics, reload, sdnotify, shared_config
 from gateway.clock import WallClock
 from gateway.config import AccountConfig, GatewayConfig, RcsConfig, SmscConfig
 from gateway.dispatcher import Dispatcher
@@ -78,6 +78,7 @@ class Running:
     # Set when the graceful drain begins: a front end (e.g. an HTTP server's shutdown_trigger)
     # stops taking requests on it.
     stopping: trio.Event = field(default_factory=trio.Event)
+    reload_lock: trio.Lock = field(default_factory=trio.Lock)  # one reload at a time
 
     @property
     def smpp_port(self) -> int:
@@ -236,6 +237,9 @@ async def run(
     async with Store.open(sc.where, batch_max=sc.batch_max, synchronous=sc.synchronous,
                           queue_max=sc.queue_max, unfinished_max=sc.unfinished_max,
                           node=config.node, shared=sc.shared) as store:
+        settled = await shared_config.settle(store, config)  # the database's shared sections
+        if settled is not config:
+            config, routing = settled, build_routing(settled)
         clock = WallClock()
         metrics.STORE_QUEUE.set_function(lambda: store.queued_rows)
         reporter = Reporter(store, clock, expiry=sc.report_expiry, accounts=config.accounts)
@@ -274,6 +278,9 @@ async def run(
             running.nursery = nursery
             if store.shared:  # the other nodes change the opt-out lists too
                 follow_optouts(store, screening, nursery)
+            if shared_config.follows(store, config):  # and push configurations
+                nursery.start_soon(shared_config.follow, running,
+                                   functools.partial(reload.reload, running))
             # their providers' reports come in through the HTTP API (RcsEvents, VoiceStatus)
             running.http = http
             rcs = {a.name: rcs_channel(a, http, nursery) for a in config.rcs.values()}

@@ -69,6 +69,9 @@ CONFIG_RELOAD_OK = Gauge("smsgw_config_last_reload_successful",
                          "1 if the last configuration reload was applied (or none was asked), "
                          "0 if it was refused")
 CONFIG_RELOAD_OK.set(1)
+CONFIG_SHARED_VERSION = Gauge("smsgw_config_shared_version",
+                              "The version of the database's shared configuration this node "
+                              "runs (nodes of one database: 0 until one is pushed)")
 SMSC_BINDS = Gauge("smsgw_smsc_binds", "Bound operator sessions", ["smsc"])
 BREAKER_STATE = Gauge("smsgw_smsc_breaker_state",
                       "Circuit breaker of each operator SMSC: 0 closed (traffic flows), 1 "

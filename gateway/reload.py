@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 import structlog
 import trio
 
-from gateway import lifecycle, metrics, sdnotify
-from gateway.config import ConfigError, GatewayConfig, connectors_by_kind, load_config
+from gateway import lifecycle, metrics, sdnotify, shared_config
+from gateway.config import ConfigError, GatewayConfig, connectors_by_kind
 from gateway.routing_setup import Routing, build_routing, carry_over, export_breakers
 from gateway.server import UPSTREAM_BIND_MODES, TokenBucket, account_state
+from gateway.store import StoreError
 from gateway.webhooks import endpoints, mo_by_webhook
 from routing.rcs import RcsChannel
 from routing.tts import VoiceChannel
@@ -55,18 +56,19 @@ def _refused(source: object, detail: str) -> Outcome:
     return Outcome.REFUSED
 
 
-def effective(running: GatewayConfig, new: GatewayConfig) -> GatewayConfig:
+def effective(running: GatewayConfig, new: GatewayConfig, *, quiet: bool = False
+              ) -> GatewayConfig:
     """The configuration a reload applies: the new file, with the restart-only sections kept
-    as they run (each difference is logged as needing a restart)."""
+    as they run (each difference is logged as needing a restart, unless ``quiet``)."""
     kept = {name: getattr(running, name) for name in RESTART_ONLY}
     for name, value in kept.items():
-        if getattr(new, name) != value:
+        if getattr(new, name) != value and not quiet:
             log.warning("config.reload_needs_restart", section=name,
                         detail=f"the change to {name!r} takes effect at the next restart")
     return dataclasses.replace(new, **kept)
 
 
-def _check(config: GatewayConfig) -> str | None:
+def check(config: GatewayConfig) -> str | None:
     """What makes the effective config unusable (routes, routers or sender limits naming a
     connector that is not running), or None."""
     running = connectors_by_kind(config)
@@ -184,15 +186,22 @@ def _smsc_changes(running: Running, new: GatewayConfig) -> SmscChanges:
 
 
 async def reload(running: Running) -> Outcome:
-    """Reload `running.config.source` and apply it; see the module docstring."""
+    """Reload `running.config.source` (with the database's shared configuration, on a node
+    that follows it: gateway/shared_config.py) and apply it; see the module docstring. One
+    reload at a time."""
+    async with running.reload_lock:
+        return await _reload(running)
+
+
+async def _reload(running: Running) -> Outcome:
     old = running.config
     source = old.source
     _notify_reloading()
     log.info("config.reloading", file=str(source))
     try:
         try:
-            new = effective(old, await trio.to_thread.run_sync(load_config, source))
-            problem = _check(new)
+            new = effective(old, await shared_config.load(running.store, old))
+            problem = check(new)
             if problem is not None:
                 return _refused(source, problem)
             # Build everything that can fail before changing anything.
@@ -205,6 +214,8 @@ async def reload(running: Running) -> Outcome:
             index = screening.reconfigure(new.rules) if screening is not None else None
         except (ConfigError, OSError) as exc:
             return _refused(source, str(exc))
+        except StoreError as exc:  # the shared configuration could not be read
+            return _refused(source, f"the store failed: {exc}")
         if index is not None:
             assert screening is not None
             for key, at, message_id in await running.store.fingerprints(
@@ -217,7 +228,7 @@ async def reload(running: Running) -> Outcome:
         metrics.child(metrics.CONFIG_RELOADS, Outcome.APPLIED.value).inc()
         metrics.CONFIG_RELOAD_OK.set(1)
         log.info("config.reloaded", file=str(source), accounts=len(new.accounts),
-                 routes=len(new.routes))
+                 routes=len(new.routes), shared_version=new.shared_version)
         return Outcome.APPLIED
     finally:
         sdnotify.notify("READY=1")
@@ -225,7 +236,7 @@ async def reload(running: Running) -> Outcome:
 
 def _apply(running: Running, new: GatewayConfig, routing: Routing,
            smscs: SmscChanges) -> None:
-    """Swap the new config in; nothing here fails on a config that passed `_check`."""
+    """Swap the new config in; nothing here fails on a config that passed `check`."""
     _apply_smscs(running, smscs)
     _apply_accounts(running, new)
     running.routing = routing
@@ -244,6 +255,8 @@ def _apply(running: Running, new: GatewayConfig, routing: Routing,
                               new.validity)
     if running.http_api is not None:
         running.http_api.configure(new)
+    if new.shared_version is not None:
+        metrics.CONFIG_SHARED_VERSION.set(new.shared_version)
     running.config = new
 
 

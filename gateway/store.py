@@ -32,6 +32,7 @@ from gateway.model import (
     State,
 )
 from gateway.store_sql import (
+    CONFIG_CHANNEL,
     COUNT_RETIRED,
     DELETE_INBOX,
     DELETE_OPTOUT,
@@ -70,6 +71,7 @@ from gateway.store_sql import (
     NodeFenced,
     Row,
     SchemaError,
+    SharedConfig,
     StoreBusy,
     StoreError,
     StoreUnavailable,
@@ -78,7 +80,8 @@ from gateway.store_sql import (
 )
 
 __all__ = ["CdrPage", "ConstraintError", "Erasure", "Forwarded", "IdempotencyRecord", "NodeFenced",
-           "SchemaError", "Store", "StoreBusy", "StoreError", "StoreUnavailable", "Synchronous"]
+           "SchemaError", "SharedConfig", "Store", "StoreBusy", "StoreError", "StoreUnavailable",
+           "Synchronous"]
 
 log = structlog.get_logger("gateway.store")
 
@@ -1118,6 +1121,39 @@ class Store:
                      for account, msisdn, flag, at, source in data["set"]])
 
         self._db.subscribe(OPTOUTS_CHANNEL, handler)
+
+    async def shared_config(self, version: int | None = None) -> SharedConfig | None:
+        """The latest version of the configuration the nodes run alike (``version``: that
+        one), None if there is none; always None unless nodes share the store."""
+        if not self.shared:
+            return None
+        which, params = ("WHERE version = ?", (version,)) if version is not None else \
+            ("ORDER BY version DESC LIMIT 1", ())
+        rows = await self._read("SELECT version, document, pushed_at, pushed_by"
+                                f" FROM shared_config {which}", params)
+        return SharedConfig(*rows[0]) if rows else None
+
+    async def shared_config_versions(self, limit: int = 20) -> list[SharedConfig]:
+        """The latest versions of the shared configuration, newest first, without their
+        documents ("")."""
+        if not self.shared:
+            return []
+        rows = await self._read("SELECT version, '', pushed_at, pushed_by FROM shared_config"
+                                " ORDER BY version DESC LIMIT ?", (limit,))
+        return [SharedConfig(*row) for row in rows]
+
+    async def push_shared_config(self, document: str, by: str, at: float,
+                                 if_version: int | None = None) -> tuple[int, bool]:
+        """Make ``document`` the next version of the shared configuration (see
+        Backend.push_shared_config): (latest version, whether it was stored)."""
+        if self._closed:
+            raise StoreError("the store is closed")
+        return await self._db.push_shared_config(document, by, at, if_version)
+
+    def follow_shared_config(self, pushed: Callable[[], None]) -> None:
+        """Have pushed() called soon after any node pushes a shared configuration, and when
+        a push may have been missed. SQLite: never called (one process)."""
+        self._db.subscribe(CONFIG_CHANNEL, lambda _payload: pushed())
 
     async def inbox_notified(self, timeout: float) -> None:
         """Return when another node has handed receipts over (its commit notified), or after

@@ -24,6 +24,7 @@ import trio_asyncio
 from gateway import metrics
 from gateway.model import State
 from gateway.store_sql import (
+    CONFIG_CHANNEL,
     DELETE_OPTOUT,
     DONE_SQL,
     FINAL_SQL,
@@ -36,6 +37,7 @@ from gateway.store_sql import (
     OPEN_SQL,
     OPTOUTS_CHANNEL,
     REPORT_COLUMNS,
+    SHARED_CONFIG_KEPT,
     UPSERT_OPTOUT,
     Committed,
     ConstraintError,
@@ -98,7 +100,7 @@ IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
 CONNECT_TIMEOUT = 10.0  # seconds
 
 REPORT_ID_BLOCK = 1 << 20  # report ids a node takes at a time
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # MIGRATIONS[v] takes a database at schema version v to v + 1 (0: an empty database).
 MIGRATIONS: tuple[str, ...] = (
     f"""
@@ -330,6 +332,16 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER messages_count AFTER INSERT OR DELETE OR UPDATE OF state ON messages
         FOR EACH ROW EXECUTE FUNCTION smsgw_count_states();
     """,
+    """
+    -- The configuration every node runs alike (accounts, SMSCs, routes, rules: the shared
+    -- sections of gateway/config.py as canonical JSON), in versions: the nodes run the latest.
+    CREATE TABLE shared_config (
+        version bigint PRIMARY KEY,
+        document text NOT NULL,
+        pushed_at double precision NOT NULL,
+        pushed_by text NOT NULL
+    );
+    """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -560,6 +572,25 @@ async def _release_reports(epoch: int | None, account: str, via: str, keep: list
     return released
 
 
+async def _push_shared_config(document: str, by: str, at: float, if_version: int | None,
+                              conn: asyncpg.Connection[Any]) -> tuple[int, bool]:
+    async with conn.transaction():
+        # pushes one at a time (readers are not held: they see the latest committed)
+        await conn.execute("LOCK TABLE shared_config IN SHARE ROW EXCLUSIVE MODE")
+        latest = await conn.fetchrow(
+            "SELECT version, document FROM shared_config ORDER BY version DESC LIMIT 1")
+        version = int(latest["version"]) if latest is not None else 0
+        if (if_version is not None and if_version != version) or (
+                latest is not None and latest["document"] == document):
+            return version, False
+        await conn.execute("INSERT INTO shared_config (version, document, pushed_at, pushed_by)"
+                           " VALUES ($1, $2, $3, $4)", version + 1, document, at, by)
+        await conn.execute("DELETE FROM shared_config WHERE version <= $1",
+                           version + 1 - SHARED_CONFIG_KEPT)
+        await conn.execute("SELECT pg_notify($1, $2)", CONFIG_CHANNEL, str(version + 1))
+    return version + 1, True
+
+
 NOTIFY_PAYLOAD_MAX = 7000  # bytes (PostgreSQL's limit is 8000)
 
 
@@ -656,6 +687,11 @@ class PostgresBackend:
             _fetch, "SELECT nextval('report_id_blocks')", ()))
         start = int(rows[0][0])
         return start, start + REPORT_ID_BLOCK
+
+    async def push_shared_config(self, document: str, by: str, at: float,
+                                 if_version: int | None) -> tuple[int, bool]:
+        return await self._writer.call(functools.partial(
+            _push_shared_config, document, by, at, if_version))
 
     def held(self) -> tuple[str, tuple[Any, ...]]:
         return " AND holder = ?", (self._node.epoch,)
@@ -957,7 +993,7 @@ async def open_postgresql(dsn: str, synchronous: str, *, node: str = "smsgw",
                 nursery.start_soon(_heartbeat, writer, me)
                 nursery.start_soon(_watch_health, reader)
                 await nursery.start(listener.run, [
-                    INBOX_CHANNEL, OPTOUTS_CHANNEL, reports_channel("smpp"),
+                    INBOX_CHANNEL, OPTOUTS_CHANNEL, CONFIG_CHANNEL, reports_channel("smpp"),
                     reports_channel("http")])
                 yield backend
                 nursery.cancel_scope.cancel()

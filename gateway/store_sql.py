@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from gateway.model import FINAL_STATES
 
@@ -181,6 +181,18 @@ INBOX_CHANNEL = "smsgw_inbox"  # NOTIFY'd once by each commit that forwards rece
 # {"set": [[account, msisdn, opted_out 0 or 1, at, source], ...]}, or {"reload": true} when
 # they do not fit (or a number was erased from every list).
 OPTOUTS_CHANNEL = "smsgw_optouts"
+CONFIG_CHANNEL = "smsgw_config"  # NOTIFY'd (payload: the version) by a shared config push
+SHARED_CONFIG_KEPT = 50  # versions of the shared configuration kept (the older go)
+
+
+class SharedConfig(NamedTuple):
+    """One version of the configuration the nodes of a shared database run alike (the
+    SHARED_SECTIONS of gateway/config.py, canonical JSON): who pushed it, when (epoch s)."""
+
+    version: int
+    document: str
+    pushed_at: float
+    pushed_by: str
 
 
 def reports_channel(via: str) -> str:
@@ -286,6 +298,14 @@ class Backend(Protocol):
                             lease: float) -> tuple[dict[str, int], int]:
         """Record this node's upstream binds per account; the binds per account of all live
         nodes and how many nodes live. One process: its own, and 1."""
+        ...
+
+    async def push_shared_config(self, document: str, by: str, at: float,
+                                 if_version: int | None) -> tuple[int, bool]:
+        """Store ``document`` as the next version of the shared configuration, unless it is
+        the latest's already, and NOTIFY CONFIG_CHANNEL; (latest version, whether stored).
+        ``if_version``: only if the latest is that one (0: none yet), else (latest, False)
+        and nothing stored. SQLite: StoreError (one process, configured by its file)."""
         ...
 
     def held(self) -> tuple[str, tuple[Any, ...]]:

@@ -403,6 +403,12 @@ class SqliteBackend:
                             lease: float) -> tuple[dict[str, int], int]:
         return dict(mine), 1
 
+    async def push_shared_config(self, document: str, by: str, at: float,
+                                 if_version: int | None) -> tuple[int, bool]:
+        raise StoreError("an SQLite store has one gateway process, configured by its file: "
+                         "a shared configuration needs [store] backend = \"postgresql\" "
+                         "and shared = true")
+
     def held(self) -> tuple[str, tuple[Any, ...]]:
         return "", ()
 

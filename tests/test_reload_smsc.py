@@ -23,8 +23,7 @@ import structlog.testing
 import trio
 import trustme
 
-from gateway import daemon, lifecycle, metrics
-from gateway import reload as reload_module
+from gateway import daemon, lifecycle, metrics, shared_config
 from gateway.config import SimulatorConfig, load_config
 from gateway.model import State
 from gateway.reload import Outcome, reload
@@ -308,7 +307,7 @@ async def test_an_smsc_whose_tls_files_go_away_before_it_is_built_is_refused_who
             config = load_config(source)
             ca.unlink()
             return config
-        monkeypatch.setattr(reload_module, "load_config", load_then_lose_the_ca)
+        monkeypatch.setattr(shared_config, "load_config", load_then_lose_the_ca)
         with structlog.testing.capture_logs() as logs:
             assert await reload(gw) is Outcome.REFUSED
         refused = [e for e in logs if e["event"] == "config.reload_refused"]
