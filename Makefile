@@ -53,12 +53,18 @@ cluster-db-stop: $(STAMP)
 
 # The demo cluster in the foreground (Ctrl-C stops it all): the SMSC simulator on its own and
 # three gateway nodes sharing the PostgreSQL store of `make cluster-db` (README "Running
-# several nodes"). The database keeps running: `make cluster-db-stop`.
+# several nodes"); once node a answers, conf/cluster/shared.toml (accounts, SMSC, route) is
+# pushed to it, and all three run it. The database keeps running: `make cluster-db-stop`.
 run-cluster: $(STAMP) cluster-db
 	@chmod go-rwx conf/cluster/*.toml
 	@trap 'kill $$(jobs -p) 2>/dev/null; wait' INT TERM EXIT; \
 	$(BIN)/smsgw simulate-smsc --config conf/cluster/simulator.toml & \
 	for node in a b c; do $(BIN)/smsgw run --config conf/cluster/node-$$node.toml & done; \
+	for try in $$(seq 150); do \
+	  out=$$($(BIN)/smsgw config push conf/cluster/shared.toml \
+	         --config conf/cluster/node-a.toml 2>&1); rc=$$?; \
+	  test $$rc -eq 3 || break; sleep 0.2; \
+	done; echo "config push: $$out"; \
 	wait
 
 test: lint typecheck pytest

@@ -29,7 +29,9 @@ from gateway.config import (
     GatewayConfig,
     SimulatorConfig,
     check,
+    load_config,
     load_simulator_config,
+    shared_document,
     tls_warnings,
 )
 from gateway.passwords import hash_password
@@ -192,14 +194,20 @@ def _cmd_mo(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    config = check(args.config)
-    exposure = exposed_secrets(config)
+    shared = shared_document(args.shared) if args.shared else None
+    config = check(args.config, shared)
+    exposure = exposed_secrets(config if shared is None else load_config(args.config))
     if exposure is not None:
         print(f"warning: {exposure.message}", file=sys.stderr)
     for warning in tls_warnings(config):  # the daemon logs these when it starts
         print(f"warning: {warning}", file=sys.stderr)
+    if config.shared_document == "{}" and config.store.shared:
+        print(f"{config.source}: OK ({len(config.listeners)} listeners; the accounts, SMSCs and "
+              "routes are the database's shared configuration: check them with --shared FILE)")
+        return 0
     print(f"{config.source}: OK ({len(config.accounts)} accounts, {len(config.smscs)} smscs, "
-          f"{len(config.routes)} routes, {len(config.listeners)} listeners)")
+          f"{len(config.routes)} routes, {len(config.listeners)} listeners)"
+          + (f" with the shared sections of {args.shared}" if args.shared else ""))
     return 0
 
 
@@ -275,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     chk = sub.add_parser("check-config", help="validate a configuration file and exit")
     chk.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    chk.add_argument("--shared", help="a node of a shared store: check its file with the "
+                                      "shared sections of this file (as `smsgw config push` "
+                                      "would send them) instead of its own")
     chk.set_defaults(func=_cmd_check)
 
     hp = sub.add_parser(

@@ -1955,13 +1955,13 @@ def load_simulator_config(path: str | Path) -> SimulatorConfig:
     return _simulator(_table(file, doc, "simulator"))
 
 
-def check(path: str | Path) -> GatewayConfig:
+def check(path: str | Path, shared: str | None = None) -> GatewayConfig:
     """Everything ``smsgw check-config`` verifies: load_config (types, ranges, references
     between groups) plus what depends on the machine or is a likely mistake rather than a
     contradiction: the store's directory is writable or can be created; an [[smsc]] pointing
     at the in-process [simulator] uses the simulator's credentials; plug-in routers accept
-    their options."""
-    config = load_config(path)
+    their options. ``shared``: the shared sections to check the file with (load_config)."""
+    config = load_config(path, shared, 0 if shared is not None else None)
     from gateway.routing_setup import build_routing
 
     build_routing(config)  # plug-in routers made with their options

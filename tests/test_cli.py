@@ -46,6 +46,22 @@ def test_check_config_error_names_file_and_key(tmp_path: Path,
     assert str(bad) in err and 'smsc "sim".window' in err
 
 
+def test_check_config_checks_a_cluster_node_with_the_shared_sections_it_would_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    node, shared = "conf/cluster/node-a.toml", Path("conf/cluster/shared.toml")
+    assert main(["check-config", "--config", node]) == 0
+    assert "the database's shared configuration: check them with --shared" in \
+        capsys.readouterr().out
+    assert main(["check-config", "--config", node, "--shared", str(shared)]) == 0
+    assert "OK (1 accounts, 1 smscs, 1 routes, 1 listeners) with the shared sections" in \
+        capsys.readouterr().out
+    bad = tmp_path / "shared.toml"
+    bad.write_text(shared.read_text().replace('smscs = ["sim"]', 'smscs = ["nope"]'))
+    assert main(["check-config", "--config", node, "--shared", str(bad)]) == 2
+    assert 'route "default".smscs: expected names of [[smsc]] groups ("sim"), got unknown ' \
+        'smsc "nope"' in capsys.readouterr().err
+
+
 def _stdin(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO(text))  # not a terminal
 

@@ -27,6 +27,7 @@ from gateway.config import (
     load_config,
     load_simulator_config,
     parse_duration,
+    shared_document,
 )
 from gateway.passwords import verify_password
 from gateway.tokens import TokenIndex, hash_token
@@ -677,7 +678,10 @@ def test_the_demo_cluster_is_three_nodes_on_one_store_with_the_documented_ports(
     account demo / demopass; the simulator alone on 2776 (control 2777)."""
     cluster = CONF / "cluster"
     ports = {"a": (2775, 8080, 9775), "b": (2785, 8090, 9785), "c": (2795, 8100, 9795)}
-    configs = {n: load_config(cluster / f"node-{n}.toml") for n in ports}
+    for n in ports:  # the shared sections are the database's, pushed from shared.toml
+        assert load_config(cluster / f"node-{n}.toml").shared_document == "{}"
+    shared = shared_document(cluster / "shared.toml")
+    configs = {n: load_config(cluster / f"node-{n}.toml", shared, 1) for n in ports}
     for name, config in configs.items():
         assert (config.listeners[0].port, config.http.port, config.http.metrics_port) == \
             ports[name]
@@ -688,9 +692,5 @@ def test_the_demo_cluster_is_three_nodes_on_one_store_with_the_documented_ports(
         assert config.smscs["sim"].port == 2776
     assert len({c.node for c in configs.values()}) == 3
     assert len({c.admin_socket for c in configs.values()}) == 3
-    shared = [dataclasses.replace(c, node="", listeners=(), http=configs["a"].http,
-                                  admin=configs["a"].admin, source=configs["a"].source)
-              for c in configs.values()]
-    assert shared[0] == shared[1] == shared[2]  # the same accounts, routes and SMSCs
     sim = load_simulator_config(cluster / "simulator.toml")
     assert (sim.port, sim.control_port) == (2776, 2777)
