@@ -21,6 +21,7 @@ import trio
 from gateway import lifecycle, metrics, reload, sdnotify, shared_config
 from gateway.clock import WallClock
 from gateway.config import AccountConfig, GatewayConfig, RcsConfig, SmscConfig
+from gateway.cross_node import CrossNode
 from gateway.dispatcher import Dispatcher
 from gateway.http_api import HttpApi, RcsEvents, VoiceStatus, metrics_app, serve_http
 from gateway.inbound import Inbound
@@ -310,6 +311,10 @@ async def run(
             await nursery.start(reporter.run)
             await nursery.start(webhooks.run)
             await nursery.start(dispatcher.run)
+            if store.shared:  # cancels and replacements of the messages others work on
+                cross = CrossNode(store, dispatcher)
+                dispatcher.remote = cross
+                await nursery.start(cross.run)
             for connector in connectors.values():
                 await nursery.start(connector.run)
             for listener in config.listeners:

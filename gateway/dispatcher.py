@@ -277,6 +277,9 @@ class Dispatcher:
         # rules (gateway.screening): when a SCHEDULED message falls due, the status to refuse
         # it with (an opt-out that arrived meanwhile), or None to send it
         self.recheck: Callable[[Message], int | None] | None = None
+        # nodes sharing the store: cancels and replacements of the messages other nodes work
+        # on go to them through it (gateway/cross_node.py)
+        self.remote: Remote | None = None
         if routing is not None:
             self.routing = routing
 
@@ -1565,13 +1568,17 @@ class Dispatcher:
                              msg.state)
 
     async def cancel(self, message_id: str, *, account: str | None, by: str,
-                     check: Callable[[Message], None] | None = None) -> Message:
+                     check: Callable[[Message], None] | None = None,
+                     here_only: bool = False) -> Message:
         """Cancel a message no part of which reached an operator: CANCELLED once committed,
         with its history event and, if it asked for one, its receipt (stat DELETED). account:
         only that account's message (None: any, for the admin); check(msg) may raise to refuse
-        (e.g. a source address that does not match), before anything changes. Raises
+        (e.g. a source address that does not match), before anything changes. A message
+        another node works on is cancelled by it (self.remote), unless ``here_only``. Raises
         ChangeRefused (unknown, too late, busy) or StoreError (nothing changed)."""
         live = self.live.get(message_id)
+        if live is None and self.remote is not None and not here_only:
+            return await self.remote.cancel(message_id, account, by, check)
         if live is None or (account is not None and live.msg.account != account):
             raise await self._not_live(message_id, account, "cancel")
         self._unsent(live, "cancel")
@@ -1581,9 +1588,11 @@ class Dispatcher:
         return msg
 
     async def cancel_matching(self, account: str, match: Callable[[Message], bool], *,
-                              by: str) -> tuple[list[Message], list[Message]]:
+                              by: str, dest_addrs: Sequence[str] = ()
+                              ) -> tuple[list[Message], list[Message]]:
         """Cancel every unfinished message of the account that `match`es and can still be
-        cancelled, in one commit; (those cancelled, those matched but too late or busy)."""
+        cancelled, in one commit; (those cancelled, those matched but too late or busy).
+        With other nodes (self.remote), theirs to one of ``dest_addrs`` too, by them."""
         chosen: list[Live] = []
         left: list[Message] = []
         for live in self.live.values():
@@ -1595,7 +1604,12 @@ class Dispatcher:
                 left.append(live.msg)
             else:
                 chosen.append(live)
-        return (await self._cancel(chosen, by) if chosen else []), left
+        cancelled = await self._cancel(chosen, by) if chosen else []
+        if self.remote is not None and dest_addrs:
+            theirs, not_theirs = await self.remote.cancel_matching(account, dest_addrs,
+                                                                   match, by)
+            cancelled, left = cancelled + theirs, left + not_theirs
+        return cancelled, left
 
     async def _cancel(self, lives: list[Live], by: str) -> list[Message]:
         now = self.clock.now()
@@ -1633,13 +1647,17 @@ class Dispatcher:
         return [live.msg for live in lives]
 
     async def replace(self, message_id: str, *, account: str, by: str,
-                      plan: Callable[[Message], Replacement]) -> Message:
+                      plan: Callable[[Message], Replacement],
+                      here_only: bool = False) -> Message:
         """Replace the text, schedule, validity and receipt request of a message no part of
         which reached an operator (replace_sm); plan(msg) gives the new values or raises to
         refuse, before anything changes. Returns the message once the change is committed
-        (with a "replaced" history event); it is then attempted per its new schedule. Raises
-        ChangeRefused or StoreError (nothing changed)."""
+        (with a "replaced" history event); it is then attempted per its new schedule. A
+        message another node works on is replaced by it (self.remote), unless ``here_only``.
+        Raises ChangeRefused or StoreError (nothing changed)."""
         live = self.live.get(message_id)
+        if live is None and self.remote is not None and not here_only:
+            return await self.remote.replace(message_id, account, by, plan)
         if live is None or live.msg.account != account:
             raise await self._not_live(message_id, account, "replace")
         self._unsent(live, "replace")
@@ -1678,6 +1696,21 @@ class Dispatcher:
                  state=msg.state.value)
         metrics.child(metrics.REPLACED, msg.account).inc()
         return msg
+
+
+class Remote(Protocol):
+    """The other nodes, for the cancels and replacements of the messages they work on
+    (gateway/cross_node.py CrossNode)."""
+
+    async def cancel(self, message_id: str, account: str | None, by: str,
+                     check: Callable[[Message], None] | None) -> Message: ...
+
+    async def replace(self, message_id: str, account: str, by: str,
+                      plan: Callable[[Message], Replacement]) -> Message: ...
+
+    async def cancel_matching(self, account: str, dest_addrs: Sequence[str],
+                              match: Callable[[Message], bool], by: str
+                              ) -> tuple[list[Message], list[Message]]: ...
 
 
 class RetryRefused(Exception):

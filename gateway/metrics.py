@@ -69,6 +69,10 @@ CONFIG_RELOAD_OK = Gauge("smsgw_config_last_reload_successful",
                          "1 if the last configuration reload was applied (or none was asked), "
                          "0 if it was refused")
 CONFIG_RELOAD_OK.set(1)
+CROSS_NODE_CHANGES = Counter("smsgw_cross_node_changes_total",
+                             "Cancels and replacements of messages another node works on, "
+                             "asked of that node: done, refused (too late, unknown), busy "
+                             "(no answer in time: try again), error", ["action", "outcome"])
 CONFIG_SHARED_VERSION = Gauge("smsgw_config_shared_version",
                               "The version of the database's shared configuration this node "
                               "runs (nodes of one database: 0 until one is pushed)")

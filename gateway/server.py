@@ -716,8 +716,8 @@ class SmppServer:
                               "no message_id: a destination_addr is needed")
                 return
             try:
-                cancelled, left = await self.dispatcher.cancel_matching(account, matches,
-                                                                         by="smpp")
+                cancelled, left = await self.dispatcher.cancel_matching(
+                    account, matches, by="smpp", dest_addrs=_variants(pdu.destination_addr))
             except StoreError as exc:
                 self._changed(conn, pdu, account, *self._refusal(exc, Status.ESME_RCANCELFAIL))
                 return
@@ -773,6 +773,12 @@ class SmppServer:
             self._changed(conn, pdu, account, *self._refusal(exc, Status.ESME_RREPLACEFAIL))
         else:
             self._changed(conn, pdu, account, Status.ESME_ROK, "")
+
+
+def _variants(address: str) -> tuple[str, ...]:
+    """The stored forms an address given in a cancel_sm may have (see _same)."""
+    bare = address.removeprefix("+")
+    return (bare, f"+{bare}")
 
 
 def _same(stored: str, given: str) -> bool:

@@ -32,6 +32,8 @@ from gateway.model import (
     State,
 )
 from gateway.store_sql import (
+    ANSWERS_CHANNEL,
+    CHANGES_CHANNEL,
     CONFIG_CHANNEL,
     COUNT_RETIRED,
     DELETE_INBOX,
@@ -1154,6 +1156,52 @@ class Store:
         """Have pushed() called soon after any node pushes a shared configuration, and when
         a push may have been missed. SQLite: never called (one process)."""
         self._db.subscribe(CONFIG_CHANNEL, lambda _payload: pushed())
+
+    async def message_owner(self, message_id: str) -> tuple[Message, int | None] | None:
+        """The message and the epoch of the node working on it: 0 if it is unfinished and
+        no node has it yet, None if it is final or the store has no nodes; None if there is
+        no such message."""
+        rows = await self._read(f"SELECT {', '.join(MESSAGE_COLUMNS)},"
+                                f" {self._db.owner_of('id')} FROM messages WHERE id = ?",
+                                (message_id,))
+        return (_to_message(rows[0][:-1]), rows[0][-1]) if rows else None
+
+    async def unfinished_elsewhere(self, account: str, dest_addrs: Sequence[str]
+                                   ) -> list[tuple[Message, int]]:
+        """The account's unfinished messages to these addresses that another node works on
+        (or none yet: owner 0), with that node's epoch."""
+        owner = self._db.owner_of("id")
+        rows = await self._read(
+            f"SELECT {', '.join(MESSAGE_COLUMNS)}, {owner} FROM messages"
+            f" WHERE account = ? AND dest_addr IN ({placeholders(len(dest_addrs))})"
+            f" AND {OPEN_SQL} AND {owner} IS DISTINCT FROM ?",
+            (account, *dest_addrs, self.epoch))
+        return [(_to_message(row[:-1]), int(row[-1] or 0)) for row in rows]
+
+    async def ask_changes(self, asks: Sequence[tuple[int, str, str]]) -> list[int]:
+        """See Backend.ask_changes (several nodes share the store)."""
+        return await self._db.ask_changes(asks)
+
+    async def take_changes(self, limit: int) -> list[tuple[int, str, str]]:
+        """See Backend.take_changes."""
+        return await self._db.take_changes(limit)
+
+    async def answer_changes(self, answers: Sequence[tuple[int, str]]) -> None:
+        """See Backend.answer_changes."""
+        await self._db.answer_changes(answers)
+
+    async def collect_changes(self, ids: Sequence[int],
+                              withdraw: bool = False) -> tuple[dict[int, str], set[int]]:
+        """See Backend.collect_changes."""
+        return await self._db.collect_changes(ids, withdraw)
+
+    def follow_changes(self, asked: Callable[[], None], answered: Callable[[], None]) -> None:
+        """Have asked() called when another node asks this one for a change, answered() when
+        one answers this node's (and both when some notifications may have been missed)."""
+        me = str(self.epoch)
+        self._db.subscribe(CHANGES_CHANNEL, lambda to: asked() if to in (me, None) else None)
+        self._db.subscribe(ANSWERS_CHANNEL,
+                           lambda to: answered() if to in (me, None) else None)
 
     async def inbox_notified(self, timeout: float) -> None:
         """Return when another node has handed receipts over (its commit notified), or after

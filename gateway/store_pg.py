@@ -24,6 +24,8 @@ import trio_asyncio
 from gateway import metrics
 from gateway.model import State
 from gateway.store_sql import (
+    ANSWERS_CHANNEL,
+    CHANGES_CHANNEL,
     CONFIG_CHANNEL,
     DELETE_OPTOUT,
     DONE_SQL,
@@ -341,6 +343,21 @@ MIGRATIONS: tuple[str, ...] = (
         pushed_at double precision NOT NULL,
         pushed_by text NOT NULL
     );
+
+    -- Cancels and replacements asked by the node an upstream sent them to, of messages
+    -- another node works on (the owner): the owner takes them, applies them, writes the
+    -- answer; the asker reads it and deletes the row (gateway/cross_node.py).
+    CREATE TABLE change_requests (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        owner bigint NOT NULL,
+        asker bigint NOT NULL,
+        message_id text NOT NULL,
+        request text NOT NULL,
+        taken boolean NOT NULL DEFAULT false,
+        answer text,
+        asked_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX change_requests_owner ON change_requests (owner, id) WHERE NOT taken;
     """,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -591,6 +608,58 @@ async def _push_shared_config(document: str, by: str, at: float, if_version: int
     return version + 1, True
 
 
+CHANGE_REQUEST_LIFETIME = 3600.0  # seconds: requests of an asker that died are deleted then
+
+
+async def _ask_changes(asker: int | None, asks: list[tuple[int, str, str]],
+                       conn: asyncpg.Connection[Any]) -> list[int]:
+    ids = []
+    async with conn.transaction():
+        for owner, message_id, request in asks:
+            ids.append(int(await conn.fetchval(
+                "INSERT INTO change_requests (owner, asker, message_id, request)"
+                " VALUES ($1, $2, $3, $4) RETURNING id", owner, asker, message_id, request)))
+        for owner in sorted({owner for owner, _, _ in asks}):
+            await conn.execute("SELECT pg_notify($1, $2)", CHANGES_CHANNEL, str(owner))
+    return ids
+
+
+async def _take_changes(owner: int | None, limit: int,
+                        conn: asyncpg.Connection[Any]) -> list[tuple[int, str, str]]:
+    async with conn.transaction():
+        rows = await conn.fetch(
+            "UPDATE change_requests SET taken = true WHERE id IN (SELECT id FROM"
+            " change_requests WHERE owner = $1 AND NOT taken ORDER BY id LIMIT $2"
+            " FOR UPDATE SKIP LOCKED) RETURNING id, message_id, request", owner, limit)
+        await conn.execute("DELETE FROM change_requests WHERE asked_at < now() - $1 * interval"
+                           " '1 s' AND owner = $2", CHANGE_REQUEST_LIFETIME, owner)
+    return sorted((int(r[0]), r[1], r[2]) for r in rows)
+
+
+async def _answer_changes(answers: list[tuple[int, str]], conn: asyncpg.Connection[Any]) -> None:
+    async with conn.transaction():
+        askers = {int(asker) for (asker,) in await conn.fetch(
+            "UPDATE change_requests c SET answer = a.answer FROM unnest($1::bigint[],"
+            " $2::text[]) AS a(id, answer) WHERE c.id = a.id RETURNING c.asker",
+            [i for i, _ in answers], [a for _, a in answers])}
+        for asker in sorted(askers):
+            await conn.execute("SELECT pg_notify($1, $2)", ANSWERS_CHANNEL, str(asker))
+
+
+async def _collect_changes(ids: list[int], withdraw: bool, conn: asyncpg.Connection[Any]
+                           ) -> tuple[dict[int, str], set[int]]:
+    async with conn.transaction():
+        answers = {int(i): a for i, a in await conn.fetch(
+            "DELETE FROM change_requests WHERE id = ANY($1::bigint[]) AND answer IS NOT NULL"
+            " RETURNING id, answer", ids)}
+        withdrawn: set[int] = set()
+        if withdraw:  # locked by the owner taking it: waited for, then found taken
+            withdrawn = {int(i) for (i,) in await conn.fetch(
+                "DELETE FROM change_requests WHERE id = ANY($1::bigint[]) AND NOT taken"
+                " RETURNING id", ids)}
+    return answers, withdrawn
+
+
 NOTIFY_PAYLOAD_MAX = 7000  # bytes (PostgreSQL's limit is 8000)
 
 
@@ -692,6 +761,22 @@ class PostgresBackend:
                                  if_version: int | None) -> tuple[int, bool]:
         return await self._writer.call(functools.partial(
             _push_shared_config, document, by, at, if_version))
+
+    async def ask_changes(self, asks: Sequence[tuple[int, str, str]]) -> list[int]:
+        return await self._writer.call(functools.partial(
+            _ask_changes, self._node.epoch, list(asks)))
+
+    async def take_changes(self, limit: int) -> list[tuple[int, str, str]]:
+        return await self._writer.call(functools.partial(
+            _take_changes, self._node.epoch, limit))
+
+    async def answer_changes(self, answers: Sequence[tuple[int, str]]) -> None:
+        await self._writer.call(functools.partial(_answer_changes, list(answers)))
+
+    async def collect_changes(self, ids: Sequence[int],
+                              withdraw: bool) -> tuple[dict[int, str], set[int]]:
+        return await self._writer.call(functools.partial(
+            _collect_changes, list(ids), withdraw))
 
     def held(self) -> tuple[str, tuple[Any, ...]]:
         return " AND holder = ?", (self._node.epoch,)
@@ -993,8 +1078,8 @@ async def open_postgresql(dsn: str, synchronous: str, *, node: str = "smsgw",
                 nursery.start_soon(_heartbeat, writer, me)
                 nursery.start_soon(_watch_health, reader)
                 await nursery.start(listener.run, [
-                    INBOX_CHANNEL, OPTOUTS_CHANNEL, CONFIG_CHANNEL, reports_channel("smpp"),
-                    reports_channel("http")])
+                    INBOX_CHANNEL, OPTOUTS_CHANNEL, CONFIG_CHANNEL, CHANGES_CHANNEL,
+                    ANSWERS_CHANNEL, reports_channel("smpp"), reports_channel("http")])
                 yield backend
                 nursery.cancel_scope.cancel()
             with trio.CancelScope(shield=True), contextlib.suppress(StoreError):

@@ -182,6 +182,10 @@ INBOX_CHANNEL = "smsgw_inbox"  # NOTIFY'd once by each commit that forwards rece
 # they do not fit (or a number was erased from every list).
 OPTOUTS_CHANNEL = "smsgw_optouts"
 CONFIG_CHANNEL = "smsgw_config"  # NOTIFY'd (payload: the version) by a shared config push
+# Cancels and replacements of messages another node works on (gateway/cross_node.py):
+# NOTIFY'd with the epoch of the node asked, and of the node answered.
+CHANGES_CHANNEL = "smsgw_changes"
+ANSWERS_CHANNEL = "smsgw_answers"
 SHARED_CONFIG_KEPT = 50  # versions of the shared configuration kept (the older go)
 
 
@@ -306,6 +310,28 @@ class Backend(Protocol):
         the latest's already, and NOTIFY CONFIG_CHANNEL; (latest version, whether stored).
         ``if_version``: only if the latest is that one (0: none yet), else (latest, False)
         and nothing stored. SQLite: StoreError (one process, configured by its file)."""
+        ...
+
+    async def ask_changes(self, asks: Sequence[tuple[int, str, str]]) -> list[int]:
+        """Store (owner epoch, message id, request JSON) rows for their owners, in one commit
+        that notifies them (CHANGES_CHANNEL); the requests' ids, in order."""
+        ...
+
+    async def take_changes(self, limit: int) -> list[tuple[int, str, str]]:
+        """The requests asked of this node and not taken yet, now taken: (id, message id,
+        request JSON)."""
+        ...
+
+    async def answer_changes(self, answers: Sequence[tuple[int, str]]) -> None:
+        """Write (id, answer JSON) for requests this node took, notifying their askers
+        (ANSWERS_CHANNEL)."""
+        ...
+
+    async def collect_changes(self, ids: Sequence[int],
+                              withdraw: bool) -> tuple[dict[int, str], set[int]]:
+        """The answers written for these requests of this node's, those requests deleted;
+        with ``withdraw``, the requests not taken yet are deleted too (never applied).
+        (answers by id, ids withdrawn)."""
         ...
 
     def held(self) -> tuple[str, tuple[Any, ...]]:

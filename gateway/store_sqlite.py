@@ -409,6 +409,19 @@ class SqliteBackend:
                          "a shared configuration needs [store] backend = \"postgresql\" "
                          "and shared = true")
 
+    async def ask_changes(self, asks: Sequence[tuple[int, str, str]]) -> list[int]:
+        raise StoreError("an SQLite store has one gateway process: no other node to ask")
+
+    async def take_changes(self, limit: int) -> list[tuple[int, str, str]]:
+        return []
+
+    async def answer_changes(self, answers: Sequence[tuple[int, str]]) -> None:
+        raise StoreError("an SQLite store has one gateway process: no other node to answer")
+
+    async def collect_changes(self, ids: Sequence[int],
+                              withdraw: bool) -> tuple[dict[int, str], set[int]]:
+        return {}, set()
+
     def held(self) -> tuple[str, tuple[Any, ...]]:
         return "", ()
 
