@@ -21,7 +21,7 @@ import functools
 import heapq
 import itertools
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from random import Random
 from typing import Protocol, runtime_checkable
@@ -64,6 +64,9 @@ MAX_SUPERSEDED = 100_000  # units of left attempts remembered for their late rec
 RECEIPT_HOLD = 10.0  # seconds a receipt of a channel that names none waits for its send
 INBOX_BATCH = 1000  # receipts handed over by other nodes, read and applied at a time
 INBOX_POLL = 1.0  # seconds: the inbox is read this often even if no notification came
+# Nodes sharing a store: a held receipt is looked up in the store again after these seconds,
+# doubling up to the last (its part may be another node's, committed since it came in).
+HOLD_RECHECK = (0.02, 0.25)
 ADOPT_INTERVAL = 1.0  # seconds between two looks for the work of dead nodes
 RECEIPT_WORDS = 64  # distinct receipt words counted by name (per dispatcher); more: "OTHER"
 SAVE_RETRY_MIN, SAVE_RETRY_MAX = 1.0, 30.0  # seconds between attempts at a failed store write
@@ -1176,6 +1179,9 @@ class Dispatcher:
                 misses.append((i, receipt))
             else:
                 matched.append((*hit, receipt, functools.partial(answered, i)))
+        looked_up: set[int] = set()
+        if misses and self.store.shared:  # other nodes' receipts: one read, one write
+            misses, looked_up = await self._hand_over_misses(connector, misses, answered)
         if not misses:  # the usual case: every receipt's part is known, no nursery needed
             await self._apply_receipts(connector, matched, hold)
             return
@@ -1187,7 +1193,8 @@ class Dispatcher:
                     continue
                 nursery.start_soon(self._unmatched, connector, receipt, hold, id_format,
                                    functools.partial(answered, i),
-                                   functools.partial(parked, i) if parked else None)
+                                   functools.partial(parked, i) if parked else None,
+                                   i in looked_up)
             if matched:
                 await self._apply_receipts(connector, matched, hold)
 
@@ -1198,10 +1205,12 @@ class Dispatcher:
 
     async def _unmatched(self, connector: str, receipt: ProviderReceipt, hold: float,
                          id_format: str, done: Callable[[bool], None],
-                         parked: Callable[[], None] | None = None) -> None:
+                         parked: Callable[[], None] | None = None,
+                         looked_up: bool = False) -> None:
         """A receipt for an id not in memory: late (its part's outcome is stored already),
         early (held up to `hold` seconds: its send's answer may still be on its way, e.g. on
-        another bind), or else an orphan."""
+        another bind), or else an orphan. ``looked_up``: the store was read for it already
+        (_hand_over_misses), and had no other node's part for it."""
         smsc_id, word = receipt.provider_id, receipt.word
         try:
             left = self._superseded.get((connector, self._key(connector, smsc_id)))
@@ -1210,16 +1219,27 @@ class Dispatcher:
                 done(True)
                 return
             as_is = self._keys(connector, smsc_id, "as-is")
-            if self.store.shared:  # one read tells late, another node's, or this node's
+            if self.store.shared and not looked_up:  # late, another node's, or this node's
                 if await self._handed_over(connector, receipt, as_is):
                     done(True)
                     return
             elif await self._late(connector, as_is, smsc_id, word):
                 done(True)
                 return
-            hit = self._match(connector, smsc_id, id_format) or \
-                await self._hold(connector, smsc_id, hold, id_format, parked)
-            if hit is not None:
+            handed = False
+
+            async def elsewhere() -> bool:  # another node's part, committed since?
+                nonlocal handed
+                handed = await self._handed_over(
+                    connector, receipt, self._keys(connector, smsc_id, id_format))
+                return handed
+
+            hit = self._match(connector, smsc_id, id_format) or await self._hold(
+                connector, smsc_id, hold, id_format, parked,
+                elsewhere if self.store.shared else None)
+            if handed:
+                done(True)
+            elif hit is not None:
                 await self._apply_receipts(connector, [(*hit, receipt, done)], hold)
             elif self.store.shared and await self._handed_over(
                     connector, receipt, self._keys(connector, smsc_id, id_format)):
@@ -1236,8 +1256,12 @@ class Dispatcher:
             done(False)  # the provider sends it again later (logged, rate-limited, in _hold)
 
     async def _hold(self, connector: str, smsc_id: str, hold: float, id_format: str,
-                    parked: Callable[[], None] | None = None) -> tuple[Live, Part] | None:
-        """Wait up to `hold` for the part a receipt names to be registered; that part.
+                    parked: Callable[[], None] | None = None,
+                    elsewhere: Callable[[], Awaitable[bool]] | None = None
+                    ) -> tuple[Live, Part] | None:
+        """Wait up to `hold` for the part a receipt names to be registered; that part. With
+        `elsewhere` (nodes sharing the store), also ask it now and then (HOLD_RECHECK) whether
+        the receipt was taken care of otherwise (another node's part: handed over): None then.
 
         At most MAX_HELD_RECEIPTS wait at once: beyond, HoldFull (the provider is told to
         send it again later) rather than an unbounded number of waiting receipts."""
@@ -1261,8 +1285,18 @@ class Dispatcher:
         if parked is not None:
             parked()
         try:
-            with trio.move_on_after(hold):
-                await event.wait()
+            deadline = trio.current_time() + hold
+            pause, longest = HOLD_RECHECK
+            while True:
+                wake = deadline if elsewhere is None else min(deadline,
+                                                               trio.current_time() + pause)
+                with trio.move_on_at(wake):
+                    await event.wait()
+                if event.is_set() or wake >= deadline or elsewhere is None:
+                    break
+                if await elsewhere():
+                    return None
+                pause = min(pause * 2, longest)
         finally:
             self._held_count -= 1
             for key in keys:
@@ -1284,15 +1318,13 @@ class Dispatcher:
         return list(dict.fromkeys(
             [given, given.lower(), given.upper(), *keys, *(k.upper() for k in keys)]))
 
-    async def _handed_over(self, connector: str, receipt: ProviderReceipt,
-                           keys: Sequence[str]) -> bool:
-        """Several nodes share a PostgreSQL store: a receipt whose part's outcome is stored
-        already (late, or a duplicate: taken, True), or whose part belongs to a message
-        another node works on (the SMSC sent it on this node's bind): stored in that node's
-        inbox, which it reads on notification (True); False if neither (this node's own, or
-        no part yet). StoreError if it could not be read or stored."""
-        found = await self.store.find_part_owner(
-            connector, self._spellings(receipt.provider_id, keys))
+    def _handover(self, connector: str, receipt: ProviderReceipt,
+                  found: tuple[Part, int | None] | None) -> Forwarded | bool:
+        """Several nodes share a PostgreSQL store: what a receipt whose part (with its owner)
+        is `found` needs: True if the part's outcome is stored already (late, or a
+        duplicate: taken); its Forwarded if the part belongs to a message another node works
+        on (the SMSC sent it on this node's bind); False if neither (this node's own, or no
+        part yet)."""
         if found is None:
             return False
         part, owner = found
@@ -1306,13 +1338,76 @@ class Dispatcher:
             return False  # this node's own (its part may be on its way: the hold)
         # Another node's, or one this node is taking over (not loaded yet): to the inbox of
         # whoever works on it, applied there once it is loaded.
-        await self.store.forward_receipts([Forwarded(
-            part.message_id, part.part_no, connector, receipt.provider_id, receipt.outcome,
-            receipt.word, receipt.error, receipt.raw, self.clock.now())])
-        metrics.child(metrics.RECEIPTS_HANDED_OVER, connector).inc()
         log.debug("receipt.handed_over", smsc=connector, smsc_id=receipt.provider_id,
                   message_id=part.message_id, node=owner or None)
-        return True
+        return Forwarded(part.message_id, part.part_no, connector, receipt.provider_id,
+                         receipt.outcome, receipt.word, receipt.error, receipt.raw,
+                         self.clock.now())
+
+    async def _forward(self, connector: str, forwarded: Sequence[Forwarded]) -> None:
+        """Store receipts in the inboxes of the nodes working on their messages (one
+        commit); StoreError if it failed."""
+        await self.store.forward_receipts(forwarded)
+        metrics.child(metrics.RECEIPTS_HANDED_OVER, connector).inc(len(forwarded))
+
+    async def _handed_over(self, connector: str, receipt: ProviderReceipt,
+                           keys: Sequence[str]) -> bool:
+        """One receipt's _handover, read and done: True if it was taken (late) or handed
+        over, False if it is this node's own or has no part yet. StoreError if it could not
+        be read or stored."""
+        verdict = self._handover(connector, receipt, await self.store.find_part_owner(
+            connector, self._spellings(receipt.provider_id, keys)))
+        if isinstance(verdict, Forwarded):
+            await self._forward(connector, [verdict])
+            return True
+        return verdict
+
+    async def _hand_over_misses(self, connector: str,
+                                misses: list[tuple[int, ProviderReceipt]],
+                                answered: Callable[[int, bool], None]
+                                ) -> tuple[list[tuple[int, ProviderReceipt]], set[int]]:
+        """The _handover of a batch's receipts not matched in memory, with one read and one
+        write: late ones are answered taken, other nodes' handed over in one commit (and
+        answered when it is done). Returns the rest, and which of them were looked up (their
+        part is this node's, or not stored yet: they are held)."""
+        candidates = [(i, r) for i, r in misses if r.provider_id and (
+            connector, self._key(connector, r.provider_id)) not in self._superseded]
+        if not candidates:
+            return misses, set()
+        spellings = {i: self._spellings(r.provider_id, self._keys(connector, r.provider_id,
+                                                                  "as-is"))
+                     for i, r in candidates}
+        try:
+            found = await self.store.find_parts_owners(
+                connector, [s for listed in spellings.values() for s in listed])
+        except StoreError:  # counted and logged by the store: each is looked up alone
+            return misses, set()
+        by_id: dict[str, tuple[Part, int | None]] = {}
+        for part, owner in found:
+            by_id.setdefault(part.smsc_id or "", (part, owner))
+        taken: set[int] = set()
+        forwarded: list[tuple[int, Forwarded]] = []
+        for i, receipt in candidates:
+            hit = next((by_id[s] for s in spellings[i] if s in by_id), None)
+            verdict = self._handover(connector, receipt, hit)
+            if verdict is True:
+                answered(i, True)
+                taken.add(i)
+            elif isinstance(verdict, Forwarded):
+                forwarded.append((i, verdict))
+                taken.add(i)
+        if forwarded:
+            try:
+                await self._forward(connector, [f for _, f in forwarded])
+                stored = True
+            except StoreError as exc:
+                log.warning("receipt.not_stored", smsc=connector, receipts=len(forwarded),
+                            error=str(exc))
+                stored = False
+            for i, _ in forwarded:
+                answered(i, stored)
+        return [(i, r) for i, r in misses if i not in taken], \
+            {i for i, _ in candidates if i not in taken}
 
     async def _adopt_orphans(self) -> None:
         """Every ADOPT_INTERVAL seconds, take over the work of dead nodes (Store.adopt)."""

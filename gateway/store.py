@@ -105,6 +105,7 @@ class IdempotencyRecord:
 FAILURE_LOG_INTERVAL = 10.0  # seconds: at most one line per interval about failures, refusals
 
 
+_LOOKUP_CHUNK = 1000  # operator ids looked up per query at most
 _MESSAGE_SELECT = f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages"
 _PART_SELECT = f"SELECT {', '.join(PART_COLUMNS)} FROM parts"
 _REPORT_SELECT = f"SELECT {', '.join(REPORT_COLUMNS)} FROM reports"
@@ -1074,15 +1075,24 @@ class Store:
         """find_part, with the epoch of the node working on the part's message: 0 if it is
         unfinished and no node has it yet (a dead node's, not adopted yet), None if it is
         final or the store has no nodes (SQLite)."""
+        found = await self.find_parts_owners(connector, smsc_ids)
+        return found[0] if found else None
+
+    async def find_parts_owners(self, connector: str, smsc_ids: Sequence[str]
+                                ) -> list[tuple[Part, int | None]]:
+        """Every part of the connector with one of these operator ids, with its owner as
+        find_part_owner gives it (one read for a batch of receipts)."""
         variants = list(dict.fromkeys(smsc_ids))
-        if not variants:
-            return None
-        rows = await self._read(
-            f"SELECT {', '.join('p.' + c for c in PART_COLUMNS)},"
-            f" {self._db.owner_of('p.message_id')} FROM parts p"
-            f" WHERE p.connector = ? AND p.smsc_id IN ({placeholders(len(variants))}) LIMIT 1",
-            (connector, *variants))
-        return (_to_part(rows[0][:-1]), rows[0][-1]) if rows else None
+        found: list[tuple[Part, int | None]] = []
+        for start in range(0, len(variants), _LOOKUP_CHUNK):
+            chunk = variants[start:start + _LOOKUP_CHUNK]
+            rows = await self._read(
+                f"SELECT {', '.join('p.' + c for c in PART_COLUMNS)},"
+                f" {self._db.owner_of('p.message_id')} FROM parts p"
+                f" WHERE p.connector = ? AND p.smsc_id IN ({placeholders(len(chunk))})",
+                (connector, *chunk))
+            found += [(_to_part(row[:-1]), row[-1]) for row in rows]
+        return found
 
     async def forward_receipts(self, receipts: Sequence[Forwarded]) -> None:
         """Hand receipts to the nodes working on their messages: stored in one commit (group

@@ -16,7 +16,9 @@ from prometheus_client import REGISTRY
 
 from gateway import daemon
 from gateway.config import AdminConfig, GatewayConfig, SimulatorConfig, StoreConfig
+from gateway.model import Part, PartState, State
 from gateway.simulator import SmscSimulator
+from routing.channel import ProviderReceipt
 from smpp.receipt import parse_receipt
 from tests.stack import SmpplibEsme, gateway_config, wait_for
 
@@ -388,3 +390,84 @@ async def test_an_accounts_throughput_is_shared_by_its_binds_on_each_node(
         finally:
             await trio.to_thread.run_sync(esme.close)
         await wait_for(lambda: rates() == (2.5, 2.5))  # the bind went
+
+
+async def test_a_receipt_that_overtakes_its_parts_commit_on_another_node_is_handed_over_soon(
+        tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SMSC sends a receipt on b's bind before a has committed the operator id of its
+    part: b holds it and looks again soon (not for the whole receipt_hold of 10 s), then
+    hands it to a."""
+    count = 20
+    held = REGISTRY.get_sample_value("smsgw_receipts_held_total") or 0
+    async with nodes(tmp_path, pg_dsn, ("a", "b"), receipt_delay=0.0,
+                     smsc={"receipt_hold": 10.0}) as cluster:
+        a = cluster.running[0]
+        commit = a.store._db.transaction
+
+        async def slow_commit(groups: Any, counted: bool = False) -> Any:
+            await trio.sleep(0.3)  # a's operator ids reach the store late
+            return await commit(groups, counted)
+
+        monkeypatch.setattr(a.store._db, "transaction", slow_commit)
+        esme = SmpplibEsme(a.smpp_port)
+
+        def submit_all() -> None:
+            esme.bind()
+            for i in range(count):
+                esme.submit(f"336{i:08d}", b"code 1234")
+            esme.read_until(lambda: len(esme.delivered) == count, timeout=30)
+            esme.close()
+
+        started = trio.current_time()
+        with trio.fail_after(40):
+            await trio.to_thread.run_sync(submit_all)
+        assert trio.current_time() - started < 6.0  # held receipts did not wait 10 s
+        assert (REGISTRY.get_sample_value("smsgw_receipts_held_total") or 0) > held
+        receipts = [parse_receipt(d.short_message) for d in esme.delivered]
+        assert len({r.id for r in receipts if r is not None}) == count
+
+
+async def test_the_receipts_of_another_nodes_messages_are_handed_over_in_one_read_and_write(
+        tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Five receipts read together on b's bind, for messages a works on: one lookup for the
+    five (never one per receipt), one commit to a's inbox, then a applies them."""
+    count = 5
+    async with nodes(tmp_path, pg_dsn, ("a", "b"), receipt_delay=600.0) as cluster:
+        (a, b), sim = cluster.running, cluster.simulator
+        esme = SmpplibEsme(a.smpp_port)
+
+        def submit_all() -> None:
+            esme.bind()
+            for i in range(count):
+                esme.submit(f"336{i:08d}", b"code 1234")
+            esme.read_until(lambda: len(esme.resps) == count)
+
+        await trio.to_thread.run_sync(submit_all)
+        ids = [r.message_id.decode() for r in esme.resps]
+
+        async def stored_parts() -> list[Part]:
+            return [p for m in ids for p in await b.store.get_parts(m) if p.smsc_id]
+
+        with trio.fail_after(10):  # a's operator ids committed
+            while len(parts := await stored_parts()) < count:
+                await trio.sleep(0.02)
+        lookups: list[int] = []
+        find = b.store.find_parts_owners
+
+        async def counted(connector: str, smsc_ids: Any) -> Any:
+            lookups.append(len(smsc_ids))
+            return await find(connector, smsc_ids)
+
+        monkeypatch.setattr(b.store, "find_parts_owners", counted)
+        answers: list[tuple[int, bool]] = []
+        await b.dispatcher.on_receipts("sim", [
+            ProviderReceipt(p.smsc_id or "", PartState.DELIVERED, "DELIVRD") for p in parts],
+            lambda i, stored: answers.append((i, stored)))
+        assert sorted(answers) == [(i, True) for i in range(count)]
+        assert len(lookups) == 1  # one read for the five
+        await wait_for(lambda: all(m not in a.dispatcher.live for m in ids))
+        for m in ids:
+            msg = await a.store.get_message(m)
+            assert msg is not None and msg.state is State.DELIVERED
+        assert len(sim.submitted) == count
+        await trio.to_thread.run_sync(esme.close)
