@@ -260,7 +260,7 @@ def test_a_store_another_gateway_holds_stops_run_with_an_error_not_a_traceback(
         tmp_path: Path, pg_dsn: str) -> None:
     import psycopg
 
-    from gateway.store_pg import SINGLE_NODE_LOCK
+    from gateway.store_pg_nodes import SINGLE_NODE_LOCK
     from tests.test_config import ACCOUNT, LISTENER, ROUTE, SMSC
 
     config = tmp_path / "gw.toml"

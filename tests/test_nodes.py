@@ -323,7 +323,7 @@ async def test_an_smsc_contract_holds_across_nodes_and_recovers_after_one_goes(
 
     monkeypatch.setattr(slots, "LEASE", 5.0)  # a shorter wait for the takeover
     monkeypatch.setattr(slots, "RENEW", 1.25)
-    rate, per_node = 300.0, 260.0  # the contract; offered per node (twice and more)
+    rate, per_node = 300.0, 205.0  # the contract; offered per node (all: twice and more)
     quiet = SimulatorConfig(port=0, control_port=0, delivered=0.0, no_receipt=1.0, seed=7)
     async with nodes(tmp_path, pg_dsn, ("a", "b", "c"), smsc={"throughput": rate}, sim=quiet,
                      validity=300.0) as cluster:  # no receipts: the CPU goes to the submits
@@ -364,7 +364,8 @@ async def test_an_smsc_contract_holds_across_nodes_and_recovers_after_one_goes(
             [after[0] + 0.1 * i for i in range(len(windows(after)))], windows(after),
             strict=True) if n >= 285]
         assert recovered and recovered[0] <= gone_at + slots.LEASE + 10.0, (
-            "not back to 285 a second within the lease time plus 10 s")
+            "not back to 285 a second within the lease time plus 10 s: "
+            f"{windows(after)[::10]} (steady: {first[::10]})")
         held = sorted(s for node in cluster.running[:2]
                       for s in node.connectors["sim"].slots or ())
         assert held == [0, 1, 2]  # the survivors hold the whole contract

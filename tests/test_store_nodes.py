@@ -1,7 +1,8 @@
-"""Rules of the gateway nodes on a PostgreSQL store (gateway/store_pg.py): a node owns the
-messages it accepts, the due table holds the unfinished ones only, a node's work is taken over
-only once its database session is gone (then it is fenced: it writes nothing more), each due
-row goes to one adopter, a clean stop hands its work back, heartbeats move."""
+"""Rules of the gateway nodes on a PostgreSQL store (gateway/store_pg.py, store_pg_nodes.py):
+a node owns the messages it accepts, the due table holds the unfinished ones only, a node's
+work is taken over only once its database session is gone (then it is fenced: it writes
+nothing more), each due row goes to one adopter, a clean stop hands its work back, heartbeats
+move."""
 
 from __future__ import annotations
 
@@ -29,9 +30,9 @@ def rows(dsn: str, sql: str, *params: object) -> list[tuple[object, ...]]:
 def no_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
     """Nodes that do not beat: one whose session a test ends stays without one until it
     writes (a beat would reconnect it first, keeping its work, and the adopter find none)."""
-    from gateway import store_pg
+    from gateway import store_pg_nodes
 
-    monkeypatch.setattr(store_pg, "HEARTBEAT_INTERVAL", 3600.0)
+    monkeypatch.setattr(store_pg_nodes, "HEARTBEAT_INTERVAL", 3600.0)
 
 
 def terminate_writer(dsn: str, node: str) -> None:
@@ -104,9 +105,9 @@ async def test_a_node_that_only_lost_its_connection_keeps_its_work(pg_dsn: str) 
 
 async def test_each_due_row_of_a_dead_node_goes_to_exactly_one_adopter(
         pg_dsn: str, no_heartbeat: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway import store_pg
+    from gateway import store_pg_nodes
 
-    monkeypatch.setattr(store_pg, "ADOPT_BATCH", 7)  # many short transactions, interleaved
+    monkeypatch.setattr(store_pg_nodes, "ADOPT_BATCH", 7)  # many short transactions, interleaved
     work = [make_message() for _ in range(300)]
     async with Store.open(pg_dsn, node="b", shared=True) as b, \
             Store.open(pg_dsn, node="c", shared=True) as c:
@@ -142,12 +143,12 @@ async def test_database_health_shows_the_oldest_snapshot_the_hot_tables_and_the_
         pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from prometheus_client import REGISTRY
 
-    from gateway import store_pg
+    from gateway import store_pg_nodes
 
     def value(name: str, **labels: str) -> float | None:
         return REGISTRY.get_sample_value(name, labels)
 
-    monkeypatch.setattr(store_pg, "HEALTH_INTERVAL", 0.1)
+    monkeypatch.setattr(store_pg_nodes, "HEALTH_INTERVAL", 0.1)
     with psycopg.connect(pg_dsn) as other:  # a client that keeps a snapshot open
         other.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         other.execute("SELECT 1")
@@ -253,11 +254,11 @@ async def test_with_sqlite_every_part_is_the_processs_own_and_the_inbox_stays_em
 
 async def test_a_hung_node_loses_its_session_after_the_lease_and_its_work_is_adopted(
         pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway import store_pg
+    from gateway import store_pg_nodes
 
     work = [make_message() for _ in range(3)]
     async with Store.open(pg_dsn, node="b", shared=True) as b:
-        monkeypatch.setattr(store_pg, "HEARTBEAT_INTERVAL", 3600.0)  # a will not beat
+        monkeypatch.setattr(store_pg_nodes, "HEARTBEAT_INTERVAL", 3600.0)  # a will not beat
         with pytest.raises(NodeFenced):
             async with Store.open(pg_dsn, node="a", shared=True) as a:
                 await a.add_messages(work)
