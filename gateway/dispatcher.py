@@ -1219,8 +1219,8 @@ class Dispatcher:
                 done(True)
                 return
             as_is = self._keys(connector, smsc_id, "as-is")
-            if self.store.shared and not looked_up:  # late, another node's, or this node's
-                if await self._handed_over(connector, receipt, as_is):
+            if self.store.shared:  # one read tells late, another node's, or this node's
+                if not looked_up and await self._handed_over(connector, receipt, as_is):
                     done(True)
                     return
             elif await self._late(connector, as_is, smsc_id, word):

@@ -460,12 +460,19 @@ async def test_the_receipts_of_another_nodes_messages_are_handed_over_in_one_rea
             return await find(connector, smsc_ids)
 
         monkeypatch.setattr(b.store, "find_parts_owners", counted)
+
+        async def not_on_a_shared_store(*args: Any) -> bool:
+            raise AssertionError("_late reads the store again: _handover tells late already")
+
+        monkeypatch.setattr(b.dispatcher, "_late", not_on_a_shared_store)
         answers: list[tuple[int, bool]] = []
         await b.dispatcher.on_receipts("sim", [
-            ProviderReceipt(p.smsc_id or "", PartState.DELIVERED, "DELIVRD") for p in parts],
-            lambda i, stored: answers.append((i, stored)))
-        assert sorted(answers) == [(i, True) for i in range(count)]
-        assert len(lookups) == 1  # one read for the five
+            ProviderReceipt(p.smsc_id or "", PartState.DELIVERED, "DELIVRD") for p in parts]
+            + [ProviderReceipt("f00d", PartState.DELIVERED, "DELIVRD")],  # no such part
+            lambda i, stored: answers.append((i, stored)), hold=0.0)
+        assert sorted(answers) == [(i, True) for i in range(count + 1)]  # the last: orphan
+        # one read for the six, then f00d's last look once its hold is over
+        assert len(lookups) == 2 and lookups[0] > lookups[1]
         await wait_for(lambda: all(m not in a.dispatcher.live for m in ids))
         for m in ids:
             msg = await a.store.get_message(m)
