@@ -7,6 +7,7 @@ within a second (a NOTIFY, and a poll), and checks a push against its own file f
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("gateway.shared_config")
 
 POLL_INTERVAL = 1.0  # seconds: a push whose notification was lost is seen this late at most
+RETRY_REFUSED = 60.0  # seconds before a version this node did not apply is tried again
 
 
 class PushRefused(Exception):
@@ -105,8 +107,9 @@ async def load(store: Store, running: GatewayConfig) -> GatewayConfig:
 
 async def follow(running: Running, reload: Callable[[], Awaitable[object]]) -> None:
     """Run reload() when a version newer than the one running is pushed (by any node): at
-    its notification, or at the next poll when that was lost. A version whose reload was
-    refused is not tried again (the next push is)."""
+    its notification, or at the next poll when that was lost. A version whose reload did
+    not apply it (refused, or the store failed) is tried again after RETRY_REFUSED seconds,
+    or at the next push."""
     store = running.store
     wake = trio.Event()
 
@@ -114,7 +117,7 @@ async def follow(running: Running, reload: Callable[[], Awaitable[object]]) -> N
         wake.set()
 
     store.follow_shared_config(pushed)
-    tried = 0
+    tried, tried_at = 0, -math.inf
     while True:
         with trio.move_on_after(POLL_INTERVAL):
             await wake.wait()
@@ -124,10 +127,12 @@ async def follow(running: Running, reload: Callable[[], Awaitable[object]]) -> N
         except StoreError:  # counted and logged by the store
             continue
         latest = versions[0].version if versions else 0
-        if latest > (running.config.shared_version or 0) and latest > tried:
-            log.info("config.shared_pushed", version=latest, by=versions[0].pushed_by)
-            await reload()
-            tried = latest
+        if latest <= (running.config.shared_version or 0) or (
+                latest == tried and trio.current_time() - tried_at < RETRY_REFUSED):
+            continue
+        log.info("config.shared_pushed", version=latest, by=versions[0].pushed_by)
+        await reload()
+        tried, tried_at = latest, trio.current_time()
 
 
 async def push(running: Running, document: str, by: str,

@@ -299,3 +299,27 @@ async def test_a_database_of_the_first_schema_gets_the_shared_configuration_tabl
         assert await store.shared_config() == (1, '{"account":[]}', 1.0, "t")
     with psycopg.connect(pg_dsn) as conn:
         assert conn.execute("SELECT version FROM smsgw_schema").fetchone() == (2,)
+
+
+async def test_a_node_that_could_not_apply_a_pushed_version_tries_it_again(
+        tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway import shared_config
+    from gateway.store import StoreError
+
+    monkeypatch.setattr(shared_config, "RETRY_REFUSED", 0.5)
+    load, failed = shared_config.load, []
+
+    async def once_unreadable(store: Store, running: Any) -> Any:
+        if not failed:
+            failed.append(running.node)
+            raise StoreError("postgresql unreachable: the test's")
+        return await load(store, running)
+
+    async with cluster(tmp_path, pg_dsn, {"a": shared_toml("{sim_port}"), "b": ""}) as c:
+        monkeypatch.setattr(shared_config, "load", once_unreadable)
+        with capture_logs() as logs:
+            await c.push(0, shared_toml(c.simulator.port, late=True))
+            await wait_for(lambda: versions(c) == [2, 2], timeout=10)
+        assert len(failed) == 1
+        assert [e["detail"] for e in logs if e["event"] == "config.reload_refused"] == [
+            "the store failed: postgresql unreachable: the test's"]
