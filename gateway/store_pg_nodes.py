@@ -278,13 +278,17 @@ class Node:
         SKIP LOCKED: adopters never wait for each other). The ids of the messages taken."""
         taken: list[str] = []
         started = trio.current_time()
-        # The session holding a hung node's epoch lock (its writer, whatever pid it has now).
+        # The session holding a hung node's epoch lock: its writer (backend_pid, kept by its
+        # setup on each reconnection), never another node adopting its work at this moment
+        # (that one holds the lock for its transaction; several nodes starting after a
+        # whole-cluster crash would otherwise end each other's sessions).
         for name, epoch, pid in await conn.fetch(
                 "SELECT n.name, n.epoch, l.pid FROM nodes n JOIN pg_locks l"
                 " ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 2"
                 " AND l.database = (SELECT oid FROM pg_database"
                 " WHERE datname = current_database())"
                 " AND l.classid::bigint = $2 AND l.objid::bigint = n.epoch"
+                " AND l.pid = n.backend_pid"
                 " WHERE n.epoch <> $1 AND n.heartbeat_at < now() - make_interval(secs => $3)",
                 self.epoch, NODE_LOCK_CLASS, NODE_LEASE):
             if await conn.fetchval("SELECT pg_terminate_backend($1)", pid):

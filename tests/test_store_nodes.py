@@ -275,6 +275,32 @@ async def test_a_hung_node_loses_its_session_after_the_lease_and_its_work_is_ado
                 await a.add_messages([make_message()])  # a wakes up: fenced
 
 
+async def test_a_node_adopting_a_dead_nodes_work_is_not_taken_for_that_hung_node(
+        pg_dsn: str) -> None:
+    """Several nodes starting at once after a whole-cluster crash find the dead nodes' rows
+    (old heartbeats): while one adopts, it holds the dead epochs' locks for its transaction;
+    another must not take that session for the hung node's and end it (before: the adopters
+    ended each other's writer sessions, and the nodes stopped)."""
+    from gateway.store_pg_nodes import NODE_LOCK_CLASS
+
+    async with Store.open(pg_dsn, node="dead", shared=True) as dead:
+        epoch = dead.epoch
+        await dead.add_messages([make_message()])
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # it died: its row stays, old
+        conn.execute("INSERT INTO nodes (epoch, name, host, pid, backend_pid, heartbeat_at)"
+                     " VALUES (%s, 'dead', 'h', 1, 1, now() - interval '1 hour')", (epoch,))
+        conn.execute("UPDATE due SET owner = %s", (epoch,))
+    with psycopg.connect(pg_dsn) as adopter:  # another node, adopting: its transaction holds
+        adopter.execute("SELECT pg_advisory_xact_lock(%s, %s)", (NODE_LOCK_CLASS, epoch))
+        async with Store.open(pg_dsn, node="b", shared=True) as b:
+            assert await b.adopt() == []  # the adopter's: not b's to take now
+            assert adopter.execute("SELECT 1").fetchall() == [(1,)]  # its session lives
+        adopter.rollback()
+    async with Store.open(pg_dsn, node="c", shared=True) as c:  # adopted once nobody holds it
+        assert len(await c.unfinished_messages()) == 1
+        assert rows(pg_dsn, "SELECT name FROM nodes") == [("c",)]
+
+
 async def test_an_optout_written_on_one_node_reaches_the_others_within_a_second(
         pg_dsn: str) -> None:
     from gateway.model import OptOut
