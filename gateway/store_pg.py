@@ -76,7 +76,7 @@ IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
 CONNECT_TIMEOUT = 10.0  # seconds
 
 REPORT_ID_BLOCK = 1 << 20  # report ids a node takes at a time
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # MIGRATIONS[v] takes a database at schema version v to v + 1 (0: an empty database).
 MIGRATIONS: tuple[str, ...] = (
     f"""
@@ -317,7 +317,8 @@ MIGRATIONS: tuple[str, ...] = (
         pushed_at double precision NOT NULL,
         pushed_by text NOT NULL
     );
-
+    """,
+    """
     -- Cancels and replacements asked by the node an upstream sent them to, of messages
     -- another node works on (the owner): the owner takes them, applies them, writes the
     -- answer; the asker reads it and deletes the row (gateway/cross_node.py).

@@ -298,7 +298,9 @@ async def test_a_database_of_the_first_schema_gets_the_shared_configuration_tabl
         assert await store.push_shared_config('{"account":[]}', "t", 1.0) == (1, True)
         assert await store.shared_config() == (1, '{"account":[]}', 1.0, "t")
     with psycopg.connect(pg_dsn) as conn:
-        assert conn.execute("SELECT version FROM smsgw_schema").fetchone() == (2,)
+        assert conn.execute("SELECT version FROM smsgw_schema").fetchone() == (
+            store_pg.SCHEMA_VERSION,)
+        assert conn.execute("SELECT count(*) FROM change_requests").fetchone() == (0,)
 
 
 async def test_a_node_that_could_not_apply_a_pushed_version_tries_it_again(
