@@ -55,6 +55,7 @@ __all__ = [
     "SmscConfig",
     "StoreConfig",
     "check",
+    "file_shared_document",
     "load_config",
     "load_simulator_config",
     "parse_duration",
@@ -1629,16 +1630,23 @@ def shared_json(file: str, doc: Mapping[str, Any]) -> str:
                       default=refuse)
 
 
-def shared_document(path: str | Path) -> str:
-    """The shared sections of the TOML file at ``path`` as canonical JSON (what `smsgw config
-    push` sends); ConfigError when the file cannot be read or holds none of them. Only read
-    here: the node that takes them checks them with its own sections (load_config)."""
+def file_shared_document(path: str | Path) -> str:
+    """The shared sections of the TOML file at ``path`` as canonical JSON ("{}": none), only
+    read, not checked; ConfigError when the file cannot be read."""
     file, doc = _read(path)
     _top_keys(file, doc)
-    if not any(key in doc for key in SHARED_SECTIONS):
-        names = ", ".join(_GROUPS[key][0] for key in SHARED_SECTIONS)
-        raise ConfigError(f"{file}: holds none of the shared sections ({names})", file=file)
     return shared_json(file, doc)
+
+
+def shared_document(path: str | Path) -> str:
+    """file_shared_document, what `smsgw config push` sends; ConfigError when the file holds
+    none of them too. The node that takes them checks them with its own sections
+    (load_config)."""
+    document = file_shared_document(path)
+    if document == "{}":
+        names = ", ".join(_GROUPS[key][0] for key in SHARED_SECTIONS)
+        raise ConfigError(f"{path}: holds none of the shared sections ({names})", file=str(path))
+    return document
 
 
 def load_config(path: str | Path, shared: str | None = None,

@@ -17,7 +17,7 @@ import structlog
 import trio
 
 from gateway import metrics
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import ConfigError, GatewayConfig, file_shared_document, load_config
 from gateway.routing_setup import build_routing
 from gateway.store import SharedConfig, Store, StoreError
 
@@ -50,9 +50,10 @@ async def _with(source: Path, shared: SharedConfig) -> GatewayConfig:
     return await trio.to_thread.run_sync(load_config, source, shared.document, shared.version)
 
 
-def _differs(config: GatewayConfig, shared: SharedConfig) -> None:
-    if config.shared_document not in (None, "{}", shared.document):
-        log.warning("config.shared_file_differs", file=str(config.source),
+def _differs(source: Path, own: str | None, shared: SharedConfig) -> None:
+    """Warn when the file's own shared sections (``own``) are not the database's."""
+    if own not in (None, "{}", shared.document):
+        log.warning("config.shared_file_differs", file=str(source),
                     version=shared.version,
                     detail="this node's file has shared sections (accounts, SMSCs, routes, "
                            "rules...) that differ from the database's shared configuration, "
@@ -84,7 +85,7 @@ async def settle(store: Store, config: GatewayConfig) -> GatewayConfig:
             metrics.CONFIG_SHARED_VERSION.set(version)
             return dataclasses.replace(config, shared_version=version)
         # another node seeded it meanwhile: run that one
-    _differs(config, latest)
+    _differs(config.source, config.shared_document, latest)
     new = config if latest.document == config.shared_document else \
         await _with(config.source, latest)
     metrics.CONFIG_SHARED_VERSION.set(latest.version)
@@ -100,8 +101,8 @@ async def load(store: Store, running: GatewayConfig) -> GatewayConfig:
     latest = await store.shared_config()
     if latest is None:  # none pushed yet: the file's own sections, as at the start
         return await trio.to_thread.run_sync(load_config, running.source)
-    own = await trio.to_thread.run_sync(load_config, running.source)
-    _differs(own, latest)
+    _differs(running.source, await trio.to_thread.run_sync(
+        file_shared_document, running.source), latest)
     return await _with(running.source, latest)
 
 

@@ -130,3 +130,14 @@ class Proc:
                 self.kill()
         self._log.close()
         return self.popen.returncode, clean
+
+
+def start_simulator(config: Path) -> tuple[Proc, dict[str, Any]]:
+    """`smsgw simulate-smsc --config config` (output beside the file), once it is ready; its
+    simulator.ready log line (port, control_port)."""
+    sim = Proc("simulator", ["simulate-smsc", "--config", str(config)], config.parent)
+    try:
+        return sim, sim.wait_event("simulator.ready", timeout=20)
+    except BaseException:
+        sim.stop(timeout=10)
+        raise

@@ -111,6 +111,7 @@ port = {sim_port}
 system_id = "sim"
 password = "simpass"
 binds = {binds}
+throughput = {throughput}
 window = {window}
 reconnect_delay = "50ms"
 reconnect_delay_max = "500ms"
@@ -371,7 +372,7 @@ class Harness:
         self.config.write_text(GATEWAY_TOML.format(
             node="durability", store=store, port=self.port, listener_window=LISTENER_WINDOW,
             password_hash=hash_password("demopass"), sim_port=self.sim_port, binds=SMSC_BINDS,
-            window=SMSC_WINDOW))
+            throughput=0, window=SMSC_WINDOW))
 
     def _spawn(self, number: int, kill: Kill | None) -> Life:
         proc = Proc(f"gateway-{number}", ["run", "--config", str(self.config)], self.directory)

@@ -16,8 +16,9 @@ import psycopg
 
 from gateway.passwords import hash_password
 from gateway.slots import LEASE
-from tests.procs import Proc, free_port
+from tests.procs import Proc, free_port, start_simulator
 from tests.stack import SmpplibEsme
+from tests.test_durability import GATEWAY_TOML
 
 CONTRACT = 300.0  # msg/s over the SMSC's 3 binds, all nodes together
 OFFERED = 205.0  # msg/s offered to each node: twice the contract and more in all
@@ -33,49 +34,6 @@ window = 100
 delivered = 0.0
 no_receipt = 1.0
 seed = 7
-"""
-
-NODE = """\
-[gateway]
-node = "{name}"
-validity = "300s"
-
-[store]
-backend = "postgresql"
-dsn = "{dsn}"
-shared = true
-
-[http]
-enabled = false
-
-[admin]
-socket = "{socket}"
-
-[[listener]]
-host = "127.0.0.1"
-port = {port}
-window = 100
-
-[[account]]
-system_id = "demo"
-password_hash = "{password_hash}"
-throughput = 0
-
-[[smsc]]
-name = "sim"
-host = "127.0.0.1"
-port = {sim_port}
-system_id = "sim"
-password = "simpass"
-binds = 3
-throughput = {contract}
-window = 50
-reconnect_delay = "50ms"
-reconnect_delay_max = "500ms"
-
-[[route]]
-name = "default"
-smscs = ["sim"]
 """
 
 
@@ -112,18 +70,19 @@ def test_an_smsc_contract_holds_across_nodes_and_recovers_after_one_is_killed(
     stops = [threading.Event() for _ in range(3)]
     load: list[threading.Thread] = []
     try:
-        sim = Proc("simulator", ["simulate-smsc", "--config", str(tmp_path / "sim.toml")],
-                   tmp_path)
+        sim, ready = start_simulator(tmp_path / "sim.toml")
         procs.append(sim)
-        ready = sim.wait_event("simulator.ready", timeout=20)
         control = f"http://127.0.0.1:{ready['control_port']}"
         ports = [free_port() for _ in range(3)]
         password = hash_password("demopass")
         for i, name in enumerate("abc"):
             path = tmp_path / f"{name}.toml"
-            path.write_text(NODE.format(
-                name=name, dsn=pg_dsn, socket=tmp_path / f"{name}.sock", port=ports[i],
-                password_hash=password, sim_port=ready["port"], contract=CONTRACT))
+            store = (f'backend = "postgresql"\ndsn = "{pg_dsn}"\nshared = true\n'
+                     f'[admin]\nsocket = "{tmp_path / f"{name}.sock"}"')
+            path.write_text(GATEWAY_TOML.format(
+                node=name, store=store, port=ports[i], listener_window=100,
+                password_hash=password, sim_port=ready["port"], binds=3, throughput=CONTRACT,
+                window=50))
             path.chmod(0o600)
             procs.append(Proc(name, ["run", "--config", str(path)], tmp_path))
         for node in procs[1:]:

@@ -19,7 +19,7 @@ import psycopg
 from gateway.model import FINAL_STATES
 from gateway.passwords import hash_password
 from smpp.receipt import parse_receipt
-from tests.procs import Proc, free_port
+from tests.procs import Proc, free_port, start_simulator
 from tests.stack import SmpplibEsme
 from tests.test_durability import GATEWAY_TOML, SIMULATOR_TOML
 
@@ -99,10 +99,8 @@ def test_a_node_killed_five_times_under_load_loses_nothing_acknowledged(
     stop_receiving = threading.Event()
     receiver: threading.Thread | None = None
     try:
-        sim = Proc("simulator", ["simulate-smsc", "--config", str(tmp_path / "sim.toml")],
-                   tmp_path)
+        sim, ready = start_simulator(tmp_path / "sim.toml")
         procs.append(sim)
-        ready = sim.wait_event("simulator.ready", timeout=20)
         control = f"http://127.0.0.1:{ready['control_port']}"
         password = hash_password("demopass")
         ports = {name: free_port() for name in "abc"}
@@ -111,7 +109,8 @@ def test_a_node_killed_five_times_under_load_loses_nothing_acknowledged(
                      f'[admin]\nsocket = "{tmp_path / f"{name}.sock"}"')
             (tmp_path / f"{name}.toml").write_text(GATEWAY_TOML.format(
                 node=name, store=store, port=port, listener_window=20,
-                password_hash=password, sim_port=ready["port"], binds=BINDS, window=WINDOW))
+                password_hash=password, sim_port=ready["port"], binds=BINDS, throughput=0,
+                window=WINDOW))
             (tmp_path / f"{name}.toml").chmod(0o600)
 
         def start(name: str, life: int) -> Proc:
